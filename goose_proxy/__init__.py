@@ -1,0 +1,3 @@
+"""goose-proxy: a Chat Completions ⇄ Responses API translation proxy with mTLS."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,316 @@
+"""Configuration: TOML → frozen dataclasses, XDG look-up, validation naming the key.
+
+The file is ``goose-proxy/config.toml`` in the first directory of
+``$XDG_CONFIG_DIRS`` (colon-separated, default ``/etc/xdg``) that holds one, or the
+path given with ``--config``. Every key is optional; a missing file means the
+defaults. An unknown key or a value of the wrong type raises :class:`ConfigError`
+whose message names the key (the CLI exits with status 2).
+
+The schema below (``_SCHEMA``) is the single source of truth for keys, types and
+defaults; ``goose-proxy-config(5)`` documents exactly these keys (a test checks).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.9/3.10
+    import tomli as tomllib
+
+DEFAULT_ENDPOINT = "https://cert.console.redhat.com/api/lightspeed/v1"
+DEFAULT_CONFIG_DIRS = "/etc/xdg"
+CONFIG_RELPATH = Path("goose-proxy") / "config.toml"
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_size: int = 16 * 1024 * 1024
+    max_header_size: int = 16 * 1024
+    max_header_count: int = 100
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1024
+    max_requests_per_connection: int = 10_000
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    cert_file: str = "/etc/pki/consumer/cert.pem"
+    key_file: str = "/etc/pki/consumer/key.pem"
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    endpoint: str = DEFAULT_ENDPOINT
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    stream_idle_timeout: float = 300.0
+    flavor: str = "lightspeed"
+    model: Optional[str] = None
+    proxy: Optional[str] = None
+    max_event_size: int = 4 * 1024 * 1024
+    pool_size: int = 16
+    pool_idle_timeout: float = 30.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    system_messages: str = "drop"
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    id: str = "rhel-lightspeed"
+    owned_by: str = "red-hat"
+    context_length: int = 128_000
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: where the configuration was read from (None: built-in defaults)
+    source: Optional[str] = None
+
+
+# --- validation ------------------------------------------------------------------
+
+Checker = Callable[[str, Any], Any]
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: expected a string, got {type(v).__name__}")
+    return v
+
+
+def _opt_str(key: str, v: Any) -> Optional[str]:
+    return _str(key, v)
+
+
+def _int(lo: int, hi: int) -> Checker:
+    def check(key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key}: {v} is out of range ({lo}..{hi})")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float) -> Checker:
+    def check(key: str, v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}: expected a number of seconds, got {type(v).__name__}")
+        if not lo < float(v) <= hi:
+            raise ConfigError(f"{key}: {v} is out of range (> {lo} and <= {hi})")
+        return float(v)
+
+    return check
+
+
+def _choice(*choices: str) -> Checker:
+    def check(key: str, v: Any) -> str:
+        s = _str(key, v)
+        if s not in choices:
+            raise ConfigError(f"{key}: {s!r} is not one of {', '.join(map(repr, choices))}")
+        return s
+
+    return check
+
+
+def _str_list(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{key}: expected a list of strings")
+    return tuple(v)
+
+
+def _endpoint(key: str, v: Any) -> str:
+    s = _str(key, v).rstrip("/")
+    if not (s.startswith("https://") or s.startswith("http://")):
+        raise ConfigError(f"{key}: {s!r} must start with https:// or http://")
+    return s
+
+
+def _proxy_url(key: str, v: Any) -> str:
+    s = _str(key, v)
+    if s and not s.startswith("http://"):
+        raise ConfigError(f"{key}: only http:// proxies are supported (HTTP CONNECT)")
+    return s
+
+
+def _headers(key: str, v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: expected a table of header names to strings")
+    for name, value in v.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}.{name}: expected a string")
+        if not name or any(c in name for c in " \t\r\n:") or "\n" in value or "\r" in value:
+            raise ConfigError(f"{key}.{name}: not a valid HTTP header")
+    return dict(v)
+
+
+def _table(key: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: expected a table")
+    return dict(v)
+
+
+def _level(key: str, v: Any) -> str:
+    s = _str(key, v).upper()
+    if s not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{key}: {v!r} is not a log level (debug, info, warning, error)")
+    return s
+
+
+_HOUR = 3600.0
+#: section → key → checker. Sub-tables are written "backend.auth".
+_SCHEMA: dict[str, dict[str, Checker]] = {
+    "server": {
+        "host": _str,
+        "port": _int(0, 65535),
+        "max_body_size": _int(1024, 1 << 31),
+        "max_header_size": _int(1024, 1 << 20),
+        "max_header_count": _int(8, 1000),
+        "header_timeout": _float(0, _HOUR),
+        "keepalive_timeout": _float(0, _HOUR),
+        "max_connections": _int(1, 100_000),
+        "max_requests_per_connection": _int(1, 1 << 31),
+        "allowed_hosts": _str_list,
+        "allowed_origins": _str_list,
+        "drain_timeout": _float(0, _HOUR),
+    },
+    "backend": {
+        "endpoint": _endpoint,
+        "timeout": _float(0, _HOUR),
+        "connect_timeout": _float(0, _HOUR),
+        "stream_idle_timeout": _float(0, 24 * _HOUR),
+        "flavor": _choice("lightspeed", "openai"),
+        "model": _opt_str,
+        "proxy": _proxy_url,
+        "max_event_size": _int(1024, 1 << 30),
+        "pool_size": _int(0, 10_000),
+        "pool_idle_timeout": _float(0, _HOUR),
+        "headers": _headers,
+        "extra_body": _table,
+    },
+    "backend.auth": {"cert_file": _str, "key_file": _str, "ca_file": _str},
+    "translate": {"system_messages": _choice("drop", "instructions", "input")},
+    "models": {"id": _str, "owned_by": _str, "context_length": _int(1, 1 << 31)},
+    "logging": {"level": _level},
+}
+
+#: every accepted key, dotted ("backend.auth.cert_file"), for docs and checks
+ALL_KEYS: tuple[str, ...] = tuple(f"{s}.{k}" for s, keys in _SCHEMA.items() for k in keys)
+
+
+def _section(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Validate one section's keys; nested tables other than declared ones are errors."""
+    raw = data.get(name.split(".")[-1], {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table")
+    schema = _SCHEMA[name]
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "auth" and name == "backend":
+            continue
+        if key not in schema:
+            raise ConfigError(f"{name}.{key}: unknown key")
+        out[key] = schema[key](f"{name}.{key}", value)
+    return out
+
+
+def parse_config(data: Mapping[str, Any], source: Optional[str] = None) -> Config:
+    """Build a :class:`Config` from parsed TOML. Raises :class:`ConfigError`."""
+    for top in data:
+        if top not in _SCHEMA:
+            raise ConfigError(f"{top}: unknown section")
+    backend_raw = data.get("backend", {})
+    auth = _section(backend_raw if isinstance(backend_raw, dict) else {}, "backend.auth")
+    backend = _section(data, "backend")
+    return Config(
+        server=ServerConfig(**_section(data, "server")),
+        backend=BackendConfig(**backend, auth=AuthConfig(**auth)),
+        translate=TranslateConfig(**_section(data, "translate")),
+        models=ModelsConfig(**_section(data, "models")),
+        logging=LoggingConfig(**_section(data, "logging")),
+        source=source,
+    )
+
+
+def find_config(environ: Mapping[str, str]) -> Optional[Path]:
+    """The first ``$XDG_CONFIG_DIRS/goose-proxy/config.toml`` that exists, or None."""
+    dirs = environ.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
+    for d in dirs.split(":"):
+        if not d:
+            continue
+        candidate = Path(d) / CONFIG_RELPATH
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(
+    path: Union[str, os.PathLike[str], None] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> tuple[Config, list[str]]:
+    """Load the configuration.
+
+    With ``path`` that file must exist. Without it the XDG look-up applies and a
+    missing file gives the defaults plus a warning (returned, for the caller to log).
+    Raises :class:`ConfigError` for an unreadable or invalid file.
+    """
+    env = os.environ if environ is None else environ
+    warnings: list[str] = []
+    if path is None:
+        found = find_config(env)
+        if found is None:
+            dirs = env.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
+            warnings.append(
+                f"no goose-proxy/config.toml in XDG_CONFIG_DIRS ({dirs}); using defaults"
+            )
+            return Config(), warnings
+        path = found
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    try:
+        return parse_config(data, source=str(p)), warnings
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None

@@ -1,0 +1,213 @@
+"""One error hierarchy for everything a client can see.
+
+Each class knows its HTTP status, the OpenAI error ``type`` and ``code``, and
+renders the OpenAI error envelope::
+
+    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+
+Exceptions raised by anyio, ssl and the OS are mapped onto these classes once,
+at the I/O boundary (``goose_proxy.upstream``); nothing else in the program
+needs to know about socket errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Optional
+
+
+class ProxyError(Exception):
+    """Base class: an error that becomes an OpenAI error envelope."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[Optional[str]] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        status: Optional[int] = None,
+        headers: Optional[list[tuple[str, str]]] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+        #: extra response headers, e.g. ``Retry-After`` copied from the backend
+        self.headers: list[tuple[str, str]] = list(headers or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error envelope as a dict."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_json(self) -> bytes:
+        """The OpenAI error envelope as UTF-8 JSON bytes."""
+        return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.message!r}, code={self.code!r})"
+
+
+# --- client errors (4xx) -------------------------------------------------------
+
+
+class InvalidRequest(ProxyError):
+    """The request is malformed: bad JSON, wrong types, missing fields (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A parameter (or value) the proxy cannot honour faithfully (400)."""
+
+    default_code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The backend says the prompt is too long (400; Goose compacts on this)."""
+
+    default_code = "context_length_exceeded"
+
+
+class NotFound(InvalidRequest):
+    status = 404
+    default_code = "not_found"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    default_code = "request_too_large"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    default_code = "request_header_fields_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class Forbidden(InvalidRequest):
+    """The request comes from somewhere it must not (Host / Origin checks)."""
+
+    status = 403
+    default_code = "forbidden"
+
+
+class RateLimited(ProxyError):
+    """The backend says rate limit or quota exceeded (429)."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class AuthenticationError(ProxyError):
+    """The backend refused our identity (401/403 passthrough)."""
+
+    status = 401
+    type = "authentication_error"
+
+
+# --- proxy / backend errors (5xx) ------------------------------------------------
+
+
+class CredentialsError(ProxyError):
+    """The RHSM client certificate or key cannot be used (502)."""
+
+    status = 502
+    type = "server_error"
+    default_code = "client_certificate_unavailable"
+
+
+class UpstreamError(ProxyError):
+    """Anything that went wrong talking to the backend (502 unless said otherwise)."""
+
+    status = 502
+    type = "api_error"
+    default_code = "upstream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    """TCP connect or DNS failure."""
+
+    default_code = "upstream_connect_error"
+
+
+class UpstreamTLSError(UpstreamError):
+    """TLS handshake failure (untrusted server, rejected client certificate, ...)."""
+
+    default_code = "upstream_tls_error"
+
+
+class UpstreamProxyError(UpstreamError):
+    """The configured HTTP CONNECT proxy refused or failed."""
+
+    default_code = "upstream_proxy_error"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The backend answered something that is not valid HTTP, JSON or SSE."""
+
+    default_code = "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """No response headers (or no stream event) within the configured time (504)."""
+
+    status = 504
+    default_code = "timeout"
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The backend answered with an error status; passed through to the client."""
+
+    default_code = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: Optional[str] = None,
+        headers: Optional[list[tuple[str, str]]] = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, headers=headers)
+        if status < 500:
+            self.type = "invalid_request_error"  # type: ignore[misc]
+
+
+class ServiceUnavailable(ProxyError):
+    """Too many connections, or shutting down (503)."""
+
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
+
+
+class InternalError(ProxyError):
+    """A bug: the message never carries internal exception text."""
+
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
