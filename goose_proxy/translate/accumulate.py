@@ -1,0 +1,221 @@
+"""Build one Response object from a Responses SSE event sequence.
+
+Used when the client wants one JSON answer but the backend streams (always,
+under the lightspeed flavour: its non-streamed failures are a generic 500).
+Feed every event, then call :meth:`ResponseAccumulator.result` and hand the
+object to :func:`~goose_proxy.translate.responses_to_chat`.
+
+The terminal event's ``response`` is the base of the result. Its ``output``
+is trusted when it is non-empty; otherwise the output is rebuilt from what
+the stream carried: each item as ``response.output_item.done`` gave it, or,
+for an item that never finished, from its ``.added`` form plus the text,
+refusal, reasoning and argument deltas (a ``*.done`` sub-event's full value
+wins over the joined deltas). Deltas are kept as lists of pieces and joined
+once, so a long answer costs linear time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
+
+from .errormap import error_from_event
+from .response import map_usage
+
+__all__ = ["ResponseAccumulator"]
+
+Key = Union[str, int]
+
+# event type -> (piece kind, index field) for deltas and their .done counterparts
+_DELTAS = {
+    "response.output_text.delta": ("text", "content_index"),
+    "response.refusal.delta": ("refusal", "content_index"),
+    "response.reasoning_text.delta": ("reasoning", "content_index"),
+    "response.reasoning_summary_text.delta": ("summary", "summary_index"),
+    "response.function_call_arguments.delta": ("args", None),
+}
+_DONES = {
+    "response.output_text.done": ("text", "content_index", "text"),
+    "response.refusal.done": ("refusal", "content_index", "refusal"),
+    "response.reasoning_text.done": ("reasoning", "content_index", "text"),
+    "response.reasoning_summary_text.done": ("summary", "summary_index", "text"),
+    "response.function_call_arguments.done": ("args", None, "arguments"),
+}
+
+
+class _Item:
+    __slots__ = ("done", "finals", "item", "order", "pieces")
+
+    def __init__(self, order: tuple[int, int]) -> None:
+        self.order = order
+        self.item: dict[str, Any] = {}
+        self.done = False
+        self.pieces: dict[tuple[str, int], list[str]] = {}
+        self.finals: dict[tuple[str, int], str] = {}
+
+    def text(self, kind: str, index: int) -> str:
+        final = self.finals.get((kind, index))
+        return final if final is not None else "".join(self.pieces.get((kind, index), ()))
+
+    def indices(self, kind: str) -> list[int]:
+        keys = {i for k, i in self.pieces if k == kind} | {i for k, i in self.finals if k == kind}
+        return sorted(keys)
+
+    def rebuild(self) -> dict[str, Any]:
+        """The item as the stream described it, for one that never sent ``.done``."""
+        item = dict(self.item)
+        itype = item.get("type")
+        if itype == "function_call" and (self.pieces or self.finals):
+            item["arguments"] = self.text("args", 0)
+        elif itype == "message" or (itype is None and self.indices("text")):
+            item.setdefault("type", "message")
+            item.setdefault("role", "assistant")
+            parts: dict[int, dict[str, Any]] = {}
+            for i in self.indices("text"):
+                parts[i] = {"type": "output_text", "text": self.text("text", i), "annotations": []}
+            for i in self.indices("refusal"):
+                parts[i] = {"type": "refusal", "refusal": self.text("refusal", i)}
+            if parts:
+                item["content"] = [parts[i] for i in sorted(parts)]
+        elif itype == "reasoning":
+            if self.indices("reasoning"):
+                item["content"] = [
+                    {"type": "reasoning_text", "text": self.text("reasoning", i)}
+                    for i in self.indices("reasoning")
+                ]
+            if self.indices("summary"):
+                item["summary"] = [
+                    {"type": "summary_text", "text": self.text("summary", i)}
+                    for i in self.indices("summary")
+                ]
+        return item
+
+
+class ResponseAccumulator:
+    """Collects a Responses event stream into the final Response object.
+
+    ``feed`` never raises; failures are reported by :meth:`result`. Events
+    after the terminal one (``response.completed`` / ``.incomplete`` /
+    ``.failed`` or an ``error`` event) are ignored.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Key, _Item] = {}
+        self._by_index: dict[int, Key] = {}
+        self._base: dict[str, Any] = {}
+        self._final: Optional[dict[str, Any]] = None
+        self._error: Optional[ProxyError] = None
+        #: the last usage seen, in chat form (``prompt_tokens``, …), for access logs
+        self.usage: Optional[dict[str, Any]] = None
+
+    @property
+    def done(self) -> bool:
+        """A terminal event (success or failure) has been seen."""
+        return self._final is not None or self._error is not None
+
+    def _slot(self, event: Mapping[str, Any], item_id: Any = None) -> _Item:
+        index = event.get("output_index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = None
+        key: Key
+        if isinstance(item_id, str) and item_id in self._items:
+            key = item_id
+        elif index is not None and index in self._by_index:
+            key = self._by_index[index]
+        elif isinstance(item_id, str):
+            key = item_id
+        else:
+            key = index if index is not None else -1 - len(self._items)
+        slot = self._items.get(key)
+        if slot is None:
+            position = index if index is not None else 1 << 30
+            slot = self._items[key] = _Item((position, len(self._items)))
+        if index is not None:
+            self._by_index.setdefault(index, key)
+        return slot
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        """Take one parsed Responses event (a dict with ``type``)."""
+        if self.done or not isinstance(event, Mapping):
+            return
+        etype = event.get("type")
+        delta = _DELTAS.get(etype) if isinstance(etype, str) else None
+        if delta is not None:
+            piece = event.get("delta")
+            if isinstance(piece, str) and piece:
+                kind, field = delta
+                slot = self._slot(event, event.get("item_id"))
+                index = event.get(field, 0) if field else 0
+                slot.pieces.setdefault((kind, index if isinstance(index, int) else 0), []).append(
+                    piece
+                )
+            return
+        done = _DONES.get(etype) if isinstance(etype, str) else None
+        if done is not None:
+            kind, field, value_key = done
+            value = event.get(value_key)
+            if isinstance(value, str):
+                slot = self._slot(event, event.get("item_id"))
+                index = event.get(field, 0) if field else 0
+                slot.finals[(kind, index if isinstance(index, int) else 0)] = value
+            return
+        if etype == "response.content_part.done":
+            part = event.get("part")
+            if isinstance(part, Mapping):
+                slot = self._slot(event, event.get("item_id"))
+                index = event.get("content_index", 0)
+                index = index if isinstance(index, int) else 0
+                if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    slot.finals[("text", index)] = part["text"]
+                elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                    slot.finals[("refusal", index)] = part["refusal"]
+            return
+        if etype in ("response.output_item.added", "response.output_item.done"):
+            item = event.get("item")
+            if isinstance(item, Mapping):
+                slot = self._slot(event, item.get("id"))
+                if etype.endswith(".done") or not slot.done:
+                    slot.item = dict(item)
+                slot.done = slot.done or etype.endswith(".done")
+            return
+        response = event.get("response")
+        if isinstance(response, Mapping):
+            usage = map_usage(response.get("usage"))
+            if usage is not None:
+                self.usage = usage
+            if etype in ("response.completed", "response.incomplete"):
+                self._final = dict(response)
+            elif etype == "response.failed":
+                err = response.get("error")
+                self._error = (
+                    error_from_event(err)
+                    if isinstance(err, Mapping)
+                    else UpstreamError("upstream response failed without an error message")
+                )
+            else:
+                self._base = dict(response)
+        elif etype == "error":
+            self._error = error_from_event(event)
+        elif etype == "response.failed":
+            self._error = UpstreamError("upstream response failed without an error message")
+
+    def result(self) -> dict[str, Any]:
+        """The final Response object.
+
+        Raises:
+            ProxyError: the stream reported a failure (``response.failed`` or an
+                ``error`` event): the class :func:`error_from_event` maps it to.
+            UpstreamProtocolError: the stream ended without a terminal event.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._final is None:
+            raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
+        response = {**self._base, **self._final}
+        output = self._final.get("output")
+        if not (isinstance(output, list) and output):
+            slots = sorted(self._items.values(), key=lambda s: s.order)
+            response["output"] = [s.item if s.done else s.rebuild() for s in slots]
+        return response

@@ -1,0 +1,211 @@
+"""Backend failures → the proxy's error hierarchy (TRANSLATION.md §4).
+
+Two sources: an HTTP error answer (:func:`error_from_backend`) and an error
+reported inside a stream or a Response object (:func:`error_from_event`).
+Both pick the class by what the client should do next, which is what Goose
+keys on: ``ContextLengthExceeded`` (400, Goose compacts its history) when the
+message says the prompt is too long, ``RateLimited`` (429, keeps
+``Retry-After``) for rate limits and quota, authentication errors kept as
+401/403, and everything else passed through with the backend's status (422,
+FastAPI's validation status, becomes 400).
+
+The backend's message is passed on; a body that is not JSON becomes text,
+truncated to :data:`MAX_MESSAGE_CHARS`, invalid UTF-8 replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from goose_proxy.errors import (
+    AuthenticationError,
+    ContextLengthExceeded,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamHTTPError,
+)
+
+__all__ = [
+    "CONTEXT_LENGTH_PHRASES",
+    "MAX_MESSAGE_CHARS",
+    "RATE_LIMIT_PHRASES",
+    "backend_message",
+    "error_from_backend",
+    "error_from_event",
+]
+
+MAX_MESSAGE_CHARS = 1000
+
+#: lower-case substrings that mean "the prompt does not fit the model"
+CONTEXT_LENGTH_PHRASES = (
+    "maximum context length",
+    "context_length_exceeded",
+    "context length exceeded",
+    "exceeds the context length",
+    "context window",
+    "prompt is too long",
+    "prompt too long",
+    "input is too long",
+    "exceeds the maximum number of tokens",
+)
+#: lower-case substrings that mean "slow down" or "out of quota"
+RATE_LIMIT_PHRASES = (
+    "rate limit",
+    "rate_limit",
+    "ratelimit",
+    "too many requests",
+    "quota",
+    "resource_exhausted",
+    "resource exhausted",
+)
+_CLIENT_FAULT_CODES = ("invalid_prompt", "bio_policy", "data_residency_mismatch")
+
+
+def _says(text: str, phrases: tuple[str, ...]) -> bool:
+    lowered = text.lower()
+    return any(p in lowered for p in phrases)
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    if len(text) > MAX_MESSAGE_CHARS:
+        return text[:MAX_MESSAGE_CHARS] + "…"
+    return text
+
+
+def _detail_message(detail: Any) -> Optional[str]:
+    """FastAPI's ``detail``: a string, ``{response, cause}``, or a validation list."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, Mapping):
+        response, cause = detail.get("response"), detail.get("cause")
+        if isinstance(response, str) and isinstance(cause, str) and cause:
+            return f"{response}: {cause}"
+        if isinstance(response, str):
+            return response
+        if isinstance(cause, str):
+            return cause
+        message = detail.get("message")
+        return message if isinstance(message, str) else None
+    if isinstance(detail, list):
+        for entry in detail:
+            if isinstance(entry, Mapping) and isinstance(entry.get("msg"), str):
+                loc = entry.get("loc")
+                msg: str = entry["msg"]
+                if isinstance(loc, list) and loc:
+                    return ".".join(str(part) for part in loc) + ": " + msg
+                return msg
+    return None
+
+
+def backend_message(body: bytes) -> tuple[str, Optional[str]]:
+    """The human message and error code inside a backend error body.
+
+    Tries ``error.message`` (OpenAI), a string ``error``, FastAPI's ``detail``,
+    a top-level ``message``; else the body as text. The message is never
+    longer than :data:`MAX_MESSAGE_CHARS` (plus an ellipsis); it may be empty.
+    """
+    text = body.decode("utf-8", errors="replace")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return _clip(text), None
+    if isinstance(doc, Mapping):
+        err = doc.get("error")
+        if isinstance(err, Mapping):
+            code = err.get("code")
+            message = err.get("message")
+            if isinstance(message, str) and message:
+                return _clip(message), code if isinstance(code, str) else None
+        elif isinstance(err, str) and err:
+            return _clip(err), None
+        if "detail" in doc:
+            message = _detail_message(doc["detail"])
+            if message:
+                return _clip(message), None
+        message = doc.get("message")
+        if isinstance(message, str) and message:
+            code = doc.get("code")
+            return _clip(message), code if isinstance(code, str) else None
+    return _clip(text), None
+
+
+def _retry_after(value: Optional[str]) -> list[tuple[str, str]]:
+    # Only a printable single-line value: it is copied into our own response head.
+    if value is None:
+        return []
+    value = value.strip()
+    if not value or len(value) > 64 or not all(" " <= c <= "~" for c in value):
+        return []
+    return [("Retry-After", value)]
+
+
+def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = None) -> ProxyError:
+    """The error to show the client for a backend error answer.
+
+    ``status`` is the backend's HTTP status, ``body`` its (possibly truncated)
+    body, ``retry_after`` its ``Retry-After`` header, copied to ``.headers``
+    when present and sane. 401/403 → :class:`AuthenticationError` with the
+    same status; 429 or a rate-limit/quota message → :class:`RateLimited`;
+    413 or a context-length message → :class:`ContextLengthExceeded` (400);
+    422 → 400; any other status is kept (:class:`UpstreamHTTPError`). Never raises.
+    """
+    message, code = backend_message(body)
+    if not message:
+        message = f"backend answered HTTP {status}"
+    headers = _retry_after(retry_after)
+    said = f"{message} {code or ''}"
+    if status in (401, 403):
+        auth = AuthenticationError(message, status=status, headers=headers)
+        if status == 403:
+            auth.code = "permission_denied"
+        return auth
+    if status == 429:
+        return RateLimited(message, headers=headers)
+    if status == 413 or _says(said, CONTEXT_LENGTH_PHRASES):
+        return ContextLengthExceeded(message, headers=headers)
+    if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
+        return RateLimited(message, headers=headers)
+    if status < 400:  # not an error status: the caller met a body it could not use
+        return UpstreamError(message, headers=headers)
+    return UpstreamHTTPError(
+        message, status=400 if status == 422 else status, code=code, headers=headers
+    )
+
+
+def error_from_event(err: Mapping[str, Any]) -> ProxyError:
+    """The error for a failure reported in a stream or a Response object.
+
+    ``err`` is ``response.error`` of a ``response.failed`` event (or of a
+    Response with ``status: "failed"``), a flat ``error`` event
+    (``{"type": "error", "code", "message", "param"}``) or the nested shape
+    (``{"type": "error", "error": {...}}``). Context-length messages →
+    :class:`ContextLengthExceeded`; rate limits/quota → :class:`RateLimited`;
+    codes that blame the request (``invalid_*``, image problems,
+    ``invalid_request_error`` type) → 400; else :class:`UpstreamError` (502)
+    with the backend's code kept. Never raises.
+    """
+    inner = err.get("error")
+    if isinstance(inner, Mapping):
+        err = inner
+    raw_message = err.get("message")
+    message = _clip(raw_message) if isinstance(raw_message, str) else ""
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    etype = err.get("type") if isinstance(err.get("type"), str) else None
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    if not message:
+        message = f"upstream reported an error ({code})" if code else "upstream reported an error"
+    said = f"{message} {code or ''}"
+    if _says(said, CONTEXT_LENGTH_PHRASES):
+        return ContextLengthExceeded(message, param=param)
+    if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
+        return RateLimited(message)
+    blames_request = code is not None and (
+        code.startswith("invalid_") or "image" in code or code in _CLIENT_FAULT_CODES
+    )
+    if blames_request or etype == "invalid_request_error":
+        return UpstreamHTTPError(message, status=400, code=code)
+    return UpstreamError(message, code=code, param=param)

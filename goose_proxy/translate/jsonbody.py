@@ -1,0 +1,154 @@
+"""Strict JSON in, compact JSON out.
+
+``parse_json_object`` is the one gate every client body passes through: it
+turns bytes into a ``dict`` or raises :class:`~goose_proxy.errors.InvalidRequest`
+with a message a client can act on. It refuses what ``json.loads`` alone lets
+through and what would hurt later: ``NaN``/``Infinity`` (not JSON, and
+``1e999`` overflows to ``inf`` the same way), integers with more digits than a
+sane number has, and nesting deeper than :data:`MAX_DEPTH`. Duplicate object
+keys are not an error: the last one wins, as with ``json.loads``.
+
+``encode_json`` is the one way out: compact separators, UTF-8, non-ASCII kept
+as is. A string holding a lone surrogate (legal in JSON text as ``"\\ud800"``,
+not encodable as UTF-8) falls back to ASCII escapes for that document so the
+bytes we send are always valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from goose_proxy.errors import InvalidRequest
+
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "encode_json", "encode_json_str", "parse_json_object"]
+
+#: deepest nesting of arrays/objects accepted in a client body
+MAX_DEPTH = 64
+#: longest integer literal accepted (Python's own default limit is 4300)
+MAX_INT_DIGITS = 4300
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+class _Rejected(ValueError):
+    """Raised from the parse hooks; turned into InvalidRequest by the caller."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Rejected(f"{name} is not valid JSON")
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Rejected(f"integer literal longer than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Rejected(f"number {text[:40]} is out of range")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` nests containers deeper than ``limit`` (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object.
+
+    A leading UTF-8 byte order mark is ignored (RFC 8259 allows that);
+    duplicate keys are accepted and the last one wins.
+
+    Raises:
+        InvalidRequest: the bytes are not UTF-8, not JSON, not an object, use
+            ``NaN``/``Infinity`` or an out-of-range number, carry an integer
+            longer than :data:`MAX_INT_DIGITS` digits, or nest deeper than
+            :data:`MAX_DEPTH`.
+    """
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+        )
+    except _Rejected as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(f"request body nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. the interpreter's own int digit limit
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"request body must be a JSON object, not {json_type_name(value)}")
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise InvalidRequest(f"request body nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def json_type_name(value: Any) -> str:
+    """The JSON name of a Python value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def encode_json_str(value: Any) -> str:
+    """Compact JSON text; ASCII escapes only when the text would not be valid UTF-8.
+
+    Raises:
+        ValueError: ``value`` holds a non-finite float.
+        TypeError: ``value`` holds something JSON cannot represent.
+    """
+    text = _ENCODER.encode(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escape it rather than send bad UTF-8
+        return _ASCII_ENCODER.encode(value)
+    return text
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON bytes (``ensure_ascii=False``) for any JSON-able value.
+
+    Raises:
+        ValueError: ``value`` holds a non-finite float.
+        TypeError: ``value`` holds something JSON cannot represent.
+    """
+    text = _ENCODER.encode(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ASCII_ENCODER.encode(value).encode("ascii")

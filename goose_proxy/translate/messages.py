@@ -1,0 +1,244 @@
+"""Chat ``messages`` → Responses ``input`` items (and ``instructions``).
+
+One chat message becomes zero or more input items, in order, so Goose's
+history shape (an assistant text message, then one assistant message per tool
+call with ``content: null``, each followed by its ``tool`` message) comes out
+as the same sequence of ``message`` / ``function_call`` /
+``function_call_output`` items.
+
+Deliberate losses: ``name`` on any message; ``assistant.reasoning_content``
+(there is no faithful Responses form without the original reasoning item and
+its id); empty assistant text. Everything else either maps or is a 400 that
+names the field.
+
+Legacy ``function_call`` / ``role: "function"`` messages have no call ids;
+each legacy call gets ``call_id = "legacy_call_<message index>"`` and the next
+``function`` message with the same name answers the oldest open one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from .fields import at, fail, get_str, require_list, require_object, require_str, unsupported
+
+__all__ = ["translate_messages"]
+
+Item = dict[str, Any]
+
+
+def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Optional[str]]:
+    """Map the chat ``messages`` array to Responses input items.
+
+    ``system_mode`` is ``"drop"``, ``"instructions"`` or ``"input"`` (see
+    :class:`~goose_proxy.translate.TranslateOptions`). Returns the items and,
+    in ``"instructions"`` mode, the joined system text (None when there is none).
+
+    Raises:
+        InvalidRequest: a message or part has the wrong shape, an unknown role or
+            content part type, or a ``function`` result without its call; the
+            message and ``param`` name the field path.
+        UnsupportedParameter: audio input parts or assistant ``audio``.
+    """
+    if messages is None:
+        fail("messages", "required")
+    messages = require_list(messages, "messages")
+    if not messages:
+        fail("messages", "must contain at least one message")
+    items: list[Item] = []
+    instructions: list[str] = []
+    legacy_calls: dict[str, list[str]] = {}  # function name -> open legacy call ids
+    for i, raw in enumerate(messages):
+        path = at("messages", i)
+        msg = require_object(raw, path)
+        role = msg.get("role")
+        if role is None:
+            fail(at(path, "role"), "required")
+        role = require_str(role, at(path, "role"))
+        if role in ("system", "developer"):
+            texts = _text_parts(msg.get("content"), at(path, "content"))
+            if system_mode == "instructions":
+                joined = "".join(texts)
+                if joined:
+                    instructions.append(joined)
+            elif system_mode == "input":
+                parts = [{"type": "input_text", "text": t} for t in texts if t]
+                if parts:
+                    items.append({"type": "message", "role": role, "content": parts})
+        elif role == "user":
+            items.append({"type": "message", "role": "user", "content": _user_content(msg, path)})
+        elif role == "assistant":
+            items.extend(_assistant_items(msg, path, i, legacy_calls))
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            if call_id is None:
+                fail(at(path, "tool_call_id"), "required")
+            call_id = require_str(call_id, at(path, "tool_call_id"))
+            output = "".join(_text_parts(msg.get("content"), at(path, "content")))
+            items.append({"type": "function_call_output", "call_id": call_id, "output": output})
+        elif role == "function":
+            items.append(_legacy_function_result(msg, path, legacy_calls))
+        else:
+            fail(at(path, "role"), f"unknown role {role!r}")
+    return items, ("\n\n".join(instructions) if instructions else None)
+
+
+def _text_parts(content: Any, path: str) -> list[str]:
+    """The texts of a string or an array of ``text`` parts (system, developer, tool)."""
+    if isinstance(content, str):
+        return [content]
+    if content is None:
+        fail(path, "required")
+    parts = require_list(content, path)
+    texts = []
+    for j, raw in enumerate(parts):
+        ppath = at(path, j)
+        part = require_object(raw, ppath)
+        ptype = _part_type(part, ppath)
+        if ptype != "text":
+            fail(at(ppath, "type"), f"unknown content part {ptype!r} (only 'text' is allowed here)")
+        texts.append(_required_str(part, "text", ppath))
+    return texts
+
+
+def _part_type(part: Mapping[str, Any], path: str) -> str:
+    ptype = part.get("type")
+    if ptype is None:
+        fail(at(path, "type"), "required")
+    return require_str(ptype, at(path, "type"))
+
+
+def _required_str(obj: Mapping[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        fail(at(path, key), "required")
+    return require_str(value, at(path, key))
+
+
+def _user_content(msg: Mapping[str, Any], path: str) -> list[Item]:
+    cpath = at(path, "content")
+    content = msg.get("content")
+    if isinstance(content, str):
+        return [{"type": "input_text", "text": content}]
+    if content is None:
+        fail(cpath, "required")
+    parts = require_list(content, cpath)
+    if not parts:
+        fail(cpath, "must not be an empty array")
+    return [_user_part(raw, at(cpath, j)) for j, raw in enumerate(parts)]
+
+
+def _user_part(raw: Any, path: str) -> Item:
+    part = require_object(raw, path)
+    ptype = _part_type(part, path)
+    if ptype == "text":
+        return {"type": "input_text", "text": _required_str(part, "text", path)}
+    if ptype == "image_url":
+        image = part.get("image_url")
+        ipath = at(path, "image_url")
+        if isinstance(image, str):  # a common shorthand: the URL itself
+            return {"type": "input_image", "image_url": image, "detail": "auto"}
+        if image is None:
+            fail(ipath, "required")
+        image = require_object(image, ipath)
+        url = _required_str(image, "url", ipath)
+        detail = get_str(image, "detail", ipath)
+        return {"type": "input_image", "image_url": url, "detail": detail or "auto"}
+    if ptype == "file":
+        fpath = at(path, "file")
+        file = part.get("file")
+        if file is None:
+            fail(fpath, "required")
+        file = require_object(file, fpath)
+        out: Item = {"type": "input_file"}
+        for key in ("file_data", "file_id", "filename"):
+            value = get_str(file, key, fpath)
+            if value is not None:
+                out[key] = value
+        if "file_data" not in out and "file_id" not in out:
+            fail(fpath, "needs file_data or file_id")
+        return out
+    if ptype == "input_audio":
+        unsupported(at(path, "type"), "audio input ('input_audio' parts) is not supported")
+    fail(at(path, "type"), f"unknown content part {ptype!r}")
+
+
+def _assistant_items(
+    msg: Mapping[str, Any], path: str, index: int, legacy_calls: dict[str, list[str]]
+) -> list[Item]:
+    parts: list[Item] = []
+    cpath = at(path, "content")
+    content = msg.get("content")
+    if isinstance(content, str):
+        if content:
+            parts.append({"type": "output_text", "text": content})
+    elif content is not None:
+        for j, raw in enumerate(require_list(content, cpath)):
+            ppath = at(cpath, j)
+            part = require_object(raw, ppath)
+            ptype = _part_type(part, ppath)
+            if ptype == "text":
+                text = _required_str(part, "text", ppath)
+                if text:
+                    parts.append({"type": "output_text", "text": text})
+            elif ptype == "refusal":
+                parts.append({"type": "refusal", "refusal": _required_str(part, "refusal", ppath)})
+            else:
+                fail(at(ppath, "type"), f"unknown content part {ptype!r}")
+    refusal = get_str(msg, "refusal", path)
+    if refusal:
+        parts.append({"type": "refusal", "refusal": refusal})
+    if msg.get("audio") is not None:
+        unsupported(at(path, "audio"), "assistant audio is not supported")
+    # reasoning_content is accepted and deliberately not forwarded (module docstring)
+
+    items: list[Item] = []
+    if parts:
+        items.append({"type": "message", "role": "assistant", "content": parts})
+    tool_calls = msg.get("tool_calls")
+    if tool_calls is not None:
+        tpath = at(path, "tool_calls")
+        for k, raw in enumerate(require_list(tool_calls, tpath)):
+            items.append(_tool_call_item(raw, at(tpath, k)))
+    function_call = msg.get("function_call")
+    if function_call is not None:
+        fpath = at(path, "function_call")
+        call = require_object(function_call, fpath)
+        name = _required_str(call, "name", fpath)
+        arguments = _required_str(call, "arguments", fpath)
+        call_id = f"legacy_call_{index}"
+        legacy_calls.setdefault(name, []).append(call_id)
+        items.append(
+            {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+        )
+    return items
+
+
+def _tool_call_item(raw: Any, path: str) -> Item:
+    call = require_object(raw, path)
+    ctype = call.get("type")
+    if ctype is not None and ctype != "function":
+        ctype = require_str(ctype, at(path, "type"))
+        unsupported(at(path, "type"), f"tool call type {ctype!r} is not supported")
+    call_id = _required_str(call, "id", path)
+    fpath = at(path, "function")
+    function = call.get("function")
+    if function is None:
+        fail(fpath, "required")
+    function = require_object(function, fpath)
+    name = _required_str(function, "name", fpath)
+    arguments = _required_str(function, "arguments", fpath)
+    return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+
+
+def _legacy_function_result(
+    msg: Mapping[str, Any], path: str, legacy_calls: dict[str, list[str]]
+) -> Item:
+    name = _required_str(msg, "name", path)
+    content = msg.get("content")
+    output = "" if content is None else "".join(_text_parts(content, at(path, "content")))
+    pending = legacy_calls.get(name)
+    if not pending:
+        fail(path, f"function result for {name!r} without a preceding assistant function_call")
+    return {"type": "function_call_output", "call_id": pending.pop(0), "output": output}

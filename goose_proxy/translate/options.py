@@ -1,0 +1,134 @@
+"""Backend flavours and the knobs of the request translation.
+
+A *flavour* says what a Responses server accepts. ``"lightspeed"`` (Lightspeed
+Stack 0.7.1) answers 422 to any body field outside :data:`LIGHTSPEED_FIELDS`,
+picks the model itself when ``model`` is ``""``, and makes an extra LLM call
+per request unless ``generate_topic_summary`` is false. ``"openai"`` is a plain
+Responses server (OpenAI, vLLM, Llama Stack/OGX): every mapped field is sent
+and the client's model is forwarded. ``extra_body`` is merged last, over
+everything, in both flavours.
+
+Headers (``X-LCS-Merge-Server-Tools``) are the HTTP layer's business, not ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from goose_proxy.errors import InvalidRequest
+
+__all__ = [
+    "FLAVORS",
+    "LIGHTSPEED_EXTRAS",
+    "LIGHTSPEED_FIELDS",
+    "SYSTEM_MESSAGE_MODES",
+    "TranslateOptions",
+    "apply_extras",
+    "prepare_passthrough",
+    "upstream_model",
+]
+
+FLAVORS = ("lightspeed", "openai")
+SYSTEM_MESSAGE_MODES = ("drop", "instructions", "input")
+
+#: the request fields Lightspeed Stack 0.7.1 accepts; anything else is a 422
+LIGHTSPEED_FIELDS: frozenset[str] = frozenset(
+    {
+        "input", "model", "conversation", "include", "instructions", "max_infer_iters",
+        "max_output_tokens", "max_tool_calls", "metadata", "parallel_tool_calls",
+        "previous_response_id", "prompt", "reasoning", "safety_identifier", "store",
+        "stream", "temperature", "text", "tool_choice", "tools", "generate_topic_summary",
+        "shield_ids", "solr",
+    }
+)  # fmt: skip
+
+#: body fields the lightspeed flavour adds unless ``extra_body`` overrides them
+LIGHTSPEED_EXTRAS: Mapping[str, Any] = {"generate_topic_summary": False}
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """How to shape upstream bodies.
+
+    ``model``: None picks the flavour default (lightspeed: ``""``, letting the
+    backend choose; openai: the client's model); ``"passthrough"`` always
+    forwards the client's model; any other string (``""`` included) is sent as
+    the model.
+
+    ``system_messages``: ``"drop"`` (default: Lightspeed has its own system
+    prompt and ``instructions`` would replace it), ``"instructions"`` (joined
+    with a blank line into ``instructions``) or ``"input"`` (kept in place).
+
+    Raises:
+        ValueError: an unknown flavour or system message mode (a config bug).
+    """
+
+    flavor: str = "lightspeed"
+    model: Optional[str] = None
+    system_messages: str = "drop"
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {FLAVORS}, not {self.flavor!r}")
+        if self.system_messages not in SYSTEM_MESSAGE_MODES:
+            raise ValueError(
+                f"system_messages must be one of {SYSTEM_MESSAGE_MODES}, "
+                f"not {self.system_messages!r}"
+            )
+
+
+def upstream_model(opts: TranslateOptions, client_model: Optional[str]) -> str:
+    """The model to send upstream for a chat request.
+
+    Raises:
+        InvalidRequest: the model must come from the client and it sent none.
+    """
+    fixed = opts.model
+    if fixed is None and opts.flavor == "lightspeed":
+        return ""
+    if fixed is not None and fixed != "passthrough":
+        return fixed
+    if client_model is None:
+        raise InvalidRequest("model: required", param="model")
+    return client_model
+
+
+def apply_extras(body: dict[str, Any], opts: TranslateOptions) -> None:
+    """Add the flavour's extra fields, then ``opts.extra_body`` over everything (in place)."""
+    if opts.flavor == "lightspeed":
+        for key, value in LIGHTSPEED_EXTRAS.items():
+            body.setdefault(key, value)
+    body.update(opts.extra_body)
+
+
+def prepare_passthrough(
+    req: dict[str, Any], opts: TranslateOptions
+) -> tuple[dict[str, Any], list[str]]:
+    """The body for ``POST /v1/responses``: the client's, shaped for the flavour.
+
+    A shallow copy of ``req``; ``model`` follows the same rule as for chat
+    requests (:func:`upstream_model`: under the lightspeed flavour the backend
+    chooses, since Lightspeed does not know the gpt-5/o-series names Goose sends
+    to this path); under the lightspeed flavour the fields Lightspeed would
+    answer 422 to are dropped and ``generate_topic_summary: false`` is added
+    when absent; ``extra_body`` is merged last. Everything else is forwarded
+    unchanged: the backend validates. Returns the body and the dropped keys.
+
+    Raises:
+        InvalidRequest: ``req`` is not a JSON object, or a model is required and absent.
+    """
+    if not isinstance(req, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = req.get("model")
+    body = dict(req)
+    body["model"] = upstream_model(opts, model if isinstance(model, str) else None)
+    dropped: list[str] = []
+    if opts.flavor == "lightspeed":
+        dropped = sorted(k for k in body if k not in LIGHTSPEED_FIELDS)
+        for k in dropped:
+            del body[k]
+    apply_extras(body, opts)
+    return body, dropped

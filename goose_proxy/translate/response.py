@@ -1,0 +1,224 @@
+"""A Responses ``Response`` object → a ``chat.completion`` (TRANSLATION.md §2).
+
+One choice, index 0. The message gathers, across the output items in order:
+``output_text`` parts → ``content`` (null if there is none), ``refusal``
+parts → ``refusal``, ``function_call`` items → ``tool_calls``, reasoning
+text and summaries → ``reasoning_content`` (the extension field Goose reads;
+present only when non-empty), output-text logprobs → ``choices[0].logprobs``.
+Items a chat client cannot use (``mcp_list_tools``, ``mcp_call``,
+``web_search_call``, …) and text annotations are skipped.
+
+:func:`map_usage` and :func:`finish_reason` are shared with the stream
+translator so both paths agree; :func:`events_from_response` lets a plain JSON
+answer go through the stream translator when the client asked for a stream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
+
+from .errormap import error_from_event
+
+__all__ = [
+    "chat_tool_call",
+    "events_from_response",
+    "failure_of",
+    "finish_reason",
+    "map_usage",
+    "new_completion_id",
+    "reasoning_texts",
+    "responses_to_chat",
+]
+
+
+def new_completion_id() -> str:
+    """A fresh ``chatcmpl-…`` id, for answers whose response carried none."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def map_usage(usage: Any) -> Optional[dict[str, Any]]:
+    """Responses ``usage`` → chat ``usage``, or None when there is none.
+
+    ``cached_tokens`` and ``reasoning_tokens`` details are kept when present.
+    """
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("output_tokens"))
+    total = usage.get("total_tokens")
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": _count(total) if total is not None else prompt + completion,
+    }
+    details = usage.get("input_tokens_details")
+    if isinstance(details, Mapping) and details.get("cached_tokens") is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": _count(details["cached_tokens"])}
+    details = usage.get("output_tokens_details")
+    if isinstance(details, Mapping) and details.get("reasoning_tokens") is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": _count(details["reasoning_tokens"])}
+    return out
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value)
+
+
+def finish_reason(status: Any, incomplete_details: Any, any_tool_call: bool) -> str:
+    """The chat ``finish_reason`` for a finished response.
+
+    ``incomplete`` → ``"content_filter"`` when that is the reason, else
+    ``"length"`` (``max_output_tokens`` and any other cut); otherwise
+    ``"tool_calls"`` if a tool call was returned, else ``"stop"``.
+    """
+    if status == "incomplete":
+        details = incomplete_details if isinstance(incomplete_details, Mapping) else {}
+        reason = details.get("reason")
+        return "content_filter" if reason == "content_filter" else "length"
+    return "tool_calls" if any_tool_call else "stop"
+
+
+def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
+    """The error a failed Response object carries, or None if it did not fail.
+
+    A response failed when ``status`` is ``"failed"`` or ``error`` is an object.
+    """
+    err = resp.get("error")
+    if isinstance(err, Mapping):
+        return error_from_event(err)
+    if resp.get("status") == "failed":
+        return UpstreamError("upstream response failed without an error message")
+    return None
+
+
+def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
+    """The reasoning text parts, then the summary parts, of a ``reasoning`` item."""
+    texts: list[str] = []
+    for key in ("content", "summary"):
+        parts = item.get(key)
+        for part in parts if isinstance(parts, list) else ():
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    return texts
+
+
+def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]:
+    """Translate a complete (non-streamed or accumulated) Response object.
+
+    Raises:
+        ProxyError: the response failed (``status: "failed"`` or an ``error``
+            object): the class mapped from its error by :func:`error_from_event`.
+        UpstreamProtocolError: ``resp`` is not a Response object, or a
+            ``function_call`` item has neither ``call_id`` nor ``id``.
+    """
+    if not isinstance(resp, Mapping):
+        raise UpstreamProtocolError("upstream answer is not a JSON object")
+    failure = failure_of(resp)
+    if failure is not None:
+        raise failure
+    output = resp.get("output")
+    texts: list[str] = []
+    refusals: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    logprobs: list[Any] = []
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, Mapping):
+            continue
+        itype = item.get("type")
+        if itype == "message":
+            for part in item.get("content") or ():
+                if not isinstance(part, Mapping):
+                    continue
+                if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                    if isinstance(part.get("logprobs"), list):
+                        logprobs.extend(part["logprobs"])
+                elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                    refusals.append(part["refusal"])
+        elif itype == "function_call":
+            tool_calls.append(chat_tool_call(item))
+        elif itype == "reasoning":
+            reasoning.extend(reasoning_texts(item))
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+        "refusal": "".join(refusals) if refusals else None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if reasoning and "".join(reasoning):
+        message["reasoning_content"] = "".join(reasoning)
+    created = resp.get("created_at")
+    completion: dict[str, Any] = {
+        "id": resp["id"] if isinstance(resp.get("id"), str) else new_completion_id(),
+        "object": "chat.completion",
+        "created": int(created) if isinstance(created, (int, float)) else int(time.time()),
+        "model": client_model or (resp["model"] if isinstance(resp.get("model"), str) else ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                "finish_reason": finish_reason(
+                    resp.get("status"), resp.get("incomplete_details"), bool(tool_calls)
+                ),
+            }
+        ],
+    }
+    usage = map_usage(resp.get("usage"))
+    if usage is not None:
+        completion["usage"] = usage
+    return completion
+
+
+def chat_tool_call(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``function_call`` output item as a chat ``tool_calls`` entry.
+
+    Raises:
+        UpstreamProtocolError: the item has neither ``call_id`` nor ``id``.
+    """
+    call_id = item.get("call_id") or item.get("id")
+    if not isinstance(call_id, str):
+        raise UpstreamProtocolError("upstream function_call item has no call_id")
+    name = item.get("name")
+    arguments = item.get("arguments")
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {
+            "name": name if isinstance(name, str) else "",
+            "arguments": arguments if isinstance(arguments, str) else "",
+        },
+    }
+
+
+def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The events that stream a complete Response object to a streaming client.
+
+    Some servers answer a stream request with one JSON Response. Feeding these
+    events to a :class:`~goose_proxy.translate.StreamTranslator` (then calling
+    ``finish``) produces the same chunks a stream would have: the translator
+    shows everything in the terminal response's ``output`` that no delta showed.
+    A failed response becomes ``response.failed`` (raised before commit).
+
+    Raises:
+        UpstreamProtocolError: ``resp`` is not a JSON object.
+    """
+    if not isinstance(resp, Mapping):
+        raise UpstreamProtocolError("upstream answer is not a JSON object")
+    status = resp.get("status")
+    if isinstance(resp.get("error"), Mapping) or status == "failed":
+        etype = "response.failed"
+    elif status == "incomplete":
+        etype = "response.incomplete"
+    else:
+        etype = "response.completed"
+    return [{"type": etype, "response": dict(resp)}]

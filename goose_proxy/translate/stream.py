@@ -1,0 +1,404 @@
+"""Responses SSE events → ``chat.completion.chunk`` SSE frames (TRANSLATION.md §3).
+
+Theory of operation
+-------------------
+:class:`StreamTranslator` is a sans-I/O state machine for one response. The
+caller feeds it each parsed Responses event (``feed``) and, when the upstream
+body ends, calls ``finish``; both return the bytes to write, every frame
+exactly ``data: <compact JSON>\\n\\n``. It never reads or writes anything.
+
+States: *waiting* → *streaming* → *done*.
+
+* **waiting** (nothing returned yet). Events that carry nothing for the
+  client (``response.created``, ``in_progress``, ``output_item.added`` for a
+  message, empty deltas, unknown types) only update state; ``created`` lends
+  its ``id``, ``created_at`` and ``model`` to the chunks when the caller gave
+  none. A failure here (``response.failed``, an ``error`` event, or ``finish``
+  without a terminal event) is *raised* as a :class:`ProxyError`, so the HTTP
+  layer can still answer with a real status: this is "commit late".
+* **streaming** starts with the first client-visible event: the role chunk
+  (``{"role": "assistant", "content": ""}``) goes out together with it. Text,
+  refusal and reasoning deltas map one to one; tool calls go through
+  :class:`~goose_proxy.translate.toolcalls.ToolCallQueue`, which assigns dense
+  indices and keeps each call's argument fragments contiguous. A message part,
+  reasoning item or call whose content never streamed is sent when its
+  ``.done`` (or the terminal response's ``output``) shows it.
+* **done**. ``response.completed`` / ``.incomplete`` flush the held-back tool
+  calls, then send the finish chunk (the only place a ``finish_reason``
+  appears), the usage chunk if asked for, and ``[DONE]``. A failure after
+  output started sends ``{"error": …}`` and ``[DONE]`` instead, never a fake
+  ``stop``. Later events, ``finish`` and ``error_frames`` return nothing.
+
+Speed: the common text delta is built from precomputed bytes around the JSON
+string of the delta instead of dumping a dict per event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
+
+from .errormap import error_from_event
+from .jsonbody import encode_json
+from .response import finish_reason, map_usage, new_completion_id, reasoning_texts
+from .toolcalls import Fragment, ToolCallQueue, str_or_none
+
+__all__ = ["DONE_FRAME", "StreamTranslator"]
+
+DONE_FRAME = b"data: [DONE]\n\n"
+_TEXT_TAIL = b'},"finish_reason":null}]}\n\n'
+_ENDED_EARLY = "upstream stream ended early (no terminal event)"
+
+Out = list[bytes]
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+class StreamTranslator:
+    """Translate one Responses event stream into chat completion chunks.
+
+    ``model``, ``completion_id`` and ``created`` fill every chunk; an empty
+    ``model`` or a None id/created is taken from ``response.created`` (else a
+    fresh ``chatcmpl-…`` id and the current time). ``include_usage`` adds the
+    ``choices: []`` usage chunk before ``[DONE]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        include_usage: bool,
+        completion_id: Optional[str] = None,
+        created: Optional[int] = None,
+    ) -> None:
+        self._model = model
+        self._include_usage = include_usage
+        self._id = completion_id
+        self._created = created
+        self._started = False
+        self._done = False
+        #: the last usage seen, in chat form, for access logs
+        self.usage: Optional[dict[str, Any]] = None
+        self._head = b""  # b'data: {"id":…,"choices":[{"index":0,"delta":' once prepared
+        self._text_head = b""
+        self._meta: dict[str, Any] = {}
+        self._calls = ToolCallQueue()
+        self._covered: set[tuple[str, int]] = set()  # message parts that sent text
+        self._last_part: Optional[tuple[str, int]] = None
+        self._reasoned: set[str] = set()  # reasoning items that sent text
+        self._index_keys: dict[int, str] = {}  # output_index -> item key
+        self._handlers: dict[str, Callable[[Mapping[str, Any], Out], None]] = {
+            "response.created": self._on_meta,
+            "response.in_progress": self._on_meta,
+            "response.queued": self._on_meta,
+            "response.refusal.delta": self._on_refusal_delta,
+            "response.reasoning_text.delta": self._on_reasoning_delta,
+            "response.reasoning_summary_text.delta": self._on_reasoning_delta,
+            "response.output_item.added": self._on_item_added,
+            "response.function_call_arguments.delta": self._on_args_delta,
+            "response.function_call_arguments.done": self._on_args_done,
+            "response.output_text.done": self._on_part_done,
+            "response.refusal.done": self._on_part_done,
+            "response.content_part.done": self._on_part_done,
+            "response.output_item.done": self._on_item_done,
+            "response.completed": self._on_terminal,
+            "response.incomplete": self._on_terminal,
+            "response.failed": self._on_failed,
+            "error": self._on_error,
+        }
+
+    @property
+    def started(self) -> bool:
+        """Some frame has been returned (the client's 200 head is committed)."""
+        return self._started
+
+    @property
+    def done(self) -> bool:
+        """Final: terminal frames were returned, or a failure was raised."""
+        return self._done
+
+    # --- entry points -------------------------------------------------------
+
+    def feed(self, event: Mapping[str, Any]) -> list[bytes]:
+        """Take one parsed Responses event; return the frames to send now.
+
+        Raises:
+            ProxyError: the stream failed (``response.failed`` or an ``error``
+                event) before any frame was returned: ``ContextLengthExceeded``,
+                ``RateLimited`` or another class from :func:`error_from_event`.
+        """
+        if self._done or not isinstance(event, Mapping):
+            return []
+        etype = event.get("type")
+        if etype == "response.output_text.delta":  # the hot path
+            delta = event.get("delta")
+            if not delta or not isinstance(delta, str):
+                return []
+            part = (self._key(event), _int(event.get("content_index")))
+            if part != self._last_part:
+                self._covered.add(part)
+                self._last_part = part
+            if not self._head:
+                self._prepare()
+            logprobs = event.get("logprobs")
+            if logprobs and isinstance(logprobs, list):
+                lp = {"content": logprobs, "refusal": None}
+                frame = self._chunk({"content": delta}, logprobs=lp)
+            else:
+                frame = self._text_head + encode_json(delta) + _TEXT_TAIL
+            return [frame] if self._started else self._commit([frame])
+        handler = self._handlers.get(etype) if isinstance(etype, str) else None
+        if handler is None:
+            return []
+        out: Out = []
+        handler(event, out)
+        if out and not self._started:
+            return self._commit(out)
+        return out
+
+    def finish(self) -> list[bytes]:
+        """The upstream body ended (EOF or a ``[DONE]`` sentinel).
+
+        Returns nothing after a terminal event, else an error frame and
+        ``[DONE]`` when output had started.
+
+        Raises:
+            UpstreamProtocolError: no terminal event and nothing returned yet.
+        """
+        if self._done:
+            return []
+        if not self._started:
+            self._done = True
+            raise UpstreamProtocolError(_ENDED_EARLY)
+        return self.error_frames(UpstreamProtocolError(_ENDED_EARLY))
+
+    def error_frames(self, err: ProxyError) -> list[bytes]:
+        """End the stream with ``err`` (an I/O failure mid-stream): error frame + ``[DONE]``.
+
+        Idempotent: returns nothing once the stream is done.
+        """
+        if self._done:
+            return []
+        self._done = True
+        self._started = True
+        return [b"data: " + encode_json(err.to_dict()) + b"\n\n", DONE_FRAME]
+
+    # --- framing --------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        meta = self._meta
+        meta["id"] = self._id or meta.get("id") or new_completion_id()
+        created = self._created if self._created is not None else meta.get("created")
+        meta["created"] = created if created is not None else int(time.time())
+        meta["model"] = self._model or meta.get("model") or ""
+        self._head = (
+            b'data: {"id":' + encode_json(meta["id"])
+            + b',"object":"chat.completion.chunk","created":' + str(meta["created"]).encode()
+            + b',"model":' + encode_json(meta["model"])
+            + b',"choices":[{"index":0,"delta":'
+        )  # fmt: skip
+        self._text_head = self._head + b'{"content":'
+
+    def _chunk(
+        self, delta: Mapping[str, Any], *, finish: Optional[str] = None, logprobs: Any = None
+    ) -> bytes:
+        if not self._head:
+            self._prepare()
+        extra = b',"logprobs":' + encode_json(logprobs) if logprobs is not None else b""
+        reason = encode_json(finish) if finish is not None else b"null"
+        return self._head + encode_json(delta) + extra + b',"finish_reason":' + reason + b"}]}\n\n"
+
+    def _commit(self, frames: Out) -> Out:
+        self._started = True
+        return [self._chunk({"role": "assistant", "content": ""}), *frames]
+
+    def _fragments(self, fragments: list[Fragment], out: Out) -> None:
+        for fragment in fragments:
+            out.append(self._chunk({"tool_calls": [fragment]}))
+
+    # --- item bookkeeping ----------------------------------------------------
+
+    def _key(self, event: Mapping[str, Any]) -> str:
+        item_id = event.get("item_id")
+        if isinstance(item_id, str):
+            return item_id
+        index = _int(event.get("output_index"), -1)
+        return self._index_keys.get(index) or f"#{index}"
+
+    def _item_key(self, item: Mapping[str, Any], index: int) -> str:
+        item_id = item.get("id")
+        key = item_id if isinstance(item_id, str) else self._index_keys.get(index, f"#{index}")
+        if index >= 0:
+            self._index_keys.setdefault(index, key)
+        return key
+
+    def _call_keys(self, event: Mapping[str, Any]) -> tuple[Optional[str], ...]:
+        index = _int(event.get("output_index"), -1)
+        by_index = self._index_keys.get(index) or (f"#{index}" if index >= 0 else None)
+        return (str_or_none(event.get("item_id")), by_index)
+
+    # --- handlers ---------------------------------------------------------------
+
+    def _on_meta(self, event: Mapping[str, Any], out: Out) -> None:
+        self._adopt(event.get("response"))
+
+    def _adopt(self, response: Any) -> None:
+        if self._head or not isinstance(response, Mapping):
+            return
+        meta = self._meta
+        if isinstance(response.get("id"), str):
+            meta.setdefault("id", response["id"])
+        created = response.get("created_at")
+        if isinstance(created, (int, float)) and not isinstance(created, bool):
+            meta.setdefault("created", int(created))
+        if isinstance(response.get("model"), str):
+            meta.setdefault("model", response["model"])
+
+    def _on_refusal_delta(self, event: Mapping[str, Any], out: Out) -> None:
+        delta = event.get("delta")
+        if delta and isinstance(delta, str):
+            self._covered.add((self._key(event), _int(event.get("content_index"))))
+            out.append(self._chunk({"refusal": delta}))
+
+    def _on_reasoning_delta(self, event: Mapping[str, Any], out: Out) -> None:
+        delta = event.get("delta")
+        if delta and isinstance(delta, str):
+            self._reasoned.add(self._key(event))
+            out.append(self._chunk({"reasoning_content": delta}))
+
+    def _on_item_added(self, event: Mapping[str, Any], out: Out) -> None:
+        item = event.get("item")
+        if not isinstance(item, Mapping):
+            return
+        key = self._item_key(item, _int(event.get("output_index"), -1))
+        if item.get("type") == "function_call":
+            fragments = self._calls.announce(
+                key, str_or_none(item.get("call_id")), str_or_none(item.get("name"))
+            )
+            self._fragments(fragments, out)
+
+    def _on_args_delta(self, event: Mapping[str, Any], out: Out) -> None:
+        delta = event.get("delta")
+        if delta and isinstance(delta, str):
+            self._fragments(self._calls.delta(self._call_keys(event), delta), out)
+
+    def _on_args_done(self, event: Mapping[str, Any], out: Out) -> None:
+        keys, arguments = self._call_keys(event), str_or_none(event.get("arguments"))
+        self._fragments(
+            self._calls.finish(keys, arguments, name=str_or_none(event.get("name"))), out
+        )
+
+    def _on_part_done(self, event: Mapping[str, Any], out: Out) -> None:
+        etype = event.get("type")
+        if etype == "response.content_part.done":
+            part = event.get("part")
+            if not isinstance(part, Mapping):
+                return
+            kind = part.get("type")
+            text = part.get("text") if kind == "output_text" else part.get("refusal")
+        elif etype == "response.refusal.done":
+            kind, text = "refusal", event.get("refusal")
+        else:
+            kind, text = "output_text", event.get("text")
+        self._unstreamed_part((self._key(event), _int(event.get("content_index"))), kind, text, out)
+
+    def _unstreamed_part(self, part: tuple[str, int], kind: Any, text: Any, out: Out) -> None:
+        if part in self._covered or not text or not isinstance(text, str):
+            return
+        if kind == "output_text":
+            out.append(self._chunk({"content": text}))
+        elif kind == "refusal":
+            out.append(self._chunk({"refusal": text}))
+        else:
+            return
+        self._covered.add(part)
+
+    def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
+        item = event.get("item")
+        if isinstance(item, Mapping):
+            self._item_done(item, _int(event.get("output_index"), -1), out)
+
+    def _item_done(self, item: Mapping[str, Any], index: int, out: Out) -> None:
+        key = self._item_key(item, index)
+        itype = item.get("type")
+        if itype == "message":
+            content = item.get("content")
+            for j, part in enumerate(content if isinstance(content, list) else ()):
+                if isinstance(part, Mapping):
+                    kind = part.get("type")
+                    text = part.get("text") if kind == "output_text" else part.get("refusal")
+                    self._unstreamed_part((key, j), kind, text, out)
+        elif itype == "function_call":
+            fragments = self._calls.finish(
+                (key, self._index_keys.get(index)),
+                str_or_none(item.get("arguments")),
+                str_or_none(item.get("call_id")),
+                str_or_none(item.get("name")),
+            )
+            self._fragments(fragments, out)
+        elif itype == "reasoning" and key not in self._reasoned:
+            text = "".join(reasoning_texts(item))
+            if text:
+                self._reasoned.add(key)
+                out.append(self._chunk({"reasoning_content": text}))
+
+    def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:
+        response = event.get("response")
+        if not isinstance(response, Mapping):
+            response = {}
+        self._adopt(response)
+        usage = map_usage(response.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        # Whatever the stream never showed, the final output still carries.
+        output = response.get("output")
+        finals: dict[str, Mapping[str, Any]] = {}
+        for i, item in enumerate(output if isinstance(output, list) else ()):
+            if isinstance(item, Mapping):
+                self._item_done(item, i, out)
+                finals[self._item_key(item, i)] = item
+        self._fragments(self._calls.close(finals), out)
+        status = "incomplete" if event.get("type") == "response.incomplete" else "completed"
+        reason = finish_reason(status, response.get("incomplete_details"), self._calls.emitted > 0)
+        out.append(self._chunk({}, finish=reason))
+        if self._include_usage:
+            meta = self._meta  # prepared by the finish chunk above
+            chunk = {
+                "id": meta["id"],
+                "object": "chat.completion.chunk",
+                "created": meta["created"],
+                "model": meta["model"],
+                "choices": [],
+                "usage": self.usage,
+            }
+            out.append(b"data: " + encode_json(chunk) + b"\n\n")
+        out.append(DONE_FRAME)
+        self._done = True
+
+    def _on_failed(self, event: Mapping[str, Any], out: Out) -> None:
+        response = event.get("response")
+        err = response.get("error") if isinstance(response, Mapping) else None
+        if isinstance(response, Mapping):
+            usage = map_usage(response.get("usage"))
+            if usage is not None:
+                self.usage = usage
+        self._fail(
+            error_from_event(err)
+            if isinstance(err, Mapping)
+            else UpstreamError("upstream response failed without an error message"),
+            out,
+        )
+
+    def _on_error(self, event: Mapping[str, Any], out: Out) -> None:
+        self._fail(error_from_event(event), out)
+
+    def _fail(self, err: ProxyError, out: Out) -> None:
+        if not self._started:
+            self._done = True
+            raise err
+        out.extend(self.error_frames(err))

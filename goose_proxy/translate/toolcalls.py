@@ -1,0 +1,182 @@
+"""Ordering of streamed tool calls: dense indices, contiguous arguments.
+
+Chat clients rebuild tool calls from fragments keyed by ``index``, and strict
+ones (the openai SDK's stream helper among them) consider a call complete as
+soon as a fragment for another index arrives. The Responses API may interleave
+the argument deltas of parallel calls. So the queue lets exactly one call be
+*open* on the client side at a time:
+
+* calls enter the queue in the order the backend announces them
+  (``output_item.added``), or at their first sign of life if never announced;
+* the head call is open: its header (``id``, ``name``, ``arguments: ""``) and
+  its argument deltas go out as they come; the client index is assigned when
+  the header goes out, so indices are dense (0, 1, 2, …) and increasing;
+* deltas of any other call are held back in that call's buffer, which holds at
+  most what the backend sent for it;
+* when the head call finishes (``function_call_arguments.done`` or
+  ``output_item.done``), its missing argument text is sent once (all of it
+  when no delta came, the missing tail when the deltas were a prefix) and the
+  next call opens: header, its whole buffer, and, if it has finished too, its
+  tail, and so on;
+* at the terminal event every remaining call is flushed in order.
+
+A call whose ``call_id`` and ``name`` are still unknown (deltas without an
+``output_item.added``) blocks the queue until its ``output_item.done`` or the
+terminal response supplies them; if nothing ever does it is skipped, because
+a tool call without an id cannot be answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+__all__ = ["ToolCallQueue", "str_or_none"]
+
+Fragment = dict[str, Any]
+
+
+class _Call:
+    __slots__ = ("call_id", "final", "finished", "index", "name", "pending", "received")
+
+    def __init__(self, call_id: Optional[str], name: Optional[str]) -> None:
+        self.call_id = call_id
+        self.name = name
+        self.index: Optional[int] = None  # client index, once the header went out
+        self.received: list[str] = []  # every argument delta, in order
+        self.pending: list[str] = []  # deltas not yet sent (only while not open)
+        self.finished = False
+        self.final: Optional[str] = None  # arguments from the .done event
+
+
+class ToolCallQueue:
+    """Turns function-call events into chat ``tool_calls`` fragments, in a safe order.
+
+    Every method returns the fragments to send now (possibly none), each one a
+    ``delta.tool_calls`` entry. Keys are the backend's item ids (or a stand-in
+    derived from ``output_index``).
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[_Call] = []
+        self._by_key: dict[str, _Call] = {}
+        self._head = 0
+        #: number of calls whose header went out (the next dense index)
+        self.emitted = 0
+
+    def find(self, *keys: Optional[str]) -> Optional[_Call]:
+        for key in keys:
+            if key is not None:
+                call = self._by_key.get(key)
+                if call is not None:
+                    return call
+        return None
+
+    def _add(self, key: str, call_id: Optional[str], name: Optional[str]) -> _Call:
+        call = _Call(call_id, name)
+        self._calls.append(call)
+        self._by_key[key] = call
+        return call
+
+    def announce(self, key: str, call_id: Optional[str], name: Optional[str]) -> list[Fragment]:
+        """A function call item was added. Repeats of a known key only fill in gaps."""
+        call = self._by_key.get(key)
+        if call is None:
+            self._add(key, call_id, name)
+        else:
+            call.call_id = call.call_id or call_id
+            call.name = call.name or name
+        return self._advance()
+
+    def delta(self, keys: tuple[Optional[str], ...], text: str) -> list[Fragment]:
+        """An argument delta for the call found under the first known key of ``keys``."""
+        if not text:
+            return []
+        call = self.find(*keys)
+        if call is None:
+            key = next((k for k in keys if k is not None), None)
+            if key is None:
+                return []
+            call = self._add(key, None, None)
+        if call.finished:
+            return []
+        call.received.append(text)
+        if call.index is not None:  # open: straight out
+            return [{"index": call.index, "function": {"arguments": text}}]
+        call.pending.append(text)
+        return self._advance()
+
+    def finish(
+        self,
+        keys: tuple[Optional[str], ...],
+        arguments: Optional[str],
+        call_id: Optional[str] = None,
+        name: Optional[str] = None,
+    ) -> list[Fragment]:
+        """The call's arguments are final (``.done`` or ``output_item.done``); once per call."""
+        call = self.find(*keys)
+        if call is None:
+            key = next((k for k in keys if k is not None), None)
+            if key is None:
+                return []
+            call = self._add(key, call_id, name)
+        call.call_id = call.call_id or call_id
+        call.name = call.name or name
+        if not call.finished:
+            call.finished = True
+            call.final = arguments
+        return self._advance()
+
+    def close(self, items: Mapping[str, Mapping[str, Any]]) -> list[Fragment]:
+        """Terminal event: flush every call, using the final response's items by key."""
+        for key, call in self._by_key.items():
+            item = items.get(key)
+            if item is not None:
+                call.call_id = call.call_id or str_or_none(item.get("call_id"))
+                call.name = call.name or str_or_none(item.get("name"))
+            if not call.finished:
+                call.finished = True
+                call.final = str_or_none(item.get("arguments")) if item is not None else None
+        out = self._advance()
+        while self._head < len(self._calls):  # only calls that can never be named are left
+            self._head += 1
+            out.extend(self._advance())
+        return out
+
+    def _advance(self) -> list[Fragment]:
+        out: list[Fragment] = []
+        while self._head < len(self._calls):
+            call = self._calls[self._head]
+            if call.index is None:
+                if call.call_id is None or call.name is None:
+                    break
+                call.index = self.emitted
+                self.emitted += 1
+                out.append(
+                    {
+                        "index": call.index,
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": ""},
+                    }
+                )
+            if call.pending:
+                out.append({"index": call.index, "function": {"arguments": "".join(call.pending)}})
+                call.pending.clear()
+            if not call.finished:
+                break
+            if call.final:
+                got = "".join(call.received)
+                if len(call.final) > len(got) and call.final.startswith(got):
+                    out.append(
+                        {"index": call.index, "function": {"arguments": call.final[len(got) :]}}
+                    )
+            call.received.clear()  # closed for good: keep no copy of its arguments
+            call.final = None
+            self._head += 1
+        return out
+
+
+def str_or_none(value: Any) -> Optional[str]:
+    """``value`` if it is a string, else None."""
+    return value if isinstance(value, str) else None

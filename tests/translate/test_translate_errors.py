@@ -1,0 +1,210 @@
+"""Backend errors → the OpenAI envelope: TRANSLATION.md §4, with the captured bodies."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional
+
+import pytest
+from translate_testkit import fixture_text
+
+from goose_proxy.errors import (
+    AuthenticationError,
+    ContextLengthExceeded,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamHTTPError,
+)
+from goose_proxy.translate import error_from_backend, error_from_event
+from goose_proxy.translate.errormap import MAX_MESSAGE_CHARS
+
+
+def envelope(err: ProxyError) -> dict[str, Any]:
+    doc = json.loads(err.to_json())
+    assert set(doc) == {"error"} and set(doc["error"]) == {"message", "type", "param", "code"}
+    return doc["error"]
+
+
+def detail_message(detail: Any) -> str:
+    """What §4 says the message must be, computed from a FastAPI ``detail``."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, dict):
+        return f"{detail['response']}: {detail['cause']}"
+    first = detail[0]
+    return ".".join(map(str, first["loc"])) + ": " + first["msg"]
+
+
+# --- captured FastAPI bodies ----------------------------------------------------------------
+
+
+def test_422_extra_field_fixture() -> None:
+    raw = fixture_text("err_422_extra_field.json").strip().encode()
+    err = error_from_backend(422, raw)
+    expected = detail_message(json.loads(raw)["detail"])
+    assert expected == "body.foo: Extra inputs are not permitted"
+    assert err.message == expected
+    assert err.status == 400 and envelope(err)["type"] == "invalid_request_error"
+
+
+def test_500_response_cause_fixture() -> None:
+    raw = fixture_text("err_FAIL_500_stream_false.txt").strip().encode()
+    err = error_from_backend(500, raw)
+    assert err.message == detail_message(json.loads(raw)["detail"])
+    assert isinstance(err, UpstreamHTTPError)
+    assert err.status == 500 and envelope(err)["type"] == "api_error"
+
+
+def auth_quota_cases() -> list[tuple[int, bytes]]:
+    cases = []
+    for line in fixture_text("err_auth_quota.txt").splitlines():
+        match = re.match(r"^(\{.*\})\s+=>\s+HTTP (\d{3})$", line.strip())
+        if match:
+            cases.append((int(match.group(2)), match.group(1).encode()))
+    assert [status for status, _ in cases] == [401, 400, 403, 429]
+    return cases
+
+
+@pytest.mark.parametrize(("status", "raw"), auth_quota_cases())
+def test_auth_and_quota_fixture(status: int, raw: bytes) -> None:
+    err = error_from_backend(status, raw, retry_after="30")
+    assert err.message == detail_message(json.loads(raw)["detail"])
+    assert err.status == status
+    if status in (401, 403):
+        assert isinstance(err, AuthenticationError)
+        assert envelope(err)["type"] == "authentication_error"
+    elif status == 429:
+        assert isinstance(err, RateLimited) and ("Retry-After", "30") in err.headers
+        assert envelope(err)["type"] == "rate_limit_error"
+    else:
+        assert envelope(err)["type"] == "invalid_request_error"
+
+
+def test_quota_429_full_http_response_fixture() -> None:
+    head, body = fixture_text("err_quota_429_stream.txt").split("\n\n", 1)
+    status = int(head.splitlines()[0].split()[1])
+    err = error_from_backend(status, body.strip().encode())
+    assert isinstance(err, RateLimited) and err.status == 429
+    assert err.message == detail_message(json.loads(body)["detail"])
+    assert err.headers == []  # the capture carries no Retry-After
+
+
+# --- one case per §4 backend row ----------------------------------------------------------------
+
+OPENAI_400 = json.dumps({"error": {"message": "Invalid value for 'x'.", "type":
+                                   "invalid_request_error", "param": "x",
+                                   "code": "invalid_value"}}).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "out_status", "message"),
+    [
+        (400, OPENAI_400, UpstreamHTTPError, 400, "Invalid value for 'x'."),
+        (404, b'{"detail":"Not Found"}', UpstreamHTTPError, 404, "Not Found"),
+        (500, b'{"error": "plain string error"}', UpstreamHTTPError, 500, "plain string error"),
+        (503, b'{"message": "overloaded"}', UpstreamHTTPError, 503, "overloaded"),
+        (502, b"<html>Bad gateway</html>", UpstreamHTTPError, 502, "<html>Bad gateway</html>"),
+        (500, b"", UpstreamHTTPError, 500, "backend answered HTTP 500"),
+        (413, b'{"detail":"Request Entity Too Large"}', ContextLengthExceeded, 400,
+         "Request Entity Too Large"),
+        (400, b'{"error":{"message":"This model\'s maximum context length is 4096 tokens"}}',
+         ContextLengthExceeded, 400, "This model's maximum context length is 4096 tokens"),
+        (400, b'{"detail":"prompt is too long: 210000 tokens > 200000 maximum"}',
+         ContextLengthExceeded, 400, "prompt is too long: 210000 tokens > 200000 maximum"),
+        (400, b'{"error":{"message":"too long","code":"context_length_exceeded"}}',
+         ContextLengthExceeded, 400, "too long"),
+        (429, b'{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}',
+         RateLimited, 429, "Rate limit reached"),
+        (500, b'{"detail":"upstream LLM rate limit hit"}', RateLimited, 429,
+         "upstream LLM rate limit hit"),
+        (400, b'{"error":{"message":"You exceeded your current quota",'
+              b'"code":"insufficient_quota"}}', RateLimited, 429,
+         "You exceeded your current quota"),
+        (401, b'{"error":{"message":"bad key"}}', AuthenticationError, 401, "bad key"),
+        (403, b'{"detail":"Insufficient entitlements"}', AuthenticationError, 403,
+         "Insufficient entitlements"),
+    ],
+)  # fmt: skip
+def test_backend_rows(status: int, body: bytes, cls: type, out_status: int, message: str) -> None:
+    err = error_from_backend(status, body)
+    assert type(err) is cls
+    assert (err.status, err.message) == (out_status, message)
+    if cls is ContextLengthExceeded:
+        assert envelope(err)["code"] == "context_length_exceeded"
+        assert envelope(err)["type"] == "invalid_request_error"
+    if cls is RateLimited:
+        assert envelope(err)["code"] == "rate_limit_exceeded"
+
+
+def test_backend_error_code_kept_for_passthrough() -> None:
+    assert envelope(error_from_backend(400, OPENAI_400))["code"] == "invalid_value"
+
+
+def test_long_text_body_truncated_and_bad_utf8_replaced() -> None:
+    body = b"\xff" + b"x" * 5000
+    err = error_from_backend(500, body)
+    assert len(err.message) <= MAX_MESSAGE_CHARS + 1
+    assert err.message.startswith("\ufffd" + "x" * 10)
+    long_json = json.dumps({"detail": "y" * 3000}).encode()
+    assert len(error_from_backend(500, long_json).message) <= MAX_MESSAGE_CHARS + 1
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [("30", "30"), (" 120 ", "120"), ("Wed, 21 Oct 2026 07:28:00 GMT",
+                                      "Wed, 21 Oct 2026 07:28:00 GMT"),
+     ("5\r\nSet-Cookie: x=1", None), ("", None), (None, None)],
+)  # fmt: skip
+def test_retry_after_kept_only_when_sane(value: Optional[str], kept: Optional[str]) -> None:
+    err = error_from_backend(429, b'{"detail":"slow down"}', retry_after=value)
+    assert err.headers == ([("Retry-After", kept)] if kept else [])
+
+
+# --- errors reported inside a stream ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("err", "cls", "status", "code"),
+    [
+        ({"code": "server_error", "message": "This model's maximum context length is 8192 tokens."},
+         ContextLengthExceeded, 400, "context_length_exceeded"),
+        ({"type": "error", "code": "rate_limit_exceeded", "message": "Slow down"},
+         RateLimited, 429, "rate_limit_exceeded"),
+        ({"type": "error", "error": {"type": "tokens", "code": "rate_limit_exceeded",
+                                     "message": "Slow down"}},
+         RateLimited, 429, "rate_limit_exceeded"),
+        ({"type": "error", "error": {"type": "server_error", "code": None,
+                                     "message": "Input is too long for requested model."}},
+         ContextLengthExceeded, 400, "context_length_exceeded"),
+        ({"code": "invalid_prompt", "message": "Prompt flagged"}, UpstreamHTTPError, 400,
+         "invalid_prompt"),
+        ({"code": "invalid_base64_image", "message": "bad image"}, UpstreamHTTPError, 400,
+         "invalid_base64_image"),
+        ({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
+         UpstreamHTTPError, 400, None),
+        ({"code": "server_error", "message": "LLM exploded"}, UpstreamError, 502, "server_error"),
+        ({"type": "error", "message": "no code"}, UpstreamError, 502, "upstream_error"),
+    ],
+)  # fmt: skip
+def test_event_rows(err: dict[str, Any], cls: type, status: int, code: Optional[str]) -> None:
+    got = error_from_event(err)
+    assert type(got) is cls
+    assert got.status == status and got.code == code
+    inner = err.get("error", err)
+    assert got.message == inner["message"]
+
+
+def test_event_without_message() -> None:
+    got = error_from_event({"type": "error", "code": "server_error"})
+    assert got.message == "upstream reported an error (server_error)" and got.status == 502
+
+
+def test_ctx_capture_error_maps_to_context_length() -> None:
+    text = fixture_text("err_CTX_TOO_LONG_stream_true.txt")
+    failed = next(json.loads(line[len("data: "):]) for line in text.splitlines()
+                  if line.startswith("data: {") and '"response.failed"' in line)  # fmt: skip
+    err = error_from_event(failed["response"]["error"])
+    assert isinstance(err, ContextLengthExceeded)
+    assert err.message == failed["response"]["error"]["message"]

@@ -1,0 +1,335 @@
+"""Non-streaming responses: TRANSLATION.md §2, and the stream accumulator behind it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from translate_testkit import capture_events, fixture_json
+
+from goose_proxy.errors import (
+    ContextLengthExceeded,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamProtocolError,
+)
+from goose_proxy.translate import ResponseAccumulator, responses_to_chat
+
+
+def response(output: list[Any], **extra: Any) -> dict[str, Any]:
+    base = {"id": "resp_1", "object": "response", "created_at": 1700000000.7, "model": "backend-m",
+            "status": "completed", "error": None, "output": output}  # fmt: skip
+    base.update(extra)
+    return base
+
+
+def message(*parts: dict[str, Any], item_id: str = "msg_1") -> dict[str, Any]:
+    return {"type": "message", "id": item_id, "role": "assistant", "status": "completed",
+            "content": list(parts)}  # fmt: skip
+
+
+def text(value: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "output_text", "text": value, "annotations": [], **extra}
+
+
+def call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"type": "function_call", "id": "fc_" + call_id, "call_id": call_id, "name": name,
+            "arguments": arguments, "status": "completed"}  # fmt: skip
+
+
+def only_choice(completion: dict[str, Any]) -> dict[str, Any]:
+    assert len(completion["choices"]) == 1 and completion["choices"][0]["index"] == 0
+    return completion["choices"][0]
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_model", ["goose-model", ""])
+def test_fixture_text(client_model: str) -> None:
+    resp = fixture_json("lcs_nonstream_text.json")
+    got = responses_to_chat(resp, client_model)
+    texts = [p["text"] for item in resp["output"] if item["type"] == "message"
+             for p in item["content"] if p["type"] == "output_text"]  # fmt: skip
+    assert got["id"] == resp["id"]
+    assert got["object"] == "chat.completion"
+    assert got["created"] == int(resp["created_at"])
+    assert got["model"] == (client_model or resp["model"])
+    choice = only_choice(got)
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == "".join(texts)
+    assert choice["message"]["refusal"] is None
+    assert "tool_calls" not in choice["message"]
+    assert choice["finish_reason"] == "stop"
+    usage = resp["usage"]
+    assert got["usage"] == {
+        "prompt_tokens": usage["input_tokens"],
+        "completion_tokens": usage["output_tokens"],
+        "total_tokens": usage["total_tokens"],
+        "prompt_tokens_details": {"cached_tokens": usage["input_tokens_details"]["cached_tokens"]},
+        "completion_tokens_details": {
+            "reasoning_tokens": usage["output_tokens_details"]["reasoning_tokens"]
+        },
+    }
+
+
+def test_fixture_tool() -> None:
+    resp = fixture_json("lcs_nonstream_tool.json")
+    choice = only_choice(responses_to_chat(resp, "goose-model"))
+    calls = [i for i in resp["output"] if i["type"] == "function_call"]
+    assert choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"] == [
+        {"id": c["call_id"], "type": "function",
+         "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for c in calls
+    ]  # fmt: skip
+    assert choice["finish_reason"] == "tool_calls"
+
+
+# --- one case per §2 rule ----------------------------------------------------------------------
+
+
+def test_text_joined_across_message_items_in_order() -> None:
+    resp = response([message(text("Hello, "), text("world"), item_id="m1"),
+                     {"type": "mcp_list_tools", "id": "l1", "server_label": "s", "tools": []},
+                     message(text("!"), item_id="m2")])  # fmt: skip
+    assert only_choice(responses_to_chat(resp, "m"))["message"]["content"] == "Hello, world!"
+
+
+def test_refusal_parts() -> None:
+    resp = response([message({"type": "refusal", "refusal": "I can't "}),
+                     message({"type": "refusal", "refusal": "help."}, item_id="m2")])  # fmt: skip
+    msg = only_choice(responses_to_chat(resp, "m"))["message"]
+    assert msg["refusal"] == "I can't help." and msg["content"] is None
+
+
+def test_reasoning_becomes_reasoning_content() -> None:
+    reasoning = {"type": "reasoning", "id": "rs_1",
+                 "content": [{"type": "reasoning_text", "text": "think. "}],
+                 "summary": [{"type": "summary_text", "text": "summary."}]}  # fmt: skip
+    resp = response([reasoning, message(text("answer"))])
+    msg = only_choice(responses_to_chat(resp, "m"))["message"]
+    assert msg["reasoning_content"] == "think. summary."
+    assert msg["content"] == "answer"
+
+
+def test_no_reasoning_content_key_without_reasoning() -> None:
+    msg = only_choice(responses_to_chat(response([message(text("x"))]), "m"))["message"]
+    assert "reasoning_content" not in msg
+
+
+def test_unusable_items_are_skipped() -> None:
+    resp = response([
+        {"type": "mcp_list_tools", "id": "a", "server_label": "s", "tools": []},
+        {"type": "mcp_call", "id": "b", "name": "x", "arguments": "{}", "output": "o"},
+        {"type": "web_search_call", "id": "c", "status": "completed"},
+        {"type": "file_search_call", "id": "d", "queries": [], "status": "completed"},
+        message(text("done")),
+    ])  # fmt: skip
+    msg = only_choice(responses_to_chat(resp, "m"))["message"]
+    assert msg == {"role": "assistant", "content": "done", "refusal": None}
+
+
+def test_every_function_call_becomes_a_tool_call_in_order() -> None:
+    c1, c2 = call("call_1", "a", '{"x":1}'), call("call_2", "b", "{}")
+    resp = response([message(text("Calling.")), c1, c2])
+    choice = only_choice(responses_to_chat(resp, "m"))
+    assert [(t["id"], t["function"]["name"], t["function"]["arguments"])
+            for t in choice["message"]["tool_calls"]] == [
+        (c1["call_id"], c1["name"], c1["arguments"]), (c2["call_id"], c2["name"], c2["arguments"])
+    ]  # fmt: skip
+    assert all(t["type"] == "function" for t in choice["message"]["tool_calls"])
+    assert choice["message"]["content"] == "Calling."
+    assert choice["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "calls", "expected"),
+    [
+        ("incomplete", {"reason": "max_output_tokens"}, [], "length"),
+        ("incomplete", {"reason": "content_filter"}, [], "content_filter"),
+        ("incomplete", {"reason": "max_output_tokens"}, [call("c", "f", "{")], "length"),
+        ("completed", None, [call("c", "f", "{}")], "tool_calls"),
+        ("completed", None, [], "stop"),
+    ],
+)
+def test_finish_reason(status: str, details: Any, calls: list[Any], expected: str) -> None:
+    resp = response([message(text("x")), *calls], status=status, incomplete_details=details)
+    assert only_choice(responses_to_chat(resp, "m"))["finish_reason"] == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "cls", "status"),
+    [
+        (
+            {"code": "server_error", "message": "This model's maximum context length is 8192"},
+            ContextLengthExceeded,
+            400,
+        ),
+        ({"code": "rate_limit_exceeded", "message": "Slow down"}, RateLimited, 429),
+        ({"code": "server_error", "message": "LLM exploded"}, UpstreamError, 502),
+    ],
+)
+def test_failed_response_is_an_http_error(error: dict[str, Any], cls: type, status: int) -> None:
+    resp = response([], status="failed", error=error)
+    with pytest.raises(ProxyError) as info:
+        responses_to_chat(resp, "m")
+    assert type(info.value) is cls
+    assert info.value.status == status and info.value.message == error["message"]
+
+
+def test_failed_status_without_error_object() -> None:
+    with pytest.raises(UpstreamError) as info:
+        responses_to_chat(response([], status="failed"), "m")
+    assert info.value.status == 502
+
+
+def test_error_object_fails_even_with_other_status() -> None:
+    with pytest.raises(UpstreamError):
+        failed = response([message(text("x"))], error={"message": "bad", "code": "x"})
+        responses_to_chat(failed, "m")
+
+
+def test_usage_details_only_when_present() -> None:
+    resp = response([message(text("x"))], usage={"input_tokens": 5, "output_tokens": 3,
+                                                 "total_tokens": 8})  # fmt: skip
+    assert responses_to_chat(resp, "m")["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}  # fmt: skip
+    cached = response([message(text("x"))], usage={
+        "input_tokens": 50, "output_tokens": 30, "total_tokens": 80,
+        "input_tokens_details": {"cached_tokens": 40},
+        "output_tokens_details": {"reasoning_tokens": 20}})  # fmt: skip
+    usage = responses_to_chat(cached, "m")["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 40}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 20}
+    assert "usage" not in responses_to_chat(response([message(text("x"))]), "m")
+
+
+def test_logprobs_are_mapped() -> None:
+    lp = [{"token": "x", "logprob": -0.1, "bytes": [120], "top_logprobs": []}]
+    choice = only_choice(responses_to_chat(response([message(text("x", logprobs=lp))]), "m"))
+    assert choice["logprobs"] == {"content": lp, "refusal": None}
+    plain = only_choice(responses_to_chat(response([message(text("x", logprobs=[]))]), "m"))
+    assert plain["logprobs"] is None
+
+
+def test_not_a_response_object() -> None:
+    with pytest.raises(UpstreamProtocolError):
+        responses_to_chat([], "m")  # type: ignore[arg-type]
+
+
+# --- accumulator: a stream into one Response ---------------------------------------------------
+
+STREAM_CAPTURES = ["lcs_stream_text.sse", "lcs_stream_tool.sse", "lcs_stream_tool_followup.sse",
+                   "ogx_stream_text.sse"]  # fmt: skip
+
+
+def accumulate(events: list[dict[str, Any]]) -> dict[str, Any]:
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    return acc.result()
+
+
+@pytest.mark.parametrize("name", STREAM_CAPTURES)
+def test_accumulator_matches_terminal_response(name: str) -> None:
+    events = capture_events(name)
+    terminal = events[-1]
+    assert terminal["type"] == "response.completed"
+    result = accumulate(events)
+    assert result["output"] == terminal["response"]["output"]
+    assert responses_to_chat(result, "m") == responses_to_chat(terminal["response"], "m")
+
+
+@pytest.mark.parametrize("name", STREAM_CAPTURES)
+def test_accumulator_rebuilds_output_when_terminal_has_none(name: str) -> None:
+    events = copy.deepcopy(capture_events(name))
+    expected = events[-1]["response"]["output"]
+    events[-1]["response"]["output"] = []
+    assert accumulate(events)["output"] == expected  # from output_item.done
+
+
+@pytest.mark.parametrize("name", STREAM_CAPTURES)
+def test_accumulator_rebuilds_from_deltas_when_items_never_finish(name: str) -> None:
+    events = [e for e in copy.deepcopy(capture_events(name))
+              if e["type"] not in ("response.output_item.done", "response.content_part.done",
+                                   "response.function_call_arguments.done")]  # fmt: skip
+    expected = copy.deepcopy(capture_events(name)[-1]["response"])
+    events[-1]["response"]["output"] = []
+    got = responses_to_chat(accumulate(events), "m")
+    assert got == responses_to_chat(expected, "m")
+
+
+def test_accumulator_text_and_args_from_done_subevents_only() -> None:
+    events = [
+        {"type": "response.created", "response": response([], status="in_progress")},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "message", "id": "m", "role": "assistant", "content": []}},
+        {"type": "response.output_text.done", "item_id": "m", "output_index": 0,
+         "content_index": 0, "text": "shielded answer"},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {"type": "function_call", "id": "fc", "call_id": "c1", "name": "f",
+                  "arguments": ""}},
+        {"type": "response.function_call_arguments.done", "item_id": "fc", "output_index": 1,
+         "arguments": '{"a":1}'},
+        {"type": "response.completed", "response": response([])},
+    ]  # fmt: skip
+    msg = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
+    assert msg["content"] == "shielded answer"
+    assert msg["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
+
+
+def test_accumulator_context_capture_raises() -> None:
+    acc = ResponseAccumulator()
+    for event in capture_events("err_CTX_TOO_LONG_stream_true.txt"):
+        acc.feed(event)
+    assert acc.done
+    with pytest.raises(ContextLengthExceeded) as info:
+        acc.result()
+    failed = capture_events("err_CTX_TOO_LONG_stream_true.txt")[-1]
+    assert info.value.message == failed["response"]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "error", "code": "rate_limit_exceeded", "message": "slow"},
+        {
+            "type": "error",
+            "error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "slow"},
+        },
+    ],
+)
+def test_accumulator_error_event_shapes(event: dict[str, Any]) -> None:
+    acc = ResponseAccumulator()
+    acc.feed({"type": "response.created", "response": response([])})
+    acc.feed(event)
+    with pytest.raises(RateLimited) as info:
+        acc.result()
+    assert info.value.message == "slow"
+
+
+def test_accumulator_ended_early() -> None:
+    events = capture_events("lcs_stream_text.sse")[:-1]
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    assert not acc.done
+    with pytest.raises(UpstreamProtocolError) as info:
+        acc.result()
+    assert "ended early" in info.value.message
+
+
+def test_accumulator_ignores_events_after_terminal_and_keeps_usage() -> None:
+    events = capture_events("lcs_stream_text.sse")
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    acc.feed({"type": "error", "message": "late"})
+    acc.feed({"type": "response.output_text.delta", "item_id": "x", "delta": "late"})
+    result = acc.result()
+    assert result["output"] == events[-1]["response"]["output"]
+    assert acc.usage is not None
+    assert acc.usage["prompt_tokens"] == events[-1]["response"]["usage"]["input_tokens"]

@@ -1,0 +1,584 @@
+"""Streaming: TRANSLATION.md §3, one case per table row, plus every capture replayed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import pytest
+from translate_testkit import (
+    capture_events,
+    chunks_of,
+    deltas,
+    finish_reasons,
+    fixture_json,
+    joined_stream,
+    parse_frames,
+    text_of,
+    tool_calls_of,
+)
+
+from goose_proxy.errors import (
+    ContextLengthExceeded,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from goose_proxy.translate import StreamTranslator, events_from_response, responses_to_chat
+
+RESP = {"id": "resp_abc", "object": "response", "created_at": 1700000123, "model": "backend-m",
+        "status": "in_progress", "output": []}  # fmt: skip
+CREATED = {"type": "response.created", "response": RESP}
+IN_PROGRESS = {"type": "response.in_progress", "response": RESP}
+
+
+def completed(
+    output: Optional[list[Any]] = None, usage: Any = None, **extra: Any
+) -> dict[str, Any]:
+    resp = {**RESP, "status": "completed", "output": output or [], "usage": usage, **extra}
+    return {"type": "response.completed", "response": resp}
+
+
+def text_delta(delta: str, item: str = "msg_1", index: int = 0, part: int = 0) -> dict[str, Any]:
+    return {"type": "response.output_text.delta", "item_id": item, "output_index": index,
+            "content_index": part, "delta": delta, "logprobs": []}  # fmt: skip
+
+
+def msg_added(item: str = "msg_1", index: int = 0) -> dict[str, Any]:
+    return {"type": "response.output_item.added", "output_index": index,
+            "item": {"type": "message", "id": item, "role": "assistant", "content": [],
+                     "status": "in_progress"}}  # fmt: skip
+
+
+def msg_done(parts: list[dict[str, Any]], item: str = "msg_1", index: int = 0) -> dict[str, Any]:
+    return {"type": "response.output_item.done", "output_index": index,
+            "item": {"type": "message", "id": item, "role": "assistant", "content": parts,
+                     "status": "completed"}}  # fmt: skip
+
+
+def call_item(item: str, call_id: str, name: str, arguments: str = "") -> dict[str, Any]:
+    return {"type": "function_call", "id": item, "call_id": call_id, "name": name,
+            "arguments": arguments}  # fmt: skip
+
+
+def call_added(item: str, call_id: str, name: str, index: int) -> dict[str, Any]:
+    return {"type": "response.output_item.added", "output_index": index,
+            "item": call_item(item, call_id, name)}  # fmt: skip
+
+
+def args_delta(item: Optional[str], delta: str, index: int) -> dict[str, Any]:
+    event = {"type": "response.function_call_arguments.delta", "output_index": index,
+             "delta": delta}  # fmt: skip
+    if item is not None:
+        event["item_id"] = item
+    return event
+
+
+def args_done(item: str, arguments: str, index: int) -> dict[str, Any]:
+    return {"type": "response.function_call_arguments.done", "item_id": item,
+            "output_index": index, "arguments": arguments}  # fmt: skip
+
+
+def call_done(item: str, call_id: str, name: str, arguments: str, index: int) -> dict[str, Any]:
+    return {"type": "response.output_item.done", "output_index": index,
+            "item": call_item(item, call_id, name, arguments)}  # fmt: skip
+
+
+def run(
+    events: list[dict[str, Any]],
+    *,
+    include_usage: bool = False,
+    model: str = "goose-model",
+    finish: bool = True,
+    **kwargs: Any,
+) -> tuple[list[list[bytes]], list[Any]]:
+    """Feed events; return the frames per call and the parsed output stream."""
+    st = StreamTranslator(model=model, include_usage=include_usage, **kwargs)
+    per_event = [st.feed(e) for e in events]
+    if finish:
+        per_event.append(st.finish())
+    frames = [f for batch in per_event for f in batch]
+    parsed = parse_frames(frames)
+    assert joined_stream(frames) == parsed  # the byte stream parses the same way as frames
+    return per_event, parsed
+
+
+def assert_well_formed(parsed: list[Any], *, model: str = "goose-model") -> None:
+    assert parsed.count("[DONE]") == 1 and parsed[-1] == "[DONE]"
+    chunks = chunks_of(parsed)
+    assert chunks, "at least one chunk"
+    first = chunks[0]
+    for chunk in chunks:
+        assert "error" not in chunk
+        assert chunk["object"] == "chat.completion.chunk"
+        assert (chunk["id"], chunk["created"], chunk["model"]) == (
+            first["id"], first["created"], model)  # fmt: skip
+        assert isinstance(chunk["created"], int)
+    roles = [d for d in deltas(parsed) if "role" in d]
+    assert roles == [{"role": "assistant", "content": ""}] and deltas(parsed)[0] == roles[0]
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def test_created_alone_commits_nothing_and_role_goes_out_once_with_first_delta() -> None:
+    per_event, parsed = run([CREATED, IN_PROGRESS, msg_added(), text_delta("Hi"),
+                             text_delta(" there"), completed()])  # fmt: skip
+    assert per_event[0] == per_event[1] == per_event[2] == []
+    first = parse_frames(per_event[3])
+    assert [c["choices"][0]["delta"] for c in first] == [
+        {"role": "assistant", "content": ""}, {"content": "Hi"}]  # fmt: skip
+    assert_well_formed(parsed)
+    assert parsed[0]["id"] == RESP["id"] and parsed[0]["created"] == RESP["created_at"]
+
+
+def test_text_deltas_and_empty_skipped() -> None:
+    pieces = ["Hel", "", "lo ", "wörld ✓", "", '\n"q"']
+    _, parsed = run([CREATED, *[text_delta(p) for p in pieces], completed()])
+    assert [d["content"] for d in deltas(parsed) if "content" in d][1:] == [p for p in pieces if p]
+    assert text_of(parsed) == "".join(pieces)
+    assert finish_reasons(parsed) == ["stop"]
+
+
+def test_non_ascii_is_sent_raw_utf8() -> None:
+    per_event, _ = run([CREATED, text_delta("wörld ✓")])
+    assert "wörld ✓".encode() in b"".join(per_event[1])
+
+
+def test_lone_surrogate_still_valid_utf8() -> None:
+    _, parsed = run([CREATED, text_delta("a\ud800b"), completed()])
+    assert text_of(parsed) == "a\ud800b"  # escaped on the wire, same string after parsing
+
+
+def test_refusal_delta() -> None:
+    _, parsed = run([CREATED, {"type": "response.refusal.delta", "item_id": "msg_1",
+                               "output_index": 0, "content_index": 0, "delta": "No way."},
+                     completed()])  # fmt: skip
+    assert text_of(parsed, "refusal") == "No way."
+    assert_well_formed(parsed)
+
+
+@pytest.mark.parametrize(
+    "etype", ["response.reasoning_text.delta", "response.reasoning_summary_text.delta"]
+)
+def test_reasoning_deltas_become_reasoning_content(etype: str) -> None:
+    events = [{"type": etype, "item_id": "rs_1", "output_index": 0, "content_index": 0,
+               "summary_index": 0, "delta": d} for d in ("Think", "", "ing.")]  # fmt: skip
+    _, parsed = run([CREATED, *events, text_delta("Answer", index=1), completed()])
+    assert text_of(parsed, "reasoning_content") == "Thinking."
+    assert text_of(parsed) == "Answer"
+
+
+def test_function_call_added_uses_dense_index_not_output_index() -> None:
+    events = [CREATED, msg_added(), text_delta("Calling."),
+              call_added("fc_a", "call_a", "shell", 3), args_done("fc_a", "{}", 3),
+              call_added("fc_b", "call_b", "read", 7), args_done("fc_b", '{"p":1}', 7),
+              completed()]  # fmt: skip
+    per_event, parsed = run(events)
+    header = parse_frames(per_event[3])[0]["choices"][0]["delta"]
+    assert header == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "shell", "arguments": ""},
+            }
+        ]
+    }
+    frags = [f for d in deltas(parsed) for f in d.get("tool_calls", [])]
+    assert sorted({f["index"] for f in frags}) == [0, 1]
+    assert tool_calls_of(parsed) == [
+        {"id": "call_a", "name": "shell", "arguments": "{}"},
+        {"id": "call_b", "name": "read", "arguments": '{"p":1}'},
+    ]
+    assert finish_reasons(parsed) == ["tool_calls"]
+
+
+def test_argument_deltas_by_item_id_and_output_index_fallback() -> None:
+    events = [CREATED, call_added("fc_a", "call_a", "shell", 2),
+              args_delta("fc_a", '{"c"', 2), args_delta(None, ':"ls"}', 2),
+              args_delta("fc_a", "", 2), args_done("fc_a", '{"c":"ls"}', 2),
+              call_done("fc_a", "call_a", "shell", '{"c":"ls"}', 2),
+              completed()]  # fmt: skip
+    per_event, parsed = run(events)
+    assert per_event[4] == []  # empty delta: no-op
+    assert per_event[5] == per_event[6] == []  # deltas were complete: nothing to add
+    frags = [f for d in deltas(parsed) for f in d.get("tool_calls", [])]
+    assert [f["function"]["arguments"] for f in frags] == ["", '{"c"', ':"ls"}']
+    assert tool_calls_of(parsed) == [{"id": "call_a", "name": "shell", "arguments": '{"c":"ls"}'}]
+
+
+def test_arguments_only_in_done_are_sent_once() -> None:
+    events = [CREATED, call_added("fc_a", "call_a", "shell", 0), args_done("fc_a", '{"x":1}', 0),
+              call_done("fc_a", "call_a", "shell", '{"x":1}', 0),
+              completed([call_item("fc_a", "call_a", "shell", '{"x":1}')])]  # fmt: skip
+    per_event, parsed = run(events)
+    assert parse_frames(per_event[2])[0]["choices"][0]["delta"]["tool_calls"][0] == {
+        "index": 0, "function": {"arguments": '{"x":1}'}}  # fmt: skip
+    assert per_event[3] == []
+    assert tool_calls_of(parsed) == [{"id": "call_a", "name": "shell", "arguments": '{"x":1}'}]
+
+
+def test_call_never_announced_arrives_in_output_item_done() -> None:
+    events = [CREATED, call_done("fc_z", "call_z", "zap", '{"z":0}', 0), completed()]
+    _, parsed = run(events)
+    assert tool_calls_of(parsed) == [{"id": "call_z", "name": "zap", "arguments": '{"z":0}'}]
+    assert finish_reasons(parsed) == ["tool_calls"]
+
+
+def test_done_events_never_carry_finish_reason() -> None:
+    events = [CREATED, call_added("fc_a", "call_a", "f", 0), args_delta("fc_a", "{}", 0),
+              args_done("fc_a", "{}", 0), call_done("fc_a", "call_a", "f", "{}", 0),
+              call_added("fc_b", "call_b", "g", 1), args_done("fc_b", "[]", 1),
+              call_done("fc_b", "call_b", "g", "[]", 1)]  # fmt: skip
+    _, parsed = run(events, finish=False)
+    assert finish_reasons(parsed) == [] and "[DONE]" not in parsed
+    assert len(tool_calls_of(parsed)) == 2
+
+
+@pytest.mark.parametrize(("calls", "expected"), [(0, "stop"), (1, "tool_calls")])
+def test_completed_finish_reason(calls: int, expected: str) -> None:
+    events = [CREATED, text_delta("x")]
+    if calls:
+        events += [call_added("fc", "c", "f", 1), args_done("fc", "{}", 1)]
+    _, parsed = run([*events, completed()])
+    final = chunks_of(parsed)[-1]
+    assert final["choices"] == [{"index": 0, "delta": {}, "finish_reason": expected}]
+    assert_well_formed(parsed)
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"), [("max_output_tokens", "length"), ("content_filter", "content_filter")]
+)
+def test_incomplete(reason: str, expected: str) -> None:
+    usage = {"input_tokens": 9, "output_tokens": 4, "total_tokens": 13}
+    incomplete = {
+        "type": "response.incomplete",
+        "response": {
+            **RESP,
+            "status": "incomplete",
+            "incomplete_details": {"reason": reason},
+            "usage": usage,
+        },
+    }
+    _, parsed = run([CREATED, text_delta("cut"), incomplete], include_usage=True)  # fmt: skip
+    assert finish_reasons(parsed) == [expected]
+    assert parsed[-2]["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+
+
+FAILED = {"type": "response.failed", "response": {**RESP, "status": "failed", "error": {
+    "code": "server_error", "message": "The LLM fell over"}}}  # fmt: skip
+FLAT_ERROR = {"type": "error", "code": "rate_limit_exceeded", "message": "Rate limit reached",
+              "param": None, "sequence_number": 3}  # fmt: skip
+NESTED_ERROR = {"type": "error", "error": {"type": "server_error", "code": "server_error",
+                                           "message": "Backend gone"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("event", "cls", "status", "message"),
+    [
+        (FAILED, UpstreamError, 502, "The LLM fell over"),
+        (FLAT_ERROR, RateLimited, 429, "Rate limit reached"),
+        (NESTED_ERROR, UpstreamError, 502, "Backend gone"),
+    ],
+)
+def test_failure_before_output_raises(event: Any, cls: type, status: int, message: str) -> None:
+    st = StreamTranslator(model="m", include_usage=True)
+    assert st.feed(CREATED) == [] and st.feed(msg_added()) == []
+    with pytest.raises(ProxyError) as info:
+        st.feed(event)
+    assert type(info.value) is cls
+    assert (info.value.status, info.value.message) == (status, message)
+    assert not st.started and st.done
+    assert st.feed(text_delta("late")) == [] and st.finish() == []
+
+
+@pytest.mark.parametrize("event", [FAILED, FLAT_ERROR, NESTED_ERROR])
+def test_failure_after_output_is_an_error_frame(event: Any) -> None:
+    per_event, parsed = run([CREATED, text_delta("partial"), event, text_delta("late"),
+                             completed()])  # fmt: skip
+    assert per_event[3] == per_event[4] == per_event[5] == []
+    assert parsed[-1] == "[DONE]" and parsed.count("[DONE]") == 1
+    error = parsed[-2]["error"]
+    assert set(error) >= {"message", "type", "code"}
+    inner = event["response"]["error"] if "response" in event else event.get("error", event)
+    assert error["message"] == inner["message"]
+    assert finish_reasons(parsed) == []  # never a fake stop
+    assert text_of(parsed) == "partial"
+
+
+def test_stream_ended_without_terminal_event() -> None:
+    st = StreamTranslator(model="m", include_usage=False)
+    st.feed(CREATED)
+    with pytest.raises(UpstreamProtocolError) as info:
+        st.finish()
+    assert "ended early" in info.value.message and info.value.status == 502
+    _, parsed = run([CREATED, text_delta("half")])
+    assert parsed[-2]["error"]["message"].startswith("upstream stream ended early")
+    assert parsed[-1] == "[DONE]" and finish_reasons(parsed) == []
+
+
+def test_unknown_and_ignored_events_emit_nothing() -> None:
+    ignored = [
+        {"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0,
+         "content_index": 0, "part": {"type": "output_text", "text": ""}},
+        {"type": "response.mcp_list_tools.in_progress", "item_id": "l", "output_index": 0},
+        {"type": "response.mcp_call.completed", "item_id": "l", "output_index": 0},
+        {"type": "response.web_search_call.searching", "item_id": "w", "output_index": 0},
+        {"type": "response.output_text.annotation.added", "item_id": "msg_1"},
+        {"type": "response.some_future_event", "payload": {"x": 1}},
+        {"no_type": True},
+    ]  # fmt: skip
+    st = StreamTranslator(model="m", include_usage=False)
+    assert [st.feed(e) for e in [CREATED, *ignored]] == [[]] * (len(ignored) + 1)
+    assert not st.started
+
+
+def test_events_after_terminal_are_ignored() -> None:
+    st = StreamTranslator(model="m", include_usage=False)
+    st.feed(CREATED)
+    st.feed(text_delta("x"))
+    assert st.feed(completed())[-1] == b"data: [DONE]\n\n"
+    assert st.done
+    for event in (text_delta("y"), FAILED, completed()):
+        assert st.feed(event) == []
+    assert st.finish() == [] and st.error_frames(UpstreamTimeout("t")) == []
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_usage_chunk(include_usage: bool) -> None:
+    usage = {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120,
+             "input_tokens_details": {"cached_tokens": 64},
+             "output_tokens_details": {"reasoning_tokens": 7}}  # fmt: skip
+    st = StreamTranslator(model="goose-model", include_usage=include_usage)
+    frames = st.feed(CREATED) + st.feed(text_delta("x")) + st.feed(completed(usage=usage))
+    parsed = parse_frames(frames)
+    expected = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                "prompt_tokens_details": {"cached_tokens": 64},
+                "completion_tokens_details": {"reasoning_tokens": 7}}  # fmt: skip
+    assert st.usage == expected
+    usage_chunks = [c for c in chunks_of(parsed) if "usage" in c]
+    if include_usage:
+        assert parsed[-2] == {**parsed[0], "choices": [], "usage": expected}
+        assert usage_chunks == [parsed[-2]]
+    else:
+        assert usage_chunks == []
+    assert finish_reasons(parsed) == ["stop"]
+
+
+def test_given_id_created_and_model_win() -> None:
+    _, parsed = run([CREATED, text_delta("x"), completed()], completion_id="chatcmpl-fixed",
+                    created=42, model="client-m")  # fmt: skip
+    assert {(c["id"], c["created"], c["model"]) for c in chunks_of(parsed)} == {
+        ("chatcmpl-fixed", 42, "client-m")}  # fmt: skip
+
+
+def test_empty_model_takes_the_responses_model() -> None:
+    _, parsed = run([CREATED, text_delta("x"), completed()], model="")
+    assert {c["model"] for c in chunks_of(parsed)} == {RESP["model"]}
+
+
+def test_no_created_event_still_has_consistent_ids() -> None:
+    _, parsed = run([text_delta("x"), completed()], model="m")
+    assert len({(c["id"], c["created"]) for c in chunks_of(parsed)}) == 1
+    # committed at the first delta, before any response object was seen: a fresh id
+    assert chunks_of(parsed)[0]["id"].startswith("chatcmpl-")
+
+
+def test_terminal_event_alone_commits_role_and_finish() -> None:
+    _, parsed = run([CREATED, completed()], include_usage=True)
+    assert [c["choices"] for c in chunks_of(parsed)][:2] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    ]
+    assert chunks_of(parsed)[2]["usage"] is None  # asked for, backend gave none
+
+
+def test_text_only_in_output_item_done_shield() -> None:
+    shield = "I cannot help with that request."
+    events = [CREATED, msg_added(), msg_done([{"type": "output_text", "text": shield}]),
+              completed([msg_done([{"type": "output_text", "text": shield}])["item"]])]  # fmt: skip
+    per_event, parsed = run(events)
+    assert per_event[2]  # committed at output_item.done
+    assert text_of(parsed) == shield
+    assert_well_formed(parsed)
+
+
+def test_text_only_in_content_part_done_sent_once() -> None:
+    part_done = {"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0,
+                 "content_index": 0, "part": {"type": "output_text", "text": "whole"}}  # fmt: skip
+    text_done = {"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+                 "content_index": 0, "text": "whole"}  # fmt: skip
+    events = [CREATED, msg_added(), part_done, text_done,
+              msg_done([{"type": "output_text", "text": "whole"}]), completed()]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed) == "whole"
+
+
+def test_streamed_text_not_repeated_by_done_events() -> None:
+    events = [CREATED, msg_added(), text_delta("a"), text_delta("b"),
+              msg_done([{"type": "output_text", "text": "ab"}]),
+              completed([msg_done([{"type": "output_text", "text": "ab"}])["item"]])]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed) == "ab"
+
+
+def test_refusal_only_in_done() -> None:
+    events = [CREATED, msg_added(), msg_done([{"type": "refusal", "refusal": "Nope."}]),
+              completed()]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed, "refusal") == "Nope." and text_of(parsed) == ""
+
+
+def test_interleaved_parallel_calls_stay_contiguous() -> None:
+    events = [CREATED,
+              call_added("fc_a", "call_a", "alpha", 0), call_added("fc_b", "call_b", "beta", 1),
+              args_delta("fc_b", '{"b":', 1), args_delta("fc_a", '{"a":', 0),
+              args_delta("fc_b", "2}", 1), args_delta("fc_a", "1}", 0),
+              args_done("fc_b", '{"b":2}', 1), args_done("fc_a", '{"a":1}', 0),
+              call_done("fc_a", "call_a", "alpha", '{"a":1}', 0),
+              call_done("fc_b", "call_b", "beta", '{"b":2}', 1), completed()]  # fmt: skip
+    _, parsed = run(events)
+    order = [f["index"] for d in deltas(parsed) for f in d.get("tool_calls", [])]
+    assert order == sorted(order)  # every fragment of call 0, then every fragment of call 1
+    assert tool_calls_of(parsed) == [
+        {"id": "call_a", "name": "alpha", "arguments": '{"a":1}'},
+        {"id": "call_b", "name": "beta", "arguments": '{"b":2}'},
+    ]
+
+
+def test_held_back_call_flushed_at_terminal() -> None:
+    events = [CREATED, call_added("fc_a", "call_a", "alpha", 0),
+              call_added("fc_b", "call_b", "beta", 1), args_delta("fc_b", "{}", 1),
+              args_delta("fc_a", "[]", 0)]  # fmt: skip
+    st = StreamTranslator(model="m", include_usage=False)
+    held = [f for e in events for f in st.feed(e)]
+    assert [c["id"] for c in tool_calls_of(parse_frames(held))] == ["call_a"]
+    parsed = parse_frames(held + st.feed(completed()))
+    assert tool_calls_of(parsed) == [
+        {"id": "call_a", "name": "alpha", "arguments": "[]"},
+        {"id": "call_b", "name": "beta", "arguments": "{}"},
+    ]
+    assert finish_reasons(parsed) == ["tool_calls"]
+
+
+def test_terminal_output_fills_what_never_streamed() -> None:
+    out = [msg_done([{"type": "output_text", "text": "late text"}])["item"],
+           call_item("fc_q", "call_q", "q", '{"late":true}')]  # fmt: skip
+    _, parsed = run([CREATED, completed(out)])
+    assert text_of(parsed) == "late text"
+    assert tool_calls_of(parsed) == [{"id": "call_q", "name": "q", "arguments": '{"late":true}'}]
+
+
+def test_logprobs_passed_on() -> None:
+    lp = [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}]
+    event = {**text_delta("x"), "logprobs": lp}
+    _, parsed = run([CREATED, event, completed()])
+    chunk = chunks_of(parsed)[1]
+    assert chunk["choices"][0]["logprobs"] == {"content": lp, "refusal": None}
+
+
+def test_error_frames_for_io_failure_are_idempotent() -> None:
+    st = StreamTranslator(model="m", include_usage=True)
+    st.feed(CREATED)
+    started = st.feed(text_delta("x"))
+    assert st.started and not st.done and len(started) == 2
+    frames = st.error_frames(UpstreamTimeout("backend went quiet"))
+    parsed = parse_frames(frames)
+    assert parsed[0] == UpstreamTimeout("backend went quiet").to_dict()
+    assert parsed[1] == "[DONE]"
+    assert st.done and st.error_frames(UpstreamTimeout("again")) == [] and st.finish() == []
+
+
+# --- captures -----------------------------------------------------------------------------------
+
+CAPTURES = ["lcs_stream_text.sse", "lcs_stream_tool.sse", "lcs_stream_tool_followup.sse",
+            "ogx_stream_text.sse"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_capture_replay(name: str, include_usage: bool) -> None:
+    events = capture_events(name)
+    _, parsed = run(events, include_usage=include_usage)
+    assert_well_formed(parsed)
+    expected_text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text_of(parsed) == expected_text
+    done_calls = [e["item"] for e in events if e["type"] == "response.output_item.done"
+                  and e["item"]["type"] == "function_call"]  # fmt: skip
+    assert tool_calls_of(parsed) == [
+        {"id": c["call_id"], "name": c["name"], "arguments": c["arguments"]} for c in done_calls
+    ]
+    assert finish_reasons(parsed) == ["tool_calls" if done_calls else "stop"]
+    terminal = events[-1]["response"]
+    first = chunks_of(parsed)[0]
+    assert (first["id"], first["created"]) == (terminal["id"], terminal["created_at"])
+    if include_usage:
+        usage = parsed[-2]["usage"]
+        assert parsed[-2]["choices"] == []
+        assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+            terminal["usage"]["input_tokens"], terminal["usage"]["output_tokens"],
+            terminal["usage"]["total_tokens"])  # fmt: skip
+
+
+def test_context_too_long_capture_raises_before_commit() -> None:
+    events = capture_events("err_CTX_TOO_LONG_stream_true.txt")
+    st = StreamTranslator(model="m", include_usage=True)
+    with pytest.raises(ContextLengthExceeded) as info:
+        for event in events:
+            assert st.feed(event) == []
+    err = info.value
+    assert err.message == events[-1]["response"]["error"]["message"]
+    assert (err.status, err.type, err.code) == (400, "invalid_request_error",
+                                                "context_length_exceeded")  # fmt: skip
+    assert not st.started
+    assert json.loads(err.to_json())["error"]["code"] == "context_length_exceeded"
+
+
+def test_capture_truncated_mid_stream() -> None:
+    # A backend exception truncates the body: no terminal event, no [DONE].
+    events = capture_events("lcs_stream_text.sse")
+    cut = [e for e in events if e["type"] != "response.completed"]
+    _, parsed = run(cut)
+    expected = "".join(e["delta"] for e in cut if e["type"] == "response.output_text.delta")
+    assert text_of(parsed) == expected
+    assert "ended early" in parsed[-2]["error"]["message"]
+    assert finish_reasons(parsed) == [] and parsed[-1] == "[DONE]"
+
+
+# --- a plain JSON answer for a streaming client ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lcs_nonstream_text.json", "lcs_nonstream_tool.json"])
+def test_events_from_response_streams_a_json_answer(name: str) -> None:
+    resp = fixture_json(name)
+    _, parsed = run(events_from_response(resp), include_usage=True)
+    assert_well_formed(parsed)
+    expected = responses_to_chat(resp, "goose-model")["choices"][0]
+    assert text_of(parsed) == (expected["message"]["content"] or "")
+    assert tool_calls_of(parsed) == [
+        {"id": t["id"], "name": t["function"]["name"], "arguments": t["function"]["arguments"]}
+        for t in expected["message"].get("tool_calls", [])
+    ]
+    assert finish_reasons(parsed) == [expected["finish_reason"]]
+    first = chunks_of(parsed)[0]
+    assert (first["id"], first["created"]) == (resp["id"], resp["created_at"])
+
+
+def test_events_from_response_incomplete_and_failed() -> None:
+    cut = {**RESP, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+           "output": [msg_done([{"type": "output_text", "text": "par"}])["item"]]}  # fmt: skip
+    _, parsed = run(events_from_response(cut))
+    assert text_of(parsed) == "par" and finish_reasons(parsed) == ["length"]
+    failed = {**RESP, "status": "failed", "error": {"code": "server_error",
+                                                   "message": "prompt is too long"}}  # fmt: skip
+    st = StreamTranslator(model="m", include_usage=False)
+    with pytest.raises(ContextLengthExceeded):
+        for event in events_from_response(failed):
+            st.feed(event)
+    assert not st.started
+    with pytest.raises(UpstreamProtocolError):
+        events_from_response([])  # type: ignore[arg-type]

@@ -1,0 +1,337 @@
+"""Property tests: random well-formed Responses event streams through StreamTranslator.
+
+Each generated item (message, reasoning, function call) produces its own event
+sequence; the sequences are interleaved arbitrarily. While generating, every
+event is labelled with what it should show the client (text, refusal,
+reasoning, or the first sign of a tool call), so the expected chat result is
+read off the events themselves. The translator's frames are parsed and fed to
+the official openai SDK accumulator (``ChatCompletionStreamState``), which must
+rebuild exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
+from translate_testkit import chunks_of, deltas, parse_frames
+
+from goose_proxy.errors import ContextLengthExceeded, ProxyError, RateLimited, UpstreamError
+from goose_proxy.translate import StreamTranslator
+
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
+PIECES = st.lists(TEXT, max_size=4)
+FIELD = {"text": "content", "refusal": "refusal"}
+
+
+@dataclass
+class Labelled:
+    event: dict[str, Any]
+    shows: list[tuple[str, str]] = field(default_factory=list)  # (chat field, text)
+    call: Optional[str] = None  # call_id whose first sign of life this is
+
+
+@dataclass
+class Scenario:
+    events: list[Labelled]
+    terminal: str  # completed | length | content_filter | failed | error_flat | error_nested | eof
+    failure: str  # the message of a failure, if any
+    calls: dict[str, tuple[str, str]]  # call_id -> (name, full arguments)
+    final_items: list[dict[str, Any]]
+    include_output: bool
+    include_usage: bool
+
+
+def message_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
+    item_id = f"msg_{n}"
+    parts = draw(st.lists(st.tuples(st.sampled_from(["text", "refusal"]), PIECES, st.booleans()),
+                          min_size=1, max_size=3))  # fmt: skip
+    streams_all = all(streamed for _, _, streamed in parts)
+    finish = draw(st.booleans()) if streams_all else True
+    part_done = draw(st.booleans())
+    out = [Labelled({"type": "response.output_item.added", "output_index": n,
+                     "item": {"type": "message", "id": item_id, "role": "assistant",
+                              "content": []}})]  # fmt: skip
+    final_parts = []
+    for j, (kind, pieces, streamed) in enumerate(parts):
+        full = "".join(pieces)
+        final_parts.append({"type": "output_text", "text": full} if kind == "text"
+                           else {"type": "refusal", "refusal": full})  # fmt: skip
+        if streamed:
+            etype = "response.output_text.delta" if kind == "text" else "response.refusal.delta"
+            for piece in pieces:
+                out.append(Labelled({"type": etype, "item_id": item_id, "output_index": n,
+                                     "content_index": j, "delta": piece, "logprobs": []},
+                                    [(FIELD[kind], piece)]))  # fmt: skip
+    shown_by_part_done = set()
+    if finish and part_done:
+        for j, (kind, pieces, streamed) in enumerate(parts):
+            shows = [] if streamed else [(FIELD[kind], "".join(pieces))]
+            if shows:
+                shown_by_part_done.add(j)
+            out.append(Labelled({"type": "response.content_part.done", "item_id": item_id,
+                                 "output_index": n, "content_index": j,
+                                 "part": final_parts[j]}, shows))  # fmt: skip
+    item = {"type": "message", "id": item_id, "role": "assistant", "content": final_parts,
+            "status": "completed"}  # fmt: skip
+    if finish:
+        shows = [(FIELD[kind], "".join(pieces)) for j, (kind, pieces, streamed) in enumerate(parts)
+                 if not streamed and j not in shown_by_part_done]  # fmt: skip
+        out.append(Labelled({"type": "response.output_item.done", "output_index": n,
+                             "item": item}, shows))  # fmt: skip
+    return out, item
+
+
+def reasoning_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
+    item_id = f"rs_{n}"
+    pieces = draw(st.lists(st.tuples(st.sampled_from(["content", "summary"]), TEXT), max_size=4))
+    streamed = draw(st.booleans())
+    content = "".join(t for k, t in pieces if k == "content")
+    summary = "".join(t for k, t in pieces if k == "summary")
+    item = {"type": "reasoning", "id": item_id,
+            "content": [{"type": "reasoning_text", "text": content}],
+            "summary": [{"type": "summary_text", "text": summary}]}  # fmt: skip
+    out = [Labelled({"type": "response.output_item.added", "output_index": n,
+                     "item": {"type": "reasoning", "id": item_id, "summary": []}})]  # fmt: skip
+    if streamed:
+        for kind, text in pieces:
+            etype = ("response.reasoning_text.delta" if kind == "content"
+                     else "response.reasoning_summary_text.delta")  # fmt: skip
+            out.append(Labelled({"type": etype, "item_id": item_id, "output_index": n,
+                                 "content_index": 0, "summary_index": 0, "delta": text},
+                                [("reasoning_content", text)]))  # fmt: skip
+    if not streamed or draw(st.booleans()):
+        shows = [] if streamed else [("reasoning_content", content + summary)]
+        out.append(Labelled({"type": "response.output_item.done", "output_index": n,
+                             "item": item}, shows))  # fmt: skip
+    return out, item
+
+
+def call_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
+    item_id, call_id = f"fc_{n}", f"call_{n}"
+    name = draw(st.sampled_from(["developer__shell", "read_file", "write"]))
+    pieces = draw(PIECES)
+    full = "".join(pieces)
+    mode = draw(st.sampled_from(["stream", "args_done", "item_done", "unannounced", "bare"]))
+    item = {"type": "function_call", "id": item_id, "call_id": call_id, "name": name,
+            "arguments": full, "status": "completed"}  # fmt: skip
+    added = Labelled({"type": "response.output_item.added", "output_index": n,
+                      "item": {**item, "arguments": "", "status": "in_progress"}},
+                     call=call_id)  # fmt: skip
+    done_args = Labelled({"type": "response.function_call_arguments.done", "item_id": item_id,
+                          "output_index": n, "arguments": full})  # fmt: skip
+    done_item = Labelled({"type": "response.output_item.done", "output_index": n, "item": item})
+    out: list[Labelled] = []
+    if mode != "unannounced" and mode != "bare":
+        out.append(added)
+    if mode in ("stream", "unannounced"):
+        for piece in pieces:
+            # some deltas name only the output_index
+            event = {"type": "response.function_call_arguments.delta", "output_index": n,
+                     "delta": piece}  # fmt: skip
+            if mode == "unannounced" or draw(st.booleans()):
+                event["item_id"] = item_id
+            out.append(Labelled(event))
+    if mode == "args_done" or (mode == "stream" and draw(st.booleans())):
+        out.append(done_args)
+    if mode in ("item_done", "unannounced", "bare", "args_done") or draw(st.booleans()):
+        out.append(done_item)
+    if mode in ("unannounced", "bare"):  # first sign of life: first non-empty delta or the item
+        first = next((e for e in out if e.event.get("delta")), done_item)
+        first.call = call_id
+    return out, item
+
+
+@st.composite
+def scenarios(draw: Any) -> Scenario:
+    kinds = draw(st.lists(st.sampled_from(["message", "reasoning", "call"]), max_size=5))
+    per_item: list[list[Labelled]] = []
+    final_items = []
+    calls = {}
+    for n, kind in enumerate(kinds):
+        make = {"message": message_events, "reasoning": reasoning_events, "call": call_events}
+        events, item = make[kind](draw, n)
+        per_item.append(events)
+        final_items.append(item)
+        if kind == "call":
+            calls[item["call_id"]] = (item["name"], item["arguments"])
+    merged: list[Labelled] = []
+    while any(per_item):
+        live = [i for i, q in enumerate(per_item) if q]
+        merged.append(per_item[draw(st.sampled_from(live))].pop(0))
+    terminal = draw(st.sampled_from(["completed", "length", "content_filter", "failed",
+                                     "error_flat", "error_nested", "eof"]))  # fmt: skip
+    if terminal in ("failed", "error_flat", "error_nested", "eof"):
+        merged = merged[: draw(st.integers(0, len(merged)))]
+    failure = draw(st.sampled_from([
+        "The LLM fell over",
+        "This model's maximum context length is 8192 tokens.",
+        "Rate limit reached for requests",
+    ]))  # fmt: skip
+    if draw(st.booleans()):
+        created = {
+            "type": "response.created",
+            "response": {
+                "id": "resp_prop",
+                "created_at": 1700000000,
+                "model": "backend",
+                "output": [],
+            },
+        }
+        merged.insert(0, Labelled(created))
+    return Scenario(merged, terminal, failure, calls, final_items, draw(st.booleans()),
+                    draw(st.booleans()))  # fmt: skip
+
+
+def terminal_event(s: Scenario) -> Optional[dict[str, Any]]:
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    resp = {"id": "resp_prop", "created_at": 1700000000, "model": "backend", "usage": usage,
+            "output": s.final_items if s.include_output else []}  # fmt: skip
+    if s.terminal == "completed":
+        return {"type": "response.completed", "response": {**resp, "status": "completed"}}
+    if s.terminal in ("length", "content_filter"):
+        reason = "max_output_tokens" if s.terminal == "length" else "content_filter"
+        return {
+            "type": "response.incomplete",
+            "response": {**resp, "status": "incomplete", "incomplete_details": {"reason": reason}},
+        }
+    if s.terminal == "failed":
+        return {
+            "type": "response.failed",
+            "response": {
+                **resp,
+                "status": "failed",
+                "error": {"code": "server_error", "message": s.failure},
+            },
+        }
+    if s.terminal == "error_flat":
+        return {"type": "error", "code": None, "message": s.failure, "param": None}
+    if s.terminal == "error_nested":
+        return {"type": "error", "error": {"type": "server_error", "message": s.failure}}
+    return None
+
+
+def expected_error(message: str) -> type:
+    if "context length" in message:
+        return ContextLengthExceeded
+    if "Rate limit" in message:
+        return RateLimited
+    return UpstreamError
+
+
+def sdk_snapshot(parsed: list[Any]) -> Any:
+    state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+    for chunk in chunks_of(parsed):
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    return state.current_completion_snapshot
+
+
+def check_tool_fragments(parsed: list[Any]) -> list[int]:
+    """Dense indices, first fragment complete, each call's fragments contiguous."""
+    order = [f["index"] for d in deltas(parsed) for f in d.get("tool_calls", [])]
+    seen: list[int] = []
+    for frag in (f for d in deltas(parsed) for f in d.get("tool_calls", [])):
+        if frag["index"] not in seen:
+            assert frag["index"] == len(seen), "indices dense and in order"
+            assert frag["id"] and frag["type"] == "function" and frag["function"]["name"]
+            assert frag["function"]["arguments"] == ""
+            seen.append(frag["index"])
+        else:
+            assert frag["index"] == seen[-1], "fragments of an earlier call after a later one"
+            assert set(frag) == {"index", "function"} and set(frag["function"]) == {"arguments"}
+    assert order == sorted(order)
+    return seen
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_streams_rebuild_exactly(s: Scenario) -> None:
+    st_ = StreamTranslator(model="goose-model", include_usage=s.include_usage)
+    frames: list[bytes] = []
+    for labelled in s.events:
+        frames += st_.feed(labelled.event)
+    end = terminal_event(s)
+    raised: Optional[ProxyError] = None
+    try:
+        frames += st_.feed(end) if end is not None else st_.finish()
+        frames += st_.finish()  # harmless after a terminal event
+    except ProxyError as exc:
+        raised = exc
+
+    shown = [show for e in s.events for show in e.shows if show[1]]
+    call_order = [e.call for e in s.events if e.call is not None]
+    fails = s.terminal in ("failed", "error_flat", "error_nested", "eof")
+
+    if raised is not None:  # only allowed before anything went out
+        assert fails and frames == [] and not st_.started and st_.done
+        assert not shown, "visible output happened, yet the failure was raised"
+        wanted = expected_error(s.failure) if s.terminal != "eof" else UpstreamError
+        assert isinstance(raised, wanted)
+        return
+    if fails:
+        assert shown or call_order, "nothing was visible: the failure must be raised"
+
+    parsed = parse_frames(frames)
+    assert parsed[-1] == "[DONE]" and parsed.count("[DONE]") == 1
+    errors = [f for f in parsed if isinstance(f, dict) and "error" in f]
+    finishes = [c for c in chunks_of(parsed) if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(errors) + len(finishes) == 1
+    seen = check_tool_fragments(parsed)
+    snapshot = sdk_snapshot(parsed)
+    message = snapshot.choices[0].message
+    extra = message.to_dict()
+
+    expected_text = "".join(t for f, t in shown if f == "content")
+    expected_refusal = "".join(t for f, t in shown if f == "refusal")
+    expected_reasoning = "".join(t for f, t in shown if f == "reasoning_content")
+    assert (message.content or "") == expected_text
+    assert (message.refusal or "") == expected_refusal
+    assert (extra.get("reasoning_content") or "") == expected_reasoning
+
+    if fails:
+        assert errors and parsed[-2] is errors[0]
+        wanted = expected_error(s.failure) if s.terminal != "eof" else None
+        if wanted is not None:
+            assert errors[0]["error"]["message"] == s.failure
+        assert len(seen) <= len(call_order)
+        return
+
+    assert [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []] == [
+        (cid, *s.calls[cid]) for cid in call_order
+    ]
+    reason = {"completed": "tool_calls" if call_order else "stop", "length": "length",
+              "content_filter": "content_filter"}[s.terminal]  # fmt: skip
+    assert snapshot.choices[0].finish_reason == reason
+    if s.include_usage:
+        assert snapshot.usage is not None and snapshot.usage.total_tokens == 15
+        assert parsed[-2]["choices"] == [] and finishes[0] is chunks_of(parsed)[-2]
+    else:
+        assert finishes[0] is chunks_of(parsed)[-1]
+
+
+@pytest.mark.parametrize("n_calls", [1, 3, 8])
+def test_many_interleaved_calls_round_robin(n_calls: int) -> None:
+    """A fixed worst case: every call's deltas interleaved round-robin."""
+    st_ = StreamTranslator(model="m", include_usage=False)
+    frames = []
+    for i in range(n_calls):
+        item = {"type": "function_call", "id": f"fc_{i}", "call_id": f"c{i}", "name": f"f{i}",
+                "arguments": ""}  # fmt: skip
+        frames += st_.feed({"type": "response.output_item.added", "output_index": i, "item": item})
+    for step in range(3):
+        for i in reversed(range(n_calls)):
+            frames += st_.feed({"type": "response.function_call_arguments.delta",
+                                "item_id": f"fc_{i}", "output_index": i,
+                                "delta": f"<{i}.{step}>"})  # fmt: skip
+    frames += st_.feed({"type": "response.completed", "response": {"output": []}})
+    parsed = parse_frames(frames)
+    assert check_tool_fragments(parsed) == list(range(n_calls))
+    calls = sdk_snapshot(parsed).choices[0].message.tool_calls
+    assert [(c.id, c.function.arguments) for c in calls] == [
+        (f"c{i}", "".join(f"<{i}.{s}>" for s in range(3))) for i in range(n_calls)
+    ]
