@@ -145,7 +145,7 @@ class UpstreamError(ProxyError):
 
     status = 502
     type = "api_error"
-    default_code = "upstream_error"
+    default_code: ClassVar[Optional[str]] = "upstream_error"
 
 
 class UpstreamConnectError(UpstreamError):
@@ -182,7 +182,7 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamHTTPError(UpstreamError):
     """The backend answered with an error status; passed through to the client."""
 
-    default_code = None
+    default_code: ClassVar[Optional[str]] = None
 
     def __init__(
         self,

@@ -1,0 +1,7 @@
+"""``python -m goose_proxy``."""
+
+import sys
+
+from goose_proxy.cli import main
+
+sys.exit(main())

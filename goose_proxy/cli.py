@@ -1,0 +1,155 @@
+"""Command line: ``goose-proxy [--config PATH] [check]``; logging, start, signals, stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from goose_proxy import __version__
+from goose_proxy.config import Config, ConfigError, load_config
+
+log = logging.getLogger("goose_proxy")
+
+EXIT_CONFIG = 2
+
+# syslog priorities for journald's "<N>" line prefixes
+_SYSLOG_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    """No timestamp (journald adds its own) and a ``<priority>`` prefix per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        return f"<{prio}>{super().format(record)}"
+
+
+def _stderr_is_journal(journal_stream: str) -> bool:
+    """True when stderr is the journal stream systemd named (``device:inode``)."""
+    dev, sep, ino = journal_stream.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def setup_logging(level: str, environ: Optional[dict[str, str]] = None) -> None:
+    """Log to stderr; journald-friendly when ``JOURNAL_STREAM`` is set."""
+    env = os.environ if environ is None else environ
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal(env.get("JOURNAL_STREAM", "")):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="goose-proxy",
+        description=(
+            "Translate OpenAI Chat Completions requests (Goose) to the Responses API of "
+            "RHEL Lightspeed, over mutual TLS with the host's RHSM certificate."
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: goose-proxy/config.toml in $XDG_CONFIG_DIRS, "
+        "else /etc/xdg/goose-proxy/config.toml)",
+    )
+    p.add_argument("--log-level", metavar="LEVEL", help="override [logging] level")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration, the certificate and the backend, then exit",
+    )
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=["serve", "check"],
+        default="serve",
+        help="serve (default) or check",
+    )
+    return p
+
+
+async def serve(config: Config) -> None:
+    """Run the proxy until SIGINT or SIGTERM; drain, then return."""
+    import anyio
+
+    from goose_proxy import systemd
+    from goose_proxy.http.server import ProxyServer
+
+    server = ProxyServer(config)
+    activated = systemd.listen_fds()
+    if activated:
+        log.info(
+            "socket-activated by systemd (%s); [server] host and port are ignored",
+            ", ".join(name for name, _ in activated),
+        )
+    await server.open_listeners([s for _, s in activated])
+    where = ", ".join(f"{h}:{p}" for h, p in server.bound)
+    log.info(
+        "goose-proxy %s listening on %s; backend %s", __version__, where, config.backend.endpoint
+    )
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await tg.start(server.serve)
+            systemd.notify(f"READY=1\nSTATUS=listening on {where}")
+            async for signum in signals:
+                log.info("%s received; shutting down", signal.Signals(signum).name)
+                systemd.notify("STOPPING=1\nSTATUS=draining")
+                await server.shutdown()
+                tg.cancel_scope.cancel()
+                break
+    log.info("stopped")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, warnings = load_config(args.config)
+    except ConfigError as e:
+        print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    level = (args.log_level or config.logging.level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print(f"goose-proxy: --log-level: {args.log_level!r} is not a log level", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(level)
+    for w in warnings:
+        log.warning("%s", w)
+    if args.check or args.command == "check":
+        from goose_proxy.check import run_check
+
+        return run_check(config, warnings)
+    import anyio
+
+    try:
+        anyio.run(serve, config)
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        return 130
+    except OSError as e:
+        log.error(
+            "cannot listen on %s:%s: %s", config.server.host, config.server.port, e.strerror or e
+        )
+        return 1
+    return 0

@@ -1,0 +1,271 @@
+"""Server side of one client connection: h11 driven over an anyio byte stream.
+
+Theory of operation
+-------------------
+:class:`ServerConnection` owns the ``h11.Connection`` and the socket. It reads
+one request at a time (head and whole body, both bounded), and writes one
+response: either a complete body (head and body in a single ``send``) or a
+stream (head, then data pieces, then the end). Deadlines:
+
+* ``keepalive_timeout`` while waiting for the first byte of a request after the
+  first one (an idle keep-alive connection is closed quietly);
+* ``header_timeout`` from the connection's start (or a request's first byte)
+  to the end of its head (slowloris defence), and per read while the body
+  arrives.
+
+Malformed input raises :class:`goose_proxy.errors.ProxyError` subclasses with
+the right 4xx status; the caller answers and closes. While a request is being
+handled, :meth:`watch_disconnect` reads ahead so that a client that goes away
+is noticed at once (its request scope is cancelled); bytes of a pipelined next
+request read that way are kept in h11's buffer (bounded) for the next cycle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import anyio
+import anyio.abc
+import h11
+
+from goose_proxy import __version__
+from goose_proxy.config import ServerConfig
+from goose_proxy.errors import (
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    ProxyError,
+)
+
+SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
+READ_SIZE = 65536
+
+
+class ClientGone(Exception):
+    """The client closed the connection (or it broke); nothing more can be sent."""
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    http_version: bytes = b"1.1"
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def header(self, name: bytes) -> Optional[str]:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode("latin-1")
+        return None
+
+
+class ServerConnection:
+    """One client connection. Not safe for use by two tasks, except the watcher."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, cfg: ServerConfig) -> None:
+        self.stream = stream
+        self.cfg = cfg
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
+        self.requests_served = 0
+        self.client_gone = False
+        self.bytes_sent = 0
+
+    # -- reading --
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, OSError):
+            self.client_gone = True
+            return b""
+
+    async def _next_event(self, deadline: Optional[float]) -> object:
+        """The next h11 event, reading as needed; ``deadline`` is a monotonic time."""
+        while True:
+            try:
+                ev = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                status = e.error_status_hint
+                if status == 431:
+                    raise HeadersTooLarge(
+                        f"request head larger than {self.cfg.max_header_size} bytes"
+                    ) from None
+                raise InvalidRequest(f"malformed HTTP request: {e}", status=status) from None
+            if ev is not h11.NEED_DATA:
+                return ev
+            if deadline is None:
+                data = await self._receive()
+            else:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    raise TimeoutError
+                with anyio.move_on_after(remaining) as scope:
+                    data = await self._receive()
+                if scope.cancelled_caught:
+                    raise TimeoutError
+            self.h11.receive_data(data)
+
+    async def read_request(self) -> Optional[Request]:
+        """Read the next request with its whole body.
+
+        Returns None when the client closed, or stayed idle past the keep-alive
+        timeout. Raises ProxyError subclasses for malformed or oversized input
+        (the caller answers, then closes), TimeoutError for a slow head or body.
+        """
+        cfg = self.cfg
+        if self.h11.their_state is h11.DONE and self.h11.our_state is h11.DONE:
+            self.h11.start_next_cycle()
+        first = self.requests_served == 0
+        if not first and not self.h11.trailing_data[0]:
+            # Idle keep-alive: wait for the first byte without a head deadline.
+            data = b""
+            with anyio.move_on_after(cfg.keepalive_timeout):
+                data = await self._receive()
+            if not data:
+                return None  # closed, or idle too long
+            self.h11.receive_data(data)
+        deadline = anyio.current_time() + cfg.header_timeout
+        ev = await self._next_event(deadline)
+        if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
+            return None
+        if not isinstance(ev, h11.Request):
+            raise InvalidRequest("malformed HTTP request")
+        if len(ev.headers) > cfg.max_header_count:
+            raise HeadersTooLarge(f"more than {cfg.max_header_count} request headers")
+        req = Request(
+            method=ev.method.decode("ascii", "replace"),
+            target=ev.target.decode("ascii", "replace"),
+            headers=list(ev.headers),
+            http_version=ev.http_version,
+        )
+        return req
+
+    async def read_body(self, req: Request) -> None:
+        """Read the request body into ``req.body`` (at most ``max_body_size`` bytes).
+
+        Raises PayloadTooLarge (413), InvalidRequest (bad framing), TimeoutError.
+        """
+        limit = self.cfg.max_body_size
+        length = req.header(b"content-length")
+        if length is not None and int(length) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        if self.h11.they_are_waiting_for_100_continue:
+            await self._send(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            ev = await self._next_event(anyio.current_time() + self.cfg.header_timeout)
+            if isinstance(ev, h11.Data):
+                size += len(ev.data)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body larger than {limit} bytes")
+                parts.append(bytes(ev.data))
+            elif isinstance(ev, h11.EndOfMessage):
+                req.body = b"".join(parts)
+                return
+            else:
+                raise InvalidRequest("request body ended early")
+
+    async def watch_disconnect(self, scope: anyio.CancelScope) -> None:
+        """Run beside a request: cancel ``scope`` as soon as the client goes away.
+
+        Bytes that arrive meanwhile (a pipelined next request) are kept in h11's
+        buffer for the next cycle; once more than a request head's worth is
+        buffered, reading stops (TCP pushes back on the client).
+        """
+        while len(self.h11.trailing_data[0]) <= self.cfg.max_header_size:
+            data = await self._receive()
+            if not data:
+                scope.cancel()
+                return
+            self.h11.receive_data(data)
+
+    # -- writing --
+
+    async def _send(self, data: Optional[bytes]) -> None:
+        if not data:
+            return
+        if self.client_gone:
+            raise ClientGone
+        try:
+            await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            self.client_gone = True
+            raise ClientGone from e
+        self.bytes_sent += len(data)
+
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]], close: bool) -> bytes:
+        hdrs = [SERVER_HEADER, *headers]
+        if close:
+            hdrs.append((b"connection", b"close"))
+        return self.h11.send(h11.Response(status_code=status, headers=hdrs)) or b""
+
+    def can_send_data(self) -> bool:
+        return self.h11.our_state is h11.SEND_BODY and not self.client_gone
+
+    def can_respond(self) -> bool:
+        return self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self.client_gone
+
+    async def send_response(
+        self,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        close: bool = False,
+    ) -> None:
+        """A complete response: head and body written with one ``send``."""
+        hdrs = [*headers, (b"content-length", str(len(body)).encode())]
+        out = self._head(status, hdrs, close)
+        if body:
+            out += self.h11.send(h11.Data(data=body)) or b""
+        out += self.h11.send(h11.EndOfMessage()) or b""
+        self.requests_served += 1
+        await self._send(out)
+
+    async def start_stream(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        first: bytes = b"",
+        *,
+        close: bool = False,
+    ) -> None:
+        """Send the head of a streamed (chunked) response, with its first piece."""
+        out = self._head(status, headers, close)
+        if first:
+            out += self.h11.send(h11.Data(data=first)) or b""
+        self.requests_served += 1
+        await self._send(out)
+
+    async def send_data(self, data: bytes) -> None:
+        await self._send(self.h11.send(h11.Data(data=data)))
+
+    async def end_stream(self) -> None:
+        await self._send(self.h11.send(h11.EndOfMessage()))
+
+    @property
+    def keep_alive(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await self.stream.aclose()
+            except (OSError, anyio.BrokenResourceError):
+                pass
+
+
+def error_response_parts(err: ProxyError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and headers of the OpenAI error envelope for ``err``."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers]
+    return err.status, err.to_json(), headers

@@ -1,0 +1,324 @@
+"""Routes: what each endpoint does with a request, between ``translate`` and ``upstream``.
+
+``POST /v1/chat/completions``  Chat Completions → Responses → chat (JSON or SSE)
+``POST /v1/responses``         Responses passthrough (same auth and limits)
+``GET  /v1/models``            the configured model, shaped for Goose
+``GET  /health``               liveness
+
+Streaming is a pull loop: read what the backend sent → translate every complete
+event in it → one ``send`` to the client → only then read again, so a slow
+client slows the backend read instead of growing a buffer. The response head
+is held back until the translator has something for the client ("commit
+late"): a failure before that becomes a real HTTP error status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
+
+from goose_proxy.config import Config
+from goose_proxy.errors import ProxyError, UpstreamProtocolError
+from goose_proxy.http.connection import (
+    ClientGone,
+    Request,
+    ServerConnection,
+    error_response_parts,
+)
+from goose_proxy.translate import (
+    ChatRequest,
+    ResponseAccumulator,
+    StreamTranslator,
+    TranslateOptions,
+    chat_to_responses,
+    error_from_backend,
+    events_from_response,
+    parse_json_object,
+    prepare_passthrough,
+    responses_to_chat,
+)
+from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
+from goose_proxy.upstream.sse import SSEParser
+
+log = logging.getLogger("goose_proxy.http")
+
+JSON = (b"content-type", b"application/json")
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+ERROR_BODY_LIMIT = 1024 * 1024
+_DONE = "[DONE]"
+
+
+class Exchange:
+    """One request and the state of its reply (for handlers and the access log)."""
+
+    def __init__(self, conn: ServerConnection, req: Request, rid: str, close: bool) -> None:
+        self.conn = conn
+        self.req = req
+        self.rid = rid
+        self.close = close
+        self.status: Optional[int] = None
+        self.streamed = False
+        self.upstream_status: Optional[int] = None
+        #: what to send if the stream must end with an error after it started
+        self.error_frames: Optional[Callable[[ProxyError], list[bytes]]] = None
+
+    def _headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [*headers, (b"x-request-id", self.rid.encode("latin-1"))]
+
+    async def send(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        await self.conn.send_response(status, body, self._headers(headers), close=self.close)
+
+    async def start_stream(
+        self, status: int, headers: list[tuple[bytes, bytes]], first: bytes = b""
+    ) -> None:
+        self.status = status
+        self.streamed = True
+        await self.conn.start_stream(status, self._headers(headers), first, close=self.close)
+
+    async def abort(self, err: ProxyError) -> None:
+        """Report ``err``: as an HTTP error if nothing was sent, else inside the stream."""
+        if err.status >= 500 or err.status == 429:
+            log.warning("%s %s: %s", self.req.method, self.req.path, err.message)
+        try:
+            if self.status is None:
+                status, body, headers = error_response_parts(err)
+                await self.send(status, body, headers)
+            elif self.streamed and self.conn.can_send_data():
+                if self.error_frames is not None:
+                    frames = self.error_frames(err)
+                    if frames:
+                        await self.conn.send_data(b"".join(frames))
+                await self.conn.end_stream()
+        except ClientGone:
+            pass
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+class Handlers:
+    """The routes, bound to one configuration and one upstream client."""
+
+    def __init__(self, config: Config, upstream: UpstreamClient) -> None:
+        b = config.backend
+        self.config = config
+        self.upstream = upstream
+        self.opts = TranslateOptions(
+            flavor=b.flavor,
+            model=b.model,
+            system_messages=config.translate.system_messages,
+            extra_body=dict(b.extra_body),
+        )
+        headers: list[tuple[bytes, bytes]] = []
+        if b.flavor == "lightspeed":
+            headers.append((b"x-lcs-merge-server-tools", b"true"))
+        headers += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in b.headers.items()
+        ]
+        self._upstream_headers = headers
+        m = config.models
+        self._models_body = json.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m.id,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": m.owned_by,
+                        "context_length": m.context_length,
+                    }
+                ],
+            }
+        ).encode()
+        self.routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": self.chat_completions},
+            "/v1/responses": {"POST": self.responses},
+            "/v1/models": {"GET": self.models},
+            "/health": {"GET": self.health},
+        }
+
+    # -- simple routes --
+
+    async def health(self, ex: Exchange) -> None:
+        await ex.send(200, b'{"status":"ok"}', [JSON])
+
+    async def models(self, ex: Exchange) -> None:
+        await ex.send(200, self._models_body, [JSON])
+
+    # -- upstream helpers --
+
+    def _headers_for(self, ex: Exchange, stream: bool) -> list[tuple[bytes, bytes]]:
+        accept = b"text/event-stream" if stream else b"application/json"
+        return [
+            (b"accept", accept),
+            (b"x-request-id", ex.rid.encode("latin-1")),
+            *self._upstream_headers,
+        ]
+
+    async def _raise_for_status(self, ex: Exchange, resp: UpstreamResponse) -> None:
+        ex.upstream_status = resp.status
+        if resp.status >= 400:
+            raw = await resp.read(ERROR_BODY_LIMIT)
+            raise error_from_backend(resp.status, raw, resp.header(b"retry-after"))
+
+    # -- POST /v1/chat/completions --
+
+    async def chat_completions(self, ex: Exchange) -> None:
+        creq = chat_to_responses(parse_json_object(ex.req.body), self.opts)
+        if creq.dropped and log.isEnabledFor(logging.DEBUG):
+            log.debug("not forwarded to the backend: %s", ", ".join(creq.dropped))
+        payload = json.dumps(creq.body, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = self._headers_for(ex, bool(creq.body.get("stream")))
+        async with self.upstream.post("/responses", payload, headers) as resp:
+            await self._raise_for_status(ex, resp)
+            if resp.content_type == "text/event-stream":
+                if creq.stream:
+                    await self._stream_chat(ex, resp, creq)
+                else:
+                    await self._collect_chat(ex, resp, creq)
+                return
+            raw = await resp.read(self.config.backend.max_event_size)
+            obj = _load_upstream_json(raw)
+            if creq.stream:
+                tr = self._translator(creq)
+                frames = [f for ev in events_from_response(obj) for f in tr.feed(ev)]
+                frames += tr.finish()
+                await ex.start_stream(200, SSE_HEADERS, b"".join(frames))
+                await ex.conn.end_stream()
+            else:
+                body = json.dumps(responses_to_chat(obj, creq.client_model), ensure_ascii=False)
+                await ex.send(200, body.encode(), [JSON])
+
+    def _translator(self, creq: ChatRequest) -> StreamTranslator:
+        return StreamTranslator(model=creq.client_model, include_usage=creq.include_usage)
+
+    async def _stream_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
+        tr = self._translator(creq)
+        reader = EventReader(resp, self.config.backend.max_event_size)
+        ex.error_frames = tr.error_frames
+        conn = ex.conn
+        while True:
+            batch = await reader.next_batch()
+            frames: list[bytes] = []
+            if batch is None:
+                frames = tr.finish()
+            else:
+                for ev in batch:
+                    frames += tr.feed(ev)
+                    if tr.done:
+                        break
+            if frames:
+                data = b"".join(frames)
+                if ex.status is None:
+                    await ex.start_stream(200, SSE_HEADERS, data)
+                else:
+                    await conn.send_data(data)
+            if batch is None or tr.done:
+                break
+        await conn.end_stream()
+        await resp.drain()
+
+    async def _collect_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
+        acc = ResponseAccumulator()
+        reader = EventReader(resp, self.config.backend.max_event_size)
+        while True:
+            batch = await reader.next_batch()
+            if batch is None:
+                break
+            for ev in batch:
+                acc.feed(ev)
+        completion = responses_to_chat(acc.result(), creq.client_model)
+        await ex.send(200, json.dumps(completion, ensure_ascii=False).encode(), [JSON])
+
+    # -- POST /v1/responses (passthrough) --
+
+    async def responses(self, ex: Exchange) -> None:
+        body, dropped = prepare_passthrough(parse_json_object(ex.req.body), self.opts)
+        if dropped and log.isEnabledFor(logging.DEBUG):
+            log.debug("not forwarded to the backend: %s", ", ".join(dropped))
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        stream = bool(body.get("stream"))
+        async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
+            ex.upstream_status = resp.status
+            ctype = resp.header(b"content-type") or "application/json"
+            headers = [(b"content-type", ctype.encode("latin-1"))]
+            retry = resp.header(b"retry-after")
+            if retry:
+                headers.append((b"retry-after", retry.encode("latin-1")))
+            if resp.content_type != "text/event-stream":
+                raw = await resp.read(self.config.backend.max_event_size)
+                await ex.send(resp.status, raw, headers)
+                return
+            ex.error_frames = _responses_error_frames
+            await ex.start_stream(resp.status, [*headers, *SSE_HEADERS[1:]])
+            while True:
+                data = await resp.receive()
+                if not data:
+                    break
+                await ex.conn.send_data(data)
+            await ex.conn.end_stream()
+
+
+def _responses_error_frames(err: ProxyError) -> list[bytes]:
+    """A Responses-format ``error`` event, for a passthrough stream that broke."""
+    ev = {"type": "error", "code": err.code, "message": err.message, "param": None}
+    return [b"event: error\ndata: " + json.dumps(ev).encode() + b"\n\n"]
+
+
+def _load_upstream_json(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UpstreamProtocolError("backend sent a response that is not JSON") from None
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError("backend sent a JSON response that is not an object")
+    return obj
+
+
+class EventReader:
+    """Reads a backend SSE body and returns parsed Responses events, a read at a time."""
+
+    def __init__(self, resp: UpstreamResponse, max_event_size: int) -> None:
+        self._resp = resp
+        self._parser = SSEParser(max_event_size)
+        self._ended = False
+
+    async def next_batch(self) -> Optional[list[dict[str, Any]]]:
+        """The events completed by the next read (maybe none); None at the end.
+
+        ``[DONE]`` ends the stream like EOF does. Raises UpstreamProtocolError for
+        an event that is not a JSON object, UpstreamTimeout/UpstreamError from I/O.
+        """
+        if self._ended:
+            return None
+        data = await self._resp.receive()
+        raw = self._parser.feed(data) if data else self._parser.close()
+        out: list[dict[str, Any]] = []
+        for ev in raw:
+            if ev.data == _DONE:
+                self._ended = True
+                break
+            try:
+                obj = json.loads(ev.data)
+            except (ValueError, RecursionError):
+                raise UpstreamProtocolError(
+                    "backend sent a stream event that is not JSON"
+                ) from None
+            if not isinstance(obj, dict):
+                raise UpstreamProtocolError("backend sent a stream event that is not an object")
+            if "type" not in obj and ev.event:
+                obj["type"] = ev.event
+            out.append(obj)
+        if not data:
+            self._ended = True
+        if self._ended and not out:
+            return None
+        return out

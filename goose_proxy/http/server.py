@@ -1,0 +1,298 @@
+"""The client-facing server: listeners, one task per connection, limits, shutdown.
+
+Theory of operation
+-------------------
+:meth:`ProxyServer.serve` accepts on one or more listeners (TCP sockets it
+opened, or sockets handed over by systemd) and runs :meth:`_connection` per
+client in one task group. A connection loops: read a request (bounded, with
+deadlines), check where it comes from, route it, answer, then keep the
+connection alive or close it. Each request runs in its own cancel scope beside
+a watcher task that cancels the scope as soon as the client disconnects, which
+closes the upstream connection at once.
+
+Shutdown (:meth:`shutdown`): stop accepting, let in-flight requests finish for
+``drain_timeout`` seconds, then cancel the rest; a stream cut that way ends with
+an error event, never a fake finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Optional
+
+import anyio
+import anyio.abc
+
+from goose_proxy.config import Config
+from goose_proxy.errors import (
+    Forbidden,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from goose_proxy.http.connection import (
+    ClientGone,
+    Request,
+    ServerConnection,
+    error_response_parts,
+)
+from goose_proxy.http.handlers import Exchange, Handlers
+from goose_proxy.upstream.client import UpstreamClient
+
+log = logging.getLogger("goose_proxy.http")
+access_log = logging.getLogger("goose_proxy.access")
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
+
+
+def _host_name(value: str) -> str:
+    """``Host`` header value without its port, lower-cased."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[: v.find("]") + 1] if "]" in v else v
+    return v.rsplit(":", 1)[0] if v.count(":") == 1 else v
+
+
+class ProxyServer:
+    """Serves the OpenAI-compatible API on the given listeners."""
+
+    def __init__(self, config: Config, upstream: Optional[UpstreamClient] = None) -> None:
+        self.config = config
+        self.upstream = upstream or UpstreamClient(config.backend)
+        self.handlers = Handlers(config, self.upstream)
+        self.active_connections = 0
+        self.active_requests = 0
+        self.closing = False
+        self._idle_event = anyio.Event()
+        self._request_scopes: set[anyio.CancelScope] = set()
+        self._listeners: list[anyio.abc.SocketListener] = []
+        self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
+        self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
+        self.bound: list[tuple[str, int]] = []
+        self._serving = anyio.Event()
+
+    # -- listening --
+
+    async def open_listeners(
+        self, sockets: Optional[Sequence[socket.socket]] = None
+    ) -> list[anyio.abc.SocketListener]:
+        """Listen on ``[server] host:port``, or on already-bound sockets (systemd)."""
+        if sockets:
+            listeners = [await anyio.abc.SocketListener.from_socket(s) for s in sockets]
+        else:
+            cfg = self.config.server
+            multi = await anyio.create_tcp_listener(
+                local_host=cfg.host, local_port=cfg.port, reuse_port=False
+            )
+            listeners = list(multi.listeners)  # type: ignore[arg-type]
+        self._listeners.extend(listeners)
+        for lst in listeners:
+            addr = lst.extra(anyio.abc.SocketAttribute.local_address)
+            if isinstance(addr, tuple):
+                self.bound.append((str(addr[0]), int(addr[1])))
+        return listeners
+
+    async def serve(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept connections until :meth:`shutdown` (or cancellation)."""
+        if not self._listeners:
+            await self.open_listeners()
+        try:
+            async with anyio.create_task_group() as tg:
+                for lst in self._listeners:
+                    tg.start_soon(self._accept_loop, lst, tg)
+                self._serving.set()
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.upstream.aclose()
+
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        async with listener:
+            while not self.closing:
+                try:
+                    stream = await listener.accept()
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                except OSError as e:  # EMFILE and friends: back off briefly, keep serving
+                    log.warning("accept failed: %s", e.strerror or e)
+                    await anyio.sleep(0.1)
+                    continue
+                tg.start_soon(self._connection, stream)
+
+    async def shutdown(self) -> None:
+        """Stop accepting; drain in-flight requests; cancel what is left."""
+        self.closing = True
+        for lst in self._listeners:
+            with anyio.CancelScope(shield=True):
+                await lst.aclose()
+        if self.active_requests:
+            log.info("draining %d in-flight request(s)", self.active_requests)
+            with anyio.move_on_after(self.config.server.drain_timeout):
+                while self.active_requests:
+                    self._idle_event = anyio.Event()
+                    await self._idle_event.wait()
+        for scope in list(self._request_scopes):
+            scope.cancel()
+
+    # -- one connection --
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        conn = ServerConnection(stream, self.config.server)
+        self.active_connections += 1
+        try:
+            if self.active_connections > self.config.server.max_connections:
+                err = ServiceUnavailable("too many connections; try again later")
+                status, body, headers = error_response_parts(err)
+                headers.append((b"retry-after", b"1"))
+                try:
+                    await conn.send_response(status, body, headers, close=True)
+                except ClientGone:
+                    pass
+                return
+            await self._serve_connection(conn)
+        finally:
+            self.active_connections -= 1
+            await conn.aclose()
+
+    async def _serve_connection(self, conn: ServerConnection) -> None:
+        max_requests = self.config.server.max_requests_per_connection
+        while not self.closing or conn.requests_served == 0:
+            req: Optional[Request] = None
+            try:
+                req = await conn.read_request()
+                if req is None:
+                    return
+                self._check_request(req)
+                await conn.read_body(req)
+            except TimeoutError:
+                return  # slow or silent client: close without a word (408 helps nobody)
+            except ProxyError as err:
+                if conn.can_respond():
+                    status, body, headers = error_response_parts(err)
+                    try:
+                        await conn.send_response(status, body, headers, close=True)
+                    except ClientGone:
+                        return
+                    if req is not None:
+                        self._log_access(req, status, conn, streamed=False, upstream=None, rid="-")
+                return
+            close = (
+                self.closing
+                or conn.requests_served + 1 >= max_requests
+                or req.http_version == b"1.0"
+            )
+            await self._handle(conn, req, close)
+            if close or not conn.keep_alive:
+                return
+
+    def _check_request(self, req: Request) -> None:
+        """Refuse requests a web page or a foreign host could make (DNS rebinding, CSRF)."""
+        host = req.header(b"host")
+        if host is not None and _host_name(host) not in self._allowed_hosts:
+            raise Forbidden(f"Host {host!r} is not allowed (see [server] allowed_hosts)")
+        origin = req.header(b"origin")
+        if origin is not None and origin.rstrip("/").lower() not in self._allowed_origins:
+            raise Forbidden(f"Origin {origin!r} is not allowed (see [server] allowed_origins)")
+        if req.method == "POST":
+            ctype = (req.header(b"content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise UnsupportedMediaType(
+                    "request body must be JSON with Content-Type: application/json"
+                )
+
+    async def _handle(self, conn: ServerConnection, req: Request, close: bool) -> None:
+        rid = req.header(b"x-request-id") or uuid.uuid4().hex
+        if len(rid) > 200 or not rid.isprintable():
+            rid = uuid.uuid4().hex
+        ex = Exchange(conn, req, rid, close)
+        sent_before = conn.bytes_sent
+        scope = anyio.CancelScope()
+        self.active_requests += 1
+        self._request_scopes.add(scope)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.watch_disconnect, scope)
+                with scope:
+                    await self._dispatch(ex)
+                tg.cancel_scope.cancel()
+            if scope.cancelled_caught and not conn.client_gone:
+                # cancelled by shutdown: end the reply with an error, not a fake finish
+                with anyio.move_on_after(1.0):
+                    await ex.abort(ServiceUnavailable("goose-proxy is shutting down"))
+        finally:
+            self._request_scopes.discard(scope)
+            self.active_requests -= 1
+            if not self.active_requests:
+                self._idle_event.set()
+        self._log_access(
+            req,
+            ex.status,
+            conn,
+            ex.streamed,
+            ex.upstream_status,
+            rid,
+            gone=conn.client_gone,
+            sent_before=sent_before,
+        )
+
+    async def _dispatch(self, ex: Exchange) -> None:
+        h = self.handlers
+        routes = h.routes
+        path = ex.req.path
+        route = routes.get(path)
+        try:
+            if route is None:
+                raise NotFound(f"unknown path {path!r}")
+            fn = route.get(ex.req.method)
+            if fn is None:
+                allowed = ", ".join(sorted(route))
+                raise MethodNotAllowed(
+                    f"method {ex.req.method} not allowed on {path} (use {allowed})",
+                    headers=[("Allow", allowed)],
+                )
+            await fn(ex)
+        except ClientGone:
+            return
+        except ProxyError as err:
+            await ex.abort(err)
+        except Exception:
+            log.exception("internal error handling %s %s", ex.req.method, path)
+            await ex.abort(InternalError("internal error in goose-proxy; see its log"))
+
+    def _log_access(
+        self,
+        req: Request,
+        status: Optional[int],
+        conn: ServerConnection,
+        streamed: bool,
+        upstream: Optional[int],
+        rid: str,
+        gone: bool = False,
+        sent_before: int = 0,
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        ms = (time.monotonic() - req.received_at) * 1000
+        access_log.info(
+            "%s %s %s %.1fms bytes=%d stream=%s upstream=%s rid=%s%s",
+            req.method,
+            req.path,
+            status if status is not None else "-",
+            ms,
+            conn.bytes_sent - sent_before,
+            "yes" if streamed else "no",
+            upstream if upstream is not None else "-",
+            rid,
+            " client-gone" if gone else "",
+        )

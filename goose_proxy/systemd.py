@@ -1,0 +1,67 @@
+"""systemd integration without libsystemd: socket activation and ``sd_notify``.
+
+Socket activation: systemd passes listening sockets as file descriptors 3, 4, …
+and sets ``LISTEN_PID`` (our pid), ``LISTEN_FDS`` (how many) and optionally
+``LISTEN_FDNAMES`` (colon-separated names). Notification: a datagram such as
+``READY=1`` sent to the ``AF_UNIX`` socket named by ``$NOTIFY_SOCKET`` (a path,
+or an abstract name starting with ``@``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, MutableMapping
+from typing import Optional
+
+SD_LISTEN_FDS_START = 3
+
+
+def listen_fds(
+    environ: Optional[MutableMapping[str, str]] = None, *, unset: bool = True
+) -> list[tuple[str, socket.socket]]:
+    """The sockets systemd passed to this process, as ``(name, socket)`` pairs.
+
+    Returns an empty list when the process was not socket-activated (or the
+    variables are meant for another process). With ``unset`` the variables are
+    removed so that child processes do not inherit them.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        pid = int(env.get("LISTEN_PID", ""))
+        count = int(env.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    if pid != os.getpid() or count <= 0:
+        return []
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    if unset:
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(key, None)
+    out = []
+    for i in range(count):
+        fd = SD_LISTEN_FDS_START + i
+        os.set_inheritable(fd, False)
+        sock = socket.socket(fileno=fd)
+        name = names[i] if i < len(names) and names[i] else f"fd{fd}"
+        out.append((name, sock))
+    return out
+
+
+def notify(state: str, environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Send ``state`` (e.g. ``"READY=1\\nSTATUS=listening"``) to ``$NOTIFY_SOCKET``.
+
+    Returns False when there is no notify socket or sending failed (never raises:
+    a notification is best effort).
+    """
+    env = os.environ if environ is None else environ
+    addr = env.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    target = "\0" + addr[1:] if addr.startswith("@") else addr
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), target)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,457 @@
+"""The backend client: HTTP/1.1 over h11 on anyio streams, mTLS, keep-alive pool.
+
+Theory of operation
+-------------------
+``UpstreamClient.post()`` is an async context manager that yields an
+:class:`UpstreamResponse` once the backend's response head has arrived. The
+phases have their own deadlines, each a cancel scope at its call site:
+
+* connect (TCP, then an optional CONNECT tunnel, then TLS): ``connect_timeout``,
+  all inside
+* the head deadline ``backend.timeout``: from the start until the response head
+  (504 when it passes);
+* body reads: ``stream_idle_timeout`` per read, so a long healthy stream is never
+  cut, but a stalled one is.
+
+Exceptions from the OS, ssl, anyio and h11 are turned into
+:mod:`goose_proxy.errors` classes in one place, :func:`_mapped`, naming the phase.
+
+A connection goes back to the pool only when both h11 sides finished the cycle;
+an idle one is dropped when it is older than ``pool_idle_timeout``, when its
+socket turned readable (the server hung up), or when the client certificate was
+reloaded since it was made. Leaving the context manager early (the client went
+away, a stream was abandoned) closes the connection at once, shielded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import h11
+from anyio.streams.tls import TLSStream
+
+from goose_proxy import __version__
+from goose_proxy.config import BackendConfig
+from goose_proxy.errors import (
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamTLSError,
+)
+from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
+from goose_proxy.upstream.tls import ClientTLS
+
+log = logging.getLogger("goose_proxy.upstream")
+
+USER_AGENT = f"goose-proxy/{__version__}".encode()
+READ_SIZE = 65536
+CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        return cls(u.scheme, u.hostname, port, u.path.rstrip("/"))
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+# --- exception mapping: the one place --------------------------------------------
+
+
+def _describe_ssl(e: ssl.SSLError) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"the backend's server certificate is not trusted ({e.verify_message})"
+    reason = (e.reason or str(e)).upper()
+    if "ALERT" in reason and any(
+        k in reason for k in ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED", "HANDSHAKE_FAILURE")
+    ):
+        return f"the backend rejected the client certificate ({e.reason})"
+    return f"TLS error ({e.reason or e})"
+
+
+@contextlib.contextmanager
+def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
+    """Map I/O exceptions raised in ``phase`` to ProxyError subclasses."""
+    where = f"{ep.host}:{ep.port}"
+    try:
+        yield
+    except ProxyError:
+        raise
+    except ssl.SSLError as e:
+        raise UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}") from e
+    except socket.gaierror as e:
+        raise UpstreamConnectError(
+            f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})"
+        ) from e
+    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError) as e:
+        cause = e.__cause__ if isinstance(e, anyio.BrokenResourceError) else e
+        if isinstance(cause, ssl.SSLError):
+            raise UpstreamTLSError(
+                f"{phase} with backend {where} failed: {_describe_ssl(cause)}"
+            ) from e
+        raise UpstreamError(f"backend {where} closed the connection during {phase}") from e
+    except h11.RemoteProtocolError as e:
+        raise UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}") from e
+    except OSError as e:
+        cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
+        if isinstance(cause, ConnectionRefusedError):
+            msg = f"connection refused by backend {where}"
+        else:
+            msg = f"cannot connect to backend {where}: {cause.strerror or cause}"
+        raise UpstreamConnectError(msg) from e
+
+
+# --- one connection ------------------------------------------------------------------
+
+
+class Connection:
+    """One HTTP/1.1 connection to the backend (possibly through TLS and a tunnel)."""
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, ctx: Optional[ssl.SSLContext], max_event: int
+    ) -> None:
+        self.stream = stream
+        self.ctx = ctx
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_event)
+        self.idle_since = time.monotonic()
+        self.received = False  # any byte from the server yet
+        self.eof = False
+        self.requests = 0
+        self.sock: Optional[socket.socket] = stream.extra(
+            anyio.abc.SocketAttribute.raw_socket, None
+        )
+
+    def looks_dead(self) -> bool:
+        """An idle keep-alive connection whose socket is readable was closed by the server."""
+        if self.sock is None:
+            return False
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(r)
+
+    async def next_event(self) -> object:
+        while True:
+            ev = self.h11.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            try:
+                data = await self.stream.receive(READ_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            if data:
+                self.received = True
+            else:
+                self.eof = True
+            self.h11.receive_data(data)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self.stream.aclose()
+            except (OSError, anyio.BrokenResourceError, ssl.SSLError):
+                pass
+
+
+class UpstreamResponse:
+    """The backend's answer: status and headers now, the body as it arrives."""
+
+    def __init__(
+        self, conn: Connection, ev: h11.Response, ep: Endpoint, idle_timeout: float
+    ) -> None:
+        self._conn = conn
+        self._ep = ep
+        self._idle = idle_timeout
+        self.status: int = ev.status_code
+        self.headers: list[tuple[bytes, bytes]] = list(ev.headers)
+        self.complete = False
+
+    def header(self, name: bytes) -> Optional[str]:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode("latin-1")
+        return None
+
+    @property
+    def content_type(self) -> str:
+        return (self.header(b"content-type") or "").split(";")[0].strip().lower()
+
+    async def receive(self) -> bytes:
+        """The next piece of the body; ``b""`` once it is complete.
+
+        Raises UpstreamTimeout when the backend sends nothing for
+        ``stream_idle_timeout`` seconds, UpstreamError when the connection breaks.
+        """
+        if self.complete:
+            return b""
+        with _mapped("reading the response body", self._ep):
+            try:
+                with anyio.fail_after(self._idle):
+                    ev = await self._conn.next_event()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"backend sent nothing for {self._idle:g} seconds in the middle of a response"
+                ) from None
+        if isinstance(ev, h11.Data):
+            return bytes(ev.data)
+        if isinstance(ev, h11.EndOfMessage):
+            self.complete = True
+            return b""
+        raise UpstreamError(
+            f"backend {self._ep.host}:{self._ep.port} closed the connection in the middle "
+            "of the response"
+        )
+
+    async def drain(self, grace: float = 0.2, limit: int = 65536) -> None:
+        """After the last event: read what is left of the body (its end, usually
+        already here) so the connection can be reused. A backend that keeps the
+        body open, or sends more than ``limit`` bytes, costs its connection
+        instead of our time.
+        """
+        if self.complete:
+            return
+        with anyio.move_on_after(grace):
+            left = limit
+            try:
+                while left > 0 and not self.complete:
+                    left -= len(await self.receive())
+            except ProxyError:
+                return
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes (UpstreamProtocolError beyond)."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            data = await self.receive()
+            if not data:
+                return b"".join(parts)
+            size += len(data)
+            if size > limit:
+                raise UpstreamProtocolError(f"backend response body larger than {limit} bytes")
+            parts.append(data)
+
+
+# --- the client --------------------------------------------------------------------
+
+
+class UpstreamClient:
+    """Sends requests to ``backend.endpoint``; owns the pool and the TLS context."""
+
+    def __init__(self, backend: BackendConfig, environ: Optional[dict[str, str]] = None) -> None:
+        self.cfg = backend
+        self.endpoint = Endpoint.parse(backend.endpoint)
+        self.tls: Optional[ClientTLS] = (
+            ClientTLS(backend.auth) if self.endpoint.scheme == "https" else None
+        )
+        self.route: Optional[ProxyRoute] = proxy_for(backend, self.endpoint.host, environ)
+        self._idle: deque[Connection] = deque()
+        self.connections_opened = 0  # new connections (= TLS handshakes for https)
+
+    # -- pool bookkeeping (synchronous decisions, I/O afterwards) --
+
+    def _take_idle(
+        self, ctx: Optional[ssl.SSLContext]
+    ) -> tuple[Optional[Connection], list[Connection]]:
+        stale: list[Connection] = []
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()  # most recently used first
+            if (
+                conn.ctx is not ctx
+                or now - conn.idle_since > self.cfg.pool_idle_timeout
+                or conn.looks_dead()
+            ):
+                stale.append(conn)
+                continue
+            return conn, stale
+        return None, stale
+
+    def _put_idle(self, conn: Connection) -> bool:
+        if len(self._idle) >= self.cfg.pool_size:
+            return False
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+        return True
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._idle.pop().aclose()
+
+    # -- connecting --
+
+    async def _connect(self, ctx: Optional[ssl.SSLContext]) -> Connection:
+        ep = self.endpoint
+        try:
+            with anyio.fail_after(self.cfg.connect_timeout):
+                if self.route is not None:
+                    stream: anyio.abc.ByteStream = await open_tunnel(self.route, ep.host, ep.port)
+                else:
+                    with _mapped("connecting", ep):
+                        stream = await anyio.connect_tcp(ep.host, ep.port)
+                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if ctx is not None:
+                    try:
+                        with _mapped("TLS handshake", ep):
+                            stream = await TLSStream.wrap(
+                                stream,
+                                hostname=ep.host,
+                                ssl_context=ctx,
+                                standard_compatible=False,
+                            )
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.aclose_forcefully(stream)
+                        raise
+        except TimeoutError:
+            raise UpstreamConnectError(
+                f"timed out after {self.cfg.connect_timeout:g} s connecting to backend "
+                f"{ep.host}:{ep.port}"
+            ) from None
+        self.connections_opened += 1
+        return Connection(stream, ctx, self.cfg.max_event_size)
+
+    # -- a request --
+
+    def _request_bytes(
+        self,
+        conn: Connection,
+        method: bytes,
+        path: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> bytes:
+        target = (self.endpoint.base_path + path).encode()
+        hdrs = [(b"host", self.endpoint.authority.encode()), (b"user-agent", USER_AGENT)]
+        if method == b"POST":
+            hdrs.append((b"content-type", b"application/json"))
+            hdrs.append((b"content-length", str(len(body)).encode()))
+        hdrs += headers
+        req = h11.Request(method=method, target=target, headers=hdrs)
+        out = conn.h11.send(req)
+        data = conn.h11.send(h11.Data(data=body)) if body else b""
+        end = conn.h11.send(h11.EndOfMessage())
+        return (out or b"") + (data or b"") + (end or b"")
+
+    async def _exchange(self, conn: Connection, payload: bytes) -> h11.Response:
+        ep = self.endpoint
+        with _mapped("sending the request", ep):
+            await conn.stream.send(payload)
+        conn.requests += 1
+        with _mapped("waiting for the response head", ep):
+            try:
+                while True:
+                    ev = await conn.next_event()
+                    if isinstance(ev, h11.Response):
+                        return ev
+                    if not isinstance(ev, h11.InformationalResponse):
+                        break
+            except h11.RemoteProtocolError:
+                if not conn.eof:
+                    raise
+        if conn.ctx is not None and not conn.received and conn.requests == 1:
+            # With TLS 1.3 the server checks our certificate after the handshake;
+            # some servers then just close without sending the alert.
+            raise UpstreamTLSError(
+                f"backend {ep.host}:{ep.port} closed the connection right after the TLS "
+                "handshake without answering: it probably rejected the client certificate"
+            )
+        raise UpstreamError(f"backend {ep.host}:{ep.port} closed the connection before answering")
+
+    def post(
+        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]:
+        """POST ``body`` to ``{endpoint}{path}``; see :meth:`request`."""
+        return self.request(b"POST", path, body, headers)
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: bytes, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> AsyncIterator[UpstreamResponse]:
+        """Send a request to ``{endpoint}{path}``; yield the response once its head is in.
+
+        Raises CredentialsError (cert files), UpstreamConnectError, UpstreamTLSError,
+        UpstreamTimeout (no head within ``backend.timeout``), UpstreamError.
+        """
+        ctx = self.tls.context() if self.tls is not None else None
+        conn: Optional[Connection] = None
+        try:
+            with anyio.fail_after(self.cfg.timeout):
+                conn, stale = self._take_idle(ctx)
+                for s in stale:
+                    await s.aclose()
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect(ctx)
+                try:
+                    head = await self._exchange(
+                        conn, self._request_bytes(conn, method, path, body, headers)
+                    )
+                except UpstreamError:
+                    if not reused:
+                        raise
+                    # A pooled connection the server closed as we picked it up:
+                    # nothing was processed, so one retry on a fresh connection is safe.
+                    await conn.aclose()
+                    conn = await self._connect(ctx)
+                    head = await self._exchange(
+                        conn, self._request_bytes(conn, method, path, body, headers)
+                    )
+        except TimeoutError:
+            if conn is not None:
+                await conn.aclose()
+            raise UpstreamTimeout(
+                f"backend sent no response within {self.cfg.timeout:g} seconds"
+            ) from None
+        except BaseException:
+            if conn is not None:
+                await conn.aclose()
+            raise
+        resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
+        try:
+            yield resp
+        finally:
+            h = conn.h11
+            if (
+                resp.complete
+                and h.our_state is h11.DONE
+                and h.their_state is h11.DONE
+                and self.cfg.pool_size > 0
+            ):
+                h.start_next_cycle()
+                if not self._put_idle(conn):
+                    await conn.aclose()
+            else:
+                await conn.aclose()

@@ -1,0 +1,110 @@
+"""The client ``SSLContext``: the host's RHSM certificate, reloaded when it changes.
+
+RHSM renews ``/etc/pki/consumer/{cert,key}.pem`` in place. Building an
+``SSLContext`` is expensive (loading the system trust store costs tens of
+milliseconds of CPU), so one context is built and reused until the files'
+``(mtime, size, inode)`` change; then the next request builds a new one. A
+failed build is not cached: the next request tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from typing import Optional
+
+from goose_proxy.config import AuthConfig
+from goose_proxy.errors import CredentialsError
+
+log = logging.getLogger("goose_proxy.upstream")
+
+REGISTER_HINT = (
+    "register this system with 'subscription-manager register' so that RHSM "
+    "creates its client certificate"
+)
+
+_Stamp = tuple[tuple[int, int, int], ...]
+
+
+def _stamp(*paths: str) -> _Stamp:
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class ClientTLS:
+    """Owns the mTLS client context; :meth:`context` returns a current one."""
+
+    def __init__(self, auth: AuthConfig) -> None:
+        self._auth = auth
+        self._ctx: Optional[ssl.SSLContext] = None
+        self._stamp: Optional[_Stamp] = None
+        self.builds = 0  # how many contexts were built (tests and benchmarks read it)
+
+    def context(self) -> ssl.SSLContext:
+        """The context for the current cert/key pair.
+
+        Raises CredentialsError when the files are missing, unreadable, not PEM, or
+        the key does not match the certificate.
+        """
+        auth = self._auth
+        try:
+            stamp = _stamp(auth.cert_file, auth.key_file)
+        except FileNotFoundError as e:
+            raise CredentialsError(
+                f"client certificate file {e.filename} does not exist: {REGISTER_HINT}"
+            ) from None
+        except OSError as e:
+            raise CredentialsError(
+                f"cannot access client certificate file {e.filename} "
+                f"({e.strerror}): {REGISTER_HINT}"
+            ) from None
+        if self._ctx is not None and stamp == self._stamp:
+            return self._ctx
+        ctx = self._build()
+        if self._ctx is not None:
+            log.info("client certificate changed on disk; reloaded %s", auth.cert_file)
+        self._ctx, self._stamp = ctx, stamp
+        self.builds += 1
+        return ctx
+
+    def _build(self) -> ssl.SSLContext:
+        auth = self._auth
+        try:
+            ctx = ssl.create_default_context(cafile=auth.ca_file or None)
+        except (OSError, ssl.SSLError) as e:
+            raise CredentialsError(
+                f"cannot load the CA file {auth.ca_file}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(auth.cert_file, auth.key_file)
+        except PermissionError as e:
+            raise CredentialsError(
+                f"cannot read client certificate or key {e.filename} "
+                f"(permission denied): {REGISTER_HINT}"
+            ) from None
+        except FileNotFoundError as e:
+            raise CredentialsError(
+                f"client certificate file {e.filename or auth.cert_file} does not exist: "
+                f"{REGISTER_HINT}"
+            ) from None
+        except ssl.SSLError as e:
+            reason = getattr(e, "reason", None) or ""
+            if "KEY_VALUES_MISMATCH" in reason.upper():
+                raise CredentialsError(
+                    f"the private key {auth.key_file} does not match the client "
+                    f"certificate {auth.cert_file}"
+                ) from None
+            raise CredentialsError(
+                f"cannot load the client certificate {auth.cert_file} and key "
+                f"{auth.key_file} ({reason or 'not valid PEM'}): {REGISTER_HINT}"
+            ) from None
+        except OSError as e:
+            raise CredentialsError(
+                f"cannot read client certificate or key: {e.strerror}: {REGISTER_HINT}"
+            ) from None
+        return ctx
