@@ -1,0 +1,72 @@
+"""``make dev``: the development backend and the proxy, with auto-reload.
+
+Starts ``python -m devbackend --tls`` on 127.0.0.1:8443 (certificates generated
+into ``.dev/certs`` on first run, the client pair as ``cert.pem``/``key.pem``
+like RHSM's), then the proxy with ``data/development/xdg/goose-proxy/config.toml``
+on 127.0.0.1:8080 — restarted whenever a file under ``goose_proxy/`` changes
+(``watchfiles``; ``--no-reload`` runs it once). Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CERTS = Path(".dev") / "certs"
+XDG = Path("data") / "development" / "xdg"
+BACKEND_PORT = 8443
+
+
+def _start_backend() -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "devbackend", "--tls", "--certs-dir", str(CERTS),
+        "--host", "127.0.0.1", "--port", str(BACKEND_PORT), "--print-port", "-q",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()  # "PORT <n>" once listening
+    if not line.startswith("PORT "):
+        proc.wait(timeout=10)
+        raise SystemExit(f"development backend did not start (exit {proc.returncode})")
+    print(f"devrun: development backend on https://127.0.0.1:{BACKEND_PORT} (mTLS)", flush=True)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m devbackend.devrun", description=__doc__)
+    p.add_argument("--no-reload", action="store_true", help="do not restart on source changes")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    env = dict(os.environ, XDG_CONFIG_DIRS=str(ROOT / XDG))
+    backend = _start_backend()
+    proxy_cmd = [sys.executable, "-m", "goose_proxy"]
+    print("devrun: goose-proxy on http://127.0.0.1:8080 (see the README curl example)", flush=True)
+    try:
+        if args.no_reload:
+            return subprocess.call(proxy_cmd, env=env)
+        from watchfiles import run_process
+
+        os.environ.update(env)
+        run_process(
+            ROOT / "goose_proxy",
+            target=" ".join(proxy_cmd),
+            target_type="command",
+            callback=lambda changes: print(f"devrun: {len(changes)} change(s); restarting"),
+        )
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        backend.terminate()
+        try:
+            backend.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            backend.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Test helpers: a Config for a backend, and the proxy running in this event loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import anyio
+
+from goose_proxy.config import AuthConfig, BackendConfig, Config, ServerConfig
+from goose_proxy.http.server import ProxyServer
+
+
+def make_config(endpoint: str, auth: Optional[AuthConfig] = None, **sections: Any) -> Config:
+    """A Config on port 0 for ``endpoint``; ``sections`` override fields per section,
+    e.g. ``backend={"timeout": 0.5}``, ``server={"max_body_size": 2048}``."""
+    backend_kw = dict(sections.pop("backend", {}))
+    backend = BackendConfig(endpoint=endpoint, auth=auth or AuthConfig(), **backend_kw)
+    server = ServerConfig(port=0, **sections.pop("server", {}))
+    cfg = Config(server=server, backend=backend)
+    for name, values in sections.items():
+        cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)})
+    return cfg
+
+
+@asynccontextmanager
+async def running_proxy(config: Config) -> AsyncIterator[SimpleNamespace]:
+    """The proxy serving ``config`` in this event loop; yields ``.url`` and ``.server``."""
+    server = ProxyServer(config)
+    await server.open_listeners()
+    host, port = server.bound[0]
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        try:
+            yield SimpleNamespace(url=f"http://{host}:{port}", port=port, server=server)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.shutdown()
+            tg.cancel_scope.cancel()
