@@ -33,6 +33,7 @@ from goose_proxy.translate import (
     StreamTranslator,
     TranslateOptions,
     chat_to_responses,
+    encode_json,
     error_from_backend,
     events_from_response,
     parse_json_object,
@@ -175,7 +176,7 @@ class Handlers:
         creq = chat_to_responses(parse_json_object(ex.req.body), self.opts)
         if creq.dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(creq.dropped))
-        payload = json.dumps(creq.body, ensure_ascii=False, separators=(",", ":")).encode()
+        payload = encode_json(creq.body)
         headers = self._headers_for(ex, bool(creq.body.get("stream")))
         async with self.upstream.post("/responses", payload, headers) as resp:
             await self._raise_for_status(ex, resp)
@@ -194,8 +195,7 @@ class Handlers:
                 await ex.start_stream(200, SSE_HEADERS, b"".join(frames))
                 await ex.conn.end_stream()
             else:
-                body = json.dumps(responses_to_chat(obj, creq.client_model), ensure_ascii=False)
-                await ex.send(200, body.encode(), [JSON])
+                await ex.send(200, encode_json(responses_to_chat(obj, creq.client_model)), [JSON])
 
     def _translator(self, creq: ChatRequest) -> StreamTranslator:
         return StreamTranslator(model=creq.client_model, include_usage=creq.include_usage)
@@ -236,7 +236,7 @@ class Handlers:
             for ev in batch:
                 acc.feed(ev)
         completion = responses_to_chat(acc.result(), creq.client_model)
-        await ex.send(200, json.dumps(completion, ensure_ascii=False).encode(), [JSON])
+        await ex.send(200, encode_json(completion), [JSON])
 
     # -- POST /v1/responses (passthrough) --
 
@@ -244,7 +244,7 @@ class Handlers:
         body, dropped = prepare_passthrough(parse_json_object(ex.req.body), self.opts)
         if dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(dropped))
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        payload = encode_json(body)
         stream = bool(body.get("stream"))
         async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
             ex.upstream_status = resp.status

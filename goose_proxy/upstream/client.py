@@ -130,6 +130,18 @@ def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
         raise UpstreamConnectError(msg) from e
 
 
+_SECRET_HEADERS = (b"authorization", b"proxy-authorization", b"cookie", b"set-cookie",
+                   b"x-rh-identity")  # fmt: skip
+
+
+def _head_for_log(headers: list[tuple[bytes, bytes]]) -> str:
+    """Headers for a DEBUG line; credentials shown as ``***`` (bodies never logged)."""
+    return " ".join(
+        f"{k.decode('latin-1')}={'***' if k.lower() in _SECRET_HEADERS else v.decode('latin-1')}"
+        for k, v in headers
+    )
+
+
 # --- one connection ------------------------------------------------------------------
 
 
@@ -406,6 +418,15 @@ class UpstreamClient:
         UpstreamTimeout (no head within ``backend.timeout``), UpstreamError.
         """
         ctx = self.tls.context() if self.tls is not None else None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "upstream request %s %s%s (%d bytes) %s",
+                method.decode(),
+                self.endpoint.base_path,
+                path,
+                len(body),
+                _head_for_log(headers),
+            )
         conn: Optional[Connection] = None
         try:
             with anyio.fail_after(self.cfg.timeout):
@@ -440,6 +461,15 @@ class UpstreamClient:
                 await conn.aclose()
             raise
         resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "upstream %s %s%s -> %d %s",
+                method.decode(),
+                self.endpoint.base_path,
+                path,
+                resp.status,
+                _head_for_log(resp.headers),
+            )
         try:
             yield resp
         finally:

@@ -1,0 +1,386 @@
+"""Fidelity end to end: real captures and scripted faults through the proxy.
+
+The scripted backend serves the Lightspeed 0.7.1 captures byte for byte
+(``X-Dev-Fault: replay:<file>``); the expected chat output is computed from the
+capture itself, independently of the translator.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import anyio
+import httpx
+import openai
+import pytest
+
+import devbackend
+from tests.support import make_config, running_proxy
+from tests.translate.translate_testkit import FIXTURES, capture_events
+
+pytestmark = pytest.mark.anyio
+
+USER = {"role": "user", "content": "please USE_TOOL to list files"}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "developer__shell",
+            "description": "Run a shell command",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}},
+        },
+    }
+]
+
+
+def expected_from_capture(name: str) -> dict[str, Any]:
+    """Text and tool calls a capture carries, read straight from its events."""
+    events = capture_events(name)
+    text = "".join(e["delta"] for e in events if e.get("type") == "response.output_text.delta")
+    calls = [
+        e["item"]
+        for e in events
+        if e.get("type") == "response.output_item.done" and e["item"]["type"] == "function_call"
+    ]
+    return {"text": text, "calls": calls}
+
+
+async def chat(
+    proxy: SimpleNamespace, *, stream: bool, fault: Optional[str] = None, **extra: Any
+) -> httpx.Response:
+    body = {"model": "goose-model", "messages": [USER], "stream": stream, **extra}
+    async with httpx.AsyncClient(timeout=10) as c:
+        return await c.post(proxy.url + "/v1/chat/completions", json=body)
+
+
+def sse_chunks(raw: str) -> list[Any]:
+    """Goose's parsing rule: only ``data:`` lines, one JSON document each, ``[DONE]`` ends."""
+    out: list[Any] = []
+    for line in raw.splitlines():
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        out.append("[DONE]" if data == "[DONE]" else json.loads(data))
+    return out
+
+
+async def through_proxy(fault: str, **kw: Any) -> httpx.Response:
+    with anyio.fail_after(15):
+        async with devbackend.run() as backend:
+            cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": fault}}, **kw)
+            async with running_proxy(cfg) as proxy:
+                return await chat(proxy, stream=kw.pop("stream", True))
+
+
+@pytest.mark.parametrize(
+    "capture",
+    ["lcs_stream_text.sse", "lcs_stream_tool.sse", "lcs_stream_tool_followup.sse",
+     "ogx_stream_text.sse"],
+)  # fmt: skip
+@pytest.mark.parametrize("stream", [True, False])
+async def test_capture_replay_exact_output(capture: str, stream: bool) -> None:
+    want = expected_from_capture(capture)
+    with anyio.fail_after(15):
+        async with devbackend.run() as backend:
+            cfg = make_config(
+                backend.url, backend={"headers": {"X-Dev-Fault": f"replay:{capture}"}}
+            )
+            async with running_proxy(cfg) as proxy:
+                r = await chat(proxy, stream=stream)
+    assert r.status_code == 200
+    if stream:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        chunks = sse_chunks(r.text)
+        assert chunks[-1] == "[DONE]" and chunks.count("[DONE]") == 1
+        body = [c for c in chunks[:-1]]
+        assert all("error" not in c for c in body)
+        assert len({(c["id"], c["created"], c["model"]) for c in body}) == 1
+        assert body[0]["model"] == "goose-model"
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in body)
+        finishes = [
+            c["choices"][0]["finish_reason"] for c in body if c["choices"][0]["finish_reason"]
+        ]
+        calls: dict[int, dict[str, str]] = {}
+        for c in body:
+            for tc in c["choices"][0]["delta"].get("tool_calls") or []:
+                slot = calls.setdefault(tc["index"], {"id": "", "name": "", "arguments": ""})
+                slot["id"] += tc.get("id") or ""
+                slot["name"] += tc.get("function", {}).get("name") or ""
+                slot["arguments"] += tc.get("function", {}).get("arguments") or ""
+        got_calls = [calls[i] for i in sorted(calls)]
+        assert sorted(calls) == list(range(len(calls)))  # dense indices
+    else:
+        done = r.json()
+        msg = done["choices"][0]["message"]
+        text = msg["content"] or ""
+        finishes = [done["choices"][0]["finish_reason"]]
+        got_calls = [
+            {"id": t["id"], "name": t["function"]["name"], "arguments": t["function"]["arguments"]}
+            for t in msg.get("tool_calls") or []
+        ]
+    assert text == want["text"]
+    assert got_calls == [
+        {"id": c["call_id"], "name": c["name"], "arguments": c["arguments"]} for c in want["calls"]
+    ]
+    assert finishes == ["tool_calls" if want["calls"] else "stop"]
+
+
+@pytest.mark.parametrize("capture", ["lcs_nonstream_text.json", "lcs_nonstream_tool.json"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_json_answer_to_a_stream_request(capture: str, stream: bool) -> None:
+    """Some servers answer a stream request with plain JSON; both client modes get it right."""
+    resp = json.loads((FIXTURES / capture).read_text())
+    text = "".join(
+        p["text"] for i in resp["output"] if i["type"] == "message" for p in i["content"]
+    )
+    calls = [i for i in resp["output"] if i["type"] == "function_call"]
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": f"replay:{capture}"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                if stream:
+                    async with client.chat.completions.stream(
+                        model="m",
+                        messages=[USER],  # type: ignore[list-item]
+                        stream_options={"include_usage": True},
+                    ) as s:
+                        done = await s.get_final_completion()
+                else:
+                    done = await client.chat.completions.create(model="m", messages=[USER])  # type: ignore[list-item]
+                await client.close()
+    msg = done.choices[0].message
+    assert (msg.content or "") == text
+    assert [(t.id, t.function.name, t.function.arguments) for t in msg.tool_calls or []] == [  # type: ignore[union-attr]
+        (c["call_id"], c["name"], c["arguments"]) for c in calls
+    ]
+    assert done.usage is not None and done.usage.prompt_tokens == resp["usage"]["input_tokens"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_context_too_long_is_a_real_400_not_a_stream(stream: bool) -> None:
+    """Commit late: Lightspeed's 200 stream with only response.failed becomes HTTP 400."""
+    failed = next(
+        e
+        for e in capture_events("err_CTX_TOO_LONG_stream_true.txt")
+        if e["type"] == "response.failed"
+    )
+    async with devbackend.run() as backend:
+        cfg = make_config(
+            backend.url,
+            backend={"headers": {"X-Dev-Fault": "replay:err_CTX_TOO_LONG_stream_true.txt"}},
+        )
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                r = await chat(proxy, stream=stream)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert err["message"] == failed["response"]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("capture", "status", "needle"),
+    [
+        ("err_FAIL_500_stream_false.txt", 500,
+         "Internal server error: An unexpected error occurred while processing the request."),
+        ("err_422_extra_field.json", 400, "Extra inputs are not permitted"),
+        ("err_quota_429_stream.txt", 429, "The quota has been exceeded"),
+    ],
+)  # fmt: skip
+async def test_error_captures(capture: str, status: int, needle: str) -> None:
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": f"replay:{capture}"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                r = await chat(proxy, stream=True)
+    assert r.status_code == status
+    assert needle in r.json()["error"]["message"]
+
+
+async def test_error_after_output_is_an_error_event_never_stop() -> None:
+    """A stream cut short after text went out ends with an error event, then [DONE]."""
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": "truncate"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                r = await chat(proxy, stream=True)
+    assert r.status_code == 200
+    chunks = sse_chunks(r.text)
+    assert chunks[-1] == "[DONE]"
+    assert "error" in chunks[-2] and chunks[-2]["error"]["message"]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-2])
+
+
+@pytest.mark.parametrize(
+    ("fault", "check"),
+    [
+        ("refusal", lambda m: bool(m.refusal) and not m.content),
+        ("shield", lambda m: bool(m.content)),
+        ("reasoning", lambda m: bool(m.content) and bool(getattr(m, "reasoning_content", None))),
+        ("parallel_tools", lambda m: [t.index for t in m.tool_calls] == [0, 1]),
+        ("args_only_in_done", lambda m: json.loads(m.tool_calls[0].function.arguments) is not None),
+    ],
+)
+async def test_scripted_shapes_with_the_sdk_accumulator(fault: str, check: Any) -> None:
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": fault}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                async with client.chat.completions.stream(
+                    model="m",
+                    messages=[USER],
+                    tools=TOOLS,  # type: ignore[list-item,arg-type]
+                ) as s:
+                    done = await s.get_final_completion()
+                await client.close()
+    msg = done.choices[0].message
+    if msg.tool_calls:
+        assert done.choices[0].finish_reason == "tool_calls"
+    assert check(msg), msg
+
+
+async def test_incomplete_is_length_with_usage() -> None:
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": "incomplete"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                r = await chat(proxy, stream=True, stream_options={"include_usage": True})
+                plain = await chat(proxy, stream=False)
+    chunks = sse_chunks(r.text)
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"]]
+    assert [f for f in finishes if f] == ["length"]
+    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"]["completion_tokens"] >= 0
+    assert plain.json()["choices"][0]["finish_reason"] == "length"
+
+
+async def test_usage_chunk_only_when_asked() -> None:
+    async with devbackend.run() as backend:
+        async with running_proxy(make_config(backend.url)) as proxy:
+            with anyio.fail_after(15):
+                without = sse_chunks((await chat(proxy, stream=True)).text)
+                with_usage = sse_chunks(
+                    (await chat(proxy, stream=True, stream_options={"include_usage": True})).text
+                )
+    assert all(c["choices"] for c in without[:-1])
+    assert with_usage[-2]["choices"] == [] and with_usage[-2]["usage"]["total_tokens"] > 0
+
+
+# --- /v1/responses passthrough --------------------------------------------------------
+
+
+@pytest.mark.parametrize("capture", ["lcs_stream_text.sse", "lcs_nonstream_text.json"])
+async def test_responses_passthrough_is_byte_exact(capture: str) -> None:
+    raw = (FIXTURES / capture).read_bytes()
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": f"replay:{capture}"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy, httpx.AsyncClient(timeout=10) as c:
+                body = {"model": "gpt-5", "input": "hi", "stream": capture.endswith(".sse"),
+                        "top_p": 0.5}  # fmt: skip
+                r = await c.post(proxy.url + "/v1/responses", json=body)
+    assert r.status_code == 200
+    assert r.content == raw
+    sent = backend.requests[-1]
+    # lightspeed flavour: the backend chooses the model; a field it rejects is left out
+    assert sent.json["model"] == "" and "top_p" not in sent.json
+    assert sent.json["input"] == "hi"
+    assert sent.header("x-lcs-merge-server-tools") == "true"
+
+
+async def test_responses_passthrough_streams_live_with_sdk() -> None:
+    async with devbackend.run() as backend:
+        with anyio.fail_after(15):
+            async with running_proxy(make_config(backend.url, backend={"flavor": "openai"})) as p:
+                client = openai.AsyncOpenAI(base_url=p.url + "/v1", api_key="x", max_retries=0)
+                stream = await client.responses.create(model="gpt-5", input="hello", stream=True)
+                types = [ev.type async for ev in stream]
+                final = await client.responses.create(model="gpt-5", input="hello")
+                await client.close()
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert final.output_text.endswith("You said: hello")
+    assert backend.requests[-1].json["model"] == "gpt-5"  # openai flavour forwards it
+
+
+async def test_passthrough_error_status_unchanged() -> None:
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": "status:403"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy, httpx.AsyncClient(timeout=10) as c:
+                r = await c.post(proxy.url + "/v1/responses", json={"input": "x"})
+    assert r.status_code == 403
+    assert r.json() == {"detail": "Insufficient entitlements"}
+
+
+async def test_models_configurable_for_goose() -> None:
+    cfg = make_config("http://127.0.0.1:9", models={"id": "granite-3", "context_length": 32768})
+    async with running_proxy(cfg) as proxy:
+        with anyio.fail_after(15):
+            client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+            models = [m async for m in client.models.list()]
+            await client.close()
+    assert [m.id for m in models] == ["granite-3"]
+    assert (
+        models[0].model_extra == {"context_length": 32768}
+        or getattr(models[0], "context_length", None) == 32768
+    )
+
+
+async def test_goose_shaped_session_input_upstream() -> None:
+    """System prompt, user turn, assistant text + tool calls split over consecutive
+    assistant messages (content null, reasoning_content), tool results, an image,
+    and a second user turn: the Responses input is exactly what TRANSLATION.md says."""
+    image = "data:image/png;base64,iVBORw0KGgo="
+    messages = [
+        {"role": "system", "content": "You are Goose."},
+        {"role": "user", "content": "list files and look at this"},
+        {"role": "assistant", "content": "Let me check.", "reasoning_content": "thinking"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "developer__shell", "arguments": '{"command": "ls"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_2", "type": "function",
+             "function": {"name": "developer__shell", "arguments": '{"command": "pwd"}'}}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "/home"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "and this image"},
+            {"type": "image_url", "image_url": {"url": image}}]},
+    ]  # fmt: skip
+    async with devbackend.run() as backend:
+        async with running_proxy(make_config(backend.url)) as proxy:
+            with anyio.fail_after(15):
+                async with httpx.AsyncClient(timeout=10) as c:
+                    r = await c.post(
+                        proxy.url + "/v1/chat/completions",
+                        json={"model": "m", "messages": messages, "tools": TOOLS, "stream": True,
+                              "stream_options": {"include_usage": True}},
+                    )  # fmt: skip
+    assert r.status_code == 200
+    sent = backend.requests[-1].json
+    assert sent["input"] == [
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "list files and look at this"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Let me check."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "developer__shell",
+         "arguments": '{"command": "ls"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
+        {"type": "function_call", "call_id": "call_2", "name": "developer__shell",
+         "arguments": '{"command": "pwd"}'},
+        {"type": "function_call_output", "call_id": "call_2", "output": "/home"},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "and this image"},
+            {"type": "input_image", "image_url": image, "detail": "auto"}]},
+    ]  # fmt: skip
+    assert "instructions" not in sent  # system messages dropped by default
+    assert sent["tools"] == [
+        {"type": "function", "name": "developer__shell", "description": "Run a shell command",
+         "parameters": TOOLS[0]["function"]["parameters"], "strict": False}
+    ]  # fmt: skip
+    assert sent["stream"] is True and sent["store"] is False
+    assert set(sent) <= {"input", "model", "stream", "store", "tools", "generate_topic_summary"}
