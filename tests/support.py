@@ -40,3 +40,16 @@ async def running_proxy(config: Config) -> AsyncIterator[SimpleNamespace]:
             with anyio.CancelScope(shield=True):
                 await server.shutdown()
             tg.cancel_scope.cancel()
+
+
+async def sdk_stream_final(client: Any, **kwargs: Any) -> Any:
+    """Stream a chat completion with the openai SDK and rebuild it with the SDK's own
+    accumulator (``ChatCompletionStreamState``). Unlike ``chat.completions.stream``,
+    this does not insist on strict tools (older SDKs refuse Goose's non-strict ones)."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    state: Any = ChatCompletionStreamState()
+    stream = await client.chat.completions.create(stream=True, **kwargs)
+    async for chunk in stream:
+        state.handle_chunk(chunk)
+    return state.get_final_completion()

@@ -14,7 +14,7 @@ import pytest
 
 import devbackend
 from goose_proxy.config import AuthConfig
-from tests.support import make_config, running_proxy
+from tests.support import make_config, running_proxy, sdk_stream_final
 
 pytestmark = pytest.mark.anyio
 
@@ -103,12 +103,7 @@ async def test_tool_call_round_trip(pki: SimpleNamespace) -> None:
         async with devbackend.run(tls=pki.server_context()) as backend:
             async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
                 client = sdk(proxy)
-                async with client.chat.completions.stream(
-                    model="m",
-                    messages=messages,
-                    tools=TOOLS,  # type: ignore[arg-type]
-                ) as stream:
-                    first = await stream.get_final_completion()
+                first = await sdk_stream_final(client, model="m", messages=messages, tools=TOOLS)
                 call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
                 assert first.choices[0].finish_reason == "tool_calls"
                 assert call.function.name == "developer__shell"

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 import devbackend
-from tests.support import make_config, running_proxy
+from tests.support import make_config, running_proxy, sdk_stream_final
 from tests.translate.translate_testkit import FIXTURES, capture_events
 
 pytestmark = pytest.mark.anyio
@@ -231,12 +231,7 @@ async def test_scripted_shapes_with_the_sdk_accumulator(fault: str, check: Any) 
         with anyio.fail_after(15):
             async with running_proxy(cfg) as proxy:
                 client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
-                async with client.chat.completions.stream(
-                    model="m",
-                    messages=[USER],
-                    tools=TOOLS,  # type: ignore[list-item,arg-type]
-                ) as s:
-                    done = await s.get_final_completion()
+                done = await sdk_stream_final(client, model="m", messages=[USER], tools=TOOLS)
                 await client.close()
     msg = done.choices[0].message
     if msg.tool_calls:

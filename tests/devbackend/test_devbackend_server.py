@@ -217,7 +217,9 @@ async def test_reset_before_headers() -> None:
         async with devbackend.run() as backend, await DevClient.connect(backend.url) as c:
             r = await post(c, fault="reset_before_headers")
             assert r.status == 0 and not r.complete
-            assert "ConnectionReset" in r.error or "Broken" in r.error
+            # an RST; anyio 4.12 (the lock's choice on Python 3.9) may let a FIN
+            # through first, which the client sees as a close before any answer
+            assert any(k in r.error for k in ("ConnectionReset", "Broken", "ConnectionClosed"))
 
 
 @pytest.mark.anyio
