@@ -67,7 +67,7 @@ bench-smoke: sync
 	$(UV) run python -m benchmarks.run --smoke
 
 pyz: sync
-	$(UV) run python -m benchmarks.build_pyz 2>/dev/null || $(UV) run python tools/build_pyz.py
+	$(UV) run python tools/build_pyz.py
 
 fuzz-long: sync
 	$(UV) run pytest tests/fuzz -p no:randomly --hypothesis-profile=long

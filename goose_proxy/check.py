@@ -1,8 +1,10 @@
 """``goose-proxy check``: is this host ready to serve? Config, certificate, backend.
 
 Prints one line per check and a verdict; the exit status is 0 only when every
-check passed. Secrets are never printed: proxy credentials and header values
-that carry credentials are redacted.
+check passed. The verdict names the reason of the first failure, one of
+:data:`REASONS`. Secrets are never printed: URL credentials (``backend.proxy``,
+``backend.endpoint``, ``https_proxy``) and the values of headers that carry
+credentials are redacted.
 """
 
 from __future__ import annotations
@@ -10,15 +12,59 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import socket
 import ssl
 import sys
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from goose_proxy.config import Config
-from goose_proxy.errors import ProxyError
-from goose_proxy.upstream.proxy import redact_url
+from goose_proxy.errors import (
+    ProxyError,
+    UpstreamClosed,
+    UpstreamConnectError,
+    UpstreamProxyError,
+    UpstreamTimeout,
+    UpstreamTLSError,
+)
+from goose_proxy.upstream.proxy import TunnelRefused, redact_url
 
-_SECRET_HEADERS = ("authorization", "cookie", "x-rh-identity", "api-key", "x-api-key", "token")
+if TYPE_CHECKING:
+    from goose_proxy.upstream.client import UpstreamClient
+
+#: the reasons a verdict can give, in the words of ``goose-proxy(7)``
+REASONS = (
+    "not registered",
+    "certificate unusable",
+    "certificate and key do not match",
+    "certificate expired",
+    "certificate not yet valid",
+    "DNS",
+    "backend unreachable",
+    "TLS error",
+    "proxy refused",
+    "proxy error",
+    "timeout",
+    "HTTP status",
+    "backend error",
+)
+
+#: header names (substrings, lower case) whose values are credentials
+_SECRET_HEADERS = (
+    "authorization",
+    "cookie",
+    "x-rh-identity",
+    "api-key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+)
+
+
+def _is_secret_header(name: str) -> bool:
+    n = name.lower()
+    return any(s in n for s in _SECRET_HEADERS)
 
 
 def effective_values(config: Config) -> dict[str, Any]:
@@ -33,13 +79,10 @@ def effective_values(config: Config) -> dict[str, Any]:
             key = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(value):
                 walk(key + ".", value)
-            elif key == "backend.proxy" and value:
+            elif key in ("backend.proxy", "backend.endpoint") and value:
                 out[key] = redact_url(value)
             elif key == "backend.headers":
-                out[key] = {
-                    k: ("***" if any(s in k.lower() for s in _SECRET_HEADERS) else v)
-                    for k, v in value.items()
-                }
+                out[key] = {k: ("***" if _is_secret_header(k) else v) for k, v in value.items()}
             else:
                 out[key] = list(value) if isinstance(value, tuple) else value
 
@@ -47,33 +90,78 @@ def effective_values(config: Config) -> dict[str, Any]:
     return out
 
 
-def certificate_expiry(cert_file: str) -> Optional[dt.datetime]:
-    """The certificate's notAfter date, or None if it cannot be decoded."""
+@dataclasses.dataclass(frozen=True)
+class CertInfo:
+    subject: str
+    not_before: Optional[dt.datetime]
+    not_after: Optional[dt.datetime]
+
+
+def _cert_time(value: Any) -> Optional[dt.datetime]:
+    if not value:
+        return None
+    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(value), tz=dt.timezone.utc)
+
+
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+}
+
+
+def certificate_info(cert_file: str) -> Optional[CertInfo]:
+    """Subject and validity of the (first) certificate in ``cert_file``, or None if it
+    cannot be decoded (no standard API does this; CPython's ``_ssl`` helper has for
+    every supported version)."""
     try:
         info = ssl._ssl._test_decode_cert(cert_file)  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ssl.SSLError, ValueError):
+        subject = ",".join(
+            f"{_SHORT_NAMES.get(k, k)}={v}" for rdn in info.get("subject", ()) for k, v in rdn
+        )
+        return CertInfo(
+            subject, _cert_time(info.get("notBefore")), _cert_time(info.get("notAfter"))
+        )
+    except (AttributeError, OSError, ssl.SSLError, ValueError, TypeError):
         return None
-    not_after = info.get("notAfter")
-    if not not_after:
-        return None
-    ts = ssl.cert_time_to_seconds(not_after)
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+
+
+def certificate_expiry(cert_file: str) -> Optional[dt.datetime]:
+    """The certificate's notAfter date, or None if it cannot be decoded."""
+    info = certificate_info(cert_file)
+    return info.not_after if info else None
 
 
 class _Report:
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.failed = False
+        self.reason: Optional[str] = None  # of the first failure
+
+    @property
+    def failed(self) -> bool:
+        return self.reason is not None
 
     def ok(self, what: str, detail: str = "") -> None:
         self.out.write(f"[ ok ] {what}{': ' + detail if detail else ''}\n")
 
-    def fail(self, what: str, detail: str) -> None:
-        self.failed = True
+    def fail(self, what: str, detail: str, reason: str) -> None:
+        assert reason in REASONS, reason
+        if self.reason is None:
+            self.reason = reason
         self.out.write(f"[FAIL] {what}: {detail}\n")
+
+    def skip(self, what: str, detail: str) -> None:
+        self.out.write(f"[skip] {what}: {detail}\n")
 
     def info(self, text: str) -> None:
         self.out.write(f"       {text}\n")
+
+
+def _fmt(when: dt.datetime) -> str:
+    return f"{when:%Y-%m-%d %H:%M} UTC"
 
 
 def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> int:
@@ -88,67 +176,148 @@ def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> 
     from goose_proxy.upstream.client import UpstreamClient
 
     client = UpstreamClient(config.backend)
-    if client.tls is not None:
-        auth = config.backend.auth
-        try:
-            client.tls.context()
-        except ProxyError as e:
-            r.fail("client certificate", e.message)
-        else:
-            expiry = certificate_expiry(auth.cert_file)
-            now = dt.datetime.now(dt.timezone.utc)
-            if expiry is None:
-                r.ok("client certificate", f"{auth.cert_file} and its key load and match")
-            elif expiry < now:
-                r.fail(
-                    "client certificate",
-                    f"{auth.cert_file} expired on {expiry:%Y-%m-%d %H:%M} UTC; RHSM renews it "
-                    "while the system is registered: check 'subscription-manager status'",
-                )
-            else:
-                r.ok(
-                    "client certificate",
-                    f"{auth.cert_file} matches its key; valid until {expiry:%Y-%m-%d %H:%M} UTC",
-                )
-    else:
-        r.ok("client certificate", "not used (plain http:// endpoint)")
+    _check_certificate(config, client, r)
     if client.route is not None:
-        r.info(f"backend connections go through proxy {client.route.display}")
+        origin = "backend.proxy" if config.backend.proxy else "the environment (https_proxy)"
+        if client.endpoint.scheme == "http" and not config.backend.proxy:
+            origin = "the environment (http_proxy)"
+        r.info(f"backend connections go through proxy {client.route.display}, from {origin}")
 
-    if not r.failed:
-        _check_backend(client, r)
-    out.write("verdict: " + ("NOT READY\n" if r.failed else "ready\n"))
-    return 1 if r.failed else 0
+    if r.failed:
+        r.skip("backend", "not contacted until the problems above are fixed")
+    else:
+        _check_backend(config, client, r)
+    if r.failed:
+        out.write(f"verdict: NOT READY ({r.reason})\n")
+        return 1
+    out.write("verdict: ready\n")
+    return 0
 
 
-def _check_backend(client: Any, r: _Report) -> None:
+def _check_certificate(config: Config, client: UpstreamClient, r: _Report) -> None:
+    if client.tls is None:
+        r.ok("client certificate", "not used (plain http:// endpoint)")
+        return
+    auth = config.backend.auth
+    try:
+        client.tls.context()
+    except ProxyError as e:
+        if not (os.path.exists(auth.cert_file) and os.path.exists(auth.key_file)):
+            reason = "not registered"
+        elif "does not match" in e.message:
+            reason = "certificate and key do not match"
+        else:
+            reason = "certificate unusable"
+        r.fail("client certificate", e.message, reason)
+        return
+    info = certificate_info(auth.cert_file)
+    if info is None:
+        r.ok("client certificate", f"{auth.cert_file} and its key load and match")
+        return
+    now = dt.datetime.now(dt.timezone.utc)
+    if info.not_after is not None and info.not_after < now:
+        r.fail(
+            "client certificate",
+            f"{auth.cert_file} expired on {_fmt(info.not_after)}; RHSM renews it while the "
+            "system is registered: check 'subscription-manager status' and the rhsmcertd "
+            "service",
+            "certificate expired",
+        )
+    elif info.not_before is not None and info.not_before > now:
+        r.fail(
+            "client certificate",
+            f"{auth.cert_file} is not valid before {_fmt(info.not_before)}: is the system "
+            "clock right?",
+            "certificate not yet valid",
+        )
+    else:
+        until = f"; valid until {_fmt(info.not_after)}" if info.not_after else ""
+        r.ok("client certificate", f"{auth.cert_file} matches its key{until}")
+    if info.subject:
+        r.info(f"subject: {info.subject}")
+
+
+def _reason_for(e: ProxyError) -> str:
+    if isinstance(e, TunnelRefused):
+        return "proxy refused"
+    if isinstance(e, UpstreamProxyError):
+        return "proxy error"
+    if isinstance(e, UpstreamTLSError):
+        return "TLS error"
+    if isinstance(e, UpstreamTimeout):
+        return "timeout"
+    if isinstance(e, UpstreamConnectError):
+        cause = e.__cause__
+        if isinstance(cause, socket.gaierror) or "cannot resolve" in e.message:
+            return "DNS"
+        if "timed out" in e.message:
+            return "timeout"
+        return "backend unreachable"
+    return "backend error"
+
+
+def _check_backend(config: Config, client: UpstreamClient, r: _Report) -> None:
     import anyio
 
-    async def probe() -> int:
+    headers = [(b"accept", b"application/json")]
+    headers += [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in config.backend.headers.items()
+    ]
+
+    answered = False
+
+    async def probe() -> tuple[int, str]:
+        nonlocal answered
         try:
-            async with client.request(
-                b"GET", "/models", b"", [(b"accept", b"application/json")]
-            ) as resp:
+            async with client.request(b"GET", "/models", b"", headers) as resp:
+                answered = True
                 await resp.read(1024 * 1024)
-                return int(resp.status)
+                return int(resp.status), resp.header(b"location") or ""
         finally:
             await client.aclose()
 
-    endpoint = client.cfg.endpoint
+    endpoint = redact_url(config.backend.endpoint)
     try:
-        status = anyio.run(probe)
+        status, location = anyio.run(probe)
+    except UpstreamClosed as e:
+        if client.tls is None or answered:
+            r.fail("backend", e.message, "backend error")
+        else:
+            # With TLS 1.3 the server checks the client certificate after the
+            # handshake; its alert can be lost when it resets the connection.
+            r.fail(
+                "backend",
+                f"{e.message}, right after the TLS handshake: the backend probably "
+                "rejected the client certificate",
+                "TLS error",
+            )
+        return
     except ProxyError as e:
-        r.fail("backend", e.message)
+        r.fail("backend", e.message, _reason_for(e))
         return
     if status in (401, 403):
         r.fail(
             "backend",
             f"{endpoint} refused this system's identity (HTTP {status}): is the system "
             "registered ('subscription-manager register') and entitled?",
+            "HTTP status",
         )
     elif status >= 500:
-        r.fail("backend", f"{endpoint} answered HTTP {status}")
+        r.fail("backend", f"{endpoint} answered GET /models with HTTP {status}", "HTTP status")
+    elif 300 <= status < 400:
+        r.fail(
+            "backend",
+            f"{endpoint} answered GET /models with a redirect (HTTP {status}"
+            + (f" to {redact_url(location)}" if location else "")
+            + "): is backend.endpoint the API's URL?",
+            "HTTP status",
+        )
     elif status >= 400:
-        r.ok("backend", f"TLS and authentication to {endpoint} succeeded (GET /models: {status})")
+        # Authenticated but no model list here (404, 405, ...): TLS and auth are fine.
+        r.ok(
+            "backend",
+            f"TLS and authentication to {endpoint} succeeded (GET /models: HTTP {status})",
+        )
     else:
         r.ok("backend", f"{endpoint} answered GET /models with HTTP {status}")

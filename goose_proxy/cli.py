@@ -97,6 +97,7 @@ async def serve(config: Config) -> None:
 
     from goose_proxy import systemd
     from goose_proxy.http.server import ProxyServer
+    from goose_proxy.upstream.proxy import redact_url
 
     server = ProxyServer(config)
     activated = systemd.listen_fds()
@@ -107,12 +108,16 @@ async def serve(config: Config) -> None:
         )
     await server.open_listeners([s for _, s in activated])
     where = ", ".join(f"{h}:{p}" for h, p in server.bound)
-    log.info(
-        "goose-proxy %s listening on %s; backend %s", __version__, where, config.backend.endpoint
-    )
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await tg.start(server.serve)
+            # announced only once a signal can no longer kill us mid-request
+            log.info(
+                "goose-proxy %s listening on %s; backend %s",
+                __version__,
+                where,
+                redact_url(config.backend.endpoint),
+            )
             systemd.notify(f"READY=1\nSTATUS=listening on {where}")
             async for signum in signals:
                 log.info("%s received; shutting down", signal.Signals(signum).name)

@@ -148,6 +148,14 @@ class UpstreamError(ProxyError):
     default_code: ClassVar[Optional[str]] = "upstream_error"
 
 
+class UpstreamClosed(UpstreamError):
+    """The backend closed or reset the connection before the reply was complete.
+
+    Same code as :class:`UpstreamError`; a class of its own so that the log can
+    tell the proxy's own words from a message quoted from the backend.
+    """
+
+
 class UpstreamConnectError(UpstreamError):
     """TCP connect or DNS failure."""
 

@@ -13,6 +13,13 @@ stream (head, then data pieces, then the end). Deadlines:
   to the end of its head (slowloris defence), and per read while the body
   arrives.
 
+A response sent before the request was read in full (an early 4xx, the 503
+for a connection over the limit) is followed by a *lingering close*: shut our
+side, then discard what the client still sends for at most
+:data:`LINGER_TIMEOUT` seconds. Closing at once with unread bytes in the
+kernel makes it send a TCP reset, which can destroy the error response before
+the client has read it.
+
 Malformed input raises :class:`goose_proxy.errors.ProxyError` subclasses with
 the right 4xx status; the caller answers and closes. While a request is being
 handled, :meth:`watch_disconnect` reads ahead so that a client that goes away
@@ -41,6 +48,15 @@ from goose_proxy.errors import (
 
 SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
 READ_SIZE = 65536
+#: longest wait for the client's end after an early error response (lingering close)
+LINGER_TIMEOUT = 1.0
+_CLOSED = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ConnectionError,
+    OSError,
+)
 
 
 class ClientGone(Exception):
@@ -77,13 +93,19 @@ class ServerConnection:
         self.requests_served = 0
         self.client_gone = False
         self.bytes_sent = 0
+        #: the current request is HEAD: responses carry no body
+        self.head_request = False
+        #: close with a lingering close (the client may still be sending)
+        self.linger = False
+        #: the first bytes of the current request (to spot a HEAD h11 could not parse)
+        self._prefix = b""
 
     # -- reading --
 
     async def _receive(self) -> bytes:
         try:
             return await self.stream.receive(READ_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, OSError):
+        except _CLOSED:
             self.client_gone = True
             return b""
 
@@ -111,6 +133,8 @@ class ServerConnection:
                     data = await self._receive()
                 if scope.cancelled_caught:
                     raise TimeoutError
+            if len(self._prefix) < 5:
+                self._prefix = (self._prefix + data)[:5]
             self.h11.receive_data(data)
 
     async def read_request(self) -> Optional[Request]:
@@ -124,22 +148,44 @@ class ServerConnection:
         if self.h11.their_state is h11.DONE and self.h11.our_state is h11.DONE:
             self.h11.start_next_cycle()
         first = self.requests_served == 0
-        if not first and not self.h11.trailing_data[0]:
+        self._prefix = self.h11.trailing_data[0][:5]
+        if not first and not self._prefix:
             # Idle keep-alive: wait for the first byte without a head deadline.
             data = b""
             with anyio.move_on_after(cfg.keepalive_timeout):
                 data = await self._receive()
             if not data:
                 return None  # closed, or idle too long
+            self._prefix = data[:5]
             self.h11.receive_data(data)
         deadline = anyio.current_time() + cfg.header_timeout
-        ev = await self._next_event(deadline)
+        try:
+            ev = await self._next_event(deadline)
+        except InvalidRequest:
+            # h11 could not parse the head; its error answer must still have no
+            # body if the request was a HEAD one
+            self.head_request = self._prefix == b"HEAD "
+            raise
         if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
             return None
         if not isinstance(ev, h11.Request):
             raise InvalidRequest("malformed HTTP request")
+        self.head_request = ev.method == b"HEAD"
+        # h11 bounds a head that arrives in pieces (max_incomplete_event_size),
+        # not one that arrives whole in a single read: count it here too.
+        size = len(ev.method) + len(ev.target) + 12
+        size += sum(len(k) + len(v) + 4 for k, v in ev.headers)
+        if size > cfg.max_header_size:
+            raise HeadersTooLarge(f"request head larger than {cfg.max_header_size} bytes")
         if len(ev.headers) > cfg.max_header_count:
             raise HeadersTooLarge(f"more than {cfg.max_header_count} request headers")
+        if ev.http_version not in (b"1.0", b"1.1"):
+            version = ev.http_version.decode("ascii", "replace")
+            raise InvalidRequest(f"HTTP/{version} is not supported (use HTTP/1.1)", status=505)
+        names = [k for k, _ in ev.headers]
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # RFC 9112 6.3: a message with both is a smuggling attempt or a broken client.
+            raise InvalidRequest("request has both Content-Length and Transfer-Encoding")
         req = Request(
             method=ev.method.decode("ascii", "replace"),
             target=ev.target.decode("ascii", "replace"),
@@ -155,9 +201,11 @@ class ServerConnection:
         """
         limit = self.cfg.max_body_size
         length = req.header(b"content-length")
-        if length is not None and int(length) > limit:
+        if length is not None and length.strip().isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
         if self.h11.they_are_waiting_for_100_continue:
+            # The request passed every check that needs no body: ask for it.
+            # Raises ClientGone when the client already left.
             await self._send(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         parts: list[bytes] = []
         size = 0
@@ -179,11 +227,15 @@ class ServerConnection:
 
         Bytes that arrive meanwhile (a pipelined next request) are kept in h11's
         buffer for the next cycle; once more than a request head's worth is
-        buffered, reading stops (TCP pushes back on the client).
+        buffered, reading stops (TCP pushes back on the client). End of input
+        counts as gone, even a half-close: the reply could not be acted upon
+        by a client that stopped talking, and a proxy that waits for it would
+        keep backend work alive for nobody.
         """
         while len(self.h11.trailing_data[0]) <= self.cfg.max_header_size:
             data = await self._receive()
             if not data:
+                self.client_gone = True
                 scope.cancel()
                 return
             self.h11.receive_data(data)
@@ -225,9 +277,15 @@ class ServerConnection:
         """A complete response: head and body written with one ``send``."""
         hdrs = [*headers, (b"content-length", str(len(body)).encode())]
         out = self._head(status, hdrs, close)
-        if body:
+        if body and not self.head_request:
             out += self.h11.send(h11.Data(data=body)) or b""
-        out += self.h11.send(h11.EndOfMessage()) or b""
+        try:
+            out += self.h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            if not self.head_request:
+                raise
+            # A HEAD that h11 could not parse (so it expects the body): the
+            # reply is complete without it; the connection closes after it.
         self.requests_served += 1
         await self._send(out)
 
@@ -257,11 +315,25 @@ class ServerConnection:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-            try:
-                await self.stream.aclose()
-            except (OSError, anyio.BrokenResourceError):
+        """Close the connection (shielded, bounded); lingering when :attr:`linger` is set."""
+        with anyio.CancelScope(shield=True):
+            if self.linger and not self.client_gone:
+                with anyio.move_on_after(LINGER_TIMEOUT):
+                    await self._linger()
+            with anyio.move_on_after(1.0):
+                try:
+                    await self.stream.aclose()
+                except _CLOSED:
+                    pass
+
+    async def _linger(self) -> None:
+        """Send our FIN, then read and drop the client's bytes until its FIN."""
+        try:
+            await self.stream.send_eof()
+            while await self.stream.receive(READ_SIZE):
                 pass
+        except (*_CLOSED, NotImplementedError):  # a stream that cannot half-close
+            pass
 
 
 def error_response_parts(err: ProxyError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

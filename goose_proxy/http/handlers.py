@@ -10,6 +10,11 @@ event in it → one ``send`` to the client → only then read again, so a slow
 client slows the backend read instead of growing a buffer. The response head
 is held back until the translator has something for the client ("commit
 late"): a failure before that becomes a real HTTP error status.
+
+Reading stops at the terminal event (``response.completed`` and its kin, or
+``[DONE]``), not at the end of the body: a backend that keeps the connection
+open afterwards costs its connection (closed after a short grace), never the
+client's time.
 """
 
 from __future__ import annotations
@@ -19,8 +24,18 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
+import anyio
+
 from goose_proxy.config import Config
-from goose_proxy.errors import ProxyError, UpstreamProtocolError
+from goose_proxy.errors import (
+    AuthenticationError,
+    ContextLengthExceeded,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+)
 from goose_proxy.http.connection import (
     ClientGone,
     Request,
@@ -41,7 +56,7 @@ from goose_proxy.translate import (
     responses_to_chat,
 )
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
-from goose_proxy.upstream.sse import SSEParser
+from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json
 
 log = logging.getLogger("goose_proxy.http")
 
@@ -53,6 +68,12 @@ SSE_HEADERS = [
 ]
 ERROR_BODY_LIMIT = 1024 * 1024
 _DONE = "[DONE]"
+#: events after which a Responses stream carries nothing more
+TERMINAL_EVENTS = frozenset(
+    {"response.completed", "response.incomplete", "response.failed", "error"}
+)
+#: how long a passthrough stream waits for ``[DONE]`` after its terminal event
+DONE_GRACE = 0.2
 
 
 class Exchange:
@@ -86,7 +107,17 @@ class Exchange:
     async def abort(self, err: ProxyError) -> None:
         """Report ``err``: as an HTTP error if nothing was sent, else inside the stream."""
         if err.status >= 500 or err.status == 429:
-            log.warning("%s %s: %s", self.req.method, self.req.path, err.message)
+            if _quotes_backend(err):
+                # its message is the backend's own words (from a body): not for the log
+                log.warning(
+                    "%s %s: backend reported an error: %d %s",
+                    self.req.method,
+                    self.req.path,
+                    err.status,
+                    err.code or "(no code)",
+                )
+            else:
+                log.warning("%s %s: %s", self.req.method, self.req.path, err.message)
         try:
             if self.status is None:
                 status, body, headers = error_response_parts(err)
@@ -99,6 +130,13 @@ class Exchange:
                 await self.conn.end_stream()
         except ClientGone:
             pass
+
+
+def _quotes_backend(err: ProxyError) -> bool:
+    """True for the errors whose message ``translate`` took from a backend body or event."""
+    return type(err) is UpstreamError or isinstance(
+        err, (UpstreamHTTPError, RateLimited, AuthenticationError, ContextLengthExceeded)
+    )
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -237,6 +275,7 @@ class Handlers:
                 acc.feed(ev)
         completion = responses_to_chat(acc.result(), creq.client_model)
         await ex.send(200, encode_json(completion), [JSON])
+        await resp.drain()  # the rest of the body ([DONE], the last chunk): keep the connection
 
     # -- POST /v1/responses (passthrough) --
 
@@ -259,18 +298,46 @@ class Handlers:
                 return
             ex.error_frames = _responses_error_frames
             await ex.start_stream(resp.status, [*headers, *SSE_HEADERS[1:]])
+            # The bytes go through as they come; a parser beside them only
+            # watches for the end (and caps the event size).
+            parser = SSEParser(self.config.backend.max_event_size)
+            ended = False  # a terminal event went by: only [DONE] may follow
             while True:
-                data = await resp.receive()
+                if ended:
+                    data = b""
+                    with anyio.move_on_after(DONE_GRACE):
+                        data = await resp.receive()
+                else:
+                    data = await resp.receive()
                 if not data:
                     break
                 await ex.conn.send_data(data)
+                kinds = [_event_kind(ev) for ev in parser.feed(data)]
+                if _DONE in kinds:
+                    break
+                ended = ended or any(k in TERMINAL_EVENTS for k in kinds)
             await ex.conn.end_stream()
+            await resp.drain()
 
 
 def _responses_error_frames(err: ProxyError) -> list[bytes]:
     """A Responses-format ``error`` event, for a passthrough stream that broke."""
     ev = {"type": "error", "code": err.code, "message": err.message, "param": None}
     return [b"event: error\ndata: " + json.dumps(ev).encode() + b"\n\n"]
+
+
+def _event_kind(ev: SSEEvent) -> str:
+    """An SSE event's Responses type (``[DONE]`` for the end marker)."""
+    if ev.data == _DONE:
+        return _DONE
+    if ev.event:
+        return ev.event
+    try:
+        obj = json.loads(ev.data)
+    except (ValueError, RecursionError):
+        return ""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else ""
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:
@@ -294,11 +361,13 @@ class EventReader:
     async def next_batch(self) -> Optional[list[dict[str, Any]]]:
         """The events completed by the next read (maybe none); None at the end.
 
-        ``[DONE]`` ends the stream like EOF does. Raises UpstreamProtocolError for
-        an event that is not a JSON object, UpstreamTimeout/UpstreamError from I/O.
+        ``[DONE]`` and the terminal events end the stream like EOF does (what
+        follows them is not read). Raises UpstreamProtocolError for an event
+        that is not a JSON object, UpstreamTimeout/UpstreamError from I/O.
         """
         if self._ended:
             return None
+        self._parser.check()  # an error held back behind the previous read's events
         data = await self._resp.receive()
         raw = self._parser.feed(data) if data else self._parser.close()
         out: list[dict[str, Any]] = []
@@ -307,7 +376,7 @@ class EventReader:
                 self._ended = True
                 break
             try:
-                obj = json.loads(ev.data)
+                obj = event_json(ev.data)
             except (ValueError, RecursionError):
                 raise UpstreamProtocolError(
                     "backend sent a stream event that is not JSON"
@@ -317,6 +386,10 @@ class EventReader:
             if "type" not in obj and ev.event:
                 obj["type"] = ev.event
             out.append(obj)
+            kind = obj.get("type")
+            if isinstance(kind, str) and kind in TERMINAL_EVENTS:
+                self._ended = True
+                break
         if not data:
             self._ended = True
         if self._ended and not out:

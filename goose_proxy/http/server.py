@@ -10,16 +10,25 @@ connection alive or close it. Each request runs in its own cancel scope beside
 a watcher task that cancels the scope as soon as the client disconnects, which
 closes the upstream connection at once.
 
+A connection over ``max_connections`` is answered at once with a 503 and
+closed (lingering, so the answer is not lost to a TCP reset). Nothing that a
+connection does can stop the server: an unexpected exception is logged (its
+type and place, never its text, which could quote a body) and only that
+connection is closed.
+
 Shutdown (:meth:`shutdown`): stop accepting, let in-flight requests finish for
 ``drain_timeout`` seconds, then cancel the rest; a stream cut that way ends with
-an error event, never a fake finish.
+an error event, never a fake finish (:meth:`shutdown` waits, bounded, until
+those error events are written).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from typing import Optional
@@ -50,6 +59,8 @@ log = logging.getLogger("goose_proxy.http")
 access_log = logging.getLogger("goose_proxy.access")
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
+#: after the drain timeout: how long the cancelled requests get to write their error
+ABORT_GRACE = 2.0
 
 
 def _host_name(value: str) -> str:
@@ -58,6 +69,29 @@ def _host_name(value: str) -> str:
     if v.startswith("["):
         return v[: v.find("]") + 1] if "]" in v else v
     return v.rsplit(":", 1)[0] if v.count(":") == 1 else v
+
+
+def _is_loopback_address(name: str) -> bool:
+    """True for a literal loopback address (127.0.0.0/8, ``[::1]``); names are not resolved."""
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``TypeError at handlers.py:123 in chat_completions``: the type and the place of a
+    bug, without its message (which could quote a request or response body)."""
+    inner = getattr(exc, "exceptions", None)  # a task group's group of one
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], BaseException):
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+    return f"{type(exc).__name__}{where}"
 
 
 class ProxyServer:
@@ -131,7 +165,11 @@ class ProxyServer:
                 tg.start_soon(self._connection, stream)
 
     async def shutdown(self) -> None:
-        """Stop accepting; drain in-flight requests; cancel what is left."""
+        """Stop accepting; drain in-flight requests; cancel what is left.
+
+        Returns once every request has finished, or was cancelled and had up
+        to :data:`ABORT_GRACE` seconds to end its reply with an error.
+        """
         self.closing = True
         for lst in self._listeners:
             with anyio.CancelScope(shield=True):
@@ -139,11 +177,24 @@ class ProxyServer:
         if self.active_requests:
             log.info("draining %d in-flight request(s)", self.active_requests)
             with anyio.move_on_after(self.config.server.drain_timeout):
-                while self.active_requests:
-                    self._idle_event = anyio.Event()
-                    await self._idle_event.wait()
-        for scope in list(self._request_scopes):
-            scope.cancel()
+                await self._wait_idle()
+        if self._request_scopes:
+            log.warning(
+                "drain timeout (%gs) passed: cancelling %d request(s)",
+                self.config.server.drain_timeout,
+                len(self._request_scopes),
+            )
+            for scope in list(self._request_scopes):
+                scope.cancel()
+            # Let the cancelled requests write their error event before the
+            # caller tears the connections down.
+            with anyio.move_on_after(ABORT_GRACE):
+                await self._wait_idle()
+
+    async def _wait_idle(self) -> None:
+        while self.active_requests:
+            self._idle_event = anyio.Event()
+            await self._idle_event.wait()
 
     # -- one connection --
 
@@ -152,18 +203,29 @@ class ProxyServer:
         self.active_connections += 1
         try:
             if self.active_connections > self.config.server.max_connections:
-                err = ServiceUnavailable("too many connections; try again later")
-                status, body, headers = error_response_parts(err)
-                headers.append((b"retry-after", b"1"))
-                try:
-                    await conn.send_response(status, body, headers, close=True)
-                except ClientGone:
-                    pass
+                await self._refuse(conn)
                 return
             await self._serve_connection(conn)
+        except ClientGone:
+            pass
+        except Exception as e:  # a bug: lose this connection, never the server
+            log.error("internal error on a client connection: %s", describe_exception(e))
+            log.debug("internal error details", exc_info=True)
         finally:
             self.active_connections -= 1
             await conn.aclose()
+
+    async def _refuse(self, conn: ServerConnection) -> None:
+        """503 for a connection over ``max_connections``, sent without reading the request
+        (h11 allows a response first), then a lingering close."""
+        err = ServiceUnavailable(
+            f"too many connections (more than {self.config.server.max_connections}); "
+            "try again later"
+        )
+        status, body, headers = error_response_parts(err)
+        headers.append((b"retry-after", b"1"))
+        conn.linger = True
+        await conn.send_response(status, body, headers, close=True)
 
     async def _serve_connection(self, conn: ServerConnection) -> None:
         max_requests = self.config.server.max_requests_per_connection
@@ -178,6 +240,7 @@ class ProxyServer:
             except TimeoutError:
                 return  # slow or silent client: close without a word (408 helps nobody)
             except ProxyError as err:
+                conn.linger = True  # the client may still be sending what we did not read
                 if conn.can_respond():
                     status, body, headers = error_response_parts(err)
                     try:
@@ -193,17 +256,24 @@ class ProxyServer:
                 or req.http_version == b"1.0"
             )
             await self._handle(conn, req, close)
+            if close:
+                conn.linger = True  # pipelined requests may follow: no reset over our answer
             if close or not conn.keep_alive:
                 return
 
     def _check_request(self, req: Request) -> None:
         """Refuse requests a web page or a foreign host could make (DNS rebinding, CSRF)."""
         host = req.header(b"host")
-        if host is not None and _host_name(host) not in self._allowed_hosts:
-            raise Forbidden(f"Host {host!r} is not allowed (see [server] allowed_hosts)")
-        origin = req.header(b"origin")
-        if origin is not None and origin.rstrip("/").lower() not in self._allowed_origins:
-            raise Forbidden(f"Origin {origin!r} is not allowed (see [server] allowed_origins)")
+        if host is not None:
+            name = _host_name(host)
+            if name not in self._allowed_hosts and not _is_loopback_address(name):
+                raise Forbidden(f"Host {host!r} is not allowed (see [server] allowed_hosts)")
+        for k, v in req.headers:
+            if k != b"origin":
+                continue
+            origin = v.decode("latin-1")
+            if origin.rstrip("/").lower() not in self._allowed_origins:
+                raise Forbidden(f"Origin {origin!r} is not allowed (see [server] allowed_origins)")
         if req.method == "POST":
             ctype = (req.header(b"content-type") or "").split(";")[0].strip().lower()
             if ctype != "application/json":
@@ -228,7 +298,7 @@ class ProxyServer:
                 tg.cancel_scope.cancel()
             if scope.cancelled_caught and not conn.client_gone:
                 # cancelled by shutdown: end the reply with an error, not a fake finish
-                with anyio.move_on_after(1.0):
+                with anyio.move_on_after(1.0, shield=True):
                     await ex.abort(ServiceUnavailable("goose-proxy is shutting down"))
         finally:
             self._request_scopes.discard(scope)
@@ -255,6 +325,8 @@ class ProxyServer:
             if route is None:
                 raise NotFound(f"unknown path {path!r}")
             fn = route.get(ex.req.method)
+            if fn is None and ex.req.method == "HEAD":
+                fn = route.get("GET")  # the same answer without its body
             if fn is None:
                 allowed = ", ".join(sorted(route))
                 raise MethodNotAllowed(
@@ -266,8 +338,11 @@ class ProxyServer:
             return
         except ProxyError as err:
             await ex.abort(err)
-        except Exception:
-            log.exception("internal error handling %s %s", ex.req.method, path)
+        except Exception as e:
+            log.error(
+                "internal error handling %s %s: %s", ex.req.method, path, describe_exception(e)
+            )
+            log.debug("internal error details", exc_info=True)
             await ex.abort(InternalError("internal error in goose-proxy; see its log"))
 
     def _log_access(

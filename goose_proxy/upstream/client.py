@@ -46,12 +46,14 @@ from goose_proxy import __version__
 from goose_proxy.config import BackendConfig
 from goose_proxy.errors import (
     ProxyError,
+    UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamTLSError,
 )
+from goose_proxy.upstream.chunked import ChunkedDecoder
 from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
 from goose_proxy.upstream.tls import ClientTLS
 
@@ -87,8 +89,14 @@ class Endpoint:
 # --- exception mapping: the one place --------------------------------------------
 
 
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = (62, 64)
+
+
 def _describe_ssl(e: ssl.SSLError) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
+        if e.verify_code in _NAME_MISMATCH:
+            return f"the backend's server certificate is for another host name ({e.verify_message})"
         return f"the backend's server certificate is not trusted ({e.verify_message})"
     reason = (e.reason or str(e)).upper()
     if "ALERT" in reason and any(
@@ -118,7 +126,7 @@ def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
             raise UpstreamTLSError(
                 f"{phase} with backend {where} failed: {_describe_ssl(cause)}"
             ) from e
-        raise UpstreamError(f"backend {where} closed the connection during {phase}") from e
+        raise UpstreamClosed(f"backend {where} closed the connection during {phase}") from e
     except h11.RemoteProtocolError as e:
         raise UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}") from e
     except OSError as e:
@@ -154,6 +162,7 @@ class Connection:
         self.stream = stream
         self.ctx = ctx
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_event)
+        self.max_event = max_event
         self.idle_since = time.monotonic()
         self.received = False  # any byte from the server yet
         self.eof = False
@@ -207,6 +216,23 @@ class UpstreamResponse:
         self.status: int = ev.status_code
         self.headers: list[tuple[bytes, bytes]] = list(ev.headers)
         self.complete = False
+        # A chunked body is decoded by ChunkedDecoder, not h11 (see chunked.py);
+        # it starts with the bytes h11 read past the head. (We never send HEAD.)
+        self._chunked: Optional[ChunkedDecoder] = None
+        self._head_rest = b""
+        if (
+            conn.h11.their_state is h11.SEND_BODY
+            and self.status not in (204, 304)
+            and (self.header(b"transfer-encoding") or "").strip().lower() == "chunked"
+        ):
+            self._chunked = ChunkedDecoder()
+            self._head_rest = conn.h11.trailing_data[0]
+
+    @property
+    def body_decoded(self) -> bool:
+        """The chunked body was read to its end by ChunkedDecoder, nothing after it."""
+        dec = self._chunked
+        return dec is not None and dec.done and not dec.leftover
 
     def header(self, name: bytes) -> Optional[str]:
         for k, v in self.headers:
@@ -226,6 +252,9 @@ class UpstreamResponse:
         """
         if self.complete:
             return b""
+        if self._chunked is not None:
+            return await self._receive_chunked(self._chunked)
+        ev: object = None
         with _mapped("reading the response body", self._ep):
             try:
                 with anyio.fail_after(self._idle):
@@ -234,15 +263,69 @@ class UpstreamResponse:
                 raise UpstreamTimeout(
                     f"backend sent nothing for {self._idle:g} seconds in the middle of a response"
                 ) from None
+            except h11.RemoteProtocolError:
+                if not self._conn.eof:
+                    raise
+                # h11's "peer closed connection without sending complete message body"
         if isinstance(ev, h11.Data):
-            return bytes(ev.data)
+            return self._buffered(ev.data)
         if isinstance(ev, h11.EndOfMessage):
             self.complete = True
             return b""
-        raise UpstreamError(
+        raise UpstreamClosed(
             f"backend {self._ep.host}:{self._ep.port} closed the connection in the middle "
             "of the response"
         )
+
+    async def _receive_chunked(self, dec: ChunkedDecoder) -> bytes:
+        """:meth:`receive` for a chunked body: all the data of a read at once."""
+        data = b""
+        if self._head_rest:
+            data, self._head_rest = dec.feed(self._head_rest), b""
+        while not data and not dec.done:
+            with _mapped("reading the response body", self._ep):
+                try:
+                    with anyio.fail_after(self._idle):
+                        raw = await self._conn.stream.receive(READ_SIZE)
+                except anyio.EndOfStream:
+                    raw = b""
+                except TimeoutError:
+                    raise UpstreamTimeout(
+                        f"backend sent nothing for {self._idle:g} seconds in the middle of a "
+                        "response"
+                    ) from None
+            if not raw:
+                self._conn.eof = True
+                raise UpstreamClosed(
+                    f"backend {self._ep.host}:{self._ep.port} closed the connection in the "
+                    "middle of the response"
+                )
+            data = dec.feed(raw)
+        if dec.done:
+            self.complete = True
+        return data
+
+    def _buffered(self, data: bytes) -> bytes:
+        """``data`` joined with the body bytes h11 already holds (no I/O).
+
+        h11 returns one ``Data`` per chunk and backends write one chunk per SSE
+        event: without this, one read of many events would cost a ``receive``
+        (a cancel scope, a translation batch and a client ``send``) per event.
+        """
+        h = self._conn.h11
+        parts = [data]
+        while True:
+            try:
+                ev = h.next_event()
+            except h11.RemoteProtocolError:
+                break  # the next receive() reports it
+            if isinstance(ev, h11.Data):
+                parts.append(ev.data)
+                continue
+            if isinstance(ev, h11.EndOfMessage):
+                self.complete = True
+            break
+        return b"".join(parts)
 
     async def drain(self, grace: float = 0.2, limit: int = 65536) -> None:
         """After the last event: read what is left of the body (its end, usually
@@ -400,7 +483,7 @@ class UpstreamClient:
                 f"backend {ep.host}:{ep.port} closed the connection right after the TLS "
                 "handshake without answering: it probably rejected the client certificate"
             )
-        raise UpstreamError(f"backend {ep.host}:{ep.port} closed the connection before answering")
+        raise UpstreamClosed(f"backend {ep.host}:{ep.port} closed the connection before answering")
 
     def post(
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
@@ -477,10 +560,13 @@ class UpstreamClient:
             if (
                 resp.complete
                 and h.our_state is h11.DONE
-                and h.their_state is h11.DONE
+                and (h.their_state is h11.DONE or resp.body_decoded)
                 and self.cfg.pool_size > 0
             ):
-                h.start_next_cycle()
+                if h.their_state is h11.DONE:
+                    h.start_next_cycle()
+                else:  # h11 read only the head (ChunkedDecoder the body): a fresh one
+                    conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=conn.max_event)
                 if not self._put_idle(conn):
                     await conn.aclose()
             else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -28,6 +29,16 @@ import h11
 from goose_proxy.config import BackendConfig
 from goose_proxy.errors import UpstreamProxyError
 
+log = logging.getLogger("goose_proxy.upstream")
+
+
+class TunnelRefused(UpstreamProxyError):
+    """The proxy answered the ``CONNECT`` with a non-2xx status (403, 407, 502, ...)."""
+
+    def __init__(self, message: str, proxy_status: int) -> None:
+        super().__init__(message)
+        self.proxy_status = proxy_status
+
 
 @dataclass(frozen=True)
 class ProxyRoute:
@@ -35,33 +46,59 @@ class ProxyRoute:
     port: int
     authorization: Optional[bytes]
     display: str  # the URL with credentials redacted
+    #: why this proxy URL cannot be used (every tunnel then fails with this message)
+    error: Optional[str] = None
 
     def __repr__(self) -> str:  # never show credentials, even in a debugger
         return f"ProxyRoute({self.display})"
 
 
 def redact_url(url: str) -> str:
-    """``http://user:secret@host:3128`` → ``http://***@host:3128``."""
-    u = urlsplit(url)
-    if u.username is None and u.password is None:
+    """``http://user:secret@host:3128`` → ``http://***@host:3128``.
+
+    Never raises, whatever the URL: everything up to the last ``@`` is replaced,
+    so even a password with an unencoded ``/`` or ``#`` does not show (a proxy
+    URL has no path; an ``@`` in an endpoint's path costs only readability).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
         return url
-    host = u.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{u.port}" if u.port else "")
-    return u._replace(netloc=netloc).geturl()
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def parse_proxy(url: str) -> ProxyRoute:
     """Parse an ``http://`` proxy URL. Raises ValueError naming only the redacted URL."""
     u = urlsplit(url if "://" in url else f"http://{url}")
+    display = redact_url(u.geturl())
+    if "@" in u.path + u.query + u.fragment:
+        raise ValueError(
+            f"invalid proxy URL {display!r}: percent-encode '/', '?', '#' and '@' "
+            "in the user name and password"
+        )
+    try:
+        port = u.port
+    except ValueError:
+        raise ValueError(f"invalid port in proxy URL {display!r}") from None
     if u.scheme != "http" or not u.hostname:
-        raise ValueError(f"unsupported proxy URL {redact_url(url)!r} (use http://host:port)")
+        raise ValueError(f"unsupported proxy URL {display!r} (use http://host:port)")
     auth = None
     if u.username is not None:
         cred = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
         auth = b"Basic " + base64.b64encode(cred)
-    return ProxyRoute(u.hostname, u.port or 3128, auth, redact_url(u.geturl()))
+    return ProxyRoute(u.hostname, port or 3128, auth, display)
+
+
+def _route(url: str, origin: str) -> ProxyRoute:
+    """:func:`parse_proxy`, but an unusable URL gives a route whose tunnels all fail
+    with a message naming ``origin``, so that a bad environment variable cannot
+    stop the daemon (or ``goose-proxy check``) from starting."""
+    try:
+        return parse_proxy(url)
+    except ValueError as e:
+        log.warning("%s: %s; backend requests will fail", origin, e)
+        return ProxyRoute("", 0, None, redact_url(url), error=f"{origin}: {e}")
 
 
 def _no_proxy_matches(host: str, no_proxy: str) -> bool:
@@ -89,30 +126,37 @@ def proxy_for(
 ) -> Optional[ProxyRoute]:
     """The proxy to use for ``host``, or None for a direct connection."""
     if backend.proxy is not None:
-        return parse_proxy(backend.proxy) if backend.proxy else None
+        return _route(backend.proxy, "[backend] proxy") if backend.proxy else None
     env = os.environ if environ is None else environ
     scheme = urlsplit(backend.endpoint).scheme
     names = ("https_proxy", "HTTPS_PROXY") if scheme == "https" else ("http_proxy", "HTTP_PROXY")
-    url = next((env[n] for n in names if env.get(n)), "")
-    if not url:
+    name = next((n for n in names if env.get(n)), "")
+    if not name:
         return None
     if _no_proxy_matches(host, env.get("no_proxy") or env.get("NO_PROXY") or ""):
         return None
-    return parse_proxy(url)
+    return _route(env[name], f"environment variable {name}")
 
 
 async def open_tunnel(route: ProxyRoute, host: str, port: int) -> anyio.abc.ByteStream:
     """Connect to the proxy and ask it for a tunnel to ``host:port``.
 
-    Raises UpstreamProxyError when the proxy is unreachable, refuses (403, 407, …)
-    or answers something that is not HTTP.
+    Raises UpstreamProxyError when the proxy is unreachable or answers something
+    that is not HTTP, TunnelRefused when it refuses (403, 407, …).
     """
+    if route.error is not None:
+        raise UpstreamProxyError(route.error)
     try:
         stream = await anyio.connect_tcp(route.host, route.port)
     except OSError as e:
         cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
-        what = "cannot resolve" if isinstance(cause, socket.gaierror) else "cannot connect to"
-        raise UpstreamProxyError(f"{what} proxy {route.display}: {cause.strerror or cause}") from e
+        if isinstance(cause, socket.gaierror):
+            msg = f"cannot resolve proxy {route.display}: {cause.strerror or cause}"
+        elif isinstance(cause, ConnectionRefusedError):
+            msg = f"cannot connect to proxy {route.display}: connection refused"
+        else:
+            msg = f"cannot connect to proxy {route.display}: {cause.strerror or cause}"
+        raise UpstreamProxyError(msg) from e
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         conn = h11.Connection(h11.CLIENT)
@@ -123,17 +167,29 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> anyio.abc.Byte
             conn.send(h11.Request(method=b"CONNECT", target=authority.encode(), headers=headers))
             or b""
         )
+        closed = f"proxy {route.display} closed the connection without answering CONNECT"
+        eof = False
         while True:
-            ev = conn.next_event()
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                if eof:
+                    raise UpstreamProxyError(closed) from e
+                raise UpstreamProxyError(
+                    f"proxy {route.display} answered CONNECT with something that is not HTTP ({e})"
+                ) from e
             if ev is h11.NEED_DATA:
                 try:
-                    conn.receive_data(await stream.receive())
+                    data = await stream.receive()
                 except anyio.EndOfStream:
-                    conn.receive_data(b"")
+                    data, eof = b"", True
+                conn.receive_data(data)
+                continue
+            if isinstance(ev, h11.InformationalResponse):
                 continue
             break
         if not isinstance(ev, h11.Response):
-            raise UpstreamProxyError(f"proxy {route.display} closed the connection")
+            raise UpstreamProxyError(closed)
         if not 200 <= ev.status_code < 300:
             reason = ev.reason.decode("latin-1", "replace")
             hint = ""
@@ -143,16 +199,21 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> anyio.abc.Byte
                     if route.authorization
                     else ' (it requires credentials: proxy = "http://user:pass@host:port")'
                 )
-            raise UpstreamProxyError(
+            raise TunnelRefused(
                 f"proxy {route.display} refused the tunnel to {authority}: "
-                f"{ev.status_code} {reason}{hint}"
+                f"{ev.status_code} {reason}{hint}",
+                ev.status_code,
             )
         if conn.trailing_data[0]:
             raise UpstreamProxyError(f"proxy {route.display} sent data before the TLS handshake")
+        log.debug("proxy %s opened a tunnel to %s", route.display, authority)
         return stream
     except BaseException as e:
         with anyio.CancelScope(shield=True):
             await anyio.aclose_forcefully(stream)
-        if isinstance(e, (OSError, anyio.BrokenResourceError, h11.RemoteProtocolError)):
-            raise UpstreamProxyError(f"proxy {route.display} failed: {e}") from e
+        if isinstance(e, (OSError, anyio.BrokenResourceError)):
+            detail = f": {e}" if str(e) else ""
+            raise UpstreamProxyError(
+                f"the connection to proxy {route.display} broke during CONNECT{detail}"
+            ) from e
         raise

@@ -1,0 +1,166 @@
+"""Nobody outside the host uses the identity: Host (DNS rebinding), Origin (a web
+page driving the proxy) and Content-Type (CORS "simple requests") checks.
+
+A refused request never reaches the backend.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Optional
+
+import anyio
+import pytest
+
+from tests.reliability.support import HELLO, Response, exchange, parse_one, proxied
+
+pytestmark = pytest.mark.anyio
+
+CHAT = "/v1/chat/completions"
+BODY = json.dumps(HELLO).encode()
+
+
+def req(
+    host: Optional[str] = "localhost",
+    *,
+    origin: Optional[str] = None,
+    ctype: Optional[str] = "application/json",
+    method: str = "POST",
+    path: str = CHAT,
+    extra: str = "",
+) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nConnection: close\r\n"
+    if host is not None:
+        head += f"Host: {host}\r\n"
+    if origin is not None:
+        head += f"Origin: {origin}\r\n"
+    body = BODY if method == "POST" else b""
+    if ctype is not None and method == "POST":
+        head += f"Content-Type: {ctype}\r\n"
+    if method == "POST":
+        head += f"Content-Length: {len(body)}\r\n"
+    return (head + extra + "\r\n").encode("latin-1") + body
+
+
+async def ask(port: int, data: bytes) -> Response:
+    with anyio.fail_after(10):
+        return parse_one(await exchange(port, data))
+
+
+# --- Host -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:8080",
+        "127.0.0.1.nip.io",  # rebinding services resolve such names to loopback
+        "localhost.evil.example",
+        "10.0.0.5",
+        "0.0.0.0",
+        "[::ffff:10.0.0.5]",
+        "",
+    ],
+)
+async def test_foreign_host_is_refused(pki: SimpleNamespace, host: str) -> None:
+    async with proxied(pki) as h:
+        r = await ask(h.proxy.port, req(host))
+        get = await ask(h.proxy.port, req(host, method="GET", path="/v1/models"))
+    for resp in (r, get):
+        assert resp.status == 403
+        assert resp.error["code"] == "forbidden"
+        assert "allowed_hosts" in resp.error["message"]
+    assert h.backend.stats.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:1234", "127.0.0.2", "[::1]:80"],
+)
+async def test_loopback_host_is_allowed(pki: SimpleNamespace, host: str) -> None:
+    async with proxied(pki) as h:
+        r = await ask(h.proxy.port, req(host))
+    assert r.status == 200
+
+
+async def test_allowed_hosts_from_config(pki: SimpleNamespace) -> None:
+    async with proxied(pki, server={"allowed_hosts": ("goose.internal",)}) as h:
+        ok = await ask(h.proxy.port, req("goose.internal:8080"))
+        other = await ask(h.proxy.port, req("other.internal"))
+    assert ok.status == 200
+    assert other.status == 403
+
+
+async def test_http10_without_host_is_allowed(pki: SimpleNamespace) -> None:
+    async with proxied(pki) as h:
+        r = await ask(h.proxy.port, b"GET /health HTTP/1.0\r\n\r\n")
+    assert r.status == 200
+
+
+# --- Origin -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "null", "http://localhost:3000", "file://"]
+)
+async def test_origin_is_refused_unless_allowed(pki: SimpleNamespace, origin: str) -> None:
+    async with proxied(pki) as h:
+        r = await ask(h.proxy.port, req(origin=origin))
+    assert r.status == 403
+    assert "allowed_origins" in r.error["message"]
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_allowed_origin_from_config(pki: SimpleNamespace) -> None:
+    async with proxied(pki, server={"allowed_origins": ("http://localhost:3000",)}) as h:
+        ok = await ask(h.proxy.port, req(origin="http://localhost:3000"))
+        slash = await ask(h.proxy.port, req(origin="HTTP://LOCALHOST:3000/"))
+        other = await ask(h.proxy.port, req(origin="http://localhost:3001"))
+        # a second Origin header cannot smuggle a foreign page past the check
+        two = await ask(
+            h.proxy.port,
+            req(origin="http://localhost:3000", extra="Origin: https://evil.example\r\n"),
+        )
+    assert ok.status == 200 and slash.status == 200
+    assert other.status == 403 and two.status == 403
+
+
+# --- Content-Type -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "text/plain",  # what a no-preflight fetch() or a <form> with enctype=text/plain sends
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonp",
+        "json",
+        None,
+    ],
+)
+async def test_non_json_content_type_is_refused(pki: SimpleNamespace, ctype: Optional[str]) -> None:
+    async with proxied(pki) as h:
+        r = await ask(h.proxy.port, req(ctype=ctype))
+        passthrough = await ask(h.proxy.port, req(ctype=ctype, path="/v1/responses"))
+    for resp in (r, passthrough):
+        assert resp.status == 415
+        assert resp.error["code"] == "unsupported_media_type"
+    assert h.backend.stats.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    "ctype", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+async def test_json_content_type_is_accepted(pki: SimpleNamespace, ctype: str) -> None:
+    async with proxied(pki) as h:
+        r = await ask(h.proxy.port, req(ctype=ctype))
+    assert r.status == 200
+
+
+async def test_default_bind_is_loopback() -> None:
+    from goose_proxy.config import Config
+
+    assert Config().server.host == "127.0.0.1"

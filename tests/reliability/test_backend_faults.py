@@ -1,0 +1,427 @@
+"""Backend faults: each one gives the right OpenAI error — a status before the
+stream starts, an error event after — and leaks no task and no socket.
+
+The scripted backend (``devbackend``) injects most faults through
+``X-Dev-Fault``; the few it has no knob for (a reset in the middle of the
+response head, a chunked body cut mid-chunk, an oversized event after the
+stream started, a stream that never ends for the passthrough) use a tiny
+purpose-built server from ``support``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from goose_proxy.config import AuthConfig
+from tests.reliability.support import (
+    HELLO,
+    HELLO_STREAM,
+    SSE_HEAD,
+    FakeServer,
+    assert_no_leaks,
+    chat_stream_outcome,
+    chunk,
+    fake_server,
+    post,
+    proxied,
+    read_request_head,
+    text_events,
+)
+from tests.support import make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+
+def _reset(tcp: anyio.abc.SocketStream) -> None:
+    """Make the next close an abortive one (RST, not FIN)."""
+    tcp.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def _direct(endpoint: str, auth: AuthConfig, body: Any, **backend: Any) -> httpx.Response:
+    """The proxy alone in front of ``endpoint`` (no scripted backend)."""
+    cfg = make_config(endpoint, auth, backend={"proxy": "", **backend})
+    async with running_proxy(cfg) as proxy:
+        import asyncio
+
+        tasks = len(asyncio.all_tasks())
+        r = await post(proxy.url, body)
+        await assert_no_leaks(proxy, None, tasks)
+    return r
+
+
+# --- connecting ----------------------------------------------------------------------
+
+
+async def test_connection_refused_gives_502(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        r = await _direct(f"https://127.0.0.1:{_free_port()}", pki.auth, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_connect_error"
+    assert "refused" in err["message"]
+
+
+async def test_dns_failure_gives_502(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(20):
+        r = await _direct("https://backend.goose-proxy.invalid", pki.auth, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_connect_error"
+    assert "cannot resolve" in err["message"] and "backend.goose-proxy.invalid" in err["message"]
+
+
+async def test_connect_timeout_gives_502(pki: SimpleNamespace) -> None:
+    # A listener whose accept queue is full never completes a TCP handshake.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fillers = []
+    try:
+        port = srv.getsockname()[1]
+        for _ in range(8):  # fill the backlog; later SYNs are dropped
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(c)
+        with anyio.fail_after(10):
+            r = await _direct(f"https://127.0.0.1:{port}", pki.auth, HELLO, connect_timeout=0.3)
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_connect_error"
+    assert "timed out" in err["message"]
+
+
+# --- TLS ----------------------------------------------------------------------------
+
+
+async def test_untrusted_server_certificate(pki: SimpleNamespace) -> None:
+    auth = AuthConfig(pki.cert_file, pki.key_file, str(pki.dir / "other-ca.pem"))
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            cfg_proxy = make_config(h.backend.url, auth, backend={"proxy": ""})
+            async with running_proxy(cfg_proxy) as proxy:
+                r = await post(proxy.url, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_tls_error"
+    assert "not trusted" in err["message"]
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_client_certificate_rejected(pki: SimpleNamespace) -> None:
+    stranger = AuthConfig(
+        str(pki.dir / "stranger-cert.pem"), str(pki.dir / "stranger-key.pem"), pki.ca_file
+    )
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            cfg = make_config(h.backend.url, stranger, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, HELLO)
+                rs = await post(proxy.url, HELLO_STREAM)
+            await h.backend.wait_until(lambda b: b.stats.tls_handshake_failures >= 2)
+    for resp in (r, rs):
+        assert resp.status_code == 502
+        err = resp.json()["error"]
+        assert err["code"] == "upstream_tls_error"
+        assert "client certificate" in err["message"]
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_server_certificate_for_another_host(pki: SimpleNamespace) -> None:
+    import ssl
+
+    other = pki.ca.issue_cert("backend.example.com")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    other.configure_cert(ctx)
+    with anyio.fail_after(10):
+        async with proxied(pki, backend_tls=ctx) as h:
+            r = await post(h.url, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_tls_error"
+    assert "another host name" in err["message"] and "mismatch" in err["message"]
+    assert h.backend.stats.requests_total == 0
+
+
+# --- resets -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_reset_before_headers(pki: SimpleNamespace, body: dict[str, Any]) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="reset_before_headers") as h:
+            r = await post(h.url, body)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    # Python 3.9's asyncio reports a reset under TLS as a clean end of stream,
+    # which on a fresh connection reads as "rejected the client certificate"
+    assert err["code"] in ("upstream_error", "upstream_tls_error")
+    assert "closed the connection" in err["message"]
+    assert h.backend.stats.requests_total == 1  # not retried: the backend saw the request
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_reset_during_headers(pki: SimpleNamespace, body: dict[str, Any]) -> None:
+    async def half_head(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-st")
+        _reset(tcp)
+
+    with anyio.fail_after(10):
+        async with fake_server(half_head, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_error"
+    assert "closed the connection" in err["message"]
+    assert srv.open == 0
+
+
+async def test_reset_mid_stream_ends_with_error_event(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="reset_mid_body") as h:
+            r = await post(h.url, HELLO_STREAM)
+    assert r.status_code == 200
+    text, err = chat_stream_outcome(r.content)
+    assert text  # the deltas before the reset went through
+    assert err is not None and err["code"] == "upstream_error"
+    assert "closed the connection" in err["message"]
+
+
+# --- bytes that are not what they should be -------------------------------------------
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_garbage_instead_of_http(pki: SimpleNamespace, body: dict[str, Any]) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="garbage") as h:
+            r = await post(h.url, body)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_protocol_error"
+    assert "invalid HTTP" in err["message"]
+
+
+async def _cut_chunked(srv: FakeServer, stream: anyio.abc.ByteStream) -> None:
+    await read_request_head(stream, srv)
+    frames = text_events(["one ", "two ", "three"])
+    body = b"".join(chunk(f) for f in frames[:4])
+    cut = chunk(frames[4])[:20]  # half a chunk, then FIN
+    await stream.send(SSE_HEAD + body + cut)
+
+
+async def test_truncated_chunked_body_mid_stream(pki: SimpleNamespace) -> None:
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await _cut_chunked(srv, stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO_STREAM)
+    assert r.status_code == 200
+    text, err = chat_stream_outcome(r.content)
+    assert text == "one two "
+    assert err is not None and err["code"] == "upstream_error"
+    assert "closed the connection in the middle of the response" in err["message"]
+
+
+async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await _cut_chunked(srv, stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO)
+    assert r.status_code == 502
+    assert "closed the connection in the middle of the response" in r.json()["error"]["message"]
+
+
+async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="truncate") as h:
+            rs = await post(h.url, HELLO_STREAM)
+            rj = await post(h.url, HELLO)
+    text, err = chat_stream_outcome(rs.content)
+    assert text and err is not None and "ended early" in err["message"]
+    assert rj.status_code == 502  # a Content-Length body cut in half, then closed
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset_mid_body"])
+async def test_cut_content_length_body(pki: SimpleNamespace, fault: str) -> None:
+    # the openai flavour asks a non-streamed answer of the backend: a JSON body
+    with anyio.fail_after(10):
+        async with proxied(pki, fault=fault, mode="openai", backend={"flavor": "openai"}) as h:
+            r = await post(h.url, HELLO)
+    assert h.backend.requests[-1].json["stream"] is False
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_error"
+    assert "closed the connection" in err["message"]
+
+
+# --- sizes --------------------------------------------------------------------------
+
+
+async def test_event_larger_than_max_event_size_before_output(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="big_event:20000", backend={"max_event_size": 4096}) as h:
+            rs = await post(h.url, HELLO_STREAM)
+            rj = await post(h.url, HELLO)
+    for r in (rs, rj):
+        assert r.status_code == 502  # nothing was sent yet: a real status
+        err = r.json()["error"]
+        assert err["code"] == "upstream_protocol_error"
+        assert "larger than 4096 bytes" in err["message"]
+
+
+async def test_event_larger_than_max_event_size_mid_stream(pki: SimpleNamespace) -> None:
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        frames = text_events(["one ", "two ", "x" * 10_000])
+        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in frames))
+        await stream.send(b"0\r\n\r\n")
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO_STREAM, max_event_size=4096)
+    assert r.status_code == 200
+    text, err = chat_stream_outcome(r.content)
+    assert text == "one two "
+    assert err is not None and "larger than 4096 bytes" in err["message"]
+
+
+# --- time ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_stall_before_headers_gives_504(pki: SimpleNamespace, body: dict[str, Any]) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="stall", backend={"timeout": 0.3}) as h:
+            t0 = anyio.current_time()
+            r = await post(h.url, body)
+            took = anyio.current_time() - t0
+            # the proxy hung up: the stalled backend connection is gone
+            await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
+    assert r.status_code == 504
+    err = r.json()["error"]
+    assert err["code"] == "timeout" and "0.3 seconds" in err["message"]
+    assert 0.3 <= took < 3
+
+
+async def test_stall_between_events_ends_stream_with_error(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(
+            pki, fault="stall_mid_stream", backend={"stream_idle_timeout": 0.3}
+        ) as h:
+            t0 = anyio.current_time()
+            r = await post(h.url, HELLO_STREAM)
+            took = anyio.current_time() - t0
+            await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
+    assert r.status_code == 200
+    text, err = chat_stream_outcome(r.content)
+    assert text  # the first deltas were delivered before the stall
+    assert err is not None and err["code"] == "timeout"
+    assert "sent nothing for 0.3 seconds" in err["message"]
+    assert 0.3 <= took < 3
+
+
+async def test_stall_between_events_json_gives_504(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(
+            pki, fault="stall_mid_stream", backend={"stream_idle_timeout": 0.3}
+        ) as h:
+            r = await post(h.url, HELLO)
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == "timeout"
+
+
+@pytest.mark.parametrize("mode", ["lightspeed", "openai"])
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_keep_open_after_terminal_event(
+    pki: SimpleNamespace, mode: str, body: dict[str, Any]
+) -> None:
+    # stream_idle_timeout is long: a complete answer must not wait for it
+    with anyio.fail_after(10):
+        async with proxied(
+            pki, fault="keep_open", mode=mode, backend={"stream_idle_timeout": 60}
+        ) as h:
+            t0 = anyio.current_time()
+            r = await post(h.url, body)
+            took = anyio.current_time() - t0
+            # the held-open backend connection is closed, not pooled
+            await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
+    assert r.status_code == 200
+    if body.get("stream"):
+        text, err = chat_stream_outcome(r.content)
+        assert err is None
+    else:
+        text = r.json()["choices"][0]["message"]["content"]
+        assert r.json()["choices"][0]["finish_reason"] == "stop"
+    assert text.endswith("You said: hello")
+    assert took < 2
+
+
+@pytest.mark.parametrize("mode", ["lightspeed", "openai"])
+async def test_keep_open_passthrough_stream(pki: SimpleNamespace, mode: str) -> None:
+    body = {"model": "m", "input": "hello", "stream": True}
+    with anyio.fail_after(10):
+        async with proxied(
+            pki, fault="keep_open", mode=mode, backend={"stream_idle_timeout": 60}
+        ) as h:
+            t0 = anyio.current_time()
+            r = await post(h.url, body, path="/v1/responses")
+            took = anyio.current_time() - t0
+    assert r.status_code == 200
+    assert b"response.completed" in r.content
+    assert b'"type": "error"' not in r.content and b'"type":"error"' not in r.content
+    if mode == "lightspeed":
+        assert r.content.endswith(b"data: [DONE]\n\n")
+    assert took < 2
+
+
+async def test_stall_mid_passthrough_stream_ends_with_error_event(pki: SimpleNamespace) -> None:
+    body = {"model": "m", "input": "hello", "stream": True}
+    with anyio.fail_after(10):
+        async with proxied(
+            pki, fault="stall_mid_stream", backend={"stream_idle_timeout": 0.3}
+        ) as h:
+            r = await post(h.url, body, path="/v1/responses")
+    assert r.status_code == 200
+    assert r.content.endswith(b"\n\n")
+    last = r.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b"event: error\ndata: ")
+    assert b'"code": "timeout"' in last
+
+
+async def test_backend_error_status_mid_flight_is_not_a_leak(pki: SimpleNamespace) -> None:
+    """A 500 answer keeps the connection usable (the body was read whole)."""
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="status:500") as h:
+            for _ in range(3):
+                r = await post(h.url, HELLO_STREAM)
+                assert r.status_code == 500
+    assert h.backend.stats.connections_accepted == 1  # pooled and reused

@@ -1,0 +1,186 @@
+"""The RHSM identity: renewed on disk and picked up without a restart; a missing,
+unreadable or mismatched pair gives a clear 502 (never a crash), and the
+proxy recovers as soon as the files are right again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import anyio
+import httpx
+import pytest
+import trustme
+
+import devbackend
+from goose_proxy.config import AuthConfig
+from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
+from tests.support import make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+
+def _issue(ca: trustme.CA, cn: str, directory: Path) -> tuple[Path, Path]:
+    """A client pair for ``cn``, written next to each other in ``directory``."""
+    leaf = ca.issue_cert(f"{cn}@example.com", common_name=cn)
+    cert, key = directory / f"{cn}-cert.pem", directory / f"{cn}-key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+def _install(src: Path, dst: Path, *, in_place: bool) -> None:
+    """Put ``src``'s bytes at ``dst``: a rename (new inode) or a rewrite in place."""
+    if in_place:
+        data = src.read_bytes()
+        with open(dst, "r+b") as f:
+            f.truncate(0)
+            f.write(data)
+        # a renewal happens days later: its mtime differs even on a coarse clock
+        st = os.stat(dst)
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+    else:
+        tmp = dst.with_name(dst.name + ".new")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+async def wait_pooled(proxy: SimpleNamespace) -> None:
+    """The connection of the last request is back in the pool (it goes back just after
+    the client got its answer; polling: no event for it)."""
+    with anyio.fail_after(5):
+        await poll(lambda: pool_size(proxy) >= 1)
+
+
+@pytest.fixture
+def consumer(pki: SimpleNamespace, tmp_path: Path) -> SimpleNamespace:
+    """An RHSM-like consumer directory with its own cert.pem/key.pem (CN consumer-a)."""
+    a_cert, a_key = _issue(pki.ca, "consumer-a", tmp_path)
+    b_cert, b_key = _issue(pki.ca, "consumer-b", tmp_path)
+    d = tmp_path / "consumer"
+    d.mkdir()
+    shutil.copyfile(a_cert, d / "cert.pem")
+    shutil.copyfile(a_key, d / "key.pem")
+    return SimpleNamespace(
+        dir=d,
+        cert=d / "cert.pem",
+        key=d / "key.pem",
+        b_cert=b_cert,
+        b_key=b_key,
+        a_cert=a_cert,
+        a_key=a_key,
+        auth=AuthConfig(str(d / "cert.pem"), str(d / "key.pem"), pki.ca_file),
+    )
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["rename", "rewrite"])
+async def test_renewed_pair_is_used_without_restart(
+    pki: SimpleNamespace, consumer: SimpleNamespace, in_place: bool
+) -> None:
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(backend.url, consumer.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                first = await post(proxy.url, HELLO)
+                assert "CN=consumer-a" in (backend.requests[-1].client_subject or "")
+                await wait_pooled(proxy)
+                again = await post(proxy.url, HELLO)  # same identity: a pooled connection
+                assert backend.requests[-1].connection == backend.requests[-2].connection
+                await wait_pooled(proxy)
+                # the host renews the pair on disk (key first, as a renewal tool might)
+                _install(consumer.b_key, consumer.key, in_place=in_place)
+                _install(consumer.b_cert, consumer.cert, in_place=in_place)
+                renewed = await post(proxy.url, HELLO_STREAM)
+                assert "CN=consumer-b" in (backend.requests[-1].client_subject or "")
+                # the pooled connection made with the old identity was not reused
+                assert backend.requests[-1].connection != backend.requests[-2].connection
+                builds = proxy.server.upstream.tls.builds
+    assert first.status_code == again.status_code == renewed.status_code == 200
+    assert builds == 2
+
+
+async def test_half_renewed_pair_gives_clear_error_then_recovers(
+    pki: SimpleNamespace, consumer: SimpleNamespace
+) -> None:
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(backend.url, consumer.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                assert (await post(proxy.url, HELLO)).status_code == 200
+                _install(consumer.b_key, consumer.key, in_place=False)  # the cert not yet
+                mismatched = await post(proxy.url, HELLO)
+                _install(consumer.b_cert, consumer.cert, in_place=False)
+                recovered = await post(proxy.url, HELLO)
+                subject = backend.requests[-1].client_subject or ""
+    assert mismatched.status_code == 502
+    err = mismatched.json()["error"]
+    assert err["code"] == "client_certificate_unavailable"
+    assert "does not match" in err["message"] and str(consumer.key) in err["message"]
+    assert recovered.status_code == 200 and "CN=consumer-b" in subject
+
+
+@pytest.mark.parametrize("missing", ["cert", "key", "both"])
+async def test_missing_pair_gives_register_hint(
+    pki: SimpleNamespace, consumer: SimpleNamespace, missing: str
+) -> None:
+    if missing in ("cert", "both"):
+        consumer.cert.unlink()
+    if missing in ("key", "both"):
+        consumer.key.unlink()
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(backend.url, consumer.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, HELLO)
+                rs = await post(proxy.url, HELLO_STREAM)
+                async with httpx.AsyncClient() as c:
+                    health = await c.get(proxy.url + "/health")  # still serving
+                # registering the system later: no restart needed
+                shutil.copyfile(consumer.a_cert, consumer.cert)
+                shutil.copyfile(consumer.a_key, consumer.key)
+                after = await post(proxy.url, HELLO)
+    for resp in (r, rs):
+        assert resp.status_code == 502
+        err = resp.json()["error"]
+        assert err["code"] == "client_certificate_unavailable"
+        assert "subscription-manager register" in err["message"]
+    assert health.status_code == 200
+    assert after.status_code == 200
+    assert backend.stats.requests_total == 1
+
+
+@pytest.mark.parametrize("broken", ["not-pem", "empty", "directory"])
+async def test_unreadable_pair_gives_502(
+    pki: SimpleNamespace, consumer: SimpleNamespace, broken: str
+) -> None:
+    if broken == "not-pem":
+        consumer.cert.write_text("this is not a certificate\n")
+    elif broken == "empty":
+        consumer.key.write_bytes(b"")
+    else:
+        consumer.key.unlink()
+        consumer.key.mkdir()
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("https://127.0.0.1:9", consumer.auth)) as proxy:
+            r = await post(proxy.url, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "client_certificate_unavailable"
+    assert "subscription-manager register" in err["message"]
+
+
+async def test_key_of_another_certificate_gives_clear_message(
+    pki: SimpleNamespace, consumer: SimpleNamespace
+) -> None:
+    shutil.copyfile(consumer.b_key, consumer.key)
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("https://127.0.0.1:9", consumer.auth)) as proxy:
+            r = await post(proxy.url, HELLO)
+    assert r.status_code == 502
+    msg = r.json()["error"]["message"]
+    assert msg == (
+        f"the private key {consumer.key} does not match the client certificate {consumer.cert}"
+    )
+    assert "PRIVATE KEY" not in r.text

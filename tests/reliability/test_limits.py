@@ -1,0 +1,477 @@
+"""Limits and bad input on the client side: every malformed or oversized
+request gets a 4xx in the OpenAI error format, the limits hold, and the
+proxy stays healthy (it answers ``/health`` afterwards).
+
+Requests are written as raw bytes on a real loopback socket, so that what is
+sent is exactly what the test says, and replies are parsed strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.reliability.support import (
+    HELLO,
+    Response,
+    exchange,
+    parse_one,
+    parse_responses,
+    poll,
+    proxied,
+    read_all,
+    request_bytes,
+)
+
+pytestmark = pytest.mark.anyio
+
+CHAT = "/v1/chat/completions"
+
+
+async def ask(port: int, data: bytes, *, head: bool = False) -> Response:
+    """One request (which asks the proxy to close afterwards), one strict reply."""
+    return parse_one(await exchange(port, data), head)
+
+
+async def healthy(port: int) -> None:
+    r = await ask(port, request_bytes("GET", "/health", headers={"Connection": "close"}))
+    assert r.status == 200 and r.json() == {"status": "ok"}
+
+
+def close(req: bytes) -> bytes:
+    """Add ``Connection: close`` to a request head."""
+    head, _, body = req.partition(b"\r\n\r\n")
+    return head + b"\r\nConnection: close\r\n\r\n" + body
+
+
+# --- size limits -----------------------------------------------------------------------
+
+
+async def test_body_over_max_body_size_declared(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_body_size": 4096}) as h:
+            port = h.proxy.port
+            body = b'{"x": "' + b"a" * 100_000 + b'"}'
+            # the whole oversized body is on its way: the 413 must still arrive intact
+            r = await ask(port, request_bytes("POST", CHAT, body))
+            await healthy(port)
+    assert r.status == 413
+    assert r.error["code"] == "request_too_large"
+    assert "4096" in r.error["message"]
+    assert r.header("connection") == "close"
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_body_over_max_body_size_chunked(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_body_size": 4096}) as h:
+            head = (
+                f"POST {CHAT} HTTP/1.1\r\nHost: localhost\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+            piece = b"a" * 1000
+            body = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(10)) + (
+                b"0\r\n\r\n"
+            )
+            r = await ask(h.proxy.port, head + body)
+            await healthy(h.proxy.port)
+    assert r.status == 413
+    assert r.error["code"] == "request_too_large"
+
+
+async def test_head_over_max_header_size(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_header_size": 2048}) as h:
+            req = request_bytes("GET", "/health", headers={"X-Big": "b" * 4096})
+            r = await ask(h.proxy.port, req)
+            long_url = await ask(h.proxy.port, request_bytes("GET", "/health?" + "q" * 4096))
+            # the same head arriving in small pieces
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                for i in range(0, len(req), 512):
+                    try:
+                        await s.send(req[i : i + 512])
+                    except (anyio.BrokenResourceError, OSError):
+                        break
+                pieces = parse_one(await read_all(s))
+            await healthy(h.proxy.port)
+    for resp in (r, long_url, pieces):
+        assert resp.status == 431
+        assert resp.error["code"] == "request_header_fields_too_large"
+
+
+async def test_too_many_headers(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_header_count": 10}) as h:
+            headers = {f"X-H{i}": "v" for i in range(20)}
+            r = await ask(h.proxy.port, request_bytes("GET", "/health", headers=headers))
+            await healthy(h.proxy.port)
+    assert r.status == 431
+    assert "more than 10 request headers" in r.error["message"]
+
+
+# --- time limits -----------------------------------------------------------------------
+
+
+async def test_slowloris_head_is_cut_at_header_timeout(pki: SimpleNamespace) -> None:
+    """A client dripping its head byte by byte is closed header_timeout after it connected."""
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"header_timeout": 0.5}) as h:
+            req = request_bytes("GET", "/health")
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                t0 = anyio.current_time()
+                got = b""
+                closed = False
+                for i in range(len(req) - 2):  # never the final CRLF
+                    try:
+                        await s.send(req[i : i + 1])
+                    except (anyio.BrokenResourceError, OSError):
+                        closed = True
+                        break
+                    with anyio.move_on_after(0.05):  # the client's drip rate
+                        got += await read_all(s)
+                        closed = True
+                        break
+                if not closed:
+                    got += await read_all(s)
+                took = anyio.current_time() - t0
+            await healthy(h.proxy.port)
+    assert got == b""  # closed without a word
+    assert 0.45 <= took < 2.0
+
+
+async def test_silent_connection_closed_at_header_timeout(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"header_timeout": 0.3}) as h:
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                t0 = anyio.current_time()
+                assert await read_all(s) == b""
+                took = anyio.current_time() - t0
+    assert 0.25 <= took < 2.0
+
+
+async def test_idle_keepalive_connection_closed(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"keepalive_timeout": 0.3}) as h:
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(request_bytes("GET", "/health"))
+                t0 = anyio.current_time()
+                data = await read_all(s)  # the response, then the close
+                took = anyio.current_time() - t0
+    (r,), rest = parse_responses(data)
+    assert r.status == 200 and rest == b""
+    assert 0.25 <= took < 2.0
+
+
+async def test_slow_body_is_cut(pki: SimpleNamespace) -> None:
+    """A body that stops arriving is given up after header_timeout (per read)."""
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"header_timeout": 0.3}) as h:
+            req = request_bytes("POST", CHAT, json.dumps(HELLO).encode())
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(req[:-5])
+                t0 = anyio.current_time()
+                assert await read_all(s) == b""
+                took = anyio.current_time() - t0
+    assert 0.25 <= took < 2.0
+    assert h.backend.stats.requests_total == 0
+
+
+# --- connection limits ----------------------------------------------------------------
+
+
+async def test_connections_over_max_connections_get_503(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_connections": 2}) as h:
+            port = h.proxy.port
+            first = await anyio.connect_tcp("127.0.0.1", port)
+            second = await anyio.connect_tcp("127.0.0.1", port)
+            try:
+                # both are served (keep-alive), and both stay open
+                for s in (first, second):
+                    await s.send(request_bytes("GET", "/health"))
+                    assert b" 200 " in await s.receive()
+                # the third is refused with a complete 503, then closed
+                r = await ask(port, request_bytes("POST", CHAT, json.dumps(HELLO).encode()))
+            finally:
+                await first.aclose()
+                await second.aclose()
+            # a slot is free again
+            with anyio.fail_after(5):
+                await poll(lambda: not h.proxy.server.active_connections)
+            await healthy(port)
+    assert r.status == 503
+    assert r.error["code"] == "service_unavailable"
+    assert "too many connections" in r.error["message"]
+    assert r.header("retry-after") == "1" and r.header("connection") == "close"
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_max_requests_per_connection(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_requests_per_connection": 3}) as h:
+            # five pipelined requests: three answers, the third says close, then EOF
+            data = b"".join(request_bytes("GET", "/health") for _ in range(5))
+            responses, rest = parse_responses(await exchange(h.proxy.port, data))
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert [r.header("connection") for r in responses] == [None, None, "close"]
+    assert rest == b""
+
+
+# --- malformed input --------------------------------------------------------------------
+
+
+BAD_REQUESTS: list[tuple[str, bytes, int]] = [
+    ("not-http", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400),
+    ("bad-request-line", b"GET\r\nHost: localhost\r\n\r\n", 400),
+    ("bad-version", b"GET /health HTTP/9.9\r\nHost: localhost\r\n\r\n", 505),
+    ("space-in-header-name",
+     b"GET /health HTTP/1.1\r\nHost: localhost\r\nBad Name: x\r\n\r\n", 400),
+    ("no-host-http11", b"GET /health HTTP/1.1\r\n\r\n", 400),
+    ("two-hosts", b"GET /health HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n", 400),
+    (
+        "bad-chunk-size",
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-longer-than-said",
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}}}}}\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "content-length-and-chunked",
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "conflicting-content-lengths",
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        400,
+    ),
+    (
+        "bad-content-length",
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: -1\r\n\r\n{}",
+        400,
+    ),
+    ("unknown-transfer-coding", b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+     b"Content-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+]  # fmt: skip
+
+
+def _cases(table: list[tuple[Any, ...]]) -> list[Any]:
+    return [pytest.param(*row[1:], id=row[0]) for row in table]
+
+
+@pytest.mark.parametrize(("data", "status"), _cases(BAD_REQUESTS))
+async def test_malformed_http_gets_4xx(pki: SimpleNamespace, data: bytes, status: int) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, data)
+            await healthy(h.proxy.port)
+    assert r.status == status
+    assert r.error["type"] == "invalid_request_error"
+    assert r.header("connection") == "close"
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_expect_100_continue(pki: SimpleNamespace) -> None:
+    body = json.dumps(HELLO).encode()
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            req = request_bytes("POST", CHAT, body, {"Expect": "100-continue"})
+            head = req[: -len(body)]
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(close(head))
+                interim = b""
+                while b"\r\n\r\n" not in interim:
+                    interim += await s.receive()
+                assert interim.startswith(b"HTTP/1.1 100 ")
+                await s.send(body)
+                rest = await read_all(s)
+            # refused before the body is sent: 413 and no 100
+            huge = {
+                "Expect": "100-continue",
+                "Content-Type": "application/json",
+                "Content-Length": str(10**9),
+            }
+            big = request_bytes("POST", CHAT, None, huge)
+            refused = await exchange(h.proxy.port, big)
+    r = parse_one(interim.partition(b"\r\n\r\n")[2] + rest)
+    assert r.status == 200 and r.json()["choices"][0]["message"]["content"]
+    assert refused.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_pipelined_requests_answered_in_order(pki: SimpleNamespace) -> None:
+    body = json.dumps(HELLO).encode()
+    data = (
+        request_bytes("GET", "/health")
+        + request_bytes("POST", CHAT, body)
+        + request_bytes("GET", "/v1/models")
+        + close(request_bytes("POST", CHAT, json.dumps({**HELLO, "stream": True}).encode()))
+    )
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            responses, rest = parse_responses(await exchange(h.proxy.port, data))
+    assert [r.status for r in responses] == [200, 200, 200, 200]
+    assert responses[0].json() == {"status": "ok"}
+    assert responses[1].json()["object"] == "chat.completion"
+    assert responses[2].json()["object"] == "list"
+    assert responses[3].chunked and responses[3].body.endswith(b"data: [DONE]\n\n")
+    assert rest == b""
+
+
+async def test_http10_request_is_answered_and_closed(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            data = await exchange(h.proxy.port, b"GET /health HTTP/1.0\r\n\r\n")
+    r = parse_one(data)
+    assert r.status == 200 and r.json() == {"status": "ok"}
+
+
+async def test_head_request(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("HEAD", "/health")), head=True)
+            not_allowed = await ask(h.proxy.port, close(request_bytes("HEAD", CHAT)), head=True)
+            await healthy(h.proxy.port)
+    assert r.status == 200 and r.body == b"" and int(r.header("content-length") or 0) > 0
+    assert not_allowed.status == 405 and not_allowed.body == b""
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "BREW"])
+async def test_other_methods_get_405(pki: SimpleNamespace, method: str) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes(method, CHAT)))
+    assert r.status == 405
+    assert r.header("allow") == "POST"
+
+
+async def test_connect_method_is_refused(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(
+                h.proxy.port, close(b"CONNECT example.com:443 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            )
+            await healthy(h.proxy.port)
+    assert r.status == 404
+
+
+# --- bad JSON ---------------------------------------------------------------------------
+
+
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    ("empty", b"", "not valid JSON"),
+    ("invalid-utf8", b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+     "not valid UTF-8"),
+    ("not-json", b"{not json", "not valid JSON"),
+    ("array", b"[1, 2, 3]", "must be a JSON object, not an array"),
+    ("string", b'"hello"', "must be a JSON object, not a string"),
+    ("null", b"null", "must be a JSON object, not null"),
+    ("deep-arrays", b"[" * 100_000 + b"]" * 100_000, ""),
+    ("deep-objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nests deeper"),
+    ("deep-but-parses", b'{"model": "m", "messages": ' + b"[" * 200 + b"]" * 200 + b"}",
+     "nests deeper than 64"),
+    ("huge-int", b'{"model": "m", "max_tokens": 1' + b"0" * 5000 + b"}", "longer than"),
+    ("huge-float", b'{"model": "m", "temperature": 1e999}', "out of range"),
+    ("nan", b'{"model": "m", "temperature": NaN}', "NaN"),
+    ("trailing-garbage", b'{"model": "m"} xyz', "not valid JSON"),
+    ("lone-surrogate-key", b'{"\\ud800": 1}', ""),
+    ("messages-not-list", b'{"model": "m", "messages": "hello"}', "messages"),
+    ("message-not-object", b'{"model": "m", "messages": [42]}', "messages"),
+    ("role-wrong-type", b'{"model": "m", "messages": [{"role": 1, "content": "x"}]}', "role"),
+    ("content-wrong-type", b'{"model": "m", "messages": [{"role": "user", "content": 5}]}',
+     "content"),
+    ("stream-wrong-type", b'{"model": "m", "messages": [], "stream": "yes"}', "stream"),
+    ("tools-wrong-type", b'{"model": "m", "messages": [{"role": "user", "content": "x"}],'
+     b' "tools": {"a": 1}}', "tools"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "needle"), _cases(BAD_BODIES))
+async def test_bad_json_bodies_get_400(pki: SimpleNamespace, body: bytes, needle: str) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("POST", CHAT, body)))
+            assert r.status == 400, r.body[:300]
+            err = r.error
+            assert err["type"] == "invalid_request_error"
+            assert needle in err["message"] or needle == err["param"], err
+            await healthy(h.proxy.port)
+    assert h.backend.stats.requests_total == 0
+
+
+@pytest.mark.parametrize(("body", "needle"), _cases(BAD_BODIES[:13]))
+async def test_bad_json_bodies_passthrough_get_400(
+    pki: SimpleNamespace, body: bytes, needle: str
+) -> None:
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("POST", "/v1/responses", body)))
+            assert r.status == 400, r.body[:300]
+            assert needle in r.error["message"]
+            await healthy(h.proxy.port)
+    assert h.backend.stats.requests_total == 0
+
+
+async def test_duplicate_keys_last_one_wins(pki: SimpleNamespace) -> None:
+    body = (
+        b'{"model": "m", "messages": [{"role": "user", "content": "first"}],'
+        b' "messages": [{"role": "user", "content": "second"}]}'
+    )
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("POST", CHAT, body)))
+    assert r.status == 200
+    assert r.json()["choices"][0]["message"]["content"].endswith("You said: second")
+
+
+async def test_lone_surrogate_in_text_is_forwarded_as_valid_utf8(pki: SimpleNamespace) -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("POST", CHAT, body)))
+            sent = h.backend.requests[-1].body
+    assert r.status == 200
+    sent.decode("utf-8")  # what went to the backend is valid UTF-8
+    assert json.loads(sent)["input"][-1]["content"][0]["text"] == "a\ud800b"
+
+
+async def test_utf8_bom_is_accepted(pki: SimpleNamespace) -> None:
+    body = b"\xef\xbb\xbf" + json.dumps(HELLO).encode()
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("POST", CHAT, body)))
+    assert r.status == 200
+
+
+def _nested(depth: int) -> Any:
+    v: Any = "x"
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+async def test_many_bad_requests_on_one_connection_then_good(pki: SimpleNamespace) -> None:
+    """An error answer closes its connection; the next connection is served normally."""
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            for _ in range(20):
+                r = await ask(h.proxy.port, close(request_bytes("POST", CHAT, b"{oops")))
+                assert r.status == 400
+            r = await ask(
+                h.proxy.port, close(request_bytes("POST", CHAT, json.dumps(HELLO).encode()))
+            )
+    assert r.status == 200

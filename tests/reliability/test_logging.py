@@ -1,0 +1,264 @@
+"""What the log may hold: no request or response body at INFO or above, no key
+material at any level, no credentials from a proxy URL, and no exception
+text (which can quote a body) for a bug — its type and place instead."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from goose_proxy.config import AuthConfig
+from goose_proxy.http.handlers import Handlers
+from goose_proxy.http.server import ProxyServer
+from tests.reliability.support import (
+    SSE_HEAD,
+    chunk,
+    exchange,
+    fake_server,
+    post,
+    proxied,
+    read_request_head,
+    request_bytes,
+    sse_event,
+)
+from tests.support import make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "zebra-umbrella-7731"  # stands for a prompt, an answer, an error body
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> str:
+    out = []
+    for rec in caplog.records:
+        if rec.levelno >= level:
+            out.append(rec.getMessage())
+            if rec.exc_text:
+                out.append(rec.exc_text)
+            if rec.exc_info and rec.exc_info[1] is not None:
+                out.append(logging.Formatter().formatException(rec.exc_info))
+    return "\n".join(out)
+
+
+def _chat(text: str, stream: bool = False) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream}
+
+
+async def test_no_bodies_at_info_through_the_scripted_backend(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(15):
+        async with proxied(pki) as h:
+            await post(h.url, _chat(SECRET))
+            await post(h.url, _chat(SECRET, stream=True))
+            await post(h.url, {"model": "m", "input": SECRET}, path="/v1/responses")
+            await post(h.url, {"model": "m", "input": SECRET, "stream": True}, path="/v1/responses")
+            await post(h.url, {"model": SECRET, "messages": SECRET})  # 400, echoes nothing?
+            bad = await exchange(
+                h.proxy.port,
+                request_bytes(
+                    "POST",
+                    "/v1/chat/completions",
+                    f"{{{SECRET}".encode(),
+                    {"Connection": "close"},
+                ),
+            )
+    assert b" 400 " in bad
+    text = _logged(caplog)
+    assert "/v1/chat/completions 200" in text  # the access lines are there
+    assert SECRET not in text
+    assert "You said" not in text  # the answer
+
+
+async def test_no_backend_error_bodies_at_info(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Error bodies and failed-stream messages come from the backend: not for the log."""
+    replies = [
+        (500, "text/plain", f"internal failure while answering {SECRET}".encode()),
+        (503, "application/json", json.dumps({"detail": f"overloaded {SECRET}"}).encode()),
+        (429, "application/json", json.dumps({"detail": f"quota {SECRET}"}).encode()),
+        (200, "text/html", f"<html>{SECRET}</html>".encode()),
+        (200, "application/json", b"[1, 2]"),
+    ]
+    failed = {
+        "type": "response.failed",
+        "response": {"status": "failed", "error": {"code": "server_error", "message": SECRET}},
+    }
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            n = len(srv.requests) - 1
+            if n < len(replies):
+                status, ctype, body = replies[n]
+                head = f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\n"
+                head += f"content-length: {len(body)}\r\n\r\n"
+                await stream.send(head.encode() + body)
+            else:
+                await stream.send(SSE_HEAD + chunk(sse_event(failed)) + b"0\r\n\r\n")
+
+    caplog.set_level(logging.DEBUG)
+    statuses = []
+    with anyio.fail_after(15):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                for _ in range(len(replies) + 1):
+                    r = await post(proxy.url, _chat("hi", stream=True))
+                    statuses.append(r.status_code)
+    assert statuses == [500, 503, 429, 502, 502, 502]
+    text = _logged(caplog)
+    assert "backend reported an error: 503" in text
+    assert SECRET not in text
+
+
+async def test_internal_error_logs_type_and_place_not_text(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def boom(self: Handlers, ex: Any) -> None:
+        raise ValueError(f"cannot handle {SECRET}")
+
+    monkeypatch.setattr(Handlers, "models", boom)
+    caplog.set_level(logging.INFO)
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("https://127.0.0.1:9")) as proxy:
+            async with httpx.AsyncClient() as c:
+                r = await c.get(proxy.url + "/v1/models")
+                health = await c.get(proxy.url + "/health")
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error"
+    assert SECRET not in r.text
+    assert health.status_code == 200
+    text = _logged(caplog)
+    assert "ValueError at test_logging.py" in text and "in boom" in text
+    assert SECRET not in text
+
+
+async def test_connection_level_bug_closes_only_that_connection(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ProxyServer._check_request
+
+    def flaky(self: ProxyServer, req: Any) -> None:
+        if req.path == "/boom":
+            raise RuntimeError(f"bug near {SECRET}")
+        real(self, req)
+
+    monkeypatch.setattr(ProxyServer, "_check_request", flaky)
+    caplog.set_level(logging.INFO)
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("https://127.0.0.1:9")) as proxy:
+            data = await exchange(proxy.port, request_bytes("GET", "/boom"))
+            async with httpx.AsyncClient() as c:
+                health = await c.get(proxy.url + "/health")
+    assert data == b""  # closed
+    assert health.status_code == 200
+    text = _logged(caplog)
+    assert "internal error on a client connection: RuntimeError" in text
+    assert SECRET not in text
+
+
+def _key_material(*paths: Path) -> list[str]:
+    """Lines of the PEM bodies of ``paths`` long enough to be unmistakable."""
+    out = []
+    for p in paths:
+        for line in p.read_text().splitlines():
+            if not line.startswith("-----") and len(line) >= 32:
+                out.append(line)
+    return out
+
+
+async def test_no_key_material_at_any_level(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """DEBUG logging across a normal request, a renewal, a mismatched key and a TLS
+    failure never shows key material."""
+    import shutil
+
+    d = tmp_path / "consumer"
+    d.mkdir()
+    shutil.copyfile(pki.cert_file, d / "cert.pem")
+    shutil.copyfile(pki.key_file, d / "key.pem")
+    stranger_key = pki.dir / "stranger-key.pem"
+    auth = AuthConfig(str(d / "cert.pem"), str(d / "key.pem"), pki.ca_file)
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(15):
+        async with proxied(pki) as h:
+            cfg = make_config(h.backend.url, auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                ok = await post(proxy.url, _chat("hi"))
+                shutil.copyfile(stranger_key, d / "key.pem")  # mismatched
+                mismatch = await post(proxy.url, _chat("hi"))
+                shutil.copyfile(pki.dir / "stranger-cert.pem", d / "cert.pem")  # unknown CA
+                rejected = await post(proxy.url, _chat("hi"))
+    assert ok.status_code == 200
+    assert mismatch.status_code == 502 and rejected.status_code == 502
+    text = _logged(caplog, logging.DEBUG) + mismatch.text + rejected.text
+    assert "PRIVATE KEY" not in text and "BEGIN" not in text
+    for line in _key_material(Path(pki.key_file), stranger_key):
+        assert line not in text
+
+
+async def test_proxy_url_credentials_are_redacted(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refuse(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        head = await read_request_head(stream, srv)
+        assert head.startswith(b"CONNECT ")
+        await stream.send(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n"
+        )
+
+    password = "pr0xy-s3cret"
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(10):
+        async with fake_server(refuse) as srv:
+            proxy_url = f"http://alice:{password}@127.0.0.1:{srv.port}"
+            cfg = make_config("https://backend.example.com", pki.auth, backend={"proxy": proxy_url})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, _chat("hi"))
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_proxy_error"
+    assert f"http://***@127.0.0.1:{srv.port}" in err["message"] and "407" in err["message"]
+    # the credentials did go to the proxy, and nowhere else
+    sent = srv.requests[-1].decode("latin-1")
+    token = base64.b64encode(f"alice:{password}".encode()).decode()
+    assert f"proxy-authorization: Basic {token}" in sent
+    text = _logged(caplog, logging.DEBUG) + r.text
+    assert password not in text and token not in text and "alice" not in text
+
+
+async def test_unreachable_proxy_is_named_redacted(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(10):
+        cfg = make_config(
+            "https://backend.example.com",
+            pki.auth,
+            backend={"proxy": f"http://bob:hunter2@127.0.0.1:{port}"},
+        )
+        async with running_proxy(cfg) as proxy:
+            r = await post(proxy.url, _chat("hi"))
+    assert r.status_code == 502
+    assert f"http://***@127.0.0.1:{port}" in r.json()["error"]["message"]
+    text = _logged(caplog, logging.DEBUG) + r.text
+    assert "hunter2" not in text and "bob" not in text

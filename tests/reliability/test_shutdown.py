@@ -1,0 +1,248 @@
+"""Shutdown: stop accepting, let in-flight requests and streams finish for up to
+``drain_timeout``, then end the rest with an error (an error event inside a
+stream that started, a 503 otherwise) and exit 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+import devbackend
+from goose_proxy.config import Config
+from goose_proxy.http.server import ProxyServer
+from tests.reliability.support import (
+    HELLO,
+    HELLO_STREAM,
+    chat_stream_outcome,
+    parse_one,
+    proxied,
+    proxy_config,
+    proxy_process,
+    request_bytes,
+    sse_data,
+)
+from tests.support import make_config
+
+pytestmark = pytest.mark.anyio
+
+CHAT = "/v1/chat/completions"
+SLOW = {"X-Dev-Event-Delay": "0.05", "X-Dev-Deltas": "12"}  # a stream of about 0.6 s
+
+
+class Reader:
+    """One request on a raw connection, read to the end in the background;
+    ``first`` is set when the first bytes of the reply arrived."""
+
+    def __init__(self, port: int, body: dict[str, Any]) -> None:
+        self.port = port
+        self.body = body
+        self.data = bytearray()
+        self.first = anyio.Event()
+        self.done = anyio.Event()
+
+    async def run(self) -> None:
+        req = request_bytes("POST", CHAT, json.dumps(self.body).encode(), {"Connection": "close"})
+        async with await anyio.connect_tcp("127.0.0.1", self.port) as s:
+            await s.send(req)
+            try:
+                while True:
+                    self.data += await s.receive()
+                    self.first.set()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+        self.done.set()
+
+
+def _deltas(body: bytes) -> int:
+    """How many chunks of a chat stream carry text."""
+    n = 0
+    for data in sse_data(body)[:-1]:
+        for choice in json.loads(data).get("choices", []):
+            n += bool(choice.get("delta", {}).get("content"))
+    return n
+
+
+async def _refused(port: int) -> bool:
+    try:
+        s = await anyio.connect_tcp("127.0.0.1", port)
+    except OSError:
+        return True
+    await s.aclose()
+    return False
+
+
+async def test_in_flight_stream_completes_during_drain(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(15):
+        async with proxied(pki, headers=SLOW, server={"drain_timeout": 10.0}) as h:
+            reader = Reader(h.proxy.port, HELLO_STREAM)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader.run)
+                await reader.first.wait()
+                t0 = anyio.current_time()
+                await h.proxy.server.shutdown()  # returns when the stream is over
+                took = anyio.current_time() - t0
+                assert reader.done.is_set() or not h.proxy.server.active_requests
+                assert await _refused(h.proxy.port)  # no longer accepting
+    r = parse_one(bytes(reader.data))
+    assert r.status == 200
+    _, err = chat_stream_outcome(r.body)
+    assert err is None, err
+    assert _deltas(r.body) == 12  # every delta, none lost
+    assert took < 5
+
+
+async def test_in_flight_json_request_completes_during_drain(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(15):
+        async with proxied(pki, headers=SLOW, server={"drain_timeout": 10.0}) as h:
+            reader = Reader(h.proxy.port, HELLO)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader.run)
+                await h.backend.wait_until(lambda b: b.stats.in_flight == 1)
+                await h.proxy.server.shutdown()
+    r = parse_one(bytes(reader.data))
+    assert r.status == 200 and r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+@asynccontextmanager
+async def serving_like_the_cli(config: Config) -> AsyncIterator[SimpleNamespace]:
+    """The proxy served the way ``goose-proxy`` serves it: on leaving the block,
+    ``shutdown()`` and then, at once, the server's task group is cancelled."""
+    server = ProxyServer(config)
+    await server.open_listeners()
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        yield SimpleNamespace(port=server.bound[0][1], server=server)
+        await server.shutdown()
+        tg.cancel_scope.cancel()
+
+
+async def test_after_drain_timeout_streams_end_with_error_event(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(
+                backend.url,
+                pki.auth,
+                server={"drain_timeout": 0.3},
+                backend={
+                    "proxy": "",
+                    "stream_idle_timeout": 60.0,
+                    "headers": {"X-Dev-Fault": "stall_mid_stream"},
+                },
+            )
+            async with anyio.create_task_group() as tg:
+                async with serving_like_the_cli(cfg) as proxy:
+                    streaming = Reader(proxy.port, HELLO_STREAM)
+                    tg.start_soon(streaming.run)
+                    await streaming.first.wait()
+                    t0 = anyio.current_time()
+                took = anyio.current_time() - t0
+                await streaming.done.wait()
+            await backend.wait_until(lambda b: b.stats.connections_open == 0)
+    r = parse_one(bytes(streaming.data))  # a complete chunked reply
+    assert r.status == 200
+    text, err = chat_stream_outcome(r.body)
+    assert text  # what came before the stall
+    assert err is not None and err["code"] == "service_unavailable"
+    assert "shutting down" in err["message"]
+    assert 0.3 <= took < 3
+
+
+async def test_after_drain_timeout_waiting_requests_get_503(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(
+                backend.url,
+                pki.auth,
+                server={"drain_timeout": 0.3},
+                backend={"proxy": "", "timeout": 60.0, "headers": {"X-Dev-Fault": "stall"}},
+            )
+            async with anyio.create_task_group() as tg:
+                async with serving_like_the_cli(cfg) as proxy:
+                    readers = [Reader(proxy.port, b) for b in (HELLO, HELLO_STREAM)]
+                    for reader in readers:
+                        tg.start_soon(reader.run)
+                    await backend.wait_until(lambda b: b.stats.in_flight == 2)
+            await backend.wait_until(lambda b: b.stats.connections_open == 0)
+    for reader in readers:
+        r = parse_one(bytes(reader.data))
+        assert r.status == 503
+        assert r.error["code"] == "service_unavailable"
+
+
+# --- the real process ---------------------------------------------------------------
+
+
+async def test_sigterm_drains_stream_and_exits_0(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = proxy_config(
+                backend.url, pki, server={"drain_timeout": 10.0}, backend={"headers": SLOW}
+            )
+            async with proxy_process(cfg, tmp_path) as proxy:
+                reader = Reader(proxy.port, HELLO_STREAM)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(reader.run)
+                    await reader.first.wait()
+                    proxy.proc.send_signal(signal.SIGTERM)
+                    await proxy.wait_line("draining 1 in-flight request")
+                    assert await _refused(proxy.port)
+                    await reader.done.wait()
+                code = await proxy.proc.wait()
+                log = "\n".join(proxy.lines)
+    assert code == 0, log
+    assert "SIGTERM received; shutting down" in log and "stopped" in log
+    r = parse_one(bytes(reader.data))
+    _, err = chat_stream_outcome(r.body)
+    assert err is None and _deltas(r.body) == 12
+
+
+async def test_sigterm_after_drain_timeout_error_event_and_exit_0(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    with anyio.fail_after(30):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = proxy_config(
+                backend.url,
+                pki,
+                server={"drain_timeout": 0.3},
+                backend={"headers": {"X-Dev-Fault": "stall_mid_stream"}},
+            )
+            async with proxy_process(cfg, tmp_path) as proxy:
+                reader = Reader(proxy.port, HELLO_STREAM)
+                idle = await anyio.connect_tcp("127.0.0.1", proxy.port)  # an idle keep-alive
+                async with idle, anyio.create_task_group() as tg:
+                    tg.start_soon(reader.run)
+                    await reader.first.wait()
+                    t0 = anyio.current_time()
+                    proxy.proc.send_signal(signal.SIGTERM)
+                    code = await proxy.proc.wait()
+                    took = anyio.current_time() - t0
+                    await reader.done.wait()
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                        await idle.receive()  # closed by the exit, not left hanging
+            await backend.wait_until(lambda b: b.stats.connections_open == 0)
+    assert code == 0
+    assert took < 5
+    r = parse_one(bytes(reader.data))
+    text, err = chat_stream_outcome(r.body)
+    assert text and err is not None and "shutting down" in err["message"]
+
+
+async def test_sigterm_idle_exits_0_promptly(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with anyio.fail_after(20):
+        cfg = proxy_config("https://127.0.0.1:9", pki)
+        async with proxy_process(cfg, tmp_path) as proxy:
+            t0 = anyio.current_time()
+            proxy.proc.send_signal(signal.SIGTERM)
+            code = await proxy.proc.wait()
+            took = anyio.current_time() - t0
+    assert code == 0 and took < 3

@@ -1,0 +1,418 @@
+"""``goose-proxy check``: the real CLI in a subprocess against real backends and proxies.
+
+The scripted backend (mTLS), the CONNECT proxy and the failing endpoints all
+run in the test's event loop while ``python -m goose_proxy --config X check``
+runs as a child process, so the check makes its real TLS handshake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import anyio
+import pytest
+
+import devbackend
+from goose_proxy.check import REASONS, effective_values
+from goose_proxy.config import BackendConfig, Config
+from tests.connectproxy import connect_proxy
+from tests.subprocs import child_env, pki_auth, write_config
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 30.0  # seconds: the bound for one check run
+
+
+async def run_check(
+    config: Optional[Path],
+    env: Mapping[str, str],
+    args: tuple[str, ...] = ("check",),
+) -> SimpleNamespace:
+    cmd = [sys.executable, "-m", "goose_proxy"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    with anyio.fail_after(WAIT):
+        proc = await anyio.run_process(
+            [*cmd, *args], check=False, env=dict(env), cwd=str(ROOT), stdin=subprocess.DEVNULL
+        )
+    out = proc.stdout.decode()
+    err = proc.stderr.decode()
+    assert "Traceback" not in err, err
+    return SimpleNamespace(rc=proc.returncode, out=out, err=err, all=out + err)
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port bound but not listening: a connection to it is refused at once."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel does) and never says a word."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def issue_client(
+    pki: SimpleNamespace, tmp_path: Path, name: str, **validity: Any
+) -> dict[str, str]:
+    """A client pair from the test CA, e.g. with ``not_after`` in the past."""
+    leaf = pki.ca.issue_cert(f"{name}@example.com", common_name=name, **validity)
+    cert, key = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return pki_auth(pki, cert_file=str(cert), key_file=str(key))
+
+
+# --- all well -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("check",), ("--check",)], ids=["command", "option"])
+async def test_ready_over_mtls(pki: SimpleNamespace, tmp_path: Path, args: tuple[str, ...]) -> None:
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        cfg = write_config(tmp_path / "c.toml", backend.url + "/v1", pki_auth(pki))
+        r = await run_check(cfg, child_env(tmp_path), args)
+    assert r.rc == 0, r.all
+    assert r.out.rstrip().endswith("verdict: ready")
+    assert f"[ ok ] configuration: {cfg}" in r.out
+    assert f'backend.endpoint = "{backend.url}/v1"' in r.out
+    assert "matches its key; valid until " in r.out
+    assert "subject: " in r.out and "CN=consumer-0001" in r.out
+    assert f"[ ok ] backend: {backend.url}/v1 answered GET /models with HTTP 200" in r.out
+    # one live request, with this host's client certificate
+    assert backend.stats.tls_handshakes == 1
+    assert "consumer-0001" in (backend.stats.client_subjects[-1] or "")
+
+
+async def test_config_found_through_xdg(pki: SimpleNamespace, tmp_path: Path) -> None:
+    xdg = tmp_path / "xdg"
+    (xdg / "goose-proxy").mkdir(parents=True)
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        cfg = write_config(xdg / "goose-proxy" / "config.toml", backend.url, pki_auth(pki))
+        env = child_env(tmp_path, XDG_CONFIG_DIRS=f"{tmp_path / 'empty'}:{xdg}")
+        r = await run_check(None, env)
+    assert r.rc == 0, r.all
+    assert f"[ ok ] configuration: {cfg}" in r.out
+
+
+async def test_backend_without_model_list_is_still_ready(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    """A 404 on GET /models still proves that TLS and the identity were accepted."""
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        cfg = write_config(
+            tmp_path / "c.toml", backend.url, pki_auth(pki), headers={"X-Dev-Fault": "status:404"}
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 0, r.all
+    assert "TLS and authentication to" in r.out and "HTTP 404" in r.out
+    assert "verdict: ready" in r.out
+
+
+# --- configuration and certificate --------------------------------------------------
+
+
+async def test_invalid_config_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[backend]\nendpont = "https://x"\n')
+    r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 2
+    assert "backend.endpont: unknown key" in r.err
+
+
+async def test_missing_certificate_says_register(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with refusing_port() as port:
+        auth = pki_auth(pki, cert_file=str(tmp_path / "nope" / "cert.pem"))
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "[FAIL] client certificate:" in r.out
+    assert "does not exist" in r.out and "subscription-manager register" in r.out
+    assert "[skip] backend" in r.out
+    assert r.out.rstrip().endswith("verdict: NOT READY (not registered)")
+
+
+async def test_expired_certificate(pki: SimpleNamespace, tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    auth = issue_client(
+        pki,
+        tmp_path,
+        "expired",
+        not_before=now - dt.timedelta(days=30),
+        not_after=now - dt.timedelta(days=1),
+    )
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"{auth['cert_file']} expired on {now - dt.timedelta(days=1):%Y-%m-%d}" in r.out
+    assert "subscription-manager status" in r.out
+    assert r.out.rstrip().endswith("verdict: NOT READY (certificate expired)")
+
+
+async def test_certificate_not_yet_valid(pki: SimpleNamespace, tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    auth = issue_client(
+        pki,
+        tmp_path,
+        "future",
+        not_before=now + dt.timedelta(days=2),
+        not_after=now + dt.timedelta(days=30),
+    )
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "is not valid before" in r.out and "clock" in r.out
+    assert "verdict: NOT READY (certificate not yet valid)" in r.out
+
+
+async def test_key_that_does_not_match(pki: SimpleNamespace, tmp_path: Path) -> None:
+    auth = pki_auth(pki, key_file=str(pki.dir / "stranger-key.pem"))
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert (
+        f"the private key {auth['key_file']} does not match the client certificate "
+        f"{auth['cert_file']}"
+    ) in r.out
+    assert "verdict: NOT READY (certificate and key do not match)" in r.out
+
+
+async def test_certificate_that_is_not_pem(pki: SimpleNamespace, tmp_path: Path) -> None:
+    bad = tmp_path / "cert.pem"
+    bad.write_text("this is not a certificate\n")
+    with refusing_port() as port:
+        cfg = write_config(
+            tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, cert_file=str(bad))
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"cannot load the client certificate {bad}" in r.out
+    assert "verdict: NOT READY (certificate unusable)" in r.out
+
+
+# --- the live request ----------------------------------------------------------------
+
+
+async def test_backend_rejects_the_client_certificate(pki: SimpleNamespace, tmp_path: Path) -> None:
+    auth = pki_auth(
+        pki,
+        cert_file=str(pki.dir / "stranger-cert.pem"),
+        key_file=str(pki.dir / "stranger-key.pem"),
+    )
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        cfg = write_config(tmp_path / "c.toml", backend.url, auth)
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "[FAIL] backend:" in r.out
+    assert "client certificate" in r.out
+    assert "verdict: NOT READY (TLS error)" in r.out
+
+
+async def test_backend_certificate_not_trusted(pki: SimpleNamespace, tmp_path: Path) -> None:
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        auth = pki_auth(pki, ca_file=str(pki.dir / "other-ca.pem"))
+        cfg = write_config(tmp_path / "c.toml", backend.url, auth)
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "server certificate is not trusted" in r.out
+    assert "verdict: NOT READY (TLS error)" in r.out
+
+
+async def test_backend_that_does_not_speak_tls(pki: SimpleNamespace, tmp_path: Path) -> None:
+    async with devbackend.run(tls=None) as backend:
+        endpoint = backend.url.replace("http://", "https://")
+        cfg = write_config(tmp_path / "c.toml", endpoint, pki_auth(pki))
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "TLS handshake with backend" in r.out
+    assert "verdict: NOT READY (TLS error)" in r.out
+
+
+async def test_backend_unreachable(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki))
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"connection refused by backend 127.0.0.1:{port}" in r.out
+    assert "verdict: NOT READY (backend unreachable)" in r.out
+
+
+async def test_backend_silent(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with silent_listener() as port:
+        cfg = write_config(
+            tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki), connect_timeout=0.5
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "timed out after 0.5 s" in r.out
+    assert "verdict: NOT READY (timeout)" in r.out
+
+
+async def test_dns_failure(pki: SimpleNamespace, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", "https://goose-proxy-check.invalid/v1", pki_auth(pki))
+    r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "cannot resolve backend host 'goose-proxy-check.invalid'" in r.out
+    assert "verdict: NOT READY (DNS)" in r.out
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_backend_refuses_the_identity(
+    pki: SimpleNamespace, tmp_path: Path, status: int
+) -> None:
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        cfg = write_config(
+            tmp_path / "c.toml",
+            backend.url + "/v1",
+            pki_auth(pki),
+            headers={"X-Dev-Fault": f"status:{status}"},
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"refused this system's identity (HTTP {status})" in r.out
+    assert "subscription-manager register" in r.out
+    assert "verdict: NOT READY (HTTP status)" in r.out
+
+
+async def test_backend_server_error(pki: SimpleNamespace, tmp_path: Path) -> None:
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        cfg = write_config(
+            tmp_path / "c.toml", backend.url, pki_auth(pki), headers={"X-Dev-Fault": "status:503"}
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "answered GET /models with HTTP 503" in r.out
+    assert "verdict: NOT READY (HTTP status)" in r.out
+
+
+# --- through a proxy; secrets ------------------------------------------------------
+
+
+async def test_through_an_authenticating_proxy_secrets_redacted(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    secrets = ("pr0xy-s3cret", "Bearer t0ken-s3cret", "k3y-s3cret", "id-s3cret")
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        async with connect_proxy(credentials=("alice", "pr0xy-s3cret")) as proxy:
+            cfg = write_config(
+                tmp_path / "c.toml",
+                backend.url,
+                pki_auth(pki),
+                headers={
+                    "Authorization": "Bearer t0ken-s3cret",
+                    "X-Api-Key": "k3y-s3cret",
+                    "X-RH-Identity": "id-s3cret",
+                    "X-Visible": "shown",
+                },
+                proxy=proxy.url_with("alice:pr0xy-s3cret"),
+            )
+            r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 0, r.all
+    assert proxy.tunnels == 1
+    assert proxy.requests[0].target == f"127.0.0.1:{backend.port}"
+    assert "consumer-0001" in (backend.stats.client_subjects[-1] or "")
+    assert f'backend.proxy = "http://***@127.0.0.1:{proxy.port}"' in r.out
+    assert f"through proxy http://***@127.0.0.1:{proxy.port}, from backend.proxy" in r.out
+    assert '"X-Visible": "shown"' in r.out
+    assert '"Authorization": "***"' in r.out
+    for secret in secrets:
+        assert secret not in r.all
+
+
+async def test_proxy_refuses_wrong_credentials(pki: SimpleNamespace, tmp_path: Path) -> None:
+    async with connect_proxy(credentials=("alice", "right")) as proxy:
+        cfg = write_config(
+            tmp_path / "c.toml",
+            "https://127.0.0.1:9/v1",
+            pki_auth(pki),
+            proxy=proxy.url_with("alice:wr0ng-s3cret"),
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"proxy http://***@127.0.0.1:{proxy.port} refused the tunnel" in r.out
+    assert "407" in r.out and "wrong or missing credentials" in r.out
+    assert "wr0ng-s3cret" not in r.all
+    assert "verdict: NOT READY (proxy refused)" in r.out
+
+
+async def test_proxy_forbids_the_tunnel(pki: SimpleNamespace, tmp_path: Path) -> None:
+    async with connect_proxy(refuse=403) as proxy:
+        cfg = write_config(tmp_path / "c.toml", "https://127.0.0.1:9", pki_auth(pki))
+        r = await run_check(cfg, child_env(tmp_path, https_proxy=proxy.url))
+    assert r.rc == 1, r.all
+    assert "from the environment (https_proxy)" in r.out
+    assert "refused the tunnel to 127.0.0.1:9: 403 Forbidden" in r.out
+    assert "verdict: NOT READY (proxy refused)" in r.out
+
+
+async def test_proxy_unreachable(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with refusing_port() as port:
+        cfg = write_config(
+            tmp_path / "c.toml",
+            "https://127.0.0.1:9",
+            pki_auth(pki),
+            proxy=f"http://u:s3cret@127.0.0.1:{port}",
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"cannot connect to proxy http://***@127.0.0.1:{port}: connection refused" in r.out
+    assert "s3cret" not in r.all
+    assert "verdict: NOT READY (proxy error)" in r.out
+
+
+async def test_unusable_proxy_variable_is_reported_not_a_crash(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path / "c.toml", "https://127.0.0.1:9", pki_auth(pki))
+    r = await run_check(cfg, child_env(tmp_path, HTTPS_PROXY="socks5://u:s3cret@proxy:1080"))
+    assert r.rc == 1, r.all
+    assert "environment variable HTTPS_PROXY: unsupported proxy URL 'socks5://***@proxy:1080'" in (
+        r.out
+    )
+    assert "s3cret" not in r.all
+    assert "verdict: NOT READY (proxy error)" in r.out
+
+
+def test_effective_values_redact_url_credentials() -> None:
+    cfg = Config(
+        backend=BackendConfig(
+            endpoint="https://user:pw-s3cret@backend.example/v1",
+            proxy="http://bob:pr-s3cret@proxy.example:3128",
+            headers={"Cookie": "c-s3cret", "Proxy-Authorization": "Basic x-s3cret", "A": "b"},
+        )
+    )
+    values = effective_values(cfg)
+    assert values["backend.endpoint"] == "https://***@backend.example/v1"
+    assert values["backend.proxy"] == "http://***@proxy.example:3128"
+    assert values["backend.headers"] == {"Cookie": "***", "Proxy-Authorization": "***", "A": "b"}
+    assert "s3cret" not in json.dumps(values)
+
+
+def test_every_verdict_reason_is_documented() -> None:
+    man = (ROOT / "docs" / "man" / "goose-proxy.rst").read_text()
+    for reason in REASONS:
+        assert f"``{reason}``" in man, reason

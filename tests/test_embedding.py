@@ -1,0 +1,168 @@
+"""The embedding API: docs/embedding.md runs as written; ``import goose_proxy`` is cheap.
+
+The ``python`` blocks of ``docs/embedding.md`` run in order in one namespace
+(as a reader would paste them), not as ``__main__``; then the example's
+``main(config)`` serves a real request against the scripted mTLS backend, and
+the first block also runs as a script, its ``__main__`` part reading the
+configuration through ``XDG_CONFIG_DIRS`` as the daemon does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import devbackend
+import goose_proxy
+import goose_proxy.api
+from tests.support import make_config
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "embedding.md"
+QUESTION = "How do I list open ports?"
+
+
+def python_blocks() -> list[str]:
+    blocks = re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), flags=re.M | re.S)
+    assert len(blocks) >= 5, "docs/embedding.md lost its examples"
+    return blocks
+
+
+def run_blocks() -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": "embedding_doc"}
+    for i, block in enumerate(python_blocks()):
+        exec(compile(block, f"{DOC}:block{i + 1}", "exec"), namespace)
+    return namespace
+
+
+def test_the_translation_examples_hold() -> None:
+    ns = run_blocks()  # the asserts in the examples are the test
+    assert ns["frames"][-1] == goose_proxy.DONE_FRAME
+    assert isinstance(ns["config"], goose_proxy.Config)
+
+
+async def test_the_serving_example_against_the_backend(pki: SimpleNamespace) -> None:
+    ns = run_blocks()
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            answer = await ns["main"](make_config(backend.url, pki.auth))
+    assert answer.endswith(f"You said: {QUESTION}")
+    assert "consumer-0001" in (backend.requests[-1].client_subject or "")
+
+
+async def test_the_serving_example_as_a_script(pki: SimpleNamespace, tmp_path: Path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(python_blocks()[0])
+    xdg = tmp_path / "xdg"
+    (xdg / "goose-proxy").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["XDG_CONFIG_DIRS"] = str(xdg)
+    with anyio.fail_after(30):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            auth = {"cert_file": pki.cert_file, "key_file": pki.key_file, "ca_file": pki.ca_file}
+            (xdg / "goose-proxy" / "config.toml").write_text(
+                f"[backend]\nendpoint = {json.dumps(backend.url)}\n[backend.auth]\n"
+                + "".join(f"{k} = {json.dumps(v)}\n" for k, v in auth.items())
+            )
+            proc = await anyio.run_process(
+                [sys.executable, str(script)],
+                check=False,
+                env=env,
+                cwd=str(tmp_path),
+                stdin=subprocess.DEVNULL,
+            )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "goose-proxy is listening on http://127.0.0.1:" in out
+    assert out.rstrip().endswith(f"You said: {QUESTION}")
+
+
+# --- the API itself -------------------------------------------------------------------
+
+
+def test_every_public_name_resolves_and_is_documented() -> None:
+    doc = DOC.read_text()
+    names = set(goose_proxy.__all__) - {"__version__"}
+    assert names == set(goose_proxy._EXPORTS)
+    assert set(goose_proxy.api.__all__) <= names
+    for name in names:
+        value = getattr(goose_proxy, name)
+        assert value is getattr(importlib_module(goose_proxy._EXPORTS[name]), name)
+        assert f"`{name}" in doc, f"{name} is not documented in docs/embedding.md"
+    assert set(dir(goose_proxy)) >= names
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        goose_proxy.nothing_here  # noqa: B018
+
+
+def importlib_module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def test_import_goose_proxy_loads_nothing_heavy() -> None:
+    code = (
+        "import sys, goose_proxy\n"
+        "heavy = {'anyio', 'h11', 'ssl', 'asyncio', 'goose_proxy.api', 'goose_proxy.config'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+        "goose_proxy.chat_to_responses, goose_proxy.load_config, goose_proxy.StreamTranslator\n"
+        "print(sorted({'anyio', 'h11', 'asyncio'} & set(sys.modules)))\n"
+        "goose_proxy.serve_in_background\n"
+        "print('anyio' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert proc.stdout.split("\n")[:3] == ["[]", "[]", "True"]
+
+
+async def test_serve_in_background_on_a_given_socket(pki: SimpleNamespace) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            config = make_config(backend.url, pki.auth)
+            async with goose_proxy.serve_in_background(config, sockets=[sock]) as running:
+                assert running.port == port
+                assert running.url == f"http://127.0.0.1:{port}"
+                assert running.addresses == [("127.0.0.1", port)]
+                async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+                    r = await c.get(running.url + "/health")
+            assert r.status_code == 200
+            # stopped: the socket is closed
+            assert sock.fileno() == -1 or not _accepts(port)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_translate_options_follow_the_config() -> None:
+    config = goose_proxy.parse_config(
+        {
+            "backend": {"flavor": "openai", "model": "passthrough", "extra_body": {"x": 1}},
+            "translate": {"system_messages": "input"},
+        }
+    )
+    assert goose_proxy.translate_options(config) == goose_proxy.TranslateOptions(
+        flavor="openai", model="passthrough", system_messages="input", extra_body={"x": 1}
+    )
