@@ -29,6 +29,7 @@ help:
 	@echo "make man          build the man pages into docs/_build/man"
 	@echo "make bench        benchmarks (table + JSON); make bench-smoke: a few seconds"
 	@echo "make pyz          build dist/goose-proxy.pyz (zipapp)"
+	@echo "make fuzz-long    the long fuzz run (30,000 examples, a few minutes)"
 
 sync:
 	$(UV) sync --locked
