@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import anyio
 
+from goose_proxy.api import translate_options
 from goose_proxy.config import Config
 from goose_proxy.errors import (
     AuthenticationError,
@@ -46,7 +47,6 @@ from goose_proxy.translate import (
     ChatRequest,
     ResponseAccumulator,
     StreamTranslator,
-    TranslateOptions,
     chat_to_responses,
     encode_json,
     error_from_backend,
@@ -149,12 +149,7 @@ class Handlers:
         b = config.backend
         self.config = config
         self.upstream = upstream
-        self.opts = TranslateOptions(
-            flavor=b.flavor,
-            model=b.model,
-            system_messages=config.translate.system_messages,
-            extra_body=dict(b.extra_body),
-        )
+        self.opts = translate_options(config)
         headers: list[tuple[bytes, bytes]] = []
         if b.flavor == "lightspeed":
             headers.append((b"x-lcs-merge-server-tools", b"true"))
