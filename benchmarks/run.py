@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -397,6 +398,30 @@ class Proxy:
                 )  # fmt: skip
 
 
+@contextlib.contextmanager
+def sampled(proxy: Proxy, out: Optional[Path]) -> Iterator[None]:
+    """With ``out``: py-spy samples ``proxy`` (while it holds the GIL) meanwhile."""
+    if out is None:
+        yield
+        return
+    exe = shutil.which("py-spy")
+    cmd = [exe] if exe else ["uvx", "py-spy"]
+    dest = out / f"{proxy.config_path.stem}.txt"
+    cmd += ["record", "--gil", "-r", "1000", "-f", "raw", "-o", str(dest)]
+    sampler = subprocess.Popen(
+        [*cmd, "-p", str(proxy.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        try:
+            sampler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sampler.kill()
+            sampler.wait()
+
+
 def http_call(
     port: int,
     method: str,
@@ -527,8 +552,15 @@ def load_spec(load: Load) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, workdir: Path, smoke: bool, profile: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        smoke: bool,
+        profile: Optional[Path] = None,
+        sample: Optional[Path] = None,
+    ) -> None:
         self.workdir = workdir
+        self.sample = sample
         self.smoke = smoke
         self.profile = profile
         self.certs = ensure_dev_certs(workdir / "certs")
@@ -596,7 +628,8 @@ class Bench:
                 ttft_marker=marker,
                 pids={"proxy": proxy.proc.pid, "backend": backend.proc.pid},
             )
-            result["proxy"] = run_client(spec)
+            with sampled(proxy, self.sample):
+                result["proxy"] = run_client(spec)
             mem = proxy.memory()
             result["proxy_rss_kb"] = mem.get("VmRSS")
             result["proxy_peak_rss_kb"] = mem.get("VmHWM")
@@ -809,6 +842,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="run only this scenario (repeatable; 'cold-start' for the start-up figures)",
     )
     p.add_argument(
+        "--sample",
+        type=Path,
+        metavar="DIR",
+        help="sample each proxy from outside with py-spy (on PATH, else via uvx) during "
+        "its measured phase; collapsed stacks go to DIR/<scenario>.txt",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -818,6 +858,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.profile:
         args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
+    if args.sample:
+        args.sample = args.sample.resolve()
+        args.sample.mkdir(parents=True, exist_ok=True)
     raise_fd_limit(4096)
     all_scenarios = scenarios()
     names = [s.name for s in all_scenarios] + ["cold-start"]
@@ -835,7 +878,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # CI and containers) and the cold start would measure the compiler.
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         os.environ["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
-        bench = Bench(workdir, args.smoke, args.profile)
+        bench = Bench(workdir, args.smoke, args.profile, args.sample)
         try:
             for sc in all_scenarios:
                 if sc.name not in wanted:

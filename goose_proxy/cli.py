@@ -58,6 +58,14 @@ def setup_logging(level: str, environ: Optional[dict[str, str]] = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The formats show none of these: do not collect them for every record (an
+    # access line per request; see "Optimization" in the logging HOWTO).
+    logging._srcfile = None  # caller's file, line and function
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    if sys.version_info >= (3, 12):
+        logging.logAsyncioTasks = False
 
 
 def build_parser() -> argparse.ArgumentParser:

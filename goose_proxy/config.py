@@ -13,11 +13,13 @@ defaults; ``goose-proxy-config(5)`` documents exactly these keys (a test checks)
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,6 +160,15 @@ def _endpoint(key: str, v: Any) -> str:
     s = _str(key, v).rstrip("/")
     if not (s.startswith("https://") or s.startswith("http://")):
         raise ConfigError(f"{key}: {s!r} must start with https:// or http://")
+    if not all(33 <= ord(c) <= 126 for c in s):
+        raise ConfigError(f"{key}: {s!r} must be an ASCII URL without spaces")
+    try:
+        u = urlsplit(s)
+        u.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
+    if not u.hostname:
+        raise ConfigError(f"{key}: {s!r} has no host name")
     return s
 
 
@@ -168,14 +179,28 @@ def _proxy_url(key: str, v: Any) -> str:
     return s
 
 
+#: RFC 9110 field names (tokens) and values (visible and obs-text characters,
+#: inner spaces and tabs): the grammar h11 enforces. Headers checked here are
+#: sent on every request without being checked again.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(
+    r"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+)
+
+
 def _headers(key: str, v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ConfigError(f"{key}: expected a table of header names to strings")
     for name, value in v.items():
         if not isinstance(value, str):
             raise ConfigError(f"{key}.{name}: expected a string")
-        if not name or any(c in name for c in " \t\r\n:") or "\n" in value or "\r" in value:
-            raise ConfigError(f"{key}.{name}: not a valid HTTP header")
+        if not _FIELD_NAME.fullmatch(name):
+            raise ConfigError(f"{key}.{name}: not a valid HTTP header name")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"{key}.{name}: not a valid HTTP header value (control characters, "
+                "characters beyond Latin-1, or spaces at either end)"
+            )
     return dict(v)
 
 

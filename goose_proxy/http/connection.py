@@ -22,9 +22,8 @@ the client has read it.
 
 Malformed input raises :class:`goose_proxy.errors.ProxyError` subclasses with
 the right 4xx status; the caller answers and closes. While a request is being
-handled, :meth:`watch_disconnect` reads ahead so that a client that goes away
-is noticed at once (its request scope is cancelled); bytes of a pipelined next
-request read that way are kept in h11's buffer (bounded) for the next cycle.
+handled, :meth:`cancel_when_gone` has the stream's protocol cancel the
+request's scope as soon as the client goes away.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import anyio
-import anyio.abc
 import h11
 
 from goose_proxy import __version__
@@ -45,6 +43,10 @@ from goose_proxy.errors import (
     PayloadTooLarge,
     ProxyError,
 )
+from goose_proxy.http11 import TRUSTED
+from goose_proxy.streams import ProtocolStream
+
+_now = time.monotonic  # the clock of asyncio's loop.time(), without anyio's lookups
 
 SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
 READ_SIZE = 65536
@@ -84,9 +86,9 @@ class Request:
 
 
 class ServerConnection:
-    """One client connection. Not safe for use by two tasks, except the watcher."""
+    """One client connection, used by one task."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, cfg: ServerConfig) -> None:
+    def __init__(self, stream: ProtocolStream, cfg: ServerConfig) -> None:
         self.stream = stream
         self.cfg = cfg
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
@@ -102,15 +104,18 @@ class ServerConnection:
 
     # -- reading --
 
-    async def _receive(self) -> bytes:
+    async def _receive(self, timeout: Optional[float] = None) -> bytes:  # noqa: ASYNC109
+        """The next bytes from the client; ``b""`` when it closed. Raises
+        TimeoutError after ``timeout`` seconds without a byte."""
         try:
-            return await self.stream.receive(READ_SIZE)
+            return await self.stream.receive(READ_SIZE, timeout)
         except _CLOSED:
             self.client_gone = True
             return b""
 
     async def _next_event(self, deadline: Optional[float]) -> object:
-        """The next h11 event, reading as needed; ``deadline`` is a monotonic time."""
+        """The next h11 event, reading as needed; ``deadline`` is a ``time.monotonic()``
+        time (TimeoutError once it passed)."""
         while True:
             try:
                 ev = self.h11.next_event()
@@ -123,16 +128,7 @@ class ServerConnection:
                 raise InvalidRequest(f"malformed HTTP request: {e}", status=status) from None
             if ev is not h11.NEED_DATA:
                 return ev
-            if deadline is None:
-                data = await self._receive()
-            else:
-                remaining = deadline - anyio.current_time()
-                if remaining <= 0:
-                    raise TimeoutError
-                with anyio.move_on_after(remaining) as scope:
-                    data = await self._receive()
-                if scope.cancelled_caught:
-                    raise TimeoutError
+            data = await self._receive(None if deadline is None else deadline - _now())
             if len(self._prefix) < 5:
                 self._prefix = (self._prefix + data)[:5]
             self.h11.receive_data(data)
@@ -151,14 +147,15 @@ class ServerConnection:
         self._prefix = self.h11.trailing_data[0][:5]
         if not first and not self._prefix:
             # Idle keep-alive: wait for the first byte without a head deadline.
-            data = b""
-            with anyio.move_on_after(cfg.keepalive_timeout):
-                data = await self._receive()
+            try:
+                data = await self._receive(cfg.keepalive_timeout)
+            except TimeoutError:
+                data = b""
             if not data:
                 return None  # closed, or idle too long
             self._prefix = data[:5]
             self.h11.receive_data(data)
-        deadline = anyio.current_time() + cfg.header_timeout
+        deadline = _now() + cfg.header_timeout
         try:
             ev = await self._next_event(deadline)
         except InvalidRequest:
@@ -171,25 +168,26 @@ class ServerConnection:
         if not isinstance(ev, h11.Request):
             raise InvalidRequest("malformed HTTP request")
         self.head_request = ev.method == b"HEAD"
+        headers = list(ev.headers)  # one pass over h11's Sequence (slow to iterate)
         # h11 bounds a head that arrives in pieces (max_incomplete_event_size),
         # not one that arrives whole in a single read: count it here too.
         size = len(ev.method) + len(ev.target) + 12
-        size += sum(len(k) + len(v) + 4 for k, v in ev.headers)
+        size += sum(len(k) + len(v) + 4 for k, v in headers)
         if size > cfg.max_header_size:
             raise HeadersTooLarge(f"request head larger than {cfg.max_header_size} bytes")
-        if len(ev.headers) > cfg.max_header_count:
+        if len(headers) > cfg.max_header_count:
             raise HeadersTooLarge(f"more than {cfg.max_header_count} request headers")
         if ev.http_version not in (b"1.0", b"1.1"):
             version = ev.http_version.decode("ascii", "replace")
             raise InvalidRequest(f"HTTP/{version} is not supported (use HTTP/1.1)", status=505)
-        names = [k for k, _ in ev.headers]
+        names = {k for k, _ in headers}
         if b"content-length" in names and b"transfer-encoding" in names:
             # RFC 9112 6.3: a message with both is a smuggling attempt or a broken client.
             raise InvalidRequest("request has both Content-Length and Transfer-Encoding")
         req = Request(
             method=ev.method.decode("ascii", "replace"),
             target=ev.target.decode("ascii", "replace"),
-            headers=list(ev.headers),
+            headers=headers,
             http_version=ev.http_version,
         )
         return req
@@ -210,7 +208,7 @@ class ServerConnection:
         parts: list[bytes] = []
         size = 0
         while True:
-            ev = await self._next_event(anyio.current_time() + self.cfg.header_timeout)
+            ev = await self._next_event(_now() + self.cfg.header_timeout)
             if isinstance(ev, h11.Data):
                 size += len(ev.data)
                 if size > limit:
@@ -222,23 +220,26 @@ class ServerConnection:
             else:
                 raise InvalidRequest("request body ended early")
 
-    async def watch_disconnect(self, scope: anyio.CancelScope) -> None:
-        """Run beside a request: cancel ``scope`` as soon as the client goes away.
+    def cancel_when_gone(self, scope: Optional[anyio.CancelScope]) -> None:
+        """While a request is handled: cancel ``scope`` the moment the client goes
+        away (``None`` stops watching).
 
-        Bytes that arrive meanwhile (a pipelined next request) are kept in h11's
-        buffer for the next cycle; once more than a request head's worth is
-        buffered, reading stops (TCP pushes back on the client). End of input
-        counts as gone, even a half-close: the reply could not be acted upon
-        by a client that stopped talking, and a proxy that waits for it would
-        keep backend work alive for nobody.
+        The stream's protocol reports the client's FIN or a reset as it arrives;
+        bytes of a pipelined next request stay queued in the stream (reading
+        pauses past its read limit, so TCP pushes back on the client). End of
+        input counts as gone, even a half-close: the reply could not be acted
+        upon by a client that stopped talking, and a proxy that waits for it
+        would keep backend work alive for nobody.
         """
-        while len(self.h11.trailing_data[0]) <= self.cfg.max_header_size:
-            data = await self._receive()
-            if not data:
-                self.client_gone = True
-                scope.cancel()
-                return
-            self.h11.receive_data(data)
+        if scope is None:
+            self.stream.on_gone(None)
+            return
+
+        def gone() -> None:
+            self.client_gone = True
+            scope.cancel()
+
+        self.stream.on_gone(gone)
 
     # -- writing --
 
@@ -258,7 +259,8 @@ class ServerConnection:
         hdrs = [SERVER_HEADER, *headers]
         if close:
             hdrs.append((b"connection", b"close"))
-        return self.h11.send(h11.Response(status_code=status, headers=hdrs)) or b""
+        # every value is a constant, a request id or was parsed by h11 (see http11)
+        return self.h11.send(h11.Response(status_code=status, headers=hdrs, **TRUSTED)) or b""
 
     def can_send_data(self) -> bool:
         return self.h11.our_state is h11.SEND_BODY and not self.client_gone

@@ -6,9 +6,10 @@ Theory of operation
 opened, or sockets handed over by systemd) and runs :meth:`_connection` per
 client in one task group. A connection loops: read a request (bounded, with
 deadlines), check where it comes from, route it, answer, then keep the
-connection alive or close it. Each request runs in its own cancel scope beside
-a watcher task that cancels the scope as soon as the client disconnects, which
-closes the upstream connection at once.
+connection alive or close it. Each request runs in its own cancel scope, which
+the connection's protocol cancels the moment the client disconnects (its FIN
+or a reset; see :mod:`goose_proxy.streams`), which closes the upstream
+connection at once.
 
 A connection over ``max_connections`` is answered at once with a 503 and
 closed (lingering, so the answer is not lost to a TCP reset). Nothing that a
@@ -26,10 +27,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import time
 import traceback
-import uuid
 from collections.abc import Sequence
 from typing import Optional
 
@@ -53,6 +54,7 @@ from goose_proxy.http.connection import (
     error_response_parts,
 )
 from goose_proxy.http.handlers import Exchange, Handlers
+from goose_proxy.streams import Listener, ProtocolStream, bind_tcp
 from goose_proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("goose_proxy.http")
@@ -106,7 +108,7 @@ class ProxyServer:
         self.closing = False
         self._idle_event = anyio.Event()
         self._request_scopes: set[anyio.CancelScope] = set()
-        self._listeners: list[anyio.abc.SocketListener] = []
+        self._listeners: list[Listener] = []
         self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self.bound: list[tuple[str, int]] = []
@@ -116,19 +118,15 @@ class ProxyServer:
 
     async def open_listeners(
         self, sockets: Optional[Sequence[socket.socket]] = None
-    ) -> list[anyio.abc.SocketListener]:
+    ) -> list[Listener]:
         """Listen on ``[server] host:port``, or on already-bound sockets (systemd)."""
-        if sockets:
-            listeners = [await anyio.abc.SocketListener.from_socket(s) for s in sockets]
-        else:
+        if not sockets:
             cfg = self.config.server
-            multi = await anyio.create_tcp_listener(
-                local_host=cfg.host, local_port=cfg.port, reuse_port=False
-            )
-            listeners = list(multi.listeners)  # type: ignore[arg-type]
+            sockets = await bind_tcp(cfg.host, cfg.port)
+        listeners = [Listener(s) for s in sockets]
         self._listeners.extend(listeners)
         for lst in listeners:
-            addr = lst.extra(anyio.abc.SocketAttribute.local_address)
+            addr = lst.local_address
             if isinstance(addr, tuple):
                 self.bound.append((str(addr[0]), int(addr[1])))
         return listeners
@@ -149,20 +147,20 @@ class ProxyServer:
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
 
-    async def _accept_loop(
-        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
-    ) -> None:
-        async with listener:
+    async def _accept_loop(self, listener: Listener, tg: anyio.abc.TaskGroup) -> None:
+        try:
             while not self.closing:
                 try:
                     stream = await listener.accept()
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                except anyio.ClosedResourceError:
                     return
                 except OSError as e:  # EMFILE and friends: back off briefly, keep serving
                     log.warning("accept failed: %s", e.strerror or e)
                     await anyio.sleep(0.1)
                     continue
                 tg.start_soon(self._connection, stream)
+        finally:
+            await listener.aclose()
 
     async def shutdown(self) -> None:
         """Stop accepting; drain in-flight requests; cancel what is left.
@@ -198,7 +196,7 @@ class ProxyServer:
 
     # -- one connection --
 
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+    async def _connection(self, stream: ProtocolStream) -> None:
         conn = ServerConnection(stream, self.config.server)
         self.active_connections += 1
         try:
@@ -282,20 +280,21 @@ class ProxyServer:
                 )
 
     async def _handle(self, conn: ServerConnection, req: Request, close: bool) -> None:
-        rid = req.header(b"x-request-id") or uuid.uuid4().hex
+        rid = req.header(b"x-request-id") or os.urandom(16).hex()
         if len(rid) > 200 or not rid.isprintable():
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         ex = Exchange(conn, req, rid, close)
         sent_before = conn.bytes_sent
         scope = anyio.CancelScope()
         self.active_requests += 1
         self._request_scopes.add(scope)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(conn.watch_disconnect, scope)
+            conn.cancel_when_gone(scope)
+            try:
                 with scope:
                     await self._dispatch(ex)
-                tg.cancel_scope.cancel()
+            finally:
+                conn.cancel_when_gone(None)
             if scope.cancelled_caught and not conn.client_gone:
                 # cancelled by shutdown: end the reply with an error, not a fake finish
                 with anyio.move_on_after(1.0, shield=True):

@@ -15,8 +15,8 @@ answer go through the stream translator when the client asked for a stream.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -38,7 +38,7 @@ __all__ = [
 
 def new_completion_id() -> str:
     """A fresh ``chatcmpl-…`` id, for answers whose response carried none."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{os.urandom(16).hex()}"
 
 
 def map_usage(usage: Any) -> Optional[dict[str, Any]]:

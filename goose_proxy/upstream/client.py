@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import ssl
 import time
@@ -38,9 +37,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 import anyio
-import anyio.abc
 import h11
-from anyio.streams.tls import TLSStream
 
 from goose_proxy import __version__
 from goose_proxy.config import BackendConfig
@@ -53,6 +50,8 @@ from goose_proxy.errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
+from goose_proxy.http11 import TRUSTED
+from goose_proxy.streams import ProtocolStream, all_refused, connect_tcp
 from goose_proxy.upstream.chunked import ChunkedDecoder
 from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
 from goose_proxy.upstream.tls import ClientTLS
@@ -60,6 +59,7 @@ from goose_proxy.upstream.tls import ClientTLS
 log = logging.getLogger("goose_proxy.upstream")
 
 USER_AGENT = f"goose-proxy/{__version__}".encode()
+_now = time.monotonic  # asyncio's loop.time() clock
 READ_SIZE = 65536
 CLOSE_TIMEOUT = 2.0
 
@@ -77,7 +77,16 @@ class Endpoint:
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         port = u.port or (443 if u.scheme == "https" else 80)
-        return cls(u.scheme, u.hostname, port, u.path.rstrip("/"))
+        ep = cls(u.scheme, u.hostname, port, u.path.rstrip("/"))
+        try:  # checked once here: requests send them without h11's checks
+            h11.Request(
+                method=b"POST",
+                target=(ep.base_path + "/responses").encode("ascii"),
+                headers=[(b"host", ep.authority.encode("ascii"))],
+            )
+        except (UnicodeEncodeError, h11.LocalProtocolError):
+            raise ValueError(f"not a valid backend URL for HTTP/1.1: {url!r}") from None
+        return ep
 
     @property
     def authority(self) -> str:
@@ -112,7 +121,7 @@ def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
     where = f"{ep.host}:{ep.port}"
     try:
         yield
-    except ProxyError:
+    except (ProxyError, TimeoutError):  # TimeoutError (an OSError): the caller words it
         raise
     except ssl.SSLError as e:
         raise UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}") from e
@@ -120,6 +129,8 @@ def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
         raise UpstreamConnectError(
             f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})"
         ) from e
+    except ConnectionRefusedError as e:
+        raise UpstreamConnectError(f"connection refused by backend {where}") from e
     except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError) as e:
         cause = e.__cause__ if isinstance(e, anyio.BrokenResourceError) else e
         if isinstance(cause, ssl.SSLError):
@@ -131,7 +142,7 @@ def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
         raise UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}") from e
     except OSError as e:
         cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
-        if isinstance(cause, ConnectionRefusedError):
+        if isinstance(cause, ConnectionRefusedError) or all_refused(cause):
             msg = f"connection refused by backend {where}"
         else:
             msg = f"cannot connect to backend {where}: {cause.strerror or cause}"
@@ -157,7 +168,7 @@ class Connection:
     """One HTTP/1.1 connection to the backend (possibly through TLS and a tunnel)."""
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, ctx: Optional[ssl.SSLContext], max_event: int
+        self, stream: ProtocolStream, ctx: Optional[ssl.SSLContext], max_event: int
     ) -> None:
         self.stream = stream
         self.ctx = ctx
@@ -167,27 +178,22 @@ class Connection:
         self.received = False  # any byte from the server yet
         self.eof = False
         self.requests = 0
-        self.sock: Optional[socket.socket] = stream.extra(
-            anyio.abc.SocketAttribute.raw_socket, None
-        )
 
     def looks_dead(self) -> bool:
-        """An idle keep-alive connection whose socket is readable was closed by the server."""
-        if self.sock is None:
-            return False
-        try:
-            r, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(r)
+        """An idle keep-alive connection that received something (the server's FIN,
+        a reset, stray bytes) is not reusable; the protocol saw it without a syscall."""
+        return self.stream.readable_now()
 
-    async def next_event(self) -> object:
+    async def next_event(self, deadline: Optional[float] = None) -> object:
+        """The next h11 event; TimeoutError once ``deadline`` (``time.monotonic()``)
+        passes while reading."""
         while True:
             ev = self.h11.next_event()
             if ev is not h11.NEED_DATA:
                 return ev
+            timeout = None if deadline is None else deadline - _now()
             try:
-                data = await self.stream.receive(READ_SIZE)
+                data = await self.stream.receive(READ_SIZE, timeout)
             except anyio.EndOfStream:
                 data = b""
             if data:
@@ -257,8 +263,7 @@ class UpstreamResponse:
         ev: object = None
         with _mapped("reading the response body", self._ep):
             try:
-                with anyio.fail_after(self._idle):
-                    ev = await self._conn.next_event()
+                ev = await self._conn.next_event(_now() + self._idle)
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"backend sent nothing for {self._idle:g} seconds in the middle of a response"
@@ -285,8 +290,7 @@ class UpstreamResponse:
         while not data and not dec.done:
             with _mapped("reading the response body", self._ep):
                 try:
-                    with anyio.fail_after(self._idle):
-                        raw = await self._conn.stream.receive(READ_SIZE)
+                    raw = await self._conn.stream.receive(READ_SIZE, self._idle)
                 except anyio.EndOfStream:
                     raw = b""
                 except TimeoutError:
@@ -407,28 +411,22 @@ class UpstreamClient:
 
     async def _connect(self, ctx: Optional[ssl.SSLContext]) -> Connection:
         ep = self.endpoint
+        timeout = self.cfg.connect_timeout
         try:
-            with anyio.fail_after(self.cfg.connect_timeout):
+            with anyio.fail_after(timeout):
                 if self.route is not None:
-                    stream: anyio.abc.ByteStream = await open_tunnel(self.route, ep.host, ep.port)
+                    stream = await open_tunnel(self.route, ep.host, ep.port)
                 else:
                     with _mapped("connecting", ep):
-                        stream = await anyio.connect_tcp(ep.host, ep.port)
-                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-                if sock is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        stream = await connect_tcp(ep.host, ep.port)
                 if ctx is not None:
                     try:
                         with _mapped("TLS handshake", ep):
-                            stream = await TLSStream.wrap(
-                                stream,
-                                hostname=ep.host,
-                                ssl_context=ctx,
-                                standard_compatible=False,
-                            )
+                            # asyncio's own handshake deadline is a backstop: the
+                            # cancel scope above words the timeout
+                            await stream.start_tls(ctx, ep.host, timeout + 5)
                     except BaseException:
-                        with anyio.CancelScope(shield=True):
-                            await anyio.aclose_forcefully(stream)
+                        stream.abort()
                         raise
         except TimeoutError:
             raise UpstreamConnectError(
@@ -437,6 +435,11 @@ class UpstreamClient:
             ) from None
         self.connections_opened += 1
         return Connection(stream, ctx, self.cfg.max_event_size)
+
+    async def _connect_by(self, ctx: Optional[ssl.SSLContext], deadline: float) -> Connection:
+        """:meth:`_connect`, cut short (TimeoutError) at the head ``deadline``."""
+        with anyio.fail_after(max(0.0, deadline - _now())):
+            return await self._connect(ctx)
 
     # -- a request --
 
@@ -454,21 +457,24 @@ class UpstreamClient:
             hdrs.append((b"content-type", b"application/json"))
             hdrs.append((b"content-length", str(len(body)).encode()))
         hdrs += headers
-        req = h11.Request(method=method, target=target, headers=hdrs)
+        # constants, the endpoint and [backend.headers] (checked at start), the
+        # request id (checked where it is made): see goose_proxy.http11
+        req = h11.Request(method=method, target=target, headers=hdrs, **TRUSTED)
         out = conn.h11.send(req)
         data = conn.h11.send(h11.Data(data=body)) if body else b""
         end = conn.h11.send(h11.EndOfMessage())
         return (out or b"") + (data or b"") + (end or b"")
 
-    async def _exchange(self, conn: Connection, payload: bytes) -> h11.Response:
+    async def _exchange(self, conn: Connection, payload: bytes, deadline: float) -> h11.Response:
+        """Send ``payload``; the response head. TimeoutError at ``deadline``."""
         ep = self.endpoint
         with _mapped("sending the request", ep):
-            await conn.stream.send(payload)
+            await conn.stream.send(payload, deadline - _now())
         conn.requests += 1
         with _mapped("waiting for the response head", ep):
             try:
                 while True:
-                    ev = await conn.next_event()
+                    ev = await conn.next_event(deadline)
                     if isinstance(ev, h11.Response):
                         return ev
                     if not isinstance(ev, h11.InformationalResponse):
@@ -511,28 +517,30 @@ class UpstreamClient:
                 _head_for_log(headers),
             )
         conn: Optional[Connection] = None
+        # The head deadline: per read and write on a pooled connection (no
+        # cancel scope on the hot path), a scope around connecting.
+        deadline = _now() + self.cfg.timeout
         try:
-            with anyio.fail_after(self.cfg.timeout):
-                conn, stale = self._take_idle(ctx)
-                for s in stale:
-                    await s.aclose()
-                reused = conn is not None
-                if conn is None:
-                    conn = await self._connect(ctx)
-                try:
-                    head = await self._exchange(
-                        conn, self._request_bytes(conn, method, path, body, headers)
-                    )
-                except UpstreamError:
-                    if not reused:
-                        raise
-                    # A pooled connection the server closed as we picked it up:
-                    # nothing was processed, so one retry on a fresh connection is safe.
-                    await conn.aclose()
-                    conn = await self._connect(ctx)
-                    head = await self._exchange(
-                        conn, self._request_bytes(conn, method, path, body, headers)
-                    )
+            conn, stale = self._take_idle(ctx)
+            for s in stale:
+                await s.aclose()
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect_by(ctx, deadline)
+            try:
+                head = await self._exchange(
+                    conn, self._request_bytes(conn, method, path, body, headers), deadline
+                )
+            except UpstreamError:
+                if not reused:
+                    raise
+                # A pooled connection the server closed as we picked it up:
+                # nothing was processed, so one retry on a fresh connection is safe.
+                await conn.aclose()
+                conn = await self._connect_by(ctx, deadline)
+                head = await self._exchange(
+                    conn, self._request_bytes(conn, method, path, body, headers), deadline
+                )
         except TimeoutError:
             if conn is not None:
                 await conn.aclose()

@@ -23,11 +23,11 @@ from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 import anyio
-import anyio.abc
 import h11
 
 from goose_proxy.config import BackendConfig
 from goose_proxy.errors import UpstreamProxyError
+from goose_proxy.streams import ProtocolStream, all_refused, connect_tcp
 
 log = logging.getLogger("goose_proxy.upstream")
 
@@ -138,7 +138,7 @@ def proxy_for(
     return _route(env[name], f"environment variable {name}")
 
 
-async def open_tunnel(route: ProxyRoute, host: str, port: int) -> anyio.abc.ByteStream:
+async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream:
     """Connect to the proxy and ask it for a tunnel to ``host:port``.
 
     Raises UpstreamProxyError when the proxy is unreachable or answers something
@@ -147,12 +147,12 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> anyio.abc.Byte
     if route.error is not None:
         raise UpstreamProxyError(route.error)
     try:
-        stream = await anyio.connect_tcp(route.host, route.port)
+        stream = await connect_tcp(route.host, route.port)
     except OSError as e:
         cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
         if isinstance(cause, socket.gaierror):
             msg = f"cannot resolve proxy {route.display}: {cause.strerror or cause}"
-        elif isinstance(cause, ConnectionRefusedError):
+        elif isinstance(cause, ConnectionRefusedError) or all_refused(cause):
             msg = f"cannot connect to proxy {route.display}: connection refused"
         else:
             msg = f"cannot connect to proxy {route.display}: {cause.strerror or cause}"
@@ -209,8 +209,7 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> anyio.abc.Byte
         log.debug("proxy %s opened a tunnel to %s", route.display, authority)
         return stream
     except BaseException as e:
-        with anyio.CancelScope(shield=True):
-            await anyio.aclose_forcefully(stream)
+        stream.abort()
         if isinstance(e, (OSError, anyio.BrokenResourceError)):
             detail = f": {e}" if str(e) else ""
             raise UpstreamProxyError(

@@ -1,0 +1,134 @@
+"""Configuration checks: every key optional, a clear message naming the key.
+
+The header and endpoint checks matter beyond tidiness: ``[backend.headers]``
+and the endpoint go into every upstream request head without h11 checking
+them again (see ``goose_proxy/http11.py``), so what passes here must be a
+valid HTTP/1.1 head, and what would not be must stop the daemon at start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+import pytest
+
+from goose_proxy.config import Config, ConfigError, parse_config
+from goose_proxy.http11 import TRUSTED
+from goose_proxy.upstream.client import Endpoint
+
+
+def _backend(**backend: Any) -> Config:
+    return parse_config({"backend": backend})
+
+
+def test_empty_file_gives_the_defaults() -> None:
+    assert parse_config({}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"nonsense": {}}, "nonsense"),
+        ({"server": {"port": "8080"}}, "server.port"),
+        ({"server": {"colour": "blue"}}, "server.colour"),
+        ({"backend": {"timeout": -1}}, "backend.timeout"),
+    ],
+)
+def test_errors_name_the_key(data: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert str(exc.value).startswith(key)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Tenant": "acme"},
+        {"x-api-version": "2024-10-01"},
+        {"X-Empty": ""},
+        {"X-Inner-Space": "a b\tc"},
+        {"X-Latin1": "café"},
+        {"X-Token.Chars!#$%&'*+-^_`|~": "v"},
+    ],
+)
+def test_valid_headers_are_accepted_and_h11_agrees(headers: dict[str, str]) -> None:
+    cfg = _backend(headers=headers)
+    assert dict(cfg.backend.headers) == headers
+    # what the config lets through, h11's full check accepts too
+    encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    h11.Request(method="POST", target="/", headers=[("host", "h"), *encoded])
+
+
+@pytest.mark.parametrize(
+    ("headers", "what"),
+    [
+        ({"X-Evil": "a\r\nInjected: 1"}, "value"),
+        ({"X-Evil": "a\nb"}, "value"),
+        ({"X-Nul": "a\x00b"}, "value"),
+        ({"X-Lead": " padded"}, "value"),
+        ({"X-Trail": "padded\t"}, "value"),
+        ({"X-Wide": "snowman ☃"}, "value"),
+        ({"Bad Name": "v"}, "name"),
+        ({"Bad:Name": "v"}, "name"),
+        ({"": "v"}, "name"),
+        ({"Ünicode": "v"}, "name"),
+    ],
+)
+def test_invalid_headers_stop_at_load(headers: dict[str, str], what: str) -> None:
+    name = next(iter(headers))
+    with pytest.raises(ConfigError) as exc:
+        _backend(headers=headers)
+    msg = str(exc.value)
+    assert msg.startswith(f"backend.headers.{name}:")
+    assert f"not a valid HTTP header {what}" in msg
+    # and sending it would indeed have failed: h11 refuses the head, or the
+    # value cannot even be encoded (HTTP heads are Latin-1)
+    with pytest.raises((h11.LocalProtocolError, UnicodeEncodeError)):
+        raw = [(name.encode("latin-1"), headers[name].encode("latin-1"))]
+        h11.Request(method="POST", target="/", headers=[("host", "h"), *raw])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://lightspeed.example.com",
+        "https://10.0.0.1:8443/api/lightspeed/v1",
+        "http://[::1]:8080/v1",
+    ],
+)
+def test_valid_endpoints(url: str) -> None:
+    cfg = _backend(endpoint=url)
+    assert cfg.backend.endpoint == url
+    ep = Endpoint.parse(cfg.backend.endpoint)
+    assert ep.authority in url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://example.com", "must start with https:// or http://"),
+        ("https://exa mple.com", "ASCII URL without spaces"),
+        ("https://bücher.example", "ASCII URL without spaces"),
+        ("https://example.com:99999", "not a valid URL"),
+        ("https:///v1", "has no host name"),
+    ],
+)
+def test_invalid_endpoints_stop_at_load(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _backend(endpoint=url)
+    assert str(exc.value).startswith("backend.endpoint:")
+    assert why in str(exc.value)
+
+
+def test_endpoint_parse_refuses_what_h11_would_refuse() -> None:
+    # Endpoint.parse is the second guard (for embedders that skip the config)
+    with pytest.raises(ValueError, match="not a valid backend URL"):
+        Endpoint.parse("https://example.com/api v1")
+
+
+def test_h11_still_offers_trusted_heads() -> None:
+    # If an h11 release drops its `_parsed` flag, TRUSTED is empty and every head
+    # is checked again (correct, only slower): this test says so loudly.
+    assert TRUSTED == {"_parsed": True}
+    h11.Response(status_code=200, headers=[(b"content-length", b"0")], **TRUSTED)
