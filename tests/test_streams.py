@@ -1,0 +1,746 @@
+"""goose_proxy.streams: anyio byte streams over asyncio protocols, on real loopback sockets.
+
+The stream under test comes from :func:`connect_tcp` (or :class:`Listener`); its
+peer is a plain non-blocking socket driven with the event loop's ``sock_*``
+functions, so the peer can do what a real client or backend does: write in
+separate segments, half-close, reset (``SO_LINGER`` 0), or not read at all.
+TLS runs against an asyncio TLS server with the trustme certificate of the
+``pki`` fixture.
+
+A few checks look at the protocol's own counters (``stream._p``): the read
+limit is about how many bytes wait in memory, which nothing public reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Callable
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+
+from goose_proxy.streams import (
+    CLOSE_FLUSH_TIMEOUT,
+    DEFAULT_READ_LIMIT,
+    Listener,
+    ProtocolStream,
+    all_refused,
+    bind_tcp,
+    connect_tcp,
+)
+
+pytestmark = pytest.mark.anyio
+
+#: asyncio reads at most this much from a socket (or out of TLS) in one go, so
+#: the bytes queued may pass the read limit by up to one read
+ONE_READ = 256 * 1024
+#: a peer's write that no socket buffers on the way can hold all of
+BIG = 16 * 1024 * 1024
+BLOCK = 64 * 1024
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+async def wait_until(cond: Callable[[], bool]) -> None:
+    """Poll ``cond`` at every turn of the event loop (the test's fail_after bounds it)."""
+    while not cond():
+        await anyio.lowlevel.checkpoint()
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes in which every 4-byte word is its own index: misordered,
+    lost or repeated bytes change the content."""
+    words = (size + 3) // 4
+    return b"".join(struct.pack(">I", (seed + i) & 0xFFFFFFFF) for i in range(words))[:size]
+
+
+def block(i: int) -> bytes:
+    """The ``i``-th distinct block of a long write."""
+    return pattern(BLOCK, seed=i * BLOCK)
+
+
+@asynccontextmanager
+async def connected(
+    read_limit: int = DEFAULT_READ_LIMIT,
+) -> AsyncIterator[tuple[ProtocolStream, socket.socket]]:
+    """A stream from :func:`connect_tcp` and its peer, a non-blocking socket."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.setblocking(False)
+        stream = await connect_tcp("127.0.0.1", srv.getsockname()[1], read_limit=read_limit)
+        try:
+            peer, _ = await loop.sock_accept(srv)
+            with peer:
+                peer.setblocking(False)
+                peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                yield stream, peer
+        finally:
+            stream.abort()  # a no-op when the test closed it
+
+
+async def peer_send(peer: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(peer, data)
+
+
+async def peer_recv_all(peer: socket.socket) -> bytes:
+    """Everything until the stream's end (FIN)."""
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while True:
+        data = await loop.sock_recv(peer, 1 << 20)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+async def peer_recv_exactly(peer: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while len(out) < n:
+        data = await loop.sock_recv(peer, n - len(out))
+        assert data, f"EOF after {len(out)} of {n} bytes"
+        out += data
+    return bytes(out)
+
+
+async def receive_exactly(stream: ProtocolStream, n: int, max_bytes: int = 65536) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        out += await stream.receive(min(max_bytes, n - len(out)))
+    return bytes(out)
+
+
+async def fill_until_backpressure(stream: ProtocolStream, wait: float = 0.2) -> list[bytes]:
+    """Send distinct blocks until one ``send`` waits ``wait`` seconds in vain for the write
+    buffer to drain; the blocks handed to the stream (the last one included:
+    it was written before the wait)."""
+    sent: list[bytes] = []
+    while True:
+        data = block(len(sent))
+        sent.append(data)
+        try:
+            await stream.send(data, timeout=wait)
+        except TimeoutError:
+            return sent
+
+
+class Calls:
+    """A callback for :meth:`ProtocolStream.on_gone` that counts its calls."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = anyio.Event()
+
+    def __call__(self) -> None:
+        self.count += 1
+        self.event.set()
+
+
+# --- receiving -------------------------------------------------------------------------
+
+
+async def test_receive_joins_queued_chunks_and_respects_max_bytes() -> None:
+    parts = [b"one-", b"two-", b"three-", b"four"]
+    whole = b"".join(parts)
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            assert not stream.readable_now()
+
+            def queued_is(n: int) -> Callable[[], bool]:
+                return lambda: stream._p.buffered == n
+
+            async def queue_separately() -> None:
+                # each part arrives on its own (the protocol read it before the next is sent)
+                queued = 0
+                for part in parts:
+                    await peer_send(peer, part)
+                    queued += len(part)
+                    await wait_until(queued_is(queued))
+
+            await queue_separately()
+            assert len(stream._p.chunks) == len(parts)
+            assert stream.readable_now()
+            assert await stream.receive() == whole  # one call, every chunk joined
+            assert stream._p.buffered == 0
+            assert not stream.readable_now()
+
+            await queue_separately()
+            first = await stream.receive(max_bytes=9)
+            assert len(parts[0]) < len(first) <= 9  # chunks joined, up to max_bytes
+            assert whole.startswith(first)
+            assert stream._p.buffered == len(whole) - len(first)
+            # a chunk longer than max_bytes is split, its rest kept for the next call
+            second = await stream.receive(max_bytes=2)
+            assert second == whole[len(first) : len(first) + 2]
+            rest = bytearray()
+            while len(first) + len(second) + len(rest) < len(whole):
+                got = await stream.receive(max_bytes=5)
+                assert 0 < len(got) <= 5
+                rest += got
+            assert first + second + rest == whole
+            assert stream._p.buffered == 0
+            assert not stream._p.chunks
+
+
+async def test_receive_timeout_raises_and_the_stream_stays_usable() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            t0 = anyio.current_time()
+            with pytest.raises(TimeoutError):
+                await stream.receive(timeout=0.1)
+            assert anyio.current_time() - t0 >= 0.09
+            with pytest.raises(TimeoutError):
+                await stream.receive(timeout=0.05)
+
+            await peer_send(peer, b"later")
+            assert await stream.receive(timeout=2) == b"later"
+            # queued bytes are returned at once, whatever the timeout
+            await peer_send(peer, b"queued")
+            await wait_until(stream.readable_now)
+            assert await stream.receive(timeout=0.05) == b"queued"
+
+
+async def test_receive_zero_timeout_leaves_the_stream_usable() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            with pytest.raises(TimeoutError):
+                await stream.receive(timeout=0)
+            await peer_send(peer, b"after")
+            assert await stream.receive(timeout=2) == b"after"
+
+
+async def test_cancelled_receive_leaves_the_stream_usable() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            with anyio.move_on_after(0.05) as scope:
+                await stream.receive()
+            assert scope.cancelled_caught
+            await peer_send(peer, b"still here")
+            assert await stream.receive() == b"still here"
+
+
+async def test_second_concurrent_receiver_is_refused() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            got: list[bytes] = []
+
+            async def first() -> None:
+                got.append(await stream.receive())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(anyio.BusyResourceError):
+                    await stream.receive()
+                await peer_send(peer, b"for the first")
+            assert got == [b"for the first"]
+
+
+async def test_end_of_stream_after_every_byte_was_read() -> None:
+    data = pattern(DEFAULT_READ_LIMIT // 2)  # below the read limit: the FIN gets read too
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            gone = Calls()
+            stream.on_gone(gone)
+            await peer_send(peer, data)
+            peer.shutdown(socket.SHUT_WR)
+            await gone.event.wait()  # the FIN arrived ...
+            # ... but the bytes before it still wait
+            assert (stream.readable_now(), stream.at_eof) == (True, False)
+            got = bytearray()
+            while True:
+                try:
+                    got += await stream.receive()
+                except anyio.EndOfStream:
+                    break
+            assert got == data
+            assert stream.at_eof
+            with pytest.raises(anyio.EndOfStream):  # and again
+                await stream.receive()
+
+
+async def test_receive_after_own_aclose_raises_closed() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            await peer_send(peer, b"unread")
+            await wait_until(stream.readable_now)
+            outcome: list[BaseException] = []
+
+            async def blocked_reader() -> None:
+                try:
+                    await stream.receive()
+                except BaseException as e:
+                    outcome.append(e)
+
+            # the queued bytes are returned, then a blocked reader is woken by aclose
+            assert await stream.receive() == b"unread"
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocked_reader)
+                await anyio.wait_all_tasks_blocked()
+                await stream.aclose()
+            assert len(outcome) == 1 and isinstance(outcome[0], anyio.ClosedResourceError)
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.receive()
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.send(b"x")
+            assert await peer_recv_all(peer) == b""
+
+
+# --- the peer's end: on_gone --------------------------------------------------------------
+
+
+async def test_on_gone_fires_once_on_peer_fin() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            gone = Calls()
+            stream.on_gone(gone)
+            assert gone.count == 0
+            peer.shutdown(socket.SHUT_WR)
+            await gone.event.wait()
+            assert gone.count == 1
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()
+            # a half-close: this side may still send, and the peer still reads
+            await stream.send(b"reply after your FIN")
+            await stream.send_eof()
+            assert await peer_recv_all(peer) == b"reply after your FIN"
+            # the connection's loss afterwards calls nobody again
+            await stream.aclose()
+            await wait_until(lambda: stream._p.lost)
+            assert gone.count == 1
+
+
+async def test_on_gone_fires_on_peer_reset() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            gone = Calls()
+            stream.on_gone(gone)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()  # RST, no FIN
+            await gone.event.wait()
+            assert gone.count == 1
+            assert not stream._p.eof  # it was not a FIN
+            with pytest.raises(anyio.BrokenResourceError) as ei:
+                await stream.receive()
+            assert isinstance(ei.value.__cause__, ConnectionResetError)
+            with pytest.raises(anyio.BrokenResourceError):
+                await stream.send(b"to nobody")
+            assert stream.at_eof
+
+
+async def test_on_gone_registered_after_the_fact_is_called_at_once() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            peer.shutdown(socket.SHUT_WR)
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()  # the FIN was processed
+            late = Calls()
+            stream.on_gone(late)
+            assert late.count == 1  # synchronously, before any await
+
+
+async def test_on_gone_none_removes_the_callback() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            removed = Calls()
+            stream.on_gone(removed)
+            stream.on_gone(None)
+            peer.shutdown(socket.SHUT_WR)
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()  # eof_received() ran: a callback would have been called
+            await stream.aclose()
+            await wait_until(lambda: stream._p.lost)
+            assert removed.count == 0
+
+
+# --- flow control -------------------------------------------------------------------------
+
+
+async def test_read_limit_bounds_queued_bytes_and_every_byte_arrives() -> None:
+    read_limit = 64 * 1024
+    bound = read_limit + ONE_READ
+    data = pattern(BIG)
+    with anyio.fail_after(20):
+        async with connected(read_limit=read_limit) as (stream, peer):
+            sent = anyio.Event()
+
+            async def sender() -> None:
+                await peer_send(peer, data)
+                sent.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender)
+                # nobody reads: reading pauses at the limit and TCP holds the sender back
+                await wait_until(lambda: stream._p.reading_paused)
+                assert not stream._transport.is_reading()
+                assert read_limit <= stream._p.buffered < bound
+                assert not sent.is_set()
+
+                got = bytearray()
+                most = 0
+                paused_again = 0
+                while len(got) < len(data):
+                    got += await stream.receive(max_bytes=16 * 1024)
+                    await anyio.lowlevel.checkpoint()  # a slow reader: let the loop read
+                    most = max(most, stream._p.buffered)
+                    paused_again += stream._p.reading_paused
+            assert sent.is_set()
+            assert most < bound, f"{most} bytes queued with a read limit of {read_limit}"
+            assert paused_again > 0  # the limit kept working while reading
+            assert len(got) == len(data)
+            assert got == data
+
+
+async def test_send_waits_under_backpressure_and_times_out() -> None:
+    with anyio.fail_after(20):
+        async with connected() as (stream, peer):
+            # the peer reads nothing: the socket buffers fill, then the write buffer
+            t0 = anyio.current_time()
+            sent = await fill_until_backpressure(stream, wait=0.2)
+            assert anyio.current_time() - t0 >= 0.19
+            assert len(sent) > 1
+            assert stream._transport.get_write_buffer_size() > 0
+            # still full: a send without a timeout waits (cancelled here) ...
+            extra = b"waits"
+            with anyio.move_on_after(0.1) as scope:
+                await stream.send(extra)
+            assert scope.cancelled_caught
+            sent.append(extra)  # written before it waited
+            # ... and one with a timeout raises again
+            with pytest.raises(TimeoutError):
+                await stream.send(b"again", timeout=0.05)
+            sent.append(b"again")
+
+            received: list[bytes] = []
+
+            async def drain() -> None:
+                received.append(await peer_recv_all(peer))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain)
+                await stream.send(b"tail")  # completes once the peer reads
+                sent.append(b"tail")
+                await stream.aclose()
+            assert received == [b"".join(sent)]
+
+
+async def test_aclose_flushes_buffered_bytes_then_closes() -> None:
+    with anyio.fail_after(CLOSE_FLUSH_TIMEOUT + 10):
+        async with connected() as (stream, peer):
+            sent = await fill_until_backpressure(stream, wait=0.1)
+            assert stream._transport.get_write_buffer_size() > 0
+            closed = anyio.Event()
+            took: list[float] = []
+
+            async def close() -> None:
+                t0 = anyio.current_time()
+                await stream.aclose()
+                took.append(anyio.current_time() - t0)
+                closed.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(close)
+                await anyio.wait_all_tasks_blocked()
+                assert not closed.is_set()  # aclose waits for the peer to take the bytes
+                got = await peer_recv_all(peer)  # everything, then EOF
+            assert got == b"".join(sent)
+            assert took and took[0] < CLOSE_FLUSH_TIMEOUT
+            assert stream._p.lost
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.send(b"x")
+
+
+async def test_abort_after_a_flushing_aclose_is_harmless() -> None:
+    with anyio.fail_after(CLOSE_FLUSH_TIMEOUT + 10):
+        async with connected() as (stream, peer):
+            sent = await fill_until_backpressure(stream, wait=0.1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.aclose)
+                assert await peer_recv_all(peer) == b"".join(sent)
+            assert stream._p.lost
+            stream.abort()  # closed already: nothing to do
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.receive()
+
+
+async def test_send_eof_half_closes_plain_tcp() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            await stream.send(b"request")
+            await stream.send_eof()
+            assert await peer_recv_all(peer) == b"request"
+            await peer_send(peer, b"response")
+            peer.shutdown(socket.SHUT_WR)
+            assert await receive_exactly(stream, len(b"response")) == b"response"
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()
+
+
+async def test_extra_attributes_describe_the_socket() -> None:
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            # asyncio's TransportSocket (a socket's safe subset), not the socket itself
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            assert raw.getpeername() == peer.getsockname()
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert stream.extra(anyio.abc.SocketAttribute.family) == socket.AF_INET
+            assert stream.extra(anyio.abc.SocketAttribute.local_address) == peer.getpeername()
+            assert stream.extra(anyio.abc.SocketAttribute.remote_address) == peer.getsockname()
+            assert not stream.is_tls
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def tls_server(pki: SimpleNamespace, handler: Handler) -> AsyncIterator[int]:
+    """An asyncio TLS server on loopback (trustme certificate); yields its port.
+    On the way out it waits for its handlers to finish (the client's close ends them)."""
+    ctx = pki.server_context(require_client_cert=False)
+    running = 0
+
+    async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal running
+        running += 1
+        try:
+            await handler(reader, writer)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass  # the client aborted
+        finally:
+            writer.close()
+            running -= 1
+
+    server = await asyncio.start_server(guarded, "127.0.0.1", 0, ssl=ctx)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await wait_until(lambda: running == 0)
+        await server.wait_closed()
+
+
+def client_context(pki: SimpleNamespace) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=pki.ca_file)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        writer.write(data)
+        await writer.drain()
+
+
+async def test_start_tls_round_trip(pki: SimpleNamespace) -> None:
+    with anyio.fail_after(10):
+        async with tls_server(pki, echo) as port:
+            stream = await connect_tcp("127.0.0.1", port)
+            try:
+                await stream.start_tls(client_context(pki), "localhost", handshake_timeout=5)
+                assert stream.is_tls
+                for msg in (b"hello over TLS", pattern(200_000, seed=7)):
+                    await stream.send(msg)
+                    assert await receive_exactly(stream, len(msg)) == msg
+                raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                assert raw.getpeername() == ("127.0.0.1", port)
+                with pytest.raises(NotImplementedError):
+                    await stream.send_eof()
+            finally:
+                await stream.aclose()
+            assert stream._transport.is_closing()
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.receive()
+
+
+async def test_start_tls_keeps_pausing_and_resuming_reading(pki: SimpleNamespace) -> None:
+    """Regression: after start_tls the protocol paused the TCP transport below
+    TLS and never resumed it; a slow reader then waited forever."""
+    read_limit = 16 * 1024
+    data = pattern(4 * 1024 * 1024, seed=3)
+
+    async def stream_out(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for i in range(0, len(data), BLOCK):
+            writer.write(data[i : i + BLOCK])
+            await writer.drain()
+        await reader.read()  # until the client goes
+
+    with anyio.fail_after(30):
+        async with tls_server(pki, stream_out) as port:
+            stream = await connect_tcp("127.0.0.1", port, read_limit=read_limit)
+            try:
+                await stream.start_tls(client_context(pki), "localhost", handshake_timeout=5)
+                got = bytearray()
+                paused = 0
+                most = 0
+                while len(got) < len(data):
+                    got += await stream.receive(max_bytes=4096)
+                    await anyio.lowlevel.checkpoint()  # read slowly
+                    paused += stream._p.reading_paused
+                    most = max(most, stream._p.buffered)
+            finally:
+                await stream.aclose()
+    assert paused > 0  # reading did pause (and resumed, or the loop above would hang)
+    assert most < read_limit + 2 * ONE_READ
+    assert len(got) == len(data)
+    assert got == data
+
+
+async def test_start_tls_with_an_untrusted_certificate_fails(pki: SimpleNamespace) -> None:
+    other = ssl.create_default_context()  # system CAs: trustme's CA is not among them
+    with anyio.fail_after(10):
+        async with tls_server(pki, echo) as port:
+            stream = await connect_tcp("127.0.0.1", port)
+            try:
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await stream.start_tls(other, "localhost", handshake_timeout=5)
+            finally:
+                stream.abort()
+
+
+async def test_start_tls_refuses_bytes_that_came_before_the_handshake() -> None:
+    ctx = ssl.create_default_context()
+    with anyio.fail_after(5):
+        async with connected() as (stream, peer):
+            await peer_send(peer, b"220 not TLS\r\n")
+            await wait_until(stream.readable_now)
+            with pytest.raises(anyio.BrokenResourceError):
+                await stream.start_tls(ctx, "localhost", handshake_timeout=5)
+            assert not stream.is_tls
+
+
+# --- listening ----------------------------------------------------------------------------
+
+
+async def test_bind_tcp_port_zero_listens_on_a_free_port() -> None:
+    with anyio.fail_after(5):
+        socks = await bind_tcp("127.0.0.1", 0)
+        try:
+            assert socks
+            ports = {s.getsockname()[1] for s in socks}
+            assert len(ports) == 1 and 0 not in ports
+            for s in socks:
+                assert s.family == socket.AF_INET
+                assert s.getsockname()[0] == "127.0.0.1"
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        finally:
+            for s in socks:
+                s.close()
+
+
+async def test_listener_accepts_streams_with_the_client_address() -> None:
+    with anyio.fail_after(5):
+        (sock,) = await bind_tcp("127.0.0.1", 0)
+        listener = Listener(sock)
+        try:
+            port = listener.local_address[1]
+            assert port == sock.getsockname()[1]
+            for _ in range(2):
+                async with await anyio.connect_tcp("127.0.0.1", port) as client:
+                    server_side = await listener.accept()
+                    try:
+                        assert server_side.extra(
+                            anyio.abc.SocketAttribute.remote_address
+                        ) == client.extra(anyio.abc.SocketAttribute.local_address)
+                        assert server_side.extra(
+                            anyio.abc.SocketAttribute.local_address
+                        ) == client.extra(anyio.abc.SocketAttribute.remote_address)
+                        await client.send(b"ping")
+                        assert await server_side.receive() == b"ping"
+                        await server_side.send(b"pong")
+                        assert await client.receive() == b"pong"
+                    finally:
+                        await server_side.aclose()
+                    with pytest.raises(anyio.EndOfStream):
+                        await client.receive()
+        finally:
+            await listener.aclose()
+
+
+async def test_listener_aclose_wakes_a_blocked_accept() -> None:
+    with anyio.fail_after(5):
+        (sock,) = await bind_tcp("127.0.0.1", 0)
+        listener = Listener(sock)
+        outcome: list[BaseException] = []
+
+        async def accept() -> None:
+            try:
+                await listener.accept()
+            except BaseException as e:
+                outcome.append(e)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(accept)
+            await anyio.wait_all_tasks_blocked()
+            assert not outcome  # blocked in accept
+            await listener.aclose()
+        assert len(outcome) == 1 and isinstance(outcome[0], anyio.ClosedResourceError)
+        assert sock.fileno() == -1
+        with pytest.raises(anyio.ClosedResourceError):
+            await listener.accept()
+        await listener.aclose()  # twice is fine
+
+
+# --- connecting ---------------------------------------------------------------------------
+
+
+def _multiple(*codes: int) -> OSError:
+    """asyncio's error when every address of a host failed."""
+    addrs = ["::1", "127.0.0.1", "192.0.2.1"]
+    return OSError(
+        "Multiple exceptions: "
+        + ", ".join(
+            f"[Errno {c}] Connect call failed ('{addrs[i]}', 1)" for i, c in enumerate(codes)
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (_multiple(errno.ECONNREFUSED, errno.ECONNREFUSED), True),
+        (_multiple(errno.ECONNREFUSED, errno.ECONNREFUSED, errno.ECONNREFUSED), True),
+        (_multiple(errno.ECONNREFUSED, errno.ETIMEDOUT), False),
+        (_multiple(errno.ENETUNREACH, errno.ECONNREFUSED), False),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), False),
+        (OSError(errno.ECONNREFUSED, "[Errno 111] set errno"), False),
+        (OSError("Multiple exceptions: timed out, timed out"), False),
+        (OSError("no errno at all"), False),
+    ],
+    ids=[
+        "two-refused",
+        "three-refused",
+        "refused-and-timeout",
+        "unreachable-and-refused",
+        "plain-refused-has-errno",
+        "errno-set",
+        "no-codes",
+        "plain",
+    ],
+)
+def test_all_refused(error: OSError, expected: bool) -> None:
+    assert all_refused(error) is expected
+
+
+async def test_connect_tcp_to_a_closed_port_is_refused() -> None:
+    # bound but not listening: the port stays ours, and connecting to it is refused
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with anyio.fail_after(5):
+            with pytest.raises(OSError) as ei:
+                await connect_tcp("127.0.0.1", port)
+    assert isinstance(ei.value, ConnectionRefusedError) or all_refused(ei.value)
