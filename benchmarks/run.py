@@ -270,11 +270,12 @@ class Backend:
         _stop(self.proc)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Ask ``proc`` to stop with ``sig``; kill it after ``timeout`` seconds."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -414,12 +415,7 @@ def sampled(proxy: Proxy, out: Optional[Path]) -> Iterator[None]:
     try:
         yield
     finally:
-        sampler.send_signal(signal.SIGINT)
-        try:
-            sampler.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sampler.kill()
-            sampler.wait()
+        _stop(sampler, signal.SIGINT, 30)  # py-spy writes its file on SIGINT
 
 
 def http_call(
