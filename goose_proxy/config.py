@@ -58,6 +58,10 @@ class AuthConfig:
     ca_file: str = ""
 
 
+#: Lightspeed Stack 0.7.1 answers 422 to a request body over this many characters
+LIGHTSPEED_MAX_REQUEST_CHARS = 65536
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     endpoint: str = DEFAULT_ENDPOINT
@@ -70,9 +74,19 @@ class BackendConfig:
     max_event_size: int = 4 * 1024 * 1024
     pool_size: int = 16
     pool_idle_timeout: float = 30.0
+    #: the backend's cap on a request body, in characters; None: the flavour's
+    #: (65,536 for Lightspeed Stack, none for openai); 0: no cap
+    max_request_chars: Optional[int] = None
     headers: Mapping[str, str] = field(default_factory=dict)
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     auth: AuthConfig = field(default_factory=AuthConfig)
+
+    @property
+    def request_char_limit(self) -> int:
+        """The cap that applies (0: none)."""
+        if self.max_request_chars is not None:
+            return self.max_request_chars
+        return LIGHTSPEED_MAX_REQUEST_CHARS if self.flavor == "lightspeed" else 0
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,7 @@ _SCHEMA: dict[str, dict[str, Checker]] = {
         "max_event_size": _int(1024, 1 << 30),
         "pool_size": _int(0, 10_000),
         "pool_idle_timeout": _float(0, _HOUR),
+        "max_request_chars": _int(0, 1 << 31),
         "headers": _headers,
         "extra_body": _table,
     },

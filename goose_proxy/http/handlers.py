@@ -150,6 +150,7 @@ class Handlers:
         self.config = config
         self.upstream = upstream
         self.opts = translate_options(config)
+        self._char_limit = b.request_char_limit
         headers: list[tuple[bytes, bytes]] = []
         if b.flavor == "lightspeed":
             headers.append((b"x-lcs-merge-server-tools", b"true"))
@@ -197,6 +198,23 @@ class Handlers:
             *self._upstream_headers,
         ]
 
+    def _check_size(self, payload: bytes) -> None:
+        """ContextLengthExceeded for a body over the backend's cap, before sending it.
+
+        Lightspeed Stack refuses a body over 65,536 characters with a 422 that
+        Goose treats as a plain bad request (it would retry the same request
+        forever); as ``context_length_exceeded`` Goose compacts its history.
+        """
+        limit = self._char_limit
+        if limit and len(payload) > limit:  # bytes ≥ characters
+            chars = len(payload.decode("utf-8"))
+            if chars > limit:
+                raise ContextLengthExceeded(
+                    f"the conversation is too long for the backend: the request would be "
+                    f"{chars:,} characters and the backend accepts at most {limit:,} "
+                    "([backend] max_request_chars); shorten or compact it"
+                )
+
     async def _raise_for_status(self, ex: Exchange, resp: UpstreamResponse) -> None:
         ex.upstream_status = resp.status
         if resp.status >= 400:
@@ -210,6 +228,7 @@ class Handlers:
         if creq.dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(creq.dropped))
         payload = encode_json(creq.body)
+        self._check_size(payload)
         headers = self._headers_for(ex, bool(creq.body.get("stream")))
         async with self.upstream.post("/responses", payload, headers) as resp:
             await self._raise_for_status(ex, resp)
@@ -279,6 +298,7 @@ class Handlers:
         if dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(dropped))
         payload = encode_json(body)
+        self._check_size(payload)
         stream = bool(body.get("stream"))
         async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
             ex.upstream_status = resp.status

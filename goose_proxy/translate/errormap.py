@@ -133,6 +133,20 @@ def backend_message(body: bytes) -> tuple[str, Optional[str]]:
     return _clip(text), None
 
 
+def _whole_body_too_long(body: bytes) -> bool:
+    """A FastAPI/pydantic 422 saying the request body itself is too long
+    (``{"detail": [{"type": "string_too_long", "loc": ["body"], …}]}``)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    detail = doc.get("detail") if isinstance(doc, Mapping) else None
+    return isinstance(detail, list) and any(
+        isinstance(d, Mapping) and d.get("type") == "string_too_long" and d.get("loc") == ["body"]
+        for d in detail
+    )
+
+
 def _retry_after(value: Optional[str]) -> list[tuple[str, str]]:
     # Only a printable single-line value: it is copied into our own response head.
     if value is None:
@@ -150,8 +164,9 @@ def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = No
     body, ``retry_after`` its ``Retry-After`` header, copied to ``.headers``
     when present and sane. 401/403 → :class:`AuthenticationError` with the
     same status; 429 or a rate-limit/quota message → :class:`RateLimited`;
-    413 or a context-length message → :class:`ContextLengthExceeded` (400);
-    422 → 400; any other status is kept (:class:`UpstreamHTTPError`). Never raises.
+    413, a context-length message or a 422 for a too long body →
+    :class:`ContextLengthExceeded` (400); other 422 → 400; any other status
+    is kept (:class:`UpstreamHTTPError`). Never raises.
     """
     message, code = backend_message(body)
     if not message:
@@ -167,6 +182,11 @@ def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = No
         return RateLimited(message, headers=headers)
     if status == 413 or _says(said, CONTEXT_LENGTH_PHRASES):
         return ContextLengthExceeded(message, headers=headers)
+    if status == 422 and _whole_body_too_long(body):
+        # Lightspeed Stack's cap on the request body: for Goose, a context too long
+        return ContextLengthExceeded(
+            f"the conversation is too long for the backend ({message})", headers=headers
+        )
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
         return RateLimited(message, headers=headers)
     if status < 400:  # not an error status: the caller met a body it could not use

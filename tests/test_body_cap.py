@@ -1,0 +1,142 @@
+"""Lightspeed's request-body cap becomes ``context_length_exceeded`` (Goose compacts).
+
+Lightspeed Stack 0.7.1 answers a request body over 65,536 characters with a
+422. Goose retries a plain 400 but compacts its conversation on
+``context_length_exceeded``, so the proxy refuses such a request itself, before
+sending it, with that code, and maps the backend's own 422 for a too long body
+the same way (for a backend whose cap is lower than the configured one).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import pytest
+
+import devbackend
+from goose_proxy.config import LIGHTSPEED_MAX_REQUEST_CHARS, parse_config
+from goose_proxy.errors import ContextLengthExceeded, UpstreamHTTPError
+from goose_proxy.translate import error_from_backend
+from tests.support import make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lightspeed-0.7.1"
+
+
+def chat(text: str) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}]}
+
+
+async def post(proxy: SimpleNamespace, path: str, body: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as c:
+        return await c.post(proxy.url + path, json=body)
+
+
+def test_the_cap_follows_the_flavour() -> None:
+    assert parse_config({}).backend.request_char_limit == LIGHTSPEED_MAX_REQUEST_CHARS
+    assert parse_config({"backend": {"flavor": "openai"}}).backend.request_char_limit == 0
+    explicit = {"backend": {"flavor": "openai", "max_request_chars": 1000}}
+    assert parse_config(explicit).backend.request_char_limit == 1000
+    assert parse_config({"backend": {"max_request_chars": 0}}).backend.request_char_limit == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_too_long_body_refused_before_sending(pki: SimpleNamespace, path: str) -> None:
+    text = "word " * (LIGHTSPEED_MAX_REQUEST_CHARS // 5 + 10)  # just over the cap
+    body = chat(text) if path.endswith("completions") else {"model": "m", "input": text}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                r = await post(proxy, path, body)
+                ok = await post(proxy, "/v1/chat/completions", chat("short"))
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert "too long" in err["message"]
+    assert f"{LIGHTSPEED_MAX_REQUEST_CHARS:,}" in err["message"]
+    # the backend never saw the long request; the connection still serves
+    assert ok.status_code == 200
+    assert len(backend.requests) == 1
+    assert "short" in json.dumps(backend.requests[0].json)
+
+
+async def test_sdk_sees_a_context_length_error(pki: SimpleNamespace) -> None:
+    # what Goose's OpenAI client gets: a BadRequestError with the code it compacts on
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                client = openai.AsyncOpenAI(
+                    base_url=proxy.url + "/v1", api_key="unused", max_retries=0
+                )
+                with pytest.raises(openai.BadRequestError) as exc:
+                    await client.chat.completions.create(
+                        model="m",
+                        messages=[{"role": "user", "content": "x" * 70_000}],
+                        stream=True,
+                    )
+                await client.close()
+    assert exc.value.code == "context_length_exceeded"
+    assert exc.value.status_code == 400
+
+
+async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:
+    # 2,000 two-byte characters: the translated body is about 2,200 characters
+    # of JSON but 4,200 bytes; a 3,000-character cap must let it through
+    body = chat("é" * 2000)
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(backend.url, pki.auth, backend={"max_request_chars": 3000})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    assert len(backend.requests) == 1
+    sent = json.dumps(backend.requests[0].json, ensure_ascii=False, separators=(",", ":"))
+    assert len(sent) < 3000 < len(sent.encode())
+
+
+async def test_backend_422_for_a_long_body_maps_to_context_length(pki: SimpleNamespace) -> None:
+    # the proxy's own check is off: the backend's cap answers, and is understood
+    text = "x" * (LIGHTSPEED_MAX_REQUEST_CHARS + 100)
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(backend.url, pki.auth, backend={"max_request_chars": 0})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy, "/v1/chat/completions", chat(text))
+    assert len(backend.requests) == 1  # it did reach the backend
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert "at most 65536 characters" in err["message"]
+
+
+async def test_openai_flavour_has_no_cap() -> None:
+    text = "x" * (LIGHTSPEED_MAX_REQUEST_CHARS * 2)
+    with anyio.fail_after(10):
+        async with devbackend.run(mode="openai") as backend:
+            cfg = make_config(backend.url, None, backend={"flavor": "openai"})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy, "/v1/chat/completions", chat(text))
+    assert r.status_code == 200, r.text
+
+
+def test_other_422s_stay_plain_bad_requests() -> None:
+    raw = (FIXTURES / "err_422_extra_field.json").read_bytes()
+    err = error_from_backend(422, raw)
+    assert isinstance(err, UpstreamHTTPError) and not isinstance(err, ContextLengthExceeded)
+    assert err.status == 400
+    long_body = json.dumps(
+        {"detail": [{"type": "string_too_long", "loc": ["body"], "msg": "too long", "input": 9}]}
+    ).encode()
+    assert isinstance(error_from_backend(422, long_body), ContextLengthExceeded)
+    # a too long *field* is the client's mistake, not the conversation's length
+    field = json.dumps(
+        {"detail": [{"type": "string_too_long", "loc": ["body", "model"], "msg": "m"}]}
+    ).encode()
+    assert not isinstance(error_from_backend(422, field), ContextLengthExceeded)
