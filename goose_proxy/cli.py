@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Optional
 
@@ -35,6 +36,22 @@ class _JournalFormatter(logging.Formatter):
         return f"<{prio}>{super().format(record)}"
 
 
+class _Formatter(logging.Formatter):
+    """The plain formatter, with the time stamp's text made once per second."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return f"{self._text},{int(record.msecs):03d}"
+
+
 def _stderr_is_journal(journal_stream: str) -> bool:
     """True when stderr is the journal stream systemd named (``device:inode``)."""
     dev, sep, ino = journal_stream.partition(":")
@@ -54,7 +71,7 @@ def setup_logging(level: str, environ: Optional[dict[str, str]] = None) -> None:
     if _stderr_is_journal(env.get("JOURNAL_STREAM", "")):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -358,15 +358,10 @@ class ProxyServer:
         if not access_log.isEnabledFor(logging.INFO):
             return
         ms = (time.monotonic() - req.received_at) * 1000
+        # formatted here (one f-string) rather than by the record: one line per request
         access_log.info(
-            "%s %s %s %.1fms bytes=%d stream=%s upstream=%s rid=%s%s",
-            req.method,
-            req.path,
-            status if status is not None else "-",
-            ms,
-            conn.bytes_sent - sent_before,
-            "yes" if streamed else "no",
-            upstream if upstream is not None else "-",
-            rid,
-            " client-gone" if gone else "",
+            f"{req.method} {req.path} {'-' if status is None else status} {ms:.1f}ms "
+            f"bytes={conn.bytes_sent - sent_before} stream={'yes' if streamed else 'no'} "
+            f"upstream={'-' if upstream is None else upstream} rid={rid}"
+            f"{' client-gone' if gone else ''}"
         )

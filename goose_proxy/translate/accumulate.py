@@ -138,7 +138,7 @@ class ResponseAccumulator:
 
     def feed(self, event: Mapping[str, Any]) -> None:
         """Take one parsed Responses event (a dict with ``type``)."""
-        if self.done or not isinstance(event, Mapping):
+        if self.done or not isinstance(event, (dict, Mapping)):
             return
         etype = event.get("type")
         delta = _DELTAS.get(etype) if isinstance(etype, str) else None
@@ -163,7 +163,7 @@ class ResponseAccumulator:
             return
         if etype == "response.content_part.done":
             part = event.get("part")
-            if isinstance(part, Mapping):
+            if isinstance(part, (dict, Mapping)):
                 slot = self._slot(event, event.get("item_id"))
                 index = event.get("content_index", 0)
                 index = index if isinstance(index, int) else 0
@@ -174,14 +174,14 @@ class ResponseAccumulator:
             return
         if etype in ("response.output_item.added", "response.output_item.done"):
             item = event.get("item")
-            if isinstance(item, Mapping):
+            if isinstance(item, (dict, Mapping)):
                 slot = self._slot(event, item.get("id"))
                 if etype.endswith(".done") or not slot.done:
                     slot.item = dict(item)
                 slot.done = slot.done or etype.endswith(".done")
             return
         response = event.get("response")
-        if isinstance(response, Mapping):
+        if isinstance(response, (dict, Mapping)):
             usage = map_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
@@ -191,7 +191,7 @@ class ResponseAccumulator:
                 err = response.get("error")
                 self._error = (
                     error_from_event(err)
-                    if isinstance(err, Mapping)
+                    if isinstance(err, (dict, Mapping))
                     else UpstreamError("upstream response failed without an error message")
                 )
             else:

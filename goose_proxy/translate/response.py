@@ -46,7 +46,7 @@ def map_usage(usage: Any) -> Optional[dict[str, Any]]:
 
     ``cached_tokens`` and ``reasoning_tokens`` details are kept when present.
     """
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, (dict, Mapping)):
         return None
     prompt = _count(usage.get("input_tokens"))
     completion = _count(usage.get("output_tokens"))
@@ -57,10 +57,10 @@ def map_usage(usage: Any) -> Optional[dict[str, Any]]:
         "total_tokens": _count(total) if total is not None else prompt + completion,
     }
     details = usage.get("input_tokens_details")
-    if isinstance(details, Mapping) and details.get("cached_tokens") is not None:
+    if isinstance(details, (dict, Mapping)) and details.get("cached_tokens") is not None:
         out["prompt_tokens_details"] = {"cached_tokens": _count(details["cached_tokens"])}
     details = usage.get("output_tokens_details")
-    if isinstance(details, Mapping) and details.get("reasoning_tokens") is not None:
+    if isinstance(details, (dict, Mapping)) and details.get("reasoning_tokens") is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": _count(details["reasoning_tokens"])}
     return out
 
@@ -79,7 +79,7 @@ def finish_reason(status: Any, incomplete_details: Any, any_tool_call: bool) -> 
     ``"tool_calls"`` if a tool call was returned, else ``"stop"``.
     """
     if status == "incomplete":
-        details = incomplete_details if isinstance(incomplete_details, Mapping) else {}
+        details = incomplete_details if isinstance(incomplete_details, (dict, Mapping)) else {}
         reason = details.get("reason")
         return "content_filter" if reason == "content_filter" else "length"
     return "tool_calls" if any_tool_call else "stop"
@@ -91,7 +91,7 @@ def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
     A response failed when ``status`` is ``"failed"`` or ``error`` is an object.
     """
     err = resp.get("error")
-    if isinstance(err, Mapping):
+    if isinstance(err, (dict, Mapping)):
         return error_from_event(err)
     if resp.get("status") == "failed":
         return UpstreamError("upstream response failed without an error message")
@@ -104,7 +104,7 @@ def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
     for key in ("content", "summary"):
         parts = item.get(key)
         for part in parts if isinstance(parts, list) else ():
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+            if isinstance(part, (dict, Mapping)) and isinstance(part.get("text"), str):
                 texts.append(part["text"])
     return texts
 
@@ -118,7 +118,7 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
         UpstreamProtocolError: ``resp`` is not a Response object, or a
             ``function_call`` item has neither ``call_id`` nor ``id``.
     """
-    if not isinstance(resp, Mapping):
+    if not isinstance(resp, (dict, Mapping)):
         raise UpstreamProtocolError("upstream answer is not a JSON object")
     failure = failure_of(resp)
     if failure is not None:
@@ -130,12 +130,12 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
     tool_calls: list[dict[str, Any]] = []
     logprobs: list[Any] = []
     for item in output if isinstance(output, list) else ():
-        if not isinstance(item, Mapping):
+        if not isinstance(item, (dict, Mapping)):
             continue
         itype = item.get("type")
         if itype == "message":
             for part in item.get("content") or ():
-                if not isinstance(part, Mapping):
+                if not isinstance(part, (dict, Mapping)):
                     continue
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
                     texts.append(part["text"])
@@ -212,7 +212,7 @@ def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
     Raises:
         UpstreamProtocolError: ``resp`` is not a JSON object.
     """
-    if not isinstance(resp, Mapping):
+    if not isinstance(resp, (dict, Mapping)):
         raise UpstreamProtocolError("upstream answer is not a JSON object")
     status = resp.get("status")
     if isinstance(resp.get("error"), Mapping) or status == "failed":

@@ -132,7 +132,7 @@ class StreamTranslator:
                 event) before any frame was returned: ``ContextLengthExceeded``,
                 ``RateLimited`` or another class from :func:`error_from_event`.
         """
-        if self._done or not isinstance(event, Mapping):
+        if self._done or not isinstance(event, (dict, Mapping)):
             return []
         etype = event.get("type")
         if etype == "response.output_text.delta":  # the hot path
@@ -248,7 +248,7 @@ class StreamTranslator:
         self._adopt(event.get("response"))
 
     def _adopt(self, response: Any) -> None:
-        if self._head or not isinstance(response, Mapping):
+        if self._head or not isinstance(response, (dict, Mapping)):
             return
         meta = self._meta
         if isinstance(response.get("id"), str):
@@ -273,7 +273,7 @@ class StreamTranslator:
 
     def _on_item_added(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
-        if not isinstance(item, Mapping):
+        if not isinstance(item, (dict, Mapping)):
             return
         key = self._item_key(item, _int(event.get("output_index"), -1))
         if item.get("type") == "function_call":
@@ -297,7 +297,7 @@ class StreamTranslator:
         etype = event.get("type")
         if etype == "response.content_part.done":
             part = event.get("part")
-            if not isinstance(part, Mapping):
+            if not isinstance(part, (dict, Mapping)):
                 return
             kind = part.get("type")
             text = part.get("text") if kind == "output_text" else part.get("refusal")
@@ -320,7 +320,7 @@ class StreamTranslator:
 
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
-        if isinstance(item, Mapping):
+        if isinstance(item, (dict, Mapping)):
             self._item_done(item, _int(event.get("output_index"), -1), out)
 
     def _item_done(self, item: Mapping[str, Any], index: int, out: Out) -> None:
@@ -329,7 +329,7 @@ class StreamTranslator:
         if itype == "message":
             content = item.get("content")
             for j, part in enumerate(content if isinstance(content, list) else ()):
-                if isinstance(part, Mapping):
+                if isinstance(part, (dict, Mapping)):
                     kind = part.get("type")
                     text = part.get("text") if kind == "output_text" else part.get("refusal")
                     self._unstreamed_part((key, j), kind, text, out)
@@ -349,7 +349,7 @@ class StreamTranslator:
 
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
-        if not isinstance(response, Mapping):
+        if not isinstance(response, (dict, Mapping)):
             response = {}
         self._adopt(response)
         usage = map_usage(response.get("usage"))
@@ -359,7 +359,7 @@ class StreamTranslator:
         output = response.get("output")
         finals: dict[str, Mapping[str, Any]] = {}
         for i, item in enumerate(output if isinstance(output, list) else ()):
-            if isinstance(item, Mapping):
+            if isinstance(item, (dict, Mapping)):
                 self._item_done(item, i, out)
                 finals[self._item_key(item, i)] = item
         self._fragments(self._calls.close(finals), out)
@@ -382,14 +382,14 @@ class StreamTranslator:
 
     def _on_failed(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
-        err = response.get("error") if isinstance(response, Mapping) else None
-        if isinstance(response, Mapping):
+        err = response.get("error") if isinstance(response, (dict, Mapping)) else None
+        if isinstance(response, (dict, Mapping)):
             usage = map_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
         self._fail(
             error_from_event(err)
-            if isinstance(err, Mapping)
+            if isinstance(err, (dict, Mapping))
             else UpstreamError("upstream response failed without an error message"),
             out,
         )

@@ -31,9 +31,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 from urllib.parse import urlsplit
 
 import anyio
@@ -115,38 +114,56 @@ def _describe_ssl(e: ssl.SSLError) -> str:
     return f"TLS error ({e.reason or e})"
 
 
-@contextlib.contextmanager
-def _mapped(phase: str, ep: Endpoint) -> Iterator[None]:
-    """Map I/O exceptions raised in ``phase`` to ProxyError subclasses."""
+def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyError]:
+    """The ProxyError for an I/O exception raised in ``phase``; None to let it through
+    (ProxyError, TimeoutError (an OSError: the caller words it), cancellation)."""
+    if isinstance(e, (ProxyError, TimeoutError)) or not isinstance(e, Exception):
+        return None
     where = f"{ep.host}:{ep.port}"
-    try:
-        yield
-    except (ProxyError, TimeoutError):  # TimeoutError (an OSError): the caller words it
-        raise
-    except ssl.SSLError as e:
-        raise UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}") from e
-    except socket.gaierror as e:
-        raise UpstreamConnectError(
-            f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})"
-        ) from e
-    except ConnectionRefusedError as e:
-        raise UpstreamConnectError(f"connection refused by backend {where}") from e
-    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError) as e:
+    if isinstance(e, ssl.SSLError):
+        return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}")
+    if isinstance(e, socket.gaierror):
+        return UpstreamConnectError(f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})")
+    if isinstance(e, ConnectionRefusedError):
+        return UpstreamConnectError(f"connection refused by backend {where}")
+    if isinstance(e, (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)):
         cause = e.__cause__ if isinstance(e, anyio.BrokenResourceError) else e
         if isinstance(cause, ssl.SSLError):
-            raise UpstreamTLSError(
-                f"{phase} with backend {where} failed: {_describe_ssl(cause)}"
-            ) from e
-        raise UpstreamClosed(f"backend {where} closed the connection during {phase}") from e
-    except h11.RemoteProtocolError as e:
-        raise UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}") from e
-    except OSError as e:
+            return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(cause)}")
+        return UpstreamClosed(f"backend {where} closed the connection during {phase}")
+    if isinstance(e, h11.RemoteProtocolError):
+        return UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}")
+    if isinstance(e, OSError):
         cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
         if isinstance(cause, ConnectionRefusedError) or all_refused(cause):
-            msg = f"connection refused by backend {where}"
-        else:
-            msg = f"cannot connect to backend {where}: {cause.strerror or cause}"
-        raise UpstreamConnectError(msg) from e
+            return UpstreamConnectError(f"connection refused by backend {where}")
+        return UpstreamConnectError(f"cannot connect to backend {where}: {cause.strerror or cause}")
+    return None
+
+
+class _mapped:
+    """Map I/O exceptions raised in ``phase`` to ProxyError subclasses (the one place).
+
+    A class, not a generator-based context manager: it sits on every backend
+    read and write.
+    """
+
+    __slots__ = ("_ep", "_phase")
+
+    def __init__(self, phase: str, ep: Endpoint) -> None:
+        self._phase = phase
+        self._ep = ep
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: object, exc: Optional[BaseException], tb: object) -> Literal[False]:
+        if exc is None:
+            return False
+        mapped = _map_io_error(exc, self._phase, self._ep)
+        if mapped is None:
+            return False
+        raise mapped from exc
 
 
 _SECRET_HEADERS = (b"authorization", b"proxy-authorization", b"cookie", b"set-cookie",
@@ -495,17 +512,24 @@ class UpstreamClient:
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]:
         """POST ``body`` to ``{endpoint}{path}``; see :meth:`request`."""
-        return self.request(b"POST", path, body, headers)
+        return _RequestContext(self, b"POST", path, body, headers)
 
-    @contextlib.asynccontextmanager
-    async def request(
+    def request(
         self, method: bytes, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> AsyncIterator[UpstreamResponse]:
-        """Send a request to ``{endpoint}{path}``; yield the response once its head is in.
+    ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]:
+        """Send a request to ``{endpoint}{path}``; an async context manager that
+        yields the response once its head is in, and afterwards returns the
+        connection to the pool (its body read to the end) or closes it.
 
         Raises CredentialsError (cert files), UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout (no head within ``backend.timeout``), UpstreamError.
         """
+        return _RequestContext(self, method, path, body, headers)
+
+    async def _open(
+        self, method: bytes, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> UpstreamResponse:
+        """:meth:`request` up to the response head."""
         ctx = self.tls.context() if self.tls is not None else None
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -561,21 +585,50 @@ class UpstreamClient:
                 resp.status,
                 _head_for_log(resp.headers),
             )
-        try:
-            yield resp
-        finally:
-            h = conn.h11
-            if (
-                resp.complete
-                and h.our_state is h11.DONE
-                and (h.their_state is h11.DONE or resp.body_decoded)
-                and self.cfg.pool_size > 0
-            ):
-                if h.their_state is h11.DONE:
-                    h.start_next_cycle()
-                else:  # h11 read only the head (ChunkedDecoder the body): a fresh one
-                    conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=conn.max_event)
-                if not self._put_idle(conn):
-                    await conn.aclose()
-            else:
+        return resp
+
+    async def _release(self, resp: UpstreamResponse) -> None:
+        """After the response: the connection back to the pool, or closed."""
+        conn = resp._conn
+        h = conn.h11
+        if (
+            resp.complete
+            and h.our_state is h11.DONE
+            and (h.their_state is h11.DONE or resp.body_decoded)
+            and self.cfg.pool_size > 0
+        ):
+            if h.their_state is h11.DONE:
+                h.start_next_cycle()
+            else:  # h11 read only the head (ChunkedDecoder the body): a fresh one
+                conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=conn.max_event)
+            if not self._put_idle(conn):
                 await conn.aclose()
+        else:
+            await conn.aclose()
+
+
+class _RequestContext:
+    """The context manager :meth:`UpstreamClient.request` returns (a class, not an
+    ``asynccontextmanager`` generator: one per backend request)."""
+
+    __slots__ = ("_args", "_client", "_resp")
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        method: bytes,
+        path: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self._client = client
+        self._args = (method, path, body, headers)
+        self._resp: Optional[UpstreamResponse] = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        self._resp = await self._client._open(*self._args)
+        return self._resp
+
+    async def __aexit__(self, typ: object, exc: Optional[BaseException], tb: object) -> None:
+        if self._resp is not None:
+            await self._client._release(self._resp)
