@@ -158,6 +158,27 @@ async def test_proxy_that_hangs_up(pki: SimpleNamespace) -> None:
     )
 
 
+async def test_silent_proxy_is_named_in_the_timeout(pki: SimpleNamespace) -> None:
+    # a proxy that accepts the connection (the kernel does, from its backlog)
+    # and never answers the CONNECT
+    with anyio.fail_after(15), socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        config = make_config(
+            "https://backend.invalid:8443",
+            pki.auth,
+            backend={"proxy": f"http://u:s3cret@127.0.0.1:{port}", "connect_timeout": 0.3},
+        )
+        async with running_proxy(config) as gp:
+            resp = await chat(gp.url)
+    assert resp.status_code == 502
+    assert error_message(resp) == (
+        f"timed out after 0.3 s waiting for proxy http://***@127.0.0.1:{port} "
+        "to open a tunnel to backend.invalid:8443"
+    )
+
+
 async def test_proxy_unreachable(pki: SimpleNamespace) -> None:
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:

@@ -46,6 +46,7 @@ from goose_proxy.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamProxyError,
     UpstreamTimeout,
     UpstreamTLSError,
 )
@@ -429,14 +430,22 @@ class UpstreamClient:
     async def _connect(self, ctx: Optional[ssl.SSLContext]) -> Connection:
         ep = self.endpoint
         timeout = self.cfg.connect_timeout
+        where = f"{ep.host}:{ep.port}"
+        # what a timeout interrupted, for its message and class
+        doing = f"connecting to backend {where}"
+        error: type[UpstreamError] = UpstreamConnectError
         try:
             with anyio.fail_after(timeout):
                 if self.route is not None:
+                    doing = f"waiting for proxy {self.route.display} to open a tunnel to {where}"
+                    error = UpstreamProxyError
                     stream = await open_tunnel(self.route, ep.host, ep.port)
                 else:
                     with _mapped("connecting", ep):
                         stream = await connect_tcp(ep.host, ep.port)
                 if ctx is not None:
+                    doing = f"in the TLS handshake with backend {where}"
+                    error = UpstreamConnectError
                     try:
                         with _mapped("TLS handshake", ep):
                             # asyncio's own handshake deadline is a backstop: the
@@ -446,10 +455,12 @@ class UpstreamClient:
                         stream.abort()
                         raise
         except TimeoutError:
-            raise UpstreamConnectError(
-                f"timed out after {self.cfg.connect_timeout:g} s connecting to backend "
-                f"{ep.host}:{ep.port}"
-            ) from None
+            error = (
+                UpstreamProxyError
+                if doing.startswith("waiting for proxy")
+                else UpstreamConnectError
+            )
+            raise error(f"timed out after {timeout:g} s {doing}") from None
         self.connections_opened += 1
         return Connection(stream, ctx, self.cfg.max_event_size)
 

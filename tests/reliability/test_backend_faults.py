@@ -79,6 +79,21 @@ async def test_connection_refused_gives_502(pki: SimpleNamespace) -> None:
     assert "refused" in err["message"]
 
 
+async def test_silent_tls_server_times_out_in_the_handshake(pki: SimpleNamespace) -> None:
+    # TCP is accepted (from the listen backlog), the TLS handshake never answered
+    with anyio.fail_after(10), socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        r = await _direct(f"https://127.0.0.1:{port}", pki.auth, HELLO, connect_timeout=0.3)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_connect_error"
+    assert err["message"] == (
+        f"timed out after 0.3 s in the TLS handshake with backend 127.0.0.1:{port}"
+    )
+
+
 async def test_dns_failure_gives_502(pki: SimpleNamespace) -> None:
     with anyio.fail_after(20):
         r = await _direct("https://backend.goose-proxy.invalid", pki.auth, HELLO)
