@@ -202,6 +202,23 @@ _FIELD_VALUE = re.compile(
 )
 
 
+#: headers the proxy sets itself or that would change the message framing
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+
+
 def _headers(key: str, v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ConfigError(f"{key}: expected a table of header names to strings")
@@ -210,6 +227,11 @@ def _headers(key: str, v: Any) -> dict[str, str]:
             raise ConfigError(f"{key}.{name}: expected a string")
         if not _FIELD_NAME.fullmatch(name):
             raise ConfigError(f"{key}.{name}: not a valid HTTP header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(
+                f"{key}.{name}: set by goose-proxy itself (it frames each request); "
+                "it cannot be configured"
+            )
         if not _FIELD_VALUE.fullmatch(value):
             raise ConfigError(
                 f"{key}.{name}: not a valid HTTP header value (control characters, "

@@ -16,7 +16,8 @@ watched each client for a disconnect were a third of the proxy's CPU time.
 
 Here one :class:`asyncio.Protocol` per connection keeps what arrives in a queue
 (reading pauses above ``read_limit`` bytes, so a fast sender is held back by
-TCP, never by memory), ``receive`` returns what is queued without a trip
+TCP, never by memory; under TLS asyncio's own layer buffers about as much
+again), ``receive`` returns what is queued without a trip
 through the event loop, ``send`` hands the bytes to the transport and waits
 only while its write buffer is above the high-water mark (backpressure), and
 TLS is asyncio's own ``start_tls``. The protocol also reports the peer's end
@@ -72,8 +73,12 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         self.exc: Optional[BaseException] = None
         self.tls = False
+        #: a TLS handshake is under way: the transport to pause is not known yet
+        self.handshaking = False
         self.read_waiter: Optional[asyncio.Future[None]] = None
         self.write_waiter: Optional[asyncio.Future[None]] = None
+        #: aclose() waiting for the flush to end in connection_lost()
+        self.close_waiter: Optional[asyncio.Future[None]] = None
         self.write_paused = False
         self.on_gone: Optional[Callable[[], None]] = None
 
@@ -85,7 +90,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
         self.buffered += len(data)
-        if self.buffered >= self.read_limit and not self.reading_paused:
+        if self.buffered >= self.read_limit and not self.reading_paused and not self.handshaking:
             self.reading_paused = True
             if self.transport is not None:
                 self.transport.pause_reading()
@@ -106,6 +111,9 @@ class _Protocol(asyncio.Protocol):
         self._wake_reader()
         self.write_paused = False
         self._wake_writer()
+        w = self.close_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
         self._gone()
 
     def pause_writing(self) -> None:
@@ -265,6 +273,8 @@ class ProtocolStream(anyio.abc.ByteStream):
                 p.write_waiter = None
                 if timer is not None:
                     timer.cancel()
+        if self._closed:  # aclose() ran meanwhile
+            raise anyio.ClosedResourceError
         if p.exc is not None:  # set when the connection broke
             raise anyio.BrokenResourceError from p.exc
 
@@ -290,9 +300,16 @@ class ProtocolStream(anyio.abc.ByteStream):
         if p.lost or p.eof:
             raise anyio.BrokenResourceError from p.exc
         p.tls = True
-        transport = await _start_tls(
-            self._loop, self._transport, p, ctx, server_hostname, handshake_timeout
-        )
+        # Python 3.11+ can hand over data that came with the server's last
+        # handshake message before _start_tls() returns, while p.transport is
+        # still the TCP transport under TLS: no pausing until the TLS one is known.
+        p.handshaking = True
+        try:
+            transport = await _start_tls(
+                self._loop, self._transport, p, ctx, server_hostname, handshake_timeout
+            )
+        finally:
+            p.handshaking = False
         if transport is None:  # the connection closed during the handshake
             raise anyio.BrokenResourceError from p.exc
         # asyncio does not call connection_made() again: the protocol must pause
@@ -300,6 +317,9 @@ class ProtocolStream(anyio.abc.ByteStream):
         p.transport = transport
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if p.buffered >= p.read_limit and not p.reading_paused:
+            p.reading_paused = True
+            transport.pause_reading()
 
     # -- closing --
 
@@ -330,16 +350,12 @@ class ProtocolStream(anyio.abc.ByteStream):
             return
         t.close()  # flushes, then closes
         waiter = self._loop.create_future()
-        p.write_waiter = waiter
+        p.close_waiter = waiter
         try:
             with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-                while not p.lost:
-                    await waiter
-                    if not p.lost:  # woken by a resume, not by the loss
-                        waiter = self._loop.create_future()
-                        p.write_waiter = waiter
+                await waiter
         finally:
-            p.write_waiter = None
+            p.close_waiter = None
             if not p.lost:
                 t.abort()
 
@@ -356,8 +372,8 @@ class _LeanSSLProtocol(sslproto.SSLProtocol):
     for its whole life: 128 MB of resident memory for the 500 concurrent
     streams of the benchmark's ``slow-500`` scenario. A TLS record carries at
     most 16 KiB, so the smaller buffer costs a few more reads of a long stream
-    and nothing else. (Python 3.9 and 3.10 only use ``max_size`` as the size of
-    one decrypted read.)
+    and nothing else. (The older implementation of Python 3.9 and 3.10 keeps
+    no such buffer and ignores this attribute.)
     """
 
     max_size = TLS_READ_BUFFER

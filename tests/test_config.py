@@ -90,6 +90,16 @@ def test_invalid_headers_stop_at_load(headers: dict[str, str], what: str) -> Non
 
 
 @pytest.mark.parametrize(
+    "name", ["Host", "content-length", "Transfer-Encoding", "Connection", "Upgrade", "TE"]
+)
+def test_headers_that_frame_the_request_cannot_be_configured(name: str) -> None:
+    # they would contradict the head goose-proxy writes (two framings, two hosts)
+    with pytest.raises(ConfigError) as exc:
+        _backend(headers={name: "x"})
+    assert str(exc.value).startswith(f"backend.headers.{name}: set by goose-proxy itself")
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://lightspeed.example.com",

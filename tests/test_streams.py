@@ -26,6 +26,7 @@ from typing import Callable
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from goose_proxy.streams import (
@@ -744,3 +745,100 @@ async def test_connect_tcp_to_a_closed_port_is_refused() -> None:
             with pytest.raises(OSError) as ei:
                 await connect_tcp("127.0.0.1", port)
     assert isinstance(ei.value, ConnectionRefusedError) or all_refused(ei.value)
+
+
+# --- found in review ---------------------------------------------------------------------
+
+
+async def test_aclose_wakes_a_sender_blocked_by_backpressure() -> None:
+    # one task sends (the peer reads nothing), another closes the stream
+    with anyio.fail_after(10):
+        async with connected() as (stream, _peer):
+            await fill_until_backpressure(stream, wait=0.1)
+            outcome: list[BaseException] = []
+
+            async def sender() -> None:
+                try:
+                    await stream.send(block(999))
+                except anyio.ClosedResourceError as e:
+                    outcome.append(e)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender)
+                await anyio.wait_all_tasks_blocked()
+                await stream.aclose()  # flushes in vain for CLOSE_FLUSH_TIMEOUT, aborts
+    assert [type(e) for e in outcome] == [anyio.ClosedResourceError]
+
+
+def _tls12_server_with_early_data(
+    pki: SimpleNamespace, listener: socket.socket, first: bytes, second: bytes
+) -> None:
+    """A blocking TLS 1.2 server (run in a thread) whose final handshake flight and
+    ``first`` leave in one TCP send, then ``second``: the client's asyncio gets
+    application data while completing the handshake."""
+    ctx = pki.server_context(require_client_cert=False)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(10)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    conn.sendall(outgoing.read())
+                incoming.write(conn.recv(65536))
+        tls.write(first)
+        conn.sendall(outgoing.read())  # Finished + first, in one send
+        tls.write(second)
+        conn.sendall(outgoing.read())
+        conn.recv(1)  # until the client closes
+
+
+async def test_data_arriving_with_the_handshake_does_not_stall_reading(
+    pki: SimpleNamespace,
+) -> None:
+    # Regression (Python 3.11+): application data delivered before start_tls()
+    # returned paused the TCP transport under TLS, which nothing resumed.
+    first, second = pattern(12_000, 1), pattern(12_000, 2)
+    with anyio.fail_after(10), socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                anyio.to_thread.run_sync,
+                _tls12_server_with_early_data,
+                pki,
+                listener,
+                first,
+                second,
+            )
+            stream = await connect_tcp("127.0.0.1", port, read_limit=1024)
+            try:
+                await stream.start_tls(client_context(pki), "127.0.0.1", 5)
+                got = await receive_exactly(stream, len(first) + len(second), 4096)
+            finally:
+                stream.abort()
+    assert got == first + second
+
+
+async def test_server_head_deadline_is_a_timeout_not_a_gone_client() -> None:
+    # receive(timeout=...) raises TimeoutError, an OSError: ServerConnection used
+    # to take it for a closed connection (client_gone) instead of a slow client
+    from goose_proxy.config import ServerConfig
+    from goose_proxy.http.connection import ServerConnection
+
+    with anyio.fail_after(10):
+        [sock] = await bind_tcp("127.0.0.1", 0)
+        listener = Listener(sock)
+        with socket.create_connection(listener.local_address[:2]) as client:
+            client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
+            stream = await listener.accept()
+            conn = ServerConnection(stream, ServerConfig(header_timeout=0.2))
+            with pytest.raises(TimeoutError):
+                await conn.read_request()
+            assert not conn.client_gone
+            await stream.aclose()
+        await listener.aclose()

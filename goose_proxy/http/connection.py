@@ -109,6 +109,8 @@ class ServerConnection:
         TimeoutError after ``timeout`` seconds without a byte."""
         try:
             return await self.stream.receive(READ_SIZE, timeout)
+        except TimeoutError:  # an OSError, but not a closed connection
+            raise
         except _CLOSED:
             self.client_gone = True
             return b""

@@ -61,7 +61,6 @@ log = logging.getLogger("goose_proxy.upstream")
 USER_AGENT = f"goose-proxy/{__version__}".encode()
 _now = time.monotonic  # asyncio's loop.time() clock
 READ_SIZE = 65536
-CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -221,11 +220,11 @@ class Connection:
             self.h11.receive_data(data)
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-            try:
-                await self.stream.aclose()
-            except (OSError, anyio.BrokenResourceError, ssl.SSLError):
-                pass
+        """Close at once. Nothing we still meant to send matters once we close a
+        backend connection (a request given up, an idle one expired): unsent
+        bytes are dropped rather than flushed, so the backend sees the end now
+        and never a complete request nobody waits for."""
+        self.stream.abort()
 
 
 class UpstreamResponse:
@@ -567,10 +566,13 @@ class UpstreamClient:
                     conn, self._request_bytes(conn, method, path, body, headers), deadline
                 )
             except UpstreamError:
-                if not reused:
+                if not reused or conn.received:
                     raise
-                # A pooled connection the server closed as we picked it up:
-                # nothing was processed, so one retry on a fresh connection is safe.
+                # A pooled connection the server closed as we picked it up, without
+                # a byte of answer: most likely its keep-alive timeout raced our
+                # request, so one retry on a fresh connection. (A backend that took
+                # the request and then closed without a byte looks the same; that
+                # risk of a second run is the price of not failing the common race.)
                 await conn.aclose()
                 conn = await self._connect_by(ctx, deadline)
                 head = await self._exchange(

@@ -440,3 +440,81 @@ async def test_backend_error_status_mid_flight_is_not_a_leak(pki: SimpleNamespac
                 r = await post(h.url, HELLO_STREAM)
                 assert r.status_code == 500
     assert h.backend.stats.connections_accepted == 1  # pooled and reused
+
+
+# --- found in review -------------------------------------------------------------------
+
+
+async def test_pooled_connection_closed_mid_answer_is_not_retried(pki: SimpleNamespace) -> None:
+    # The retry on a reused connection is for a keep-alive race (closed before
+    # any answer); once the backend started answering it had the request, and a
+    # second run would be a second LLM call.
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
+        )
+        await read_request_head(stream, srv)
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-")  # then gone
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                first = await post(proxy.url, HELLO)
+                second = await post(proxy.url, HELLO)
+    assert first.status_code == 200
+    assert second.status_code == 502
+    assert "closed the connection" in second.json()["error"]["message"]
+    assert len(srv.requests) == 2  # not sent a third time
+    assert srv.accepted == 1
+
+
+async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
+    # Cancelled while its 32 MB body is still being written (the backend, with
+    # a small receive buffer, reads nothing meanwhile): the connection is
+    # aborted, so the backend never gets a complete request nobody waits for.
+    import asyncio
+
+    from goose_proxy.config import BackendConfig
+    from goose_proxy.upstream.client import UpstreamClient
+
+    loop = asyncio.get_running_loop()
+    body = b"x" * (32 * 1024 * 1024)
+    with anyio.fail_after(10), socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # inherited
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        client = UpstreamClient(BackendConfig(endpoint=f"http://127.0.0.1:{port}", timeout=30))
+        gave_up = anyio.Event()
+        received = 0
+
+        async def backend() -> None:
+            # reads as fast as it can from the moment the request was given up:
+            # a close that flushed would hand it the whole body now
+            nonlocal received
+            await gave_up.wait()
+            conn, _ = await loop.sock_accept(listener)
+            with conn:
+                conn.setblocking(False)
+                while data := await loop.sock_recv(conn, 1 << 20):
+                    received += len(data)
+
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(backend)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+
+                    async def give_up() -> None:
+                        await anyio.wait_all_tasks_blocked()  # the send is stuck
+                        scope.cancel()
+                        gave_up.set()
+
+                    tg.start_soon(give_up)
+                    async with client.post("/responses", body, []):
+                        pass
+        await client.aclose()
+    assert scope.cancelled_caught
+    assert 0 < received < len(body)
