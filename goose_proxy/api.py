@@ -131,12 +131,22 @@ async def serve_in_background(
     Logging goes to the ``goose_proxy`` loggers; configure them as you like
     (the proxy installs no handler). Signals are left to the host program.
 
-    Raises ``OSError`` when the address cannot be bound.
+    Raises ``OSError`` when the address cannot be bound, ``RuntimeError``
+    outside an asyncio event loop (under trio, say).
     """
+    import asyncio
+
     import anyio
 
     from goose_proxy.http.server import ProxyServer
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "goose-proxy needs an asyncio event loop (asyncio.run, or anyio.run with "
+            "its default backend); its sockets are asyncio protocols"
+        ) from None
     server = ProxyServer(config)
     await server.open_listeners(sockets)
     host, port = server.bound[0]

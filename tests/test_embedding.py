@@ -166,3 +166,15 @@ def test_translate_options_follow_the_config() -> None:
     assert goose_proxy.translate_options(config) == goose_proxy.TranslateOptions(
         flavor="openai", model="passthrough", system_messages="input", extra_body={"x": 1}
     )
+
+
+def test_serve_in_background_needs_an_asyncio_loop() -> None:
+    # driven without any event loop (as under trio there is no asyncio one):
+    # a clear error, not a failure deep inside a socket call
+    from goose_proxy.api import serve_in_background
+    from goose_proxy.config import Config
+
+    entering = serve_in_background(Config()).__aenter__()
+    with pytest.raises(RuntimeError, match="needs an asyncio event loop"):
+        entering.send(None)
+    entering.close()
