@@ -719,14 +719,26 @@ def _ms(r: dict[str, Any], key: str, q: str) -> Optional[float]:
     return v[q] if v else None
 
 
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """The main table: one line per scenario, direct and proxy side by side."""
-    lines = [
-        "| scenario | req/s direct / proxy (ratio) | p50 ms direct / proxy (+added) "
-        "| p99 ms direct / proxy (ratio) | TTFT p50 ms direct / proxy "
-        "| SSE events/s direct / proxy | proxy CPU s per 1k req | proxy peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+    head = [
+        "scenario",
+        "req/s direct / proxy (ratio)",
+        "p50 ms direct / proxy (+added)",
+        "p99 ms direct / proxy (ratio)",
+        "TTFT p50 ms direct / proxy",
+        "SSE events/s direct / proxy",
+        "proxy CPU s per 1k req",
+        "proxy peak RSS MB",
     ]
+    rows = []
     for res in results:
         d, p = res["direct"], res["proxy"]
         ratio = p["rps"] / d["rps"] if d["rps"] else 0.0
@@ -744,19 +756,13 @@ def table(results: list[dict[str, Any]]) -> str:
         if cpu_s < 0.2:
             cpu = "~" + cpu  # the kernel counts CPU time in 10 ms ticks
         rss = (res.get("proxy_peak_rss_kb") or 0) / 1024
-        lines.append(
-            f"| {res['name']} | {rps} | {p50s} | {p99s} | {ttft} | {ev} | {cpu} | {rss:.1f} |"
-        )
-    return "\n".join(lines)
+        rows.append([res["name"], rps, p50s, p99s, ttft, ev, cpu, f"{rss:.1f}"])
+    return _markdown(head, rows)
 
 
 def busy_table(results: list[dict[str, Any]]) -> str:
     """CPU use of each process during the measured phase (100% = one core busy)."""
-    lines = [
-        "| scenario | direct: client / backend / other processes CPU % "
-        "| proxy: client / backend / proxy / other processes CPU % |",
-        "|---|---|---|",
-    ]
+    rows = []
     for res in results:
         use = {}
         for row in ("direct", "proxy"):
@@ -764,46 +770,60 @@ def busy_table(results: list[dict[str, Any]]) -> str:
             secs = r["seconds"] or 1.0
             use[row] = {k: v / secs * 100 for k, v in r["cpu_s"].items()}
         d, p = use["direct"], use["proxy"]
-        lines.append(
-            f"| {res['name']} | {d['client']:.0f} / {d['backend']:.0f} / {d['others']:.0f} "
-            f"| {p['client']:.0f} / {p['backend']:.0f} / {p.get('proxy', 0.0):.0f} "
-            f"/ {p['others']:.0f} |"
+        rows.append(
+            [
+                res["name"],
+                f"{d['client']:.0f} / {d['backend']:.0f} / {d['others']:.0f}",
+                f"{p['client']:.0f} / {p['backend']:.0f} / {p.get('proxy', 0.0):.0f} "
+                f"/ {p['others']:.0f}",
+            ]
         )
-    return "\n".join(lines)
+    head = [
+        "scenario",
+        "direct: client / backend / other processes CPU %",
+        "proxy: client / backend / proxy / other processes CPU %",
+    ]
+    return _markdown(head, rows)
 
 
 def backend_table(results: list[dict[str, Any]]) -> str:
     """What the backend saw in the measured phase (for the scenarios that need it)."""
-    lines = [
-        "| scenario (backend's view, measured phase) | requests | max in flight direct / proxy "
-        "| new connections direct / proxy | TLS handshakes direct / proxy | proxy pool_size |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for res in results:
         if not res.get("report_backend"):
             continue
         d, p = res["direct"]["backend_stats"], res["proxy"]["backend_stats"]
-        lines.append(
-            f"| {res['name']} | {p['requests_total']} "
-            f"| {d['max_in_flight']} / {p['max_in_flight']} "
-            f"| {d['connections_accepted']} / {p['connections_accepted']} "
-            f"| {d['tls_handshakes']} / {p['tls_handshakes']} | {res['pool_size']} |"
+        rows.append(
+            [
+                res["name"],
+                str(p["requests_total"]),
+                f"{d['max_in_flight']} / {p['max_in_flight']}",
+                f"{d['connections_accepted']} / {p['connections_accepted']}",
+                f"{d['tls_handshakes']} / {p['tls_handshakes']}",
+                str(res["pool_size"]),
+            ]
         )
-    return "\n".join(lines) if len(lines) > 2 else ""
+    head = [
+        "scenario (backend's view, measured phase)",
+        "requests",
+        "max in flight direct / proxy",
+        "new connections direct / proxy",
+        "TLS handshakes direct / proxy",
+        "proxy pool_size",
+    ]
+    return _markdown(head, rows) if rows else ""
 
 
 def cold_table(cold: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            f"| cold start (median of {cold['runs']}) | ms |",
-            "|---|---|",
-            f"| exec → first 200 on /health | {cold['health_ms']['median']:.1f} |",
-            f"| exec → first chat completion answered | {cold['first_chat_ms']['median']:.1f} |",
-            f"| `python -m goose_proxy --version` | {cold['version_ms']['median']:.1f} |",
-            f"| RSS after start (MB) | {cold['rss_after_start_kb'] / 1024:.1f} |",
-            f"| RSS after the first chat (MB) | {cold['rss_after_first_chat_kb'] / 1024:.1f} |",
-        ]
-    )
+    rows = [
+        ("exec → first 200 on /health", cold["health_ms"]["median"]),
+        ("exec → first chat completion answered", cold["first_chat_ms"]["median"]),
+        ("`python -m goose_proxy --version`", cold["version_ms"]["median"]),
+        ("RSS after start (MB)", cold["rss_after_start_kb"] / 1024),
+        ("RSS after the first chat (MB)", cold["rss_after_first_chat_kb"] / 1024),
+    ]
+    head = [f"cold start (median of {cold['runs']})", "ms"]
+    return _markdown(head, [[name, f"{value:.1f}"] for name, value in rows])
 
 
 def machine() -> dict[str, Any]:
