@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import trustme
 
 from goose_proxy.config import AuthConfig
-
-FIXTURES = Path(__file__).parent / "fixtures" / "lightspeed-0.7.1"
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -12,6 +14,9 @@ import anyio
 
 from goose_proxy.config import AuthConfig, BackendConfig, Config, ServerConfig
 from goose_proxy.http.server import ProxyServer
+
+#: the real Lightspeed Stack 0.7.1 captures (see its README.md)
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lightspeed-0.7.1"
 
 
 def make_config(endpoint: str, auth: Optional[AuthConfig] = None, **sections: Any) -> Config:
@@ -53,3 +58,26 @@ async def sdk_stream_final(client: Any, **kwargs: Any) -> Any:
     async for chunk in stream:
         state.handle_chunk(chunk)
     return state.get_final_completion()
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port bound but not listening: a connection to it is refused at once."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel does) and never says a word."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()

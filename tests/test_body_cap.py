@@ -10,12 +10,10 @@ the same way (for a backend whose cap is lower than the configured one).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import anyio
-import httpx
 import openai
 import pytest
 
@@ -23,20 +21,14 @@ import devbackend
 from goose_proxy.config import LIGHTSPEED_MAX_REQUEST_CHARS, parse_config
 from goose_proxy.errors import ContextLengthExceeded, UpstreamHTTPError
 from goose_proxy.translate import error_from_backend
-from tests.support import make_config, running_proxy
+from tests.reliability.support import post
+from tests.support import FIXTURES, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
-
-FIXTURES = Path(__file__).parent / "fixtures" / "lightspeed-0.7.1"
 
 
 def chat(text: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}]}
-
-
-async def post(proxy: SimpleNamespace, path: str, body: dict[str, Any]) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as c:
-        return await c.post(proxy.url + path, json=body)
 
 
 def test_the_cap_follows_the_flavour() -> None:
@@ -54,8 +46,8 @@ async def test_too_long_body_refused_before_sending(pki: SimpleNamespace, path: 
     with anyio.fail_after(10):
         async with devbackend.run(tls=pki.server_context()) as backend:
             async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy, path, body)
-                ok = await post(proxy, "/v1/chat/completions", chat("short"))
+                r = await post(proxy.url, body, path)
+                ok = await post(proxy.url, chat("short"))
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded"
@@ -94,7 +86,7 @@ async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:
         async with devbackend.run(tls=pki.server_context()) as backend:
             cfg = make_config(backend.url, pki.auth, backend={"max_request_chars": 3000})
             async with running_proxy(cfg) as proxy:
-                r = await post(proxy, "/v1/chat/completions", body)
+                r = await post(proxy.url, body)
     assert r.status_code == 200, r.text
     assert len(backend.requests) == 1
     sent = json.dumps(backend.requests[0].json, ensure_ascii=False, separators=(",", ":"))
@@ -108,7 +100,7 @@ async def test_backend_422_for_a_long_body_maps_to_context_length(pki: SimpleNam
         async with devbackend.run(tls=pki.server_context()) as backend:
             cfg = make_config(backend.url, pki.auth, backend={"max_request_chars": 0})
             async with running_proxy(cfg) as proxy:
-                r = await post(proxy, "/v1/chat/completions", chat(text))
+                r = await post(proxy.url, chat(text))
     assert len(backend.requests) == 1  # it did reach the backend
     assert r.status_code == 400
     err = r.json()["error"]
@@ -122,7 +114,7 @@ async def test_openai_flavour_has_no_cap() -> None:
         async with devbackend.run(mode="openai") as backend:
             cfg = make_config(backend.url, None, backend={"flavor": "openai"})
             async with running_proxy(cfg) as proxy:
-                r = await post(proxy, "/v1/chat/completions", chat(text))
+                r = await post(proxy.url, chat(text))
     assert r.status_code == 200, r.text
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -26,6 +24,7 @@ from goose_proxy.check import REASONS, effective_values
 from goose_proxy.config import BackendConfig, Config
 from tests.connectproxy import connect_proxy
 from tests.subprocs import child_env, pki_auth, write_config
+from tests.support import refusing_port, silent_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -49,29 +48,6 @@ async def run_check(
     err = proc.stderr.decode()
     assert "Traceback" not in err, err
     return SimpleNamespace(rc=proc.returncode, out=out, err=err, all=out + err)
-
-
-@contextmanager
-def refusing_port() -> Iterator[int]:
-    """A port bound but not listening: a connection to it is refused at once."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    try:
-        yield s.getsockname()[1]
-    finally:
-        s.close()
-
-
-@contextmanager
-def silent_listener() -> Iterator[int]:
-    """A port that accepts TCP connections (the kernel does) and never says a word."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def issue_client(

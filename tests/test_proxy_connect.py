@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import socket
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -22,7 +21,7 @@ import devbackend
 from goose_proxy.config import BackendConfig
 from goose_proxy.upstream.proxy import parse_proxy, proxy_for, redact_url
 from tests.connectproxy import connect_proxy
-from tests.support import make_config, running_proxy
+from tests.support import make_config, refusing_port, running_proxy, silent_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -161,10 +160,7 @@ async def test_proxy_that_hangs_up(pki: SimpleNamespace) -> None:
 async def test_silent_proxy_is_named_in_the_timeout(pki: SimpleNamespace) -> None:
     # a proxy that accepts the connection (the kernel does, from its backlog)
     # and never answers the CONNECT
-    with anyio.fail_after(15), socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        port = silent.getsockname()[1]
+    with anyio.fail_after(15), silent_listener() as port:
         config = make_config(
             "https://backend.invalid:8443",
             pki.auth,
@@ -182,10 +178,7 @@ async def test_silent_proxy_is_named_in_the_timeout(pki: SimpleNamespace) -> Non
 async def test_proxy_unreachable(pki: SimpleNamespace) -> None:
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:
-            # a port bound but not listening refuses connections
-            with socket.socket() as bound:
-                bound.bind(("127.0.0.1", 0))
-                port = bound.getsockname()[1]
+            with refusing_port() as port:
                 (resp,) = await chat_via(backend, pki, f"http://u:s3cret@127.0.0.1:{port}")
     assert resp.status_code == 502
     message = error_message(resp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -22,8 +21,8 @@ from devbackend.plan import (
     plan_reply,
 )
 from devbackend.sse import get_style
+from tests.support import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lightspeed-0.7.1"
 LIGHTSPEED = PlanConfig(get_style("lightspeed"), strict_fields=True, max_body_chars=65536)
 OPENAI = PlanConfig(get_style("openai"), strict_fields=False, max_body_chars=0)
 STREAM = {

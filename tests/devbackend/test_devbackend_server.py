@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import anyio
@@ -13,8 +12,8 @@ import pytest
 import devbackend
 from devbackend import lightspeed, server
 from devbackend.client import ClientResponse, DevClient
+from tests.support import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lightspeed-0.7.1"
 USER = {"input": [{"type": "message", "role": "user", "content": "hi there"}]}
 STREAM = {**USER, "stream": True}
 TIMEOUT = 10

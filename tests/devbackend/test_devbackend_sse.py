@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,7 @@ import pytest
 from devbackend import scenarios
 from devbackend.client import parse_sse
 from devbackend.sse import Template, get_style, hole, jstr
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lightspeed-0.7.1"
+from tests.support import FIXTURES
 
 
 def capture_events(name: str) -> list[tuple[str | None, str]]:

@@ -18,6 +18,7 @@ import anyio
 import h11
 from hypothesis import settings
 
+from tests.fuzz import COMMON
 from tests.reliability.support import (
     Malformed,
     Response,
@@ -30,13 +31,14 @@ from tests.reliability.support import (
 #: the longest one exchange may take: the proxy's header_timeout (2 s) plus margin
 HANG = 8.0
 
-#: the fuzz tests' settings: the active profile; under "default" (CI) derandomized
-#: (the same examples every run) and without an example database, under "long"
-#: random, with Hypothesis' database. Built at import, after ``--hypothesis-profile``.
+#: the fuzz tests' settings: under the "long" profile that profile (random, with
+#: Hypothesis' database); otherwise a short CI run, derandomized (the same
+#: examples every run), without a database. Built at import, after
+#: ``--hypothesis-profile``.
 FUZZ = (
-    settings(derandomize=True, database=None)
-    if settings.get_current_profile_name() == "default"
-    else settings()
+    settings()
+    if settings.get_current_profile_name() == "long"
+    else settings(max_examples=50, derandomize=True, database=None, **COMMON)
 )
 
 

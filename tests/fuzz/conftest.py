@@ -2,8 +2,8 @@
 
 Hypothesis profiles:
 
-* ``default`` (loaded unless told otherwise): a short run for CI, and
-  derandomized (the same examples every time), a few seconds in all;
+* without ``--hypothesis-profile``: a short run for CI (50 examples per
+  test), derandomized (the same examples every time), a few seconds in all;
 * ``long``: thousands of examples per test, random each run, failures kept in
   Hypothesis' example database (``.hypothesis/``) to replay::
 
@@ -24,21 +24,16 @@ from types import SimpleNamespace
 
 import pytest
 from anyio.from_thread import start_blocking_portal
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
 import devbackend
+from tests.fuzz import COMMON
 from tests.support import make_config, running_proxy
 
-_COMMON = dict(
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-# Only what the fuzz tests need, so that other Hypothesis tests in the same
-# session are not changed; "derandomize" is set on the fuzz tests themselves
-# (see checks.FUZZ). "long" first: a profile inherits from the active one.
-settings.register_profile("long", max_examples=3000, **_COMMON)
-settings.register_profile("default", max_examples=50, **_COMMON)
+# Only a "long" profile is registered: the "default" one is left alone so that
+# the other Hypothesis tests of the session keep their settings; the CI run's
+# settings are set on the fuzz tests themselves (checks.FUZZ).
+settings.register_profile("long", max_examples=3000, **COMMON)
 
 #: the fuzz target's limits: small enough that fuzzed sizes cross them
 SERVER = {

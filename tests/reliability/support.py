@@ -393,6 +393,8 @@ class ProxyProcess:
     proc: anyio.abc.Process
     port: int
     lines: deque[str]
+    #: set (then replaced) each time a log line arrives
+    new_line: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def pid(self) -> int:
@@ -411,10 +413,14 @@ class ProxyProcess:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     async def wait_line(self, needle: str) -> str:
-        """The first log line containing ``needle``, waiting for it (polling the
-        drained log; bound it with fail_after)."""
-        await poll(lambda: any(needle in line for line in self.lines), 0.01)
-        return next(line for line in self.lines if needle in line)
+        """The first log line containing ``needle``, waiting for it (bound it with
+        fail_after)."""
+        while True:
+            arrived = self.new_line
+            for line in self.lines:
+                if needle in line:
+                    return line
+            await arrived.wait()
 
 
 @asynccontextmanager
@@ -442,6 +448,7 @@ async def proxy_process(
     lines: deque[str] = deque(maxlen=5000)
     port_found = anyio.Event()
     found: list[int] = []
+    running: list[ProxyProcess] = []  # the handle, once the port is known
 
     async def pump() -> None:
         assert proc.stderr is not None
@@ -456,14 +463,18 @@ async def proxy_process(
                 if m and not found:
                     found.append(int(m.group(1)))
                     port_found.set()
+            if complete and running:
+                running[0].new_line.set()
+                running[0].new_line = anyio.Event()
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
             with anyio.fail_after(20):
                 await port_found.wait()
+            running.append(ProxyProcess(proc, found[0], lines))
             try:
-                yield ProxyProcess(proc, found[0], lines)
+                yield running[0]
             finally:
                 if proc.returncode is None:
                     proc.kill()

@@ -21,10 +21,10 @@ from tests.reliability.support import (
     exchange,
     parse_one,
     parse_responses,
-    poll,
     proxied,
     read_all,
     request_bytes,
+    wait_settled,
 )
 
 pytestmark = pytest.mark.anyio
@@ -128,13 +128,13 @@ async def test_slowloris_head_is_cut_at_header_timeout(pki: SimpleNamespace) -> 
                 for i in range(len(req) - 2):  # never the final CRLF
                     try:
                         await s.send(req[i : i + 1])
-                    except (anyio.BrokenResourceError, OSError):
+                        with anyio.move_on_after(0.05):  # the client's drip rate
+                            got += await s.receive()  # anything the proxy says is kept
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                         closed = True
                         break
-                    with anyio.move_on_after(0.05):  # the client's drip rate
-                        got += await read_all(s)
-                        closed = True
-                        break
+                    if got:
+                        break  # it answered instead of closing: the assertion shows it
                 if not closed:
                     got += await read_all(s)
                 took = anyio.current_time() - t0
@@ -200,8 +200,7 @@ async def test_connections_over_max_connections_get_503(pki: SimpleNamespace) ->
                 await first.aclose()
                 await second.aclose()
             # a slot is free again
-            with anyio.fail_after(5):
-                await poll(lambda: not h.proxy.server.active_connections)
+            await wait_settled(h.proxy)
             await healthy(port)
     assert r.status == 503
     assert r.error["code"] == "service_unavailable"
@@ -380,7 +379,7 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("array", b"[1, 2, 3]", "must be a JSON object, not an array"),
     ("string", b'"hello"', "must be a JSON object, not a string"),
     ("null", b"null", "must be a JSON object, not null"),
-    ("deep-arrays", b"[" * 100_000 + b"]" * 100_000, ""),
+    ("deep-arrays", b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
     ("deep-objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nests deeper"),
     ("deep-but-parses", b'{"model": "m", "messages": ' + b"[" * 200 + b"]" * 200 + b"}",
      "nests deeper than 64"),
@@ -388,7 +387,7 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("huge-float", b'{"model": "m", "temperature": 1e999}', "out of range"),
     ("nan", b'{"model": "m", "temperature": NaN}', "NaN"),
     ("trailing-garbage", b'{"model": "m"} xyz', "not valid JSON"),
-    ("lone-surrogate-key", b'{"\\ud800": 1}', ""),
+    ("lone-surrogate-key", b'{"\\ud800": 1}', "messages"),  # parsed, then judged
     ("messages-not-list", b'{"model": "m", "messages": "hello"}', "messages"),
     ("message-not-object", b'{"model": "m", "messages": [42]}', "messages"),
     ("role-wrong-type", b'{"model": "m", "messages": [{"role": 1, "content": "x"}]}', "role"),

@@ -30,7 +30,7 @@ from tests.reliability.support import (
     request_bytes,
     sse_event,
 )
-from tests.support import make_config, running_proxy
+from tests.support import make_config, refusing_port, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -243,14 +243,8 @@ async def test_proxy_url_credentials_are_redacted(
 async def test_unreachable_proxy_is_named_redacted(
     pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     caplog.set_level(logging.DEBUG)
-    with anyio.fail_after(10):
+    with anyio.fail_after(10), refusing_port() as port:
         cfg = make_config(
             "https://backend.example.com",
             pki.auth,

@@ -8,10 +8,9 @@ tests check the translator against the wire format rather than against itself.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Union
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lightspeed-0.7.1"
+from tests.support import FIXTURES
 
 Frame = Union[str, dict[str, Any]]
 
