@@ -129,12 +129,6 @@ def certificate_info(cert_file: str) -> Optional[CertInfo]:
         return None
 
 
-def certificate_expiry(cert_file: str) -> Optional[dt.datetime]:
-    """The certificate's notAfter date, or None if it cannot be decoded."""
-    info = certificate_info(cert_file)
-    return info.not_after if info else None
-
-
 class _Report:
     def __init__(self, out: TextIO) -> None:
         self.out = out

@@ -42,7 +42,6 @@ import socket
 import ssl
 from asyncio import sslproto
 from collections import deque
-from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import anyio
@@ -150,30 +149,7 @@ class ProtocolStream(anyio.abc.ByteStream):
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._receiving = False
-        sock = transport.get_extra_info("socket")
-        self._sock: Optional[socket.socket] = sock
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        attrs: dict[Any, Callable[[], Any]] = {}
-        sock = self._sock
-        if sock is not None:
-            attrs[anyio.abc.SocketAttribute.raw_socket] = lambda: sock
-            attrs[anyio.abc.SocketAttribute.family] = lambda: sock.family
-            attrs[anyio.abc.SocketAttribute.local_address] = sock.getsockname
-            attrs[anyio.abc.SocketAttribute.remote_address] = sock.getpeername
-        return attrs
-
-    @property
-    def is_tls(self) -> bool:
-        return self._p.tls
-
-    @property
-    def at_eof(self) -> bool:
-        """The peer closed (or the connection broke) and every byte it sent was read."""
-        p = self._p
-        return (p.eof or p.lost) and not p.chunks
 
     def readable_now(self) -> bool:
         """Bytes or the peer's end arrived and wait to be read (no system call)."""
@@ -339,16 +315,15 @@ class ProtocolStream(anyio.abc.ByteStream):
         self._closed = True
         p = self._p
         t = self._transport
-        self._wake_reader_closed()
+        p._wake_reader()  # a task blocked in receive() sees ClosedResourceError
         if p.lost:
             return
         if p.tls:
             t.abort()
             return
+        t.close()  # flushes what is buffered, then closes
         if not t.get_write_buffer_size():
-            t.close()
             return
-        t.close()  # flushes, then closes
         waiter = self._loop.create_future()
         p.close_waiter = waiter
         try:
@@ -358,10 +333,6 @@ class ProtocolStream(anyio.abc.ByteStream):
             p.close_waiter = None
             if not p.lost:
                 t.abort()
-
-    def _wake_reader_closed(self) -> None:
-        # a task blocked in receive() sees ClosedResourceError
-        self._p._wake_reader()
 
 
 class _LeanSSLProtocol(sslproto.SSLProtocol):
@@ -485,9 +456,7 @@ class Listener:
                 self._waiter = None
                 if not self._closed:
                     self._loop.remove_reader(self.socket.fileno())
-        conn.setblocking(False)
-        if conn.family in (socket.AF_INET, socket.AF_INET6):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setblocking(False)  # asyncio's transport sets TCP_NODELAY
         try:
             transport, protocol = await self._loop.connect_accepted_socket(
                 lambda: _Protocol(self._read_limit), conn

@@ -112,7 +112,6 @@ class ProxyServer:
         self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self.bound: list[tuple[str, int]] = []
-        self._serving = anyio.Event()
 
     # -- listening --
 
@@ -141,7 +140,6 @@ class ProxyServer:
             async with anyio.create_task_group() as tg:
                 for lst in self._listeners:
                     tg.start_soon(self._accept_loop, lst, tg)
-                self._serving.set()
                 task_status.started()
         finally:
             with anyio.CancelScope(shield=True):

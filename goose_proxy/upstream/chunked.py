@@ -42,9 +42,9 @@ class ChunkedDecoder:
         self.done = False
 
     @property
-    def leftover(self) -> bytes:
-        """Bytes received after the end of the body (none from a sane server)."""
-        return self._buf if self.done else b""
+    def leftover(self) -> bool:
+        """Bytes were received after the end of the body (none from a sane server)."""
+        return self.done and bool(self._buf)
 
     def feed(self, data: bytes) -> bytes:
         """Decode ``data``; return the body bytes it completes (maybe ``b""``).
@@ -52,8 +52,8 @@ class ChunkedDecoder:
         Raises UpstreamProtocolError for a malformed size line, a missing CRLF
         after a chunk's data, or a size or trailer line longer than ``max_line``.
         """
-        if self.done:
-            self._buf += data
+        if self.done:  # only whether anything came after the end matters
+            self._buf = self._buf or data[:1]
             return b""
         buf = self._buf + data if self._buf else data
         i, n = 0, len(buf)

@@ -392,7 +392,6 @@ class UpstreamClient:
         )
         self.route: Optional[ProxyRoute] = proxy_for(backend, self.endpoint.host, environ)
         self._idle: deque[Connection] = deque()
-        self.connections_opened = 0  # new connections (= TLS handshakes for https)
 
     # -- pool bookkeeping (synchronous decisions, I/O afterwards) --
 
@@ -460,7 +459,6 @@ class UpstreamClient:
                 else UpstreamConnectError
             )
             raise error(f"timed out after {timeout:g} s {doing}") from None
-        self.connections_opened += 1
         return Connection(stream, ctx, self.cfg.max_event_size)
 
     async def _connect_by(self, ctx: Optional[ssl.SSLContext], deadline: float) -> Connection:

@@ -35,10 +35,6 @@ log = logging.getLogger("goose_proxy.upstream")
 class TunnelRefused(UpstreamProxyError):
     """The proxy answered the ``CONNECT`` with a non-2xx status (403, 407, 502, ...)."""
 
-    def __init__(self, message: str, proxy_status: int) -> None:
-        super().__init__(message)
-        self.proxy_status = proxy_status
-
 
 @dataclass(frozen=True)
 class ProxyRoute:
@@ -201,8 +197,7 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream
                 )
             raise TunnelRefused(
                 f"proxy {route.display} refused the tunnel to {authority}: "
-                f"{ev.status_code} {reason}{hint}",
-                ev.status_code,
+                f"{ev.status_code} {reason}{hint}"
             )
         if conn.trailing_data[0]:
             raise UpstreamProxyError(f"proxy {route.display} sent data before the TLS handshake")

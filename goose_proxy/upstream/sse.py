@@ -44,11 +44,6 @@ class SSEParser:
         self._max = max_event_size
         self._error: Optional[UpstreamProtocolError] = None  # held back, see feed()
 
-    @property
-    def pending(self) -> bool:
-        """True when bytes of an unfinished event are buffered."""
-        return bool(self._buf.strip())
-
     def check(self) -> None:
         """Raise the error that :meth:`feed` held back, if any."""
         if self._error is not None:
