@@ -18,7 +18,7 @@ import ssl
 import sys
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
-from goose_proxy.config import Config
+from goose_proxy.config import Config, is_secret_header
 from goose_proxy.errors import (
     ProxyError,
     UpstreamClosed,
@@ -49,23 +49,6 @@ REASONS = (
     "backend error",
 )
 
-#: header names (substrings, lower case) whose values are credentials
-_SECRET_HEADERS = (
-    "authorization",
-    "cookie",
-    "x-rh-identity",
-    "api-key",
-    "apikey",
-    "token",
-    "secret",
-    "password",
-)
-
-
-def _is_secret_header(name: str) -> bool:
-    n = name.lower()
-    return any(s in n for s in _SECRET_HEADERS)
-
 
 def effective_values(config: Config) -> dict[str, Any]:
     """The configuration as a flat ``{"section.key": value}`` dict, secrets redacted."""
@@ -82,7 +65,7 @@ def effective_values(config: Config) -> dict[str, Any]:
             elif key in ("backend.proxy", "backend.endpoint") and value:
                 out[key] = redact_url(value)
             elif key == "backend.headers":
-                out[key] = {k: ("***" if _is_secret_header(k) else v) for k, v in value.items()}
+                out[key] = {k: ("***" if is_secret_header(k) else v) for k, v in value.items()}
             else:
                 out[key] = list(value) if isinstance(value, tuple) else value
 

@@ -202,6 +202,25 @@ _FIELD_VALUE = re.compile(
 )
 
 
+#: header names (substrings, lower case) whose values are credentials
+_SECRET_HEADER_PARTS = (
+    "authorization",  # proxy-authorization too
+    "cookie",  # set-cookie too
+    "x-rh-identity",
+    "api-key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+)
+
+
+def is_secret_header(name: str) -> bool:
+    """True for a header whose value must never be shown (logs, ``check``)."""
+    n = name.lower()
+    return any(part in n for part in _SECRET_HEADER_PARTS)
+
+
 #: headers the proxy sets itself or that would change the message framing
 _RESERVED_HEADERS = frozenset(
     {

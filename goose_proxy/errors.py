@@ -40,6 +40,9 @@ class ProxyError(Exception):
             self.status = status  # type: ignore[misc]
         #: extra response headers, e.g. ``Retry-After`` copied from the backend
         self.headers: list[tuple[str, str]] = list(headers or [])
+        #: the message quotes a backend's error body or event (set where it is
+        #: built, in translate.errormap): shown to the client, never logged
+        self.quoted = False
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error envelope as a dict."""
@@ -149,11 +152,8 @@ class UpstreamError(ProxyError):
 
 
 class UpstreamClosed(UpstreamError):
-    """The backend closed or reset the connection before the reply was complete.
-
-    Same code as :class:`UpstreamError`; a class of its own so that the log can
-    tell the proxy's own words from a message quoted from the backend.
-    """
+    """The backend closed or reset the connection before the reply was complete
+    (same code as :class:`UpstreamError`; ``goose-proxy check`` tells it apart)."""
 
 
 class UpstreamConnectError(UpstreamError):

@@ -29,12 +29,8 @@ import anyio
 from goose_proxy.api import translate_options
 from goose_proxy.config import Config
 from goose_proxy.errors import (
-    AuthenticationError,
     ContextLengthExceeded,
     ProxyError,
-    RateLimited,
-    UpstreamError,
-    UpstreamHTTPError,
     UpstreamProtocolError,
 )
 from goose_proxy.http.connection import (
@@ -107,7 +103,7 @@ class Exchange:
     async def abort(self, err: ProxyError) -> None:
         """Report ``err``: as an HTTP error if nothing was sent, else inside the stream."""
         if err.status >= 500 or err.status == 429:
-            if _quotes_backend(err):
+            if err.quoted:
                 # its message is the backend's own words (from a body): not for the log
                 log.warning(
                     "%s %s: backend reported an error: %d %s",
@@ -130,13 +126,6 @@ class Exchange:
                 await self.conn.end_stream()
         except ClientGone:
             pass
-
-
-def _quotes_backend(err: ProxyError) -> bool:
-    """True for the errors whose message ``translate`` took from a backend body or event."""
-    return type(err) is UpstreamError or isinstance(
-        err, (UpstreamHTTPError, RateLimited, AuthenticationError, ContextLengthExceeded)
-    )
 
 
 Handler = Callable[[Exchange], Awaitable[None]]

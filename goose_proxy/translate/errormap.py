@@ -15,9 +15,10 @@ truncated to :data:`MAX_MESSAGE_CHARS`, invalid UTF-8 replaced.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from goose_proxy.errors import (
     AuthenticationError,
@@ -157,6 +158,22 @@ def _retry_after(value: Optional[str]) -> list[tuple[str, str]]:
     return [("Retry-After", value)]
 
 
+_F = TypeVar("_F", bound=Callable[..., ProxyError])
+
+
+def _quoting(build: _F) -> _F:
+    """Mark every error ``build`` makes as quoting the backend (ProxyError.quoted)."""
+
+    @functools.wraps(build)
+    def marked(*args: Any, **kwargs: Any) -> ProxyError:
+        err = build(*args, **kwargs)
+        err.quoted = True
+        return err
+
+    return cast(_F, marked)
+
+
+@_quoting
 def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = None) -> ProxyError:
     """The error to show the client for a backend error answer.
 
@@ -196,6 +213,7 @@ def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = No
     )
 
 
+@_quoting
 def error_from_event(err: Mapping[str, Any]) -> ProxyError:
     """The error for a failure reported in a stream or a Response object.
 

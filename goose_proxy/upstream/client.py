@@ -39,7 +39,7 @@ import anyio
 import h11
 
 from goose_proxy import __version__
-from goose_proxy.config import BackendConfig
+from goose_proxy.config import BackendConfig, is_secret_header
 from goose_proxy.errors import (
     ProxyError,
     UpstreamClosed,
@@ -166,16 +166,13 @@ class _mapped:
         raise mapped from exc
 
 
-_SECRET_HEADERS = (b"authorization", b"proxy-authorization", b"cookie", b"set-cookie",
-                   b"x-rh-identity")  # fmt: skip
-
-
 def _head_for_log(headers: list[tuple[bytes, bytes]]) -> str:
     """Headers for a DEBUG line; credentials shown as ``***`` (bodies never logged)."""
-    return " ".join(
-        f"{k.decode('latin-1')}={'***' if k.lower() in _SECRET_HEADERS else v.decode('latin-1')}"
-        for k, v in headers
-    )
+    shown = []
+    for k, v in headers:
+        name = k.decode("latin-1")
+        shown.append(f"{name}={'***' if is_secret_header(name) else v.decode('latin-1')}")
+    return " ".join(shown)
 
 
 # --- one connection ------------------------------------------------------------------

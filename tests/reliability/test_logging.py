@@ -256,3 +256,20 @@ async def test_unreachable_proxy_is_named_redacted(
     assert f"http://***@127.0.0.1:{port}" in r.json()["error"]["message"]
     text = _logged(caplog, logging.DEBUG) + r.text
     assert "hunter2" not in text and "bob" not in text
+
+
+async def test_configured_credential_headers_are_masked_at_debug(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the DEBUG request line and `goose-proxy check` share one rule for secret
+    # headers (config.is_secret_header): an API key configured in
+    # [backend.headers] is shown as *** in both
+    key = "sk-do-not-log-7f3a"
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(15):
+        async with proxied(pki, headers={"X-Api-Key": key, "X-Tenant": "acme"}) as h:
+            r = await post(h.url, _chat("hi"))
+    assert r.status_code == 200
+    text = _logged(caplog, logging.DEBUG)
+    assert "x-api-key=***" in text and "x-tenant=acme" in text
+    assert key not in text

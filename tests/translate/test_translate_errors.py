@@ -208,3 +208,15 @@ def test_ctx_capture_error_maps_to_context_length() -> None:
     err = error_from_event(failed["response"]["error"])
     assert isinstance(err, ContextLengthExceeded)
     assert err.message == failed["response"]["error"]["message"]
+
+
+def test_errors_built_from_backend_words_are_marked_quoted() -> None:
+    # the handlers log the proxy's own messages but never a backend's (it may
+    # quote a prompt); the mark is set where the message is taken
+    from goose_proxy.errors import UpstreamClosed
+
+    body = b'{"error": {"message": "the prompt says: secret", "code": "x"}}'
+    assert error_from_backend(500, body).quoted
+    assert error_from_backend(429, body).quoted
+    assert error_from_event({"type": "error", "message": "secret", "code": "server_error"}).quoted
+    assert not UpstreamClosed("backend h:1 closed the connection").quoted
