@@ -52,13 +52,8 @@ SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
 READ_SIZE = 65536
 #: longest wait for the client's end after an early error response (lingering close)
 LINGER_TIMEOUT = 1.0
-_CLOSED = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    ConnectionError,
-    OSError,
-)
+#: what a ProtocolStream raises when the connection ended (see goose_proxy.streams)
+_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class ClientGone(Exception):
@@ -109,8 +104,6 @@ class ServerConnection:
         TimeoutError after ``timeout`` seconds without a byte."""
         try:
             return await self.stream.receive(READ_SIZE, timeout)
-        except TimeoutError:  # an OSError, but not a closed connection
-            raise
         except _CLOSED:
             self.client_gone = True
             return b""
@@ -252,7 +245,7 @@ class ServerConnection:
             raise ClientGone
         try:
             await self.stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+        except _CLOSED as e:
             self.client_gone = True
             raise ClientGone from e
         self.bytes_sent += len(data)
@@ -336,7 +329,7 @@ class ServerConnection:
             await self.stream.send_eof()
             while await self.stream.receive(READ_SIZE):
                 pass
-        except (*_CLOSED, NotImplementedError):  # a stream that cannot half-close
+        except _CLOSED:
             pass
 
 

@@ -265,7 +265,6 @@ class Handlers:
             if batch is None or tr.done:
                 break
         await conn.end_stream()
-        await resp.drain()
 
     async def _collect_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
         acc = ResponseAccumulator()
@@ -278,7 +277,6 @@ class Handlers:
                 acc.feed(ev)
         completion = responses_to_chat(acc.result(), creq.client_model)
         await ex.send(200, encode_json(completion), [JSON])
-        await resp.drain()  # the rest of the body ([DONE], the last chunk): keep the connection
 
     # -- POST /v1/responses (passthrough) --
 
@@ -321,7 +319,6 @@ class Handlers:
                     break
                 ended = ended or any(k in TERMINAL_EVENTS for k in kinds)
             await ex.conn.end_stream()
-            await resp.drain()
 
 
 def _responses_error_frames(err: ProxyError) -> list[bytes]:
@@ -337,7 +334,7 @@ def _event_kind(ev: SSEEvent) -> str:
     if ev.event:
         return ev.event
     try:
-        obj = json.loads(ev.data)
+        obj = event_json(ev.data)
     except (ValueError, RecursionError):
         return ""
     kind = obj.get("type") if isinstance(obj, dict) else None

@@ -235,6 +235,8 @@ class UpstreamResponse:
         self._idle = idle_timeout
         self.status: int = ev.status_code
         self.headers: list[tuple[bytes, bytes]] = list(ev.headers)
+        #: the media type, lower case, without parameters ("" if none)
+        self.content_type = (self.header(b"content-type") or "").split(";")[0].strip().lower()
         self.complete = False
         # A chunked body is decoded by ChunkedDecoder, not h11 (see chunked.py);
         # it starts with the bytes h11 read past the head. (We never send HEAD.)
@@ -260,10 +262,6 @@ class UpstreamResponse:
                 return v.decode("latin-1")
         return None
 
-    @property
-    def content_type(self) -> str:
-        return (self.header(b"content-type") or "").split(";")[0].strip().lower()
-
     async def receive(self) -> bytes:
         """The next piece of the body; ``b""`` once it is complete.
 
@@ -279,22 +277,17 @@ class UpstreamResponse:
             try:
                 ev = await self._conn.next_event(_now() + self._idle)
             except TimeoutError:
-                raise UpstreamTimeout(
-                    f"backend sent nothing for {self._idle:g} seconds in the middle of a response"
-                ) from None
+                raise self._stalled() from None
             except h11.RemoteProtocolError:
                 if not self._conn.eof:
                     raise
                 # h11's "peer closed connection without sending complete message body"
         if isinstance(ev, h11.Data):
-            return self._buffered(ev.data)
+            return bytes(ev.data)  # h11 hands over all it holds of the body at once
         if isinstance(ev, h11.EndOfMessage):
             self.complete = True
             return b""
-        raise UpstreamClosed(
-            f"backend {self._ep.host}:{self._ep.port} closed the connection in the middle "
-            "of the response"
-        )
+        raise self._cut()
 
     async def _receive_chunked(self, dec: ChunkedDecoder) -> bytes:
         """:meth:`receive` for a chunked body: all the data of a read at once."""
@@ -308,42 +301,25 @@ class UpstreamResponse:
                 except anyio.EndOfStream:
                     raw = b""
                 except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"backend sent nothing for {self._idle:g} seconds in the middle of a "
-                        "response"
-                    ) from None
+                    raise self._stalled() from None
             if not raw:
                 self._conn.eof = True
-                raise UpstreamClosed(
-                    f"backend {self._ep.host}:{self._ep.port} closed the connection in the "
-                    "middle of the response"
-                )
+                raise self._cut()
             data = dec.feed(raw)
         if dec.done:
             self.complete = True
         return data
 
-    def _buffered(self, data: bytes) -> bytes:
-        """``data`` joined with the body bytes h11 already holds (no I/O).
+    def _stalled(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"backend sent nothing for {self._idle:g} seconds in the middle of a response"
+        )
 
-        h11 returns one ``Data`` per chunk and backends write one chunk per SSE
-        event: without this, one read of many events would cost a ``receive``
-        (a cancel scope, a translation batch and a client ``send``) per event.
-        """
-        h = self._conn.h11
-        parts = [data]
-        while True:
-            try:
-                ev = h.next_event()
-            except h11.RemoteProtocolError:
-                break  # the next receive() reports it
-            if isinstance(ev, h11.Data):
-                parts.append(ev.data)
-                continue
-            if isinstance(ev, h11.EndOfMessage):
-                self.complete = True
-            break
-        return b"".join(parts)
+    def _cut(self) -> UpstreamClosed:
+        ep = self._ep
+        return UpstreamClosed(
+            f"backend {ep.host}:{ep.port} closed the connection in the middle of the response"
+        )
 
     async def drain(self, grace: float = 0.2, limit: int = 65536) -> None:
         """After the last event: read what is left of the body (its end, usually
@@ -450,11 +426,6 @@ class UpstreamClient:
                         stream.abort()
                         raise
         except TimeoutError:
-            error = (
-                UpstreamProxyError
-                if doing.startswith("waiting for proxy")
-                else UpstreamConnectError
-            )
             raise error(f"timed out after {timeout:g} s {doing}") from None
         return Connection(stream, ctx, self.cfg.max_event_size)
 
@@ -638,5 +609,13 @@ class _RequestContext:
         return self._resp
 
     async def __aexit__(self, typ: object, exc: Optional[BaseException], tb: object) -> None:
-        if self._resp is not None:
-            await self._client._release(self._resp)
+        resp = self._resp
+        if resp is None:
+            return
+        try:
+            if exc is None:
+                # the caller is done with the answer (sent on): the rest of the body,
+                # usually its last chunk, keeps the connection poolable
+                await resp.drain()
+        finally:  # even when the drain is cancelled (the client left meanwhile)
+            await self._client._release(resp)
