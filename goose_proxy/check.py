@@ -155,10 +155,8 @@ def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> 
     client = UpstreamClient(config.backend)
     _check_certificate(config, client, r)
     if client.route is not None:
-        origin = "backend.proxy" if config.backend.proxy else "the environment (https_proxy)"
-        if client.endpoint.scheme == "http" and not config.backend.proxy:
-            origin = "the environment (http_proxy)"
-        r.info(f"backend connections go through proxy {client.route.display}, from {origin}")
+        route = client.route
+        r.info(f"backend connections go through proxy {route.display}, from {route.origin}")
 
     if r.failed:
         r.skip("backend", "not contacted until the problems above are fixed")

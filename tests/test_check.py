@@ -312,7 +312,7 @@ async def test_through_an_authenticating_proxy_secrets_redacted(
     assert proxy.requests[0].target == f"127.0.0.1:{backend.port}"
     assert "consumer-0001" in (backend.stats.client_subjects[-1] or "")
     assert f'backend.proxy = "http://***@127.0.0.1:{proxy.port}"' in r.out
-    assert f"through proxy http://***@127.0.0.1:{proxy.port}, from backend.proxy" in r.out
+    assert f"through proxy http://***@127.0.0.1:{proxy.port}, from [backend] proxy" in r.out
     assert '"X-Visible": "shown"' in r.out
     assert '"Authorization": "***"' in r.out
     for secret in secrets:
@@ -335,12 +335,15 @@ async def test_proxy_refuses_wrong_credentials(pki: SimpleNamespace, tmp_path: P
     assert "verdict: NOT READY (proxy refused)" in r.out
 
 
-async def test_proxy_forbids_the_tunnel(pki: SimpleNamespace, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", ["https_proxy", "HTTPS_PROXY"])
+async def test_proxy_forbids_the_tunnel(
+    pki: SimpleNamespace, tmp_path: Path, variable: str
+) -> None:
     async with connect_proxy(refuse=403) as proxy:
         cfg = write_config(tmp_path / "c.toml", "https://127.0.0.1:9", pki_auth(pki))
-        r = await run_check(cfg, child_env(tmp_path, https_proxy=proxy.url))
+        r = await run_check(cfg, child_env(tmp_path, **{variable: proxy.url}))
     assert r.rc == 1, r.all
-    assert "from the environment (https_proxy)" in r.out
+    assert f"from environment variable {variable}" in r.out  # the one in use
     assert "refused the tunnel to 127.0.0.1:9: 403 Forbidden" in r.out
     assert "verdict: NOT READY (proxy refused)" in r.out
 

@@ -13,6 +13,7 @@ message names the proxy by its redacted URL.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -44,6 +45,8 @@ class ProxyRoute:
     display: str  # the URL with credentials redacted
     #: why this proxy URL cannot be used (every tunnel then fails with this message)
     error: Optional[str] = None
+    #: where the URL came from: "[backend] proxy" or "environment variable NAME"
+    origin: str = ""
 
     def __repr__(self) -> str:  # never show credentials, even in a debugger
         return f"ProxyRoute({self.display})"
@@ -91,10 +94,10 @@ def _route(url: str, origin: str) -> ProxyRoute:
     with a message naming ``origin``, so that a bad environment variable cannot
     stop the daemon (or ``goose-proxy check``) from starting."""
     try:
-        return parse_proxy(url)
+        return dataclasses.replace(parse_proxy(url), origin=origin)
     except ValueError as e:
         log.warning("%s: %s; backend requests will fail", origin, e)
-        return ProxyRoute("", 0, None, redact_url(url), error=f"{origin}: {e}")
+        return ProxyRoute("", 0, None, redact_url(url), error=f"{origin}: {e}", origin=origin)
 
 
 def _no_proxy_matches(host: str, no_proxy: str) -> bool:
