@@ -9,10 +9,15 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from goose_proxy import __version__
 from goose_proxy.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import anyio
+
+    from goose_proxy.http.server import ProxyServer
 
 log = logging.getLogger("goose_proxy")
 
@@ -97,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="PATH",
-        help="configuration file (default: goose-proxy/config.toml in $XDG_CONFIG_DIRS, "
-        "else /etc/xdg/goose-proxy/config.toml)",
+        help="configuration file (default: the first goose-proxy/config.toml in "
+        "$XDG_CONFIG_DIRS, which defaults to /etc/xdg; none found: built-in defaults)",
     )
     p.add_argument("--log-level", metavar="LEVEL", help="override [logging] level")
     p.add_argument(
@@ -116,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(config: Config) -> None:
-    """Run the proxy until SIGINT or SIGTERM; drain, then return."""
+async def serve(config: Config) -> int:
+    """Run the proxy until SIGINT or SIGTERM; drain, then return 0. A second
+    signal during the drain stops at once: 130."""
     import anyio
 
     from goose_proxy import systemd
@@ -144,13 +150,25 @@ async def serve(config: Config) -> None:
                 redact_url(config.backend.endpoint),
             )
             systemd.notify(f"READY=1\nSTATUS=listening on {where}")
+            draining = False
             async for signum in signals:
-                log.info("%s received; shutting down", signal.Signals(signum).name)
+                name = signal.Signals(signum).name
+                if draining:
+                    log.warning("%s received again; stopping without finishing the drain", name)
+                    tg.cancel_scope.cancel()
+                    log.info("stopped")
+                    return 130
+                log.info("%s received; shutting down", name)
                 systemd.notify("STOPPING=1\nSTATUS=draining")
-                await server.shutdown()
-                tg.cancel_scope.cancel()
-                break
+                draining = True
+                tg.start_soon(_drain_then_stop, server, tg.cancel_scope)
     log.info("stopped")
+    return 0
+
+
+async def _drain_then_stop(server: ProxyServer, scope: anyio.CancelScope) -> None:
+    await server.shutdown()
+    scope.cancel()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -174,12 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import anyio
 
     try:
-        anyio.run(serve, config)
-    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        rc = anyio.run(serve, config)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         return 130
     except OSError as e:
         log.error(
             "cannot listen on %s:%s: %s", config.server.host, config.server.port, e.strerror or e
         )
         return 1
-    return 0
+    return rc

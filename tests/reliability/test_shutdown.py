@@ -205,6 +205,34 @@ async def test_sigterm_drains_stream_and_exits_0(pki: SimpleNamespace, tmp_path:
     assert err is None and _deltas(r.body) == 12
 
 
+async def test_second_signal_during_the_drain_stops_at_once_with_130(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    # a long drain (60 s) with a stream in flight; Ctrl-C twice means "now"
+    with anyio.fail_after(30):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = proxy_config(
+                backend.url,
+                pki,
+                server={"drain_timeout": 60.0},
+                backend={"headers": {"X-Dev-Fault": "stall_mid_stream"}},
+            )
+            async with proxy_process(cfg, tmp_path) as proxy:
+                reader = Reader(proxy.port, HELLO_STREAM)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(reader.run)
+                    await reader.first.wait()
+                    proxy.proc.send_signal(signal.SIGINT)
+                    await proxy.wait_line("draining 1 in-flight request")
+                    proxy.proc.send_signal(signal.SIGINT)
+                    with anyio.fail_after(10):  # far less than the 60 s drain
+                        code = await proxy.proc.wait()
+                    await reader.done.wait()
+                log = "\n".join(proxy.lines)
+    assert code == 130, log
+    assert "SIGINT received again; stopping without finishing the drain" in log
+
+
 async def test_sigterm_after_drain_timeout_error_event_and_exit_0(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:
