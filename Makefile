@@ -18,7 +18,7 @@ PY39 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.9*/bin/python3.9) $(shel
 PY312 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null))
 PYTEST_ARGS ?=
 
-.PHONY: help sync dev run test test-matrix lint check man docs bench bench-smoke pyz fuzz-long clean
+.PHONY: help sync dev run test test-matrix lint check man bench bench-smoke pyz fuzz-long clean
 
 help:
 	@echo "make dev          run the proxy (auto-reload) against the bundled development backend"
@@ -27,7 +27,7 @@ help:
 	@echo "make lint         ruff"
 	@echo "make check        type check (mypy)"
 	@echo "make man          build the man pages into docs/_build/man"
-	@echo "make bench        benchmarks (table + JSON); make bench-smoke: a few seconds"
+	@echo "make bench        benchmarks (table + JSON); make bench-smoke: about 15 s"
 	@echo "make pyz          build dist/goose-proxy.pyz (zipapp)"
 	@echo "make fuzz-long    the long fuzz run (30,000 examples, a few minutes)"
 

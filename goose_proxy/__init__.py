@@ -3,8 +3,7 @@
 The names in ``__all__`` are the public API for embedding (see
 ``goose_proxy.api`` and ``docs/embedding.md``). They are loaded on first use,
 so that ``import goose_proxy`` stays cheap (the command line's start-up time
-depends on it); the configuration and the translate functions and classes
-never load anyio.
+depends on it); only running the proxy loads anyio, h11 and asyncio.
 """
 
 from __future__ import annotations

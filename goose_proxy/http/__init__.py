@@ -1,4 +1,4 @@
-"""The client-facing HTTP/1.1 server (h11 on anyio)."""
+"""The client-facing HTTP/1.1 server (h11 over the asyncio protocols of goose_proxy.streams)."""
 
 from goose_proxy.http.server import ProxyServer
 

@@ -1,4 +1,4 @@
-"""Backend failures → the proxy's error hierarchy (TRANSLATION.md §4).
+"""Backend failures → the proxy's error hierarchy (docs/api-translation.md §4).
 
 Two sources: an HTTP error answer (:func:`error_from_backend`) and an error
 reported inside a stream or a Response object (:func:`error_from_event`).

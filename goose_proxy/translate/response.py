@@ -1,4 +1,4 @@
-"""A Responses ``Response`` object → a ``chat.completion`` (TRANSLATION.md §2).
+"""A Responses ``Response`` object → a ``chat.completion`` (docs/api-translation.md §2).
 
 One choice, index 0. The message gathers, across the output items in order:
 ``output_text`` parts → ``content`` (null if there is none), ``refusal``

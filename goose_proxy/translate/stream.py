@@ -1,4 +1,4 @@
-"""Responses SSE events → ``chat.completion.chunk`` SSE frames (TRANSLATION.md §3).
+"""Responses SSE events → ``chat.completion.chunk`` SSE frames (docs/api-translation.md §3).
 
 Theory of operation
 -------------------

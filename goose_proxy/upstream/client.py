@@ -1,26 +1,30 @@
-"""The backend client: HTTP/1.1 over h11 on anyio streams, mTLS, keep-alive pool.
+"""The backend client: HTTP/1.1 over h11 on goose_proxy.streams, mTLS, keep-alive pool.
 
 Theory of operation
 -------------------
 ``UpstreamClient.post()`` is an async context manager that yields an
 :class:`UpstreamResponse` once the backend's response head has arrived. The
-phases have their own deadlines, each a cancel scope at its call site:
+phases have their own deadlines:
 
 * connect (TCP, then an optional CONNECT tunnel, then TLS): ``connect_timeout``,
-  all inside
+  a cancel scope, itself inside
 * the head deadline ``backend.timeout``: from the start until the response head
-  (504 when it passes);
+  (504 when it passes); a cancel scope while connecting, then a timeout on each
+  write and read (no scope on the hot path);
 * body reads: ``stream_idle_timeout`` per read, so a long healthy stream is never
   cut, but a stalled one is.
 
 Exceptions from the OS, ssl, anyio and h11 are turned into
-:mod:`goose_proxy.errors` classes in one place, :func:`_mapped`, naming the phase.
+:mod:`goose_proxy.errors` classes in one place, :class:`_mapped`, naming the phase.
 
-A connection goes back to the pool only when both h11 sides finished the cycle;
-an idle one is dropped when it is older than ``pool_idle_timeout``, when its
-socket turned readable (the server hung up), or when the client certificate was
-reloaded since it was made. Leaving the context manager early (the client went
-away, a stream was abandoned) closes the connection at once, shielded.
+Leaving the context manager normally reads what is left of the body (briefly,
+see :meth:`UpstreamResponse.drain`) so that the connection can go back to the
+pool, which it does only when both h11 sides finished the cycle. An idle one
+is dropped when it is older than ``pool_idle_timeout``, when anything arrived
+on it (the server hung up), or when the client certificate was reloaded since
+it was made. A request given up (the client went away, a deadline, an error)
+aborts its connection: unsent bytes are dropped, so the backend never gets a
+complete request that nobody waits for.
 """
 
 from __future__ import annotations
