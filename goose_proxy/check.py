@@ -234,11 +234,7 @@ def _reason_for(e: ProxyError) -> str:
 def _check_backend(config: Config, client: UpstreamClient, r: _Report) -> None:
     import anyio
 
-    headers = [(b"accept", b"application/json")]
-    headers += [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in config.backend.headers.items()
-    ]
+    headers = [(b"accept", b"application/json")]  # [backend.headers]: added by the client
 
     answered = False
 

@@ -140,13 +140,10 @@ class Handlers:
         self.upstream = upstream
         self.opts = translate_options(config)
         self._char_limit = b.request_char_limit
-        headers: list[tuple[bytes, bytes]] = []
-        if b.flavor == "lightspeed":
-            headers.append((b"x-lcs-merge-server-tools", b"true"))
-        headers += [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in b.headers.items()
-        ]
-        self._upstream_headers = headers
+        # [backend.headers] are added by the upstream client, to every request
+        self._upstream_headers: list[tuple[bytes, bytes]] = (
+            [(b"x-lcs-merge-server-tools", b"true")] if b.flavor == "lightspeed" else []
+        )
         m = config.models
         self._models_body = json.dumps(
             {

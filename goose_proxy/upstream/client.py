@@ -368,6 +368,10 @@ class UpstreamClient:
             ClientTLS(backend.auth) if self.endpoint.scheme == "https" else None
         )
         self.route: Optional[ProxyRoute] = proxy_for(backend, self.endpoint.host, environ)
+        #: [backend.headers], sent with every request (checked when the config loaded)
+        self._config_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers.items()
+        ]
         self._idle: deque[Connection] = deque()
 
     # -- pool bookkeeping (synchronous decisions, I/O afterwards) --
@@ -454,6 +458,7 @@ class UpstreamClient:
             hdrs.append((b"content-type", b"application/json"))
             hdrs.append((b"content-length", str(len(body)).encode()))
         hdrs += headers
+        hdrs += self._config_headers
         # constants, the endpoint and [backend.headers] (checked at start), the
         # request id (checked where it is made): see goose_proxy.http11
         req = h11.Request(method=method, target=target, headers=hdrs, **TRUSTED)
@@ -518,7 +523,7 @@ class UpstreamClient:
                 self.endpoint.base_path,
                 path,
                 len(body),
-                _head_for_log(headers),
+                _head_for_log(headers + self._config_headers),
             )
         conn: Optional[Connection] = None
         # The head deadline: per read and write on a pooled connection (no
