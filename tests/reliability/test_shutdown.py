@@ -22,6 +22,7 @@ from goose_proxy.http.server import ProxyServer
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
+    ProxyProcess,
     chat_stream_outcome,
     parse_one,
     proxied,
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.anyio
 
 CHAT = "/v1/chat/completions"
 SLOW = {"X-Dev-Event-Delay": "0.05", "X-Dev-Deltas": "12"}  # a stream of about 0.6 s
+STALL = {"X-Dev-Fault": "stall_mid_stream"}  # a stream that stops after a few events
 
 
 class Reader:
@@ -135,7 +137,7 @@ async def test_after_drain_timeout_streams_end_with_error_event(pki: SimpleNames
                 backend={
                     "proxy": "",
                     "stream_idle_timeout": 60.0,
-                    "headers": {"X-Dev-Fault": "stall_mid_stream"},
+                    "headers": STALL,
                 },
             )
             async with anyio.create_task_group() as tg:
@@ -181,23 +183,32 @@ async def test_after_drain_timeout_waiting_requests_get_503(pki: SimpleNamespace
 # --- the real process ---------------------------------------------------------------
 
 
+@asynccontextmanager
+async def _real_process_mid_stream(
+    pki: SimpleNamespace, tmp_path: Path, drain_timeout: float, headers: dict[str, str]
+) -> AsyncIterator[tuple[Any, ProxyProcess, Reader]]:
+    """The real CLI (socket of its own) in front of the scripted backend, with one
+    streaming request under way (its first chunk read) in a task beside the body."""
+    async with devbackend.run(tls=pki.server_context()) as backend:
+        server = {"drain_timeout": drain_timeout}
+        cfg = proxy_config(backend.url, pki, server=server, backend={"headers": headers})
+        async with proxy_process(cfg, tmp_path) as proxy:
+            reader = Reader(proxy.port, HELLO_STREAM)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader.run)
+                await reader.first.wait()
+                yield backend, proxy, reader
+
+
 async def test_sigterm_drains_stream_and_exits_0(pki: SimpleNamespace, tmp_path: Path) -> None:
     with anyio.fail_after(30):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            cfg = proxy_config(
-                backend.url, pki, server={"drain_timeout": 10.0}, backend={"headers": SLOW}
-            )
-            async with proxy_process(cfg, tmp_path) as proxy:
-                reader = Reader(proxy.port, HELLO_STREAM)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(reader.run)
-                    await reader.first.wait()
-                    proxy.proc.send_signal(signal.SIGTERM)
-                    await proxy.wait_line("draining 1 in-flight request")
-                    assert await _refused(proxy.port)
-                    await reader.done.wait()
-                code = await proxy.proc.wait()
-                log = "\n".join(proxy.lines)
+        async with _real_process_mid_stream(pki, tmp_path, 10.0, SLOW) as (_, proxy, reader):
+            proxy.proc.send_signal(signal.SIGTERM)
+            await proxy.wait_line("draining 1 in-flight request")
+            assert await _refused(proxy.port)
+            await reader.done.wait()
+            code = await proxy.proc.wait()
+            log = "\n".join(proxy.lines)
     assert code == 0, log
     assert "SIGTERM received; shutting down" in log and "stopped" in log
     r = parse_one(bytes(reader.data))
@@ -210,25 +221,14 @@ async def test_second_signal_during_the_drain_stops_at_once_with_130(
 ) -> None:
     # a long drain (60 s) with a stream in flight; Ctrl-C twice means "now"
     with anyio.fail_after(30):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            cfg = proxy_config(
-                backend.url,
-                pki,
-                server={"drain_timeout": 60.0},
-                backend={"headers": {"X-Dev-Fault": "stall_mid_stream"}},
-            )
-            async with proxy_process(cfg, tmp_path) as proxy:
-                reader = Reader(proxy.port, HELLO_STREAM)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(reader.run)
-                    await reader.first.wait()
-                    proxy.proc.send_signal(signal.SIGINT)
-                    await proxy.wait_line("draining 1 in-flight request")
-                    proxy.proc.send_signal(signal.SIGINT)
-                    with anyio.fail_after(10):  # far less than the 60 s drain
-                        code = await proxy.proc.wait()
-                    await reader.done.wait()
-                log = "\n".join(proxy.lines)
+        async with _real_process_mid_stream(pki, tmp_path, 60.0, STALL) as (_, proxy, reader):
+            proxy.proc.send_signal(signal.SIGINT)
+            await proxy.wait_line("draining 1 in-flight request")
+            proxy.proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):  # far less than the 60 s drain
+                code = await proxy.proc.wait()
+            await reader.done.wait()
+            log = "\n".join(proxy.lines)
     assert code == 130, log
     assert "SIGINT received again; stopping without finishing the drain" in log
 
@@ -237,27 +237,16 @@ async def test_sigterm_after_drain_timeout_error_event_and_exit_0(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:
     with anyio.fail_after(30):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            cfg = proxy_config(
-                backend.url,
-                pki,
-                server={"drain_timeout": 0.3},
-                backend={"headers": {"X-Dev-Fault": "stall_mid_stream"}},
-            )
-            async with proxy_process(cfg, tmp_path) as proxy:
-                reader = Reader(proxy.port, HELLO_STREAM)
-                idle = await anyio.connect_tcp("127.0.0.1", proxy.port)  # an idle keep-alive
-                async with idle, anyio.create_task_group() as tg:
-                    tg.start_soon(reader.run)
-                    await reader.first.wait()
-                    t0 = anyio.current_time()
-                    proxy.proc.send_signal(signal.SIGTERM)
-                    code = await proxy.proc.wait()
-                    took = anyio.current_time() - t0
-                    await reader.done.wait()
-                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
-                        await idle.receive()  # closed by the exit, not left hanging
-            await backend.wait_until(lambda b: b.stats.connections_open == 0)
+        async with _real_process_mid_stream(pki, tmp_path, 0.3, STALL) as (backend, proxy, reader):
+            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as idle:  # keep-alive
+                t0 = anyio.current_time()
+                proxy.proc.send_signal(signal.SIGTERM)
+                code = await proxy.proc.wait()
+                took = anyio.current_time() - t0
+                await reader.done.wait()
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                    await idle.receive()  # closed by the exit, not left hanging
+        await backend.wait_until(lambda b: b.stats.connections_open == 0)
     assert code == 0
     assert took < 5
     r = parse_one(bytes(reader.data))
