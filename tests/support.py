@@ -81,3 +81,13 @@ def silent_listener() -> Iterator[int]:
         yield s.getsockname()[1]
     finally:
         s.close()
+
+
+def issue_client_pair(ca: Any, name: str, directory: Path, **validity: Any) -> tuple[Path, Path]:
+    """A client certificate and key from the test CA ``ca`` (trustme), for ``name``,
+    written to ``directory``; ``validity``: e.g. ``not_after`` in the past."""
+    leaf = ca.issue_cert(f"{name}@example.com", common_name=name, **validity)
+    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return cert, key

@@ -24,7 +24,7 @@ from goose_proxy.check import REASONS, effective_values
 from goose_proxy.config import BackendConfig, Config
 from tests.connectproxy import connect_proxy
 from tests.subprocs import child_env, pki_auth, write_config
-from tests.support import refusing_port, silent_listener
+from tests.support import issue_client_pair, refusing_port, silent_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -54,10 +54,7 @@ def issue_client(
     pki: SimpleNamespace, tmp_path: Path, name: str, **validity: Any
 ) -> dict[str, str]:
     """A client pair from the test CA, e.g. with ``not_after`` in the past."""
-    leaf = pki.ca.issue_cert(f"{name}@example.com", common_name=name, **validity)
-    cert, key = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
+    cert, key = issue_client_pair(pki.ca, name, tmp_path, **validity)
     return pki_auth(pki, cert_file=str(cert), key_file=str(key))
 
 

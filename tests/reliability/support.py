@@ -83,6 +83,13 @@ async def exchange(port: int, data: bytes, *, half_close: bool = False) -> bytes
         return await read_all(s)
 
 
+async def ask(port: int, data: bytes, *, head: bool = False) -> Response:
+    """One request (``data`` should ask the proxy to close after it), one strict
+    reply (``head``: to a HEAD request); at most 10 s."""
+    with anyio.fail_after(10):
+        return parse_one(await exchange(port, data), head)
+
+
 @dataclass
 class Response:
     status: int

@@ -10,10 +10,9 @@ import json
 from types import SimpleNamespace
 from typing import Optional
 
-import anyio
 import pytest
 
-from tests.reliability.support import HELLO, Response, exchange, parse_one, proxied
+from tests.reliability.support import HELLO, ask, proxied
 
 pytestmark = pytest.mark.anyio
 
@@ -41,11 +40,6 @@ def req(
     if method == "POST":
         head += f"Content-Length: {len(body)}\r\n"
     return (head + extra + "\r\n").encode("latin-1") + body
-
-
-async def ask(port: int, data: bytes) -> Response:
-    with anyio.fail_after(10):
-        return parse_one(await exchange(port, data))
 
 
 # --- Host -------------------------------------------------------------------------------

@@ -12,23 +12,13 @@ from types import SimpleNamespace
 import anyio
 import httpx
 import pytest
-import trustme
 
 import devbackend
 from goose_proxy.config import AuthConfig
 from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
-from tests.support import make_config, running_proxy
+from tests.support import issue_client_pair, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
-
-
-def _issue(ca: trustme.CA, cn: str, directory: Path) -> tuple[Path, Path]:
-    """A client pair for ``cn``, written next to each other in ``directory``."""
-    leaf = ca.issue_cert(f"{cn}@example.com", common_name=cn)
-    cert, key = directory / f"{cn}-cert.pem", directory / f"{cn}-key.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return cert, key
 
 
 def _install(src: Path, dst: Path, *, in_place: bool) -> None:
@@ -57,8 +47,8 @@ async def wait_pooled(proxy: SimpleNamespace) -> None:
 @pytest.fixture
 def consumer(pki: SimpleNamespace, tmp_path: Path) -> SimpleNamespace:
     """An RHSM-like consumer directory with its own cert.pem/key.pem (CN consumer-a)."""
-    a_cert, a_key = _issue(pki.ca, "consumer-a", tmp_path)
-    b_cert, b_key = _issue(pki.ca, "consumer-b", tmp_path)
+    a_cert, a_key = issue_client_pair(pki.ca, "consumer-a", tmp_path)
+    b_cert, b_key = issue_client_pair(pki.ca, "consumer-b", tmp_path)
     d = tmp_path / "consumer"
     d.mkdir()
     shutil.copyfile(a_cert, d / "cert.pem")

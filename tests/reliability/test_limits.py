@@ -17,7 +17,7 @@ import pytest
 
 from tests.reliability.support import (
     HELLO,
-    Response,
+    ask,
     exchange,
     parse_one,
     parse_responses,
@@ -30,11 +30,6 @@ from tests.reliability.support import (
 pytestmark = pytest.mark.anyio
 
 CHAT = "/v1/chat/completions"
-
-
-async def ask(port: int, data: bytes, *, head: bool = False) -> Response:
-    """One request (which asks the proxy to close afterwards), one strict reply."""
-    return parse_one(await exchange(port, data), head)
 
 
 async def healthy(port: int) -> None:
