@@ -12,11 +12,22 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import anyio
+import anyio.abc
 import httpx
 import openai
 import pytest
 
 import devbackend
+from tests.reliability.support import (
+    HELLO,
+    SSE_HEAD,
+    chunk,
+    fake_server,
+    post,
+    read_request_head,
+    sse_event,
+    text_events,
+)
 from tests.support import make_config, running_proxy, sdk_stream_final
 from tests.translate.translate_testkit import FIXTURES, capture_events
 
@@ -379,3 +390,80 @@ async def test_goose_shaped_session_input_upstream() -> None:
     ]  # fmt: skip
     assert sent["stream"] is True and sent["store"] is False
     assert set(sent) <= {"input", "model", "stream", "store", "tools", "generate_topic_summary"}
+
+
+# --- collecting a stream into one answer ---------------------------------------------
+
+
+def _named_as(frame: bytes, name: str) -> bytes:
+    """``frame`` with its ``event:`` line changed to ``name``."""
+    return b"event: " + name.encode() + frame[frame.index(b"\n") :]
+
+
+def _unnamed(frame: bytes) -> bytes:
+    return frame[frame.index(b"\n") + 1 :]
+
+
+def _whole_completed(text: str) -> bytes:
+    """A ``response.completed`` event that carries the whole answer."""
+    resp = {
+        "id": "resp_1", "object": "response", "created_at": 1, "model": "m",
+        "status": "completed", "error": None, "incomplete_details": None,
+        "usage": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
+        "output": [{"id": "msg_1", "type": "message", "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+    }  # fmt: skip
+    return sse_event({"type": "response.completed", "response": resp})
+
+
+BAD_DELTA = b"event: response.output_text.delta\ndata: {not json\n\n"
+WORDS = ["one ", "two ", "three"]
+BIG = ["x" * 8192] * 40  # 320 KiB of deltas: more than the proxy holds unparsed
+
+
+def _stream(case: str) -> tuple[list[bytes], Optional[str]]:
+    """The backend's events for ``case`` and the answer's expected text (None: a 502)."""
+    frames = text_events(WORDS)  # its response.completed has an empty output
+    if case == "rebuilt from the deltas":
+        return frames, "one two three"
+    if case == "unnamed events":
+        return [_unnamed(f) for f in frames], "one two three"
+    if case == "a non-terminal event named as terminal":
+        return [*frames[:3], _named_as(frames[3], "response.completed"), *frames[4:]], (
+            "one two three"
+        )
+    if case == "more deltas than held":
+        return text_events(BIG), "".join(BIG)
+    if case == "bad delta, whole terminal event":
+        return [*frames[:3], BAD_DELTA, _whole_completed("the answer")], "the answer"
+    assert case == "bad delta, rebuilt"
+    return [*frames[:3], BAD_DELTA, *frames[3:]], None
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["rebuilt from the deltas", "unnamed events", "a non-terminal event named as terminal",
+     "more deltas than held", "bad delta, whole terminal event", "bad delta, rebuilt"],
+)  # fmt: skip
+async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
+    """A non-streaming client of a streaming backend: the events before the terminal
+    one are parsed only when its ``response`` lacks the answer, and then in order."""
+    frames, want = _stream(case)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in frames) + b"0\r\n\r\n")
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, HELLO)
+    if want is None:
+        assert r.status_code == 502
+        assert r.json()["error"]["message"] == "backend sent a stream event that is not JSON"
+    else:
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == want
+        assert r.json()["choices"][0]["finish_reason"] == "stop"

@@ -70,6 +70,8 @@ TERMINAL_EVENTS = frozenset(
 )
 #: how long a passthrough stream waits for ``[DONE]`` after its terminal event
 DONE_GRACE = 0.2
+#: most bytes of event data an :class:`EventReader` holds unparsed
+HOLD_LIMIT = 256 * 1024
 
 
 class Exchange:
@@ -265,12 +267,20 @@ class Handlers:
 
     async def _collect_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
         acc = ResponseAccumulator()
-        reader = EventReader(resp, self.config.backend.max_event_size)
+        reader = EventReader(resp, self.config.backend.max_event_size, hold=True)
+        terminal: list[dict[str, Any]] = []  # returned while holding: the terminal event
         while True:
             batch = await reader.next_batch()
             if batch is None:
                 break
             for ev in batch:
+                acc.feed(ev)
+            if reader.holding:
+                terminal += batch
+        if reader.holding and not acc.settled:
+            # the terminal event alone does not give the answer: all of them, in order
+            acc = ResponseAccumulator()
+            for ev in reader.take_held() + terminal:
                 acc.feed(ev)
         completion = responses_to_chat(acc.result(), creq.client_model)
         await ex.send(200, encode_json(completion), [JSON])
@@ -348,13 +358,48 @@ def _load_upstream_json(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-class EventReader:
-    """Reads a backend SSE body and returns parsed Responses events, a read at a time."""
+def _event_object(ev: SSEEvent) -> dict[str, Any]:
+    """An SSE event's data as a Responses event object (``type`` from the SSE
+    event name when the data has none). Raises UpstreamProtocolError."""
+    try:
+        obj = event_json(ev.data)
+    except (ValueError, RecursionError):
+        raise UpstreamProtocolError("backend sent a stream event that is not JSON") from None
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError("backend sent a stream event that is not an object")
+    if "type" not in obj and ev.event:
+        obj["type"] = ev.event
+    return obj
 
-    def __init__(self, resp: UpstreamResponse, max_event_size: int) -> None:
+
+class EventReader:
+    """Reads a backend SSE body and returns parsed Responses events, a read at a time.
+
+    With ``hold=True`` (collecting a non-streamed answer) the events named by
+    an ``event:`` line and not terminal are held unparsed (at most
+    :data:`HOLD_LIMIT` bytes of data): the terminal event usually carries the
+    whole answer, and then the JSON of the events before it is never needed.
+    :meth:`take_held` parses them when it is. An unnamed event, a terminal-named
+    one whose JSON says otherwise, or the limit ends the holding: what was held
+    is parsed and returned first, in order, and every later event is parsed.
+    """
+
+    def __init__(self, resp: UpstreamResponse, max_event_size: int, hold: bool = False) -> None:
         self._resp = resp
         self._parser = SSEParser(max_event_size)
         self._ended = False
+        self._held: Optional[list[SSEEvent]] = [] if hold else None
+        self._held_size = 0
+
+    @property
+    def holding(self) -> bool:
+        """Still holding: every event so far is held, but for a terminal one returned."""
+        return self._held is not None
+
+    def take_held(self) -> list[dict[str, Any]]:
+        """The held events, parsed (UpstreamProtocolError as for any event); holding ends."""
+        held, self._held = self._held or [], None
+        return [_event_object(ev) for ev in held]
 
     async def next_batch(self) -> Optional[list[dict[str, Any]]]:
         """The events completed by the next read (maybe none); None at the end.
@@ -373,21 +418,25 @@ class EventReader:
             if ev.data == _DONE:
                 self._ended = True
                 break
-            try:
-                obj = event_json(ev.data)
-            except (ValueError, RecursionError):
-                raise UpstreamProtocolError(
-                    "backend sent a stream event that is not JSON"
-                ) from None
-            if not isinstance(obj, dict):
-                raise UpstreamProtocolError("backend sent a stream event that is not an object")
-            if "type" not in obj and ev.event:
-                obj["type"] = ev.event
-            out.append(obj)
+            held = self._held
+            if held is not None:
+                name = ev.event
+                if name and name not in TERMINAL_EVENTS:
+                    self._held_size += len(ev.data)
+                    if self._held_size <= HOLD_LIMIT:
+                        held.append(ev)
+                        continue
+                if not name or name not in TERMINAL_EVENTS:
+                    out += self.take_held()
+            obj = _event_object(ev)
             kind = obj.get("type")
             if isinstance(kind, str) and kind in TERMINAL_EVENTS:
+                out.append(obj)
                 self._ended = True
                 break
+            if self._held is not None:  # named terminal, its JSON says otherwise: stop holding
+                out += self.take_held()
+            out.append(obj)
         if not data:
             self._ended = True
         if self._ended and not out:

@@ -26,6 +26,9 @@ from .response import map_usage
 
 __all__ = ["ResponseAccumulator"]
 
+#: the fields of a Response object that ``responses_to_chat`` reads besides ``output``
+_READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incomplete_details")
+
 Key = Union[str, int]
 
 # event type -> (piece kind, index field) for deltas and their .done counterparts
@@ -114,6 +117,20 @@ class ResponseAccumulator:
     def done(self) -> bool:
         """A terminal event (success or failure) has been seen."""
         return self._final is not None or self._error is not None
+
+    @property
+    def settled(self) -> bool:
+        """The result is fixed whatever came before the terminal event: a failure,
+        or a final response with a non-empty ``output`` and every field
+        :func:`~goose_proxy.translate.responses_to_chat` reads (so an event not
+        fed, or fed in any order before the terminal one, would change nothing)."""
+        if self._error is not None:
+            return True
+        final = self._final
+        if final is None:
+            return False
+        output = final.get("output")
+        return isinstance(output, list) and bool(output) and all(k in final for k in _READ_FIELDS)
 
     def _slot(self, event: Mapping[str, Any], item_id: Any = None) -> _Item:
         index = event.get("output_index")

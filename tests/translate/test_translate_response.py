@@ -262,6 +262,40 @@ def test_accumulator_rebuilds_from_deltas_when_items_never_finish(name: str) -> 
     assert got == responses_to_chat(expected, "m")
 
 
+@pytest.mark.parametrize("name", STREAM_CAPTURES)
+def test_terminal_event_alone_settles_real_captures(name: str) -> None:
+    """What lets the proxy skip parsing the events before a whole terminal one."""
+    events = capture_events(name)
+    acc = ResponseAccumulator()
+    acc.feed(events[-1])
+    assert acc.settled
+    assert responses_to_chat(acc.result(), "") == responses_to_chat(accumulate(events), "")
+
+
+@pytest.mark.parametrize(
+    "missing", ["output", "id", "created_at", "model", "status", "usage", "error",
+                "incomplete_details"],
+)  # fmt: skip
+def test_terminal_event_lacking_a_read_field_is_not_settled(missing: str) -> None:
+    terminal = copy.deepcopy(capture_events("lcs_stream_text.sse")[-1])
+    del terminal["response"][missing]
+    acc = ResponseAccumulator()
+    assert not acc.settled
+    acc.feed(terminal)
+    assert not acc.settled
+
+
+def test_empty_output_is_not_settled_a_failure_is() -> None:
+    terminal = copy.deepcopy(capture_events("lcs_stream_text.sse")[-1])
+    terminal["response"]["output"] = []
+    acc = ResponseAccumulator()
+    acc.feed(terminal)
+    assert not acc.settled
+    failed = ResponseAccumulator()
+    failed.feed(capture_events("err_CTX_TOO_LONG_stream_true.txt")[-1])
+    assert failed.settled
+
+
 def test_accumulator_text_and_args_from_done_subevents_only() -> None:
     events = [
         {"type": "response.created", "response": response([], status="in_progress")},
