@@ -3,8 +3,10 @@
 RHSM renews ``/etc/pki/consumer/{cert,key}.pem`` in place. Building an
 ``SSLContext`` is expensive (loading the system trust store costs tens of
 milliseconds of CPU), so one context is built and reused until the files'
-``(mtime, size, inode)`` change; then the next request builds a new one. A
-failed build is not cached: the next request tries again.
+``(mtime, size, inode)`` change; then the next request builds a new one. The
+files are looked at (two ``stat`` calls) at most once per
+:data:`RECHECK_INTERVAL`, not on every request. A failed build is not cached:
+the next request tries again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
 from typing import Optional
 
 from goose_proxy.config import AuthConfig
@@ -25,6 +28,11 @@ REGISTER_HINT = (
 )
 
 _Stamp = tuple[tuple[int, int, int], ...]
+
+#: seconds a checked certificate pair is trusted to be unchanged
+RECHECK_INTERVAL = 1.0
+
+_now = time.monotonic
 
 
 def _stamp(*paths: str) -> _Stamp:
@@ -42,14 +50,19 @@ class ClientTLS:
         self._auth = auth
         self._ctx: Optional[ssl.SSLContext] = None
         self._stamp: Optional[_Stamp] = None
+        self._checked = 0.0  # when the files last matched _stamp (time.monotonic)
         self.builds = 0  # how many contexts were built (tests and benchmarks read it)
 
     def context(self) -> ssl.SSLContext:
-        """The context for the current cert/key pair.
+        """The context for the current cert/key pair (as of at most
+        :data:`RECHECK_INTERVAL` ago).
 
         Raises CredentialsError when the files are missing, unreadable, not PEM, or
         the key does not match the certificate.
         """
+        now = _now()
+        if self._ctx is not None and now - self._checked < RECHECK_INTERVAL:
+            return self._ctx
         auth = self._auth
         try:
             stamp = _stamp(auth.cert_file, auth.key_file)
@@ -63,11 +76,12 @@ class ClientTLS:
                 f"({e.strerror}): {REGISTER_HINT}"
             ) from None
         if self._ctx is not None and stamp == self._stamp:
+            self._checked = now
             return self._ctx
         ctx = self._build()
         if self._ctx is not None:
             log.info("client certificate changed on disk; reloaded %s", auth.cert_file)
-        self._ctx, self._stamp = ctx, stamp
+        self._ctx, self._stamp, self._checked = ctx, stamp, now
         self.builds += 1
         return ctx
 
