@@ -390,9 +390,13 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-def all_refused(e: OSError) -> bool:
-    """True for asyncio's error for a host whose every address failed ("Multiple
-    exceptions: [Errno 111] ..., [Errno 111] ...") when all of them refused."""
+def refused(e: OSError) -> bool:
+    """True when :func:`connect_tcp` failed because the connection was refused: a
+    ConnectionRefusedError, or asyncio's error for a host whose every address
+    failed ("Multiple exceptions: [Errno 111] ..., [Errno 111] ...") when all of
+    them refused."""
+    if isinstance(e, ConnectionRefusedError):
+        return True
     codes = re.findall(r"\[Errno (\d+)\]", str(e)) if e.errno is None else []
     return bool(codes) and all(int(c) == errno.ECONNREFUSED for c in codes)
 

@@ -55,7 +55,7 @@ from goose_proxy.errors import (
     UpstreamTLSError,
 )
 from goose_proxy.http11 import TRUSTED
-from goose_proxy.streams import ProtocolStream, all_refused, connect_tcp
+from goose_proxy.streams import ProtocolStream, connect_tcp, refused
 from goose_proxy.upstream.chunked import ChunkedDecoder
 from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
 from goose_proxy.upstream.tls import ClientTLS
@@ -128,7 +128,7 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
         return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}")
     if isinstance(e, socket.gaierror):
         return UpstreamConnectError(f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})")
-    if isinstance(e, ConnectionRefusedError):
+    if isinstance(e, OSError) and refused(e):
         return UpstreamConnectError(f"connection refused by backend {where}")
     if isinstance(e, (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)):
         cause = e.__cause__ if isinstance(e, anyio.BrokenResourceError) else e
@@ -138,10 +138,7 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
     if isinstance(e, h11.RemoteProtocolError):
         return UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}")
     if isinstance(e, OSError):
-        cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
-        if isinstance(cause, ConnectionRefusedError) or all_refused(cause):
-            return UpstreamConnectError(f"connection refused by backend {where}")
-        return UpstreamConnectError(f"cannot connect to backend {where}: {cause.strerror or cause}")
+        return UpstreamConnectError(f"cannot connect to backend {where}: {e.strerror or e}")
     return None
 
 

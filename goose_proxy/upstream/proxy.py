@@ -28,7 +28,7 @@ import h11
 
 from goose_proxy.config import BackendConfig
 from goose_proxy.errors import UpstreamProxyError
-from goose_proxy.streams import ProtocolStream, all_refused, connect_tcp
+from goose_proxy.streams import ProtocolStream, connect_tcp, refused
 
 log = logging.getLogger("goose_proxy.upstream")
 
@@ -148,13 +148,12 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream
     try:
         stream = await connect_tcp(route.host, route.port)
     except OSError as e:
-        cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
-        if isinstance(cause, socket.gaierror):
-            msg = f"cannot resolve proxy {route.display}: {cause.strerror or cause}"
-        elif isinstance(cause, ConnectionRefusedError) or all_refused(cause):
+        if isinstance(e, socket.gaierror):
+            msg = f"cannot resolve proxy {route.display}: {e.strerror or e}"
+        elif refused(e):
             msg = f"cannot connect to proxy {route.display}: connection refused"
         else:
-            msg = f"cannot connect to proxy {route.display}: {cause.strerror or cause}"
+            msg = f"cannot connect to proxy {route.display}: {e.strerror or e}"
         raise UpstreamProxyError(msg) from e
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
