@@ -303,15 +303,23 @@ async def fake_server(
             tg.cancel_scope.cancel()
 
 
+async def read_until(stream: anyio.abc.ByteStream, marker: bytes, cap: int = READ_CAP) -> bytes:
+    """What arrives until ``marker`` has been received (AssertionError past ``cap``
+    bytes without it; EndOfStream when the peer closes first)."""
+    out = bytearray()
+    while marker not in out:
+        assert len(out) <= cap, f"{marker!r} not within {cap} bytes"
+        out += await stream.receive()
+    return bytes(out)
+
+
 async def read_request_head(stream: anyio.abc.ByteStream, srv: FakeServer) -> bytes:
     """Read up to the end of a request (head and Content-Length body); record it."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += await stream.receive()
+    buf = await read_until(stream, b"\r\n\r\n")
     head, _, body = buf.partition(b"\r\n\r\n")
     m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
     want = int(m.group(1)) if m else 0
-    while len(body) < want:
+    while len(body) < want:  # bounded: want is the request's own Content-Length
         body += await stream.receive()
     srv.requests.append(head + b"\r\n\r\n" + body)
     return head

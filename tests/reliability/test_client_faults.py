@@ -33,6 +33,7 @@ from tests.reliability.support import (
     proxy_process,
     read_all,
     read_request_head,
+    read_until,
     request_bytes,
     sse_event,
     steady,
@@ -53,9 +54,7 @@ async def _disconnect_and_time(h: SimpleNamespace, body: dict[str, Any], wait_fo
     try:
         await s.send(request_bytes("POST", CHAT, json.dumps(body).encode()))
         await be.wait_until(lambda b: b.stats.in_flight == 1)
-        got = b""
-        while wait_for not in got:
-            got += await s.receive()
+        await read_until(s, wait_for)
     finally:
         await s.aclose()
     t0 = anyio.current_time()
@@ -146,7 +145,7 @@ async def test_slow_reader_slows_the_backend_with_bounded_memory(
         await stream.send(chunk(sse_event(done)) + b"0\r\n\r\n")
 
     body = json.dumps({**HELLO_STREAM, "messages": [{"role": "user", "content": "BIG"}]})
-    with anyio.fail_after(120):
+    with anyio.fail_after(60):  # about 3 s here; pytest-timeout stops any test at 120 s
         async with fake_server(generate, tls=pki.server_context()) as srv:
             cfg = proxy_config(srv.url, pki, backend={"stream_idle_timeout": 60.0})
             async with proxy_process(cfg, tmp_path) as proxy:
@@ -154,9 +153,7 @@ async def test_slow_reader_slows_the_backend_with_bounded_memory(
                 warm = request_bytes("POST", CHAT, json.dumps(HELLO_STREAM).encode())
                 async with await anyio.connect_tcp("127.0.0.1", proxy.port) as s:
                     await s.send(warm)
-                    got = b""
-                    while b"[DONE]" not in got:
-                        got += await s.receive()
+                    await read_until(s, b"[DONE]")
                 rss_before = proxy.rss()
 
                 client = await anyio.connect_tcp("127.0.0.1", proxy.port)
@@ -205,15 +202,12 @@ async def _cycle(port: int, i: int) -> None:
             assert b"You said" in await read_all(s)
         elif kind == 2:
             await s.send(request_bytes("POST", CHAT, json.dumps(HELLO_STREAM).encode()))
-            got = b""
-            while b"[DONE]" not in got:  # a complete stream; then hang up, keep-alive or not
-                got += await s.receive()
+            # a complete stream; then hang up, keep-alive or not
+            await read_until(s, b"[DONE]")
         elif kind == 3:
             # a stream abandoned after its first chunk
             await s.send(request_bytes("POST", CHAT, json.dumps(HELLO_STREAM).encode()))
-            got = b""
-            while b"data:" not in got:
-                got += await s.receive()
+            await read_until(s, b"data:")
         elif kind == 4:
             await s.send(request_bytes("POST", CHAT, b"{bad json"))
             assert b" 400 " in await s.receive()
@@ -226,7 +220,7 @@ async def test_thousand_cycles_leave_fds_and_rss_where_they_were(
 ) -> None:
     import devbackend
 
-    with anyio.fail_after(240):
+    with anyio.fail_after(60):  # about 2 s here; pytest-timeout stops any test at 120 s
         async with devbackend.run(tls=pki.server_context()) as backend:
             cfg = proxy_config(backend.url, pki)
             async with proxy_process(cfg, tmp_path) as proxy:

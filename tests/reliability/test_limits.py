@@ -23,6 +23,7 @@ from tests.reliability.support import (
     parse_responses,
     proxied,
     read_all,
+    read_until,
     request_bytes,
     wait_settled,
 )
@@ -288,9 +289,7 @@ async def test_expect_100_continue(pki: SimpleNamespace) -> None:
             head = req[: -len(body)]
             async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
                 await s.send(close(head))
-                interim = b""
-                while b"\r\n\r\n" not in interim:
-                    interim += await s.receive()
+                interim = await read_until(s, b"\r\n\r\n")
                 assert interim.startswith(b"HTTP/1.1 100 ")
                 await s.send(body)
                 rest = await read_all(s)
