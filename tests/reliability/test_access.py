@@ -10,6 +10,7 @@ import json
 from types import SimpleNamespace
 from typing import Optional
 
+import anyio
 import pytest
 
 from tests.reliability.support import HELLO, ask, proxied
@@ -59,9 +60,10 @@ def req(
     ],
 )
 async def test_foreign_host_is_refused(pki: SimpleNamespace, host: str) -> None:
-    async with proxied(pki) as h:
-        r = await ask(h.proxy.port, req(host))
-        get = await ask(h.proxy.port, req(host, method="GET", path="/v1/models"))
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req(host))
+            get = await ask(h.proxy.port, req(host, method="GET", path="/v1/models"))
     for resp in (r, get):
         assert resp.status == 403
         assert resp.error["code"] == "forbidden"
@@ -74,22 +76,25 @@ async def test_foreign_host_is_refused(pki: SimpleNamespace, host: str) -> None:
     ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:1234", "127.0.0.2", "[::1]:80"],
 )
 async def test_loopback_host_is_allowed(pki: SimpleNamespace, host: str) -> None:
-    async with proxied(pki) as h:
-        r = await ask(h.proxy.port, req(host))
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req(host))
     assert r.status == 200
 
 
 async def test_allowed_hosts_from_config(pki: SimpleNamespace) -> None:
-    async with proxied(pki, server={"allowed_hosts": ("goose.internal",)}) as h:
-        ok = await ask(h.proxy.port, req("goose.internal:8080"))
-        other = await ask(h.proxy.port, req("other.internal"))
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"allowed_hosts": ("goose.internal",)}) as h:
+            ok = await ask(h.proxy.port, req("goose.internal:8080"))
+            other = await ask(h.proxy.port, req("other.internal"))
     assert ok.status == 200
     assert other.status == 403
 
 
 async def test_http10_without_host_is_allowed(pki: SimpleNamespace) -> None:
-    async with proxied(pki) as h:
-        r = await ask(h.proxy.port, b"GET /health HTTP/1.0\r\n\r\n")
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, b"GET /health HTTP/1.0\r\n\r\n")
     assert r.status == 200
 
 
@@ -100,23 +105,25 @@ async def test_http10_without_host_is_allowed(pki: SimpleNamespace) -> None:
     "origin", ["https://evil.example", "null", "http://localhost:3000", "file://"]
 )
 async def test_origin_is_refused_unless_allowed(pki: SimpleNamespace, origin: str) -> None:
-    async with proxied(pki) as h:
-        r = await ask(h.proxy.port, req(origin=origin))
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req(origin=origin))
     assert r.status == 403
     assert "allowed_origins" in r.error["message"]
     assert h.backend.stats.requests_total == 0
 
 
 async def test_allowed_origin_from_config(pki: SimpleNamespace) -> None:
-    async with proxied(pki, server={"allowed_origins": ("http://localhost:3000",)}) as h:
-        ok = await ask(h.proxy.port, req(origin="http://localhost:3000"))
-        slash = await ask(h.proxy.port, req(origin="HTTP://LOCALHOST:3000/"))
-        other = await ask(h.proxy.port, req(origin="http://localhost:3001"))
-        # a second Origin header cannot smuggle a foreign page past the check
-        two = await ask(
-            h.proxy.port,
-            req(origin="http://localhost:3000", extra="Origin: https://evil.example\r\n"),
-        )
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"allowed_origins": ("http://localhost:3000",)}) as h:
+            ok = await ask(h.proxy.port, req(origin="http://localhost:3000"))
+            slash = await ask(h.proxy.port, req(origin="HTTP://LOCALHOST:3000/"))
+            other = await ask(h.proxy.port, req(origin="http://localhost:3001"))
+            # a second Origin header cannot smuggle a foreign page past the check
+            two = await ask(
+                h.proxy.port,
+                req(origin="http://localhost:3000", extra="Origin: https://evil.example\r\n"),
+            )
     assert ok.status == 200 and slash.status == 200
     assert other.status == 403 and two.status == 403
 
@@ -136,9 +143,10 @@ async def test_allowed_origin_from_config(pki: SimpleNamespace) -> None:
     ],
 )
 async def test_non_json_content_type_is_refused(pki: SimpleNamespace, ctype: Optional[str]) -> None:
-    async with proxied(pki) as h:
-        r = await ask(h.proxy.port, req(ctype=ctype))
-        passthrough = await ask(h.proxy.port, req(ctype=ctype, path="/v1/responses"))
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req(ctype=ctype))
+            passthrough = await ask(h.proxy.port, req(ctype=ctype, path="/v1/responses"))
     for resp in (r, passthrough):
         assert resp.status == 415
         assert resp.error["code"] == "unsupported_media_type"
@@ -149,8 +157,9 @@ async def test_non_json_content_type_is_refused(pki: SimpleNamespace, ctype: Opt
     "ctype", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
 )
 async def test_json_content_type_is_accepted(pki: SimpleNamespace, ctype: str) -> None:
-    async with proxied(pki) as h:
-        r = await ask(h.proxy.port, req(ctype=ctype))
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req(ctype=ctype))
     assert r.status == 200
 
 
