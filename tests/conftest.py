@@ -9,6 +9,8 @@ import pytest
 import trustme
 
 from goose_proxy.config import AuthConfig
+from goose_proxy.upstream import tls
+from tests.support import CertClock
 
 
 @pytest.fixture
@@ -51,3 +53,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
             cert_file=str(d / "cert.pem"), key_file=str(d / "key.pem"), ca_file=str(d / "ca.pem")
         ),
     )
+
+
+@pytest.fixture
+def cert_clock(monkeypatch: pytest.MonkeyPatch) -> CertClock:
+    """In-process proxies re-check their certificate files only when told to."""
+    clock = CertClock()
+    monkeypatch.setattr(tls, "_now", clock)
+    return clock

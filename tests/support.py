@@ -14,6 +14,7 @@ import anyio
 
 from goose_proxy.config import AuthConfig, BackendConfig, Config, ServerConfig
 from goose_proxy.http.server import ProxyServer
+from goose_proxy.upstream import tls
 
 #: the real Lightspeed Stack 0.7.1 captures (see its README.md)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lightspeed-0.7.1"
@@ -91,3 +92,17 @@ def issue_client_pair(ca: Any, name: str, directory: Path, **validity: Any) -> t
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     return cert, key
+
+
+class CertClock:
+    """The clock the proxy's certificate re-check reads (``tls._now``), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def pass_recheck_interval(self) -> None:
+        """The next backend request looks at the certificate files again."""
+        self.now += tls.RECHECK_INTERVAL

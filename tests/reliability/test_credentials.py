@@ -15,9 +15,8 @@ import pytest
 
 import devbackend
 from goose_proxy.config import AuthConfig
-from goose_proxy.upstream import tls
 from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
-from tests.support import issue_client_pair, make_config, running_proxy
+from tests.support import CertClock, issue_client_pair, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -36,26 +35,6 @@ def _install(src: Path, dst: Path, *, in_place: bool) -> None:
         tmp = dst.with_name(dst.name + ".new")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-
-
-class Clock:
-    """The clock the proxy's certificate re-check reads (``tls._now``), moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def pass_recheck_interval(self) -> None:
-        self.now += tls.RECHECK_INTERVAL
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(tls, "_now", c)
-    return c
 
 
 async def wait_pooled(proxy: SimpleNamespace) -> None:
@@ -88,7 +67,7 @@ def consumer(pki: SimpleNamespace, tmp_path: Path) -> SimpleNamespace:
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["rename", "rewrite"])
 async def test_renewed_pair_is_used_without_restart(
-    pki: SimpleNamespace, consumer: SimpleNamespace, clock: Clock, in_place: bool
+    pki: SimpleNamespace, consumer: SimpleNamespace, cert_clock: CertClock, in_place: bool
 ) -> None:
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:
@@ -107,7 +86,7 @@ async def test_renewed_pair_is_used_without_restart(
                 unchecked = await post(proxy.url, HELLO)
                 assert "CN=consumer-a" in (backend.requests[-1].client_subject or "")
                 await wait_pooled(proxy)
-                clock.pass_recheck_interval()
+                cert_clock.pass_recheck_interval()
                 renewed = await post(proxy.url, HELLO_STREAM)
                 assert "CN=consumer-b" in (backend.requests[-1].client_subject or "")
                 # the pooled connection made with the old identity was not reused
@@ -119,7 +98,7 @@ async def test_renewed_pair_is_used_without_restart(
 
 
 async def test_half_renewed_pair_gives_clear_error_then_recovers(
-    pki: SimpleNamespace, consumer: SimpleNamespace, clock: Clock
+    pki: SimpleNamespace, consumer: SimpleNamespace, cert_clock: CertClock
 ) -> None:
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:
@@ -127,7 +106,7 @@ async def test_half_renewed_pair_gives_clear_error_then_recovers(
             async with running_proxy(cfg) as proxy:
                 assert (await post(proxy.url, HELLO)).status_code == 200
                 _install(consumer.b_key, consumer.key, in_place=False)  # the cert not yet
-                clock.pass_recheck_interval()
+                cert_clock.pass_recheck_interval()
                 mismatched = await post(proxy.url, HELLO)
                 _install(consumer.b_cert, consumer.cert, in_place=False)
                 recovered = await post(proxy.url, HELLO)

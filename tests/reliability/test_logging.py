@@ -30,7 +30,7 @@ from tests.reliability.support import (
     request_bytes,
     sse_event,
 )
-from tests.support import make_config, refusing_port, running_proxy
+from tests.support import CertClock, make_config, refusing_port, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -180,7 +180,7 @@ def _key_material(*paths: Path) -> list[str]:
 
 
 async def test_no_key_material_at_any_level(
-    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, tmp_path: Path, cert_clock: CertClock
 ) -> None:
     """DEBUG logging across a normal request, a renewal, a mismatched key and a TLS
     failure never shows key material."""
@@ -199,6 +199,7 @@ async def test_no_key_material_at_any_level(
             async with running_proxy(cfg) as proxy:
                 ok = await post(proxy.url, _chat("hi"))
                 shutil.copyfile(stranger_key, d / "key.pem")  # mismatched
+                cert_clock.pass_recheck_interval()
                 mismatch = await post(proxy.url, _chat("hi"))
                 shutil.copyfile(pki.dir / "stranger-cert.pem", d / "cert.pem")  # unknown CA
                 rejected = await post(proxy.url, _chat("hi"))
