@@ -18,6 +18,7 @@ import openai
 import pytest
 
 import devbackend
+from goose_proxy.http.handlers import _may_be_terminal
 from tests.reliability.support import (
     HELLO,
     SSE_HEAD,
@@ -418,38 +419,61 @@ def _whole_completed(text: str) -> bytes:
 
 
 BAD_DELTA = b"event: response.output_text.delta\ndata: {not json\n\n"
+NOT_JSON = (502, "backend sent a stream event that is not JSON")
 WORDS = ["one ", "two ", "three"]
 BIG = ["x" * 8192] * 40  # 320 KiB of deltas: more than the proxy holds unparsed
+RATE_LIMITED = {"type": "error", "code": "rate_limit_exceeded", "message": "slow down"}
 
 
-def _stream(case: str) -> tuple[list[bytes], Optional[str]]:
-    """The backend's events for ``case`` and the answer's expected text (None: a 502)."""
+def _stream(case: str) -> tuple[list[bytes], tuple[int, str]]:
+    """The backend's events for ``case``; the expected status and answer text (200)
+    or error message."""
     frames = text_events(WORDS)  # its response.completed has an empty output
-    if case == "rebuilt from the deltas":
-        return frames, "one two three"
-    if case == "unnamed events":
-        return [_unnamed(f) for f in frames], "one two three"
-    if case == "a non-terminal event named as terminal":
-        return [*frames[:3], _named_as(frames[3], "response.completed"), *frames[4:]], (
-            "one two three"
-        )
-    if case == "more deltas than held":
-        return text_events(BIG), "".join(BIG)
-    if case == "bad delta, whole terminal event":
-        return [*frames[:3], BAD_DELTA, _whole_completed("the answer")], "the answer"
-    assert case == "bad delta, rebuilt"
-    return [*frames[:3], BAD_DELTA, *frames[3:]], None
+    whole = _whole_completed("the answer")
+    cases: dict[str, tuple[list[bytes], tuple[int, str]]] = {
+        "rebuilt from the deltas": (frames, (200, "one two three")),
+        "unnamed events": ([_unnamed(f) for f in frames], (200, "one two three")),
+        "a non-terminal event named as terminal": (
+            [*frames[:3], _named_as(frames[3], "response.completed"), *frames[4:]],
+            (200, "one two three"),
+        ),
+        "a terminal event named as a delta": (
+            [*frames[:3], _named_as(_whole_completed("FIRST"), "response.output_text.delta"),
+             _whole_completed("SECOND")],
+            (200, "FIRST"),
+        ),
+        "an error event named as in_progress": (
+            [*frames[:2], _named_as(sse_event(RATE_LIMITED), "response.in_progress"), whole],
+            (429, "slow down"),
+        ),
+        "more deltas than held": (text_events(BIG), (200, "".join(BIG))),
+        "bad delta, whole terminal event": ([*frames[:3], BAD_DELTA, whole], (200, "the answer")),
+        "bad delta, rebuilt": ([*frames[:3], BAD_DELTA, *frames[3:]], NOT_JSON),
+        "unnamed bad delta, whole terminal event": (
+            [*frames[:3], _unnamed(BAD_DELTA), whole], NOT_JSON
+        ),
+        "more than held, then a bad delta": ([*text_events(BIG)[:-1], BAD_DELTA, whole], NOT_JSON),
+        "a flood of named events without data": (
+            [*frames[:2], *[b"event: response.output_text.delta\n\n"] * 2000, whole], NOT_JSON
+        ),
+    }  # fmt: skip
+    return cases[case]
 
 
 @pytest.mark.parametrize(
     "case",
     ["rebuilt from the deltas", "unnamed events", "a non-terminal event named as terminal",
-     "more deltas than held", "bad delta, whole terminal event", "bad delta, rebuilt"],
+     "a terminal event named as a delta", "an error event named as in_progress",
+     "more deltas than held", "bad delta, whole terminal event", "bad delta, rebuilt",
+     "unnamed bad delta, whole terminal event", "more than held, then a bad delta",
+     "a flood of named events without data"],
 )  # fmt: skip
 async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
     """A non-streaming client of a streaming backend: the events before the terminal
-    one are parsed only when its ``response`` lacks the answer, and then in order."""
-    frames, want = _stream(case)
+    one are parsed only when its ``response`` lacks the answer, and then in order;
+    what is held unparsed is bounded, and the answer is the one parsing every event
+    in order gives (but for a bad event before a terminal event that has it all)."""
+    frames, (status, want) = _stream(case)
 
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
@@ -460,10 +484,29 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
             cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
             async with running_proxy(cfg) as proxy:
                 r = await post(proxy.url, HELLO)
-    if want is None:
-        assert r.status_code == 502
-        assert r.json()["error"]["message"] == "backend sent a stream event that is not JSON"
-    else:
-        assert r.status_code == 200, r.text
+    assert r.status_code == status, r.text
+    if status == 200:
         assert r.json()["choices"][0]["message"]["content"] == want
         assert r.json()["choices"][0]["finish_reason"] == "stop"
+    else:
+        assert r.json()["error"]["message"] == want
+
+
+@pytest.mark.parametrize(
+    ("text", "may"),
+    [
+        ('{"type": "response.completed", "response": {}}', True),
+        ('{"response":{},"type":"response.incomplete"}', True),
+        ('{"type": "response.failed"}', True),
+        ('{"type": "error", "code": "x", "message": "m"}', True),
+        ('{"code": "x", "type" :\n "error"}', True),
+        ('{"type": "response.in_progress", "response": {"error": null}}', False),
+        ('{"type": "response.output_text.delta", "delta": "error"}', False),
+        ('{"type": "response.output_text.delta", "delta": "\\"type\\": \\"error\\""}', False),
+        ('{"type": "response.output_text.delta", "delta": "\\"response.completed\\""}', False),
+    ],
+)  # fmt: skip
+def test_which_events_may_be_terminal(text: str, may: bool) -> None:
+    """The test that keeps an event from being held; ``json.loads`` checks the samples."""
+    json.loads(text)
+    assert _may_be_terminal(text) is may

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -70,8 +71,24 @@ TERMINAL_EVENTS = frozenset(
 )
 #: how long a passthrough stream waits for ``[DONE]`` after its terminal event
 DONE_GRACE = 0.2
-#: most bytes of event data an :class:`EventReader` holds unparsed
+#: most an :class:`EventReader` holds unparsed: the events' text plus
+#: HELD_EVENT_COST each (about what the objects around it take)
 HOLD_LIMIT = 256 * 1024
+HELD_EVENT_COST = 200
+_ERROR_TYPE = re.compile(r'"type"\s*:\s*"error"')
+
+
+def _may_be_terminal(text: str) -> bool:
+    """Whether an event's JSON text may hold a terminal type: such an event is
+    never held. A cheap test (substring scans, at about a third of the cost of
+    parsing); a false alarm, such as a delta that quotes a type, only costs
+    parsing the event."""
+    return (
+        '"response.completed"' in text
+        or '"response.incomplete"' in text
+        or '"response.failed"' in text
+        or ('"error"' in text and _ERROR_TYPE.search(text) is not None)
+    )
 
 
 class Exchange:
@@ -376,12 +393,14 @@ class EventReader:
     """Reads a backend SSE body and returns parsed Responses events, a read at a time.
 
     With ``hold=True`` (collecting a non-streamed answer) the events named by
-    an ``event:`` line and not terminal are held unparsed (at most
-    :data:`HOLD_LIMIT` bytes of data): the terminal event usually carries the
-    whole answer, and then the JSON of the events before it is never needed.
-    :meth:`take_held` parses them when it is. An unnamed event, a terminal-named
-    one whose JSON says otherwise, or the limit ends the holding: what was held
+    an ``event:`` line, with a name that is not terminal and no terminal type
+    in their text, are held unparsed (up to :data:`HOLD_LIMIT`): the terminal
+    event usually carries the whole answer, and then the JSON of the events
+    before it is never needed. :meth:`take_held` parses them when it is. Any
+    other event that is not terminal (unnamed, or a terminal name on a
+    non-terminal type), or reaching the limit, ends the holding: what was held
     is parsed and returned first, in order, and every later event is parsed.
+    So while holding, the only event returned is the terminal one.
     """
 
     def __init__(self, resp: UpstreamResponse, max_event_size: int, hold: bool = False) -> None:
@@ -418,23 +437,29 @@ class EventReader:
             if ev.data == _DONE:
                 self._ended = True
                 break
-            held = self._held
-            if held is not None:
-                name = ev.event
-                if name and name not in TERMINAL_EVENTS:
-                    self._held_size += len(ev.data)
-                    if self._held_size <= HOLD_LIMIT:
-                        held.append(ev)
-                        continue
-                if not name or name not in TERMINAL_EVENTS:
-                    out += self.take_held()
-            obj = _event_object(ev)
+            held, name = self._held, ev.event
+            if (
+                held is not None
+                and name
+                and name not in TERMINAL_EVENTS
+                and not _may_be_terminal(ev.data)
+            ):
+                self._held_size += len(ev.data) + len(name) + HELD_EVENT_COST
+                if self._held_size <= HOLD_LIMIT:
+                    held.append(ev)
+                    continue
+            try:
+                obj = _event_object(ev)
+            except UpstreamProtocolError:
+                if held:
+                    self.take_held()  # a bad event held earlier is reported first
+                raise
             kind = obj.get("type")
             if isinstance(kind, str) and kind in TERMINAL_EVENTS:
                 out.append(obj)
                 self._ended = True
                 break
-            if self._held is not None:  # named terminal, its JSON says otherwise: stop holding
+            if held is not None:  # any other event ends the holding; the held come first
                 out += self.take_held()
             out.append(obj)
         if not data:
