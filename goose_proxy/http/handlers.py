@@ -324,25 +324,65 @@ class Handlers:
                 return
             ex.error_frames = _responses_error_frames
             await ex.start_stream(resp.status, [*headers, *SSE_HEADERS[1:]])
-            # The bytes go through as they come; a parser beside them only
-            # watches for the end (and caps the event size).
-            parser = SSEParser(self.config.backend.max_event_size)
-            ended = False  # a terminal event went by: only [DONE] may follow
-            while True:
-                if ended:
-                    data = b""
-                    with anyio.move_on_after(DONE_GRACE):
-                        data = await resp.receive()
-                else:
+            await self._relay_events(ex, resp)
+
+    async def _relay_events(self, ex: Exchange, resp: UpstreamResponse) -> None:
+        """A passthrough stream: the backend's bytes go through unchanged, but only
+        whole events (up to the last blank line), so that an error event the
+        proxy adds never lands inside a cut one. A parser beside them watches for
+        the end and caps the event size. A stream that ends before its terminal
+        event gets an error event, as a chat stream does."""
+        parser = SSEParser(self.config.backend.max_event_size)
+        ended = False  # a terminal event went by: only [DONE] may follow
+        carry = b""  # the start of an event not complete yet
+        while True:
+            data: Optional[bytes] = None
+            if ended:
+                with anyio.move_on_after(DONE_GRACE):
                     data = await resp.receive()
-                if not data:
-                    break
-                await ex.conn.send_data(data)
-                kinds = [_event_kind(ev) for ev in parser.feed(data)]
-                if _DONE in kinds:
-                    break
-                ended = ended or any(k in TERMINAL_EVENTS for k in kinds)
-            await ex.conn.end_stream()
+                if data is None:
+                    break  # no [DONE] in time; the answer is complete anyway
+            else:
+                data = await resp.receive()
+            try:
+                events = parser.feed(data) if data else parser.close()
+            except UpstreamProtocolError:
+                if ended:
+                    break  # whatever follows the terminal event does not matter
+                raise
+            kinds = [_event_kind(ev) for ev in events]
+            if data:
+                buf = carry + data if carry else data
+                cut = _events_end(buf, max(0, len(carry) - 3))
+                carry = buf[cut:]
+                if cut:
+                    await ex.conn.send_data(buf[:cut] if carry else buf)
+            elif carry.strip() and events and _whole(events[-1]):
+                # the end, after a last event without its blank line (one cut short
+                # is not passed on: the error event below says the stream broke)
+                await ex.conn.send_data(carry + b"\n\n")
+            elif carry.strip():
+                kinds = []
+            if _DONE in kinds:
+                break
+            ended = ended or any(k in TERMINAL_EVENTS for k in kinds)
+            if not data:
+                if not ended:
+                    raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
+                break
+        await ex.conn.end_stream()
+
+
+#: a blank line: two line ends (CRLF, CR or LF), which ends an SSE event
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+
+
+def _events_end(buf: bytes, start: int = 0) -> int:
+    """Where the last whole event in ``buf`` ends (0: none), looking from ``start``."""
+    end = 0
+    for m in _BLANK_LINE.finditer(buf, start):
+        end = m.end()
+    return end
 
 
 def _responses_error_frames(err: ProxyError) -> list[bytes]:
@@ -363,6 +403,17 @@ def _event_kind(ev: SSEEvent) -> str:
         return ""
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) else ""
+
+
+def _whole(ev: SSEEvent) -> bool:
+    """An event whose data is ``[DONE]`` or a JSON document (not one cut short)."""
+    if ev.data == _DONE:
+        return True
+    try:
+        event_json(ev.data)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:

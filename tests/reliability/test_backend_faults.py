@@ -10,10 +10,11 @@ purpose-built server from ``support``.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Optional
 
 import anyio
 import anyio.abc
@@ -47,14 +48,20 @@ def _reset(tcp: anyio.abc.SocketStream) -> None:
     )
 
 
-async def _direct(endpoint: str, auth: AuthConfig, body: Any, **backend: Any) -> httpx.Response:
+async def _direct(
+    endpoint: str,
+    auth: AuthConfig,
+    body: Any,
+    path: str = "/v1/chat/completions",
+    **backend: Any,
+) -> httpx.Response:
     """The proxy alone in front of ``endpoint`` (no scripted backend)."""
     cfg = make_config(endpoint, auth, backend={"proxy": "", **backend})
     async with running_proxy(cfg) as proxy:
         import asyncio
 
         tasks = len(asyncio.all_tasks())
-        r = await post(proxy.url, body)
+        r = await post(proxy.url, body, path=path)
         await assert_no_leaks(proxy, None, tasks)
     return r
 
@@ -419,6 +426,83 @@ async def test_stall_mid_passthrough_stream_ends_with_error_event(pki: SimpleNam
     last = r.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     assert last.startswith(b"event: error\ndata: ")
     assert b'"code": "timeout"' in last
+
+
+def _passthrough_events(content: bytes) -> list[tuple[Optional[str], Any]]:
+    """Each event of a passthrough stream as (SSE name, parsed data): every one must
+    be whole (its data one JSON document, or ``[DONE]``)."""
+    out: list[tuple[Optional[str], Any]] = []
+    assert content.endswith(b"\n\n")
+    for block in content[:-2].split(b"\n\n"):
+        name, data = None, []
+        for line in block.split(b"\n"):
+            field, _, value = line.partition(b": ")
+            if field == b"event":
+                name = value.decode()
+            elif field == b"data":
+                data.append(value)
+        text = b"\n".join(data).decode()
+        out.append((name, text if text == "[DONE]" else json.loads(text)))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["lightspeed", "openai"])
+async def test_passthrough_stream_without_its_end_gets_an_error_event(
+    pki: SimpleNamespace, mode: str
+) -> None:
+    body = {"model": "m", "input": "hello", "stream": True}
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="truncate", mode=mode) as h:
+            r = await post(h.url, body, path="/v1/responses")
+    assert r.status_code == 200
+    events = _passthrough_events(r.content)
+    types = [data["type"] for _, data in events if data != "[DONE]"]
+    assert "response.output_text.delta" in types and "response.completed" not in types
+    name, last = events[-1]
+    assert name == "error" and last["type"] == "error"
+    assert last["message"] == "upstream stream ended early (no terminal event)"
+
+
+async def test_passthrough_event_over_the_cap_is_not_passed_on_half(pki: SimpleNamespace) -> None:
+    """An event larger than max_event_size: the events before it, whole, then an error
+    event of its own (before, the start of the big event went out and the error
+    event landed inside it)."""
+    body = {"model": "m", "input": "hello", "stream": True}
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="big_event:100000", backend={"max_event_size": 16384}) as h:
+            r = await post(h.url, body, path="/v1/responses")
+    assert r.status_code == 200
+    events = _passthrough_events(r.content)
+    assert [name for name, _ in events[:2]] == ["response.created", "response.in_progress"]
+    assert all(len(json.dumps(data)) < 16384 for _, data in events)
+    name, last = events[-1]
+    assert name == "error"
+    assert "larger than 16384 bytes" in last["message"]
+
+
+@pytest.mark.parametrize("ending", ["\n\n", "\r\n\r\n", "\r\r"])
+async def test_passthrough_relays_whole_events_byte_for_byte(
+    pki: SimpleNamespace, ending: str
+) -> None:
+    """Any blank line ends an event; the bytes go through unchanged, in reads cut
+    anywhere (here: one byte at a time around the event ends)."""
+    frames = [f.replace(b"\n\n", ending.encode()) for f in text_events(["one ", "two"])]
+    stream = b"".join(frames) + b"data: [DONE]" + ending.encode()
+
+    async def handler(s: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(s, srv)
+        await s.send(SSE_HEAD)
+        for i in range(0, len(stream), 7):  # small pieces: ends split across reads
+            await s.send(chunk(stream[i : i + 7]))
+        await s.send(b"0\r\n\r\n")
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(
+                srv.url, pki.auth, {"input": "hi", "stream": True}, path="/v1/responses"
+            )
+    assert r.status_code == 200
+    assert r.content == stream
 
 
 async def test_backend_error_status_mid_flight_is_not_a_leak(pki: SimpleNamespace) -> None:
