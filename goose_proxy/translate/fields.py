@@ -70,14 +70,18 @@ def require_object(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
-def require_list(value: Any, path: str) -> list[Any]:
-    """``value`` if it is a JSON array.
+#: what a message ``content`` may be, for its error message
+CONTENT = "a string or an array of content parts"
+
+
+def require_list(value: Any, path: str, what: str = "an array") -> list[Any]:
+    """``value`` if it is a JSON array (``what`` names what was expected).
 
     Raises:
         InvalidRequest: it is not.
     """
     if not isinstance(value, list):
-        _expected(path, "an array", value)
+        _expected(path, what, value)
     return value
 
 

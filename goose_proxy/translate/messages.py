@@ -21,7 +21,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from .fields import at, fail, get_str, require_list, require_object, require_str, unsupported
+from .fields import (
+    CONTENT,
+    at,
+    fail,
+    get_str,
+    require_list,
+    require_object,
+    require_str,
+    unsupported,
+)
 
 __all__ = ["translate_messages"]
 
@@ -90,7 +99,7 @@ def _text_parts(content: Any, path: str) -> list[str]:
         return [content]
     if content is None:
         fail(path, "required")
-    parts = require_list(content, path)
+    parts = require_list(content, path, CONTENT)
     texts = []
     for j, raw in enumerate(parts):
         ppath = at(path, j)
@@ -123,7 +132,7 @@ def _user_content(msg: Mapping[str, Any], path: str) -> list[Item]:
         return [{"type": "input_text", "text": content}]
     if content is None:
         fail(cpath, "required")
-    parts = require_list(content, cpath)
+    parts = require_list(content, cpath, CONTENT)
     if not parts:
         fail(cpath, "must not be an empty array")
     return [_user_part(raw, at(cpath, j)) for j, raw in enumerate(parts)]
@@ -174,7 +183,7 @@ def _assistant_items(
         if content:
             parts.append({"type": "output_text", "text": content})
     elif content is not None:
-        for j, raw in enumerate(require_list(content, cpath)):
+        for j, raw in enumerate(require_list(content, cpath, CONTENT)):
             ppath = at(cpath, j)
             part = require_object(raw, ppath)
             ptype = _part_type(part, ppath)

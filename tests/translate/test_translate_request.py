@@ -539,6 +539,16 @@ VALIDATION_ROWS = [
                  "messages[0].content[0].image_url.url: required", id="image-url-missing"),
     pytest.param({"messages": [{"role": "user", "content": None}]}, "messages[0].content",
                  "messages[0].content: required", id="user-content-null"),
+    pytest.param({"messages": [{"role": "user", "content": 5}]}, "messages[0].content",
+                 "messages[0].content: expected a string or an array of content parts, "
+                 "got a number", id="user-content-number"),
+    pytest.param({"messages": [{"role": "system", "content": {"text": "x"}}]},
+                 "messages[0].content",
+                 "messages[0].content: expected a string or an array of content parts, "
+                 "got an object", id="system-content-object"),
+    pytest.param({"messages": [{"role": "assistant", "content": 1.5}]}, "messages[0].content",
+                 "messages[0].content: expected a string or an array of content parts, "
+                 "got a number", id="assistant-content-number"),
     pytest.param({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]},
                  "messages[0].content[0].file",
                  "messages[0].content[0].file: needs file_data or file_id", id="file-empty"),
