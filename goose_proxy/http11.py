@@ -1,5 +1,7 @@
 """h11 helpers shared by the server and the upstream client.
 
+:func:`reason` words h11's parse errors for a message a person reads.
+
 h11 checks every header of every message it sends against the RFC 9110
 grammar with regular expressions: about a tenth of the proxy's CPU time per
 small request. The heads goose-proxy sends are made of constants, of values
@@ -13,9 +15,15 @@ drop the flag, :data:`TRUSTED` is empty and h11 checks everything again.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import h11
+
+# h11 quotes the bytes it could not parse as Python shows them: bytearray(b'...')
+_BYTES_REPR = re.compile(r"""bytearray\((b(?:'[^']*'|"[^"]*"))\)""")
+#: longest reason :func:`reason` gives (the bad line can be long)
+REASON_LIMIT = 200
 
 
 def _trusted() -> dict[str, Any]:
@@ -28,3 +36,10 @@ def _trusted() -> dict[str, Any]:
 
 #: keyword arguments for ``h11.Request``/``h11.Response`` with trusted headers
 TRUSTED: dict[str, Any] = _trusted()
+
+
+def reason(e: h11.ProtocolError) -> str:
+    """h11's message for ``e`` without Python's ``bytearray(...)`` wrapper around
+    the bytes it quotes, at most :data:`REASON_LIMIT` characters."""
+    text = _BYTES_REPR.sub(lambda m: m.group(1)[1:], str(e))
+    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"

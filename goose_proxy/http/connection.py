@@ -35,7 +35,7 @@ from typing import Optional
 import anyio
 import h11
 
-from goose_proxy import __version__
+from goose_proxy import __version__, http11
 from goose_proxy.config import ServerConfig
 from goose_proxy.errors import (
     HeadersTooLarge,
@@ -120,7 +120,9 @@ class ServerConnection:
                     raise HeadersTooLarge(
                         f"request head larger than {self.cfg.max_header_size} bytes"
                     ) from None
-                raise InvalidRequest(f"malformed HTTP request: {e}", status=status) from None
+                raise InvalidRequest(
+                    f"malformed HTTP request: {http11.reason(e)}", status=status
+                ) from None
             if ev is not h11.NEED_DATA:
                 return ev
             data = await self._receive(None if deadline is None else deadline - _now())

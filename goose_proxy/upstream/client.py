@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import anyio
 import h11
 
-from goose_proxy import __version__
+from goose_proxy import __version__, http11
 from goose_proxy.config import BackendConfig, is_secret_header
 from goose_proxy.errors import (
     ProxyError,
@@ -118,6 +118,10 @@ def _describe_ssl(e: ssl.SSLError) -> str:
     return f"TLS error ({e.reason or e})"
 
 
+def _while(phase: str) -> str:
+    return "during the TLS handshake" if phase == "TLS handshake" else f"while {phase}"
+
+
 def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyError]:
     """The ProxyError for an I/O exception raised in ``phase``; None to let it through
     (ProxyError, TimeoutError (an OSError: the caller words it), cancellation)."""
@@ -134,9 +138,11 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
         cause = e.__cause__ if isinstance(e, anyio.BrokenResourceError) else e
         if isinstance(cause, ssl.SSLError):
             return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(cause)}")
-        return UpstreamClosed(f"backend {where} closed the connection during {phase}")
+        return UpstreamClosed(f"backend {where} closed the connection {_while(phase)}")
     if isinstance(e, h11.RemoteProtocolError):
-        return UpstreamProtocolError(f"backend {where} sent invalid HTTP during {phase}: {e}")
+        return UpstreamProtocolError(
+            f"backend {where} sent invalid HTTP {_while(phase)}: {http11.reason(e)}"
+        )
     if isinstance(e, OSError):
         return UpstreamConnectError(f"cannot connect to backend {where}: {e.strerror or e}")
     return None

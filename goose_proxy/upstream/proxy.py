@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import h11
 
+from goose_proxy import http11
 from goose_proxy.config import BackendConfig
 from goose_proxy.errors import UpstreamProxyError
 from goose_proxy.streams import ProtocolStream, connect_tcp, refused
@@ -174,7 +175,8 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream
                 if eof:
                     raise UpstreamProxyError(closed) from e
                 raise UpstreamProxyError(
-                    f"proxy {route.display} answered CONNECT with something that is not HTTP ({e})"
+                    f"proxy {route.display} answered CONNECT with something that is not HTTP "
+                    f"({http11.reason(e)})"
                 ) from e
             if ev is h11.NEED_DATA:
                 try:

@@ -1,0 +1,40 @@
+"""goose_proxy.http11: how h11's parse errors are worded for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+import pytest
+
+from goose_proxy import http11
+
+
+def _h11_error(role: Any, data: bytes) -> h11.RemoteProtocolError:
+    conn = h11.Connection(role)
+    if role is h11.CLIENT:
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    conn.receive_data(data)
+    with pytest.raises(h11.RemoteProtocolError) as info:
+        conn.next_event()
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("role", "data", "want"),
+    [
+        (h11.SERVER, b"HELLO\r\n\r\n", "illegal request line: 'HELLO'"),
+        (h11.CLIENT, b"\x00\x01junk\r\n\r\n", "illegal status line: '\\x00\\x01junk'"),
+    ],
+)
+def test_h11_reason_drops_the_bytearray_wrapper(role: Any, data: bytes, want: str) -> None:
+    e = _h11_error(role, data)
+    assert "bytearray(" in str(e)  # what h11 says
+    assert http11.reason(e) == want
+
+
+def test_h11_reason_is_bounded() -> None:
+    e = _h11_error(h11.SERVER, b"X" * 5000 + b"\r\n\r\n")
+    assert len(str(e)) > 5000
+    text = http11.reason(e)
+    assert len(text) == http11.REASON_LIMIT and text.endswith("…")
