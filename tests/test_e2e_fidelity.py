@@ -313,14 +313,57 @@ async def test_responses_passthrough_streams_live_with_sdk() -> None:
     assert backend.requests[-1].json["model"] == "gpt-5"  # openai flavour forwards it
 
 
-async def test_passthrough_error_status_unchanged() -> None:
+@pytest.mark.parametrize(
+    ("fault", "status", "code", "message"),
+    [
+        ("status:403", 403, "permission_denied", "Insufficient entitlements"),
+        ("status:429", 429, "rate_limit_exceeded", None),
+        ("status:413", 400, "context_length_exceeded", None),
+    ],
+)
+async def test_passthrough_error_status_in_openai_format(
+    fault: str, status: int, code: str, message: Optional[str]
+) -> None:
+    """Lightspeed's FastAPI error bodies reach a /v1/responses client in the OpenAI
+    envelope, mapped as for chat (what the SDK and Goose read)."""
     async with devbackend.run() as backend:
-        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": "status:403"}})
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": fault}})
         with anyio.fail_after(15):
-            async with running_proxy(cfg) as proxy, httpx.AsyncClient(timeout=10) as c:
-                r = await c.post(proxy.url + "/v1/responses", json={"input": "x"})
-    assert r.status_code == 403
-    assert r.json() == {"detail": "Insufficient entitlements"}
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                with pytest.raises(openai.APIStatusError) as info:
+                    await client.responses.create(model="gpt-5", input="hi")
+                await client.close()
+    assert info.value.status_code == status
+    err = info.value.body
+    assert isinstance(err, dict) and err["code"] == code
+    assert err["message"] == message if message else err["message"]
+    if status == 429:
+        assert info.value.response.headers["retry-after"]
+
+
+async def test_passthrough_openai_error_envelope_relayed_byte_for_byte(
+    pki: SimpleNamespace,
+) -> None:
+    body = (
+        b'{"error": {"message": "slow down", "type": "requests",'
+        b' "code": "rate_limit_exceeded", "param": null}}'
+    )
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        head = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+        head += b"retry-after: 3\r\ncontent-length: %d\r\n\r\n" % len(body)
+        await stream.send(head + body)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, {"input": "hi"}, path="/v1/responses")
+    assert r.status_code == 429
+    assert r.content == body
+    assert r.headers["retry-after"] == "3"
 
 
 async def test_models_configurable_for_goose() -> None:

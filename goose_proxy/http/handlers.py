@@ -318,6 +318,14 @@ class Handlers:
             retry = resp.header(b"retry-after")
             if retry:
                 headers.append((b"retry-after", retry.encode("latin-1")))
+            if resp.status >= 400:
+                raw = await resp.read(ERROR_BODY_LIMIT)
+                if not _is_openai_error(raw):
+                    # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as
+                    # for chat (Goose reads error.message, and compacts on the code)
+                    raise error_from_backend(resp.status, raw, retry)
+                await ex.send(resp.status, raw, headers)
+                return
             if resp.content_type != "text/event-stream":
                 raw = await resp.read(self.config.backend.max_event_size)
                 await ex.send(resp.status, raw, headers)
@@ -403,6 +411,16 @@ def _event_kind(ev: SSEEvent) -> str:
         return ""
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) else ""
+
+
+def _is_openai_error(raw: bytes) -> bool:
+    """The body is an OpenAI error envelope: ``{"error": {"message": "…", …}}``."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    err = obj.get("error") if isinstance(obj, dict) else None
+    return isinstance(err, dict) and isinstance(err.get("message"), str)
 
 
 def _whole(ev: SSEEvent) -> bool:
