@@ -183,6 +183,17 @@ def _endpoint(key: str, v: Any) -> str:
         raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
     if not u.hostname:
         raise ConfigError(f"{key}: {s!r} has no host name")
+    if u.query or u.fragment or s.endswith(("?", "#")):
+        raise ConfigError(f"{key}: {s!r} must not have a query or a fragment (? or #)")
+    return s
+
+
+def _listen_host(key: str, v: Any) -> str:
+    s = _str(key, v)
+    if not s.strip():
+        raise ConfigError(
+            f'{key}: empty; give an address ("127.0.0.1" keeps the proxy on loopback)'
+        )
     return s
 
 
@@ -241,7 +252,13 @@ _RESERVED_HEADERS = frozenset(
 def _headers(key: str, v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         raise ConfigError(f"{key}: expected a table of header names to strings")
+    seen: dict[str, str] = {}
     for name, value in v.items():
+        if name.lower() in seen:
+            raise ConfigError(
+                f"{key}.{name}: given twice ({seen[name.lower()]!r} too; header names ignore case)"
+            )
+        seen[name.lower()] = name
         if not isinstance(value, str):
             raise ConfigError(f"{key}.{name}: expected a string")
         if not _FIELD_NAME.fullmatch(name):
@@ -268,7 +285,9 @@ def _table(key: str, v: Any) -> dict[str, Any]:
 def _level(key: str, v: Any) -> str:
     s = _str(key, v).upper()
     if s not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"{key}: {v!r} is not a log level (debug, info, warning, error)")
+        raise ConfigError(
+            f"{key}: {v!r} is not a log level (debug, info, warning, error, critical)"
+        )
     return s
 
 
@@ -276,7 +295,7 @@ _HOUR = 3600.0
 #: section → key → checker. Sub-tables are written "backend.auth".
 _SCHEMA: dict[str, dict[str, Checker]] = {
     "server": {
-        "host": _str,
+        "host": _listen_host,
         "port": _int(0, 65535),
         "max_body_size": _int(1024, 1 << 31),
         "max_header_size": _int(1024, 1 << 20),
@@ -391,6 +410,8 @@ def load_config(
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8
+        raise ConfigError(f"{p}: invalid TOML: not UTF-8 (byte {e.start})") from None
     try:
         return parse_config(data, source=str(p)), warnings
     except ConfigError as e:

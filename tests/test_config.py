@@ -8,12 +8,13 @@ valid HTTP/1.1 head, and what would not be must stop the daemon at start.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
 
-from goose_proxy.config import Config, ConfigError, parse_config
+from goose_proxy.config import Config, ConfigError, load_config, parse_config
 from goose_proxy.http11 import TRUSTED
 from goose_proxy.upstream.client import Endpoint
 
@@ -89,6 +90,37 @@ def test_invalid_headers_stop_at_load(headers: dict[str, str], what: str) -> Non
         h11.Request(method="POST", target="/", headers=[("host", "h"), *raw])
 
 
+def test_a_header_given_twice_in_two_cases_stops_at_load() -> None:
+    # both would be sent: the backend would see two values for one name
+    with pytest.raises(ConfigError) as exc:
+        _backend(headers={"X-Tenant": "a", "x-tenant": "b"})
+    assert str(exc.value).startswith("backend.headers.x-tenant: given twice ('X-Tenant' too")
+
+
+@pytest.mark.parametrize("host", ["", "  "])
+def test_an_empty_listen_host_stops_at_load(host: str) -> None:
+    # "" would listen on every interface, without a word
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"server": {"host": host}})
+    assert str(exc.value).startswith("server.host: empty")
+
+
+def test_every_log_level_is_named_in_the_error() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"logging": {"level": "loud"}})
+    assert "(debug, info, warning, error, critical)" in str(exc.value)
+    assert parse_config({"logging": {"level": "critical"}}).logging.level == "CRITICAL"
+
+
+def test_a_file_that_is_not_utf8_stops_at_load(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    data = b'[models]\nid = "caf\xe9"\n'
+    f.write_bytes(data)
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(f))
+    assert str(exc.value) == f"{f}: invalid TOML: not UTF-8 (byte {data.index(0xE9)})"
+
+
 @pytest.mark.parametrize(
     "name", ["Host", "content-length", "Transfer-Encoding", "Connection", "Upgrade", "TE"]
 )
@@ -122,6 +154,9 @@ def test_valid_endpoints(url: str) -> None:
         ("https://bücher.example", "ASCII URL without spaces"),
         ("https://example.com:99999", "not a valid URL"),
         ("https:///v1", "has no host name"),
+        ("https://example.com/v1?x=1", "must not have a query or a fragment"),
+        ("https://example.com/v1#frag", "must not have a query or a fragment"),
+        ("https://example.com/v1?", "must not have a query or a fragment"),
     ],
 )
 def test_invalid_endpoints_stop_at_load(url: str, why: str) -> None:

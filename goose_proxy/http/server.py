@@ -81,6 +81,17 @@ def _is_loopback_address(name: str) -> bool:
         return False
 
 
+def warn_if_exposed(host: str, port: int) -> None:
+    """A warning when the proxy listens on an address other hosts may reach."""
+    if not _is_loopback_address(host):
+        log.warning(
+            "listening on %s port %d, which is not a loopback address: the API has no "
+            "authentication, and anyone who can reach it uses this host's identity",
+            host,
+            port,
+        )
+
+
 def describe_exception(exc: BaseException) -> str:
     """``TypeError at handlers.py:123 in chat_completions``: the type and the place of a
     bug, without its message (which could quote a request or response body)."""
@@ -127,7 +138,9 @@ class ProxyServer:
         for lst in listeners:
             addr = lst.local_address
             if isinstance(addr, tuple):
-                self.bound.append((str(addr[0]), int(addr[1])))
+                host, port = str(addr[0]), int(addr[1])
+                self.bound.append((host, port))
+                warn_if_exposed(host, port)
         return listeners
 
     async def serve(

@@ -7,12 +7,14 @@ A refused request never reaches the backend.
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 from typing import Optional
 
 import anyio
 import pytest
 
+from goose_proxy.http.server import warn_if_exposed
 from tests.reliability.support import HELLO, ask, proxied
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +169,31 @@ async def test_default_bind_is_loopback() -> None:
     from goose_proxy.config import Config
 
     assert Config().server.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("127.0.0.1", False), ("::1", False), ("127.0.0.5", False), ("0.0.0.0", True),
+     ("::", True), ("10.1.2.3", True)],
+)  # fmt: skip
+def test_a_listener_off_loopback_is_warned_about(
+    caplog: pytest.LogCaptureFixture, host: str, warned: bool
+) -> None:
+    # (the check alone: the tests never listen beyond loopback)
+    caplog.set_level(logging.WARNING, logger="goose_proxy.http")
+    warn_if_exposed(host, 8080)
+    text = caplog.text
+    assert ("not a loopback address" in text) is warned
+    if warned:
+        assert f"listening on {host} port 8080" in text
+
+
+async def test_listening_on_loopback_warns_of_nothing(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req("localhost"))
+    assert r.status == 200
+    assert "not a loopback address" not in caplog.text
