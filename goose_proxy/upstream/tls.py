@@ -26,6 +26,36 @@ REGISTER_HINT = (
     "register this system with 'subscription-manager register' so that RHSM "
     "creates its client certificate"
 )
+PERMISSION_HINT = (
+    "goose-proxy must run as the files' owner (root, as its systemd unit does) "
+    "or be given read access"
+)
+
+
+def _label(auth: AuthConfig, path: Optional[str]) -> str:
+    return "client key" if path == auth.key_file != auth.cert_file else "client certificate"
+
+
+def _unreadable(auth: AuthConfig, e: OSError) -> CredentialsError:
+    """The error for a pair that cannot be read: which file, and why."""
+    for path in (auth.cert_file, auth.key_file):
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            return CredentialsError(
+                f"{_label(auth, path)} file {path} does not exist: {REGISTER_HINT}"
+            )
+        except PermissionError:
+            return CredentialsError(
+                f"cannot read {_label(auth, path)} {path} (permission denied): {PERMISSION_HINT}"
+            )
+        except OSError as err:
+            return CredentialsError(f"cannot read {_label(auth, path)} {path}: {err.strerror}")
+    return CredentialsError(
+        f"cannot read client certificate or key ({e.strerror or e}): {REGISTER_HINT}"
+    )
+
 
 _Stamp = tuple[tuple[int, int, int], ...]
 
@@ -68,12 +98,11 @@ class ClientTLS:
             stamp = _stamp(auth.cert_file, auth.key_file)
         except FileNotFoundError as e:
             raise CredentialsError(
-                f"client certificate file {e.filename} does not exist: {REGISTER_HINT}"
+                f"{_label(auth, e.filename)} file {e.filename} does not exist: {REGISTER_HINT}"
             ) from None
         except OSError as e:
             raise CredentialsError(
-                f"cannot access client certificate file {e.filename} "
-                f"({e.strerror}): {REGISTER_HINT}"
+                f"cannot access {_label(auth, e.filename)} file {e.filename} ({e.strerror})"
             ) from None
         if self._ctx is not None and stamp == self._stamp:
             self._checked = now
@@ -96,16 +125,6 @@ class ClientTLS:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             ctx.load_cert_chain(auth.cert_file, auth.key_file)
-        except PermissionError as e:
-            raise CredentialsError(
-                f"cannot read client certificate or key {e.filename} "
-                f"(permission denied): {REGISTER_HINT}"
-            ) from None
-        except FileNotFoundError as e:
-            raise CredentialsError(
-                f"client certificate file {e.filename or auth.cert_file} does not exist: "
-                f"{REGISTER_HINT}"
-            ) from None
         except ssl.SSLError as e:
             reason = getattr(e, "reason", None) or ""
             if "KEY_VALUES_MISMATCH" in reason.upper():
@@ -117,8 +136,6 @@ class ClientTLS:
                 f"cannot load the client certificate {auth.cert_file} and key "
                 f"{auth.key_file} ({reason or 'not valid PEM'}): {REGISTER_HINT}"
             ) from None
-        except OSError as e:
-            raise CredentialsError(
-                f"cannot read client certificate or key: {e.strerror}: {REGISTER_HINT}"
-            ) from None
+        except OSError as e:  # OpenSSL does not say which file: look
+            raise _unreadable(auth, e) from None
         return ctx

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import anyio
 import httpx
@@ -15,6 +17,9 @@ import pytest
 
 import devbackend
 from goose_proxy.config import AuthConfig
+from goose_proxy.errors import CredentialsError
+from goose_proxy.upstream import tls
+from goose_proxy.upstream.tls import ClientTLS
 from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
 from tests.support import CertClock, issue_client_pair, make_config, running_proxy
 
@@ -165,7 +170,10 @@ async def test_unreadable_pair_gives_502(
     assert r.status_code == 502
     err = r.json()["error"]
     assert err["code"] == "client_certificate_unavailable"
-    assert "subscription-manager register" in err["message"]
+    if broken == "directory":  # registering again would not help: the path says what
+        assert f"cannot read client key {consumer.key}: " in err["message"]
+    else:
+        assert "subscription-manager register" in err["message"]
 
 
 async def test_key_of_another_certificate_gives_clear_message(
@@ -181,3 +189,51 @@ async def test_key_of_another_certificate_gives_clear_message(
         f"the private key {consumer.key} does not match the client certificate {consumer.cert}"
     )
     assert "PRIVATE KEY" not in r.text
+
+
+# --- which file, and why: the messages of an unusable pair ---------------------------
+
+
+def _tls_error(auth: AuthConfig) -> str:
+    with pytest.raises(CredentialsError) as info:
+        ClientTLS(auth).context()
+    return info.value.message
+
+
+@pytest.mark.parametrize("missing", ["cert", "key"])
+def test_a_missing_file_is_named_as_what_it_is(consumer: SimpleNamespace, missing: str) -> None:
+    path = consumer.cert if missing == "cert" else consumer.key
+    path.unlink()
+    what = "client certificate" if missing == "cert" else "client key"
+    msg = _tls_error(consumer.auth)
+    assert msg.startswith(f"{what} file {path} does not exist: register this system")
+
+
+def test_a_directory_in_place_of_the_key_is_named(consumer: SimpleNamespace) -> None:
+    consumer.key.unlink()
+    consumer.key.mkdir()
+    msg = _tls_error(consumer.auth)
+    assert msg.startswith(f"cannot read client key {consumer.key}: ")
+    assert "subscription-manager" not in msg  # registering would not help
+
+
+def test_an_unreadable_key_says_who_may_read_it(
+    consumer: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service user cannot read the key (these tests may run as root, who always
+    can: OpenSSL's refusal and the proxy's own look are simulated for the key)."""
+    real_open = open
+
+    def guarded_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path) == str(consumer.key):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def refusing_load(self: ssl.SSLContext, certfile: str, keyfile: Any = None) -> None:
+        raise PermissionError(13, "Permission denied")  # OpenSSL names no file
+
+    monkeypatch.setattr(tls, "open", guarded_open, raising=False)
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", refusing_load)
+    msg = _tls_error(consumer.auth)
+    assert msg.startswith(f"cannot read client key {consumer.key} (permission denied): ")
+    assert "None" not in msg and "run as the files' owner" in msg
