@@ -259,6 +259,11 @@ class ServerConnection:
         # every value is a constant, a request id or was parsed by h11 (see http11)
         return self.h11.send(h11.Response(status_code=status, headers=hdrs, **TRUSTED)) or b""
 
+    @property
+    def replied(self) -> bool:
+        """The current response went out whole (h11 has nothing more to send for it)."""
+        return self.h11.our_state is h11.DONE or self.h11.our_state is h11.MUST_CLOSE
+
     def can_send_data(self) -> bool:
         return self.h11.our_state is h11.SEND_BODY and not self.client_gone
 

@@ -322,7 +322,7 @@ class ProxyServer:
             ex.streamed,
             ex.upstream_status,
             rid,
-            gone=conn.client_gone,
+            gone=conn.client_gone and not conn.replied,  # not: left after a whole answer
             sent_before=sent_before,
         )
 

@@ -27,8 +27,10 @@ from tests.reliability.support import (
     post,
     proxied,
     read_request_head,
+    read_until,
     request_bytes,
     sse_event,
+    wait_settled,
 )
 from tests.support import CertClock, make_config, refusing_port, running_proxy
 
@@ -274,3 +276,32 @@ async def test_configured_credential_headers_are_masked_at_debug(
     text = _logged(caplog, logging.DEBUG)
     assert "x-api-key=***" in text and "x-tenant=acme" in text
     assert key not in text
+
+
+async def _leave_after(fault: str, marker: bytes, pki: SimpleNamespace) -> None:
+    """A streaming chat request on a raw connection, closed as soon as ``marker`` came."""
+    body = json.dumps(_chat("hi", True)).encode()
+    async with proxied(pki, fault=fault, backend={"stream_idle_timeout": 60}) as h:
+        async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+            await s.send(request_bytes("POST", "/v1/chat/completions", body))
+            await read_until(s, marker)
+        await wait_settled(h.proxy)
+
+
+@pytest.mark.parametrize(
+    ("fault", "marker", "gone"),
+    [("keep_open", b"data: [DONE]\n\n", False), ("stall_mid_stream", b'"content"', True)],
+    ids=["after-the-whole-stream", "mid-stream"],
+)
+async def test_client_gone_in_the_access_line_only_when_the_answer_was_cut(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, fault: str, marker: bytes, gone: bool
+) -> None:
+    """After [DONE] the proxy may still wait for the backend's end of body
+    (keep_open): a client that hangs up then got its whole answer, and the access
+    line says so; one that hangs up mid-stream is 'client-gone'."""
+    caplog.set_level(logging.INFO, logger="goose_proxy.access")
+    with anyio.fail_after(15):
+        await _leave_after(fault, marker, pki)
+    lines = [r.getMessage() for r in caplog.records if r.name == "goose_proxy.access"]
+    assert len(lines) == 1 and " 200 " in lines[0] and "stream=yes" in lines[0]
+    assert ("client-gone" in lines[0]) is gone
