@@ -21,7 +21,7 @@ from typing import Any
 import h11
 
 # h11 quotes the bytes it could not parse as Python shows them: bytearray(b'...')
-_BYTES_REPR = re.compile(r"""bytearray\((b(?:'[^']*'|"[^"]*"))\)""")
+_BYTES_REPR = re.compile(r"""bytearray\((b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"))\)""")
 #: longest reason :func:`reason` gives (the bad line can be long)
 REASON_LIMIT = 200
 

@@ -38,3 +38,9 @@ def test_h11_reason_is_bounded() -> None:
     assert len(str(e)) > 5000
     text = http11.reason(e)
     assert len(text) == http11.REASON_LIMIT and text.endswith("…")
+
+
+def test_h11_reason_with_quotes_and_escapes() -> None:
+    e = _h11_error(h11.SERVER, b'GET / HTTP/1.1\r\nHost: x\r\nbad line it\'s "x"\r\n\r\n')
+    assert "bytearray(" in str(e)
+    assert http11.reason(e) == "illegal header line: 'bad line it\\'s \"x\"'"

@@ -337,60 +337,81 @@ class Handlers:
     async def _relay_events(self, ex: Exchange, resp: UpstreamResponse) -> None:
         """A passthrough stream: the backend's bytes go through unchanged, but only
         whole events (up to the last blank line), so that an error event the
-        proxy adds never lands inside a cut one. A parser beside them watches for
-        the end and caps the event size. A stream that ends before its terminal
-        event gets an error event, as a chat stream does."""
-        parser = SSEParser(self.config.backend.max_event_size)
+        proxy adds never lands inside a cut one, and no part of an event over
+        ``max_event_size`` goes out. A parser beside them watches the whole
+        events for the end. A stream that ends before its terminal event gets an
+        error event, as a chat stream does (after a ``[DONE]``, if one came)."""
+        limit = self.config.backend.max_event_size
+        parser = SSEParser(limit)
         ended = False  # a terminal event went by: only [DONE] may follow
         carry = b""  # the start of an event not complete yet
         while True:
             data: Optional[bytes] = None
-            if ended:
-                with anyio.move_on_after(DONE_GRACE):
-                    data = await resp.receive()
-                if data is None:
-                    break  # no [DONE] in time; the answer is complete anyway
-            else:
-                data = await resp.receive()
             try:
-                events = parser.feed(data) if data else parser.close()
-            except UpstreamProtocolError:
                 if ended:
-                    break  # whatever follows the terminal event does not matter
+                    with anyio.move_on_after(DONE_GRACE):
+                        data = await resp.receive()
+                    if data is None:
+                        break  # no [DONE] in time; the answer is complete anyway
+                else:
+                    data = await resp.receive()
+            except ProxyError:
+                if ended:
+                    break  # what follows the terminal event does not matter
                 raise
-            kinds = [_event_kind(ev) for ev in events]
+            too_big = False
             if data:
                 buf = carry + data if carry else data
-                cut = _events_end(buf, max(0, len(carry) - 3))
-                carry = buf[cut:]
-                if cut:
-                    await ex.conn.send_data(buf[:cut] if carry else buf)
-            elif carry.strip() and events and _whole(events[-1]):
-                # the end, after a last event without its blank line (one cut short
-                # is not passed on: the error event below says the stream broke)
-                await ex.conn.send_data(carry + b"\n\n")
-            elif carry.strip():
-                kinds = []
-            if _DONE in kinds:
-                break
+                cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
+                whole, carry = buf[:cut], buf[cut:]
+            else:  # the end: a last event without its blank line goes out if it is whole
+                whole, carry = carry, b""
+            try:
+                events = parser.feed(whole) if whole else []
+                if not data:
+                    tail = parser.close()  # an event its blank line never came for
+                    if tail and _whole(tail[-1]):
+                        events += tail
+                        whole += b"\n\n"
+                    elif tail:
+                        events, whole = [], b""  # cut short: not passed on
+                parser.check()
+            except UpstreamProtocolError:
+                if ended:
+                    break
+                raise
+            finally:
+                if whole:
+                    await ex.conn.send_data(whole)
+            kinds = [_event_kind(ev) for ev in events]
             ended = ended or any(k in TERMINAL_EVENTS for k in kinds)
-            if not data:
+            if too_big and not ended:
+                raise UpstreamProtocolError(
+                    f"backend sent a stream event larger than {limit} bytes"
+                )
+            if _DONE in kinds or too_big or not data:
                 if not ended:
                     raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
                 break
         await ex.conn.end_stream()
 
 
-#: a blank line: two line ends (CRLF, CR or LF), which ends an SSE event
-_BLANK_LINE = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+#: a blank line: two line ends (CRLF, LF, or a CR not followed by LF; a CR at the
+#: very end waits for the next byte, which may make it a CRLF), ending an SSE event
+_LINE_END = rb"(?:\r\n|\n|\r(?=[^\n]))"
+_BLANK_LINE = re.compile(_LINE_END + _LINE_END)
 
 
-def _events_end(buf: bytes, start: int = 0) -> int:
-    """Where the last whole event in ``buf`` ends (0: none), looking from ``start``."""
+def _whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
+    """``(end, too_big)``: where the whole events at the front of ``buf`` end, looking
+    for blank lines from ``start``, and whether an event over ``limit`` bytes (whole,
+    or the one still arriving) stops them there."""
     end = 0
     for m in _BLANK_LINE.finditer(buf, start):
+        if m.start() - end > limit:
+            return end, True
         end = m.end()
-    return end
+    return end, len(buf) - end > limit
 
 
 def _responses_error_frames(err: ProxyError) -> list[bytes]:

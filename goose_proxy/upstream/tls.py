@@ -100,6 +100,11 @@ class ClientTLS:
             raise CredentialsError(
                 f"{_label(auth, e.filename)} file {e.filename} does not exist: {REGISTER_HINT}"
             ) from None
+        except PermissionError as e:  # a directory on the way may not be searched
+            raise CredentialsError(
+                f"cannot access {_label(auth, e.filename)} file {e.filename} "
+                f"(permission denied): {PERMISSION_HINT}"
+            ) from None
         except OSError as e:
             raise CredentialsError(
                 f"cannot access {_label(auth, e.filename)} file {e.filename} ({e.strerror})"

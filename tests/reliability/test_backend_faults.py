@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from goose_proxy.config import AuthConfig
+from goose_proxy.http.handlers import _whole_events
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
@@ -504,6 +505,95 @@ async def test_passthrough_relays_whole_events_byte_for_byte(
             )
     assert r.status_code == 200
     assert r.content == stream
+
+
+@pytest.mark.parametrize(
+    ("buf", "end", "too_big"),
+    [
+        (b"event: x\r\ndata: {}", 0, False),  # one CRLF is not a blank line
+        (b"event: x\r\ndata: {}\r\n", 0, False),
+        (b"event: x\r\ndata: {}\r\n\r", 0, False),  # the CR may be half a CRLF
+        (b"event: x\r\ndata: {}\r\n\r\n", 22, False),
+        (b"a\n\nb", 3, False),
+        (b"a\r\rb", 3, False),
+        (b"a\n\r\nb", 4, False),
+        (b"a\n\n" + b"x" * 40 + b"\n\nc", 3, True),  # a whole event over the limit
+        (b"a\n\n" + b"x" * 40, 3, True),  # one still arriving
+    ],
+)
+def test_whole_events(buf: bytes, end: int, too_big: bool) -> None:
+    assert _whole_events(buf, 0, 32) == (end, too_big)
+
+
+async def _passthrough_of(
+    pki: SimpleNamespace, raw: bytes, *, reset: bool = False, **backend: Any
+) -> httpx.Response:
+    """/v1/responses (stream) through the proxy, to a backend that sends ``raw`` as
+    its chunked body in one write, then ends the body (or resets the connection)."""
+
+    async def handler(s: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(s, srv)
+        if reset:
+            _reset(tcp)
+            await s.send(SSE_HEAD + chunk(raw))
+        else:
+            await s.send(SSE_HEAD + chunk(raw) + b"0\r\n\r\n")
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            body = {"input": "hi", "stream": True}
+            return await _direct(srv.url, pki.auth, body, path="/v1/responses", **backend)
+
+
+def _crlf(frame: bytes) -> bytes:
+    return frame.replace(b"\n", b"\r\n")
+
+
+async def test_passthrough_crlf_event_cut_after_a_line_is_not_passed_on(
+    pki: SimpleNamespace,
+) -> None:
+    frames = [_crlf(f) for f in text_events(["one ", "two"])]
+    cut = frames[3][: frames[3].index(b"\r\n") + 2 + 10]  # its event line, part of data
+    r = await _passthrough_of(pki, b"".join(frames[:3]) + cut)
+    assert r.status_code == 200
+    assert r.content.startswith(b"".join(frames[:3]))
+    rest = r.content[len(b"".join(frames[:3])) :]
+    assert rest.startswith(b"event: error\ndata: ")  # an event of its own
+    assert json.loads(rest.split(b"data: ", 1)[1])["message"] == (
+        "upstream stream ended early (no terminal event)"
+    )
+
+
+async def test_passthrough_done_without_a_terminal_event_gets_an_error_event(
+    pki: SimpleNamespace,
+) -> None:
+    frames = text_events(["one ", "two"])[:-1]  # no response.completed
+    r = await _passthrough_of(pki, b"".join(frames) + b"data: [DONE]\n\n")
+    events = _passthrough_events(r.content)
+    assert events[-2] == (None, "[DONE]")
+    assert events[-1][1]["message"] == "upstream stream ended early (no terminal event)"
+
+
+async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
+    pki: SimpleNamespace,
+) -> None:
+    frames = text_events(["one ", "x" * 5000, "three"])
+    r = await _passthrough_of(pki, b"".join(frames), max_event_size=4096)
+    events = _passthrough_events(r.content)
+    assert [e[1]["type"] for e in events[:-1]] == [
+        "response.created", "response.output_item.added", "response.output_text.delta",
+    ]  # fmt: skip
+    assert b"x" * 100 not in r.content
+    assert "larger than 4096 bytes" in events[-1][1]["message"]
+
+
+async def test_passthrough_reset_after_the_terminal_event_adds_no_error(
+    pki: SimpleNamespace,
+) -> None:
+    frames = text_events(["one ", "two"])
+    r = await _passthrough_of(pki, b"".join(frames), reset=True)
+    assert r.status_code == 200
+    assert r.content == b"".join(frames)
 
 
 async def test_backend_error_status_mid_flight_is_not_a_leak(pki: SimpleNamespace) -> None:

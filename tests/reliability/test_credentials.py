@@ -237,3 +237,21 @@ def test_an_unreadable_key_says_who_may_read_it(
     msg = _tls_error(consumer.auth)
     assert msg.startswith(f"cannot read client key {consumer.key} (permission denied): ")
     assert "None" not in msg and "run as the files' owner" in msg
+
+
+def test_a_key_in_a_directory_the_service_may_not_search(
+    consumer: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stat`` refused (a parent directory without search permission; simulated, as
+    root may search anything)."""
+    real_stat = os.stat
+
+    def guarded_stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path) == str(consumer.key):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(tls.os, "stat", guarded_stat)
+    msg = _tls_error(consumer.auth)
+    assert msg.startswith(f"cannot access client key file {consumer.key} (permission denied): ")
+    assert "run as the files' owner" in msg
