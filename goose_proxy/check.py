@@ -18,7 +18,7 @@ import ssl
 import sys
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
-from goose_proxy.config import Config, is_secret_header
+from goose_proxy.config import Config, is_secret_header, redact_url
 from goose_proxy.errors import (
     ProxyError,
     UpstreamClosed,
@@ -27,7 +27,7 @@ from goose_proxy.errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
-from goose_proxy.upstream.proxy import TunnelRefused, redact_url
+from goose_proxy.upstream.proxy import TunnelRefused
 
 if TYPE_CHECKING:
     from goose_proxy.upstream.client import UpstreamClient

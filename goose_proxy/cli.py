@@ -127,8 +127,8 @@ async def serve(config: Config) -> int:
     import anyio
 
     from goose_proxy import systemd
+    from goose_proxy.config import redact_url
     from goose_proxy.http.server import ProxyServer
-    from goose_proxy.upstream.proxy import redact_url
 
     server = ProxyServer(config)
     activated = systemd.listen_fds()

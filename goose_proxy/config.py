@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -197,10 +197,49 @@ def _listen_host(key: str, v: Any) -> str:
     return s
 
 
+def redact_url(url: str) -> str:
+    """``http://user:secret@host:3128`` → ``http://***@host:3128``.
+
+    Never raises, whatever the URL: everything up to the last ``@`` is replaced,
+    so even a password with an unencoded ``/`` or ``#`` does not show (a proxy
+    URL has no path; an ``@`` in an endpoint's path costs only readability).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def split_proxy_url(url: str) -> SplitResult:
+    """An ``http://`` proxy URL, split and checked (``host:port`` alone means
+    ``http://host:port``). Raises ValueError naming only the redacted URL."""
+    u = urlsplit(url if "://" in url else f"http://{url}")
+    display = redact_url(u.geturl())
+    if "@" in u.path + u.query + u.fragment:
+        raise ValueError(
+            f"invalid proxy URL {display!r}: percent-encode '/', '?', '#' and '@' "
+            "in the user name and password"
+        )
+    try:
+        u.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        raise ValueError(f"invalid port in proxy URL {display!r}") from None
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError(f"unsupported proxy URL {display!r} (use http://host:port)")
+    return u
+
+
 def _proxy_url(key: str, v: Any) -> str:
     s = _str(key, v)
     if s and not s.startswith("http://"):
         raise ConfigError(f"{key}: only http:// proxies are supported (HTTP CONNECT)")
+    if s:
+        try:
+            split_proxy_url(s)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     return s
 
 

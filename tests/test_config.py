@@ -90,6 +90,24 @@ def test_invalid_headers_stop_at_load(headers: dict[str, str], what: str) -> Non
         h11.Request(method="POST", target="/", headers=[("host", "h"), *raw])
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://u:s3cret@proxy:70000", "invalid port in proxy URL 'http://***@proxy:70000'"),
+        ("http://", "unsupported proxy URL 'http://' (use http://host:port)"),
+        ("http://:3128", "unsupported proxy URL 'http://:3128'"),
+        ("http://u:pa/ss@proxy:3128", "percent-encode"),
+        ("https://proxy:3128", "only http:// proxies are supported"),
+    ],
+)
+def test_an_unusable_backend_proxy_stops_at_load(url: str, why: str) -> None:
+    # like a bad endpoint (exit status 2); the environment's *_proxy only warn
+    with pytest.raises(ConfigError) as exc:
+        _backend(proxy=url)
+    assert str(exc.value).startswith("backend.proxy: ") and why in str(exc.value)
+    assert "s3cret" not in str(exc.value) and "pa/ss" not in str(exc.value)
+
+
 def test_a_header_given_twice_in_two_cases_stops_at_load() -> None:
     # both would be sent: the backend would see two values for one name
     with pytest.raises(ConfigError) as exc:

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 import devbackend
-from goose_proxy.config import BackendConfig
-from goose_proxy.upstream.proxy import parse_proxy, proxy_for, redact_url
+from goose_proxy.config import BackendConfig, redact_url
+from goose_proxy.upstream.proxy import parse_proxy, proxy_for
 from tests.connectproxy import connect_proxy
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
 

@@ -27,7 +27,7 @@ import anyio
 import h11
 
 from goose_proxy import http11
-from goose_proxy.config import BackendConfig
+from goose_proxy.config import BackendConfig, redact_url, split_proxy_url
 from goose_proxy.errors import UpstreamProxyError
 from goose_proxy.streams import ProtocolStream, connect_tcp, refused
 
@@ -53,41 +53,15 @@ class ProxyRoute:
         return f"ProxyRoute({self.display})"
 
 
-def redact_url(url: str) -> str:
-    """``http://user:secret@host:3128`` → ``http://***@host:3128``.
-
-    Never raises, whatever the URL: everything up to the last ``@`` is replaced,
-    so even a password with an unencoded ``/`` or ``#`` does not show (a proxy
-    URL has no path; an ``@`` in an endpoint's path costs only readability).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
-
-
 def parse_proxy(url: str) -> ProxyRoute:
     """Parse an ``http://`` proxy URL. Raises ValueError naming only the redacted URL."""
-    u = urlsplit(url if "://" in url else f"http://{url}")
+    u = split_proxy_url(url)
     display = redact_url(u.geturl())
-    if "@" in u.path + u.query + u.fragment:
-        raise ValueError(
-            f"invalid proxy URL {display!r}: percent-encode '/', '?', '#' and '@' "
-            "in the user name and password"
-        )
-    try:
-        port = u.port
-    except ValueError:
-        raise ValueError(f"invalid port in proxy URL {display!r}") from None
-    if u.scheme != "http" or not u.hostname:
-        raise ValueError(f"unsupported proxy URL {display!r} (use http://host:port)")
     auth = None
     if u.username is not None:
         cred = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
         auth = b"Basic " + base64.b64encode(cred)
-    return ProxyRoute(u.hostname, port or 3128, auth, display)
+    return ProxyRoute(u.hostname or "", u.port or 3128, auth, display)
 
 
 def _route(url: str, origin: str) -> ProxyRoute:
