@@ -191,10 +191,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_check(config, warnings)
     import anyio
 
+    from goose_proxy import systemd
+
     try:
         rc = anyio.run(serve, config)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         return 130
+    except systemd.ActivationError as e:
+        log.error("%s", e)
+        return 1
     except OSError as e:
         log.error(
             "cannot listen on %s:%s: %s", config.server.host, config.server.port, e.strerror or e

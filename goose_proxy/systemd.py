@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Mapping, MutableMapping
 from typing import Optional
 
 SD_LISTEN_FDS_START = 3
+
+
+class ActivationError(OSError):
+    """The file descriptors systemd was said to pass are not listening sockets."""
 
 
 def listen_fds(
@@ -24,7 +29,8 @@ def listen_fds(
 
     Returns an empty list when the process was not socket-activated (or the
     variables are meant for another process). With ``unset`` the variables are
-    removed so that child processes do not inherit them.
+    removed so that child processes do not inherit them. Raises
+    :class:`ActivationError` when a passed descriptor is not open or not a socket.
     """
     env = os.environ if environ is None else environ
     try:
@@ -41,6 +47,16 @@ def listen_fds(
     out = []
     for i in range(count):
         fd = SD_LISTEN_FDS_START + i
+        try:
+            is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+        except OSError:
+            raise ActivationError(
+                f"LISTEN_FDS={count}: file descriptor {fd} is not open (check the socket unit)"
+            ) from None
+        if not is_socket:
+            raise ActivationError(
+                f"LISTEN_FDS={count}: file descriptor {fd} is not a socket (check the socket unit)"
+            )
         os.set_inheritable(fd, False)
         sock = socket.socket(fileno=fd)
         name = names[i] if i < len(names) and names[i] else f"fd{fd}"

@@ -253,3 +253,26 @@ def test_service_stop_timeout_covers_the_drain() -> None:
     assert _seconds(unit["TimeoutStopSec"][0]) >= ServerConfig().drain_timeout + 10
     # exit status 2 (invalid configuration) must not be retried
     assert "2" in unit["RestartPreventExitStatus"][0].split()
+
+
+def test_activation_with_a_descriptor_that_is_not_a_socket(tmp_path: Path) -> None:
+    """A broken socket unit (here fd 3 is a pipe): exit status 1 and a message about
+    the descriptor, not about the host and port the proxy was told to ignore."""
+    config = tmp_path / "config.toml"
+    config.write_text('[backend]\nendpoint = "http://127.0.0.1:9"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+    env["LISTEN_FDS"] = "1"
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(read_end), "--config", str(config)],
+            pass_fds=[read_end], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=WAIT,
+        )  # fmt: skip
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 1, err
+    assert "LISTEN_FDS=1: file descriptor 3 is not a socket (check the socket unit)" in err, err
+    assert "cannot listen on" not in err and "Traceback" not in err
