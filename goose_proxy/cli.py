@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         choices=["serve", "check"],
-        default="serve",
+        default=None,
         help="serve (default) or check",
     )
     return p
@@ -172,7 +172,10 @@ async def _drain_then_stop(server: ProxyServer, scope: anyio.CancelScope) -> Non
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check and args.command == "serve":
+        parser.error("--check and serve contradict each other (--check means: check, then exit)")
     try:
         config, warnings = load_config(args.config)
     except ConfigError as e:

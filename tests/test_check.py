@@ -103,6 +103,18 @@ async def test_backend_without_model_list_is_still_ready(
     assert "verdict: ready" in r.out
 
 
+def test_check_option_with_the_serve_command_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # it used to run the check quietly, ignoring the command
+    from goose_proxy.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--check", "serve"])
+    assert info.value.code == 2
+    assert "--check and serve contradict each other" in capsys.readouterr().err
+
+
 # --- configuration and certificate --------------------------------------------------
 
 
