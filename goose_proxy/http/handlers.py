@@ -332,68 +332,85 @@ class Handlers:
                 return
             ex.error_frames = _responses_error_frames
             await ex.start_stream(resp.status, [*headers, *SSE_HEADERS[1:]])
-            await self._relay_events(ex, resp)
+            await relay_events(resp.receive, ex.conn.send_data, self.config.backend.max_event_size)
+            await ex.conn.end_stream()
 
-    async def _relay_events(self, ex: Exchange, resp: UpstreamResponse) -> None:
-        """A passthrough stream: the backend's bytes go through unchanged, but only
-        whole events (up to the last blank line), so that an error event the
-        proxy adds never lands inside a cut one, and no part of an event over
-        ``max_event_size`` goes out. A parser beside them watches the whole
-        events for the end. A stream that ends before its terminal event gets an
-        error event, as a chat stream does (after a ``[DONE]``, if one came)."""
-        limit = self.config.backend.max_event_size
-        parser = SSEParser(limit)
-        ended = False  # a terminal event went by: only [DONE] may follow
-        carry = b""  # the start of an event not complete yet
-        while True:
-            data: Optional[bytes] = None
-            try:
-                if ended:
-                    with anyio.move_on_after(DONE_GRACE):
-                        data = await resp.receive()
-                    if data is None:
-                        break  # no [DONE] in time; the answer is complete anyway
-                else:
-                    data = await resp.receive()
-            except ProxyError:
-                if ended:
-                    break  # what follows the terminal event does not matter
-                raise
-            too_big = False
-            if data:
-                buf = carry + data if carry else data
-                cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
-                whole, carry = buf[:cut], buf[cut:]
-            else:  # the end: a last event without its blank line goes out if it is whole
-                whole, carry = carry, b""
-            try:
-                events = parser.feed(whole) if whole else []
-                if not data:
-                    tail = parser.close()  # an event its blank line never came for
-                    if tail and _whole(tail[-1]):
-                        events += tail
-                        whole += b"\n\n"
-                    elif tail:
-                        events, whole = [], b""  # cut short: not passed on
-                parser.check()
-            except UpstreamProtocolError:
-                if ended:
-                    break
-                raise
-            finally:
-                if whole:
-                    await ex.conn.send_data(whole)
-            kinds = [_event_kind(ev) for ev in events]
-            ended = ended or any(k in TERMINAL_EVENTS for k in kinds)
-            if too_big and not ended:
-                raise UpstreamProtocolError(
-                    f"backend sent a stream event larger than {limit} bytes"
-                )
-            if _DONE in kinds or too_big or not data:
-                if not ended:
-                    raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
+
+async def relay_events(
+    receive: Callable[[], Awaitable[bytes]], send: Callable[[bytes], Awaitable[None]], limit: int
+) -> None:
+    """Relay a passthrough stream from ``receive`` (``b""`` at the end) to ``send``.
+
+    The backend's bytes go through unchanged, but only whole events (up to
+    the last blank line), so that an error event the caller adds never lands
+    inside a cut one, and no byte of an event over ``limit`` goes out. A
+    parser beside them watches the whole events for the end. After the
+    terminal event, what follows (a ``[DONE]`` within :data:`DONE_GRACE`, in
+    total) ends it quietly, errors included. Raises UpstreamProtocolError for
+    an event over ``limit`` or not UTF-8, and when the stream ends before its
+    terminal event (also at a ``[DONE]`` that came without one), so that the
+    caller adds a Responses error event, as a chat stream does.
+    """
+    parser = SSEParser(limit)
+    ended = False  # a terminal event went by: only [DONE] may follow
+    grace = 0.0  # then: when to stop waiting for it (anyio.current_time())
+    carry = b""  # the start of an event not complete yet
+    while True:
+        data: Optional[bytes] = None
+        try:
+            if ended:
+                with anyio.move_on_at(grace):
+                    data = await receive()
+                if data is None:
+                    break  # no [DONE] in time; the answer is complete anyway
+            else:
+                data = await receive()
+        except ProxyError:
+            if ended:
+                break  # what follows the terminal event does not matter
+            raise
+        too_big = False
+        if data:
+            buf = carry + data if carry else data
+            cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
+            whole, carry = buf[:cut], buf[cut:]
+        else:  # the end: a last event without its blank line goes out if it is whole
+            whole, carry = carry, b""
+        events: list[SSEEvent] = []
+        error: Optional[UpstreamProtocolError] = None
+        try:
+            events = parser.feed(whole) if whole else []
+            if not data:
+                tail = parser.close()  # an event its blank line never came for
+                if tail and _whole(tail[-1]):
+                    events += tail
+                    whole += b"\n\n"
+                elif tail:
+                    events, whole = [], b""  # cut short: not passed on
+            parser.check()  # an error held back behind good events
+        except UpstreamProtocolError as e:
+            error = e
+        finally:
+            if whole:
+                await send(whole)
+        done = False
+        for ev in events:  # in order: nothing after [DONE] counts
+            kind = _event_kind(ev)
+            if kind == _DONE:
+                done = True
                 break
-        await ex.conn.end_stream()
+            if not ended and kind in TERMINAL_EVENTS:
+                ended, grace = True, anyio.current_time() + DONE_GRACE
+        if ended and (error is not None or too_big):
+            break  # what follows the terminal event does not matter
+        if error is not None:
+            raise error
+        if too_big:
+            raise UpstreamProtocolError(f"backend sent a stream event larger than {limit} bytes")
+        if done or not data:
+            if not ended:
+                raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
+            break
 
 
 #: a blank line: two line ends (CRLF, LF, or a CR not followed by LF; a CR at the
@@ -411,7 +428,8 @@ def _whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
         if m.start() - end > limit:
             return end, True
         end = m.end()
-    return end, len(buf) - end > limit
+    # the event still arriving, without line ends that may be the start of its blank line
+    return end, len(buf) - end > limit and len(buf[end:].rstrip(b"\r\n")) > limit
 
 
 def _responses_error_frames(err: ProxyError) -> list[bytes]:

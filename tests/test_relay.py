@@ -1,0 +1,162 @@
+"""The /v1/responses stream relay (``handlers.relay_events``) on reads cut anywhere.
+
+The relay is driven directly, with the backend's body given as a list of reads,
+so that where the reads are cut is exact (over TCP it is up to the kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Optional, Union
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from goose_proxy.errors import UpstreamClosed, UpstreamProtocolError
+from goose_proxy.http.handlers import relay_events
+
+pytestmark = pytest.mark.anyio
+
+C = b'data: {"type":"response.completed"}\n\n'
+D = b"data: [DONE]\n\n"
+DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta"}\n\n'
+EARLY = "upstream stream ended early (no terminal event)"
+
+Read = Union[bytes, Exception]
+
+
+async def relay(reads: list[Read], limit: int = 4096) -> tuple[bytes, Optional[str]]:
+    """What the relay sends for ``reads`` (then the end of the body), and the message
+    of the error it raises (None: it ended quietly)."""
+    pending = list(reads)
+    sent: list[bytes] = []
+
+    async def receive() -> bytes:
+        if not pending:
+            return b""
+        piece = pending.pop(0)
+        if isinstance(piece, Exception):
+            raise piece
+        return piece
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    error = None
+    with anyio.fail_after(5):
+        try:
+            await relay_events(receive, send, limit)
+        except UpstreamProtocolError as e:
+            error = e.message
+    return b"".join(sent), error
+
+
+def cut(data: bytes, at: list[int]) -> list[Read]:
+    points = [0, *sorted(set(at)), len(data)]
+    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+
+
+STREAMS = {
+    "LF": DELTA + b": keep-alive\n\nid: 7\nretry: 100\n\n" + DELTA + C + D,
+    "CRLF": (DELTA + DELTA + C + D).replace(b"\n", b"\r\n"),
+    "CR": (DELTA + C + D).replace(b"\n", b"\r"),
+    "mixed": DELTA.replace(b"\n\n", b"\r\n\r\n") + DELTA.replace(b"\n\n", b"\n\r\n") + C + D,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(sorted(STREAMS)),
+    data=st.data(),
+)
+def test_any_cut_relays_a_whole_stream_byte_for_byte(name: str, data: st.DataObject) -> None:
+    stream = STREAMS[name]
+    at = data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=12))
+    sent, error = anyio.run(relay, cut(stream, at))
+    assert error is None
+    # a CR-only stream's last CR waits for a byte that never comes: the end adds
+    # a blank line after it rather than lose the event
+    assert sent == stream or (name == "CR" and sent == stream + b"\n\n")
+
+
+@pytest.mark.parametrize("split", [1, 2, 3], ids=["LF|LF", "CR|LF CRLF", "CRLF CR|LF"])
+async def test_an_event_of_exactly_the_limit_cut_in_its_blank_line(split: int) -> None:
+    event = b'data: "' + b"x" * 56 + b'"'  # 64 bytes
+    ends = {1: b"\n\n", 2: b"\r\n\r\n", 3: b"\r\n\r\n"}[split]
+    first = event + ends[: {1: 1, 2: 1, 3: 3}[split]]
+    second = ends[len(first) - len(event) :] + C + D
+    sent, error = await relay([first, second], limit=64)
+    assert error is None and sent == first + second
+
+
+async def test_no_byte_of_an_event_over_the_limit() -> None:
+    big = b'data: "' + b"x" * 200 + b'"\n\n'
+    for reads in ([DELTA + big + C], [DELTA, big[:150], big[150:] + C]):
+        sent, error = await relay(list(reads), limit=128)
+        assert sent == DELTA
+        assert error == "backend sent a stream event larger than 128 bytes"
+
+
+async def test_done_before_any_terminal_event_is_an_early_end() -> None:
+    for reads in ([DELTA + D + C], [DELTA + D, C]):
+        sent, error = await relay(list(reads))
+        assert sent.startswith(DELTA + D)
+        assert error == EARLY
+
+
+async def test_a_cut_last_event_is_not_passed_on() -> None:
+    sent, error = await relay([DELTA + b'data: {"type":"resp'])
+    assert sent == DELTA and error == EARLY
+
+
+async def test_a_whole_last_event_without_its_blank_line_is_ended() -> None:
+    sent, error = await relay([DELTA + C[:-2]])
+    assert sent == DELTA + C and error is None
+
+
+@pytest.mark.parametrize(
+    "after",
+    [[b"data: \xff\xfe\n\n"], [UpstreamClosed("reset")], [b'data: "' + b"x" * 5000 + b'"\n\n']],
+    ids=["not-utf8", "reset", "too-big"],
+)
+@pytest.mark.parametrize("same_read", [True, False])
+async def test_what_follows_the_terminal_event_adds_no_error(
+    after: list[Read], same_read: bool
+) -> None:
+    reads: list[Read] = [DELTA, C, *after]
+    if same_read and isinstance(after[0], bytes):
+        reads = [DELTA, C + after[0]]
+    sent, error = await relay(reads, limit=4096)
+    assert error is None and sent.startswith(DELTA + C)
+    assert b"x" * 100 not in sent
+
+
+async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
+    """A backend that keeps sending comments after the terminal event: the relay
+    stops waiting for [DONE] after DONE_GRACE in all, not per read."""
+    sent: list[bytes] = []
+    reads = 0
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield DELTA + C
+        while True:
+            await anyio.sleep(0.01)  # a slow backend, not synchronisation
+            yield b": keep-alive\n\n"
+
+    source = trickle()
+
+    async def receive() -> bytes:
+        nonlocal reads
+        reads += 1
+        return await source.__anext__()
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    with anyio.fail_after(5):  # before the fix: until the backend stopped
+        await relay_events(receive, send, 4096)
+    await source.aclose()
+    assert b"".join(sent).startswith(DELTA + C)
+    assert reads < 1000
