@@ -359,7 +359,7 @@ async def relay_events(
         data: Optional[bytes] = None
         try:
             if ended:
-                with anyio.move_on_at(grace):
+                with anyio.CancelScope(deadline=grace):
                     data = await receive()
                 if data is None:
                     break  # no [DONE] in time; the answer is complete anyway
