@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
-from goose_proxy import __version__
-from goose_proxy.config import Config, ConfigError, load_config
+from goose_proxy import __version__, systemd
+from goose_proxy.config import Config, ConfigError, load_config, log_level, redact_url
 
 if TYPE_CHECKING:
     import anyio
@@ -126,8 +126,6 @@ async def serve(config: Config) -> int:
     signal during the drain stops at once: 130."""
     import anyio
 
-    from goose_proxy import systemd
-    from goose_proxy.config import redact_url
     from goose_proxy.http.server import ProxyServer
 
     server = ProxyServer(config)
@@ -151,19 +149,20 @@ async def serve(config: Config) -> int:
             )
             systemd.notify(f"READY=1\nSTATUS=listening on {where}")
             draining = False
+            rc = 0
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if draining:
                     log.warning("%s received again; stopping without finishing the drain", name)
+                    rc = 130
                     tg.cancel_scope.cancel()
-                    log.info("stopped")
-                    return 130
+                    break
                 log.info("%s received; shutting down", name)
                 systemd.notify("STOPPING=1\nSTATUS=draining")
                 draining = True
                 tg.start_soon(_drain_then_stop, server, tg.cancel_scope)
     log.info("stopped")
-    return 0
+    return rc
 
 
 async def _drain_then_stop(server: ProxyServer, scope: anyio.CancelScope) -> None:
@@ -181,9 +180,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    level = (args.log_level or config.logging.level).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        print(f"goose-proxy: --log-level: {args.log_level!r} is not a log level", file=sys.stderr)
+    try:
+        level = log_level("--log-level", args.log_level) if args.log_level else config.logging.level
+    except ConfigError as e:
+        print(f"goose-proxy: {e}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(level)
     for w in warnings:
@@ -193,8 +193,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return run_check(config, warnings)
     import anyio
-
-    from goose_proxy import systemd
 
     try:
         rc = anyio.run(serve, config)

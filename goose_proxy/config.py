@@ -321,7 +321,8 @@ def _table(key: str, v: Any) -> dict[str, Any]:
     return dict(v)
 
 
-def _level(key: str, v: Any) -> str:
+def log_level(key: str, v: Any) -> str:
+    """``v`` as a logging level name (upper case); ConfigError naming ``key`` otherwise."""
     s = _str(key, v).upper()
     if s not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(
@@ -365,7 +366,7 @@ _SCHEMA: dict[str, dict[str, Checker]] = {
     "backend.auth": {"cert_file": _str, "key_file": _str, "ca_file": _str},
     "translate": {"system_messages": _choice("drop", "instructions", "input")},
     "models": {"id": _str, "owned_by": _str, "context_length": _int(1, 1 << 31)},
-    "logging": {"level": _level},
+    "logging": {"level": log_level},
 }
 
 #: every accepted key, dotted ("backend.auth.cert_file"), for docs and checks
