@@ -22,12 +22,9 @@ from typing import Any, Optional, Union
 from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
 
 from .errormap import error_from_event
-from .response import map_usage
+from .response import READ_FIELDS, map_usage
 
 __all__ = ["ResponseAccumulator"]
-
-#: the fields of a Response object that ``responses_to_chat`` reads besides ``output``
-_READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incomplete_details")
 
 Key = Union[str, int]
 
@@ -130,7 +127,7 @@ class ResponseAccumulator:
         if final is None:
             return False
         output = final.get("output")
-        return isinstance(output, list) and bool(output) and all(k in final for k in _READ_FIELDS)
+        return isinstance(output, list) and bool(output) and all(k in final for k in READ_FIELDS)
 
     def _slot(self, event: Mapping[str, Any], item_id: Any = None) -> _Item:
         index = event.get("output_index")

@@ -7,10 +7,13 @@ keys on: ``ContextLengthExceeded`` (400, Goose compacts its history) when the
 message says the prompt is too long, ``RateLimited`` (429, keeps
 ``Retry-After``) for rate limits and quota, authentication errors kept as
 401/403, and everything else passed through with the backend's status (422,
-FastAPI's validation status, becomes 400).
+FastAPI's validation status, becomes 400, and Lightspeed's 422 for a request
+body over its size cap becomes ``ContextLengthExceeded``).
 
 The backend's message is passed on; a body that is not JSON becomes text,
-truncated to :data:`MAX_MESSAGE_CHARS`, invalid UTF-8 replaced.
+truncated to :data:`MAX_MESSAGE_CHARS`, invalid UTF-8 replaced. Every error
+built here is marked ``quoted``: it carries the backend's words, which the
+client is shown and the proxy's log does not repeat.
 """
 
 from __future__ import annotations

@@ -109,6 +109,11 @@ def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
     return texts
 
 
+#: the fields of a Response object that :func:`responses_to_chat` reads besides
+#: ``output`` (``failure_of`` reads ``status``, ``error``, ``incomplete_details``)
+READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incomplete_details")
+
+
 def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]:
     """Translate a complete (non-streamed or accumulated) Response object.
 

@@ -16,6 +16,7 @@ from goose_proxy.errors import (
     UpstreamProtocolError,
 )
 from goose_proxy.translate import ResponseAccumulator, responses_to_chat
+from goose_proxy.translate.response import READ_FIELDS
 
 
 def response(output: list[Any], **extra: Any) -> dict[str, Any]:
@@ -367,3 +368,22 @@ def test_accumulator_ignores_events_after_terminal_and_keeps_usage() -> None:
     assert result["output"] == events[-1]["response"]["output"]
     assert acc.usage is not None
     assert acc.usage["prompt_tokens"] == events[-1]["response"]["usage"]["input_tokens"]
+
+
+def test_read_fields_are_what_responses_to_chat_reads() -> None:
+    """``settled`` trusts READ_FIELDS: a field read but not listed would let the
+    proxy skip events that could change the answer."""
+    seen: set[str] = set()
+
+    class Recording(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            seen.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key: Any) -> Any:
+            seen.add(key)
+            return super().__getitem__(key)
+
+    for name in STREAM_CAPTURES:
+        responses_to_chat(Recording(capture_events(name)[-1]["response"]), "")
+    assert seen - {"output"} == set(READ_FIELDS)
