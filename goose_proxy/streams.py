@@ -148,7 +148,6 @@ class ProtocolStream(anyio.abc.ByteStream):
         self._p = protocol
         self._loop = asyncio.get_running_loop()
         self._closed = False
-        self._receiving = False
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def readable_now(self) -> bool:
@@ -183,7 +182,7 @@ class ProtocolStream(anyio.abc.ByteStream):
         their cancel scopes.
         """
         p = self._p
-        if self._receiving:
+        if p.read_waiter is not None:
             raise anyio.BusyResourceError("reading from")
         while not p.chunks:
             if self._closed:
@@ -196,14 +195,12 @@ class ProtocolStream(anyio.abc.ByteStream):
                 raise TimeoutError
             waiter = self._loop.create_future()
             p.read_waiter = waiter
-            self._receiving = True
             timer = None
             if timeout is not None:
                 timer = self._loop.call_later(timeout, _expire, waiter)
             try:
                 await waiter
             finally:
-                self._receiving = False
                 p.read_waiter = None
                 if timer is not None:
                     timer.cancel()

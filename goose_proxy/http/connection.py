@@ -324,11 +324,7 @@ class ServerConnection:
             if self.linger and not self.client_gone:
                 with anyio.move_on_after(LINGER_TIMEOUT):
                     await self._linger()
-            with anyio.move_on_after(1.0):
-                try:
-                    await self.stream.aclose()
-                except _CLOSED:
-                    pass
+            await self.stream.aclose()  # bounded: streams.CLOSE_FLUSH_TIMEOUT
 
     async def _linger(self) -> None:
         """Send our FIN, then read and drop the client's bytes until its FIN."""

@@ -34,7 +34,7 @@ class SSEEvent(NamedTuple):
 
 
 class SSEParser:
-    """``feed(bytes) -> list[SSEEvent]``; ``pending`` tells if a partial event is held."""
+    """``feed(bytes) -> list[SSEEvent]``; :meth:`close` at the end of the stream."""
 
     __slots__ = ("_buf", "_cr", "_error", "_max")
 
