@@ -36,22 +36,24 @@ def _label(auth: AuthConfig, path: Optional[str]) -> str:
     return "client key" if path == auth.key_file != auth.cert_file else "client certificate"
 
 
+def _file_error(auth: AuthConfig, path: Optional[str], err: OSError) -> CredentialsError:
+    """The error for the certificate or key file ``path`` that ``err`` stopped."""
+    what = _label(auth, path)
+    if isinstance(err, FileNotFoundError):
+        return CredentialsError(f"{what} file {path} does not exist: {REGISTER_HINT}")
+    if isinstance(err, PermissionError):
+        return CredentialsError(f"cannot read {what} {path} (permission denied): {PERMISSION_HINT}")
+    return CredentialsError(f"cannot read {what} {path}: {err.strerror or err}")
+
+
 def _unreadable(auth: AuthConfig, e: OSError) -> CredentialsError:
-    """The error for a pair that cannot be read: which file, and why."""
+    """The error for a pair OpenSSL could not read (it names no file): look."""
     for path in (auth.cert_file, auth.key_file):
         try:
             with open(path, "rb"):
                 pass
-        except FileNotFoundError:
-            return CredentialsError(
-                f"{_label(auth, path)} file {path} does not exist: {REGISTER_HINT}"
-            )
-        except PermissionError:
-            return CredentialsError(
-                f"cannot read {_label(auth, path)} {path} (permission denied): {PERMISSION_HINT}"
-            )
         except OSError as err:
-            return CredentialsError(f"cannot read {_label(auth, path)} {path}: {err.strerror}")
+            return _file_error(auth, path, err)
     return CredentialsError(
         f"cannot read client certificate or key ({e.strerror or e}): {REGISTER_HINT}"
     )
@@ -96,19 +98,8 @@ class ClientTLS:
         auth = self._auth
         try:
             stamp = _stamp(auth.cert_file, auth.key_file)
-        except FileNotFoundError as e:
-            raise CredentialsError(
-                f"{_label(auth, e.filename)} file {e.filename} does not exist: {REGISTER_HINT}"
-            ) from None
-        except PermissionError as e:  # a directory on the way may not be searched
-            raise CredentialsError(
-                f"cannot access {_label(auth, e.filename)} file {e.filename} "
-                f"(permission denied): {PERMISSION_HINT}"
-            ) from None
-        except OSError as e:
-            raise CredentialsError(
-                f"cannot access {_label(auth, e.filename)} file {e.filename} ({e.strerror})"
-            ) from None
+        except OSError as e:  # missing, or a directory on the way may not be searched
+            raise _file_error(auth, e.filename, e) from None
         if self._ctx is not None and stamp == self._stamp:
             self._checked = now
             return self._ctx

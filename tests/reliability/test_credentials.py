@@ -253,5 +253,5 @@ def test_a_key_in_a_directory_the_service_may_not_search(
 
     monkeypatch.setattr(tls.os, "stat", guarded_stat)
     msg = _tls_error(consumer.auth)
-    assert msg.startswith(f"cannot access client key file {consumer.key} (permission denied): ")
+    assert msg.startswith(f"cannot read client key {consumer.key} (permission denied): ")
     assert "run as the files' owner" in msg
