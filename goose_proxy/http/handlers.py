@@ -395,6 +395,8 @@ async def relay_events(
                 await send(whole)
         done = False
         for ev in events:  # in order: nothing after [DONE] counts
+            if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
+                continue  # an unnamed event whose text shows no terminal type: no JSON
             kind = _event_kind(ev)
             if kind == _DONE:
                 done = True

@@ -371,6 +371,7 @@ class UpstreamClient:
             ClientTLS(backend.auth) if self.endpoint.scheme == "https" else None
         )
         self.route: Optional[ProxyRoute] = proxy_for(backend, self.endpoint.host, environ)
+        self._host = (b"host", self.endpoint.authority.encode())
         #: [backend.headers], sent with every request (checked when the config loaded)
         self._config_headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers.items()
@@ -456,7 +457,7 @@ class UpstreamClient:
         headers: list[tuple[bytes, bytes]],
     ) -> bytes:
         target = (self.endpoint.base_path + path).encode()
-        hdrs = [(b"host", self.endpoint.authority.encode()), (b"user-agent", USER_AGENT)]
+        hdrs = [self._host, (b"user-agent", USER_AGENT)]
         if method == b"POST":
             hdrs.append((b"content-type", b"application/json"))
             hdrs.append((b"content-length", str(len(body)).encode()))
