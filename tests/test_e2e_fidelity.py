@@ -468,12 +468,12 @@ BIG = ["x" * 8192] * 40  # 320 KiB of deltas: more than the proxy holds unparsed
 RATE_LIMITED = {"type": "error", "code": "rate_limit_exceeded", "message": "slow down"}
 
 
-def _stream(case: str) -> tuple[list[bytes], tuple[int, str]]:
-    """The backend's events for ``case``; the expected status and answer text (200)
+def _cases() -> dict[str, tuple[list[bytes], tuple[int, str]]]:
+    """Each case: the backend's events, and the expected status and answer text (200)
     or error message."""
     frames = text_events(WORDS)  # its response.completed has an empty output
     whole = _whole_completed("the answer")
-    cases: dict[str, tuple[list[bytes], tuple[int, str]]] = {
+    return {
         "rebuilt from the deltas": (frames, (200, "one two three")),
         "unnamed events": ([_unnamed(f) for f in frames], (200, "one two three")),
         "a non-terminal event named as terminal": (
@@ -500,23 +500,18 @@ def _stream(case: str) -> tuple[list[bytes], tuple[int, str]]:
             [*frames[:2], *[b"event: response.output_text.delta\n\n"] * 2000, whole], NOT_JSON
         ),
     }  # fmt: skip
-    return cases[case]
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["rebuilt from the deltas", "unnamed events", "a non-terminal event named as terminal",
-     "a terminal event named as a delta", "an error event named as in_progress",
-     "more deltas than held", "bad delta, whole terminal event", "bad delta, rebuilt",
-     "unnamed bad delta, whole terminal event", "more than held, then a bad delta",
-     "a flood of named events without data"],
-)  # fmt: skip
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", list(CASES))
 async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
     """A non-streaming client of a streaming backend: the events before the terminal
     one are parsed only when its ``response`` lacks the answer, and then in order;
     what is held unparsed is bounded, and the answer is the one parsing every event
     in order gives (but for a bad event before a terminal event that has it all)."""
-    frames, (status, want) = _stream(case)
+    frames, (status, want) = CASES[case]
 
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)

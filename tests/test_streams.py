@@ -38,6 +38,7 @@ from goose_proxy.streams import (
     connect_tcp,
     refused,
 )
+from tests.support import refusing_port
 
 pytestmark = pytest.mark.anyio
 
@@ -93,8 +94,8 @@ async def peer_send(peer: socket.socket, data: bytes) -> None:
     await asyncio.get_running_loop().sock_sendall(peer, data)
 
 
-async def peer_recv_all(peer: socket.socket) -> bytes:
-    """Everything until the stream's end (FIN)."""
+async def peer_recv_all(peer: socket.socket, cap: int = 64 << 20) -> bytes:
+    """Everything until the stream's end (FIN); AssertionError past ``cap`` bytes."""
     loop = asyncio.get_running_loop()
     out = bytearray()
     while True:
@@ -102,6 +103,7 @@ async def peer_recv_all(peer: socket.socket) -> bytes:
         if not data:
             return bytes(out)
         out += data
+        assert len(out) <= cap, f"no end within {cap} bytes"
 
 
 async def peer_recv_exactly(peer: socket.socket, n: int) -> bytes:
@@ -127,6 +129,7 @@ async def fill_until_backpressure(stream: ProtocolStream, wait: float = 0.2) -> 
     it was written before the wait)."""
     sent: list[bytes] = []
     while True:
+        assert len(sent) < 512, "no backpressure"  # 32 MiB: far past any socket buffer
         data = block(len(sent))
         sent.append(data)
         try:
@@ -736,10 +739,7 @@ def test_refused(error: OSError, expected: bool) -> None:
 
 
 async def test_connect_tcp_to_a_closed_port_is_refused() -> None:
-    # bound but not listening: the port stays ours, and connecting to it is refused
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
-        port = holder.getsockname()[1]
+    with refusing_port() as port:
         with anyio.fail_after(5):
             with pytest.raises(OSError) as ei:
                 await connect_tcp("127.0.0.1", port)

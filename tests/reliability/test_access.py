@@ -14,6 +14,7 @@ from typing import Optional
 import anyio
 import pytest
 
+from goose_proxy.http import server as server_module
 from goose_proxy.http.server import warn_if_exposed
 from tests.reliability.support import HELLO, ask, proxied
 
@@ -188,12 +189,19 @@ def test_a_listener_off_loopback_is_warned_about(
         assert f"listening on {host} port 8080" in text
 
 
-async def test_listening_on_loopback_warns_of_nothing(
-    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+async def test_every_listener_is_checked_and_loopback_warns_of_nothing(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checked: list[tuple[str, int]] = []
+
+    def recording(host: str, port: int) -> None:
+        checked.append((host, port))
+        warn_if_exposed(host, port)
+
+    monkeypatch.setattr(server_module, "warn_if_exposed", recording)
     caplog.set_level(logging.WARNING)
     with anyio.fail_after(10):
         async with proxied(pki) as h:
-            r = await ask(h.proxy.port, req("localhost"))
-    assert r.status == 200
+            port = h.proxy.port
+    assert checked == [("127.0.0.1", port)]
     assert "not a loopback address" not in caplog.text

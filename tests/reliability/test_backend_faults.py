@@ -569,6 +569,7 @@ async def test_passthrough_done_without_a_terminal_event_gets_an_error_event(
 ) -> None:
     frames = text_events(["one ", "two"])[:-1]  # no response.completed
     r = await _passthrough_of(pki, b"".join(frames) + b"data: [DONE]\n\n")
+    assert r.status_code == 200
     events = _passthrough_events(r.content)
     assert events[-2] == (None, "[DONE]")
     assert events[-1][1]["message"] == "upstream stream ended early (no terminal event)"

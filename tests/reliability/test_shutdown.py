@@ -22,6 +22,7 @@ from goose_proxy.http.server import ProxyServer
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
+    READ_CAP,
     ProxyProcess,
     chat_stream_outcome,
     parse_one,
@@ -56,7 +57,7 @@ class Reader:
         async with await anyio.connect_tcp("127.0.0.1", self.port) as s:
             await s.send(req)
             try:
-                while True:
+                while len(self.data) < READ_CAP:
                     self.data += await s.receive()
                     self.first.set()
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
