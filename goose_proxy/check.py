@@ -216,7 +216,8 @@ def _reason_for(e: ProxyError) -> str:
     if isinstance(e, TunnelRefused):
         return "proxy refused"
     if isinstance(e, UpstreamProxyError):
-        return "proxy error"
+        # a proxy that never answered CONNECT: the connect timeout ran out
+        return "timeout" if e.message.startswith("timed out") else "proxy error"
     if isinstance(e, UpstreamTLSError):
         return "TLS error"
     if isinstance(e, UpstreamTimeout):

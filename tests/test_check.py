@@ -372,6 +372,22 @@ async def test_proxy_unreachable(pki: SimpleNamespace, tmp_path: Path) -> None:
     assert "verdict: NOT READY (proxy error)" in r.out
 
 
+async def test_silent_proxy_is_a_timeout(pki: SimpleNamespace, tmp_path: Path) -> None:
+    # the proxy accepts the connection and never answers CONNECT
+    with silent_listener() as port:
+        cfg = write_config(
+            tmp_path / "c.toml",
+            "https://127.0.0.1:9",
+            pki_auth(pki),
+            proxy=f"http://127.0.0.1:{port}",
+            connect_timeout=0.5,
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"timed out after 0.5 s waiting for proxy http://127.0.0.1:{port}" in r.out
+    assert "verdict: NOT READY (timeout)" in r.out
+
+
 async def test_unusable_proxy_variable_is_reported_not_a_crash(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:
