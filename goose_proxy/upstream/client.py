@@ -223,11 +223,12 @@ class Connection:
                 self.eof = True
             self.h11.receive_data(data)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close at once. Nothing we still meant to send matters once we close a
         backend connection (a request given up, an idle one expired): unsent
         bytes are dropped rather than flushed, so the backend sees the end now
-        and never a complete request nobody waits for."""
+        and never a complete request nobody waits for. No I/O to wait for, so
+        no ``await``: it cannot be interrupted half-way by a cancellation."""
         self.stream.abort()
 
 
@@ -380,10 +381,10 @@ class UpstreamClient:
 
     # -- pool bookkeeping (synchronous decisions, I/O afterwards) --
 
-    def _take_idle(
-        self, ctx: Optional[ssl.SSLContext]
-    ) -> tuple[Optional[Connection], list[Connection]]:
-        stale: list[Connection] = []
+    def _take_idle(self, ctx: Optional[ssl.SSLContext]) -> Optional[Connection]:
+        """The most recently used idle connection still fit for a request; the
+        ones found unfit on the way (old context, idle too long, closed by the
+        server) are closed."""
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()  # most recently used first
@@ -392,10 +393,10 @@ class UpstreamClient:
                 or now - conn.idle_since > self.cfg.pool_idle_timeout
                 or conn.looks_dead()
             ):
-                stale.append(conn)
+                conn.close()
                 continue
-            return conn, stale
-        return None, stale
+            return conn
+        return None
 
     def _put_idle(self, conn: Connection) -> bool:
         if len(self._idle) >= self.cfg.pool_size:
@@ -405,8 +406,9 @@ class UpstreamClient:
         return True
 
     async def aclose(self) -> None:
+        """Close the idle connections (those in use close when their request ends)."""
         while self._idle:
-            await self._idle.pop().aclose()
+            self._idle.pop().close()
 
     # -- connecting --
 
@@ -534,38 +536,35 @@ class UpstreamClient:
         # cancel scope on the hot path), a scope around connecting.
         deadline = _now() + self.cfg.timeout
         try:
-            conn, stale = self._take_idle(ctx)
-            for s in stale:
-                await s.aclose()
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect_by(ctx, deadline)
-            try:
-                head = await self._exchange(
-                    conn, self._request_bytes(conn, method, path, body, headers), deadline
-                )
-            except UpstreamError:
-                if not reused or conn.received:
-                    raise
+            conn = self._take_idle(ctx)
+            while True:
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect_by(ctx, deadline)
+                try:
+                    head = await self._exchange(
+                        conn, self._request_bytes(conn, method, path, body, headers), deadline
+                    )
+                    break
+                except UpstreamError:
+                    if not reused or conn.received:
+                        raise
                 # A pooled connection the server closed as we picked it up, without
                 # a byte of answer: most likely its keep-alive timeout raced our
                 # request, so one retry on a fresh connection. (A backend that took
                 # the request and then closed without a byte looks the same; that
                 # risk of a second run is the price of not failing the common race.)
-                await conn.aclose()
-                conn = await self._connect_by(ctx, deadline)
-                head = await self._exchange(
-                    conn, self._request_bytes(conn, method, path, body, headers), deadline
-                )
+                conn.close()
+                conn = None
         except TimeoutError:
             if conn is not None:
-                await conn.aclose()
+                conn.close()
             raise UpstreamTimeout(
                 f"backend sent no response within {self.cfg.timeout:g} seconds"
             ) from None
         except BaseException:
             if conn is not None:
-                await conn.aclose()
+                conn.close()
             raise
         resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
         if log.isEnabledFor(logging.DEBUG):
@@ -579,7 +578,7 @@ class UpstreamClient:
             )
         return resp
 
-    async def _release(self, resp: UpstreamResponse) -> None:
+    def _release(self, resp: UpstreamResponse) -> None:
         """After the response: the connection back to the pool, or closed."""
         conn = resp._conn
         h = conn.h11
@@ -594,9 +593,9 @@ class UpstreamClient:
             else:  # h11 read only the head (ChunkedDecoder the body): a fresh one
                 conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=conn.max_event)
             if not self._put_idle(conn):
-                await conn.aclose()
+                conn.close()
         else:
-            await conn.aclose()
+            conn.close()
 
 
 class _RequestContext:
@@ -631,4 +630,4 @@ class _RequestContext:
                 # usually its last chunk, keeps the connection poolable
                 await resp.drain()
         finally:  # even when the drain is cancelled (the client left meanwhile)
-            await self._client._release(resp)
+            self._client._release(resp)
