@@ -112,11 +112,23 @@ def backend_message(body: bytes) -> tuple[str, Optional[str]]:
     a top-level ``message``; else the body as text. The message is never
     longer than :data:`MAX_MESSAGE_CHARS` (plus an ellipsis); it may be empty.
     """
+    return _message_in(*_parse(body))
+
+
+_NOT_JSON = object()
+
+
+def _parse(body: bytes) -> tuple[str, Any]:
+    """The body as text, and as JSON (``_NOT_JSON`` when it is not)."""
     text = body.decode("utf-8", errors="replace")
     try:
-        doc = json.loads(text)
+        return text, json.loads(text)
     except (ValueError, RecursionError):
-        return _clip(text), None
+        return text, _NOT_JSON
+
+
+def _message_in(text: str, doc: Any) -> tuple[str, Optional[str]]:
+    """:func:`backend_message` of a body already parsed."""
     if isinstance(doc, Mapping):
         err = doc.get("error")
         if isinstance(err, Mapping):
@@ -137,13 +149,9 @@ def backend_message(body: bytes) -> tuple[str, Optional[str]]:
     return _clip(text), None
 
 
-def _whole_body_too_long(body: bytes) -> bool:
-    """A FastAPI/pydantic 422 saying the request body itself is too long
-    (``{"detail": [{"type": "string_too_long", "loc": ["body"], …}]}``)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return False
+def _whole_body_too_long(doc: Any) -> bool:
+    """A parsed FastAPI/pydantic 422 body saying the request body itself is too
+    long (``{"detail": [{"type": "string_too_long", "loc": ["body"], …}]}``)."""
     detail = doc.get("detail") if isinstance(doc, Mapping) else None
     return isinstance(detail, list) and any(
         isinstance(d, Mapping) and d.get("type") == "string_too_long" and d.get("loc") == ["body"]
@@ -188,7 +196,8 @@ def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = No
     :class:`ContextLengthExceeded` (400); other 422 → 400; any other status
     is kept (:class:`UpstreamHTTPError`). Never raises.
     """
-    message, code = backend_message(body)
+    text, doc = _parse(body)
+    message, code = _message_in(text, doc)
     if not message:
         message = f"backend answered HTTP {status}"
     headers = _retry_after(retry_after)
@@ -202,7 +211,7 @@ def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = No
         return RateLimited(message, headers=headers)
     if status == 413 or _says(said, CONTEXT_LENGTH_PHRASES):
         return ContextLengthExceeded(message, headers=headers)
-    if status == 422 and _whole_body_too_long(body):
+    if status == 422 and _whole_body_too_long(doc):
         # Lightspeed Stack's cap on the request body: for Goose, a context too long
         return ContextLengthExceeded(
             f"the conversation is too long for the backend ({message})", headers=headers
