@@ -216,19 +216,22 @@ def split_proxy_url(url: str) -> SplitResult:
     """An ``http://`` proxy URL, split and checked (``host:port`` alone means
     ``http://host:port``). Raises ValueError naming only the redacted URL."""
     u = urlsplit(url if "://" in url else f"http://{url}")
-    display = redact_url(u.geturl())
-    if "@" in u.path + u.query + u.fragment:
-        raise ValueError(
-            f"invalid proxy URL {display!r}: percent-encode '/', '?', '#' and '@' "
-            "in the user name and password"
-        )
     try:
         u.port  # noqa: B018  (raises ValueError for a bad port)
+        port_ok = True
     except ValueError:
-        raise ValueError(f"invalid port in proxy URL {display!r}") from None
-    if u.scheme != "http" or not u.hostname:
-        raise ValueError(f"unsupported proxy URL {display!r} (use http://host:port)")
-    return u
+        port_ok = False
+    if "@" in u.path + u.query + u.fragment:
+        problem = "invalid proxy URL {}: percent-encode '/', '?', '#' and '@' in the user name "
+        problem += "and password"
+    elif not port_ok:
+        problem = "invalid port in proxy URL {}"
+    elif u.scheme != "http" or not u.hostname:
+        problem = "unsupported proxy URL {} (use http://host:port)"
+    else:
+        return u
+    # the URL is redacted only here: the message never shows the credentials
+    raise ValueError(problem.format(repr(redact_url(u.geturl()))))
 
 
 def _proxy_url(key: str, v: Any) -> str:

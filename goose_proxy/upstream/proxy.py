@@ -13,7 +13,6 @@ message names the proxy by its redacted URL.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import ipaddress
 import logging
 import os
@@ -53,15 +52,16 @@ class ProxyRoute:
         return f"ProxyRoute({self.display})"
 
 
-def parse_proxy(url: str) -> ProxyRoute:
-    """Parse an ``http://`` proxy URL. Raises ValueError naming only the redacted URL."""
+def parse_proxy(url: str, origin: str = "") -> ProxyRoute:
+    """Parse an ``http://`` proxy URL (named by ``origin``, see :class:`ProxyRoute`).
+    Raises ValueError naming only the redacted URL."""
     u = split_proxy_url(url)
-    display = redact_url(u.geturl())
     auth = None
     if u.username is not None:
         cred = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
         auth = b"Basic " + base64.b64encode(cred)
-    return ProxyRoute(u.hostname or "", u.port or 3128, auth, display)
+    display = redact_url(u.geturl())
+    return ProxyRoute(u.hostname or "", u.port or 3128, auth, display, origin=origin)
 
 
 def _route(url: str, origin: str) -> ProxyRoute:
@@ -69,7 +69,7 @@ def _route(url: str, origin: str) -> ProxyRoute:
     with a message naming ``origin``, so that a bad environment variable cannot
     stop the daemon (or ``goose-proxy check``) from starting."""
     try:
-        return dataclasses.replace(parse_proxy(url), origin=origin)
+        return parse_proxy(url, origin)
     except ValueError as e:
         log.warning("%s: %s; backend requests will fail", origin, e)
         return ProxyRoute("", 0, None, redact_url(url), error=f"{origin}: {e}", origin=origin)
