@@ -407,7 +407,7 @@ def sampled(proxy: Proxy, out: Optional[Path]) -> Iterator[None]:
         return
     exe = shutil.which("py-spy")
     cmd = [exe] if exe else ["uvx", "py-spy"]
-    dest = out / f"{proxy.config_path.stem}.txt"
+    dest = out / f"{proxy.config_path.stem}.pyspy.txt"  # not the profile's .txt
     cmd += ["record", "--gil", "-r", "1000", "-f", "raw", "-o", str(dest)]
     sampler = subprocess.Popen(
         [*cmd, "-p", str(proxy.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -862,7 +862,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         type=Path,
         metavar="DIR",
         help="sample each proxy from outside with py-spy (on PATH, else via uvx) during "
-        "its measured phase; collapsed stacks go to DIR/<scenario>.txt",
+        "its measured phase; collapsed stacks go to DIR/<scenario>.pyspy.txt",
     )
     p.add_argument(
         "--profile",
