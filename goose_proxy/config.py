@@ -287,6 +287,7 @@ _RESERVED_HEADERS = frozenset(
         "trailer",
         "upgrade",
         "expect",
+        "accept-encoding",  # identity: the proxy reads the bodies
     }
 )
 

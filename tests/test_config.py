@@ -122,7 +122,16 @@ def test_a_file_that_is_not_utf8_stops_at_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["Host", "content-length", "Transfer-Encoding", "Connection", "Upgrade", "TE"]
+    "name",
+    [
+        "Host",
+        "content-length",
+        "Transfer-Encoding",
+        "Connection",
+        "Upgrade",
+        "TE",
+        "Accept-Encoding",
+    ],
 )
 def test_headers_that_frame_the_request_cannot_be_configured(name: str) -> None:
     # they would contradict the head goose-proxy writes (two framings, two hosts)

@@ -283,6 +283,12 @@ class ProxyServer:
             origin = v.decode("latin-1")
             if origin.rstrip("/").lower() not in self._allowed_origins:
                 raise Forbidden(f"Origin {origin!r} is not allowed (see [server] allowed_origins)")
+        coding = req.header(b"content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            raise UnsupportedMediaType(
+                f"request body with Content-Encoding {coding[:40]!r} is not supported; "
+                "send it uncompressed"
+            )
         if req.method == "POST":
             ctype = (req.header(b"content-type") or "").split(";")[0].strip().lower()
             if ctype != "application/json":

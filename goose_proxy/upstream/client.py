@@ -63,6 +63,9 @@ from goose_proxy.upstream.tls import ClientTLS
 log = logging.getLogger("goose_proxy.upstream")
 
 USER_AGENT = f"goose-proxy/{__version__}".encode()
+#: bodies are read as they are sent: without this header any coding would do
+#: (RFC 9110 §12.5.3), and one that is not decoded garbles the answer
+IDENTITY = (b"accept-encoding", b"identity")
 _now = time.monotonic  # asyncio's loop.time() clock
 READ_SIZE = 65536
 
@@ -459,7 +462,7 @@ class UpstreamClient:
         headers: list[tuple[bytes, bytes]],
     ) -> bytes:
         target = (self.endpoint.base_path + path).encode()
-        hdrs = [self._host, (b"user-agent", USER_AGENT)]
+        hdrs = [self._host, (b"user-agent", USER_AGENT), IDENTITY]
         if method == b"POST":
             hdrs.append((b"content-type", b"application/json"))
             hdrs.append((b"content-length", str(len(body)).encode()))
@@ -567,6 +570,14 @@ class UpstreamClient:
                 conn.close()
             raise
         resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
+        coding = resp.header(b"content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            conn.close()
+            raise UpstreamProtocolError(
+                f"backend {self.endpoint.host}:{self.endpoint.port} answered HTTP {resp.status} "
+                f"with Content-Encoding {coding[:40]!r}, which goose-proxy does not decode "
+                "(it asks for identity)"
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "upstream %s %s%s -> %d %s",

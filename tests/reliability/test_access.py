@@ -156,6 +156,24 @@ async def test_non_json_content_type_is_refused(pki: SimpleNamespace, ctype: Opt
     assert h.backend.stats.requests_total == 0
 
 
+async def test_encoded_request_body_is_refused(pki: SimpleNamespace) -> None:
+    # the body would be read as JSON as it is: gzip bytes would only give "not UTF-8"
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            gz = await ask(h.proxy.port, req(extra="Content-Encoding: gzip\r\n"))
+            passthrough = await ask(
+                h.proxy.port, req(path="/v1/responses", extra="Content-Encoding: br\r\n")
+            )
+            identity = await ask(h.proxy.port, req(extra="Content-Encoding: identity\r\n"))
+        requests = h.backend.stats.requests_total
+    for resp, coding in ((gz, "gzip"), (passthrough, "br")):
+        assert resp.status == 415
+        assert resp.error["code"] == "unsupported_media_type"
+        assert f"Content-Encoding {coding!r} is not supported" in resp.error["message"]
+    assert identity.status == 200
+    assert requests == 1  # the identity one only
+
+
 @pytest.mark.parametrize(
     "ctype", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
 )

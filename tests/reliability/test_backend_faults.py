@@ -10,6 +10,7 @@ purpose-built server from ``support``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import struct
@@ -35,6 +36,7 @@ from tests.reliability.support import (
     post,
     proxied,
     read_request_head,
+    read_until,
     text_events,
 )
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
@@ -271,6 +273,35 @@ async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
             r = await _direct(srv.url, pki.auth, HELLO)
     assert r.status_code == 502
     assert "closed the connection in the middle of the response" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_encoded_answer_is_refused_not_garbled(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    # the proxy asks for identity; a backend that compresses anyway gets a clear
+    # error, not gzip bytes parsed as JSON or SSE
+    payload = gzip.compress(b'{"id": "resp_1"}')
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        await read_until(stream, b"never")  # until the proxy hangs up
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body)
+            with anyio.fail_after(5):
+                while srv.open:  # the connection is not pooled
+                    await srv.closed.wait()
+    assert b"\r\naccept-encoding: identity\r\n" in srv.requests[0].lower()
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_protocol_error"
+    assert "Content-Encoding 'gzip', which goose-proxy does not decode" in err["message"]
 
 
 async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
