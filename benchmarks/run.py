@@ -100,6 +100,8 @@ class Scenario:
     smoke_knobs: Optional[dict[str, str]] = None
     #: list the backend's view (max in flight, TLS handshakes) under the table
     report_backend: bool = False
+    #: the client speaks Responses to /v1/responses (the passthrough), not chat
+    passthrough: bool = False
 
     @property
     def flavor(self) -> str:
@@ -151,6 +153,15 @@ def scenarios() -> list[Scenario]:
             )
         )
     out += [
+        Scenario(
+            "responses-stream-c1",
+            "/v1/responses passthrough, streaming, 200 text deltas per response, concurrency 1",
+            Load(1, duration=5.0, warmup_seconds=1.0),
+            quick,
+            stream=True,
+            knobs={"X-Dev-Deltas": "200"},
+            passthrough=True,
+        ),
         Scenario(
             "tools-c1",
             "tool-call stream (2 parallel calls, interleaved argument deltas), concurrency 1",
@@ -479,10 +490,15 @@ def http_request(path: str, body: bytes, port: int, headers: list[tuple[str, str
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def responses_body(sc: Scenario) -> dict[str, Any]:
+    """The Responses request the proxy would send upstream for the scenario's chat."""
+    return chat_to_responses(chat_body(sc), TranslateOptions(flavor=sc.flavor)).body
+
+
 def direct_request(sc: Scenario, backend: Backend, knobs: dict[str, str]) -> bytes:
     """The request the proxy would send upstream, knobs included."""
-    creq = chat_to_responses(chat_body(sc), TranslateOptions(flavor=sc.flavor))
-    upstream_stream = bool(creq.body.get("stream"))
+    body = responses_body(sc)
+    upstream_stream = bool(body.get("stream"))
     headers = [
         ("content-type", "application/json"),
         ("accept", "text/event-stream" if upstream_stream else "application/json"),
@@ -490,17 +506,19 @@ def direct_request(sc: Scenario, backend: Backend, knobs: dict[str, str]) -> byt
     if sc.flavor == "lightspeed":
         headers.append(("x-lcs-merge-server-tools", "true"))
     headers += list(knobs.items())
-    return http_request("/v1/responses", encode_json(creq.body), backend.port, headers)
+    return http_request("/v1/responses", encode_json(body), backend.port, headers)
 
 
 def proxy_request(sc: Scenario, port: int) -> bytes:
-    body = json.dumps(chat_body(sc)).encode()
-    return http_request("/v1/chat/completions", body, port, [("content-type", "application/json")])
+    ctype = [("content-type", "application/json")]
+    if sc.passthrough:  # the same Responses body the direct row sends
+        return http_request("/v1/responses", encode_json(responses_body(sc)), port, ctype)
+    return http_request("/v1/chat/completions", json.dumps(chat_body(sc)).encode(), port, ctype)
 
 
 def expectations(sc: Scenario, direct: bool) -> tuple[list[str], str]:
     """Byte strings every good response contains, and the time-to-first-token marker."""
-    if direct:
+    if direct or sc.passthrough:  # the passthrough relays the backend's bytes
         upstream_stream = sc.stream or sc.flavor == "lightspeed"
         if not upstream_stream:
             return ['"status":"completed"'], ""
