@@ -424,7 +424,30 @@ _BLANK_LINE = re.compile(_LINE_END + _LINE_END)
 def _whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
     """``(end, too_big)``: where the whole events at the front of ``buf`` end, looking
     for blank lines from ``start``, and whether an event over ``limit`` bytes (whole,
-    or the one still arriving) stops them there."""
+    or the one still arriving) stops them there.
+
+    The usual read (LF line ends, less than ``limit`` bytes: no event in it can
+    be too big) needs only its last blank line, found from the end; the scan
+    of :func:`_scan_whole_events` costs a match object per event.
+    """
+    if len(buf) <= limit and b"\r" not in buf:
+        last = buf.rfind(b"\n\n", start)
+        if last < 0:
+            return 0, False
+        # The scan pairs the LFs of a run from its first one (or from start):
+        # a run of odd length keeps its last LF for the next event.
+        first = last
+        while first > start and buf[first - 1] == 10:  # LF
+            first -= 1
+            if last - first > 64:  # an absurd run of LFs: let the scan count it
+                return _scan_whole_events(buf, start, limit)
+        run = last + 2 - first
+        return first + run - run % 2, False
+    return _scan_whole_events(buf, start, limit)
+
+
+def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
+    """:func:`_whole_events` for any buffer: every blank line, left to right."""
     end = 0
     for m in _BLANK_LINE.finditer(buf, start):
         if m.start() - end > limit:

@@ -21,9 +21,11 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from goose_proxy.config import AuthConfig
-from goose_proxy.http.handlers import _whole_events
+from goose_proxy.http.handlers import _scan_whole_events, _whole_events
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
@@ -554,6 +556,25 @@ async def test_passthrough_relays_whole_events_byte_for_byte(
 )
 def test_whole_events(buf: bytes, end: int, too_big: bool) -> None:
     assert _whole_events(buf, 0, 32) == (end, too_big)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    buf=st.lists(st.sampled_from([b"\n", b"\n\n", b"x", b"data: {}"]), max_size=40).map(b"".join)
+    | st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"\n")),
+    start=st.integers(0, 8),
+    limit=st.integers(1, 80),
+)
+def test_whole_events_fast_path_agrees_with_the_scan(buf: bytes, start: int, limit: int) -> None:
+    # LF-only buffers of any size against any limit: the shortcut or the scan,
+    # the answer is the one every blank line scanned left to right gives
+    start = min(start, len(buf))
+    assert _whole_events(buf, start, limit) == _scan_whole_events(buf, start, limit)
+
+
+def test_whole_events_long_run_of_line_ends() -> None:
+    buf = b"a" + b"\n" * 101 + b"b"  # past the shortcut's 64: the scan counts the run
+    assert _whole_events(buf, 0, 4096) == _scan_whole_events(buf, 0, 4096) == (101, False)
 
 
 async def _passthrough_of(
