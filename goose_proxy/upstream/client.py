@@ -199,7 +199,7 @@ class Connection:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_event)
         self.max_event = max_event
         self.idle_since = time.monotonic()
-        self.received = False  # any byte from the server yet
+        self.received = False  # any byte from the server for the current request
         self.eof = False
         self.requests = 0
 
@@ -479,6 +479,7 @@ class UpstreamClient:
     async def _exchange(self, conn: Connection, payload: bytes, deadline: float) -> h11.Response:
         """Send ``payload``; the response head. TimeoutError at ``deadline``."""
         ep = self.endpoint
+        conn.received = False  # per request: decides whether a failure may be retried
         with _mapped("sending the request", ep):
             await conn.stream.send(payload, deadline - _now())
         conn.requests += 1

@@ -687,6 +687,38 @@ async def test_pooled_connection_closed_mid_answer_is_not_retried(pki: SimpleNam
     assert srv.accepted == 1
 
 
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_pooled_connection_closed_before_answering_is_retried(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    # The keep-alive race: the backend closes an idle connection (FIN, not a
+    # byte of answer) just as the next request goes out on it. The request is
+    # sent again on a new connection, and the client never sees the race.
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        if srv.accepted == 1:
+            await stream.send(
+                SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
+            )
+            await read_request_head(stream, srv)
+            return  # closed without answering the second request
+        await stream.send(
+            SSE_HEAD + b"".join(chunk(e) for e in text_events(["two"])) + b"0\r\n\r\n"
+        )
+        await read_until(stream, b"never")  # keep-alive until the proxy hangs up
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                first = await post(proxy.url, body)
+                second = await post(proxy.url, body)
+    assert first.status_code == 200 and second.status_code == 200
+    assert b"two" in second.content
+    assert len(srv.requests) == 3  # the second request twice: once per connection
+    assert srv.accepted == 2
+
+
 async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
     # Cancelled while its 32 MB body is still being written (the backend, with
     # a small receive buffer, reads nothing meanwhile): the connection is
