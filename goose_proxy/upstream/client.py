@@ -29,6 +29,7 @@ complete request that nobody waits for.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -380,7 +381,10 @@ class UpstreamClient:
         self._config_headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers.items()
         ]
+        #: idle connections, the least recently used first
         self._idle: deque[Connection] = deque()
+        #: the timer that closes idle connections past pool_idle_timeout
+        self._reaper: Optional[asyncio.TimerHandle] = None
 
     # -- pool bookkeeping (synchronous decisions, I/O afterwards) --
 
@@ -406,10 +410,31 @@ class UpstreamClient:
             return False
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
+        if self._reaper is None:
+            self._reap_in(self.cfg.pool_idle_timeout)
         return True
+
+    def _reap_in(self, delay: float) -> None:
+        self._reaper = asyncio.get_running_loop().call_later(delay, self._reap)
+
+    def _reap(self) -> None:
+        """Close the idle connections past ``pool_idle_timeout``, so that a quiet
+        proxy holds no backend connection open for long (one timer per pool,
+        set again for the oldest connection left)."""
+        self._reaper = None
+        now = time.monotonic()
+        timeout = self.cfg.pool_idle_timeout
+        idle = self._idle
+        while idle and now - idle[0].idle_since >= timeout:
+            idle.popleft().close()
+        if idle:
+            self._reap_in(idle[0].idle_since + timeout - now)
 
     async def aclose(self) -> None:
         """Close the idle connections (those in use close when their request ends)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         while self._idle:
             self._idle.pop().close()
 

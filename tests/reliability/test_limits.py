@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from tests.reliability.support import (
@@ -21,6 +22,8 @@ from tests.reliability.support import (
     exchange,
     parse_one,
     parse_responses,
+    pool_size,
+    post,
     proxied,
     read_all,
     read_until,
@@ -160,6 +163,30 @@ async def test_idle_keepalive_connection_closed(pki: SimpleNamespace) -> None:
     (r,), rest = parse_responses(data)
     assert r.status == 200 and rest == b""
     assert 0.25 <= took < 2.0
+
+
+async def test_idle_backend_connections_closed_after_pool_idle_timeout(
+    pki: SimpleNamespace,
+) -> None:
+    """A quiet proxy does not hold backend connections: the pool closes them
+    once idle for pool_idle_timeout, without waiting for the next request."""
+    with anyio.fail_after(10):
+        async with proxied(pki, backend={"pool_idle_timeout": 0.3}) as h:
+            async with httpx.AsyncClient(timeout=5) as c:
+                ra, rb = (
+                    await c.post(h.url + CHAT, json=HELLO),
+                    await c.post(h.url + CHAT, json=HELLO),
+                )
+            stats = h.backend.stats
+            assert (stats.connections_accepted, stats.connections_open) == (1, 1)  # reused
+            t0 = anyio.current_time()
+            await h.backend.wait_until(lambda b: b.stats.connections_open == 0)
+            took = anyio.current_time() - t0
+            assert pool_size(h.proxy) == 0
+            rc = await post(h.url, HELLO)  # a new connection, as after any close
+    assert (ra.status_code, rb.status_code, rc.status_code) == (200, 200, 200)
+    assert 0.2 <= took < 2.0
+    assert h.backend.stats.connections_accepted == 2
 
 
 async def test_slow_body_is_cut(pki: SimpleNamespace) -> None:
