@@ -583,6 +583,7 @@ class UpstreamClient:
                 # request, so one retry on a fresh connection. (A backend that took
                 # the request and then closed without a byte looks the same; that
                 # risk of a second run is the price of not failing the common race.)
+                log.debug("pooled backend connection closed before answering; sent again")
                 conn.close()
                 conn = None
         except TimeoutError:
