@@ -35,6 +35,7 @@ from tests.reliability.support import (
     chat_stream_outcome,
     chunk,
     fake_server,
+    pool_size,
     post,
     proxied,
     read_request_head,
@@ -685,6 +686,22 @@ async def test_pooled_connection_closed_mid_answer_is_not_retried(pki: SimpleNam
     assert "closed the connection" in second.json()["error"]["message"]
     assert len(srv.requests) == 2  # not sent a third time
     assert srv.accepted == 1
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_connection_close_answer_is_not_pooled(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    # "Connection: close" on a chunked answer (its body read past h11): the
+    # connection is not offered to the next request, which would race the FIN
+    with anyio.fail_after(10):
+        async with proxied(pki, fault="close") as h:
+            first = await post(h.url, body)
+            pooled = pool_size(h.proxy)
+            second = await post(h.url, body)
+    assert (first.status_code, second.status_code, pooled) == (200, 200, 0)
+    stats = h.backend.stats
+    assert (stats.connections_accepted, stats.requests_total) == (2, 2)  # none sent twice
 
 
 @pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
