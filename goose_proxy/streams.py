@@ -51,6 +51,11 @@ import anyio.abc
 DEFAULT_READ_LIMIT = 256 * 1024
 #: asyncio's write buffer high-water mark: ``send`` waits above it
 WRITE_HIGH_WATER = 64 * 1024
+#: a larger ``send`` goes to the transport in pieces of this size, each once the
+#: one before has drained below the high-water mark: under TLS a piece becomes
+#: ciphertext in a memory buffer of OpenSSL's that keeps its largest size for the
+#: connection's life, and a pooled connection lives long
+WRITE_SLICE = 256 * 1024
 #: how long ``aclose`` waits for the write buffer to drain before it aborts
 CLOSE_FLUSH_TIMEOUT = 2.0
 #: socket read size under TLS (asyncio's own is 256 KiB, allocated per connection)
@@ -229,6 +234,13 @@ class ProtocolStream(anyio.abc.ByteStream):
         """Hand ``item`` to the transport; wait while its buffer is above the
         high-water mark (the peer reads slowly). ``timeout``: raise TimeoutError
         when that wait lasts longer (see :meth:`receive`)."""
+        if len(item) > WRITE_SLICE:  # in pieces, the timeout for them all
+            end = None if timeout is None else self._loop.time() + timeout
+            view = memoryview(item)
+            for start in range(0, len(view), WRITE_SLICE):
+                left = None if end is None else end - self._loop.time()
+                await self.send(view[start : start + WRITE_SLICE], left)  # type: ignore[arg-type]
+            return
         if self._closed:
             raise anyio.ClosedResourceError
         p = self._p

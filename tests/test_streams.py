@@ -21,7 +21,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 import anyio.abc
@@ -32,6 +32,7 @@ import pytest
 from goose_proxy.streams import (
     CLOSE_FLUSH_TIMEOUT,
     DEFAULT_READ_LIMIT,
+    WRITE_SLICE,
     Listener,
     ProtocolStream,
     bind_tcp,
@@ -436,6 +437,55 @@ async def test_send_waits_under_backpressure_and_times_out() -> None:
             assert received == [b"".join(sent)]
 
 
+def record_writes(stream: ProtocolStream) -> list[int]:
+    """The sizes of what ``stream`` hands its transport from now on."""
+    sizes: list[int] = []
+    write = stream._transport.write
+
+    def recording(data: Any) -> None:
+        sizes.append(len(data))
+        write(data)
+
+    stream._transport.write = recording  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_a_large_send_goes_out_in_slices() -> None:
+    # the peer reads slowly: every slice waits for the one before to drain
+    data = pattern(3 * WRITE_SLICE + 12345, seed=11)
+    with anyio.fail_after(20):
+        async with connected() as (stream, peer):
+            sizes = record_writes(stream)
+            received: list[bytes] = []
+
+            async def slow_reader() -> None:
+                out = bytearray()
+                while len(out) < len(data):
+                    out += await peer_recv_exactly(peer, min(8192, len(data) - len(out)))
+                    await anyio.lowlevel.checkpoint()
+                received.append(bytes(out))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_reader)
+                await stream.send(data)
+    assert received == [data]  # whole, in order
+    assert sizes == [WRITE_SLICE] * 3 + [12345]
+
+
+async def test_a_large_send_times_out_as_one_send() -> None:
+    # the timeout is for the whole send: a peer that reads nothing stops it
+    # after the slices that fit in the buffers
+    with anyio.fail_after(20):
+        async with connected() as (stream, _peer):
+            sizes = record_writes(stream)
+            t0 = anyio.current_time()
+            with pytest.raises(TimeoutError):
+                await stream.send(pattern(64 * WRITE_SLICE), timeout=0.3)
+            took = anyio.current_time() - t0
+    assert 0.25 <= took < 5
+    assert 0 < len(sizes) < 64 and max(sizes) == WRITE_SLICE
+
+
 async def test_aclose_flushes_buffered_bytes_then_closes() -> None:
     with anyio.fail_after(CLOSE_FLUSH_TIMEOUT + 10):
         async with connected() as (stream, peer):
@@ -569,6 +619,25 @@ async def test_start_tls_round_trip(pki: SimpleNamespace) -> None:
             assert stream._transport.is_closing()
             with pytest.raises(anyio.ClosedResourceError):
                 await stream.receive()
+
+
+async def test_start_tls_large_send_in_slices(pki: SimpleNamespace) -> None:
+    # under TLS a write becomes ciphertext in OpenSSL's memory buffer, which keeps
+    # its largest size: a slice at a time keeps it small for a pooled connection
+    data = pattern(4 * WRITE_SLICE + 7, seed=5)
+    with anyio.fail_after(20):
+        async with tls_server(pki, echo) as port:
+            stream = await connect_tcp("127.0.0.1", port)
+            try:
+                await stream.start_tls(client_context(pki), "localhost", handshake_timeout=5)
+                sizes = record_writes(stream)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream.send, data)
+                    got = await receive_exactly(stream, len(data))
+            finally:
+                await stream.aclose()
+    assert got == data
+    assert sizes == [WRITE_SLICE] * 4 + [7]
 
 
 async def test_start_tls_keeps_pausing_and_resuming_reading(pki: SimpleNamespace) -> None:
