@@ -50,6 +50,8 @@ _now = time.monotonic  # the clock of asyncio's loop.time(), without anyio's loo
 
 SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
 READ_SIZE = 65536
+#: a response body larger than this is written after its head, not joined to it
+LARGE_BODY = 64 * 1024
 #: longest wait for the client's end after an early error response (lingering close)
 LINGER_TIMEOUT = 1.0
 #: what a ProtocolStream raises when the connection ended (see goose_proxy.streams)
@@ -281,17 +283,22 @@ class ServerConnection:
         """A complete response: head and body written with one ``send``."""
         hdrs = [*headers, (b"content-length", str(len(body)).encode())]
         out = self._head(status, hdrs, close)
+        data = end = b""
         if body and not self.head_request:
-            out += self.h11.send(h11.Data(data=body)) or b""
+            data = self.h11.send(h11.Data(data=body)) or b""
         try:
-            out += self.h11.send(h11.EndOfMessage()) or b""
+            end = self.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             if not self.head_request:
                 raise
             # A HEAD that h11 could not parse (so it expects the body): the
             # reply is complete without it; the connection closes after it.
         self.requests_served += 1
-        await self._send(out)
+        if len(data) > LARGE_BODY:  # not copied into one piece with its head
+            for piece in (out, data, end):
+                await self._send(piece)
+        else:
+            await self._send(out + data + end)
 
     async def start_stream(
         self,

@@ -229,13 +229,15 @@ class Handlers:
     # -- POST /v1/chat/completions --
 
     async def chat_completions(self, ex: Exchange) -> None:
-        creq = chat_to_responses(parse_json_object(ex.req.body), self.opts)
+        creq = chat_to_responses(parse_json_object(_take_body(ex)), self.opts)
         if creq.dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(creq.dropped))
         payload = encode_json(creq.body)
         self._check_size(payload)
         headers = self._headers_for(ex, bool(creq.body.get("stream")))
+        creq.body.clear()  # written out: not held (maybe megabytes) while the answer comes
         async with self.upstream.post("/responses", payload, headers) as resp:
+            del payload  # sent (the upstream client keeps no copy either)
             await self._raise_for_status(ex, resp)
             if resp.content_type == "text/event-stream":
                 if creq.stream:
@@ -243,8 +245,7 @@ class Handlers:
                 else:
                     await self._collect_chat(ex, resp, creq)
                 return
-            raw = await resp.read(self.config.backend.max_event_size)
-            obj = _load_upstream_json(raw)
+            obj = _load_upstream_json(await resp.read(self.config.backend.max_event_size))
             if creq.stream:
                 tr = self._translator(creq)
                 frames = [f for ev in events_from_response(obj) for f in tr.feed(ev)]
@@ -305,13 +306,15 @@ class Handlers:
     # -- POST /v1/responses (passthrough) --
 
     async def responses(self, ex: Exchange) -> None:
-        body, dropped = prepare_passthrough(parse_json_object(ex.req.body), self.opts)
+        body, dropped = prepare_passthrough(parse_json_object(_take_body(ex)), self.opts)
         if dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(dropped))
         payload = encode_json(body)
         self._check_size(payload)
         stream = bool(body.get("stream"))
+        del body
         async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
+            del payload  # sent (the upstream client keeps no copy either)
             ex.upstream_status = resp.status
             ctype = resp.header(b"content-type") or "application/json"
             headers = [(b"content-type", ctype.encode("latin-1"))]
@@ -506,6 +509,13 @@ def _load_upstream_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UpstreamProtocolError("backend sent a JSON response that is not an object")
     return obj
+
+
+def _take_body(ex: Exchange) -> bytes:
+    """The request body, no longer held by the request (it may be megabytes, and
+    the exchange lasts as long as the answer)."""
+    body, ex.req.body = ex.req.body, b""
+    return body
 
 
 def _event_object(ev: SSEEvent) -> dict[str, Any]:

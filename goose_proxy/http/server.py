@@ -63,6 +63,35 @@ access_log = logging.getLogger("goose_proxy.access")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
 ABORT_GRACE = 2.0
+#: a request body or a whole (not streamed) answer this large is followed by
+#: :func:`give_back_memory`
+LARGE_EXCHANGE = 1024 * 1024
+
+_malloc_trim: object = None  # the C library's malloc_trim; False where there is none
+
+
+def give_back_memory() -> None:
+    """Return the C heap's free memory to the system (glibc's ``malloc_trim``).
+
+    A large body passes through several buffers of its size (the bytes read,
+    their text, the JSON, the request written upstream). glibc keeps such
+    blocks once freed, and after the first one it raises its threshold for
+    giving them back on its own, so a proxy that took a few 16 MiB bodies
+    would hold hundreds of megabytes for good. A no-op without glibc.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes  # only once a large exchange happened
+
+            trim = ctypes.CDLL(None).malloc_trim  # the process's own C library
+            trim.argtypes = [ctypes.c_size_t]
+            trim.restype = ctypes.c_int
+            _malloc_trim = trim
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)  # type: ignore[operator]
 
 
 def _host_name(value: str) -> str:
@@ -264,7 +293,12 @@ class ProxyServer:
                 or conn.requests_served + 1 >= max_requests
                 or req.http_version == b"1.0"
             )
+            large = len(req.body) >= LARGE_EXCHANGE
+            sent_before = conn.bytes_sent
             await self._handle(conn, req, close)
+            req = None  # its body too, before the heap is trimmed
+            if large or conn.bytes_sent - sent_before >= LARGE_EXCHANGE:
+                give_back_memory()
             if close:
                 conn.linger = True  # pipelined requests may follow: no reset over our answer
             if close or not conn.keep_alive:

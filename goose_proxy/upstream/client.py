@@ -67,6 +67,8 @@ USER_AGENT = f"goose-proxy/{__version__}".encode()
 #: bodies are read as they are sent: without this header any coding would do
 #: (RFC 9110 §12.5.3), and one that is not decoded garbles the answer
 IDENTITY = (b"accept-encoding", b"identity")
+#: a request body larger than this is written after its head, not joined to it
+LARGE_BODY = 64 * 1024
 _now = time.monotonic  # asyncio's loop.time() clock
 READ_SIZE = 65536
 
@@ -485,7 +487,9 @@ class UpstreamClient:
         path: str,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
-    ) -> bytes:
+    ) -> list[bytes]:
+        """The request's bytes: one piece, or for a large body the head and the
+        body apart (no copy of the body)."""
         target = (self.endpoint.base_path + path).encode()
         hdrs = [self._host, (b"user-agent", USER_AGENT), IDENTITY]
         if method == b"POST":
@@ -496,17 +500,22 @@ class UpstreamClient:
         # constants, the endpoint and [backend.headers] (checked at start), the
         # request id (checked where it is made): see goose_proxy.http11
         req = h11.Request(method=method, target=target, headers=hdrs, **TRUSTED)
-        out = conn.h11.send(req)
-        data = conn.h11.send(h11.Data(data=body)) if body else b""
-        end = conn.h11.send(h11.EndOfMessage())
-        return (out or b"") + (data or b"") + (end or b"")
+        out = conn.h11.send(req) or b""
+        data = conn.h11.send(h11.Data(data=body)) or b"" if body else b""
+        end = conn.h11.send(h11.EndOfMessage()) or b""
+        if len(data) > LARGE_BODY:  # not copied into one piece with its head
+            return [out, data, end] if end else [out, data]
+        return [out + data + end]
 
-    async def _exchange(self, conn: Connection, payload: bytes, deadline: float) -> h11.Response:
-        """Send ``payload``; the response head. TimeoutError at ``deadline``."""
+    async def _exchange(
+        self, conn: Connection, pieces: list[bytes], deadline: float
+    ) -> h11.Response:
+        """Send the request's ``pieces``; the response head. TimeoutError at ``deadline``."""
         ep = self.endpoint
         conn.received = False  # per request: decides whether a failure may be retried
         with _mapped("sending the request", ep):
-            await conn.stream.send(payload, deadline - _now())
+            for piece in pieces:
+                await conn.stream.send(piece, deadline - _now())
         conn.requests += 1
         with _mapped("waiting for the response head", ep):
             try:
@@ -651,11 +660,15 @@ class _RequestContext:
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         self._client = client
-        self._args = (method, path, body, headers)
+        self._args: Optional[tuple[bytes, str, bytes, list[tuple[bytes, bytes]]]] = (
+            method, path, body, headers
+        )  # fmt: skip
         self._resp: Optional[UpstreamResponse] = None
 
     async def __aenter__(self) -> UpstreamResponse:
-        self._resp = await self._client._open(*self._args)
+        args, self._args = self._args, None  # the body is not kept past the sending
+        assert args is not None, "entered twice"
+        self._resp = await self._client._open(*args)
         return self._resp
 
     async def __aexit__(self, typ: object, exc: Optional[BaseException], tb: object) -> None:

@@ -9,6 +9,7 @@ sent is exactly what the test says, and replies are parsed strictly.
 from __future__ import annotations
 
 import json
+import platform
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ import anyio
 import httpx
 import pytest
 
+from goose_proxy.http import server
 from tests.reliability.support import (
     HELLO,
     ask,
@@ -63,6 +65,42 @@ async def test_body_over_max_body_size_declared(pki: SimpleNamespace) -> None:
     assert "4096" in r.error["message"]
     assert r.header("connection") == "close"
     assert h.backend.stats.requests_total == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_large_exchange_intact_then_memory_given_back(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    # a 1.5 MiB message there and back (the backend echoes it): written in
+    # pieces, not joined to its head, and the C heap trimmed after it, once
+    text = "".join(f"word{i} " for i in range(200_000))[: 3 << 19]
+    trims: list[int] = []
+    monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    big = {"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream}
+    with anyio.fail_after(20):
+        async with proxied(pki, mode="openai", backend={"flavor": "openai"}) as h:
+            r = await post(h.url, big)
+            after_big = len(trims)
+            small = await post(h.url, HELLO)
+    assert r.status_code == 200 and small.status_code == 200
+    if stream:
+        answer = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in r.text.splitlines()
+            if line.startswith("data: {") and json.loads(line[6:])["choices"]
+        )
+    else:
+        answer = r.json()["choices"][0]["message"]["content"]
+    assert answer.endswith(text)  # the echo: a prefix, then every byte sent
+    assert (after_big, len(trims)) == (1, 1)
+
+
+def test_give_back_memory_finds_malloc_trim_on_glibc() -> None:
+    server.give_back_memory()
+    if platform.libc_ver()[0] == "glibc":
+        assert callable(server._malloc_trim)
+    else:
+        assert server._malloc_trim is False
 
 
 async def test_body_over_max_body_size_chunked(pki: SimpleNamespace) -> None:
