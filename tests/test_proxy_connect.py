@@ -157,6 +157,26 @@ async def test_proxy_that_hangs_up(pki: SimpleNamespace) -> None:
     )
 
 
+async def test_a_tunnel_that_breaks_names_the_proxy(pki: SimpleNamespace) -> None:
+    # the backend resets mid-stream; through a tunnel the break may as well be
+    # the proxy's, so the message names both
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with connect_proxy() as proxy:
+                cfg = make_config(
+                    backend.url,
+                    pki.auth,
+                    backend={"proxy": proxy.url, "headers": {"X-Dev-Fault": "reset_mid_body"}},
+                )
+                async with running_proxy(cfg) as gp:
+                    resp = await chat(gp.url, {**HELLO, "stream": True})
+    assert resp.status_code == 200
+    assert (
+        f"backend 127.0.0.1:{backend.port} (through proxy {proxy.url}) closed the connection"
+        in resp.text
+    )
+
+
 async def test_silent_proxy_is_named_in_the_timeout(pki: SimpleNamespace) -> None:
     # a proxy that accepts the connection (the kernel does, from its backlog)
     # and never answers the CONNECT

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import ssl
@@ -79,6 +80,8 @@ class Endpoint:
     host: str
     port: int
     base_path: str
+    #: the HTTP proxy the connections go through (its redacted URL), if any
+    via: str = ""
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -96,6 +99,13 @@ class Endpoint:
         except (UnicodeEncodeError, h11.LocalProtocolError):
             raise ValueError(f"not a valid backend URL for HTTP/1.1: {url!r}") from None
         return ep
+
+    @property
+    def where(self) -> str:
+        """``host:port`` for messages, and the proxy when there is one: a
+        connection that breaks may have broken there."""
+        via = f" (through proxy {self.via})" if self.via else ""
+        return f"{self.host}:{self.port}{via}"
 
     @property
     def authority(self) -> str:
@@ -133,7 +143,7 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
     (ProxyError, TimeoutError (an OSError: the caller words it), cancellation)."""
     if isinstance(e, (ProxyError, TimeoutError)) or not isinstance(e, Exception):
         return None
-    where = f"{ep.host}:{ep.port}"
+    where = ep.where
     if isinstance(e, ssl.SSLError):
         return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}")
     if isinstance(e, socket.gaierror):
@@ -332,7 +342,7 @@ class UpstreamResponse:
     def _cut(self) -> UpstreamClosed:
         ep = self._ep
         return UpstreamClosed(
-            f"backend {ep.host}:{ep.port} closed the connection in the middle of the response"
+            f"backend {ep.where} closed the connection in the middle of the response"
         )
 
     async def drain(self, grace: float = 0.2, limit: int = 65536) -> None:
@@ -378,6 +388,8 @@ class UpstreamClient:
             ClientTLS(backend.auth) if self.endpoint.scheme == "https" else None
         )
         self.route: Optional[ProxyRoute] = proxy_for(backend, self.endpoint.host, environ)
+        if self.route is not None:
+            self.endpoint = dataclasses.replace(self.endpoint, via=self.route.display)
         self._host = (b"host", self.endpoint.authority.encode())
         #: [backend.headers], sent with every request (checked when the config loaded)
         self._config_headers = [
@@ -459,7 +471,7 @@ class UpstreamClient:
                     with _mapped("connecting", ep):
                         stream = await connect_tcp(ep.host, ep.port)
                 if ctx is not None:
-                    doing = f"in the TLS handshake with backend {where}"
+                    doing = f"in the TLS handshake with backend {ep.where}"
                     error = UpstreamConnectError
                     try:
                         with _mapped("TLS handshake", ep):
@@ -532,10 +544,10 @@ class UpstreamClient:
             # With TLS 1.3 the server checks our certificate after the handshake;
             # some servers then just close without sending the alert.
             raise UpstreamTLSError(
-                f"backend {ep.host}:{ep.port} closed the connection right after the TLS "
+                f"backend {ep.where} closed the connection right after the TLS "
                 "handshake without answering: it probably rejected the client certificate"
             )
-        raise UpstreamClosed(f"backend {ep.host}:{ep.port} closed the connection before answering")
+        raise UpstreamClosed(f"backend {ep.where} closed the connection before answering")
 
     def post(
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
@@ -610,7 +622,7 @@ class UpstreamClient:
         if coding is not None and coding.strip().lower() not in ("", "identity"):
             conn.close()
             raise UpstreamProtocolError(
-                f"backend {self.endpoint.host}:{self.endpoint.port} answered HTTP {resp.status} "
+                f"backend {self.endpoint.where} answered HTTP {resp.status} "
                 f"with Content-Encoding {coding[:40]!r}, which goose-proxy does not decode "
                 "(it asks for identity)"
             )
