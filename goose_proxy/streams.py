@@ -54,7 +54,8 @@ WRITE_HIGH_WATER = 64 * 1024
 #: a larger ``send`` goes to the transport in pieces of this size, each once the
 #: one before has drained below the high-water mark: under TLS a piece becomes
 #: ciphertext in a memory buffer of OpenSSL's that keeps its largest size for the
-#: connection's life, and a pooled connection lives long
+#: connection's life, and a pooled connection lives long. A send cancelled (or
+#: timed out) between pieces hands over the rest at once: a send is never cut
 WRITE_SLICE = 256 * 1024
 #: how long ``aclose`` waits for the write buffer to drain before it aborts
 CLOSE_FLUSH_TIMEOUT = 2.0
@@ -237,9 +238,23 @@ class ProtocolStream(anyio.abc.ByteStream):
         if len(item) > WRITE_SLICE:  # in pieces, the timeout for them all
             end = None if timeout is None else self._loop.time() + timeout
             view = memoryview(item)
-            for start in range(0, len(view), WRITE_SLICE):
-                left = None if end is None else end - self._loop.time()
-                await self.send(view[start : start + WRITE_SLICE], left)  # type: ignore[arg-type]
+            done = 0  # bytes handed to the transport
+            try:
+                while done < len(view):
+                    piece = view[done : done + WRITE_SLICE]
+                    left = None if end is None else end - self._loop.time()
+                    try:
+                        await self.send(piece, left)  # type: ignore[arg-type]
+                    finally:  # it raises before writing only once the stream is unusable
+                        done += len(piece)
+            except BaseException:
+                # Cancelled or timed out between pieces: the rest goes to the
+                # transport all the same, as one send's bytes always did. What the
+                # caller writes next (an error event, the end of a chunked body)
+                # must not land inside this item.
+                if not (self._closed or self._p.lost or self._transport.is_closing()):
+                    self._transport.write(view[done:])
+                raise
             return
         if self._closed:
             raise anyio.ClosedResourceError

@@ -472,18 +472,39 @@ async def test_a_large_send_goes_out_in_slices() -> None:
     assert sizes == [WRITE_SLICE] * 3 + [12345]
 
 
-async def test_a_large_send_times_out_as_one_send() -> None:
-    # the timeout is for the whole send: a peer that reads nothing stops it
-    # after the slices that fit in the buffers
-    with anyio.fail_after(20):
-        async with connected() as (stream, _peer):
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_a_large_send_cut_short_still_hands_over_all_its_bytes(how: str) -> None:
+    # the peer reads nothing: the send stops waiting (its timeout, or the
+    # caller's cancel scope) after a few slices; the rest goes to the transport
+    # at once, so what is sent next (an error event, the end of a chunked
+    # body) comes after the whole item, never inside it
+    data = pattern(64 * WRITE_SLICE, seed=13)
+    with anyio.fail_after(30):
+        async with connected() as (stream, peer):
             sizes = record_writes(stream)
             t0 = anyio.current_time()
-            with pytest.raises(TimeoutError):
-                await stream.send(pattern(64 * WRITE_SLICE), timeout=0.3)
+            if how == "timeout":
+                with pytest.raises(TimeoutError):
+                    await stream.send(data, timeout=0.3)
+            else:
+                with anyio.move_on_after(0.3) as scope:
+                    await stream.send(data)
+                assert scope.cancelled_caught
             took = anyio.current_time() - t0
-    assert 0.25 <= took < 5
-    assert 0 < len(sizes) < 64 and max(sizes) == WRITE_SLICE
+            received: list[bytes] = []
+
+            async def drain() -> None:
+                received.append(await peer_recv_all(peer, cap=len(data) + 64))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain)
+                await stream.send(b"<next>")
+                await stream.aclose()
+    assert 0.25 <= took < 10
+    assert received == [data + b"<next>"]
+    slices = sizes[:-2]  # the rest of the item, then <next>
+    assert slices and all(n == WRITE_SLICE for n in slices) and len(slices) < 64
+    assert sizes[-2:] == [len(data) - len(slices) * WRITE_SLICE, len(b"<next>")]
 
 
 async def test_aclose_flushes_buffered_bytes_then_closes() -> None:
