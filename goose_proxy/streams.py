@@ -156,6 +156,10 @@ class ProtocolStream(anyio.abc.ByteStream):
         self._closed = False
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
+    def bytes_waiting(self) -> bool:
+        """Received bytes wait to be read (no system call)."""
+        return bool(self._p.chunks)
+
     def readable_now(self) -> bool:
         """Bytes or the peer's end arrived and wait to be read (no system call)."""
         p = self._p

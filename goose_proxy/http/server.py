@@ -63,7 +63,7 @@ access_log = logging.getLogger("goose_proxy.access")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
 ABORT_GRACE = 2.0
-#: a request body or a whole (not streamed) answer this large is followed by
+#: a request body or an answer (whole or streamed) this large is followed by
 #: :func:`give_back_memory`
 LARGE_EXCHANGE = 1024 * 1024
 
@@ -88,7 +88,7 @@ def give_back_memory() -> None:
             trim.argtypes = [ctypes.c_size_t]
             trim.restype = ctypes.c_int
             _malloc_trim = trim
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)  # type: ignore[operator]

@@ -70,6 +70,11 @@ USER_AGENT = f"goose-proxy/{__version__}".encode()
 IDENTITY = (b"accept-encoding", b"identity")
 #: a request body larger than this is written after its head, not joined to it
 LARGE_BODY = 64 * 1024
+#: a pooled connection that fails without a byte of answer is retried (the
+#: backend's keep-alive timeout closed it as the request went out) only when
+#: the failure came within this many seconds of the request's end: later, the
+#: backend had the request and was working on it
+RACE_WINDOW = 1.0
 _now = time.monotonic  # asyncio's loop.time() clock
 READ_SIZE = 65536
 
@@ -215,6 +220,8 @@ class Connection:
         self.received = False  # any byte from the server for the current request
         self.eof = False
         self.requests = 0
+        #: when the current request was all sent (None: not yet), for the retry
+        self.sent_at: Optional[float] = None
 
     def looks_dead(self) -> bool:
         """An idle keep-alive connection that received something (the server's FIN,
@@ -262,6 +269,9 @@ class UpstreamResponse:
         #: the media type, lower case, without parameters ("" if none)
         self.content_type = (self.header(b"content-type") or "").split(";")[0].strip().lower()
         self.complete = False
+        #: an error answer compressed although the proxy asked for identity: its
+        #: body is not read as text (see UpstreamClient._open)
+        self.encoded = False
         # A chunked body is decoded by ChunkedDecoder, not h11 (see chunked.py);
         # it starts with the bytes h11 read past the head. (We never send HEAD.)
         self._chunked: Optional[ChunkedDecoder] = None
@@ -362,13 +372,14 @@ class UpstreamResponse:
                 return
 
     async def read(self, limit: int) -> bytes:
-        """The whole body, at most ``limit`` bytes (UpstreamProtocolError beyond)."""
+        """The whole body, at most ``limit`` bytes (UpstreamProtocolError beyond);
+        ``b""`` for an :attr:`encoded` one (read all the same)."""
         parts: list[bytes] = []
         size = 0
         while True:
             data = await self.receive()
             if not data:
-                return b"".join(parts)
+                return b"" if self.encoded else b"".join(parts)
             size += len(data)
             if size > limit:
                 raise UpstreamProtocolError(f"backend response body larger than {limit} bytes")
@@ -524,10 +535,21 @@ class UpstreamClient:
     ) -> h11.Response:
         """Send the request's ``pieces``; the response head. TimeoutError at ``deadline``."""
         ep = self.endpoint
-        conn.received = False  # per request: decides whether a failure may be retried
-        with _mapped("sending the request", ep):
-            for piece in pieces:
-                await conn.stream.send(piece, deadline - _now())
+        # per request: whether a failure may be retried (see _open)
+        conn.received = False
+        conn.sent_at = None
+        try:
+            with _mapped("sending the request", ep):
+                for piece in pieces:
+                    await conn.stream.send(piece, deadline - _now())
+        except UpstreamError:
+            if not conn.stream.bytes_waiting():
+                raise
+            # The backend answered before it took the whole request (a 413 for a
+            # body too large, then it closed): that answer is the client's.
+            conn.received = True
+        else:
+            conn.sent_at = _now()
         conn.requests += 1
         with _mapped("waiting for the response head", ep):
             try:
@@ -597,13 +619,15 @@ class UpstreamClient:
                     )
                     break
                 except UpstreamError:
-                    if not reused or conn.received:
+                    late = conn.sent_at is not None and _now() - conn.sent_at > RACE_WINDOW
+                    if not reused or conn.received or late:
                         raise
                 # A pooled connection the server closed as we picked it up, without
-                # a byte of answer: most likely its keep-alive timeout raced our
-                # request, so one retry on a fresh connection. (A backend that took
-                # the request and then closed without a byte looks the same; that
-                # risk of a second run is the price of not failing the common race.)
+                # a byte of answer and within RACE_WINDOW: most likely its keep-alive
+                # timeout raced our request, so one retry on a fresh connection. (A
+                # backend that took the request and closed at once without a byte
+                # looks the same; that risk of a second run is the price of not
+                # failing the common race.)
                 log.debug("pooled backend connection closed before answering; sent again")
                 conn.close()
                 conn = None
@@ -620,12 +644,17 @@ class UpstreamClient:
         resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
         coding = resp.header(b"content-encoding")
         if coding is not None and coding.strip().lower() not in ("", "identity"):
-            conn.close()
-            raise UpstreamProtocolError(
-                f"backend {self.endpoint.where} answered HTTP {resp.status} "
-                f"with Content-Encoding {coding[:40]!r}, which goose-proxy does not decode "
-                "(it asks for identity)"
-            )
+            if resp.status >= 400:
+                # the status still says what happened (401, 429 and its
+                # Retry-After …); the body cannot be read, so it reads as empty
+                resp.encoded = True
+            else:
+                conn.close()
+                raise UpstreamProtocolError(
+                    f"backend {self.endpoint.where} answered HTTP {resp.status} "
+                    f"with Content-Encoding {coding[:40]!r}, which goose-proxy does not "
+                    "decode (it asks for identity)"
+                )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "upstream %s %s%s -> %d %s",

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from goose_proxy.config import AuthConfig
 from goose_proxy.http.handlers import _scan_whole_events, _whole_events
+from goose_proxy.upstream import client
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
@@ -305,6 +306,31 @@ async def test_encoded_answer_is_refused_not_garbled(
     err = r.json()["error"]
     assert err["code"] == "upstream_protocol_error"
     assert "Content-Encoding 'gzip', which goose-proxy does not decode" in err["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_encoded_error_answer_keeps_its_status(pki: SimpleNamespace, path: str) -> None:
+    # the status and Retry-After still say what happened; the body is not read
+    payload = gzip.compress(b'{"detail": "quota exceeded"}')
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+            b"retry-after: 7\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(payload), payload)
+        )
+        await read_until(stream, b"never")  # until the proxy hangs up
+
+    body = HELLO if path == "/v1/chat/completions" else {"model": "m", "input": "hi"}
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path)
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "7"
+    err = r.json()["error"]
+    assert err["code"] == "rate_limit_exceeded"
+    assert err["message"] == "backend answered HTTP 429"
 
 
 async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
@@ -734,6 +760,63 @@ async def test_pooled_connection_closed_before_answering_is_retried(
     assert b"two" in second.content
     assert len(srv.requests) == 3  # the second request twice: once per connection
     assert srv.accepted == 2
+
+
+async def test_pooled_connection_closed_late_is_not_retried(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Closed without a byte of answer, but well after the request went out: the
+    # backend had it and worked on it (a crash, a balancer's cut), which is not
+    # the keep-alive race; a second run would be a second LLM call.
+    monkeypatch.setattr(client, "RACE_WINDOW", 0.05)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
+        )
+        await read_request_head(stream, srv)
+        await anyio.sleep(0.3)  # the backend at work (scripted), then gone
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                first = await post(proxy.url, HELLO)
+                second = await post(proxy.url, HELLO)
+    assert first.status_code == 200
+    assert second.status_code == 502
+    assert "closed the connection before answering" in second.json()["error"]["message"]
+    assert len(srv.requests) == 2 and srv.accepted == 1  # not sent again
+
+
+async def test_early_answer_to_a_large_body_is_read_not_retried(pki: SimpleNamespace) -> None:
+    # The backend refuses a large body from its head (413) and closes before
+    # reading it: the proxy's writing fails, but the answer is there, and it
+    # is the client's (a 413 is a context too long); nothing is sent again.
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
+        )
+        srv.requests.append(await read_until(stream, b"\r\n\r\n"))
+        body = b'{"detail": "Request Entity Too Large"}'
+        await stream.send(
+            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )  # then closed with the body unread: a reset for the proxy's writes
+
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * (12 << 20)}]}
+    with anyio.fail_after(20):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
+            async with running_proxy(cfg) as proxy:
+                first = await post(proxy.url, HELLO)
+                second = await post(proxy.url, big)
+    assert first.status_code == 200
+    assert second.status_code == 400, second.text
+    assert second.json()["error"]["code"] == "context_length_exceeded"
+    assert len(srv.requests) == 2 and srv.accepted == 1
 
 
 async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
