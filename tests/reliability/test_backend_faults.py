@@ -689,15 +689,21 @@ async def test_backend_error_status_mid_flight_is_not_a_leak(pki: SimpleNamespac
 # --- found in review -------------------------------------------------------------------
 
 
+ONE = SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
+
+
+async def answer_one(stream: anyio.abc.ByteStream, srv: FakeServer) -> None:
+    """Read a request, answer it with a one-word stream (the connection stays open)."""
+    await read_request_head(stream, srv)
+    await stream.send(ONE)
+
+
 async def test_pooled_connection_closed_mid_answer_is_not_retried(pki: SimpleNamespace) -> None:
     # The retry on a reused connection is for a keep-alive race (closed before
     # any answer); once the backend started answering it had the request, and a
     # second run would be a second LLM call.
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(
-            SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
-        )
+        await answer_one(stream, srv)
         await read_request_head(stream, srv)
         await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-")  # then gone
 
@@ -740,9 +746,7 @@ async def test_pooled_connection_closed_before_answering_is_retried(
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
         if srv.accepted == 1:
-            await stream.send(
-                SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
-            )
+            await stream.send(ONE)
             await read_request_head(stream, srv)
             return  # closed without answering the second request
         await stream.send(
@@ -771,10 +775,7 @@ async def test_pooled_connection_closed_late_is_not_retried(
     monkeypatch.setattr(client, "RACE_WINDOW", 0.05)
 
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(
-            SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
-        )
+        await answer_one(stream, srv)
         await read_request_head(stream, srv)
         await anyio.sleep(0.3)  # the backend at work (scripted), then gone
 
@@ -795,10 +796,7 @@ async def test_early_answer_to_a_large_body_is_read_not_retried(pki: SimpleNames
     # reading it: the proxy's writing fails, but the answer is there, and it
     # is the client's (a 413 is a context too long); nothing is sent again.
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(
-            SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
-        )
+        await answer_one(stream, srv)
         srv.requests.append(await read_until(stream, b"\r\n\r\n"))
         body = b'{"detail": "Request Entity Too Large"}'
         await stream.send(
