@@ -42,6 +42,7 @@ import socket
 import ssl
 from asyncio import sslproto
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import anyio
@@ -55,7 +56,8 @@ WRITE_HIGH_WATER = 64 * 1024
 #: one before has drained below the high-water mark: under TLS a piece becomes
 #: ciphertext in a memory buffer of OpenSSL's that keeps its largest size for the
 #: connection's life, and a pooled connection lives long. A send cancelled (or
-#: timed out) between pieces hands over the rest at once: a send is never cut
+#: timed out) between pieces hands over the rest at once: a send is never cut.
+#: ``send_parts`` joins parts no larger than this together
 WRITE_SLICE = 256 * 1024
 #: how long ``aclose`` waits for the write buffer to drain before it aborts
 CLOSE_FLUSH_TIMEOUT = 2.0
@@ -239,26 +241,8 @@ class ProtocolStream(anyio.abc.ByteStream):
         """Hand ``item`` to the transport; wait while its buffer is above the
         high-water mark (the peer reads slowly). ``timeout``: raise TimeoutError
         when that wait lasts longer (see :meth:`receive`)."""
-        if len(item) > WRITE_SLICE:  # in pieces, the timeout for them all
-            end = None if timeout is None else self._loop.time() + timeout
-            view = memoryview(item)
-            done = 0  # bytes handed to the transport
-            try:
-                while done < len(view):
-                    piece = view[done : done + WRITE_SLICE]
-                    left = None if end is None else end - self._loop.time()
-                    try:
-                        await self.send(piece, left)  # type: ignore[arg-type]
-                    finally:  # it raises before writing only once the stream is unusable
-                        done += len(piece)
-            except BaseException:
-                # Cancelled or timed out between pieces: the rest goes to the
-                # transport all the same, as one send's bytes always did. What the
-                # caller writes next (an error event, the end of a chunked body)
-                # must not land inside this item.
-                if not (self._closed or self._p.lost or self._transport.is_closing()):
-                    self._transport.write(view[done:])
-                raise
+        if len(item) > WRITE_SLICE:
+            await self._send_sliced([item], timeout)
             return
         if self._closed:
             raise anyio.ClosedResourceError
@@ -281,6 +265,53 @@ class ProtocolStream(anyio.abc.ByteStream):
             raise anyio.ClosedResourceError
         if p.exc is not None:  # set when the connection broke
             raise anyio.BrokenResourceError from p.exc
+
+    async def send_parts(
+        self,
+        parts: Sequence[bytes],
+        timeout: Optional[float] = None,  # noqa: ASYNC109
+    ) -> None:
+        """:meth:`send` of ``parts`` as one message (a head and its body, say):
+        joined into one write when small (one system call, one TCP segment),
+        else one after another, so that a large body is not copied."""
+        if sum(len(part) for part in parts) <= WRITE_SLICE:
+            await self.send(b"".join(parts), timeout)
+        else:
+            await self._send_sliced(parts, timeout)
+
+    async def _send_sliced(
+        self,
+        parts: Sequence[bytes],
+        timeout: Optional[float],  # noqa: ASYNC109
+    ) -> None:
+        """``parts`` in pieces of at most :data:`WRITE_SLICE`, each once the one
+        before drained; ``timeout`` for them all.
+
+        Cancelled or timed out between pieces, the rest goes to the transport
+        all the same, as one ``send``'s bytes always did: what the caller writes
+        next (an error event, the end of a chunked body, the next response)
+        must not land inside this message.
+        """
+        end = None if timeout is None else self._loop.time() + timeout
+        views = [memoryview(part) for part in parts if part]
+        i = done = 0  # views[i][:done] is handed to the transport
+        try:
+            while i < len(views):
+                piece = views[i][done : done + WRITE_SLICE]
+                left = None if end is None else end - self._loop.time()
+                try:
+                    await self.send(piece, left)  # type: ignore[arg-type]
+                finally:  # it raises before writing only once the stream is unusable
+                    done += len(piece)
+                    if done == len(views[i]):
+                        i, done = i + 1, 0
+        except BaseException:
+            if i < len(views) and not (
+                self._closed or self._p.lost or self._transport.is_closing()
+            ):
+                for rest in (views[i][done:], *views[i + 1 :]):
+                    self._transport.write(rest)
+            raise
 
     async def send_eof(self) -> None:
         if self._p.tls:

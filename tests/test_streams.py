@@ -472,23 +472,26 @@ async def test_a_large_send_goes_out_in_slices() -> None:
     assert sizes == [WRITE_SLICE] * 3 + [12345]
 
 
+@pytest.mark.parametrize("parts", [False, True], ids=["send", "send_parts"])
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
-async def test_a_large_send_cut_short_still_hands_over_all_its_bytes(how: str) -> None:
+async def test_a_large_send_cut_short_still_hands_over_all_its_bytes(how: str, parts: bool) -> None:
     # the peer reads nothing: the send stops waiting (its timeout, or the
     # caller's cancel scope) after a few slices; the rest goes to the transport
     # at once, so what is sent next (an error event, the end of a chunked
-    # body) comes after the whole item, never inside it
+    # body, the next response) comes after the whole message, never inside it
     data = pattern(64 * WRITE_SLICE, seed=13)
+    pieces = [data[:100], data[100:-7], data[-7:]] if parts else [data]
     with anyio.fail_after(30):
         async with connected() as (stream, peer):
             sizes = record_writes(stream)
             t0 = anyio.current_time()
+            send = stream.send_parts if parts else lambda d, **kw: stream.send(d[0], **kw)
             if how == "timeout":
                 with pytest.raises(TimeoutError):
-                    await stream.send(data, timeout=0.3)
+                    await send(pieces, timeout=0.3)
             else:
                 with anyio.move_on_after(0.3) as scope:
-                    await stream.send(data)
+                    await send(pieces)
                 assert scope.cancelled_caught
             took = anyio.current_time() - t0
             received: list[bytes] = []
@@ -502,9 +505,30 @@ async def test_a_large_send_cut_short_still_hands_over_all_its_bytes(how: str) -
                 await stream.aclose()
     assert 0.25 <= took < 10
     assert received == [data + b"<next>"]
-    slices = sizes[:-2]  # the rest of the item, then <next>
-    assert slices and all(n == WRITE_SLICE for n in slices) and len(slices) < 64
-    assert sizes[-2:] == [len(data) - len(slices) * WRITE_SLICE, len(b"<next>")]
+    assert sum(sizes) == len(data) + len(b"<next>")
+    assert sizes[0] == (100 if parts else WRITE_SLICE)  # parts are not joined
+    assert len(sizes) < 64  # cut short: the rest went in a write or two, not 64 slices
+
+
+async def test_send_parts_joins_small_parts_and_slices_large_ones() -> None:
+    small = [b"HTTP/1.1 200 OK\r\n\r\n", b"body", b""]
+    large = [b"head", pattern(2 * WRITE_SLICE + 5, seed=3), b"tail"]
+    with anyio.fail_after(20):
+        async with connected() as (stream, peer):
+            sizes = record_writes(stream)
+            received: list[bytes] = []
+
+            async def drain() -> None:
+                received.append(await peer_recv_all(peer))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain)
+                await stream.send_parts(small)
+                await stream.send_parts(large)
+                await stream.aclose()
+    assert received == [b"".join(small + large)]
+    # one write for the small message; the large one part by part, not joined
+    assert sizes == [len(b"".join(small)), 4, WRITE_SLICE, WRITE_SLICE, 5, 4]
 
 
 async def test_aclose_flushes_buffered_bytes_then_closes() -> None:

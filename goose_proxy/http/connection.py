@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 :class:`ServerConnection` owns the ``h11.Connection`` and the socket. It reads
 one request at a time (head and whole body, both bounded), and writes one
-response: either a complete body (head and body in a single ``send``) or a
+response: either a complete body (head and body as one message: one write
+unless the body is large, see ``ProtocolStream.send_parts``) or a
 stream (head, then data pieces, then the end). Deadlines:
 
 * ``keepalive_timeout`` while waiting for the first byte of a request after the
@@ -50,8 +51,6 @@ _now = time.monotonic  # the clock of asyncio's loop.time(), without anyio's loo
 
 SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
 READ_SIZE = 65536
-#: a response body larger than this is written after its head, not joined to it
-LARGE_BODY = 64 * 1024
 #: longest wait for the client's end after an early error response (lingering close)
 LINGER_TIMEOUT = 1.0
 #: what a ProtocolStream raises when the connection ended (see goose_proxy.streams)
@@ -242,17 +241,23 @@ class ServerConnection:
 
     # -- writing --
 
-    async def _send(self, data: Optional[bytes]) -> None:
+    async def _send(self, *parts: Optional[bytes]) -> None:
+        """Write ``parts`` (``None`` or empty ones skipped) as one message: see
+        :meth:`~goose_proxy.streams.ProtocolStream.send_parts`."""
+        data = [part for part in parts if part]
         if not data:
             return
         if self.client_gone:
             raise ClientGone
         try:
-            await self.stream.send(data)
+            if len(data) == 1:
+                await self.stream.send(data[0])
+            else:
+                await self.stream.send_parts(data)
         except _CLOSED as e:
             self.client_gone = True
             raise ClientGone from e
-        self.bytes_sent += len(data)
+        self.bytes_sent += sum(len(part) for part in data)
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]], close: bool) -> bytes:
         hdrs = [SERVER_HEADER, *headers]
@@ -280,7 +285,7 @@ class ServerConnection:
         *,
         close: bool = False,
     ) -> None:
-        """A complete response: head and body written with one ``send``."""
+        """A complete response: head and body as one message (one write when small)."""
         hdrs = [*headers, (b"content-length", str(len(body)).encode())]
         out = self._head(status, hdrs, close)
         data = end = b""
@@ -294,11 +299,7 @@ class ServerConnection:
             # A HEAD that h11 could not parse (so it expects the body): the
             # reply is complete without it; the connection closes after it.
         self.requests_served += 1
-        if len(data) > LARGE_BODY:  # not copied into one piece with its head
-            for piece in (out, data, end):
-                await self._send(piece)
-        else:
-            await self._send(out + data + end)
+        await self._send(out, data, end)
 
     async def start_stream(
         self,
@@ -310,10 +311,9 @@ class ServerConnection:
     ) -> None:
         """Send the head of a streamed (chunked) response, with its first piece."""
         out = self._head(status, headers, close)
-        if first:
-            out += self.h11.send(h11.Data(data=first)) or b""
+        data = self.h11.send(h11.Data(data=first)) if first else None
         self.requests_served += 1
-        await self._send(out)
+        await self._send(out, data)
 
     async def send_data(self, data: bytes) -> None:
         await self._send(self.h11.send(h11.Data(data=data)))

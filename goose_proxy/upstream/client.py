@@ -68,8 +68,6 @@ USER_AGENT = f"goose-proxy/{__version__}".encode()
 #: bodies are read as they are sent: without this header any coding would do
 #: (RFC 9110 §12.5.3), and one that is not decoded garbles the answer
 IDENTITY = (b"accept-encoding", b"identity")
-#: a request body larger than this is written after its head, not joined to it
-LARGE_BODY = 64 * 1024
 #: a pooled connection that fails without a byte of answer is retried (the
 #: backend's keep-alive timeout closed it as the request went out) only when
 #: the failure came within this many seconds of the request's end: later, the
@@ -511,8 +509,7 @@ class UpstreamClient:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
     ) -> list[bytes]:
-        """The request's bytes: one piece, or for a large body the head and the
-        body apart (no copy of the body)."""
+        """The request's bytes: its head, body and end (see ``send_parts``)."""
         target = (self.endpoint.base_path + path).encode()
         hdrs = [self._host, (b"user-agent", USER_AGENT), IDENTITY]
         if method == b"POST":
@@ -525,10 +522,7 @@ class UpstreamClient:
         req = h11.Request(method=method, target=target, headers=hdrs, **TRUSTED)
         out = conn.h11.send(req) or b""
         data = conn.h11.send(h11.Data(data=body)) or b"" if body else b""
-        end = conn.h11.send(h11.EndOfMessage()) or b""
-        if len(data) > LARGE_BODY:  # not copied into one piece with its head
-            return [out, data, end] if end else [out, data]
-        return [out + data + end]
+        return [out, data, conn.h11.send(h11.EndOfMessage()) or b""]
 
     async def _exchange(
         self, conn: Connection, pieces: list[bytes], deadline: float
@@ -540,8 +534,7 @@ class UpstreamClient:
         conn.sent_at = None
         try:
             with _mapped("sending the request", ep):
-                for piece in pieces:
-                    await conn.stream.send(piece, deadline - _now())
+                await conn.stream.send_parts(pieces, deadline - _now())
         except UpstreamError:
             if not conn.stream.bytes_waiting():
                 raise
