@@ -293,11 +293,10 @@ class ProxyServer:
                 or conn.requests_served + 1 >= max_requests
                 or req.http_version == b"1.0"
             )
-            large = len(req.body) >= LARGE_EXCHANGE
-            sent_before = conn.bytes_sent
-            await self._handle(conn, req, close)
+            large = len(req.body) >= LARGE_EXCHANGE  # before a handler takes it
+            sent = await self._handle(conn, req, close)
             req = None  # its body too, before the heap is trimmed
-            if large or conn.bytes_sent - sent_before >= LARGE_EXCHANGE:
+            if large or sent >= LARGE_EXCHANGE:
                 give_back_memory()
             if close:
                 conn.linger = True  # pipelined requests may follow: no reset over our answer
@@ -330,7 +329,8 @@ class ProxyServer:
                     "request body must be JSON with Content-Type: application/json"
                 )
 
-    async def _handle(self, conn: ServerConnection, req: Request, close: bool) -> None:
+    async def _handle(self, conn: ServerConnection, req: Request, close: bool) -> int:
+        """Answer ``req``; the bytes written for it."""
         rid = req.header(b"x-request-id") or os.urandom(16).hex()
         if len(rid) > 200 or not rid.isprintable():
             rid = os.urandom(16).hex()
@@ -365,6 +365,7 @@ class ProxyServer:
             gone=conn.client_gone and not conn.replied,  # not: left after a whole answer
             sent_before=sent_before,
         )
+        return conn.bytes_sent - sent_before
 
     async def _dispatch(self, ex: Exchange) -> None:
         h = self.handlers
