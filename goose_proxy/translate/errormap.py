@@ -36,7 +36,6 @@ __all__ = [
     "CONTEXT_LENGTH_PHRASES",
     "MAX_MESSAGE_CHARS",
     "RATE_LIMIT_PHRASES",
-    "backend_message",
     "error_from_backend",
     "error_from_event",
 ]
@@ -105,16 +104,6 @@ def _detail_message(detail: Any) -> Optional[str]:
     return None
 
 
-def backend_message(body: bytes) -> tuple[str, Optional[str]]:
-    """The human message and error code inside a backend error body.
-
-    Tries ``error.message`` (OpenAI), a string ``error``, FastAPI's ``detail``,
-    a top-level ``message``; else the body as text. The message is never
-    longer than :data:`MAX_MESSAGE_CHARS` (plus an ellipsis); it may be empty.
-    """
-    return _message_in(*_parse(body))
-
-
 _NOT_JSON = object()
 
 
@@ -128,7 +117,13 @@ def _parse(body: bytes) -> tuple[str, Any]:
 
 
 def _message_in(text: str, doc: Any) -> tuple[str, Optional[str]]:
-    """:func:`backend_message` of a body already parsed."""
+    """The human message and error code in a backend error body (``text``, and
+    ``doc`` its JSON from :func:`_parse`).
+
+    Tries ``error.message`` (OpenAI), a string ``error``, FastAPI's ``detail``,
+    a top-level ``message``; else the body as text. The message is never
+    longer than :data:`MAX_MESSAGE_CHARS` (plus an ellipsis); it may be empty.
+    """
     if isinstance(doc, Mapping):
         err = doc.get("error")
         if isinstance(err, Mapping):
