@@ -21,11 +21,10 @@ import devbackend
 from goose_proxy.http.handlers import _may_be_terminal
 from tests.reliability.support import (
     HELLO,
-    SSE_HEAD,
-    chunk,
     fake_server,
     post,
     read_request_head,
+    sse_answer,
     sse_event,
     text_events,
 )
@@ -337,7 +336,10 @@ async def test_passthrough_error_status_in_openai_format(
     assert info.value.status_code == status
     err = info.value.body
     assert isinstance(err, dict) and err["code"] == code
-    assert err["message"] == message if message else err["message"]
+    if message:
+        assert err["message"] == message
+    else:
+        assert err["message"]
     if status == 429:
         assert info.value.response.headers["retry-after"]
 
@@ -515,7 +517,7 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
 
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
-        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in frames) + b"0\r\n\r\n")
+        await stream.send(sse_answer(frames))
 
     with anyio.fail_after(10):
         async with fake_server(handler, tls=pki.server_context()) as srv:

@@ -116,18 +116,22 @@ async def test_a_whole_last_event_without_its_blank_line_is_ended() -> None:
     assert sent == DELTA + C and error is None
 
 
+NOT_UTF8 = b"data: \xff\xfe\n\n"
+TOO_BIG = b'data: "' + b"x" * 5000 + b'"\n\n'
+
+
 @pytest.mark.parametrize(
-    "after",
-    [[b"data: \xff\xfe\n\n"], [UpstreamClosed("reset")], [b'data: "' + b"x" * 5000 + b'"\n\n']],
-    ids=["not-utf8", "reset", "too-big"],
+    "reads",
+    [
+        [DELTA, C, NOT_UTF8],
+        [DELTA, C + NOT_UTF8],
+        [DELTA, C, UpstreamClosed("reset")],
+        [DELTA, C, TOO_BIG],
+        [DELTA, C + TOO_BIG],
+    ],
+    ids=["not-utf8", "not-utf8-same-read", "reset", "too-big", "too-big-same-read"],
 )
-@pytest.mark.parametrize("same_read", [True, False])
-async def test_what_follows_the_terminal_event_adds_no_error(
-    after: list[Read], same_read: bool
-) -> None:
-    reads: list[Read] = [DELTA, C, *after]
-    if same_read and isinstance(after[0], bytes):
-        reads = [DELTA, C + after[0]]
+async def test_what_follows_the_terminal_event_adds_no_error(reads: list[Read]) -> None:
     sent, error = await relay(reads, limit=4096)
     assert error is None and sent.startswith(DELTA + C)
     assert b"x" * 100 not in sent

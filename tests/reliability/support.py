@@ -338,6 +338,11 @@ SSE_HEAD = (
 )
 
 
+def sse_answer(frames: list[bytes]) -> bytes:
+    """A whole chunked SSE answer: the head, a chunk per frame, the last chunk."""
+    return SSE_HEAD + b"".join(chunk(f) for f in frames) + b"0\r\n\r\n"
+
+
 def text_events(words: list[str], rid: str = "resp_1") -> list[bytes]:
     """A minimal well-formed Responses stream saying ``words``."""
     resp = {"id": rid, "object": "response", "created_at": 1, "model": "m", "status": "completed"}

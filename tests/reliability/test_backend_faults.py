@@ -10,6 +10,7 @@ purpose-built server from ``support``.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -24,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devbackend.client import parse_sse
 from goose_proxy.config import AuthConfig
 from goose_proxy.http.handlers import _scan_whole_events, _whole_events
 from goose_proxy.upstream import client
@@ -39,8 +41,10 @@ from tests.reliability.support import (
     pool_size,
     post,
     proxied,
+    read_all,
     read_request_head,
     read_until,
+    sse_answer,
     text_events,
 )
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
@@ -63,14 +67,25 @@ async def _direct(
     **backend: Any,
 ) -> httpx.Response:
     """The proxy alone in front of ``endpoint`` (no scripted backend)."""
+    (r,) = await _direct_all(endpoint, auth, [body], path, **backend)
+    return r
+
+
+async def _direct_all(
+    endpoint: str,
+    auth: AuthConfig,
+    bodies: list[Any],
+    path: str = "/v1/chat/completions",
+    **backend: Any,
+) -> list[httpx.Response]:
+    """:func:`_direct` of ``bodies``, one after another through one proxy (so
+    that its pool serves the later ones); then checks that nothing leaked."""
     cfg = make_config(endpoint, auth, backend={"proxy": "", **backend})
     async with running_proxy(cfg) as proxy:
-        import asyncio
-
         tasks = len(asyncio.all_tasks())
-        r = await post(proxy.url, body, path=path)
+        out = [await post(proxy.url, body, path=path) for body in bodies]
         await assert_no_leaks(proxy, None, tasks)
-    return r
+    return out
 
 
 # --- connecting ----------------------------------------------------------------------
@@ -293,16 +308,14 @@ async def test_encoded_answer_is_refused_not_garbled(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
             b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
         )
-        await read_until(stream, b"never")  # until the proxy hangs up
+        await read_all(stream)  # until the proxy hangs up
 
     with anyio.fail_after(10):
         async with fake_server(handler, tls=pki.server_context()) as srv:
-            r = await _direct(srv.url, pki.auth, body)
-            with anyio.fail_after(5):
-                while srv.open:  # the connection is not pooled
-                    await srv.closed.wait()
+            r, again = await _direct_all(srv.url, pki.auth, [body, body])
     assert b"\r\naccept-encoding: identity\r\n" in srv.requests[0].lower()
-    assert r.status_code == 502
+    assert srv.accepted == 2  # the first connection was closed, not pooled
+    assert r.status_code == again.status_code == 502
     err = r.json()["error"]
     assert err["code"] == "upstream_protocol_error"
     assert "Content-Encoding 'gzip', which goose-proxy does not decode" in err["message"]
@@ -310,7 +323,7 @@ async def test_encoded_answer_is_refused_not_garbled(
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 async def test_encoded_error_answer_keeps_its_status(pki: SimpleNamespace, path: str) -> None:
-    # the status and Retry-After still say what happened; the body is not read
+    # the status and Retry-After still say what happened; the body is not decoded
     payload = gzip.compress(b'{"detail": "quota exceeded"}')
 
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
@@ -320,7 +333,7 @@ async def test_encoded_error_answer_keeps_its_status(pki: SimpleNamespace, path:
             b"retry-after: 7\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
             % (len(payload), payload)
         )
-        await read_until(stream, b"never")  # until the proxy hangs up
+        await read_all(stream)  # until the proxy hangs up
 
     body = HELLO if path == "/v1/chat/completions" else {"model": "m", "input": "hi"}
     with anyio.fail_after(10):
@@ -493,19 +506,8 @@ async def test_stall_mid_passthrough_stream_ends_with_error_event(pki: SimpleNam
 def _passthrough_events(content: bytes) -> list[tuple[Optional[str], Any]]:
     """Each event of a passthrough stream as (SSE name, parsed data): every one must
     be whole (its data one JSON document, or ``[DONE]``)."""
-    out: list[tuple[Optional[str], Any]] = []
     assert content.endswith(b"\n\n")
-    for block in content[:-2].split(b"\n\n"):
-        name, data = None, []
-        for line in block.split(b"\n"):
-            field, _, value = line.partition(b": ")
-            if field == b"event":
-                name = value.decode()
-            elif field == b"data":
-                data.append(value)
-        text = b"\n".join(data).decode()
-        out.append((name, text if text == "[DONE]" else json.loads(text)))
-    return out
+    return [(n, d if d == "[DONE]" else json.loads(d)) for n, d in parse_sse(content)]
 
 
 @pytest.mark.parametrize("mode", ["lightspeed", "openai"])
@@ -547,7 +549,7 @@ async def test_passthrough_relays_whole_events_byte_for_byte(
     pki: SimpleNamespace, ending: str
 ) -> None:
     """Any blank line ends an event; the bytes go through unchanged, in reads cut
-    anywhere (here: one byte at a time around the event ends)."""
+    anywhere (here: chunks of 7 bytes, so that event ends fall across them)."""
     frames = [f.replace(b"\n\n", ending.encode()) for f in text_events(["one ", "two"])]
     stream = b"".join(frames) + b"data: [DONE]" + ending.encode()
 
@@ -689,7 +691,7 @@ async def test_backend_error_status_mid_flight_is_not_a_leak(pki: SimpleNamespac
 # --- found in review -------------------------------------------------------------------
 
 
-ONE = SSE_HEAD + b"".join(chunk(e) for e in text_events(["one"])) + b"0\r\n\r\n"
+ONE = sse_answer(text_events(["one"]))
 
 
 async def answer_one(stream: anyio.abc.ByteStream, srv: FakeServer) -> None:
@@ -709,10 +711,7 @@ async def test_pooled_connection_closed_mid_answer_is_not_retried(pki: SimpleNam
 
     with anyio.fail_after(10):
         async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
-            async with running_proxy(cfg) as proxy:
-                first = await post(proxy.url, HELLO)
-                second = await post(proxy.url, HELLO)
+            first, second = await _direct_all(srv.url, pki.auth, [HELLO, HELLO])
     assert first.status_code == 200
     assert second.status_code == 502
     assert "closed the connection" in second.json()["error"]["message"]
@@ -749,17 +748,12 @@ async def test_pooled_connection_closed_before_answering_is_retried(
             await stream.send(ONE)
             await read_request_head(stream, srv)
             return  # closed without answering the second request
-        await stream.send(
-            SSE_HEAD + b"".join(chunk(e) for e in text_events(["two"])) + b"0\r\n\r\n"
-        )
-        await read_until(stream, b"never")  # keep-alive until the proxy hangs up
+        await stream.send(sse_answer(text_events(["two"])))
+        await read_all(stream)  # keep-alive until the proxy hangs up
 
     with anyio.fail_after(10):
         async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
-            async with running_proxy(cfg) as proxy:
-                first = await post(proxy.url, body)
-                second = await post(proxy.url, body)
+            first, second = await _direct_all(srv.url, pki.auth, [body, body])
     assert first.status_code == 200 and second.status_code == 200
     assert b"two" in second.content
     assert len(srv.requests) == 3  # the second request twice: once per connection
@@ -781,10 +775,7 @@ async def test_pooled_connection_closed_late_is_not_retried(
 
     with anyio.fail_after(10):
         async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
-            async with running_proxy(cfg) as proxy:
-                first = await post(proxy.url, HELLO)
-                second = await post(proxy.url, HELLO)
+            first, second = await _direct_all(srv.url, pki.auth, [HELLO, HELLO])
     assert first.status_code == 200
     assert second.status_code == 502
     assert "closed the connection before answering" in second.json()["error"]["message"]
@@ -807,10 +798,7 @@ async def test_early_answer_to_a_large_body_is_read_not_retried(pki: SimpleNames
     big = {"model": "m", "messages": [{"role": "user", "content": "x" * (12 << 20)}]}
     with anyio.fail_after(20):
         async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
-            async with running_proxy(cfg) as proxy:
-                first = await post(proxy.url, HELLO)
-                second = await post(proxy.url, big)
+            first, second = await _direct_all(srv.url, pki.auth, [HELLO, big], flavor="openai")
     assert first.status_code == 200
     assert second.status_code == 400, second.text
     assert second.json()["error"]["code"] == "context_length_exceeded"
@@ -821,8 +809,6 @@ async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
     # Cancelled while its 32 MB body is still being written (the backend, with
     # a small receive buffer, reads nothing meanwhile): the connection is
     # aborted, so the backend never gets a complete request nobody waits for.
-    import asyncio
-
     from goose_proxy.config import BackendConfig
     from goose_proxy.upstream.client import UpstreamClient
 

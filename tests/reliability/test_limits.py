@@ -14,13 +14,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from goose_proxy.http import server
 from tests.reliability.support import (
     HELLO,
     ask,
+    chat_stream_outcome,
     exchange,
     parse_one,
     parse_responses,
@@ -67,31 +67,37 @@ async def test_body_over_max_body_size_declared(pki: SimpleNamespace) -> None:
     assert h.backend.stats.requests_total == 0
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("side", ["request", "answer-json", "answer-stream"])
 async def test_large_exchange_intact_then_memory_given_back(
-    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, stream: bool
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, side: str
 ) -> None:
-    # a 1.5 MiB message there and back (the backend echoes it): written in
-    # pieces, not joined to its head, and the C heap trimmed after it, once
+    # 1.5 MiB through the proxy, then the C heap trimmed, once. "request": the
+    # text in an earlier turn (the backend echoes only the last one, so the
+    # answer is small); "answer-…": the text echoed back, with the threshold
+    # just above the request's size, so that only the answer can set it off.
     text = "".join(f"word{i} " for i in range(200_000))[: 3 << 19]
+    messages = [{"role": "user", "content": text}]
+    last = text
+    if side == "request":
+        last = "hello"
+        messages += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": last}]
+    big = {"model": "m", "messages": messages, "stream": side == "answer-stream"}
+    if side != "request":
+        monkeypatch.setattr(server, "LARGE_EXCHANGE", len(json.dumps(big)) + 64)
     trims: list[int] = []
     monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
-    big = {"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream}
     with anyio.fail_after(20):
         async with proxied(pki, mode="openai", backend={"flavor": "openai"}) as h:
             r = await post(h.url, big)
             after_big = len(trims)
             small = await post(h.url, HELLO)
     assert r.status_code == 200 and small.status_code == 200
-    if stream:
-        answer = "".join(
-            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-            for line in r.text.splitlines()
-            if line.startswith("data: {") and json.loads(line[6:])["choices"]
-        )
+    if side == "answer-stream":
+        answer, err = chat_stream_outcome(r.content)
+        assert err is None
     else:
         answer = r.json()["choices"][0]["message"]["content"]
-    assert answer.endswith(text)  # the echo: a prefix, then every byte sent
+    assert answer.endswith(last)  # the echo: a prefix, then every byte of the last turn
     assert (after_big, len(trims)) == (1, 1)
 
 
@@ -210,11 +216,7 @@ async def test_idle_backend_connections_closed_after_pool_idle_timeout(
     once idle for pool_idle_timeout, without waiting for the next request."""
     with anyio.fail_after(10):
         async with proxied(pki, backend={"pool_idle_timeout": 0.3}) as h:
-            async with httpx.AsyncClient(timeout=5) as c:
-                ra, rb = (
-                    await c.post(h.url + CHAT, json=HELLO),
-                    await c.post(h.url + CHAT, json=HELLO),
-                )
+            ra, rb = await post(h.url, HELLO), await post(h.url, HELLO)
             stats = h.backend.stats
             assert (stats.connections_accepted, stats.connections_open) == (1, 1)  # reused
             t0 = anyio.current_time()
