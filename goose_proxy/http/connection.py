@@ -250,14 +250,16 @@ class ServerConnection:
         if self.client_gone:
             raise ClientGone
         try:
-            if len(data) == 1:
+            if len(data) == 1:  # a stream's pieces: no join, no sum
+                size = len(data[0])
                 await self.stream.send(data[0])
             else:
+                size = sum(len(part) for part in data)
                 await self.stream.send_parts(data)
         except _CLOSED as e:
             self.client_gone = True
             raise ClientGone from e
-        self.bytes_sent += sum(len(part) for part in data)
+        self.bytes_sent += size
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]], close: bool) -> bytes:
         hdrs = [SERVER_HEADER, *headers]
