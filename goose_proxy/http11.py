@@ -1,6 +1,7 @@
 """h11 helpers shared by the server and the upstream client.
 
-:func:`reason` words h11's parse errors for a message a person reads.
+:func:`reason` words h11's parse errors for a message a person reads;
+:func:`content_coding` reads a message's ``Content-Encoding``.
 
 h11 checks every header of every message it sends against the RFC 9110
 grammar with regular expressions: about a tenth of the proxy's CPU time per
@@ -16,7 +17,8 @@ drop the flag, :data:`TRUSTED` is empty and h11 checks everything again.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import h11
 
@@ -43,3 +45,17 @@ def reason(e: h11.ProtocolError) -> str:
     the bytes it quotes, at most :data:`REASON_LIMIT` characters."""
     text = _BYTES_REPR.sub(lambda m: m.group(1)[1:], str(e))
     return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
+
+
+def content_coding(headers: Iterable[tuple[bytes, bytes]]) -> Optional[str]:
+    """The codings of a body's ``Content-Encoding``, all its headers joined
+    (RFC 9110 §8.4: a list, repeatable), ``None`` when there are none but
+    ``identity``. ``headers`` as h11 gives them (lower-case names)."""
+    codings = [
+        c
+        for k, v in headers
+        if k == b"content-encoding"
+        for c in v.decode("latin-1").split(",")
+        if c.strip().lower() not in ("", "identity")
+    ]
+    return ",".join(c.strip() for c in codings) or None

@@ -44,3 +44,20 @@ def test_h11_reason_with_quotes_and_escapes() -> None:
     e = _h11_error(h11.SERVER, b'GET / HTTP/1.1\r\nHost: x\r\nbad line it\'s "x"\r\n\r\n')
     assert "bytearray(" in str(e)
     assert http11.reason(e) == "illegal header line: 'bad line it\\'s \"x\"'"
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [
+        ([], None),
+        ([b"identity"], None),
+        ([b" Identity ", b""], None),
+        ([b"gzip"], "gzip"),
+        ([b"identity", b"br"], "br"),
+        ([b"gzip, identity", b"deflate"], "gzip,deflate"),
+    ],
+)
+def test_content_coding_reads_every_header(values: list[bytes], want: Any) -> None:
+    headers = [(b"content-type", b"application/json")]
+    headers += [(b"content-encoding", v) for v in values]
+    assert http11.content_coding(headers) == want

@@ -37,6 +37,7 @@ from typing import Optional
 import anyio
 import anyio.abc
 
+from goose_proxy import http11
 from goose_proxy.config import Config
 from goose_proxy.errors import (
     Forbidden,
@@ -316,8 +317,8 @@ class ProxyServer:
             origin = v.decode("latin-1")
             if origin.rstrip("/").lower() not in self._allowed_origins:
                 raise Forbidden(f"Origin {origin!r} is not allowed (see [server] allowed_origins)")
-        coding = req.header(b"content-encoding")
-        if coding is not None and coding.strip().lower() not in ("", "identity"):
+        coding = http11.content_coding(req.headers)
+        if coding is not None:
             raise UnsupportedMediaType(
                 f"request body with Content-Encoding {coding[:40]!r} is not supported; "
                 "send it uncompressed"

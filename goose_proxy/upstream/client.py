@@ -635,8 +635,8 @@ class UpstreamClient:
                 conn.close()
             raise
         resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
-        coding = resp.header(b"content-encoding")
-        if coding is not None and coding.strip().lower() not in ("", "identity"):
+        coding = http11.content_coding(resp.headers)
+        if coding is not None:
             if resp.status >= 400:
                 # the status still says what happened (401, 429 and its
                 # Retry-After …); the body cannot be read, so it reads as empty

@@ -294,9 +294,14 @@ async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
     assert "closed the connection in the middle of the response" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "coding",
+    [b"content-encoding: gzip\r\n", b"content-encoding: identity\r\ncontent-encoding: gzip\r\n"],
+    ids=["one-header", "second-header"],
+)
 @pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
 async def test_encoded_answer_is_refused_not_garbled(
-    pki: SimpleNamespace, body: dict[str, Any]
+    pki: SimpleNamespace, body: dict[str, Any], coding: bytes
 ) -> None:
     # the proxy asks for identity; a backend that compresses anyway gets a clear
     # error, not gzip bytes parsed as JSON or SSE
@@ -305,8 +310,8 @@ async def test_encoded_answer_is_refused_not_garbled(
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
         await stream.send(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%s"
+            b"content-length: %d\r\n\r\n%s" % (coding, len(payload), payload)
         )
         await read_all(stream)  # until the proxy hangs up
 
