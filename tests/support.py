@@ -106,3 +106,7 @@ class CertClock:
     def pass_recheck_interval(self) -> None:
         """The next backend request looks at the certificate files again."""
         self.now += tls.RECHECK_INTERVAL
+
+    def pass_renewal_grace(self) -> None:
+        """An unloadable pair is no longer covered by the one loaded before."""
+        self.now += tls.RENEWAL_GRACE

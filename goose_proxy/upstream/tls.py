@@ -5,8 +5,16 @@ RHSM renews ``/etc/pki/consumer/{cert,key}.pem`` in place. Building an
 milliseconds of CPU), so one context is built and reused until the files'
 ``(mtime, size, inode)`` change; then the next request builds a new one. The
 files are looked at (two ``stat`` calls) at most once per
-:data:`RECHECK_INTERVAL`, not on every request. A failed build is not cached:
-the next request tries again.
+:data:`RECHECK_INTERVAL`, not on every request.
+
+A renewal that rewrites the files in place leaves a moment where the key is
+new and the certificate old, or a file is cut short. When a pair that was
+loaded before turns unloadable, the previous context stays in use for up to
+:data:`RENEWAL_GRACE` seconds (one WARNING) while the files are looked at
+again each :data:`RECHECK_INTERVAL`; only then do requests fail with the
+reason. A failed build is repeated when the files change, or once per
+:data:`RECHECK_INTERVAL` (each build loads the trust store again: tens of
+milliseconds), so a broken pair does not cost that on every request.
 """
 
 from __future__ import annotations
@@ -59,10 +67,12 @@ def _unreadable(auth: AuthConfig, e: OSError) -> CredentialsError:
     )
 
 
-_Stamp = tuple[tuple[int, int, int], ...]
+_Stamp = tuple[tuple[int, int, int, int], ...]
 
 #: seconds a checked certificate pair is trusted to be unchanged
 RECHECK_INTERVAL = 1.0
+#: seconds the last good pair is still used once the files on disk cannot be loaded
+RENEWAL_GRACE = 10.0
 
 _now = time.monotonic
 
@@ -71,7 +81,8 @@ def _stamp(*paths: str) -> _Stamp:
     out = []
     for p in paths:
         st = os.stat(p)
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        # ctime too: a chmod or chown changes whether the file can be read
+        out.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
     return tuple(out)
 
 
@@ -83,6 +94,9 @@ class ClientTLS:
         self._ctx: Optional[ssl.SSLContext] = None
         self._stamp: Optional[_Stamp] = None
         self._checked = 0.0  # when the files last matched _stamp (time.monotonic)
+        # the last failure: the files' stamp (None when stat failed), when, the error
+        self._failed: Optional[tuple[Optional[_Stamp], float, CredentialsError]] = None
+        self._broken_since: Optional[float] = None  # the files unusable since, with a _ctx
         self.builds = 0  # how many contexts were built (tests and benchmarks read it)
 
     def context(self) -> ssl.SSLContext:
@@ -99,16 +113,45 @@ class ClientTLS:
         try:
             stamp = _stamp(auth.cert_file, auth.key_file)
         except OSError as e:  # missing, or a directory on the way may not be searched
-            raise _file_error(auth, e.filename, e) from None
+            return self._unusable(None, now, _file_error(auth, e.filename, e))
         if self._ctx is not None and stamp == self._stamp:
-            self._checked = now
+            self._checked, self._broken_since = now, None  # renewed back to the same pair
             return self._ctx
-        ctx = self._build()
+        failed = self._failed
+        if failed is not None and failed[0] == stamp and now - failed[1] < RECHECK_INTERVAL:
+            return self._unusable(stamp, failed[1], failed[2])  # the same files: no rebuild
+        try:
+            ctx = self._build()
+        except CredentialsError as e:
+            return self._unusable(stamp, now, e)
         if self._ctx is not None:
             log.info("client certificate changed on disk; reloaded %s", auth.cert_file)
         self._ctx, self._stamp, self._checked = ctx, stamp, now
+        self._failed = self._broken_since = None
         self.builds += 1
         return ctx
+
+    def _unusable(
+        self, stamp: Optional[_Stamp], when: float, err: CredentialsError
+    ) -> ssl.SSLContext:
+        """The files cannot be loaded (``err``): the previous context while
+        :data:`RENEWAL_GRACE` lasts, else raise ``err``."""
+        self._failed = (stamp, when, err)
+        if self._ctx is None:
+            raise err
+        now = _now()
+        if self._broken_since is None:
+            self._broken_since = now
+            log.warning(
+                "%s; still using the client certificate loaded before for up to %g s "
+                "(a renewal may be writing the files)",
+                err.message,
+                RENEWAL_GRACE,
+            )
+        if now - self._broken_since >= RENEWAL_GRACE:
+            raise err
+        self._checked = now  # look again after RECHECK_INTERVAL
+        return self._ctx
 
     def _build(self) -> ssl.SSLContext:
         auth = self._auth

@@ -102,25 +102,86 @@ async def test_renewed_pair_is_used_without_restart(
     assert builds == 2
 
 
-async def test_half_renewed_pair_gives_clear_error_then_recovers(
-    pki: SimpleNamespace, consumer: SimpleNamespace, cert_clock: CertClock
+async def test_half_renewed_pair_keeps_the_old_one_then_gives_clear_error(
+    pki: SimpleNamespace,
+    consumer: SimpleNamespace,
+    cert_clock: CertClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:
             cfg = make_config(backend.url, consumer.auth, backend={"proxy": ""})
             async with running_proxy(cfg) as proxy:
                 assert (await post(proxy.url, HELLO)).status_code == 200
-                _install(consumer.b_key, consumer.key, in_place=False)  # the cert not yet
+                _install(consumer.b_key, consumer.key, in_place=True)  # the cert not yet
                 cert_clock.pass_recheck_interval()
+                # a renewal caught halfway: the pair loaded before still serves
+                during = await post(proxy.url, HELLO_STREAM)
+                during_subject = backend.requests[-1].client_subject or ""
+                cert_clock.pass_renewal_grace()
                 mismatched = await post(proxy.url, HELLO)
-                _install(consumer.b_cert, consumer.cert, in_place=False)
+                _install(consumer.b_cert, consumer.cert, in_place=True)
+                # the files changed: loaded again at once, not a second later
                 recovered = await post(proxy.url, HELLO)
                 subject = backend.requests[-1].client_subject or ""
+    assert during.status_code == 200 and "CN=consumer-a" in during_subject
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "does not match" in m and "still using the client certificate loaded before" in m
+        for m in warnings
+    ), warnings
     assert mismatched.status_code == 502
     err = mismatched.json()["error"]
     assert err["code"] == "client_certificate_unavailable"
     assert "does not match" in err["message"] and str(consumer.key) in err["message"]
     assert recovered.status_code == 200 and "CN=consumer-b" in subject
+
+
+def test_an_unloadable_pair_is_not_rebuilt_for_every_request(
+    consumer: SimpleNamespace, cert_clock: CertClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each build loads the trust store again (tens of ms of CPU): a broken pair
+    is tried again when its files change or a RECHECK_INTERVAL later."""
+    consumer.cert.write_text("this is not a certificate\n")
+    client = ClientTLS(consumer.auth)
+    builds = []
+    real_build = client._build
+
+    def counting_build() -> ssl.SSLContext:
+        builds.append(cert_clock.now)
+        return real_build()
+
+    monkeypatch.setattr(client, "_build", counting_build)
+    errors = []
+    for _ in range(3):
+        with pytest.raises(CredentialsError) as info:
+            client.context()
+        errors.append(info.value.message)
+    assert len(builds) == 1 and len(set(errors)) == 1
+    cert_clock.pass_recheck_interval()
+    with pytest.raises(CredentialsError):
+        client.context()
+    assert len(builds) == 2
+    shutil.copyfile(consumer.a_cert, consumer.cert)  # fixed: no waiting
+    assert isinstance(client.context(), ssl.SSLContext)
+    assert len(builds) == 3 and client.builds == 1
+
+
+def test_a_pair_made_unreadable_after_loading_is_covered_then_reported(
+    consumer: SimpleNamespace, cert_clock: CertClock
+) -> None:
+    client = ClientTLS(consumer.auth)
+    ctx = client.context()
+    consumer.key.unlink()
+    cert_clock.pass_recheck_interval()
+    assert client.context() is ctx  # within RENEWAL_GRACE
+    cert_clock.pass_renewal_grace()
+    with pytest.raises(CredentialsError) as info:
+        client.context()
+    assert info.value.message.startswith(f"client key file {consumer.key} does not exist")
+    shutil.copyfile(consumer.b_key, consumer.key)
+    shutil.copyfile(consumer.b_cert, consumer.cert)
+    assert client.context() is not ctx and client.builds == 2
 
 
 @pytest.mark.parametrize("missing", ["cert", "key", "both"])
