@@ -56,8 +56,12 @@ class ProxyError(Exception):
         }
 
     def to_json(self) -> bytes:
-        """The OpenAI error envelope as UTF-8 JSON bytes."""
-        return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+        """The OpenAI error envelope as UTF-8 JSON bytes (ASCII escapes when the
+        message quotes a lone surrogate, which UTF-8 cannot carry)."""
+        try:
+            return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(self.to_dict()).encode("ascii")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.message!r}, code={self.code!r})"

@@ -45,6 +45,7 @@ from tests.reliability.support import (
     read_request_head,
     read_until,
     sse_answer,
+    sse_event,
     text_events,
 )
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
@@ -856,3 +857,40 @@ async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
         await client.aclose()
     assert scope.cancelled_caught
     assert 0 < received < len(body)
+
+
+# a backend's words quoting a lone surrogate (legal in JSON text, not in UTF-8)
+_SURROGATE_400 = (
+    b'{"error": {"message": "Invalid value: \'\\ud800\'", "type": "invalid_request_error",'
+    b' "code": "invalid_value"}}'
+)
+_SURROGATE_FAILED = sse_event(
+    {
+        "type": "response.failed",
+        "response": {"status": "failed", "error": {"code": "server_error", "message": "\ud800"}},
+    }
+)
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+@pytest.mark.parametrize("how", ["status", "event"])
+async def test_backend_error_quoting_a_lone_surrogate_reaches_the_client(
+    pki: SimpleNamespace, body: dict[str, Any], how: str
+) -> None:
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        if how == "status":
+            await stream.send(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(_SURROGATE_400), _SURROGATE_400)
+            )
+        else:
+            await stream.send(sse_answer([_SURROGATE_FAILED]))
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body)
+    assert r.status_code == (400 if how == "status" else 502)
+    assert r.content.isascii()
+    assert "\ud800" in r.json()["error"]["message"]

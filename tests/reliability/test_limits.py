@@ -510,6 +510,18 @@ async def test_lone_surrogate_in_text_is_forwarded_as_valid_utf8(pki: SimpleName
     assert json.loads(sent)["input"][-1]["content"][0]["text"] == "a\ud800b"
 
 
+async def test_error_quoting_a_lone_surrogate_is_still_sent(pki: SimpleNamespace) -> None:
+    # the bad key goes into the error's "param": UTF-8 cannot carry it, JSON's \\u escape can
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}],'
+    body += b' "metadata": {"\\ud800": 1}}'
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, close(request_bytes("POST", CHAT, body)))
+    assert r.status == 400
+    assert r.body.isascii() and r.error["param"] == "metadata.\ud800"
+    assert h.backend.stats.requests_total == 0
+
+
 async def test_utf8_bom_is_accepted(pki: SimpleNamespace) -> None:
     body = b"\xef\xbb\xbf" + json.dumps(HELLO).encode()
     with anyio.fail_after(10):
