@@ -98,6 +98,38 @@ def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
     return None
 
 
+#: the ``status`` values of a finished Response that is not a failure
+FINISHED = ("completed", "incomplete")
+
+
+def check_finished(resp: Any) -> Mapping[str, Any]:
+    """``resp`` if it is a Response object that finished (or failed), for an
+    answer the backend sent whole.
+
+    Raises:
+        UpstreamProtocolError: not a JSON object; no ``output`` list (``{}``, an
+            error in some other shape); or a ``status`` that is not final
+            (``queued``/``in_progress``: a background response) or ``cancelled``.
+            Read as success, each would be an empty answer with ``"stop"``.
+    """
+    if not isinstance(resp, (dict, Mapping)):
+        raise UpstreamProtocolError("upstream answer is not a JSON object")
+    if failure_of(resp) is not None:
+        return resp  # the caller reports the failure
+    status = resp.get("status")
+    if status is not None and status not in FINISHED:
+        raise UpstreamProtocolError(
+            f"upstream response is not finished (status {str(status)[:40]!r}); "
+            "goose-proxy does not wait for background responses"
+        )
+    if not isinstance(resp.get("output"), list):
+        keys = ", ".join(repr(k)[:40] for k in list(resp)[:5]) or "none"
+        raise UpstreamProtocolError(
+            f'upstream answer is not a Response object: it has no "output" list (keys: {keys})'
+        )
+    return resp
+
+
 def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
     """The reasoning text parts, then the summary parts, of a ``reasoning`` item."""
     texts: list[str] = []
@@ -120,11 +152,11 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
     Raises:
         ProxyError: the response failed (``status: "failed"`` or an ``error``
             object): the class mapped from its error by :func:`error_from_event`.
-        UpstreamProtocolError: ``resp`` is not a Response object, or a
-            ``function_call`` item has neither ``call_id`` nor ``id``.
+        UpstreamProtocolError: ``resp`` is not a finished Response object (see
+            :func:`check_finished`), or a ``function_call`` item has neither
+            ``call_id`` nor ``id``.
     """
-    if not isinstance(resp, (dict, Mapping)):
-        raise UpstreamProtocolError("upstream answer is not a JSON object")
+    check_finished(resp)
     failure = failure_of(resp)
     if failure is not None:
         raise failure
@@ -215,10 +247,10 @@ def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
     A failed response becomes ``response.failed`` (raised before commit).
 
     Raises:
-        UpstreamProtocolError: ``resp`` is not a JSON object.
+        UpstreamProtocolError: ``resp`` is not a finished Response object (see
+            :func:`check_finished`).
     """
-    if not isinstance(resp, (dict, Mapping)):
-        raise UpstreamProtocolError("upstream answer is not a JSON object")
+    check_finished(resp)
     status = resp.get("status")
     if isinstance(resp.get("error"), Mapping) or status == "failed":
         etype = "response.failed"

@@ -894,3 +894,29 @@ async def test_backend_error_quoting_a_lone_surrogate_reaches_the_client(
     assert r.status_code == (400 if how == "status" else 502)
     assert r.content.isascii()
     assert "\ud800" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    "answer", [b"{}", b'{"detail": "Not authenticated"}', b'{"id": "r", "status": "queued"}']
+)
+async def test_a_2xx_answer_that_is_no_response_is_an_error(
+    pki: SimpleNamespace, body: dict[str, Any], flavor: str, answer: bytes
+) -> None:
+    # not an empty answer with finish_reason "stop", which a client takes as done
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(answer), answer)
+        )
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body, flavor=flavor)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_protocol_error"
+    assert "not a Response object" in err["message"] or "not finished" in err["message"]

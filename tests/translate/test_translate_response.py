@@ -16,7 +16,7 @@ from goose_proxy.errors import (
     UpstreamProtocolError,
 )
 from goose_proxy.translate import ResponseAccumulator, responses_to_chat
-from goose_proxy.translate.response import READ_FIELDS
+from goose_proxy.translate.response import READ_FIELDS, check_finished, events_from_response
 
 
 def response(output: list[Any], **extra: Any) -> dict[str, Any]:
@@ -219,6 +219,41 @@ def test_logprobs_are_mapped() -> None:
 def test_not_a_response_object() -> None:
     with pytest.raises(UpstreamProtocolError):
         responses_to_chat([], "m")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({}, 'no "output" list (keys: none)'),
+        ({"detail": "Not authenticated"}, "(keys: 'detail')"),
+        ({"error": "quota exceeded"}, "(keys: 'error')"),
+        ({"id": "resp_1", "output": None}, 'no "output" list'),
+        (response([], status="in_progress"), "not finished (status 'in_progress')"),
+        ({"id": "resp_1", "status": "queued"}, "not finished (status 'queued')"),
+        (response([message(text("half"))], status="cancelled"), "status 'cancelled'"),
+    ],
+)
+def test_an_answer_that_is_no_finished_response_is_an_error(
+    body: dict[str, Any], needle: str
+) -> None:
+    # read as a success, each of these was an empty answer with finish_reason "stop"
+    for translate in (lambda: responses_to_chat(body, "m"), lambda: events_from_response(body)):
+        with pytest.raises(UpstreamProtocolError) as info:
+            translate()
+        assert needle in info.value.message
+
+
+def test_finished_responses_pass_the_check() -> None:
+    for resp in (
+        response([]),  # an empty answer, but a finished one
+        response([message(text("x"))], status="incomplete"),
+        {"id": "resp_1", "output": [message(text("x"))]},  # no status: accepted
+    ):
+        assert check_finished(resp) is resp
+    failed = response([], status="failed", error={"code": "server_error", "message": "boom"})
+    assert check_finished(failed) is failed  # its failure is reported by the caller
+    with pytest.raises(UpstreamError):
+        responses_to_chat(failed, "m")
 
 
 # --- accumulator: a stream into one Response ---------------------------------------------------
