@@ -32,6 +32,7 @@ from goose_proxy.config import Config
 from goose_proxy.errors import (
     ContextLengthExceeded,
     ProxyError,
+    UpstreamError,
     UpstreamProtocolError,
 )
 from goose_proxy.http.connection import (
@@ -225,6 +226,7 @@ class Handlers:
         if resp.status >= 400:
             raw = await resp.read(ERROR_BODY_LIMIT)
             raise error_from_backend(resp.status, raw, resp.header(b"retry-after"))
+        _raise_for_redirect(resp)
 
     # -- POST /v1/chat/completions --
 
@@ -329,6 +331,7 @@ class Handlers:
                     raise error_from_backend(resp.status, raw, retry)
                 await ex.send(resp.status, raw, headers)
                 return
+            _raise_for_redirect(resp)
             if resp.content_type != "text/event-stream":
                 raw = await resp.read(self.config.backend.max_event_size)
                 await ex.send(resp.status, raw, headers)
@@ -337,6 +340,19 @@ class Handlers:
             await ex.start_stream(resp.status, [*headers, *SSE_HEADERS[1:]])
             await relay_events(resp.receive, ex.conn.send_data, self.config.backend.max_event_size)
             await ex.conn.end_stream()
+
+
+def _raise_for_redirect(resp: UpstreamResponse) -> None:
+    """A 3xx is no answer: the endpoint is wrong, or a login page stands in front
+    of it (an SSO gateway). Not followed, and not relayed (a client would get a
+    redirect without the body it asked for)."""
+    if 300 <= resp.status < 400:
+        where = resp.header(b"location")
+        to = f" to {where[:200]!r}" if where else ""
+        raise UpstreamError(
+            f"backend answered HTTP {resp.status} (a redirect{to}); goose-proxy does not "
+            "follow redirects: check [backend] endpoint"
+        )
 
 
 async def relay_events(

@@ -920,3 +920,39 @@ async def test_a_2xx_answer_that_is_no_response_is_an_error(
     err = r.json()["error"]
     assert err["code"] == "upstream_protocol_error"
     assert "not a Response object" in err["message"] or "not finished" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", HELLO),
+        ("/v1/chat/completions", HELLO_STREAM),
+        ("/v1/responses", {"model": "m", "input": "hi"}),
+    ],
+    ids=["json", "stream", "passthrough"],
+)
+async def test_a_redirect_is_an_error_not_an_answer(
+    pki: SimpleNamespace, path: str, body: dict[str, Any]
+) -> None:
+    # a login gateway in front of the backend, or a wrong endpoint; its body may
+    # even parse as a Response
+    answer = json.dumps({"id": "r", "status": "completed", "output": []}).encode()
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(
+            b"HTTP/1.1 302 Found\r\nlocation: https://sso.example/login\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(answer), answer)
+        )
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["message"].startswith(
+        "backend answered HTTP 302 (a redirect to 'https://sso.example/login'); "
+        "goose-proxy does not follow redirects"
+    )
