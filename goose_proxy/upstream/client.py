@@ -666,7 +666,8 @@ class UpstreamClient:
         if (
             resp.complete
             and h.our_state is h11.DONE
-            and (h.their_state is h11.DONE or resp.body_decoded)
+            # bytes past the body's end would be read as the next request's answer
+            and ((h.their_state is h11.DONE and not h.trailing_data[0]) or resp.body_decoded)
             and self.cfg.pool_size > 0
         ):
             if h.their_state is h11.DONE:

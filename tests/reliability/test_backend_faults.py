@@ -956,3 +956,42 @@ async def test_a_redirect_is_an_error_not_an_answer(
         "backend answered HTTP 302 (a redirect to 'https://sso.example/login'); "
         "goose-proxy does not follow redirects"
     )
+
+
+def _json_answer(words: list[str]) -> bytes:
+    obj = {"id": "r", "object": "response", "status": "completed", "output": [
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": " ".join(words)}]}]}  # fmt: skip
+    data = json.dumps(obj).encode()
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(data),
+        data,
+    )
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_bytes_past_an_answer_are_not_the_next_answer(
+    pki: SimpleNamespace, framing: str
+) -> None:
+    # A broken backend (or something between) sends more than the answer's
+    # framing says: a pooled connection would hand those bytes to the next
+    # request as its answer, a wrong reply to another conversation.
+    def answer(words: list[str]) -> bytes:
+        return (
+            _json_answer(words) if framing == "content-length" else sse_answer(text_events(words))
+        )
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        if srv.accepted == 1:
+            await stream.send(answer(["first"]) + answer(["STALE"]))
+        else:
+            await stream.send(answer(["second"]))
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            first, second = await _direct_all(srv.url, pki.auth, [HELLO, HELLO])
+    assert first.json()["choices"][0]["message"]["content"] == "first"
+    assert second.json()["choices"][0]["message"]["content"] == "second"
+    assert srv.accepted == 2
