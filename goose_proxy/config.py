@@ -12,6 +12,7 @@ defaults; ``goose-proxy-config(5)`` documents exactly these keys (a test checks)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -325,6 +326,27 @@ def _table(key: str, v: Any) -> dict[str, Any]:
     return dict(v)
 
 
+def _json_table(key: str, v: Any) -> dict[str, Any]:
+    """A table sent as JSON: TOML dates and times and non-finite floats have no
+    JSON form, and would fail every request rather than the start."""
+    table = _table(key, v)
+
+    def check(path: str, x: Any) -> None:
+        if isinstance(x, dict):
+            for k, item in x.items():
+                check(f"{path}.{k}", item)
+        elif isinstance(x, list):
+            for i, item in enumerate(x):
+                check(f"{path}[{i}]", item)
+        elif isinstance(x, float) and not math.isfinite(x):
+            raise ConfigError(f"{path}: {x!r} has no JSON form")
+        elif not isinstance(x, (str, int, float, bool)):
+            raise ConfigError(f"{path}: a TOML {type(x).__name__} has no JSON form; quote it")
+
+    check(key, table)
+    return table
+
+
 def log_level(key: str, v: Any) -> str:
     """``v`` as a logging level name (upper case); ConfigError naming ``key`` otherwise."""
     s = _str(key, v).upper()
@@ -365,7 +387,7 @@ _SCHEMA: dict[str, dict[str, Checker]] = {
         "pool_idle_timeout": _float(0, _HOUR),
         "max_request_chars": _int(0, 1 << 31),
         "headers": _headers,
-        "extra_body": _table,
+        "extra_body": _json_table,
     },
     "backend.auth": {"cert_file": _str, "key_file": _str, "ca_file": _str},
     "translate": {"system_messages": _choice("drop", "instructions", "input")},

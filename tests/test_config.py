@@ -193,3 +193,37 @@ def test_h11_still_offers_trusted_heads() -> None:
     # is checked again (correct, only slower): this test says so loudly.
     assert TRUSTED == {"_parsed": True}
     h11.Response(status_code=200, headers=[(b"content-length", b"0")], **TRUSTED)
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ("since = 2024-05-27T07:32:00Z", "backend.extra_body.since: a TOML datetime"),
+        ("day = 2024-05-27", "backend.extra_body.day: a TOML date"),
+        ("at = 07:32:00", "backend.extra_body.at: a TOML time"),
+        ("limit = inf", "backend.extra_body.limit: inf has no JSON form"),
+        ("x = [1, nan]", "backend.extra_body.x[1]: nan has no JSON form"),
+        ("[backend.extra_body.solr]\nwhen = 2024-05-27", "backend.extra_body.solr.when: a TOML"),
+    ],
+)
+def test_extra_body_without_a_json_form_stops_at_load(
+    tmp_path: Path, toml: str, where: str
+) -> None:
+    # it would have failed every request (500) and crashed `check`
+    f = tmp_path / "config.toml"
+    f.write_text(f"[backend.extra_body]\n{toml}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(f))
+    assert str(exc.value).startswith(f"{f}: {where}")
+
+
+def test_extra_body_of_json_values_loads(tmp_path: Path) -> None:
+    f = tmp_path / "config.toml"
+    f.write_text(
+        '[backend.extra_body]\nname = "x"\nn = 3\nr = 0.5\non = true\nlist = [1, "a"]\n'
+        '[backend.extra_body.solr]\nmode = "hybrid"\n'
+    )
+    cfg, _ = load_config(str(f))
+    assert dict(cfg.backend.extra_body) == {
+        "name": "x", "n": 3, "r": 0.5, "on": True, "list": [1, "a"], "solr": {"mode": "hybrid"}
+    }  # fmt: skip
