@@ -289,6 +289,11 @@ _RESERVED_HEADERS = frozenset(
         "upgrade",
         "expect",
         "accept-encoding",  # identity: the proxy reads the bodies
+        # set per request: the body is JSON, the answer SSE or JSON as the
+        # client asked, the id the one in the access log and X-Request-ID
+        "content-type",
+        "accept",
+        "x-request-id",
     }
 )
 
@@ -309,8 +314,7 @@ def _headers(key: str, v: Any) -> dict[str, str]:
             raise ConfigError(f"{key}.{name}: not a valid HTTP header name")
         if name.lower() in _RESERVED_HEADERS:
             raise ConfigError(
-                f"{key}.{name}: set by goose-proxy itself (it frames each request); "
-                "it cannot be configured"
+                f"{key}.{name}: set by goose-proxy itself for each request; it cannot be configured"
             )
         if not _FIELD_VALUE.fullmatch(value):
             raise ConfigError(

@@ -248,6 +248,31 @@ async def test_routes_and_openai_error_shapes(pki: SimpleNamespace) -> None:
     assert bad_type.json()["error"]["param"] == "messages"
 
 
+@pytest.mark.parametrize("configured", [False, True])
+async def test_configured_headers_replace_the_proxys_own(
+    pki: SimpleNamespace, configured: bool
+) -> None:
+    # once each: a second X-LCS-Merge-Server-Tools would be ignored by a
+    # backend that reads the first (Starlette does)
+    headers = {"User-Agent": "site-agent/2", "X-LCS-Merge-Server-Tools": "false"}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            extra = {"headers": headers} if configured else {}
+            async with running_proxy(make_config(backend.url, pki.auth, backend=extra)) as proxy:
+                async with httpx.AsyncClient(timeout=10) as c:
+                    for body in (HELLO, {"model": "m", "input": "hi"}):
+                        path = "/v1/chat/completions" if "messages" in body else "/v1/responses"
+                        r = await c.post(proxy.url + path, json=body)
+                        assert r.status_code == 200
+    for seen in backend.requests:
+        got = {n: [v for k, v in seen.headers if k == n.lower()] for n in headers}
+        if configured:
+            assert got == {n: [v] for n, v in headers.items()}
+        else:
+            assert got["User-Agent"][0].startswith("goose-proxy/")
+            assert got["X-LCS-Merge-Server-Tools"] == ["true"]
+
+
 async def test_access_line_request_id_and_debug_heads_without_bodies(
     pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
 ) -> None:

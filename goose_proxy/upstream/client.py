@@ -68,6 +68,7 @@ USER_AGENT = f"goose-proxy/{__version__}".encode()
 #: bodies are read as they are sent: without this header any coding would do
 #: (RFC 9110 §12.5.3), and one that is not decoded garbles the answer
 IDENTITY = (b"accept-encoding", b"identity")
+UA_HEADER = (b"user-agent", USER_AGENT)
 #: a pooled connection that fails without a byte of answer is retried (the
 #: backend's keep-alive timeout closed it as the request went out) only when
 #: the failure came within this many seconds of the request's end: later, the
@@ -404,6 +405,10 @@ class UpstreamClient:
         self._config_headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers.items()
         ]
+        #: their names: these replace the proxy's own value (User-Agent,
+        #: X-LCS-Merge-Server-Tools), never join it as a second header
+        self._config_names = frozenset(k for k, _ in self._config_headers)
+        self._user_agent = [] if b"user-agent" in self._config_names else [UA_HEADER]
         #: idle connections, the least recently used first
         self._idle: deque[Connection] = deque()
         #: the timer that closes idle connections past pool_idle_timeout
@@ -511,12 +516,16 @@ class UpstreamClient:
     ) -> list[bytes]:
         """The request's bytes: its head, body and end (see ``send_parts``)."""
         target = (self.endpoint.base_path + path).encode()
-        hdrs = [self._host, (b"user-agent", USER_AGENT), IDENTITY]
+        hdrs = [self._host, *self._user_agent, IDENTITY]
         if method == b"POST":
             hdrs.append((b"content-type", b"application/json"))
             hdrs.append((b"content-length", str(len(body)).encode()))
-        hdrs += headers
-        hdrs += self._config_headers
+        if self._config_names:
+            names = self._config_names
+            hdrs += [h for h in headers if h[0] not in names]
+            hdrs += self._config_headers
+        else:
+            hdrs += headers
         # constants, the endpoint and [backend.headers] (checked at start), the
         # request id (checked where it is made): see goose_proxy.http11
         req = h11.Request(method=method, target=target, headers=hdrs, **TRUSTED)
