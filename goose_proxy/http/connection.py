@@ -81,6 +81,26 @@ class Request:
         return None
 
 
+def _origin_form(
+    target: str, headers: list[tuple[bytes, bytes]]
+) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """An absolute-form target (``http://host:port/path?q``) as its path and
+    query, its authority as the Host (RFC 9112 §3.2.2: a server must accept
+    the form and use its host, not the Host header; the Host check then sees
+    that one)."""
+    scheme, _, rest = target.partition("://")
+    if scheme.lower() not in ("http", "https"):
+        raise InvalidRequest(f"request target {target[:100]!r} is not an http URL")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if not authority or "@" in authority:
+        raise InvalidRequest(f"request target {target[:100]!r} has no usable host")
+    if not path.startswith("/"):
+        path = "/" + path
+    host = [(b"host", authority.encode("ascii", "replace"))]
+    return path, [h for h in headers if h[0] != b"host"] + host
+
+
 class ServerConnection:
     """One client connection, used by one task."""
 
@@ -182,9 +202,12 @@ class ServerConnection:
         if b"content-length" in names and b"transfer-encoding" in names:
             # RFC 9112 6.3: a message with both is a smuggling attempt or a broken client.
             raise InvalidRequest("request has both Content-Length and Transfer-Encoding")
+        target = ev.target.decode("ascii", "replace")
+        if not target.startswith("/") and "://" in target:
+            target, headers = _origin_form(target, headers)
         req = Request(
             method=ev.method.decode("ascii", "replace"),
-            target=ev.target.decode("ascii", "replace"),
+            target=target,
             headers=headers,
             http_version=ev.http_version,
         )

@@ -411,6 +411,28 @@ async def test_head_request(pki: SimpleNamespace) -> None:
     assert not_allowed.status == 405 and not_allowed.body == b""
 
 
+async def test_absolute_form_targets_are_served_by_their_host(pki: SimpleNamespace) -> None:
+    # RFC 9112 3.2.2: a server accepts http://host/path and goes by that host
+    # (the Host check too), not by the Host header
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            url = f"http://localhost:{h.proxy.port}"
+            health = await ask(h.proxy.port, close(request_bytes("GET", url + "/health")))
+            chat = await ask(
+                h.proxy.port, close(request_bytes("POST", url + CHAT, json_body=HELLO))
+            )
+            bare = await ask(h.proxy.port, close(request_bytes("GET", url + "?x=1")))
+            foreign = await ask(
+                h.proxy.port, close(request_bytes("GET", "http://evil.example/health"))
+            )
+            odd = await ask(h.proxy.port, close(request_bytes("GET", "ftp://localhost/health")))
+    assert health.status == 200 and health.json()["status"] == "ok"
+    assert chat.status == 200 and chat.json()["object"] == "chat.completion"
+    assert bare.status == 404 and "'/'" in bare.error["message"]
+    assert foreign.status == 403 and "evil.example" in foreign.error["message"]
+    assert odd.status == 400 and "not an http URL" in odd.error["message"]
+
+
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "BREW"])
 async def test_other_methods_get_405(pki: SimpleNamespace, method: str) -> None:
     with anyio.fail_after(10):
