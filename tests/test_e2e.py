@@ -104,6 +104,14 @@ async def test_tool_call_round_trip(pki: SimpleNamespace) -> None:
             async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
                 client = sdk(proxy)
                 first = await sdk_stream_final(client, model="m", messages=messages, tools=TOOLS)
+                unstreamed = await client.chat.completions.create(
+                    model="m",
+                    messages=messages,  # type: ignore[arg-type]
+                    tools=TOOLS,  # type: ignore[arg-type]
+                )
+                # the same message either way: content null beside the tool call
+                assert first.choices[0].message.content is None
+                assert unstreamed.choices[0].message.content is None
                 call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
                 assert first.choices[0].finish_reason == "tool_calls"
                 assert call.function.name == "developer__shell"

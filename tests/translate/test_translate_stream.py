@@ -117,7 +117,10 @@ def assert_well_formed(parsed: list[Any], *, model: str = "goose-model") -> None
             first["id"], first["created"], model)  # fmt: skip
         assert isinstance(chunk["created"], int)
     roles = [d for d in deltas(parsed) if "role" in d]
-    assert roles == [{"role": "assistant", "content": ""}] and deltas(parsed)[0] == roles[0]
+    after = deltas(parsed)[1] if len(deltas(parsed)) > 1 else {}
+    # as OpenAI: "" before text, null when a tool call comes first
+    content = None if "tool_calls" in after else ""
+    assert roles == [{"role": "assistant", "content": content}] and deltas(parsed)[0] == roles[0]
 
 
 # --- rows ------------------------------------------------------------------------------------
