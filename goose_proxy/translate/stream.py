@@ -50,7 +50,10 @@ from .toolcalls import Fragment, ToolCallQueue, str_or_none
 __all__ = ["DONE_FRAME", "StreamTranslator"]
 
 DONE_FRAME = b"data: [DONE]\n\n"
-_TEXT_TAIL = b'},"finish_reason":null}]}\n\n'
+#: a chunk's end: without usage, and with ``"usage":null`` (every chunk but
+#: the usage chunk carries it when the client asked for usage, as OpenAI's do)
+_END = b"}]}\n\n"
+_END_USAGE_NULL = b'}],"usage":null}\n\n'
 _ENDED_EARLY = "upstream stream ended early (no terminal event)"
 
 Out = list[bytes]
@@ -66,7 +69,8 @@ class StreamTranslator:
     ``model``, ``completion_id`` and ``created`` fill every chunk; an empty
     ``model`` or a None id/created is taken from ``response.created`` (else a
     fresh ``chatcmpl-…`` id and the current time). ``include_usage`` adds the
-    ``choices: []`` usage chunk before ``[DONE]``.
+    ``choices: []`` usage chunk before ``[DONE]`` and ``"usage": null`` to
+    every other chunk.
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class StreamTranslator:
         self.usage: Optional[dict[str, Any]] = None
         self._head = b""  # b'data: {"id":…,"choices":[{"index":0,"delta":' once prepared
         self._text_head = b""
+        self._end = _END_USAGE_NULL if include_usage else _END
+        self._text_tail = b'},"finish_reason":null' + self._end
         self._meta: dict[str, Any] = {}
         self._calls = ToolCallQueue()
         self._covered: set[tuple[str, int]] = set()  # message parts that sent text
@@ -151,7 +157,7 @@ class StreamTranslator:
                 lp = {"content": logprobs, "refusal": None}
                 frame = self._chunk({"content": delta}, logprobs=lp)
             else:
-                frame = self._text_head + encode_json(delta) + _TEXT_TAIL
+                frame = self._text_head + encode_json(delta) + self._text_tail
             return [frame] if self._started else self._commit([frame])
         handler = self._handlers.get(etype) if isinstance(etype, str) else None
         if handler is None:
@@ -212,7 +218,7 @@ class StreamTranslator:
             self._prepare()
         extra = b',"logprobs":' + encode_json(logprobs) if logprobs is not None else b""
         reason = encode_json(finish) if finish is not None else b"null"
-        return self._head + encode_json(delta) + extra + b',"finish_reason":' + reason + b"}]}\n\n"
+        return self._head + encode_json(delta) + extra + b',"finish_reason":' + reason + self._end
 
     def _commit(self, frames: Out) -> Out:
         self._started = True

@@ -363,12 +363,14 @@ def test_usage_chunk(include_usage: bool) -> None:
                 "prompt_tokens_details": {"cached_tokens": 64},
                 "completion_tokens_details": {"reasoning_tokens": 7}}  # fmt: skip
     assert st.usage == expected
-    usage_chunks = [c for c in chunks_of(parsed) if "usage" in c]
+    usage_chunks = [c for c in chunks_of(parsed) if c.get("usage") is not None]
     if include_usage:
+        # as OpenAI: the usage chunk, and "usage": null on every other chunk
         assert parsed[-2] == {**parsed[0], "choices": [], "usage": expected}
         assert usage_chunks == [parsed[-2]]
+        assert all("usage" in c and c["usage"] is None for c in chunks_of(parsed)[:-1])
     else:
-        assert usage_chunks == []
+        assert usage_chunks == [] and all("usage" not in c for c in chunks_of(parsed))
     assert finish_reasons(parsed) == ["stop"]
 
 
