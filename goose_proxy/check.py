@@ -39,6 +39,7 @@ REASONS = (
     "certificate and key do not match",
     "certificate expired",
     "certificate not yet valid",
+    "CA file unusable",
     "DNS",
     "backend unreachable",
     "TLS error",
@@ -177,6 +178,9 @@ def _check_certificate(config: Config, client: UpstreamClient, r: _Report) -> No
     try:
         client.tls.context()
     except ProxyError as e:
+        if e.code == "ca_file_unavailable":
+            r.fail("CA file", e.message, "CA file unusable")
+            return
         if not (os.path.exists(auth.cert_file) and os.path.exists(auth.key_file)):
             reason = "not registered"
         elif "does not match" in e.message:

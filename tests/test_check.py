@@ -199,6 +199,21 @@ async def test_certificate_that_is_not_pem(pki: SimpleNamespace, tmp_path: Path)
     assert "verdict: NOT READY (certificate unusable)" in r.out
 
 
+async def test_missing_ca_file_is_not_blamed_on_the_certificate(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    with refusing_port() as port:
+        cfg = write_config(
+            tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, ca_file=str(missing))
+        )
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert f"cannot load the CA file {missing} ([backend.auth] ca_file)" in r.out
+    assert "verdict: NOT READY (CA file unusable)" in r.out
+    assert "client certificate" not in r.out.split("verdict:")[0].splitlines()[-1]
+
+
 # --- the live request ----------------------------------------------------------------
 
 

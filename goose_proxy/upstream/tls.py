@@ -159,7 +159,9 @@ class ClientTLS:
             ctx = ssl.create_default_context(cafile=auth.ca_file or None)
         except (OSError, ssl.SSLError) as e:
             raise CredentialsError(
-                f"cannot load the CA file {auth.ca_file}: {getattr(e, 'strerror', None) or e}"
+                f"cannot load the CA file {auth.ca_file} ([backend.auth] ca_file): "
+                f"{getattr(e, 'strerror', None) or e}",
+                code="ca_file_unavailable",  # not the client certificate's fault
             ) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:

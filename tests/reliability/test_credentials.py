@@ -237,6 +237,19 @@ async def test_unreadable_pair_gives_502(
         assert "subscription-manager register" in err["message"]
 
 
+async def test_missing_ca_file_is_named_with_its_own_code(
+    pki: SimpleNamespace, consumer: SimpleNamespace, tmp_path: Path
+) -> None:
+    auth = AuthConfig(consumer.auth.cert_file, consumer.auth.key_file, str(tmp_path / "no-ca.pem"))
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("https://127.0.0.1:9", auth)) as proxy:
+            r = await post(proxy.url, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "ca_file_unavailable"  # the certificate is fine
+    assert err["message"].startswith(f"cannot load the CA file {tmp_path / 'no-ca.pem'} (")
+
+
 async def test_key_of_another_certificate_gives_clear_message(
     pki: SimpleNamespace, consumer: SimpleNamespace
 ) -> None:
