@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from goose_proxy.errors import InvalidRequest
@@ -30,7 +31,6 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 4300
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 class _Rejected(ValueError):
@@ -126,7 +126,8 @@ def json_type_name(value: Any) -> str:
 
 
 def encode_json_str(value: Any) -> str:
-    """Compact JSON text; ASCII escapes only when the text would not be valid UTF-8.
+    """Compact JSON text; a lone surrogate (valid JSON, not valid UTF-8) as its
+    ``\\uXXXX`` escape, and nothing else escaped.
 
     Raises:
         ValueError: ``value`` holds a non-finite float.
@@ -135,8 +136,8 @@ def encode_json_str(value: Any) -> str:
     text = _ENCODER.encode(value)
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: escape it rather than send bad UTF-8
-        return _ASCII_ENCODER.encode(value)
+    except UnicodeEncodeError:
+        return _escape_surrogates(text)
     return text
 
 
@@ -151,4 +152,15 @@ def encode_json(value: Any) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _ASCII_ENCODER.encode(value).encode("ascii")
+        return _escape_surrogates(text).encode("utf-8")
+
+
+# Surrogates appear in the encoder's text only inside strings, where the escape
+# means the same. Escaping just them (not the whole text with ensure_ascii)
+# keeps the size: 20,000 CJK characters and one lone surrogate stay 20,006
+# characters, not 120,000 (the size Lightspeed's character cap counts).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(text: str) -> str:
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
