@@ -298,6 +298,53 @@ async def test_responses_passthrough_is_byte_exact(capture: str) -> None:
     assert sent.header("x-lcs-merge-server-tools") == "true"
 
 
+async def test_lightspeed_passthrough_collects_for_a_client_that_does_not_stream() -> None:
+    # Lightspeed reports failures precisely only in streams: the proxy asks for
+    # one and answers with the Response object the stream ends with
+    terminal = capture_events("lcs_stream_text.sse")[-1]["response"]
+    async with devbackend.run() as backend:
+        fault = {"X-Dev-Fault": "replay:lcs_stream_text.sse"}
+        cfg = make_config(backend.url, backend={"headers": fault})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                got = await client.responses.with_raw_response.create(model="gpt-5", input="hi")
+                await client.close()
+    assert backend.requests[-1].json["stream"] is True
+    assert got.headers["content-type"] == "application/json"
+    assert json.loads(got.content) == terminal
+    assert got.parse().output_text == "".join(
+        p["text"] for item in terminal["output"] if item["type"] == "message"
+        for p in item["content"] if p["type"] == "output_text"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_passthrough_context_overflow_is_a_400_goose_compacts_on(
+    flavor: str, stream: bool
+) -> None:
+    # Goose sends gpt-5 and o-series models to /v1/responses; it compacts on an
+    # HTTP 400 context_length_exceeded, not on a failure inside a stream
+    async with devbackend.run(mode=flavor) as backend:
+        headers = {"X-Dev-Fault": "ctx_too_long"}
+        cfg = make_config(backend.url, backend={"headers": headers, "flavor": flavor})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                with pytest.raises(openai.BadRequestError) as info:
+                    if stream:
+                        events = await client.responses.create(model="m", input="hi", stream=True)
+                        async for _ in events:
+                            pass
+                    else:
+                        await client.responses.create(model="m", input="hi")
+                await client.close()
+    assert info.value.status_code == 400
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "context_length_exceeded"
+
+
 async def test_responses_passthrough_streams_live_with_sdk() -> None:
     async with devbackend.run() as backend:
         with anyio.fail_after(15):

@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goose_proxy.errors import UpstreamClosed, UpstreamProtocolError
+from goose_proxy.errors import (
+    ContextLengthExceeded,
+    ProxyError,
+    RateLimited,
+    UpstreamClosed,
+    UpstreamProtocolError,
+)
 from goose_proxy.http.handlers import relay_events
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +170,82 @@ async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
     await source.aclose()
     assert b"".join(sent).startswith(DELTA + C)
     assert reads < 100  # about 20: one read per 10 ms for DONE_GRACE (0.2 s)
+
+
+# --- nothing goes out before the answer starts ----------------------------------------
+
+CREATED = b'event: response.created\ndata: {"type":"response.created","response":{}}\n\n'
+IN_PROGRESS = b'data: {"type":"response.in_progress","response":{}}\n\n'
+CTX_FAILED = (
+    b'event: response.failed\ndata: {"type":"response.failed","response":{"status":"failed",'
+    b'"error":{"code":"server_error","message":"This model\'s maximum context length is 8192 '
+    b'tokens"}}}\n\n'
+)
+RATE_ERROR = b'data: {"type":"error","code":"rate_limit_exceeded","message":"slow down"}\n\n'
+
+
+async def _sends(reads: list[Read], limit: int = 4096) -> tuple[list[bytes], Optional[Exception]]:
+    """Each ``send`` the relay makes for ``reads``, and what it raised."""
+    pending = list(reads)
+    sends: list[bytes] = []
+
+    async def receive() -> bytes:
+        return pending.pop(0) if pending else b""  # type: ignore[return-value]
+
+    async def send(data: bytes) -> None:
+        sends.append(data)
+
+    with anyio.fail_after(5):
+        try:
+            await relay_events(receive, send, limit)
+        except ProxyError as e:
+            return sends, e
+    return sends, None
+
+
+async def test_the_opening_events_wait_for_the_answer() -> None:
+    sends, error = await _sends([CREATED, IN_PROGRESS, DELTA + C + D])
+    assert error is None
+    assert sends[0] == CREATED + IN_PROGRESS + DELTA + C + D  # one send, when it began
+
+
+@pytest.mark.parametrize(
+    ("failure", "cls", "code"),
+    [
+        (CTX_FAILED, ContextLengthExceeded, "context_length_exceeded"),
+        (RATE_ERROR, RateLimited, "rate_limit_exceeded"),
+    ],
+    ids=["response.failed", "error"],
+)
+async def test_a_failure_before_the_answer_is_raised_with_nothing_sent(
+    failure: bytes, cls: type, code: str
+) -> None:
+    # the caller answers with an HTTP status then: Goose compacts on a 400
+    # context_length_exceeded, which it does not read from a stream
+    for reads in ([CREATED, IN_PROGRESS, failure + D], [CREATED + IN_PROGRESS + failure]):
+        sends, error = await _sends(reads)
+        assert sends == [] and isinstance(error, cls) and error.code == code
+
+
+async def test_a_failure_after_the_answer_began_is_relayed() -> None:
+    sends, error = await _sends([CREATED, DELTA, CTX_FAILED + D])
+    assert error is None and b"".join(sends) == CREATED + DELTA + CTX_FAILED + D
+
+
+async def test_a_failure_event_that_is_not_json_is_relayed_as_it_came() -> None:
+    bad = b"event: response.failed\ndata: {not json\n\n"
+    sends, error = await _sends([CREATED, bad + D])
+    assert error is None and b"".join(sends) == CREATED + bad + D
+
+
+async def test_opening_events_past_the_limit_go_out() -> None:
+    sends, error = await _sends([CREATED, CREATED, CREATED, DELTA + C], limit=128)
+    assert len(CREATED) * 2 > 128 > len(CREATED)
+    assert error is None and sends[0] == CREATED * 2  # held until past the limit
+    assert b"".join(sends) == CREATED * 3 + DELTA + C
+
+
+async def test_a_stream_that_only_opened_ends_early_with_nothing_sent() -> None:
+    sends, error = await _sends([CREATED, IN_PROGRESS])
+    assert sends == [] and isinstance(error, UpstreamProtocolError)
+    assert error.message == EARLY

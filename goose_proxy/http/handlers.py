@@ -48,6 +48,7 @@ from goose_proxy.translate import (
     chat_to_responses,
     encode_json,
     error_from_backend,
+    event_failure,
     events_from_response,
     parse_json_object,
     prepare_passthrough,
@@ -286,6 +287,12 @@ class Handlers:
         await conn.end_stream()
 
     async def _collect_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
+        completion = responses_to_chat(await self._collect(resp), creq.client_model)
+        await ex.send(200, encode_json(completion), [JSON])
+
+    async def _collect(self, resp: UpstreamResponse) -> dict[str, Any]:
+        """A streamed answer as the Response object it ends with; raises the
+        failure it reports (mapped), or UpstreamProtocolError if it ends early."""
         acc = ResponseAccumulator()
         reader = EventReader(resp, self.config.backend.max_event_size, hold=True)
         terminal: list[dict[str, Any]] = []  # returned while holding: the terminal event
@@ -302,13 +309,15 @@ class Handlers:
             acc = ResponseAccumulator()
             for ev in reader.take_held() + terminal:
                 acc.feed(ev)
-        completion = responses_to_chat(acc.result(), creq.client_model)
-        await ex.send(200, encode_json(completion), [JSON])
+        return acc.result()
 
     # -- POST /v1/responses (passthrough) --
 
     async def responses(self, ex: Exchange) -> None:
-        body, dropped = prepare_passthrough(parse_json_object(_take_body(ex)), self.opts)
+        req = parse_json_object(_take_body(ex))
+        client_stream = bool(req.get("stream"))
+        body, dropped = prepare_passthrough(req, self.opts)
+        del req
         if dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(dropped))
         payload = encode_json(body)
@@ -336,9 +345,19 @@ class Handlers:
                 raw = await resp.read(self.config.backend.max_event_size)
                 await ex.send(resp.status, raw, headers)
                 return
+            if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
+                await ex.send(resp.status, encode_json(await self._collect(resp)), [JSON])
+                return
             ex.error_frames = _responses_error_frames
-            await ex.start_stream(resp.status, [*headers, *SSE_HEADERS[1:]])
-            await relay_events(resp.receive, ex.conn.send_data, self.config.backend.max_event_size)
+            stream_headers = [*headers, *SSE_HEADERS[1:]]
+
+            async def send(data: bytes) -> None:
+                if ex.status is None:  # the first bytes: the answer has started
+                    await ex.start_stream(resp.status, stream_headers, data)
+                else:
+                    await ex.conn.send_data(data)
+
+            await relay_events(resp.receive, send, self.config.backend.max_event_size)
             await ex.conn.end_stream()
 
 
@@ -369,8 +388,16 @@ async def relay_events(
     an event over ``limit`` or not UTF-8, and when the stream ends before its
     terminal event (also at a ``[DONE]`` that came without one), so that the
     caller adds a Responses error event, as a chat stream does.
+
+    Nothing is sent before the answer starts: the events a stream opens with
+    (:data:`OPENING_EVENTS`) are held (up to ``limit`` bytes) until another
+    one comes. If that one is a failure (``response.failed``, ``error``), its
+    mapped error is raised instead, and nothing was sent: the caller answers
+    with an HTTP status, as for chat (Goose compacts on a 400
+    ``context_length_exceeded``, which it does not read from a stream).
     """
     parser = SSEParser(limit)
+    opening: Optional[bytes] = b""  # held until the answer starts; None once it has
     ended = False  # a terminal event went by: only [DONE] may follow
     grace = 0.0  # then: when to stop waiting for it (anyio.current_time())
     carry = b""  # the start of an event not complete yet
@@ -410,8 +437,16 @@ async def relay_events(
         except UpstreamProtocolError as e:
             error = e
         finally:
-            if whole:
+            if whole and opening is None:
                 await send(whole)
+        if opening is not None and error is None:
+            opening += whole
+            started, failure = _answer_starts(events)
+            if failure is not None:
+                raise failure
+            if started or len(opening) > limit:
+                held, opening = opening, None
+                await send(held)
         done = False
         for ev in events:  # in order: nothing after [DONE] counts
             if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
@@ -474,6 +509,28 @@ def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
         end = m.end()
     # the event still arriving, without line ends that may be the start of its blank line
     return end, len(buf) - end > limit and len(buf[end:].rstrip(b"\r\n")) > limit
+
+
+#: the events a Responses stream opens with, before anything of the answer
+OPENING_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
+
+
+def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
+    """Whether ``events`` start the answer (an event beyond the opening ones),
+    and the failure it reports when that event is one (its mapped error)."""
+    for ev in events:
+        kind = _event_kind(ev)
+        if kind in OPENING_EVENTS:
+            continue
+        if kind in ("error", "response.failed"):
+            try:
+                obj = event_json(ev.data)
+            except (ValueError, RecursionError):
+                return True, None  # relayed as it came; the client reads what it can
+            if isinstance(obj, dict):
+                return True, event_failure({**obj, "type": kind})
+        return kind != _DONE, None  # [DONE] before the answer: ended early
+    return False, None
 
 
 def _responses_error_frames(err: ProxyError) -> list[bytes]:

@@ -26,7 +26,7 @@ from .errormap import error_from_backend, error_from_event
 from .jsonbody import encode_json, parse_json_object
 from .options import LIGHTSPEED_FIELDS, TranslateOptions, prepare_passthrough
 from .request import ChatRequest, chat_to_responses
-from .response import events_from_response, responses_to_chat
+from .response import event_failure, events_from_response, responses_to_chat
 from .stream import DONE_FRAME, StreamTranslator
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "encode_json",
     "error_from_backend",
     "error_from_event",
+    "event_failure",
     "events_from_response",
     "parse_json_object",
     "prepare_passthrough",

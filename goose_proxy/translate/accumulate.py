@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
+from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
-from .errormap import error_from_event
-from .response import READ_FIELDS, map_usage
+from .response import READ_FIELDS, event_failure, map_usage
 
 __all__ = ["ResponseAccumulator"]
 
@@ -202,18 +201,11 @@ class ResponseAccumulator:
             if etype in ("response.completed", "response.incomplete"):
                 self._final = dict(response)
             elif etype == "response.failed":
-                err = response.get("error")
-                self._error = (
-                    error_from_event(err)
-                    if isinstance(err, (dict, Mapping))
-                    else UpstreamError("upstream response failed without an error message")
-                )
+                self._error = event_failure(event)
             else:
                 self._base = dict(response)
-        elif etype == "error":
-            self._error = error_from_event(event)
-        elif etype == "response.failed":
-            self._error = UpstreamError("upstream response failed without an error message")
+        elif etype in ("error", "response.failed"):
+            self._error = event_failure(event)
 
     def result(self) -> dict[str, Any]:
         """The final Response object.

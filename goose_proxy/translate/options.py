@@ -130,5 +130,9 @@ def prepare_passthrough(
         dropped = sorted(k for k in body if k not in LIGHTSPEED_FIELDS)
         for k in dropped:
             del body[k]
+        # as for chat: Lightspeed reports failures precisely only in a stream
+        # (a context overflow is a bare 500 without one); the proxy collects
+        # it for a client that did not ask to stream
+        body["stream"] = True
     apply_extras(body, opts)
     return body, dropped

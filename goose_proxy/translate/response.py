@@ -94,8 +94,23 @@ def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
     if isinstance(err, (dict, Mapping)):
         return error_from_event(err)
     if resp.get("status") == "failed":
-        return UpstreamError("upstream response failed without an error message")
+        return UpstreamError(FAILED_WITHOUT_MESSAGE)
     return None
+
+
+FAILED_WITHOUT_MESSAGE = "upstream response failed without an error message"
+
+
+def event_failure(event: Mapping[str, Any]) -> ProxyError:
+    """The error a stream's ``error`` event or ``response.failed`` event (any
+    other type is read as the latter) reports, mapped by :func:`error_from_event`."""
+    if event.get("type") == "error":
+        return error_from_event(event)
+    response = event.get("response")
+    err = response.get("error") if isinstance(response, (dict, Mapping)) else None
+    if isinstance(err, (dict, Mapping)):
+        return error_from_event(err)
+    return UpstreamError(FAILED_WITHOUT_MESSAGE)
 
 
 #: the ``status`` values of a finished Response that is not a failure

@@ -40,11 +40,16 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
+from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
-from .errormap import error_from_event
 from .jsonbody import encode_json
-from .response import finish_reason, map_usage, new_completion_id, reasoning_texts
+from .response import (
+    event_failure,
+    finish_reason,
+    map_usage,
+    new_completion_id,
+    reasoning_texts,
+)
 from .toolcalls import Fragment, ToolCallQueue, str_or_none
 
 __all__ = ["DONE_FRAME", "StreamTranslator"]
@@ -392,20 +397,14 @@ class StreamTranslator:
 
     def _on_failed(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
-        err = response.get("error") if isinstance(response, (dict, Mapping)) else None
         if isinstance(response, (dict, Mapping)):
             usage = map_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
-        self._fail(
-            error_from_event(err)
-            if isinstance(err, (dict, Mapping))
-            else UpstreamError("upstream response failed without an error message"),
-            out,
-        )
+        self._fail(event_failure(event), out)
 
     def _on_error(self, event: Mapping[str, Any], out: Out) -> None:
-        self._fail(error_from_event(event), out)
+        self._fail(event_failure(event), out)
 
     def _fail(self, err: ProxyError, out: Out) -> None:
         if not self._started:
