@@ -4,7 +4,9 @@ Lightspeed Stack 0.7.1 answers a request body over 65,536 characters with a
 422. Goose retries a plain 400 but compacts its conversation on
 ``context_length_exceeded``, so the proxy refuses such a request itself, before
 sending it, with that code, and maps the backend's own 422 for a too long body
-the same way (for a backend whose cap is lower than the configured one).
+the same way (for a backend whose cap is lower than the configured one). When
+the newest user message alone is over the cap, compacting cannot help: that is
+a plain 400 ``string_above_max_length``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ def chat(text: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": text}]}
 
 
+def history(chars: int, newest: str = "and now?") -> list[dict[str, Any]]:
+    """A conversation of about ``chars`` characters in turns of 4,000, then a
+    short newest message: what compacting shrinks."""
+    turns: list[dict[str, Any]] = []
+    while sum(len(t["content"]) for t in turns) < chars:
+        turns.append({"role": "user", "content": "word " * 400})
+        turns.append({"role": "assistant", "content": "reply " * 300})
+    return [*turns, {"role": "user", "content": newest}]
+
+
 def test_the_cap_follows_the_flavour() -> None:
     assert parse_config({}).backend.request_char_limit == LIGHTSPEED_MAX_REQUEST_CHARS
     assert parse_config({"backend": {"flavor": "openai"}}).backend.request_char_limit == 0
@@ -41,8 +53,11 @@ def test_the_cap_follows_the_flavour() -> None:
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 async def test_too_long_body_refused_before_sending(pki: SimpleNamespace, path: str) -> None:
-    text = "word " * (LIGHTSPEED_MAX_REQUEST_CHARS // 5 + 10)  # just over the cap
-    body = chat(text) if path.endswith("completions") else {"model": "m", "input": text}
+    turns = history(LIGHTSPEED_MAX_REQUEST_CHARS)  # just over the cap
+    if path.endswith("completions"):
+        body: dict[str, Any] = {"model": "m", "messages": turns}
+    else:
+        body = {"model": "m", "input": [{**t, "type": "message"} for t in turns]}
     with anyio.fail_after(10):
         async with devbackend.run(tls=pki.server_context()) as backend:
             async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
@@ -70,12 +85,56 @@ async def test_sdk_sees_a_context_length_error(pki: SimpleNamespace) -> None:
                 with pytest.raises(openai.BadRequestError) as exc:
                     await client.chat.completions.create(
                         model="m",
-                        messages=[{"role": "user", "content": "x" * 70_000}],
+                        messages=history(70_000),  # type: ignore[arg-type]
                         stream=True,
                     )
                 await client.close()
     assert exc.value.code == "context_length_exceeded"
     assert exc.value.status_code == 400
+
+
+IMAGE = "data:image/png;base64," + "iVBORw0KGgo" * 8_000  # about 88,000 characters
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
+    pki: SimpleNamespace, path: str
+) -> None:
+    # compacting the history cannot shrink a large image or paste in the newest
+    # message: context_length_exceeded would send Goose compacting in circles
+    image = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": IMAGE}}]  # fmt: skip
+    turns = [*history(8_000)[:-1], {"role": "user", "content": image}]
+    if path.endswith("completions"):
+        body: dict[str, Any] = {"model": "m", "messages": turns}
+    else:
+        body = {"model": "m", "input": "x" * (LIGHTSPEED_MAX_REQUEST_CHARS + 10)}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                r = await post(proxy.url, body, path)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "string_above_max_length"
+    assert "compacting the conversation cannot help" in err["message"]
+    assert f"{LIGHTSPEED_MAX_REQUEST_CHARS:,}" in err["message"]
+    assert len(backend.requests) == 0
+
+
+async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamespace) -> None:
+    # a client's compaction may cut a tool's output short: the code it compacts on
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turns = [
+        {"role": "user", "content": "read the file"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "line\n" * 14_000},
+    ]
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                r = await post(proxy.url, {"model": "m", "messages": turns})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert len(backend.requests) == 0
 
 
 async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:

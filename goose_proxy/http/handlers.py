@@ -31,6 +31,7 @@ from goose_proxy.api import translate_options
 from goose_proxy.config import Config
 from goose_proxy.errors import (
     ContextLengthExceeded,
+    InvalidRequest,
     ProxyError,
     UpstreamError,
     UpstreamProtocolError,
@@ -205,17 +206,27 @@ class Handlers:
             *self._upstream_headers,
         ]
 
-    def _check_size(self, payload: bytes) -> None:
+    def _check_size(self, payload: bytes, body: dict[str, Any]) -> None:
         """ContextLengthExceeded for a body over the backend's cap, before sending it.
 
         Lightspeed Stack refuses a body over 65,536 characters with a 422 that
         Goose treats as a plain bad request (it would retry the same request
         forever); as ``context_length_exceeded`` Goose compacts its history.
+        When the body would be over the cap with its newest input item alone
+        (a large image, say), compacting cannot help: a plain 400 says so.
         """
         limit = self._char_limit
         if limit and len(payload) > limit:  # bytes ≥ characters
             chars = len(payload.decode("utf-8"))
             if chars > limit:
+                if _newest_user_message_alone(body) > limit:
+                    raise InvalidRequest(
+                        f"the newest message is too large for the backend: with it alone the "
+                        f"request would be over {limit:,} characters, all the backend accepts "
+                        "([backend] max_request_chars), so compacting the conversation cannot "
+                        "help; send less in one message (a smaller image or file)",
+                        code="string_above_max_length",
+                    )
                 raise ContextLengthExceeded(
                     f"the conversation is too long for the backend: the request would be "
                     f"{chars:,} characters and the backend accepts at most {limit:,} "
@@ -236,7 +247,7 @@ class Handlers:
         if creq.dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(creq.dropped))
         payload = encode_json(creq.body)
-        self._check_size(payload)
+        self._check_size(payload, creq.body)
         headers = self._headers_for(ex, bool(creq.body.get("stream")))
         creq.body.clear()  # written out: not held (maybe megabytes) while the answer comes
         async with self.upstream.post("/responses", payload, headers) as resp:
@@ -321,7 +332,7 @@ class Handlers:
         if dropped and log.isEnabledFor(logging.DEBUG):
             log.debug("not forwarded to the backend: %s", ", ".join(dropped))
         payload = encode_json(body)
-        self._check_size(payload)
+        self._check_size(payload, body)
         stream = bool(body.get("stream"))
         del body
         async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
@@ -359,6 +370,21 @@ class Handlers:
 
             await relay_events(resp.receive, send, self.config.backend.max_event_size)
             await ex.conn.end_stream()
+
+
+def _newest_user_message_alone(body: dict[str, Any]) -> int:
+    """How many characters ``body`` would have with only its newest input item,
+    when that item is the user's message (0 otherwise: a tool's output may be
+    cut short by a client's compaction, a user's image or paste is not)."""
+    items = body.get("input")
+    if isinstance(items, str):  # the passthrough's shorthand: one user message
+        return len(encode_json(body).decode("utf-8"))
+    if not (isinstance(items, list) and items and isinstance(items[-1], dict)):
+        return 0
+    last = items[-1]
+    if last.get("role") != "user" or last.get("type", "message") != "message":
+        return 0
+    return len(encode_json({**body, "input": items[-1:]}).decode("utf-8"))
 
 
 def _raise_for_redirect(resp: UpstreamResponse) -> None:
