@@ -200,6 +200,9 @@ class ResponseAccumulator:
                 self.usage = usage
             if etype in ("response.completed", "response.incomplete"):
                 self._final = dict(response)
+                # the event says how it ended when its response does not (else
+                # the "in_progress" of response.created would show through)
+                self._final.setdefault("status", etype[len("response.") :])
             elif etype == "response.failed":
                 self._error = event_failure(event)
             else:

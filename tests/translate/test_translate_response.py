@@ -243,6 +243,24 @@ def test_an_answer_that_is_no_finished_response_is_an_error(
         assert needle in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("terminal", "finish"), [("response.completed", "stop"), ("response.incomplete", "length")]
+)
+def test_a_terminal_event_without_status_ends_the_response(terminal: str, finish: str) -> None:
+    # a minimal server: its terminal response has no status; the "in_progress"
+    # of response.created must not show through (it read as "not finished")
+    created = {
+        "type": "response.created",
+        "response": {"id": "resp_1", "status": "in_progress", "output": []},
+    }
+    final = {"id": "resp_1", "output": [message(text("hi"))]}
+    done = {"type": terminal, "response": final}
+    result = accumulate([created, done])
+    assert result["status"] == terminal.split(".")[1]
+    choice = only_choice(responses_to_chat(result, "m"))
+    assert choice["message"]["content"] == "hi" and choice["finish_reason"] == finish
+
+
 def test_finished_responses_pass_the_check() -> None:
     for resp in (
         response([]),  # an empty answer, but a finished one
@@ -309,9 +327,9 @@ def test_terminal_event_alone_settles_real_captures(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "missing", ["output", "id", "created_at", "model", "status", "usage", "error",
-                "incomplete_details"],
-)  # fmt: skip
+    "missing",
+    ["output", "id", "created_at", "model", "usage", "error", "incomplete_details"],
+)  # a missing status is the terminal event's own (see the test above): still settled
 def test_terminal_event_lacking_a_read_field_is_not_settled(missing: str) -> None:
     terminal = copy.deepcopy(capture_events("lcs_stream_text.sse")[-1])
     del terminal["response"][missing]
