@@ -17,8 +17,8 @@ States: *waiting* → *streaming* → *done*.
   without a terminal event) is *raised* as a :class:`ProxyError`, so the HTTP
   layer can still answer with a real status: this is "commit late".
 * **streaming** starts with the first client-visible event: the role chunk
-  (``{"role": "assistant", "content": ""}``, ``"content": null`` when a tool
-  call comes first) goes out together with it. Text,
+  (``{"role": "assistant", "content": ""}``, ``"content": null`` when
+  something other than text comes first) goes out together with it. Text,
   refusal and reasoning deltas map one to one; tool calls go through
   :class:`~goose_proxy.translate.toolcalls.ToolCallQueue`, which assigns dense
   indices and keeps each call's argument fragments contiguous. A message part,
@@ -227,10 +227,12 @@ class StreamTranslator:
 
     def _commit(self, frames: Out) -> Out:
         self._started = True
-        # as OpenAI streams it: "" before text, null before tool calls (the
-        # message a client rebuilds then has content null, as without a stream)
-        tools = frames[0].startswith(self._head + b'{"tool_calls"')
-        return [self._chunk({"role": "assistant", "content": None if tools else ""}), *frames]
+        # As OpenAI streams it: "" before text, null before anything else (tool
+        # calls, a refusal, reasoning): a client that rebuilds the message then
+        # has content null when no text comes, as without a stream; text that
+        # comes later replaces the null.
+        text = frames[0].startswith(self._text_head)
+        return [self._chunk({"role": "assistant", "content": "" if text else None}), *frames]
 
     def _fragments(self, fragments: list[Fragment], out: Out) -> None:
         for fragment in fragments:

@@ -118,8 +118,8 @@ def assert_well_formed(parsed: list[Any], *, model: str = "goose-model") -> None
         assert isinstance(chunk["created"], int)
     roles = [d for d in deltas(parsed) if "role" in d]
     after = deltas(parsed)[1] if len(deltas(parsed)) > 1 else {}
-    # as OpenAI: "" before text, null when a tool call comes first
-    content = None if "tool_calls" in after else ""
+    # as OpenAI: "" before text, null when anything else comes first
+    content = "" if "content" in after else None
     assert roles == [{"role": "assistant", "content": content}] and deltas(parsed)[0] == roles[0]
 
 
@@ -153,6 +153,29 @@ def test_non_ascii_is_sent_raw_utf8() -> None:
 def test_lone_surrogate_still_valid_utf8() -> None:
     _, parsed = run([CREATED, text_delta("a\ud800b"), completed()])
     assert text_of(parsed) == "a\ud800b"  # escaped on the wire, same string after parsing
+
+
+@pytest.mark.parametrize("first", ["reasoning", "refusal", "tool call"])
+def test_no_text_first_makes_the_rebuilt_content_null(first: str) -> None:
+    # what the openai SDK rebuilds from the chunks matches the unstreamed answer
+    opening = {
+        "reasoning": {"type": "response.reasoning_text.delta", "item_id": "rs_1",
+                      "output_index": 0, "content_index": 0, "delta": "thinking"},
+        "refusal": {"type": "response.refusal.delta", "item_id": "msg_1", "output_index": 0,
+                    "content_index": 0, "delta": "No."},
+        "tool call": {"type": "response.output_item.added", "output_index": 0,
+                      "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1",
+                               "name": "f", "arguments": "{}"}},
+    }[first]  # fmt: skip
+    _, parsed = run([CREATED, opening, completed()])
+    content: Any = None
+    for d in deltas(parsed):  # the SDK's rule: a value replaces a null, strings join
+        if "content" in d:
+            content = d["content"] if content is None else content + (d["content"] or "")
+    assert content is None
+    _, with_text = run([CREATED, opening, text_delta("Hi"), completed()])
+    assert deltas(with_text)[0] == {"role": "assistant", "content": None}
+    assert text_of(with_text) == "Hi"
 
 
 def test_refusal_delta() -> None:
@@ -396,7 +419,8 @@ def test_no_created_event_still_has_consistent_ids() -> None:
 def test_terminal_event_alone_commits_role_and_finish() -> None:
     _, parsed = run([CREATED, completed()], include_usage=True)
     assert [c["choices"] for c in chunks_of(parsed)][:2] == [
-        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        # no text at all: content null, as the same answer unstreamed has it
+        [{"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}],
         [{"index": 0, "delta": {}, "finish_reason": "stop"}],
     ]
     assert chunks_of(parsed)[2]["usage"] is None  # asked for, backend gave none
