@@ -18,7 +18,7 @@ import ssl
 import sys
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
-from goose_proxy.config import Config, is_secret_header, redact_url
+from goose_proxy.config import Config, is_secret_header, redact_location, redact_url
 from goose_proxy.errors import (
     ProxyError,
     UpstreamClosed,
@@ -285,7 +285,7 @@ def _check_backend(config: Config, client: UpstreamClient, r: _Report) -> None:
         r.fail(
             "backend",
             f"{endpoint} answered GET /models with a redirect (HTTP {status}"
-            + (f" to {redact_url(location)}" if location else "")
+            + (f" to {redact_location(location)}" if location else "")
             + "): is backend.endpoint the API's URL?",
             "HTTP status",
         )

@@ -213,6 +213,15 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
+def redact_location(url: str) -> str:
+    """Where a redirect points, without what it carries: :func:`redact_url`
+    of ``url`` cut at its query or fragment (an SSO redirect's state or token),
+    at most 200 characters."""
+    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+    where = redact_url(url[:cut])
+    return where if len(where) <= 200 else where[:199] + "…"
+
+
 def split_proxy_url(url: str) -> SplitResult:
     """An ``http://`` proxy URL, split and checked (``host:port`` alone means
     ``http://host:port``). Raises ValueError naming only the redacted URL."""

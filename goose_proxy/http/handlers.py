@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import anyio
 
 from goose_proxy.api import translate_options
-from goose_proxy.config import Config
+from goose_proxy.config import Config, redact_location
 from goose_proxy.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -393,7 +393,7 @@ def _raise_for_redirect(resp: UpstreamResponse) -> None:
     redirect without the body it asked for)."""
     if 300 <= resp.status < 400:
         where = resp.header(b"location")
-        to = f" to {where[:200]!r}" if where else ""
+        to = f" to {redact_location(where)!r}" if where else ""
         raise UpstreamError(
             f"backend answered HTTP {resp.status} (a redirect{to}); goose-proxy does not "
             "follow redirects: check [backend] endpoint"

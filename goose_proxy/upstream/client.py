@@ -645,7 +645,7 @@ class UpstreamClient:
             raise
         resp = UpstreamResponse(conn, head, self.endpoint, self.cfg.stream_idle_timeout)
         coding = http11.content_coding(resp.headers)
-        if coding is not None:
+        if coding is not None and not 300 <= resp.status < 400:  # a redirect: said as such
             if resp.status >= 400:
                 # the status still says what happened (401, 429 and its
                 # Retry-After …); the body cannot be read, so it reads as empty
