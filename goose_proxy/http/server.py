@@ -105,8 +105,12 @@ def _host_name(value: str) -> str:
 
 def _is_loopback_address(name: str) -> bool:
     """True for a literal loopback address (127.0.0.0/8, ``[::1]``); names are not resolved."""
+    if name.startswith("["):
+        if not name.endswith("]"):
+            return False  # "[::1" is no address
+        name = name[1:-1]
     try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 

@@ -3,7 +3,7 @@
 RHSM renews ``/etc/pki/consumer/{cert,key}.pem`` in place. Building an
 ``SSLContext`` is expensive (loading the system trust store costs tens of
 milliseconds of CPU), so one context is built and reused until the files'
-``(mtime, size, inode)`` change; then the next request builds a new one. The
+``(mtime, ctime, size, inode)`` change; then the next request builds a new one. The
 files are looked at (two ``stat`` calls) at most once per
 :data:`RECHECK_INTERVAL`, not on every request.
 

@@ -59,6 +59,7 @@ def req(
         "10.0.0.5",
         "0.0.0.0",
         "[::ffff:10.0.0.5]",
+        "[::1",  # no address: its bracket is not closed
         "",
     ],
 )
