@@ -49,6 +49,7 @@ def test_archive_contents(pyz: Path) -> None:
         main = z.read("__main__.py").decode()
     assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
     assert "sys.exit(main())" in main
+    assert main.index("sys.version_info < (3, 9)") < main.index("from goose_proxy")
     tops = {n.split("/")[0] for n in names}
     for package in ("goose_proxy", "anyio", "h11", "tomli", "exceptiongroup", "idna"):
         assert package in tops, package
@@ -110,6 +111,21 @@ async def _drain(proc: anyio.abc.Process, stderr: bytearray) -> None:
     assert proc.stderr is not None
     async for chunk in proc.stderr:
         stderr += chunk
+
+
+@pytest.mark.parametrize("version", ["2.7", "3.6", "3.8"])
+def test_pyz_on_a_python_too_old_says_so(pyz: Path, version: str) -> None:
+    # RHEL 8's python3 is 3.6: a sentence, not a SyntaxError from deep inside
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} interpreter on this host (pyenv or python{version})")
+    got = subprocess.run(
+        [python, "-S", str(pyz), "--version"], capture_output=True, text=True, timeout=WAIT
+    )
+    assert got.returncode == 1
+    assert (
+        got.stderr.strip() == f"goose-proxy needs Python 3.9 or later; {python} is Python {version}"
+    )
 
 
 @pytest.mark.anyio

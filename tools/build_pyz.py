@@ -37,8 +37,16 @@ DEFAULT_OUTPUT = ROOT / "dist" / "goose-proxy.pyz"
 #: the oldest Python the bundle must run on (RHEL 9's)
 DEFAULT_PYTHON_VERSION = "3.9"
 INTERPRETER = "/usr/bin/env python3"
+# Old enough Python to read (2.7 on): RHEL 8's python3 is 3.6, and the package
+# itself does not even compile there; a clear word instead of a traceback.
 MAIN = """\
 import sys
+
+if sys.version_info < (3, 9):
+    sys.exit(
+        "goose-proxy needs Python 3.9 or later; %s is Python %d.%d"
+        % (sys.executable or "this interpreter", sys.version_info[0], sys.version_info[1])
+    )
 
 from goose_proxy.cli import main
 
