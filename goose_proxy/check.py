@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 #: the reasons a verdict can give, in the words of ``goose-proxy(7)``
 REASONS = (
+    "configuration",
     "not registered",
     "certificate unusable",
     "certificate and key do not match",
@@ -142,14 +143,41 @@ def _fmt(when: dt.datetime) -> str:
     return f"{when:%Y-%m-%d %H:%M} UTC"
 
 
+def _flavour_defaults(config: Config) -> dict[str, str]:
+    """What an unset key that the flavour decides comes to, for the report."""
+    b = config.backend
+    notes = {}
+    if b.max_request_chars is None:
+        limit = b.request_char_limit
+        notes["backend.max_request_chars"] = (
+            f"  (unset: {limit} under the {b.flavor} flavour)"
+            if limit
+            else f"  (unset: no cap under the {b.flavor} flavour)"
+        )
+    if b.model is None:
+        notes["backend.model"] = (
+            '  (unset: "" under the lightspeed flavour, the backend chooses)'
+            if b.flavor == "lightspeed"
+            else "  (unset: the client's model under the openai flavour)"
+        )
+    return notes
+
+
+def report_config_error(err: Exception, out: TextIO = sys.stdout) -> None:
+    """The end of a check that could not load its configuration."""
+    out.write(f"[FAIL] configuration: {err}\n")
+    out.write("verdict: NOT READY (configuration)\n")
+
+
 def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> int:
     """Run every check, print the report, return the exit status (0 = all well)."""
     r = _Report(out)
     r.ok("configuration", config.source or "no file found; built-in defaults")
     for w in warnings:
         r.info(f"note: {w}")
+    notes = _flavour_defaults(config)
     for key, value in effective_values(config).items():
-        r.info(f"{key} = {json.dumps(value)}")
+        r.info(f"{key} = {json.dumps(value)}{notes.get(key, '')}")
 
     from goose_proxy.upstream.client import UpstreamClient
 

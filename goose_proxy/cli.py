@@ -175,23 +175,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.check and args.command == "serve":
         parser.error("--check and serve contradict each other (--check means: check, then exit)")
+    checking = args.check or args.command == "check"
     try:
         config, warnings = load_config(args.config)
-    except ConfigError as e:
-        print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
         level = log_level("--log-level", args.log_level) if args.log_level else config.logging.level
     except ConfigError as e:
-        print(f"goose-proxy: {e}", file=sys.stderr)
+        print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
+        if checking:  # its report still ends with a verdict
+            from goose_proxy.check import report_config_error
+
+            report_config_error(e)
         return EXIT_CONFIG
-    setup_logging(level)
-    for w in warnings:
-        log.warning("%s", w)
-    if args.check or args.command == "check":
+    if checking:
+        # the report says what the daemon would log at start (its warnings are
+        # notes in it); the [logging] level is the daemon's: a check logs only
+        # warnings unless --log-level asks for more
+        setup_logging(level if args.log_level else "WARNING")
         from goose_proxy.check import run_check
 
         return run_check(config, warnings)
+    setup_logging(level)
+    for w in warnings:
+        log.warning("%s", w)
     import anyio
 
     try:

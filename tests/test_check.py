@@ -435,3 +435,28 @@ def test_every_verdict_reason_is_documented() -> None:
     man = (ROOT / "docs" / "man" / "goose-proxy.rst").read_text()
     for reason in REASONS:
         assert f"``{reason}``" in man, reason
+
+
+async def test_a_configuration_that_cannot_load_still_ends_with_a_verdict(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[backend]\nendpiont = 'https://x'\n")  # a typo: unknown key
+    for cfg in (bad, tmp_path / "missing.toml"):
+        r = await run_check(cfg, child_env(tmp_path))
+        assert r.rc == 2, r.all
+        assert r.out.rstrip().endswith("verdict: NOT READY (configuration)")
+        assert "configuration error" in r.err
+
+
+async def test_flavour_defaults_and_log_level_in_the_report(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki))
+        with cfg.open("a") as f:
+            f.write('\n[logging]\nlevel = "debug"\n')  # the daemon's level, not the check's
+        r = await run_check(cfg, child_env(tmp_path))
+    assert "backend.max_request_chars = null  (unset: 65536 under the lightspeed flavour)" in r.out
+    assert 'backend.model = null  (unset: "" under the lightspeed flavour' in r.out
+    assert "DEBUG" not in r.err
