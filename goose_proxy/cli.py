@@ -136,16 +136,17 @@ async def serve(config: Config) -> int:
             ", ".join(name for name, _ in activated),
         )
     await server.open_listeners([s for _, s in activated])
-    where = ", ".join(f"{h}:{p}" for h, p in server.bound)
+    where = addresses_text(server.bound)
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await tg.start(server.serve)
             # announced only once a signal can no longer kill us mid-request
             log.info(
-                "goose-proxy %s listening on %s; backend %s",
+                "goose-proxy %s listening on %s; backend %s; configuration %s",
                 __version__,
                 where,
                 redact_url(config.backend.endpoint),
+                config.source or "built in (no file found)",
             )
             systemd.notify(f"READY=1\nSTATUS=listening on {where}")
             draining = False
@@ -168,6 +169,11 @@ async def serve(config: Config) -> int:
 async def _drain_then_stop(server: ProxyServer, scope: anyio.CancelScope) -> None:
     await server.shutdown()
     scope.cancel()
+
+
+def addresses_text(bound: Sequence[tuple[str, int]]) -> str:
+    """``127.0.0.1:8080, [::1]:8080``: where the proxy listens, as URLs write it."""
+    return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bound)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

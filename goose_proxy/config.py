@@ -447,10 +447,11 @@ def parse_config(data: Mapping[str, Any], source: Optional[str] = None) -> Confi
 
 
 def find_config(environ: Mapping[str, str]) -> Optional[Path]:
-    """The first ``$XDG_CONFIG_DIRS/goose-proxy/config.toml`` that exists, or None."""
+    """The first ``$XDG_CONFIG_DIRS/goose-proxy/config.toml`` that exists, or None.
+    Relative entries are ignored, as the XDG Base Directory Specification says."""
     dirs = environ.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
     for d in dirs.split(":"):
-        if not d:
+        if not os.path.isabs(d):
             continue
         candidate = Path(d) / CONFIG_RELPATH
         if candidate.is_file():

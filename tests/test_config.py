@@ -231,3 +231,21 @@ def test_extra_body_of_json_values_loads(tmp_path: Path) -> None:
     assert dict(cfg.backend.extra_body) == {
         "name": "x", "n": 3, "r": 0.5, "on": True, "list": [1, "a"], "solr": {"mode": "hybrid"}
     }  # fmt: skip
+
+
+def test_xdg_config_dirs_relative_entries_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the XDG Base Directory Specification: "All paths set in these environment
+    # variables must be absolute. If an implementation encounters a relative
+    # path in any of these variables it should consider the path invalid"
+    for d in ("rel", "abs"):
+        (tmp_path / d / "goose-proxy").mkdir(parents=True)
+        (tmp_path / d / "goose-proxy" / "config.toml").write_text(f'[models]\nid = "{d}"\n')
+    monkeypatch.chdir(tmp_path)
+    env = {"XDG_CONFIG_DIRS": f"rel::{tmp_path / 'abs'}"}
+    cfg, _ = load_config(environ=env)
+    assert cfg.models.id == "abs"
+    assert cfg.source == str(tmp_path / "abs" / "goose-proxy" / "config.toml")
+    none, warnings = load_config(environ={"XDG_CONFIG_DIRS": "rel"})
+    assert none.source is None and warnings

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from goose_proxy.cli import addresses_text
 from goose_proxy.config import ServerConfig
 from goose_proxy.systemd import listen_fds, notify
 
@@ -176,6 +177,7 @@ def test_socket_activated_cli_notifies_serves_and_drains(
     assert "host and port are ignored" in log, log
     listening = re.findall(r"listening on (.+?); backend", log)
     assert listening == [f"127.0.0.1:{port}"], log  # the inherited socket, not decoy_port
+    assert f"; configuration {config}\n" in log, log  # which file is in effect
     # journald format: a priority prefix on every line, no timestamp
     lines = [ln for ln in log.splitlines() if ln.strip()]
     assert lines and all(re.match(r"<[0-7]>goose_proxy", ln) for ln in lines), log
@@ -276,3 +278,7 @@ def test_activation_with_a_descriptor_that_is_not_a_socket(tmp_path: Path) -> No
     assert proc.returncode == 1, err
     assert "LISTEN_FDS=1: file descriptor 3 is not a socket (check the socket unit)" in err, err
     assert "cannot listen on" not in err and "Traceback" not in err
+
+
+def test_addresses_are_written_as_urls_write_them() -> None:
+    assert addresses_text([("127.0.0.1", 8080), ("::1", 8080)]) == "127.0.0.1:8080, [::1]:8080"
