@@ -121,6 +121,33 @@ async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
     assert len(backend.requests) == 0
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_tools_over_the_cap_are_named_not_the_message(
+    pki: SimpleNamespace, path: str
+) -> None:
+    # many extensions with long descriptions, and the user typed "hi"
+    tools = [
+        {"type": "function", "function": {"name": f"t{i}", "description": "d" * 3_000}}
+        for i in range(23)
+    ]
+    if path.endswith("completions"):
+        body: dict[str, Any] = {**chat("hi"), "tools": tools}
+    else:
+        flat = [{"type": "function", "name": f"t{i}", "description": "d" * 3_000,
+                 "parameters": {"type": "object"}} for i in range(23)]  # fmt: skip
+        body = {"model": "m", "input": "hi", "tools": flat}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                r = await post(proxy.url, body, path)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "request_too_large"
+    assert err["message"].startswith("the tools and instructions alone make the request")
+    assert "fewer tools" in err["message"]
+    assert len(backend.requests) == 0
+
+
 async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamespace) -> None:
     # a client's compaction may cut a tool's output short: the code it compacts on
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}

@@ -6,6 +6,7 @@ so that where the reads are cut is exact (over TCP it is up to the kernel).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Optional, Union
 
@@ -249,3 +250,36 @@ async def test_a_stream_that_only_opened_ends_early_with_nothing_sent() -> None:
     sends, error = await _sends([CREATED, IN_PROGRESS])
     assert sends == [] and isinstance(error, UpstreamProtocolError)
     assert error.message == EARLY
+
+
+def _ev(obj: dict[str, object]) -> bytes:
+    return f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n".encode()
+
+
+# Llama Stack lists (and may call) its own MCP tools before the model answers
+MCP_PREAMBLE = b"".join(
+    _ev(e)
+    for e in (
+        {"type": "response.mcp_list_tools.in_progress", "item_id": "mcp_1"},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "mcp_list_tools", "id": "mcp_1", "tools": []}},
+        {"type": "response.mcp_list_tools.completed", "item_id": "mcp_1"},
+        {"type": "response.output_item.done", "output_index": 0,
+         "item": {"type": "mcp_list_tools", "id": "mcp_1", "tools": []}},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {"type": "mcp_call", "id": "mcp_2", "name": "search"}},
+        {"type": "response.lcs.custom"},  # a type the proxy does not know
+    )
+)  # fmt: skip
+MESSAGE_ADDED = _ev({"type": "response.output_item.added", "output_index": 2,
+                     "item": {"type": "message", "id": "msg_1", "role": "assistant"}})  # fmt: skip
+
+
+async def test_the_backends_own_tool_work_is_preamble_too() -> None:
+    # the overflow comes after the MCP tools were listed: still an HTTP error
+    sends, error = await _sends([CREATED + MCP_PREAMBLE, CTX_FAILED + D])
+    assert sends == [] and isinstance(error, ContextLengthExceeded)
+    # and the answer starts with the first item the client shows
+    sends, error = await _sends([CREATED + MCP_PREAMBLE, MESSAGE_ADDED, DELTA + C + D])
+    assert error is None and sends[0] == CREATED + MCP_PREAMBLE + MESSAGE_ADDED
+    assert b"".join(sends) == CREATED + MCP_PREAMBLE + MESSAGE_ADDED + DELTA + C + D

@@ -212,13 +212,23 @@ class Handlers:
         Lightspeed Stack refuses a body over 65,536 characters with a 422 that
         Goose treats as a plain bad request (it would retry the same request
         forever); as ``context_length_exceeded`` Goose compacts its history.
-        When the body would be over the cap with its newest input item alone
-        (a large image, say), compacting cannot help: a plain 400 says so.
+        When the body would be over the cap without any input (its tools and
+        instructions), or with only the newest user message (a large image,
+        say), compacting cannot help: a plain 400 says which.
         """
         limit = self._char_limit
         if limit and len(payload) > limit:  # bytes ≥ characters
             chars = len(payload.decode("utf-8"))
             if chars > limit:
+                fixed = len(encode_json({**body, "input": []}).decode("utf-8"))
+                if fixed > limit:
+                    raise InvalidRequest(
+                        f"the tools and instructions alone make the request {fixed:,} "
+                        f"characters and the backend accepts at most {limit:,} ([backend] "
+                        "max_request_chars), so compacting the conversation cannot help; "
+                        "offer fewer tools (extensions) or shorter instructions",
+                        code="request_too_large",
+                    )
                 if _newest_user_message_alone(body) > limit:
                     raise InvalidRequest(
                         f"the newest message is too large for the backend: with it alone the "
@@ -326,7 +336,7 @@ class Handlers:
 
     async def responses(self, ex: Exchange) -> None:
         req = parse_json_object(_take_body(ex))
-        client_stream = bool(req.get("stream"))
+        client_stream = req.get("stream") is True
         body, dropped = prepare_passthrough(req, self.opts)
         del req
         if dropped and log.isEnabledFor(logging.DEBUG):
@@ -415,12 +425,12 @@ async def relay_events(
     terminal event (also at a ``[DONE]`` that came without one), so that the
     caller adds a Responses error event, as a chat stream does.
 
-    Nothing is sent before the answer starts: the events a stream opens with
-    (:data:`OPENING_EVENTS`) are held (up to ``limit`` bytes) until another
-    one comes. If that one is a failure (``response.failed``, ``error``), its
-    mapped error is raised instead, and nothing was sent: the caller answers
-    with an HTTP status, as for chat (Goose compacts on a 400
-    ``context_length_exceeded``, which it does not read from a stream).
+    Nothing is sent before the answer starts (see :func:`_answer_starts`):
+    the events before it are held (up to ``limit`` bytes). If the stream fails
+    first (``response.failed``, ``error``), the mapped error is raised instead,
+    and nothing was sent: the caller answers with an HTTP status, as for chat
+    (Goose compacts on a 400 ``context_length_exceeded``, which it does not
+    read from a stream); so does a stream that breaks or ends by then.
     """
     parser = SSEParser(limit)
     opening: Optional[bytes] = b""  # held until the answer starts; None once it has
@@ -537,17 +547,30 @@ def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
     return end, len(buf) - end > limit and len(buf[end:].rstrip(b"\r\n")) > limit
 
 
-#: the events a Responses stream opens with, before anything of the answer
-OPENING_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
+#: events that carry what a client shows: with one, the answer has started
+_VISIBLE_PREFIXES = (
+    "response.output_text.",
+    "response.refusal.",
+    "response.reasoning",
+    "response.function_call_arguments.",
+)
+#: output items a client shows; others (``mcp_list_tools``, ``mcp_call``, a
+#: server-side search) are the backend's own work before its answer
+_VISIBLE_ITEMS = frozenset({"message", "function_call", "reasoning"})
 
 
 def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
-    """Whether ``events`` start the answer (an event beyond the opening ones),
-    and the failure it reports when that event is one (its mapped error)."""
+    """Whether ``events`` start the answer, and the failure it reports when the
+    first event that does is one (its mapped error).
+
+    The answer starts where a client has something to show (text, a refusal,
+    reasoning, a tool call of its own) or the response ends; the events before
+    (``response.created``, ``in_progress``, ``queued``, the backend listing and
+    calling its own MCP tools, unknown types) are the same kind of preamble the
+    chat translator shows nothing for.
+    """
     for ev in events:
         kind = _event_kind(ev)
-        if kind in OPENING_EVENTS:
-            continue
         if kind in ("error", "response.failed"):
             try:
                 obj = event_json(ev.data)
@@ -555,7 +578,20 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
                 return True, None  # relayed as it came; the client reads what it can
             if isinstance(obj, dict):
                 return True, event_failure({**obj, "type": kind})
-        return kind != _DONE, None  # [DONE] before the answer: ended early
+            return True, None
+        if kind in ("response.completed", "response.incomplete") or kind.startswith(
+            _VISIBLE_PREFIXES
+        ):
+            return True, None
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            try:
+                obj = event_json(ev.data)
+            except (ValueError, RecursionError):
+                return True, None
+            item = obj.get("item") if isinstance(obj, dict) else None
+            if not isinstance(item, dict) or item.get("type") in _VISIBLE_ITEMS:
+                return True, None
+        # preamble, or [DONE] (before the answer: the stream ended early)
     return False, None
 
 
