@@ -186,11 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config, warnings = load_config(args.config)
         level = log_level("--log-level", args.log_level) if args.log_level else config.logging.level
     except ConfigError as e:
-        print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
-        if checking:  # its report still ends with a verdict
+        if checking:  # the report says it, and still ends with a verdict
             from goose_proxy.check import report_config_error
 
             report_config_error(e)
+        else:
+            print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if checking:
         # the report says what the daemon would log at start (its warnings are

@@ -217,8 +217,9 @@ def redact_location(url: str) -> str:
     """Where a redirect points, without what it carries: :func:`redact_url`
     of ``url`` cut at its query or fragment (an SSO redirect's state or token),
     at most 200 characters."""
-    cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
-    where = redact_url(url[:cut])
+    where = redact_url(url)  # first: a password may hold an unencoded ? or #
+    cut = min((i for i in (where.find("?"), where.find("#")) if i >= 0), default=len(where))
+    where = where[:cut]
     return where if len(where) <= 200 else where[:199] + "…"
 
 

@@ -14,7 +14,13 @@ from typing import Any
 import h11
 import pytest
 
-from goose_proxy.config import Config, ConfigError, load_config, parse_config
+from goose_proxy.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    redact_location,
+)
 from goose_proxy.http11 import TRUSTED
 from goose_proxy.upstream.client import Endpoint
 
@@ -249,3 +255,17 @@ def test_xdg_config_dirs_relative_entries_are_ignored(
     assert cfg.source == str(tmp_path / "abs" / "goose-proxy" / "config.toml")
     none, warnings = load_config(environ={"XDG_CONFIG_DIRS": "rel"})
     assert none.source is None and warnings
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("https://sso.example/login?token=abc#x", "https://sso.example/login"),
+        ("https://alice:s3cret@sso.example/login?state=1", "https://***@sso.example/login"),
+        ("https://alice:s3cr?t@sso.example/login", "https://***@sso.example/login"),
+        ("https://alice:pa#ss@sso.example/login", "https://***@sso.example/login"),
+        ("/relative/path?x=1", "/relative/path"),
+    ],
+)
+def test_a_redirect_location_shows_where_not_what(location: str, shown: str) -> None:
+    assert redact_location(location) == shown
