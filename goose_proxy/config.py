@@ -213,13 +213,26 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
+#: a URL's host and port, as a Location's authority must end (a name, an IPv4
+#: or a bracketed IPv6 address)
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+
+
 def redact_location(url: str) -> str:
-    """Where a redirect points, without what it carries: :func:`redact_url`
-    of ``url`` cut at its query or fragment (an SSO redirect's state or token),
-    at most 200 characters."""
-    where = redact_url(url)  # first: a password may hold an unencoded ? or #
-    cut = min((i for i in (where.find("?"), where.find("#")) if i >= 0), default=len(where))
-    where = where[:cut]
+    """Where a redirect points, without what it carries: scheme, host and path,
+    no credentials (``***@``), query or fragment (an SSO redirect's state or
+    token), at most 200 characters. An authority that does not end in a host
+    (a password holding an unencoded ``/``, ``?`` or ``#``) is all ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # a relative reference: its path
+        where = re.split(r"[?#]", url, maxsplit=1)[0]
+    else:
+        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+        _, at, host = rest[:end].rpartition("@")
+        if not _HOST_PORT.fullmatch(host):
+            return f"{scheme}://***"
+        path = re.split(r"[?#]", rest[end:], maxsplit=1)[0]
+        where = f"{scheme}://{'***@' if at else ''}{host}{path}"
     return where if len(where) <= 200 else where[:199] + "…"
 
 

@@ -262,8 +262,15 @@ def test_xdg_config_dirs_relative_entries_are_ignored(
     [
         ("https://sso.example/login?token=abc#x", "https://sso.example/login"),
         ("https://alice:s3cret@sso.example/login?state=1", "https://***@sso.example/login"),
-        ("https://alice:s3cr?t@sso.example/login", "https://***@sso.example/login"),
-        ("https://alice:pa#ss@sso.example/login", "https://***@sso.example/login"),
+        # an unencoded ?, # or / in a password: nothing of the authority shows
+        ("https://alice:s3cr?t@sso.example/login", "https://***"),
+        ("https://alice:pa#ss@sso.example/login", "https://***"),
+        ("https://alice:pa/ss@sso.example/login", "https://***"),
+        # an @ in the query or fragment (a login hint) is not the userinfo's
+        ("https://sso.corp/login?login_hint=alice@corp.com&state=SECRET", "https://sso.corp/login"),
+        ("https://sso.corp/login#user@x&access_token=T", "https://sso.corp/login"),
+        ("https://[::1]:8443/v1/x?y", "https://[::1]:8443/v1/x"),
+        ("http://sso.example:8080", "http://sso.example:8080"),
         ("/relative/path?x=1", "/relative/path"),
     ],
 )
