@@ -143,8 +143,25 @@ async def test_tools_over_the_cap_are_named_not_the_message(
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "request_too_large"
-    assert err["message"].startswith("the tools and instructions alone make the request")
+    assert err["message"].startswith("the tools and instructions take ")
     assert "fewer tools" in err["message"]
+    assert len(backend.requests) == 0
+
+
+async def test_tools_just_under_the_cap_are_still_what_is_named(pki: SimpleNamespace) -> None:
+    # tools take all but a few characters, the user typed a short line: the
+    # tools fill the cap, not the message
+    probe = {**chat("hi"), "tools": []}
+    base = len(json.dumps(probe))  # about what the rest of the request takes
+    tools = [{"type": "function", "function": {"name": "t",
+              "description": "d" * (LIGHTSPEED_MAX_REQUEST_CHARS - base - 200)}}]  # fmt: skip
+    body = {**chat("a question of a few dozen characters, nothing more"), "tools": tools}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                r = await post(proxy.url, body)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "request_too_large", r.text
     assert len(backend.requests) == 0
 
 

@@ -310,6 +310,16 @@ async def test_lightspeed_passthrough_collects_for_a_client_that_does_not_stream
                 client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
                 got = await client.responses.with_raw_response.create(model="gpt-5", input="hi")
                 await client.close()
+                # only a boolean true asks for a stream; anything else gets JSON
+                async with httpx.AsyncClient(timeout=10) as c:
+                    odd = [
+                        await c.post(
+                            proxy.url + "/v1/responses",
+                            json={"model": "m", "input": "hi", "stream": value},
+                        )
+                        for value in ("true", 1, None)
+                    ]
+    assert [r.headers["content-type"] for r in odd] == ["application/json"] * 3
     assert backend.requests[-1].json["stream"] is True
     assert got.headers["content-type"] == "application/json"
     assert json.loads(got.content) == terminal

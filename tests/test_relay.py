@@ -268,7 +268,12 @@ MCP_PREAMBLE = b"".join(
          "item": {"type": "mcp_list_tools", "id": "mcp_1", "tools": []}},
         {"type": "response.output_item.added", "output_index": 1,
          "item": {"type": "mcp_call", "id": "mcp_2", "name": "search"}},
-        {"type": "response.lcs.custom"},  # a type the proxy does not know
+        {"type": "response.mcp_call.in_progress", "item_id": "mcp_2"},
+        {"type": "response.mcp_call_arguments.delta", "item_id": "mcp_2", "delta": "{}"},
+        {"type": "response.mcp_call.completed", "item_id": "mcp_2"},
+        {"type": "response.file_search_call.searching", "item_id": "fs_1"},
+        {"type": "response.output_item.done", "output_index": 2,
+         "item": {"type": "file_search_call", "id": "fs_1", "queries": []}},
     )
 )  # fmt: skip
 MESSAGE_ADDED = _ev({"type": "response.output_item.added", "output_index": 2,
@@ -283,3 +288,24 @@ async def test_the_backends_own_tool_work_is_preamble_too() -> None:
     sends, error = await _sends([CREATED + MCP_PREAMBLE, MESSAGE_ADDED, DELTA + C + D])
     assert error is None and sends[0] == CREATED + MCP_PREAMBLE + MESSAGE_ADDED
     assert b"".join(sends) == CREATED + MCP_PREAMBLE + MESSAGE_ADDED + DELTA + C + D
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"type": "response.output_text.annotation.added", "item_id": "msg_1"},
+        {"type": "response.audio.delta", "delta": "AAAA"},
+        {"type": "response.custom_tool_call_input.delta", "item_id": "ct_1", "delta": "x"},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "computer_call", "id": "cu_1"}},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "mcp_approval_request", "id": "ap_1"}},
+        {"type": "response.lcs.custom"},  # a type the proxy does not know
+    ],
+    ids=["annotation", "audio", "custom-tool", "computer-call", "mcp-approval", "unknown"],
+)  # fmt: skip
+async def test_anything_but_preamble_starts_the_answer(first: dict[str, object]) -> None:
+    # a client shows it (or must act on it): not held until the end
+    sends, error = await _sends([CREATED, _ev(first), CTX_FAILED + D])
+    assert error is None
+    assert sends[0] == CREATED + _ev(first)

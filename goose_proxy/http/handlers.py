@@ -221,21 +221,24 @@ class Handlers:
             chars = len(payload.decode("utf-8"))
             if chars > limit:
                 fixed = len(encode_json({**body, "input": []}).decode("utf-8"))
-                if fixed > limit:
+                alone = _newest_user_message_alone(body)
+                if fixed > limit or alone > limit:
+                    # compacting cannot help: say which part fills the cap
+                    if alone - fixed > fixed:
+                        raise InvalidRequest(
+                            f"the newest message is too large for the backend: with it alone "
+                            f"the request would be {alone:,} characters, over the {limit:,} "
+                            "the backend accepts ([backend] max_request_chars), so compacting "
+                            "the conversation cannot help; send less in one message (a "
+                            "smaller image or file)",
+                            code="string_above_max_length",
+                        )
                     raise InvalidRequest(
-                        f"the tools and instructions alone make the request {fixed:,} "
-                        f"characters and the backend accepts at most {limit:,} ([backend] "
-                        "max_request_chars), so compacting the conversation cannot help; "
-                        "offer fewer tools (extensions) or shorter instructions",
+                        f"the tools and instructions take {fixed:,} of the {limit:,} "
+                        "characters the backend accepts ([backend] max_request_chars), so "
+                        "compacting the conversation cannot help; offer fewer tools "
+                        "(extensions) or shorter instructions",
                         code="request_too_large",
-                    )
-                if _newest_user_message_alone(body) > limit:
-                    raise InvalidRequest(
-                        f"the newest message is too large for the backend: with it alone the "
-                        f"request would be over {limit:,} characters, all the backend accepts "
-                        "([backend] max_request_chars), so compacting the conversation cannot "
-                        "help; send less in one message (a smaller image or file)",
-                        code="string_above_max_length",
                     )
                 raise ContextLengthExceeded(
                     f"the conversation is too long for the backend: the request would be "
@@ -547,27 +550,37 @@ def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
     return end, len(buf) - end > limit and len(buf[end:].rstrip(b"\r\n")) > limit
 
 
-#: events that carry what a client shows: with one, the answer has started
-_VISIBLE_PREFIXES = (
-    "response.output_text.",
-    "response.refusal.",
-    "response.reasoning",
-    "response.function_call_arguments.",
+#: events before the answer: the response opening, and the backend's own tool
+#: work (Llama Stack lists and calls its MCP tools, Lightspeed searches its
+#: documents) that a client only watches; anything else starts the answer
+_PREAMBLE_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
+_PREAMBLE_PREFIXES = (
+    "response.mcp_list_tools.",
+    "response.mcp_call.",
+    "response.mcp_call_arguments.",
+    "response.file_search_call.",
+    "response.web_search_call.",
+    "response.code_interpreter_call.",
+    "response.code_interpreter_call_code.",
 )
-#: output items a client shows; others (``mcp_list_tools``, ``mcp_call``, a
-#: server-side search) are the backend's own work before its answer
-_VISIBLE_ITEMS = frozenset({"message", "function_call", "reasoning"})
+#: output items of that work (an ``mcp_approval_request`` is the client's to
+#: answer, and a ``function_call`` or any other call the client's to run)
+_PREAMBLE_ITEMS = frozenset(
+    {"mcp_list_tools", "mcp_call", "file_search_call", "web_search_call", "code_interpreter_call"}
+)
 
 
 def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
     """Whether ``events`` start the answer, and the failure it reports when the
     first event that does is one (its mapped error).
 
-    The answer starts where a client has something to show (text, a refusal,
-    reasoning, a tool call of its own) or the response ends; the events before
-    (``response.created``, ``in_progress``, ``queued``, the backend listing and
-    calling its own MCP tools, unknown types) are the same kind of preamble the
-    chat translator shows nothing for.
+    The answer starts at the first event that is not preamble: not the
+    response opening (``created``, ``in_progress``, ``queued``) and not the
+    backend's own tool work (its MCP, file search, web search and code
+    interpreter calls, and their output items). Text, reasoning, a refusal,
+    a call for the client, audio, an event type this proxy does not know, and
+    the end of the response all start it; so does a failure, which is
+    returned.
     """
     for ev in events:
         kind = _event_kind(ev)
@@ -579,19 +592,19 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
             if isinstance(obj, dict):
                 return True, event_failure({**obj, "type": kind})
             return True, None
-        if kind in ("response.completed", "response.incomplete") or kind.startswith(
-            _VISIBLE_PREFIXES
-        ):
-            return True, None
+        if kind == _DONE:
+            return False, None  # before the answer: the stream ended early
+        if kind in _PREAMBLE_EVENTS or kind.startswith(_PREAMBLE_PREFIXES):
+            continue
         if kind in ("response.output_item.added", "response.output_item.done"):
             try:
                 obj = event_json(ev.data)
             except (ValueError, RecursionError):
                 return True, None
             item = obj.get("item") if isinstance(obj, dict) else None
-            if not isinstance(item, dict) or item.get("type") in _VISIBLE_ITEMS:
-                return True, None
-        # preamble, or [DONE] (before the answer: the stream ended early)
+            if isinstance(item, dict) and item.get("type") in _PREAMBLE_ITEMS:
+                continue
+        return True, None
     return False, None
 
 
