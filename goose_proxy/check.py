@@ -313,7 +313,7 @@ def _check_backend(config: Config, client: UpstreamClient, r: _Report) -> None:
         r.fail(
             "backend",
             f"{endpoint} answered GET /models with a redirect (HTTP {status}"
-            + (f" to {redact_location(location)}" if location else "")
+            + (f" to {where}" if (where := redact_location(location)) else "")
             + "): is backend.endpoint the API's URL?",
             "HTTP status",
         )

@@ -213,26 +213,34 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
-#: a URL's host and port, as a Location's authority must end (a name, an IPv4
-#: or a bracketed IPv6 address)
-_HOST_PORT = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+#: a host worth naming, with its port: a dotted name or IPv4 address,
+#: ``localhost``, or a bracketed IPv6 address
+_HOST_PORT = re.compile(
+    r"(?:[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)+|localhost|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?",
+    re.IGNORECASE,
+)
 
 
 def redact_location(url: str) -> str:
-    """Where a redirect points, without what it carries: scheme, host and path,
-    no credentials (``***@``), query or fragment (an SSO redirect's state or
-    token), at most 200 characters. An authority that does not end in a host
-    (a password holding an unencoded ``/``, ``?`` or ``#``) is all ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:  # a relative reference: its path
-        where = re.split(r"[?#]", url, maxsplit=1)[0]
-    else:
-        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-        _, at, host = rest[:end].rpartition("@")
-        if not _HOST_PORT.fullmatch(host):
-            return f"{scheme}://***"
-        path = re.split(r"[?#]", rest[end:], maxsplit=1)[0]
-        where = f"{scheme}://{'***@' if at else ''}{host}{path}"
+    """Where a redirect points, without what it carries: ``scheme://host[:port]/path``,
+    credentials as ``***@``, no query or fragment (an SSO redirect's state or
+    token); ``""`` when that cannot be told safely.
+
+    Nothing is shown for a reference without ``scheme://``, a host that is no
+    dotted name or address, or an ``@`` in the path: a password holding an
+    unencoded ``/`` or ``?`` ends the authority early, and what looks like a
+    host and path may be its pieces.
+    """
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url.strip())
+    if m is None:
+        return ""
+    rest = url.strip()[m.end() :]
+    end = min((i for i in map(rest.find, "/?#\\") if i >= 0), default=len(rest))
+    path = re.split(r"[?#]", rest[end:], maxsplit=1)[0]
+    _, at, host = rest[:end].rpartition("@")
+    if "@" in path or not _HOST_PORT.fullmatch(host):
+        return ""
+    where = f"{m.group(1)}://{'***@' if at else ''}{host}{path}"
     return where if len(where) <= 200 else where[:199] + "…"
 
 

@@ -165,6 +165,21 @@ async def test_tools_just_under_the_cap_are_still_what_is_named(pki: SimpleNames
     assert len(backend.requests) == 0
 
 
+async def test_tools_over_the_cap_are_named_even_beside_a_larger_message(
+    pki: SimpleNamespace,
+) -> None:
+    # fixing the message would not be enough: the tools alone are over the cap
+    tools = [{"type": "function", "function": {"name": "t", "description": "d" * 70_000}}]
+    image = [{"type": "image_url", "image_url": {"url": IMAGE}}]
+    body = {"model": "m", "messages": [{"role": "user", "content": image}], "tools": tools}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                r = await post(proxy.url, body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "request_too_large"
+    assert len(backend.requests) == 0
+
+
 async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamespace) -> None:
     # a client's compaction may cut a tool's output short: the code it compacts on
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}

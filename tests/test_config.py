@@ -262,16 +262,27 @@ def test_xdg_config_dirs_relative_entries_are_ignored(
     [
         ("https://sso.example/login?token=abc#x", "https://sso.example/login"),
         ("https://alice:s3cret@sso.example/login?state=1", "https://***@sso.example/login"),
-        # an unencoded ?, # or / in a password: nothing of the authority shows
-        ("https://alice:s3cr?t@sso.example/login", "https://***"),
-        ("https://alice:pa#ss@sso.example/login", "https://***"),
-        ("https://alice:pa/ss@sso.example/login", "https://***"),
+        ("HTTPS://SSO.Example:8443/a", "HTTPS://SSO.Example:8443/a"),
+        ("https://[::1]:8443/v1/x?y", "https://[::1]:8443/v1/x"),
+        ("http://localhost:8080", "http://localhost:8080"),
         # an @ in the query or fragment (a login hint) is not the userinfo's
         ("https://sso.corp/login?login_hint=alice@corp.com&state=SECRET", "https://sso.corp/login"),
         ("https://sso.corp/login#user@x&access_token=T", "https://sso.corp/login"),
-        ("https://[::1]:8443/v1/x?y", "https://[::1]:8443/v1/x"),
-        ("http://sso.example:8080", "http://sso.example:8080"),
-        ("/relative/path?x=1", "/relative/path"),
+        # a password with an unencoded ?, # or /: nothing is told
+        ("https://alice:s3cr?t@sso.example/login", ""),
+        ("https://alice:pa#ss@sso.example/login", ""),
+        ("https://alice:pa/ss@sso.example/login", ""),
+        ("https://alice:1234/5678@sso.example/login", ""),
+        ("https://ghp_AbC/dEf+gh==@github.com/login", ""),
+        ("https://alice.smith:1234/5678@sso.example/x", ""),
+        # no scheme://: relative, scheme-relative, malformed
+        ("/sso/login?state=SECRET&redirect_uri=https://app.example/cb", ""),
+        ("/login#access_token=TOKEN&next=https://x", ""),
+        ("//alice:s3cret@sso.example/login?state=X", ""),
+        ("https:/alice:s3cret@sso.example/", ""),
+        ("https:alice:s3cret@sso.example/", ""),
+        ("alice:s3cret@host/x", ""),
+        ("https:h:8443/a?SECRETQ://", ""),
     ],
 )
 def test_a_redirect_location_shows_where_not_what(location: str, shown: str) -> None:

@@ -309,3 +309,32 @@ async def test_anything_but_preamble_starts_the_answer(first: dict[str, object])
     sends, error = await _sends([CREATED, _ev(first), CTX_FAILED + D])
     assert error is None
     assert sends[0] == CREATED + _ev(first)
+
+
+# Llama Stack streams its own knowledge_search's arguments as a function call
+# (without announcing the item), and older releases announced MCP calls as
+# function_call items; whose call it is shows only later
+LLS_CALL = b"".join(
+    _ev(e)
+    for e in (
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "function_call", "id": "fc_1", "call_id": "c1",
+                  "name": "knowledge_search", "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "delta": "{}"},
+        {"type": "response.function_call_arguments.done", "item_id": "fc_1", "arguments": "{}"},
+        {"type": "response.file_search_call.in_progress", "item_id": "fc_1"},
+    )
+)  # fmt: skip
+CALL_DONE = _ev({"type": "response.output_item.done", "output_index": 0,
+                 "item": {"type": "function_call", "id": "fc_1", "call_id": "c1",
+                          "name": "developer__shell", "arguments": "{}"}})  # fmt: skip
+
+
+async def test_a_function_call_waits_until_it_is_known_to_be_the_clients() -> None:
+    # the backend's search, then the context overflows: an HTTP error still
+    sends, error = await _sends([CREATED + LLS_CALL, CTX_FAILED + D])
+    assert sends == [] and isinstance(error, ContextLengthExceeded)
+    # the client's own call goes out once it is done
+    sends, error = await _sends([CREATED + LLS_CALL[: LLS_CALL.index(b"event: response.file")],
+                                 CALL_DONE, C + D])  # fmt: skip
+    assert error is None and sends[0].endswith(CALL_DONE)

@@ -223,8 +223,9 @@ class Handlers:
                 fixed = len(encode_json({**body, "input": []}).decode("utf-8"))
                 alone = _newest_user_message_alone(body)
                 if fixed > limit or alone > limit:
-                    # compacting cannot help: say which part fills the cap
-                    if alone - fixed > fixed:
+                    # compacting cannot help: say which part fills the cap (the
+                    # tools whenever they alone are over it)
+                    if fixed <= limit and alone - fixed > fixed:
                         raise InvalidRequest(
                             f"the newest message is too large for the backend: with it alone "
                             f"the request would be {alone:,} characters, over the {limit:,} "
@@ -405,8 +406,8 @@ def _raise_for_redirect(resp: UpstreamResponse) -> None:
     of it (an SSO gateway). Not followed, and not relayed (a client would get a
     redirect without the body it asked for)."""
     if 300 <= resp.status < 400:
-        where = resp.header(b"location")
-        to = f" to {redact_location(where)!r}" if where else ""
+        where = redact_location(resp.header(b"location") or "")
+        to = f" to {where!r}" if where else ""
         raise UpstreamError(
             f"backend answered HTTP {resp.status} (a redirect{to}); goose-proxy does not "
             "follow redirects: check [backend] endpoint"
@@ -555,6 +556,11 @@ def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
 #: documents) that a client only watches; anything else starts the answer
 _PREAMBLE_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
 _PREAMBLE_PREFIXES = (
+    # whose call it is shows only later: Llama Stack streams the arguments of
+    # its own knowledge_search (and, in older releases, announces its MCP
+    # calls) as a function call; the client's own call starts the answer at
+    # its output_item.done, or at the end of the response
+    "response.function_call_arguments.",
     "response.mcp_list_tools.",
     "response.mcp_call.",
     "response.mcp_call_arguments.",
@@ -577,10 +583,11 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
     The answer starts at the first event that is not preamble: not the
     response opening (``created``, ``in_progress``, ``queued``) and not the
     backend's own tool work (its MCP, file search, web search and code
-    interpreter calls, and their output items). Text, reasoning, a refusal,
-    a call for the client, audio, an event type this proxy does not know, and
-    the end of the response all start it; so does a failure, which is
-    returned.
+    interpreter calls, and their output items), and a function call until it
+    is done (Llama Stack streams its own calls' arguments as one). Text,
+    reasoning, a refusal, a finished call for the client, audio, an event
+    type this proxy does not know, and the end of the response all start it;
+    so does a failure, which is returned.
     """
     for ev in events:
         kind = _event_kind(ev)
@@ -602,7 +609,10 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
             except (ValueError, RecursionError):
                 return True, None
             item = obj.get("item") if isinstance(obj, dict) else None
-            if isinstance(item, dict) and item.get("type") in _PREAMBLE_ITEMS:
+            itype = item.get("type") if isinstance(item, dict) else None
+            if itype in _PREAMBLE_ITEMS or (
+                itype == "function_call" and kind == "response.output_item.added"
+            ):
                 continue
         return True, None
     return False, None
