@@ -26,7 +26,12 @@ from goose_proxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from goose_proxy.translate import StreamTranslator, events_from_response, responses_to_chat
+from goose_proxy.translate import (
+    ResponseAccumulator,
+    StreamTranslator,
+    events_from_response,
+    responses_to_chat,
+)
 
 RESP = {"id": "resp_abc", "object": "response", "created_at": 1700000123, "model": "backend-m",
         "status": "in_progress", "output": []}  # fmt: skip
@@ -611,3 +616,30 @@ def test_events_from_response_incomplete_and_failed() -> None:
     assert not st.started
     with pytest.raises(UpstreamProtocolError):
         events_from_response([])  # type: ignore[arg-type]
+
+
+def test_the_backends_own_search_is_not_a_tool_call_for_the_client() -> None:
+    # Llama Stack (0.6, as Lightspeed Stack uses it) streams the arguments of its
+    # own knowledge_search as function_call_arguments deltas of an item it never
+    # announces, then shows the call as a file_search_call item
+    search = {"type": "file_search_call", "id": "fc_1", "queries": ["q"], "status": "completed"}
+    answer = msg_done([{"type": "output_text", "text": "answer"}])["item"]
+    events = [
+        CREATED,
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0,
+         "delta": '{"q": 1}'},
+        {"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0,
+         "arguments": '{"q": 1}'},
+        {"type": "response.output_item.added", "output_index": 0, "item": search},
+        {"type": "response.output_item.done", "output_index": 0, "item": search},
+        msg_added(),
+        text_delta("answer"),
+        completed([search, answer]),
+    ]  # fmt: skip
+    _, parsed = run(events)
+    assert tool_calls_of(parsed) == [] and finish_reasons(parsed) == ["stop"]
+    assert text_of(parsed) == "answer"
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    assert "tool_calls" not in responses_to_chat(acc.result(), "m")["choices"][0]["message"]
