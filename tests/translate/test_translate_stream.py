@@ -619,7 +619,7 @@ def test_events_from_response_incomplete_and_failed() -> None:
 
 
 def test_the_backends_own_search_is_not_a_tool_call_for_the_client() -> None:
-    # Llama Stack (0.6, as Lightspeed Stack uses it) streams the arguments of its
+    # Llama Stack (0.6, as its sources read) streams the arguments of its
     # own knowledge_search as function_call_arguments deltas of an item it never
     # announces, then shows the call as a file_search_call item
     search = {"type": "file_search_call", "id": "fc_1", "queries": ["q"], "status": "completed"}
