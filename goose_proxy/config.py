@@ -227,9 +227,9 @@ def redact_location(url: str) -> str:
     token); ``""`` when that cannot be told safely.
 
     Nothing is shown for a reference without ``scheme://``, a host that is no
-    dotted name or address, or an ``@`` in the path: a password holding an
-    unencoded ``/`` or ``?`` ends the authority early, and what looks like a
-    host and path may be its pieces.
+    dotted name or address, an ``@`` in the path, or an ``@`` anywhere after a
+    host with no path: a password holding an unencoded ``/``, ``?`` or ``#``
+    ends the authority early, and what looks like a host may be its pieces.
     """
     m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url.strip())
     if m is None:
@@ -238,7 +238,8 @@ def redact_location(url: str) -> str:
     end = min((i for i in map(rest.find, "/?#\\") if i >= 0), default=len(rest))
     path = re.split(r"[?#]", rest[end:], maxsplit=1)[0]
     _, at, host = rest[:end].rpartition("@")
-    if "@" in path or not _HOST_PORT.fullmatch(host):
+    if "@" in (path or rest[end:]) or not _HOST_PORT.fullmatch(host):
+        # an @ after a host with no path: its ? or # may be in a password
         return ""
     where = f"{m.group(1)}://{'***@' if at else ''}{host}{path}"
     return where if len(where) <= 200 else where[:199] + "…"

@@ -275,6 +275,9 @@ def test_xdg_config_dirs_relative_entries_are_ignored(
         ("https://alice:1234/5678@sso.example/login", ""),
         ("https://ghp_AbC/dEf+gh==@github.com/login", ""),
         ("https://alice.smith:1234/5678@sso.example/x", ""),
+        ("https://alice.smith:1234?5678@sso.example/login", ""),
+        ("https://alice.smith:1234#5678@sso.example/login", ""),
+        ("https://alice@corp.com:1234?x@sso.example/login", ""),
         # no scheme://: relative, scheme-relative, malformed
         ("/sso/login?state=SECRET&redirect_uri=https://app.example/cb", ""),
         ("/login#access_token=TOKEN&next=https://x", ""),
