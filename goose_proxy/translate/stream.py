@@ -96,6 +96,7 @@ class StreamTranslator:
         self.usage: Optional[dict[str, Any]] = None
         self._head = b""  # b'data: {"id":…,"choices":[{"index":0,"delta":' once prepared
         self._text_head = b""
+        self._high = ""  # a text delta's last character, the first half of a surrogate pair
         self._end = _END_USAGE_NULL if include_usage else _END
         self._text_tail = b'},"finish_reason":null' + self._end
         self._meta: dict[str, Any] = {}
@@ -155,6 +156,16 @@ class StreamTranslator:
             if part != self._last_part:
                 self._covered.add(part)
                 self._last_part = part
+            if self._high:
+                delta, self._high = self._high + delta, ""
+            if "\ud800" <= delta[-1] <= "\udbff":
+                # the first half of a surrogate pair (a backend that cut its
+                # ASCII-escaped text between the halves): sent with the second
+                # half, as one character, not as two halves a strict JSON
+                # reader (Rust's serde_json, Goose's) refuses
+                delta, self._high = delta[:-1], delta[-1]
+                if not delta:
+                    return []
             if not self._head:
                 self._prepare()
             logprobs = event.get("logprobs")
@@ -169,6 +180,11 @@ class StreamTranslator:
             return []
         out: Out = []
         handler(event, out)
+        if self._high and out:  # what comes next is no second half: it goes first
+            if not self._head:
+                self._prepare()
+            out.insert(0, self._text_head + encode_json(self._high) + self._text_tail)
+            self._high = ""
         if out and not self._started:
             return self._commit(out)
         return out

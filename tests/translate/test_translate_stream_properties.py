@@ -335,3 +335,47 @@ def test_many_interleaved_calls_round_robin(n_calls: int) -> None:
     assert [(c.id, c.function.arguments) for c in calls] == [
         (f"c{i}", "".join(f"<{i}.{s}>" for s in range(3))) for i in range(n_calls)
     ]
+
+
+def _utf16_halves(text: str) -> str:
+    """``text`` with each character beyond U+FFFF written as its two surrogate
+    halves, as a backend that works in UTF-16 (or writes ASCII escapes) has it."""
+    out = []
+    for c in text:
+        n = ord(c) - 0x10000
+        out.append(c if n < 0 else chr(0xD800 + (n >> 10)) + chr(0xDC00 + (n & 0x3FF)))
+    return "".join(out)
+
+
+ASTRAL_TEXT = st.text(
+    alphabet=st.sampled_from(["a", "é", "日", "\U0001f30d", "\U0001f389", "\U00010348"]),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=ASTRAL_TEXT, data=st.data())
+def test_a_surrogate_pair_cut_between_deltas_arrives_whole(text: str, data: Any) -> None:
+    halves = _utf16_halves(text)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(halves) - 1)), max_size=6))))
+    pieces = [halves[a:b] for a, b in zip([0, *cuts], [*cuts, len(halves)]) if b > a]
+    tail = data.draw(st.sampled_from(["completed", "tool call"]))
+    st_ = StreamTranslator(model="m", include_usage=False)
+    frames: list[bytes] = []
+    frames += st_.feed({"type": "response.created", "response": {"id": "r", "output": []}})
+    for piece in pieces:
+        frames += st_.feed({"type": "response.output_text.delta", "item_id": "msg_1",
+                            "output_index": 0, "content_index": 0, "delta": piece})  # fmt: skip
+    if tail == "tool call":
+        item = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f",
+                "arguments": "{}"}  # fmt: skip
+        frames += st_.feed({"type": "response.output_item.added", "output_index": 1, "item": item})
+    frames += st_.feed(
+        {"type": "response.completed", "response": {"id": "r", "status": "completed"}}
+    )
+    contents = [d["content"] for d in deltas(parse_frames(frames)) if d.get("content")]
+    # every chunk's text is whole characters (a strict reader takes it) ...
+    assert not any("\ud800" <= c <= "\udfff" for s in contents for c in s)
+    # ... and together they are the text
+    assert "".join(contents) == text
