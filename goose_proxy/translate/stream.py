@@ -158,7 +158,8 @@ class StreamTranslator:
                 self._last_part = part
             if self._high:
                 delta, self._high = self._high + delta, ""
-            if "\ud800" <= delta[-1] <= "\udbff":
+            logprobs = event.get("logprobs")
+            if "\ud800" <= delta[-1] <= "\udbff" and not logprobs:
                 # the first half of a surrogate pair (a backend that cut its
                 # ASCII-escaped text between the halves): sent with the second
                 # half, as one character, not as two halves a strict JSON
@@ -168,7 +169,6 @@ class StreamTranslator:
                     return []
             if not self._head:
                 self._prepare()
-            logprobs = event.get("logprobs")
             if logprobs and isinstance(logprobs, list):
                 lp = {"content": logprobs, "refusal": None}
                 frame = self._chunk({"content": delta}, logprobs=lp)
@@ -181,10 +181,7 @@ class StreamTranslator:
         out: Out = []
         handler(event, out)
         if self._high and out:  # what comes next is no second half: it goes first
-            if not self._head:
-                self._prepare()
-            out.insert(0, self._text_head + encode_json(self._high) + self._text_tail)
-            self._high = ""
+            out[:0] = self._release_high()
         if out and not self._started:
             return self._commit(out)
         return out
@@ -214,7 +211,8 @@ class StreamTranslator:
             return []
         self._done = True
         self._started = True
-        return [b"data: " + encode_json(err.to_dict()) + b"\n\n", DONE_FRAME]
+        # a held half goes out too, as all text that came
+        return [*self._release_high(), b"data: " + encode_json(err.to_dict()) + b"\n\n", DONE_FRAME]
 
     # --- framing --------------------------------------------------------------
 
@@ -231,6 +229,16 @@ class StreamTranslator:
             + b',"choices":[{"index":0,"delta":'
         )  # fmt: skip
         self._text_head = self._head + b'{"content":'
+
+    def _release_high(self) -> Out:
+        """The held first half of a surrogate pair, alone (escaped), if any."""
+        if not self._high:
+            return []
+        if not self._head:
+            self._prepare()
+        frame = self._text_head + encode_json(self._high) + self._text_tail
+        self._high = ""
+        return [frame]
 
     def _chunk(
         self, delta: Mapping[str, Any], *, finish: Optional[str] = None, logprobs: Any = None

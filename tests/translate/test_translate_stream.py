@@ -643,3 +643,23 @@ def test_the_backends_own_search_is_not_a_tool_call_for_the_client() -> None:
     for event in events:
         acc.feed(event)
     assert "tool_calls" not in responses_to_chat(acc.result(), "m")["choices"][0]["message"]
+
+
+def test_a_held_surrogate_half_is_not_lost_when_the_stream_breaks() -> None:
+    # the stream ends early or fails after the first half of a pair: the half
+    # still goes out (escaped), as all text that came
+    for end in ("finish", "error"):
+        st = StreamTranslator(model="m", include_usage=False)
+        frames = st.feed(CREATED) + st.feed(text_delta("A\ud83c"))
+        frames += st.finish() if end == "finish" else st.error_frames(UpstreamTimeout("t"))
+        assert text_of(parse_frames(frames)) == "A\ud83c"
+
+
+def test_a_surrogate_half_with_logprobs_is_not_held() -> None:
+    # holding it would part it from its logprobs
+    lp = [{"token": "h1", "logprob": -0.1, "bytes": [], "top_logprobs": []}]
+    _, parsed = run([CREATED, {**text_delta("\ud83c"), "logprobs": lp},
+                     text_delta("\udf0d"), completed()])  # fmt: skip
+    sent = [c["choices"][0].get("logprobs") for c in chunks_of(parsed) if c["choices"]]
+    assert {"content": lp, "refusal": None} in sent
+    assert text_of(parsed) == "\ud83c\udf0d"
