@@ -437,7 +437,8 @@ async def relay_events(
     read from a stream); so does a stream that breaks or ends by then.
     """
     parser = SSEParser(limit)
-    opening: Optional[bytes] = b""  # held until the answer starts; None once it has
+    held: Optional[list[bytes]] = []  # whole events before the answer; None once it started
+    held_size = 0
     ended = False  # a terminal event went by: only [DONE] may follow
     grace = 0.0  # then: when to stop waiting for it (anyio.current_time())
     carry = b""  # the start of an event not complete yet
@@ -477,16 +478,17 @@ async def relay_events(
         except UpstreamProtocolError as e:
             error = e
         finally:
-            if whole and opening is None:
+            if whole and held is None:
                 await send(whole)
-        if opening is not None and error is None:
-            opening += whole
+        if held is not None and error is None:
+            held.append(whole)
+            held_size += len(whole)
             started, failure = _answer_starts(events)
             if failure is not None:
                 raise failure
-            if started or len(opening) > limit:
-                held, opening = opening, None
-                await send(held)
+            if started or held_size > limit:
+                await send(b"".join(held))
+                held = None
         done = False
         for ev in events:  # in order: nothing after [DONE] counts
             if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
