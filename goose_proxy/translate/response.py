@@ -85,6 +85,9 @@ def finish_reason(status: Any, incomplete_details: Any, any_tool_call: bool) -> 
     return "tool_calls" if any_tool_call else "stop"
 
 
+FAILED_WITHOUT_MESSAGE = "upstream response failed without an error message"
+
+
 def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
     """The error a failed Response object carries, or None if it did not fail.
 
@@ -96,9 +99,6 @@ def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
     if resp.get("status") == "failed":
         return UpstreamError(FAILED_WITHOUT_MESSAGE)
     return None
-
-
-FAILED_WITHOUT_MESSAGE = "upstream response failed without an error message"
 
 
 def event_failure(event: Mapping[str, Any]) -> ProxyError:
@@ -117,9 +117,9 @@ def event_failure(event: Mapping[str, Any]) -> ProxyError:
 FINISHED = ("completed", "incomplete")
 
 
-def check_finished(resp: Any) -> Mapping[str, Any]:
-    """``resp`` if it is a Response object that finished (or failed), for an
-    answer the backend sent whole.
+def check_finished(resp: Any) -> Optional[ProxyError]:
+    """For an answer the backend sent whole: the failure it reports (see
+    :func:`failure_of`), or None when it is a Response object that finished.
 
     Raises:
         UpstreamProtocolError: not a JSON object; no ``output`` list (``{}``, an
@@ -129,8 +129,9 @@ def check_finished(resp: Any) -> Mapping[str, Any]:
     """
     if not isinstance(resp, (dict, Mapping)):
         raise UpstreamProtocolError("upstream answer is not a JSON object")
-    if failure_of(resp) is not None:
-        return resp  # the caller reports the failure
+    failure = failure_of(resp)
+    if failure is not None:
+        return failure
     status = resp.get("status")
     if status is not None and status not in FINISHED:
         raise UpstreamProtocolError(
@@ -142,7 +143,7 @@ def check_finished(resp: Any) -> Mapping[str, Any]:
         raise UpstreamProtocolError(
             f'upstream answer is not a Response object: it has no "output" list (keys: {keys})'
         )
-    return resp
+    return None
 
 
 def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
@@ -171,8 +172,7 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
             :func:`check_finished`), or a ``function_call`` item has neither
             ``call_id`` nor ``id``.
     """
-    check_finished(resp)
-    failure = failure_of(resp)
+    failure = check_finished(resp)
     if failure is not None:
         raise failure
     output = resp.get("output")
@@ -265,11 +265,9 @@ def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
         UpstreamProtocolError: ``resp`` is not a finished Response object (see
             :func:`check_finished`).
     """
-    check_finished(resp)
-    status = resp.get("status")
-    if isinstance(resp.get("error"), Mapping) or status == "failed":
+    if check_finished(resp) is not None:
         etype = "response.failed"
-    elif status == "incomplete":
+    elif resp.get("status") == "incomplete":
         etype = "response.incomplete"
     else:
         etype = "response.completed"

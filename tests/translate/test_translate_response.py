@@ -267,9 +267,9 @@ def test_finished_responses_pass_the_check() -> None:
         response([message(text("x"))], status="incomplete"),
         {"id": "resp_1", "output": [message(text("x"))]},  # no status: accepted
     ):
-        assert check_finished(resp) is resp
+        assert check_finished(resp) is None
     failed = response([], status="failed", error={"code": "server_error", "message": "boom"})
-    assert check_finished(failed) is failed  # its failure is reported by the caller
+    assert isinstance(check_finished(failed), UpstreamError)  # reported, not raised
     with pytest.raises(UpstreamError):
         responses_to_chat(failed, "m")
 
