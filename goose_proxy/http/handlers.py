@@ -162,9 +162,13 @@ class Handlers:
         self.upstream = upstream
         self.opts = translate_options(config)
         self._char_limit = b.request_char_limit
-        # [backend.headers] are added by the upstream client, to every request
+        # [backend.headers] are added by the upstream client, to every request;
+        # one of them named X-LCS-Merge-Server-Tools replaces this default
+        configured = {name.lower() for name in b.headers}
         self._upstream_headers: list[tuple[bytes, bytes]] = (
-            [(b"x-lcs-merge-server-tools", b"true")] if b.flavor == "lightspeed" else []
+            [(b"x-lcs-merge-server-tools", b"true")]
+            if b.flavor == "lightspeed" and "x-lcs-merge-server-tools" not in configured
+            else []
         )
         m = config.models
         self._models_body = json.dumps(

@@ -405,10 +405,10 @@ class UpstreamClient:
         self._config_headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers.items()
         ]
-        #: their names: these replace the proxy's own value (User-Agent,
-        #: X-LCS-Merge-Server-Tools), never join it as a second header
-        self._config_names = frozenset(k for k, _ in self._config_headers)
-        self._user_agent = [] if b"user-agent" in self._config_names else [UA_HEADER]
+        #: a configured User-Agent replaces the proxy's, never joins it
+        self._user_agent = (
+            [] if any(k == b"user-agent" for k, _ in self._config_headers) else [UA_HEADER]
+        )
         #: idle connections, the least recently used first
         self._idle: deque[Connection] = deque()
         #: the timer that closes idle connections past pool_idle_timeout
@@ -520,12 +520,8 @@ class UpstreamClient:
         if method == b"POST":
             hdrs.append((b"content-type", b"application/json"))
             hdrs.append((b"content-length", str(len(body)).encode()))
-        if self._config_names:
-            names = self._config_names
-            hdrs += [h for h in headers if h[0] not in names]
-            hdrs += self._config_headers
-        else:
-            hdrs += headers
+        hdrs += headers
+        hdrs += self._config_headers
         # constants, the endpoint and [backend.headers] (checked at start), the
         # request id (checked where it is made): see goose_proxy.http11
         req = h11.Request(method=method, target=target, headers=hdrs, **TRUSTED)
