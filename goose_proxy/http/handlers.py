@@ -211,45 +211,13 @@ class Handlers:
         ]
 
     def _check_size(self, payload: bytes, body: dict[str, Any]) -> None:
-        """ContextLengthExceeded for a body over the backend's cap, before sending it.
-
-        Lightspeed Stack refuses a body over 65,536 characters with a 422 that
-        Goose treats as a plain bad request (it would retry the same request
-        forever); as ``context_length_exceeded`` Goose compacts its history.
-        When the body would be over the cap without any input (its tools and
-        instructions), or with only the newest user message (a large image,
-        say), compacting cannot help: a plain 400 says which.
-        """
+        """A 400 for a body over the backend's cap, before sending it (see
+        :func:`_over_cap`)."""
         limit = self._char_limit
         if limit and len(payload) > limit:  # bytes ≥ characters
             chars = len(payload.decode("utf-8"))
             if chars > limit:
-                fixed = len(encode_json({**body, "input": []}).decode("utf-8"))
-                alone = _newest_user_message_alone(body)
-                if fixed > limit or alone > limit:
-                    # compacting cannot help: say which part fills the cap (the
-                    # tools whenever they alone are over it)
-                    if fixed <= limit and alone - fixed > fixed:
-                        raise InvalidRequest(
-                            f"the newest message is too large for the backend: with it alone "
-                            f"the request would be {alone:,} characters, over the {limit:,} "
-                            "the backend accepts ([backend] max_request_chars), so compacting "
-                            "the conversation cannot help; send less in one message (a "
-                            "smaller image or file)",
-                            code="string_above_max_length",
-                        )
-                    raise InvalidRequest(
-                        f"the tools and instructions take {fixed:,} of the {limit:,} "
-                        "characters the backend accepts ([backend] max_request_chars), so "
-                        "compacting the conversation cannot help; offer fewer tools "
-                        "(extensions) or shorter instructions",
-                        code="request_too_large",
-                    )
-                raise ContextLengthExceeded(
-                    f"the conversation is too long for the backend: the request would be "
-                    f"{chars:,} characters and the backend accepts at most {limit:,} "
-                    "([backend] max_request_chars); shorten or compact it"
-                )
+                raise _over_cap(body, chars, limit)
 
     async def _raise_for_status(self, ex: Exchange, resp: UpstreamResponse) -> None:
         ex.upstream_status = resp.status
@@ -388,6 +356,41 @@ class Handlers:
 
             await relay_events(resp.receive, send, self.config.backend.max_event_size)
             await ex.conn.end_stream()
+
+
+def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:
+    """The error for ``body`` (``chars`` characters) over the cap of ``limit``.
+
+    Lightspeed Stack refuses a body over 65,536 characters with a 422 that
+    Goose treats as a plain bad request (it would retry the same request
+    forever); as ``context_length_exceeded`` Goose compacts its history. When
+    the body would be over the cap without any input (its tools and
+    instructions), or with only the newest user message (a large image, say),
+    compacting cannot help: a plain 400 says which part fills it (the tools
+    whenever they alone are over it).
+    """
+    fixed = len(encode_json({**body, "input": []}).decode("utf-8"))
+    alone = _newest_user_message_alone(body)
+    if fixed <= limit and alone <= limit:
+        return ContextLengthExceeded(
+            f"the conversation is too long for the backend: the request would be "
+            f"{chars:,} characters and the backend accepts at most {limit:,} "
+            "([backend] max_request_chars); shorten or compact it"
+        )
+    if fixed <= limit and alone - fixed > fixed:
+        return InvalidRequest(
+            f"the newest message is too large for the backend: with it alone the request "
+            f"would be {alone:,} characters, over the {limit:,} the backend accepts "
+            "([backend] max_request_chars), so compacting the conversation cannot help; "
+            "send less in one message (a smaller image or file)",
+            code="string_above_max_length",
+        )
+    return InvalidRequest(
+        f"the tools and instructions take {fixed:,} of the {limit:,} characters the backend "
+        "accepts ([backend] max_request_chars), so compacting the conversation cannot help; "
+        "offer fewer tools (extensions) or shorter instructions",
+        code="request_too_large",
+    )
 
 
 def _newest_user_message_alone(body: dict[str, Any]) -> int:
