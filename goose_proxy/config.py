@@ -227,7 +227,7 @@ def redact_location(url: str) -> str:
     token); ``""`` when that cannot be told safely.
 
     Nothing is shown for a reference without ``scheme://``, a host that is no
-    dotted name or address, an ``@`` in the path, or an ``@`` anywhere after a
+    dotted name, ``localhost`` or address, an ``@`` in the path, or an ``@`` anywhere after a
     host with no path: a password holding an unencoded ``/``, ``?`` or ``#``
     ends the authority early, and what looks like a host may be its pieces.
     """
