@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
-from .response import READ_FIELDS, event_failure, map_usage
+from .response import JSON_OBJECT, READ_FIELDS, event_failure, map_usage
 
 __all__ = ["ResponseAccumulator"]
 
@@ -151,7 +151,7 @@ class ResponseAccumulator:
 
     def feed(self, event: Mapping[str, Any]) -> None:
         """Take one parsed Responses event (a dict with ``type``)."""
-        if self.done or not isinstance(event, (dict, Mapping)):
+        if self.done or not isinstance(event, JSON_OBJECT):
             return
         etype = event.get("type")
         delta = _DELTAS.get(etype) if isinstance(etype, str) else None
@@ -176,7 +176,7 @@ class ResponseAccumulator:
             return
         if etype == "response.content_part.done":
             part = event.get("part")
-            if isinstance(part, (dict, Mapping)):
+            if isinstance(part, JSON_OBJECT):
                 slot = self._slot(event, event.get("item_id"))
                 index = event.get("content_index", 0)
                 index = index if isinstance(index, int) else 0
@@ -187,14 +187,14 @@ class ResponseAccumulator:
             return
         if etype in ("response.output_item.added", "response.output_item.done"):
             item = event.get("item")
-            if isinstance(item, (dict, Mapping)):
+            if isinstance(item, JSON_OBJECT):
                 slot = self._slot(event, item.get("id"))
                 if etype.endswith(".done") or not slot.done:
                     slot.item = dict(item)
                 slot.done = slot.done or etype.endswith(".done")
             return
         response = event.get("response")
-        if isinstance(response, (dict, Mapping)):
+        if isinstance(response, JSON_OBJECT):
             usage = map_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage

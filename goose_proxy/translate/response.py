@@ -24,6 +24,10 @@ from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
 
 from .errormap import error_from_event
 
+#: what a decoded JSON object may be, for ``isinstance``: ``dict`` first, so the
+#: usual case is decided without the ``Mapping`` ABC's slower check
+JSON_OBJECT = (dict, Mapping)
+
 __all__ = [
     "chat_tool_call",
     "events_from_response",
@@ -46,7 +50,7 @@ def map_usage(usage: Any) -> Optional[dict[str, Any]]:
 
     ``cached_tokens`` and ``reasoning_tokens`` details are kept when present.
     """
-    if not isinstance(usage, (dict, Mapping)):
+    if not isinstance(usage, JSON_OBJECT):
         return None
     prompt = _count(usage.get("input_tokens"))
     completion = _count(usage.get("output_tokens"))
@@ -57,10 +61,10 @@ def map_usage(usage: Any) -> Optional[dict[str, Any]]:
         "total_tokens": _count(total) if total is not None else prompt + completion,
     }
     details = usage.get("input_tokens_details")
-    if isinstance(details, (dict, Mapping)) and details.get("cached_tokens") is not None:
+    if isinstance(details, JSON_OBJECT) and details.get("cached_tokens") is not None:
         out["prompt_tokens_details"] = {"cached_tokens": _count(details["cached_tokens"])}
     details = usage.get("output_tokens_details")
-    if isinstance(details, (dict, Mapping)) and details.get("reasoning_tokens") is not None:
+    if isinstance(details, JSON_OBJECT) and details.get("reasoning_tokens") is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": _count(details["reasoning_tokens"])}
     return out
 
@@ -79,7 +83,7 @@ def finish_reason(status: Any, incomplete_details: Any, any_tool_call: bool) -> 
     ``"tool_calls"`` if a tool call was returned, else ``"stop"``.
     """
     if status == "incomplete":
-        details = incomplete_details if isinstance(incomplete_details, (dict, Mapping)) else {}
+        details = incomplete_details if isinstance(incomplete_details, JSON_OBJECT) else {}
         reason = details.get("reason")
         return "content_filter" if reason == "content_filter" else "length"
     return "tool_calls" if any_tool_call else "stop"
@@ -94,7 +98,7 @@ def failure_of(resp: Mapping[str, Any]) -> Optional[ProxyError]:
     A response failed when ``status`` is ``"failed"`` or ``error`` is an object.
     """
     err = resp.get("error")
-    if isinstance(err, (dict, Mapping)):
+    if isinstance(err, JSON_OBJECT):
         return error_from_event(err)
     if resp.get("status") == "failed":
         return UpstreamError(FAILED_WITHOUT_MESSAGE)
@@ -107,8 +111,8 @@ def event_failure(event: Mapping[str, Any]) -> ProxyError:
     if event.get("type") == "error":
         return error_from_event(event)
     response = event.get("response")
-    err = response.get("error") if isinstance(response, (dict, Mapping)) else None
-    if isinstance(err, (dict, Mapping)):
+    err = response.get("error") if isinstance(response, JSON_OBJECT) else None
+    if isinstance(err, JSON_OBJECT):
         return error_from_event(err)
     return UpstreamError(FAILED_WITHOUT_MESSAGE)
 
@@ -127,7 +131,7 @@ def check_finished(resp: Any) -> Optional[ProxyError]:
             (``queued``/``in_progress``: a background response) or ``cancelled``.
             Read as success, each would be an empty answer with ``"stop"``.
     """
-    if not isinstance(resp, (dict, Mapping)):
+    if not isinstance(resp, JSON_OBJECT):
         raise UpstreamProtocolError("upstream answer is not a JSON object")
     failure = failure_of(resp)
     if failure is not None:
@@ -152,7 +156,7 @@ def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
     for key in ("content", "summary"):
         parts = item.get(key)
         for part in parts if isinstance(parts, list) else ():
-            if isinstance(part, (dict, Mapping)) and isinstance(part.get("text"), str):
+            if isinstance(part, JSON_OBJECT) and isinstance(part.get("text"), str):
                 texts.append(part["text"])
     return texts
 
@@ -182,12 +186,12 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
     tool_calls: list[dict[str, Any]] = []
     logprobs: list[Any] = []
     for item in output if isinstance(output, list) else ():
-        if not isinstance(item, (dict, Mapping)):
+        if not isinstance(item, JSON_OBJECT):
             continue
         itype = item.get("type")
         if itype == "message":
             for part in item.get("content") or ():
-                if not isinstance(part, (dict, Mapping)):
+                if not isinstance(part, JSON_OBJECT):
                     continue
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
                     texts.append(part["text"])

@@ -44,6 +44,7 @@ from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
 from .jsonbody import encode_json
 from .response import (
+    JSON_OBJECT,
     event_failure,
     finish_reason,
     map_usage,
@@ -145,7 +146,7 @@ class StreamTranslator:
                 event) before any frame was returned: ``ContextLengthExceeded``,
                 ``RateLimited`` or another class from :func:`error_from_event`.
         """
-        if self._done or not isinstance(event, (dict, Mapping)):
+        if self._done or not isinstance(event, JSON_OBJECT):
             return []
         etype = event.get("type")
         if etype == "response.output_text.delta":  # the hot path
@@ -289,7 +290,7 @@ class StreamTranslator:
         self._adopt(event.get("response"))
 
     def _adopt(self, response: Any) -> None:
-        if self._head or not isinstance(response, (dict, Mapping)):
+        if self._head or not isinstance(response, JSON_OBJECT):
             return
         meta = self._meta
         if isinstance(response.get("id"), str):
@@ -314,7 +315,7 @@ class StreamTranslator:
 
     def _on_item_added(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
-        if not isinstance(item, (dict, Mapping)):
+        if not isinstance(item, JSON_OBJECT):
             return
         key = self._item_key(item, _int(event.get("output_index"), -1))
         if item.get("type") == "function_call":
@@ -338,7 +339,7 @@ class StreamTranslator:
         etype = event.get("type")
         if etype == "response.content_part.done":
             part = event.get("part")
-            if not isinstance(part, (dict, Mapping)):
+            if not isinstance(part, JSON_OBJECT):
                 return
             kind = part.get("type")
             text = part.get("text") if kind == "output_text" else part.get("refusal")
@@ -361,7 +362,7 @@ class StreamTranslator:
 
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
-        if isinstance(item, (dict, Mapping)):
+        if isinstance(item, JSON_OBJECT):
             self._item_done(item, _int(event.get("output_index"), -1), out)
 
     def _item_done(self, item: Mapping[str, Any], index: int, out: Out) -> None:
@@ -370,7 +371,7 @@ class StreamTranslator:
         if itype == "message":
             content = item.get("content")
             for j, part in enumerate(content if isinstance(content, list) else ()):
-                if isinstance(part, (dict, Mapping)):
+                if isinstance(part, JSON_OBJECT):
                     kind = part.get("type")
                     text = part.get("text") if kind == "output_text" else part.get("refusal")
                     self._unstreamed_part((key, j), kind, text, out)
@@ -390,7 +391,7 @@ class StreamTranslator:
 
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
-        if not isinstance(response, (dict, Mapping)):
+        if not isinstance(response, JSON_OBJECT):
             response = {}
         self._adopt(response)
         usage = map_usage(response.get("usage"))
@@ -400,7 +401,7 @@ class StreamTranslator:
         output = response.get("output")
         finals: dict[str, Mapping[str, Any]] = {}
         for i, item in enumerate(output if isinstance(output, list) else ()):
-            if isinstance(item, (dict, Mapping)):
+            if isinstance(item, JSON_OBJECT):
                 self._item_done(item, i, out)
                 finals[self._item_key(item, i)] = item
         self._fragments(self._calls.close(finals), out)
@@ -423,7 +424,7 @@ class StreamTranslator:
 
     def _on_failed(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
-        if isinstance(response, (dict, Mapping)):
+        if isinstance(response, JSON_OBJECT):
             usage = map_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
