@@ -338,6 +338,13 @@ SSE_HEAD = (
 )
 
 
+def http_answer(status: str, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
+    """A whole HTTP/1.1 answer: the status line (e.g. ``"200 OK"``), ``headers`` in
+    order, then ``content-length`` and ``body``."""
+    head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return head.encode("latin-1") + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+
+
 def sse_answer(frames: list[bytes]) -> bytes:
     """A whole chunked SSE answer: the head, a chunk per frame, the last chunk."""
     return SSE_HEAD + b"".join(chunk(f) for f in frames) + b"0\r\n\r\n"

@@ -15,6 +15,8 @@ import gzip
 import json
 import socket
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -38,6 +40,7 @@ from tests.reliability.support import (
     chat_stream_outcome,
     chunk,
     fake_server,
+    http_answer,
     pool_size,
     post,
     proxied,
@@ -87,6 +90,23 @@ async def _direct_all(
         out = [await post(proxy.url, body, path=path) for body in bodies]
         await assert_no_leaks(proxy, None, tasks)
     return out
+
+
+JSON = ("content-type", "application/json")
+
+
+@asynccontextmanager
+async def _canned(pki: SimpleNamespace, answer: bytes) -> AsyncIterator[FakeServer]:
+    """A TLS backend that reads each request and sends ``answer``, then holds the
+    connection until the proxy hangs up."""
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(answer)
+        await read_all(stream)
+
+    async with fake_server(handler, tls=pki.server_context()) as srv:
+        yield srv
 
 
 # --- connecting ----------------------------------------------------------------------
@@ -297,27 +317,22 @@ async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
 
 @pytest.mark.parametrize(
     "coding",
-    [b"content-encoding: gzip\r\n", b"content-encoding: identity\r\ncontent-encoding: gzip\r\n"],
+    [
+        [("content-encoding", "gzip")],
+        [("content-encoding", "identity"), ("content-encoding", "gzip")],
+    ],
     ids=["one-header", "second-header"],
 )
 @pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
 async def test_encoded_answer_is_refused_not_garbled(
-    pki: SimpleNamespace, body: dict[str, Any], coding: bytes
+    pki: SimpleNamespace, body: dict[str, Any], coding: list[tuple[str, str]]
 ) -> None:
     # the proxy asks for identity; a backend that compresses anyway gets a clear
     # error, not gzip bytes parsed as JSON or SSE
     payload = gzip.compress(b'{"id": "resp_1"}')
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%s"
-            b"content-length: %d\r\n\r\n%s" % (coding, len(payload), payload)
-        )
-        await read_all(stream)  # until the proxy hangs up
-
+    answer = http_answer("200 OK", [JSON, *coding], payload)
     with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with _canned(pki, answer) as srv:
             r, again = await _direct_all(srv.url, pki.auth, [body, body])
     assert b"\r\naccept-encoding: identity\r\n" in srv.requests[0].lower()
     assert srv.accepted == 2  # the first connection was closed, not pooled
@@ -331,19 +346,11 @@ async def test_encoded_answer_is_refused_not_garbled(
 async def test_encoded_error_answer_keeps_its_status(pki: SimpleNamespace, path: str) -> None:
     # the status and Retry-After still say what happened; the body is not decoded
     payload = gzip.compress(b'{"detail": "quota exceeded"}')
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(
-            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-            b"retry-after: 7\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(payload), payload)
-        )
-        await read_all(stream)  # until the proxy hangs up
-
+    headers = [JSON, ("retry-after", "7"), ("content-encoding", "gzip")]
+    answer = http_answer("429 Too Many Requests", headers, payload)
     body = HELLO if path == "/v1/chat/completions" else {"model": "m", "input": "hi"}
     with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with _canned(pki, answer) as srv:
             r = await _direct(srv.url, pki.auth, body, path=path)
     assert r.status_code == 429
     assert r.headers["retry-after"] == "7"
@@ -797,8 +804,7 @@ async def test_early_answer_to_a_large_body_is_read_not_retried(pki: SimpleNames
         srv.requests.append(await read_until(stream, b"\r\n\r\n"))
         body = b'{"detail": "Request Entity Too Large"}'
         await stream.send(
-            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            http_answer("413 Request Entity Too Large", [JSON, ("connection", "close")], body)
         )  # then closed with the body unread: a reset for the proxy's writes
 
     big = {"model": "m", "messages": [{"role": "user", "content": "x" * (12 << 20)}]}
@@ -877,19 +883,12 @@ _SURROGATE_FAILED = sse_event(
 async def test_backend_error_quoting_a_lone_surrogate_reaches_the_client(
     pki: SimpleNamespace, body: dict[str, Any], how: str
 ) -> None:
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        if how == "status":
-            await stream.send(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(_SURROGATE_400), _SURROGATE_400)
-            )
-        else:
-            await stream.send(sse_answer([_SURROGATE_FAILED]))
-        await read_all(stream)
-
+    if how == "status":
+        answer = http_answer("400 Bad Request", [JSON], _SURROGATE_400)
+    else:
+        answer = sse_answer([_SURROGATE_FAILED])
     with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with _canned(pki, answer) as srv:
             r = await _direct(srv.url, pki.auth, body)
     assert r.status_code == (400 if how == "status" else 502)
     assert r.content.isascii()
@@ -905,16 +904,8 @@ async def test_a_2xx_answer_that_is_no_response_is_an_error(
     pki: SimpleNamespace, body: dict[str, Any], flavor: str, answer: bytes
 ) -> None:
     # not an empty answer with finish_reason "stop", which a client takes as done
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(answer), answer)
-        )
-        await read_all(stream)
-
     with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with _canned(pki, http_answer("200 OK", [JSON], answer)) as srv:
             r = await _direct(srv.url, pki.auth, body, flavor=flavor)
     assert r.status_code == 502
     err = r.json()["error"]
@@ -937,22 +928,12 @@ async def test_a_redirect_is_an_error_not_an_answer(
     # a login gateway in front of the backend, or a wrong endpoint; its body may
     # even parse as a Response
     answer = json.dumps({"id": "r", "status": "completed", "output": []}).encode()
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        # its credentials and token are not repeated to the client; a coding
-        # does not hide that it is a redirect
-        await stream.send(
-            b"HTTP/1.1 302 Found\r\n"
-            b"location: https://alice:s3cret@sso.example/login?token=abc#x\r\n"
-            b"content-encoding: gzip\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(answer), answer)
-        )
-        await read_all(stream)
-
+    # its credentials and token are not repeated to the client; a coding
+    # does not hide that it is a redirect
+    location = ("location", "https://alice:s3cret@sso.example/login?token=abc#x")
+    redirect = http_answer("302 Found", [location, ("content-encoding", "gzip"), JSON], answer)
     with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with _canned(pki, redirect) as srv:
             r = await _direct(srv.url, pki.auth, body, path=path)
     assert r.status_code == 502
     err = r.json()["error"]
@@ -967,11 +948,7 @@ def _json_answer(words: list[str]) -> bytes:
     obj = {"id": "r", "object": "response", "status": "completed", "output": [
         {"type": "message", "role": "assistant",
          "content": [{"type": "output_text", "text": " ".join(words)}]}]}  # fmt: skip
-    data = json.dumps(obj).encode()
-    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(data),
-        data,
-    )
+    return http_answer("200 OK", [JSON], json.dumps(obj).encode())
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
