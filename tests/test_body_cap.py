@@ -23,7 +23,7 @@ import devbackend
 from goose_proxy.config import LIGHTSPEED_MAX_REQUEST_CHARS, parse_config
 from goose_proxy.errors import ContextLengthExceeded, UpstreamHTTPError
 from goose_proxy.translate import error_from_backend
-from tests.reliability.support import post
+from tests.reliability.support import post, proxied
 from tests.support import FIXTURES, make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
@@ -59,10 +59,9 @@ async def test_too_long_body_refused_before_sending(pki: SimpleNamespace, path: 
     else:
         body = {"model": "m", "input": [{**t, "type": "message"} for t in turns]}
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy.url, body, path)
-                ok = await post(proxy.url, chat("short"))
+        async with proxied(pki) as h:
+            r = await post(h.url, body, path)
+            ok = await post(h.url, chat("short"))
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded"
@@ -70,25 +69,22 @@ async def test_too_long_body_refused_before_sending(pki: SimpleNamespace, path: 
     assert f"{LIGHTSPEED_MAX_REQUEST_CHARS:,}" in err["message"]
     # the backend never saw the long request; the connection still serves
     assert ok.status_code == 200
-    assert len(backend.requests) == 1
-    assert "short" in json.dumps(backend.requests[0].json)
+    assert len(h.backend.requests) == 1
+    assert "short" in json.dumps(h.backend.requests[0].json)
 
 
 async def test_sdk_sees_a_context_length_error(pki: SimpleNamespace) -> None:
     # what Goose's OpenAI client gets: a BadRequestError with the code it compacts on
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                client = openai.AsyncOpenAI(
-                    base_url=proxy.url + "/v1", api_key="unused", max_retries=0
+        async with proxied(pki) as h:
+            client = openai.AsyncOpenAI(base_url=h.url + "/v1", api_key="unused", max_retries=0)
+            with pytest.raises(openai.BadRequestError) as exc:
+                await client.chat.completions.create(
+                    model="m",
+                    messages=history(70_000),  # type: ignore[arg-type]
+                    stream=True,
                 )
-                with pytest.raises(openai.BadRequestError) as exc:
-                    await client.chat.completions.create(
-                        model="m",
-                        messages=history(70_000),  # type: ignore[arg-type]
-                        stream=True,
-                    )
-                await client.close()
+            await client.close()
     assert exc.value.code == "context_length_exceeded"
     assert exc.value.status_code == 400
 
@@ -110,15 +106,14 @@ async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
     else:
         body = {"model": "m", "input": "x" * (LIGHTSPEED_MAX_REQUEST_CHARS + 10)}
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy.url, body, path)
+        async with proxied(pki) as h:
+            r = await post(h.url, body, path)
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "string_above_max_length"
     assert "compacting the conversation cannot help" in err["message"]
     assert f"{LIGHTSPEED_MAX_REQUEST_CHARS:,}" in err["message"]
-    assert len(backend.requests) == 0
+    assert len(h.backend.requests) == 0
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
@@ -137,15 +132,14 @@ async def test_tools_over_the_cap_are_named_not_the_message(
                  "parameters": {"type": "object"}} for i in range(23)]  # fmt: skip
         body = {"model": "m", "input": "hi", "tools": flat}
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy.url, body, path)
+        async with proxied(pki) as h:
+            r = await post(h.url, body, path)
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "request_too_large"
     assert err["message"].startswith("the tools and instructions take ")
     assert "fewer tools" in err["message"]
-    assert len(backend.requests) == 0
+    assert len(h.backend.requests) == 0
 
 
 async def test_tools_just_under_the_cap_are_still_what_is_named(pki: SimpleNamespace) -> None:
@@ -157,12 +151,11 @@ async def test_tools_just_under_the_cap_are_still_what_is_named(pki: SimpleNames
               "description": "d" * (LIGHTSPEED_MAX_REQUEST_CHARS - base - 200)}}]  # fmt: skip
     body = {**chat("a question of a few dozen characters, nothing more"), "tools": tools}
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy.url, body)
+        async with proxied(pki) as h:
+            r = await post(h.url, body)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "request_too_large", r.text
-    assert len(backend.requests) == 0
+    assert len(h.backend.requests) == 0
 
 
 async def test_tools_over_the_cap_are_named_even_beside_a_larger_message(
@@ -173,11 +166,10 @@ async def test_tools_over_the_cap_are_named_even_beside_a_larger_message(
     image = [{"type": "image_url", "image_url": {"url": IMAGE}}]
     body = {"model": "m", "messages": [{"role": "user", "content": image}], "tools": tools}
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy.url, body)
+        async with proxied(pki) as h:
+            r = await post(h.url, body)
     assert r.status_code == 400 and r.json()["error"]["code"] == "request_too_large"
-    assert len(backend.requests) == 0
+    assert len(h.backend.requests) == 0
 
 
 async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamespace) -> None:
@@ -189,11 +181,10 @@ async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamesp
         {"role": "tool", "tool_call_id": "call_1", "content": "line\n" * 14_000},
     ]
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
-                r = await post(proxy.url, {"model": "m", "messages": turns})
+        async with proxied(pki) as h:
+            r = await post(h.url, {"model": "m", "messages": turns})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
-    assert len(backend.requests) == 0
+    assert len(h.backend.requests) == 0
 
 
 async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:
@@ -201,13 +192,11 @@ async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:
     # of JSON but 4,200 bytes; a 3,000-character cap must let it through
     body = chat("é" * 2000)
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            cfg = make_config(backend.url, pki.auth, backend={"max_request_chars": 3000})
-            async with running_proxy(cfg) as proxy:
-                r = await post(proxy.url, body)
+        async with proxied(pki, backend={"max_request_chars": 3000}) as h:
+            r = await post(h.url, body)
     assert r.status_code == 200, r.text
-    assert len(backend.requests) == 1
-    sent = json.dumps(backend.requests[0].json, ensure_ascii=False, separators=(",", ":"))
+    assert len(h.backend.requests) == 1
+    sent = json.dumps(h.backend.requests[0].json, ensure_ascii=False, separators=(",", ":"))
     assert len(sent) < 3000 < len(sent.encode())
 
 
@@ -215,11 +204,9 @@ async def test_backend_422_for_a_long_body_maps_to_context_length(pki: SimpleNam
     # the proxy's own check is off: the backend's cap answers, and is understood
     text = "x" * (LIGHTSPEED_MAX_REQUEST_CHARS + 100)
     with anyio.fail_after(10):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            cfg = make_config(backend.url, pki.auth, backend={"max_request_chars": 0})
-            async with running_proxy(cfg) as proxy:
-                r = await post(proxy.url, chat(text))
-    assert len(backend.requests) == 1  # it did reach the backend
+        async with proxied(pki, backend={"max_request_chars": 0}) as h:
+            r = await post(h.url, chat(text))
+    assert len(h.backend.requests) == 1  # it did reach the backend
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded"
