@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import openai
@@ -142,37 +142,24 @@ async def test_tools_over_the_cap_are_named_not_the_message(
     assert len(h.backend.requests) == 0
 
 
-async def test_tools_just_under_the_cap_are_still_what_is_named(pki: SimpleNamespace) -> None:
+def tools_just_under_the_cap() -> dict[str, Any]:
     # tools take all but a few characters, the user typed a short line: the
     # tools fill the cap, not the message
     probe = {**chat("hi"), "tools": []}
     base = len(json.dumps(probe))  # about what the rest of the request takes
     tools = [{"type": "function", "function": {"name": "t",
               "description": "d" * (LIGHTSPEED_MAX_REQUEST_CHARS - base - 200)}}]  # fmt: skip
-    body = {**chat("a question of a few dozen characters, nothing more"), "tools": tools}
-    with anyio.fail_after(10):
-        async with proxied(pki) as h:
-            r = await post(h.url, body)
-    assert r.status_code == 400
-    assert r.json()["error"]["code"] == "request_too_large", r.text
-    assert len(h.backend.requests) == 0
+    return {**chat("a question of a few dozen characters, nothing more"), "tools": tools}
 
 
-async def test_tools_over_the_cap_are_named_even_beside_a_larger_message(
-    pki: SimpleNamespace,
-) -> None:
+def tools_over_the_cap_beside_a_larger_message() -> dict[str, Any]:
     # fixing the message would not be enough: the tools alone are over the cap
     tools = [{"type": "function", "function": {"name": "t", "description": "d" * 70_000}}]
     image = [{"type": "image_url", "image_url": {"url": IMAGE}}]
-    body = {"model": "m", "messages": [{"role": "user", "content": image}], "tools": tools}
-    with anyio.fail_after(10):
-        async with proxied(pki) as h:
-            r = await post(h.url, body)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "request_too_large"
-    assert len(h.backend.requests) == 0
+    return {"model": "m", "messages": [{"role": "user", "content": image}], "tools": tools}
 
 
-async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamespace) -> None:
+def a_large_tool_output() -> dict[str, Any]:
     # a client's compaction may cut a tool's output short: the code it compacts on
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     turns = [
@@ -180,10 +167,26 @@ async def test_a_large_tool_output_is_still_a_context_overflow(pki: SimpleNamesp
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "line\n" * 14_000},
     ]
+    return {"model": "m", "messages": turns}
+
+
+@pytest.mark.parametrize(
+    ("make_body", "code"),
+    [
+        (tools_just_under_the_cap, "request_too_large"),
+        (tools_over_the_cap_beside_a_larger_message, "request_too_large"),
+        (a_large_tool_output, "context_length_exceeded"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+async def test_the_part_that_fills_the_cap_decides_the_code(
+    pki: SimpleNamespace, make_body: Callable[[], dict[str, Any]], code: str
+) -> None:
     with anyio.fail_after(10):
         async with proxied(pki) as h:
-            r = await post(h.url, {"model": "m", "messages": turns})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+            r = await post(h.url, make_body())
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code, r.text
     assert len(h.backend.requests) == 0
 
 
