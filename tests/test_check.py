@@ -50,6 +50,22 @@ async def run_check(
     return SimpleNamespace(rc=proc.returncode, out=out, err=err, all=out + err)
 
 
+async def check_offline(
+    tmp_path: Path, auth: Mapping[str, str], append: str = ""
+) -> SimpleNamespace:
+    """``check`` with ``auth`` against a backend port that refuses connections, for
+    what the check finds before (or instead of) the live request; ``append`` is
+    added to the config file. The result (see :func:`run_check`) also has ``port``."""
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
+        if append:
+            with cfg.open("a") as f:
+                f.write(append)
+        r = await run_check(cfg, child_env(tmp_path))
+    r.port = port
+    return r
+
+
 def issue_client(
     pki: SimpleNamespace, tmp_path: Path, name: str, **validity: Any
 ) -> dict[str, str]:
@@ -127,10 +143,7 @@ async def test_invalid_config_exits_2(tmp_path: Path) -> None:
 
 
 async def test_missing_certificate_says_register(pki: SimpleNamespace, tmp_path: Path) -> None:
-    with refusing_port() as port:
-        auth = pki_auth(pki, cert_file=str(tmp_path / "nope" / "cert.pem"))
-        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, pki_auth(pki, cert_file=str(tmp_path / "nope" / "cert.pem")))
     assert r.rc == 1, r.all
     assert "[FAIL] client certificate:" in r.out
     assert "does not exist" in r.out and "subscription-manager register" in r.out
@@ -147,9 +160,7 @@ async def test_expired_certificate(pki: SimpleNamespace, tmp_path: Path) -> None
         not_before=now - dt.timedelta(days=30),
         not_after=now - dt.timedelta(days=1),
     )
-    with refusing_port() as port:
-        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, auth)
     assert r.rc == 1, r.all
     assert f"{auth['cert_file']} expired on {now - dt.timedelta(days=1):%Y-%m-%d}" in r.out
     assert "subscription-manager status" in r.out
@@ -165,9 +176,7 @@ async def test_certificate_not_yet_valid(pki: SimpleNamespace, tmp_path: Path) -
         not_before=now + dt.timedelta(days=2),
         not_after=now + dt.timedelta(days=30),
     )
-    with refusing_port() as port:
-        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, auth)
     assert r.rc == 1, r.all
     assert "is not valid before" in r.out and "clock" in r.out
     assert "verdict: NOT READY (certificate not yet valid)" in r.out
@@ -175,9 +184,7 @@ async def test_certificate_not_yet_valid(pki: SimpleNamespace, tmp_path: Path) -
 
 async def test_key_that_does_not_match(pki: SimpleNamespace, tmp_path: Path) -> None:
     auth = pki_auth(pki, key_file=str(pki.dir / "stranger-key.pem"))
-    with refusing_port() as port:
-        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, auth)
     assert r.rc == 1, r.all
     assert (
         f"the private key {auth['key_file']} does not match the client certificate "
@@ -189,11 +196,7 @@ async def test_key_that_does_not_match(pki: SimpleNamespace, tmp_path: Path) -> 
 async def test_certificate_that_is_not_pem(pki: SimpleNamespace, tmp_path: Path) -> None:
     bad = tmp_path / "cert.pem"
     bad.write_text("this is not a certificate\n")
-    with refusing_port() as port:
-        cfg = write_config(
-            tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, cert_file=str(bad))
-        )
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, pki_auth(pki, cert_file=str(bad)))
     assert r.rc == 1, r.all
     assert f"cannot load the client certificate {bad}" in r.out
     assert "verdict: NOT READY (certificate unusable)" in r.out
@@ -203,11 +206,7 @@ async def test_missing_ca_file_is_not_blamed_on_the_certificate(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:
     missing = tmp_path / "no-such-ca.pem"
-    with refusing_port() as port:
-        cfg = write_config(
-            tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, ca_file=str(missing))
-        )
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, pki_auth(pki, ca_file=str(missing)))
     assert r.rc == 1, r.all
     assert f"cannot load the CA file {missing} ([backend.auth] ca_file)" in r.out
     assert "verdict: NOT READY (CA file unusable)" in r.out
@@ -254,11 +253,9 @@ async def test_backend_that_does_not_speak_tls(pki: SimpleNamespace, tmp_path: P
 
 
 async def test_backend_unreachable(pki: SimpleNamespace, tmp_path: Path) -> None:
-    with refusing_port() as port:
-        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki))
-        r = await run_check(cfg, child_env(tmp_path))
+    r = await check_offline(tmp_path, pki_auth(pki))
     assert r.rc == 1, r.all
-    assert f"connection refused by backend 127.0.0.1:{port}" in r.out
+    assert f"connection refused by backend 127.0.0.1:{r.port}" in r.out
     assert "verdict: NOT READY (backend unreachable)" in r.out
 
 
@@ -453,11 +450,8 @@ async def test_a_configuration_that_cannot_load_still_ends_with_a_verdict(
 async def test_flavour_defaults_and_log_level_in_the_report(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:
-    with refusing_port() as port:
-        cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki))
-        with cfg.open("a") as f:
-            f.write('\n[logging]\nlevel = "debug"\n')  # the daemon's level, not the check's
-        r = await run_check(cfg, child_env(tmp_path))
+    # the daemon's level, not the check's
+    r = await check_offline(tmp_path, pki_auth(pki), append='\n[logging]\nlevel = "debug"\n')
     assert "backend.max_request_chars = null  (unset: 65536 under the lightspeed flavour)" in r.out
     assert 'backend.model = null  (unset: "" under the lightspeed flavour' in r.out
     assert "DEBUG" not in r.err
