@@ -134,14 +134,6 @@ def test_check_option_with_the_serve_command_is_refused(
 # --- configuration and certificate --------------------------------------------------
 
 
-async def test_invalid_config_exits_2(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[backend]\nendpont = "https://x"\n')
-    r = await run_check(cfg, child_env(tmp_path))
-    assert r.rc == 2
-    assert "backend.endpont: unknown key" in r.out  # in the report, once (stderr stays empty)
-
-
 async def test_missing_certificate_says_register(pki: SimpleNamespace, tmp_path: Path) -> None:
     r = await check_offline(tmp_path, pki_auth(pki, cert_file=str(tmp_path / "nope" / "cert.pem")))
     assert r.rc == 1, r.all
@@ -440,11 +432,13 @@ async def test_a_configuration_that_cannot_load_still_ends_with_a_verdict(
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[backend]\nendpiont = 'https://x'\n")  # a typo: unknown key
-    for cfg in (bad, tmp_path / "missing.toml"):
+    missing = tmp_path / "missing.toml"
+    for cfg, why in ((bad, "backend.endpiont: unknown key"), (missing, "no such file")):
         r = await run_check(cfg, child_env(tmp_path))
         assert r.rc == 2, r.all
         assert r.out.rstrip().endswith("verdict: NOT READY (configuration)")
-        assert "[FAIL] configuration: " in r.out and r.err == ""  # said once
+        assert f"[FAIL] configuration: {cfg}: {why}" in r.out  # why, in the report
+        assert r.err == ""  # said once
 
 
 async def test_flavour_defaults_and_log_level_in_the_report(
