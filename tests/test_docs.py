@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -170,3 +171,45 @@ def test_goose_provider_matches_the_proxy_defaults() -> None:
     assert provider["base_path"].strip("/") == "v1/chat/completions"
     models = ModelsConfig()
     assert provider["models"] == [{"name": models.id, "context_limit": models.context_length}]
+
+
+RELIABILITY = ROOT / "docs" / "reliability.md"
+_COUNT_ROW = re.compile(r"^\| .*\(`(?P<where>[^`]+)`\) \| (?P<n>\d+)\b")
+
+
+def test_reliability_counts_match_the_collected_tests() -> None:
+    """docs/reliability.md's "Counts" table says how many tests each file (or
+    folder) holds; pytest's own collection is the truth."""
+    section = RELIABILITY.read_text("utf-8").split("\n## Counts\n", 1)[1]
+    documented = {m["where"]: int(m["n"]) for m in map(_COUNT_ROW.match, section.splitlines()) if m}
+    total = re.search(r"\| \*\*total\*\* \| \*\*(\d+)\*\* \|", section)
+    assert total and len(documented) >= 8, "the Counts table was not found"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/reliability",
+            "tests/fuzz",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    ids = [line for line in proc.stdout.splitlines() if "::" in line]
+    files = [i.split("::")[0] for i in ids]
+    # a row names a file (test_limits.py) or a folder (tests/fuzz/)
+    counted = {
+        where: sum(
+            f.endswith(where) if where.endswith(".py") else f.startswith(where) for f in files
+        )
+        for where in documented
+    }
+    assert counted == documented
+    assert int(total[1]) == sum(documented.values()) == len(ids)
