@@ -98,6 +98,7 @@ class StreamTranslator:
         self._head = b""  # b'data: {"id":…,"choices":[{"index":0,"delta":' once prepared
         self._text_head = b""
         self._high = ""  # a text delta's last character, the first half of a surrogate pair
+        self._halves: dict[str, str] = {}  # the same for reasoning and refusal deltas
         self._end = _END_USAGE_NULL if include_usage else _END
         self._text_tail = b'},"finish_reason":null' + self._end
         self._meta: dict[str, Any] = {}
@@ -213,7 +214,9 @@ class StreamTranslator:
         self._done = True
         self._started = True
         # a held half goes out too, as all text that came
-        return [*self._release_high(), b"data: " + encode_json(err.to_dict()) + b"\n\n", DONE_FRAME]
+        out = self._release_high()
+        self._release_halves(out)
+        return [*out, b"data: " + encode_json(err.to_dict()) + b"\n\n", DONE_FRAME]
 
     # --- framing --------------------------------------------------------------
 
@@ -240,6 +243,22 @@ class StreamTranslator:
         frame = self._text_head + encode_json(self._high) + self._text_tail
         self._high = ""
         return [frame]
+
+    def _whole(self, field: str, delta: str) -> str:
+        """A reasoning or refusal ``delta`` with a held first half of a surrogate
+        pair in front, its own last character held back when it is one (as for
+        text: see :meth:`feed`)."""
+        delta = self._halves.pop(field, "") + delta
+        if "\ud800" <= delta[-1] <= "\udbff":
+            self._halves[field] = delta[-1]
+            return delta[:-1]
+        return delta
+
+    def _release_halves(self, out: Out) -> None:
+        """Halves :meth:`_whole` holds that nothing completed: out, alone."""
+        for field, half in self._halves.items():
+            out.append(self._chunk({field: half}))
+        self._halves.clear()
 
     def _chunk(
         self, delta: Mapping[str, Any], *, finish: Optional[str] = None, logprobs: Any = None
@@ -305,13 +324,17 @@ class StreamTranslator:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
             self._covered.add((self._key(event), _int(event.get("content_index"))))
-            out.append(self._chunk({"refusal": delta}))
+            delta = self._whole("refusal", delta)
+            if delta:
+                out.append(self._chunk({"refusal": delta}))
 
     def _on_reasoning_delta(self, event: Mapping[str, Any], out: Out) -> None:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
             self._reasoned.add(self._key(event))
-            out.append(self._chunk({"reasoning_content": delta}))
+            delta = self._whole("reasoning_content", delta)
+            if delta:
+                out.append(self._chunk({"reasoning_content": delta}))
 
     def _on_item_added(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
@@ -405,6 +428,7 @@ class StreamTranslator:
                 self._item_done(item, i, out)
                 finals[self._item_key(item, i)] = item
         self._fragments(self._calls.close(finals), out)
+        self._release_halves(out)
         status = "incomplete" if event.get("type") == "response.incomplete" else "completed"
         reason = finish_reason(status, response.get("incomplete_details"), self._calls.emitted > 0)
         out.append(self._chunk({}, finish=reason))

@@ -37,7 +37,7 @@ Fragment = dict[str, Any]
 
 
 class _Call:
-    __slots__ = ("call_id", "final", "finished", "index", "name", "pending", "received")
+    __slots__ = ("call_id", "final", "finished", "high", "index", "name", "pending", "received")
 
     def __init__(self, call_id: Optional[str], name: Optional[str]) -> None:
         self.call_id = call_id
@@ -47,6 +47,7 @@ class _Call:
         self.pending: list[str] = []  # deltas not yet sent (only while not open)
         self.finished = False
         self.final: Optional[str] = None  # arguments from the .done event
+        self.high = ""  # a sent delta's last character held back: see _held_back()
 
 
 class ToolCallQueue:
@@ -102,7 +103,8 @@ class ToolCallQueue:
             return []
         call.received.append(text)
         if call.index is not None:  # open: straight out
-            return [{"index": call.index, "function": {"arguments": text}}]
+            text = _held_back(call, call.high + text)
+            return [{"index": call.index, "function": {"arguments": text}}] if text else []
         call.pending.append(text)
         return self._advance()
 
@@ -160,21 +162,56 @@ class ToolCallQueue:
                         "function": {"name": call.name, "arguments": ""},
                     }
                 )
-            if call.pending:
-                out.append({"index": call.index, "function": {"arguments": "".join(call.pending)}})
-                call.pending.clear()
+            text = call.high + "".join(call.pending)
+            call.pending.clear()
             if not call.finished:
+                text = _held_back(call, text)
+                if text:
+                    out.append({"index": call.index, "function": {"arguments": text}})
                 break
             if call.final:
-                got = "".join(call.received)
-                if len(call.final) > len(got) and call.final.startswith(got):
-                    out.append(
-                        {"index": call.index, "function": {"arguments": call.final[len(got) :]}}
-                    )
+                text = _rest(call.final, "".join(call.received), text)
+            if text:
+                out.append({"index": call.index, "function": {"arguments": text}})
+            call.high = ""
             call.received.clear()  # closed for good: keep no copy of its arguments
             call.final = None
             self._head += 1
         return out
+
+
+def _rest(final: str, received: str, unsent: str) -> str:
+    """What a finished call still has to send: the final arguments past what went
+    out, when they begin with it; else what came and was not sent (``unsent``, the
+    tail of ``received``).
+
+    The deltas may hold the two halves of a surrogate pair apart where the
+    final arguments have one character, so the comparison is retried with the
+    pairs joined.
+    """
+    sent = received[: len(received) - len(unsent)]
+    if final.startswith(sent):
+        return final[len(sent) :]
+    joined = sent.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    if joined != sent and final.startswith(joined):
+        return final[len(joined) :]
+    return unsent
+
+
+def _held_back(call: _Call, text: str) -> str:
+    """``text`` without a last character that is the first half of a surrogate
+    pair, which waits in ``call.high`` for the next delta or the call's end.
+
+    A backend that writes its JSON with ASCII escapes may cut an astral
+    character (an emoji) between its two ``\\uXXXX`` halves; each half alone
+    makes a chunk a strict JSON reader (Goose's serde_json) refuses, and a
+    string the openai SDK cannot encode.
+    """
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        call.high = text[-1]
+        return text[:-1]
+    call.high = ""
+    return text
 
 
 def str_or_none(value: Any) -> Optional[str]:

@@ -663,3 +663,31 @@ def test_a_surrogate_half_with_logprobs_is_not_held() -> None:
     sent = [c["choices"][0].get("logprobs") for c in chunks_of(parsed) if c["choices"]]
     assert {"content": lp, "refusal": None} in sent
     assert text_of(parsed) == "\ud83c\udf0d"
+
+
+def test_arguments_cut_inside_a_pair_are_completed_from_the_done_event() -> None:
+    # the deltas stop after the first half; .done has the whole text, where the
+    # pair is one character: the rest goes out from there, the half with it
+    final = '{"s": "a\U0001f600b"}'
+    events = [CREATED, call_added("fc_1", "c1", "f", 0), args_delta("fc_1", '{"s": "a\ud83d', 0),
+              args_done("fc_1", final, 0), completed()]  # fmt: skip
+    _, parsed = run(events)
+    assert [c["arguments"] for c in tool_calls_of(parsed)] == [final]
+    pieces = [
+        f["function"].get("arguments") for d in deltas(parsed) for f in d.get("tool_calls", [])
+    ]
+    assert not any("\ud800" <= c <= "\udfff" for p in pieces if p for c in p)
+
+
+def test_held_halves_of_every_kind_go_out_when_the_stream_breaks() -> None:
+    # a half nothing completes is still what came: sent (escaped) before the error
+    reasoning = {"type": "response.reasoning_summary_text.delta", "item_id": "rs_1",
+                 "output_index": 0, "summary_index": 0, "delta": "think\ud83c"}  # fmt: skip
+    refusal = {"type": "response.refusal.delta", "item_id": "msg_1", "output_index": 1,
+               "content_index": 0, "delta": "no\ud83c"}  # fmt: skip
+    st = StreamTranslator(model="m", include_usage=False)
+    frames = st.feed(CREATED) + st.feed(reasoning) + st.feed(refusal)
+    frames += st.error_frames(UpstreamTimeout("t"))
+    parsed = parse_frames(frames)
+    assert text_of(parsed, "reasoning_content") == "think\ud83c"
+    assert text_of(parsed, "refusal") == "no\ud83c"

@@ -354,19 +354,49 @@ ASTRAL_TEXT = st.text(
 )
 
 
+#: where a delta's text goes: (event type, chat delta field)
+CHANNELS = {
+    "text": ("response.output_text.delta", "content"),
+    "refusal": ("response.refusal.delta", "refusal"),
+    "reasoning": ("response.reasoning_summary_text.delta", "reasoning_content"),
+    "arguments": ("response.function_call_arguments.delta", None),
+}
+
+
+def _channel_text(parsed: list[Any], field: Optional[str]) -> list[str]:
+    """The pieces of one channel, chunk by chunk (tool call 0's arguments when
+    ``field`` is None)."""
+    if field is not None:
+        return [d[field] for d in deltas(parsed) if d.get(field)]
+    return [
+        tc["function"]["arguments"]
+        for d in deltas(parsed)
+        for tc in d.get("tool_calls") or ()
+        if tc["index"] == 0 and tc["function"].get("arguments")
+    ]
+
+
 @settings(max_examples=200, deadline=None)
-@given(text=ASTRAL_TEXT, data=st.data())
-def test_a_surrogate_pair_cut_between_deltas_arrives_whole(text: str, data: Any) -> None:
+@given(text=ASTRAL_TEXT, channel=st.sampled_from(sorted(CHANNELS)), data=st.data())
+def test_a_surrogate_pair_cut_between_deltas_arrives_whole(
+    text: str, channel: str, data: Any
+) -> None:
     halves = _utf16_halves(text)
     cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(halves) - 1)), max_size=6))))
     pieces = [halves[a:b] for a, b in zip([0, *cuts], [*cuts, len(halves)]) if b > a]
     tail = data.draw(st.sampled_from(["completed", "tool call"]))
+    etype, field = CHANNELS[channel]
     st_ = StreamTranslator(model="m", include_usage=False)
     frames: list[bytes] = []
     frames += st_.feed({"type": "response.created", "response": {"id": "r", "output": []}})
+    if channel == "arguments":
+        item = {"type": "function_call", "id": "fc_0", "call_id": "c0", "name": "f",
+                "arguments": ""}  # fmt: skip
+        frames += st_.feed({"type": "response.output_item.added", "output_index": 0, "item": item})
+    item_id = "fc_0" if channel == "arguments" else "msg_1"
     for piece in pieces:
-        frames += st_.feed({"type": "response.output_text.delta", "item_id": "msg_1",
-                            "output_index": 0, "content_index": 0, "delta": piece})  # fmt: skip
+        frames += st_.feed({"type": etype, "item_id": item_id, "output_index": 0,
+                            "content_index": 0, "summary_index": 0, "delta": piece})  # fmt: skip
     if tail == "tool call":
         item = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f",
                 "arguments": "{}"}  # fmt: skip
@@ -374,8 +404,8 @@ def test_a_surrogate_pair_cut_between_deltas_arrives_whole(text: str, data: Any)
     frames += st_.feed(
         {"type": "response.completed", "response": {"id": "r", "status": "completed"}}
     )
-    contents = [d["content"] for d in deltas(parse_frames(frames)) if d.get("content")]
+    pieces_out = _channel_text(parse_frames(frames), field)
     # every chunk's text is whole characters (a strict reader takes it) ...
-    assert not any("\ud800" <= c <= "\udfff" for s in contents for c in s)
+    assert not any("\ud800" <= c <= "\udfff" for s in pieces_out for c in s)
     # ... and together they are the text
-    assert "".join(contents) == text
+    assert "".join(pieces_out) == text
