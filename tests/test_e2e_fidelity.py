@@ -229,7 +229,7 @@ async def test_error_after_output_is_an_error_event_never_stop() -> None:
 @pytest.mark.parametrize(
     ("fault", "check"),
     [
-        ("refusal", lambda m: bool(m.refusal) and not m.content),
+        ("refusal", lambda m: bool(m.refusal) and m.content == m.refusal and m.parsed is None),
         ("shield", lambda m: bool(m.content)),
         ("reasoning", lambda m: bool(m.content) and bool(getattr(m, "reasoning_content", None))),
         ("parallel_tools", lambda m: [t.index for t in m.tool_calls] == [0, 1]),

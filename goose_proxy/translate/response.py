@@ -190,7 +190,11 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
             continue
         itype = item.get("type")
         if itype == "message":
-            for part in item.get("content") or ():
+            content = item.get("content")
+            if isinstance(content, str):  # Llama Stack allows it (Lightspeed's shield did it)
+                texts.append(content)
+                continue
+            for part in content or ():
                 if not isinstance(part, JSON_OBJECT):
                     continue
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
@@ -199,6 +203,7 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
                         logprobs.extend(part["logprobs"])
                 elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
                     refusals.append(part["refusal"])
+                    texts.append(part["refusal"])  # shown by clients that read only content
         elif itype == "function_call":
             tool_calls.append(chat_tool_call(item))
         elif itype == "reasoning":

@@ -272,7 +272,7 @@ class StreamTranslator:
     def _commit(self, frames: Out) -> Out:
         self._started = True
         # As OpenAI streams it: "" before text, null before anything else (tool
-        # calls, a refusal, reasoning): a client that rebuilds the message then
+        # calls, reasoning): a client that rebuilds the message then
         # has content null when no text comes, as without a stream; text that
         # comes later replaces the null.
         text = frames[0].startswith(self._text_head)
@@ -326,7 +326,7 @@ class StreamTranslator:
             self._covered.add((self._key(event), _int(event.get("content_index"))))
             delta = self._whole("refusal", delta)
             if delta:
-                out.append(self._chunk({"refusal": delta}))
+                out.append(self._chunk({"content": delta, "refusal": delta}))
 
     def _on_reasoning_delta(self, event: Mapping[str, Any], out: Out) -> None:
         delta = event.get("delta")
@@ -378,7 +378,7 @@ class StreamTranslator:
         if kind == "output_text":
             out.append(self._chunk({"content": text}))
         elif kind == "refusal":
-            out.append(self._chunk({"refusal": text}))
+            out.append(self._chunk({"content": text, "refusal": text}))
         else:
             return
         self._covered.add(part)
@@ -393,6 +393,8 @@ class StreamTranslator:
         itype = item.get("type")
         if itype == "message":
             content = item.get("content")
+            if isinstance(content, str):  # Llama Stack allows it (Lightspeed's shield did it)
+                self._unstreamed_part((key, 0), "output_text", content, out)
             for j, part in enumerate(content if isinstance(content, list) else ()):
                 if isinstance(part, JSON_OBJECT):
                     kind = part.get("type")

@@ -103,7 +103,15 @@ def test_refusal_parts() -> None:
     resp = response([message({"type": "refusal", "refusal": "I can't "}),
                      message({"type": "refusal", "refusal": "help."}, item_id="m2")])  # fmt: skip
     msg = only_choice(responses_to_chat(resp, "m"))["message"]
-    assert msg["refusal"] == "I can't help." and msg["content"] is None
+    # in content too: Goose reads only content, and would show an empty answer
+    assert msg["refusal"] == "I can't help." and msg["content"] == "I can't help."
+
+
+def test_a_message_whose_content_is_a_string() -> None:
+    # Llama Stack's message item allows it; Lightspeed's shield answered so
+    item = {"type": "message", "id": "m1", "role": "assistant", "content": "Out of scope."}
+    msg = only_choice(responses_to_chat(response([item]), "m"))["message"]
+    assert msg["content"] == "Out of scope." and msg["refusal"] is None
 
 
 def test_reasoning_becomes_reasoning_content() -> None:

@@ -160,7 +160,7 @@ def test_lone_surrogate_still_valid_utf8() -> None:
     assert text_of(parsed) == "a\ud800b"  # escaped on the wire, same string after parsing
 
 
-@pytest.mark.parametrize("first", ["reasoning", "refusal", "tool call"])
+@pytest.mark.parametrize("first", ["reasoning", "tool call"])
 def test_no_text_first_makes_the_rebuilt_content_null(first: str) -> None:
     # what the openai SDK rebuilds from the chunks matches the unstreamed answer
     opening = {
@@ -188,6 +188,10 @@ def test_refusal_delta() -> None:
                                "output_index": 0, "content_index": 0, "delta": "No way."},
                      completed()])  # fmt: skip
     assert text_of(parsed, "refusal") == "No way."
+    # in content too (Goose reads only content), in the same chunk: the openai
+    # SDK's stream helper then does not parse it as structured output
+    assert text_of(parsed) == "No way." and deltas(parsed)[0]["content"] == ""
+    assert {"content": "No way.", "refusal": "No way."} in deltas(parsed)
     assert_well_formed(parsed)
 
 
@@ -464,7 +468,17 @@ def test_refusal_only_in_done() -> None:
     events = [CREATED, msg_added(), msg_done([{"type": "refusal", "refusal": "Nope."}]),
               completed()]  # fmt: skip
     _, parsed = run(events)
-    assert text_of(parsed, "refusal") == "Nope." and text_of(parsed) == ""
+    assert text_of(parsed, "refusal") == "Nope." and text_of(parsed) == "Nope."
+
+
+def test_a_message_item_whose_content_is_a_string() -> None:
+    # Lightspeed's shield (some releases): no deltas, the item's content a string
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "content": "Out of scope."}
+    events = [CREATED, {"type": "response.output_item.added", "output_index": 0, "item": item},
+              {"type": "response.output_item.done", "output_index": 0, "item": item},
+              completed([item])]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed) == "Out of scope." and finish_reasons(parsed) == ["stop"]
 
 
 def test_interleaved_parallel_calls_stay_contiguous() -> None:
