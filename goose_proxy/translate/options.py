@@ -58,8 +58,10 @@ class TranslateOptions:
     the model.
 
     ``system_messages``: ``"drop"`` (default: Lightspeed has its own system
-    prompt and ``instructions`` would replace it), ``"instructions"`` (joined
-    with a blank line into ``instructions``) or ``"input"`` (kept in place).
+    prompt and ``instructions`` would replace it; kept as for ``"input"`` when
+    the newest user message mentions "system prompt", see
+    :mod:`~goose_proxy.translate.messages`), ``"instructions"`` (joined with a
+    blank line into ``instructions``) or ``"input"`` (kept in place).
 
     Raises:
         ValueError: an unknown flavour or system message mode (a config bug).

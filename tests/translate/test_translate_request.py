@@ -662,6 +662,32 @@ def test_goose_shaped_round_trip() -> None:
     assert got.dropped == []
 
 
+@pytest.mark.parametrize("content_as", ["string", "parts"])
+def test_goose_compaction_keeps_the_history_in_the_system_prompt(content_as: str) -> None:
+    # Goose compacts by putting the conversation in the system prompt, with one
+    # user message that asks for its summary (context_mgmt do_compact); under
+    # "drop" the system message is kept as input then, else the backend
+    # summarises nothing and Goose carries on from that
+    history = "## Conversation History\n[user]: fix nginx on port 8443\n[assistant]: done"
+    ask = "Please summarize the conversation history provided in the system prompt."
+    content: Any = ask if content_as == "string" else [{"type": "text", "text": ask}]
+    req = {"model": "m", "messages": [{"role": "system", "content": history},
+                                      {"role": "user", "content": content}]}  # fmt: skip
+    got = chat_to_responses(req, LIGHTSPEED)
+    assert got.body["input"][0] == {
+        "type": "message", "role": "system", "content": [{"type": "input_text", "text": history}]
+    }  # fmt: skip
+    assert len(got.body["input"]) == 2 and "instructions" not in got.body
+    # only the newest user message counts: an older mention does not keep it
+    later = {"model": "m", "messages": [*req["messages"], {"role": "assistant", "content": "ok"},
+                                        USER_HI]}  # fmt: skip
+    assert [i["role"] for i in chat_to_responses(later, LIGHTSPEED).body["input"]] == [
+        "user",
+        "assistant",
+        "user",
+    ]
+
+
 def test_input_is_not_mutated() -> None:
     req = {"model": "m", "messages": [{"role": "system", "content": "s"}, USER_HI],
            "tools": [FN_TOOL]}  # fmt: skip
