@@ -116,6 +116,29 @@ async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
     assert len(h.backend.requests) == 0
 
 
+async def test_a_tools_image_after_its_result_is_compacted_not_refused(
+    pki: SimpleNamespace,
+) -> None:
+    # Goose sends a tool result's image as the next message, a user message
+    # with the image alone; its compaction drops it, so this is a context
+    # overflow (compact), not "send less in one message"
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "screenshot", "arguments": "{}"}}  # fmt: skip
+    turns = [
+        *history(8_000)[:-1],
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1",
+         "content": "This tool result included an image that is uploaded in the next message."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]},
+    ]  # fmt: skip
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await post(h.url, {"model": "m", "messages": turns})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert len(h.backend.requests) == 0
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 async def test_tools_over_the_cap_are_named_not_the_message(
     pki: SimpleNamespace, path: str

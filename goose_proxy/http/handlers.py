@@ -396,7 +396,12 @@ def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:
 def _newest_user_message_alone(body: dict[str, Any]) -> int:
     """How many characters ``body`` would have with only its newest input item,
     when that item is the user's message (0 otherwise: a tool's output may be
-    cut short by a client's compaction, a user's image or paste is not)."""
+    cut short by a client's compaction, a user's image or paste is not).
+
+    A user message without text right after a tool's output is that tool's
+    image: Goose sends a tool result's image so, the tool message saying "the
+    image is uploaded in the next message", and its compaction drops it.
+    """
     items = body.get("input")
     if isinstance(items, str):  # the passthrough's shorthand: one user message
         return len(encode_json(body).decode("utf-8"))
@@ -405,6 +410,13 @@ def _newest_user_message_alone(body: dict[str, Any]) -> int:
     last = items[-1]
     if last.get("role") != "user" or last.get("type", "message") != "message":
         return 0
+    before = items[-2] if len(items) > 1 else None
+    if isinstance(before, dict) and before.get("type") == "function_call_output":
+        content = last.get("content")
+        if not isinstance(content, str) and not any(
+            isinstance(p, dict) and p.get("type") == "input_text" for p in content or ()
+        ):
+            return 0
     return len(encode_json({**body, "input": items[-1:]}).decode("utf-8"))
 
 
