@@ -366,17 +366,26 @@ class StreamTranslator:
                 return
             kind = part.get("type")
             text = part.get("text") if kind == "output_text" else part.get("refusal")
+            logprobs = part.get("logprobs")
         elif etype == "response.refusal.done":
-            kind, text = "refusal", event.get("refusal")
+            kind, text, logprobs = "refusal", event.get("refusal"), None
         else:
-            kind, text = "output_text", event.get("text")
-        self._unstreamed_part((self._key(event), _int(event.get("content_index"))), kind, text, out)
+            kind, text, logprobs = "output_text", event.get("text"), event.get("logprobs")
+        key = (self._key(event), _int(event.get("content_index")))
+        self._unstreamed_part(key, kind, text, out, logprobs)
 
-    def _unstreamed_part(self, part: tuple[str, int], kind: Any, text: Any, out: Out) -> None:
+    def _unstreamed_part(
+        self, part: tuple[str, int], kind: Any, text: Any, out: Out, logprobs: Any = None
+    ) -> None:
         if part in self._covered or not text or not isinstance(text, str):
             return
         if kind == "output_text":
-            out.append(self._chunk({"content": text}))
+            lp = (
+                {"content": logprobs, "refusal": None}
+                if logprobs and isinstance(logprobs, list)
+                else None
+            )
+            out.append(self._chunk({"content": text}, logprobs=lp))
         elif kind == "refusal":
             out.append(self._chunk({"content": text, "refusal": text}))
         else:
@@ -399,7 +408,7 @@ class StreamTranslator:
                 if isinstance(part, JSON_OBJECT):
                     kind = part.get("type")
                     text = part.get("text") if kind == "output_text" else part.get("refusal")
-                    self._unstreamed_part((key, j), kind, text, out)
+                    self._unstreamed_part((key, j), kind, text, out, part.get("logprobs"))
         elif itype == "function_call":
             fragments = self._calls.finish(
                 (key, self._index_keys.get(index)),

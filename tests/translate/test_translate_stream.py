@@ -705,3 +705,24 @@ def test_held_halves_of_every_kind_go_out_when_the_stream_breaks() -> None:
     parsed = parse_frames(frames)
     assert text_of(parsed, "reasoning_content") == "think\ud83c"
     assert text_of(parsed, "refusal") == "no\ud83c"
+
+
+@pytest.mark.parametrize("where", ["output_text.done", "content_part.done", "completed"])
+def test_logprobs_of_text_that_came_whole_are_kept(where: str) -> None:
+    # a backend that sends the text only whole (no deltas): the stream carries
+    # its logprobs as the non-streamed answer does
+    lp = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+    part = {"type": "output_text", "text": "Hi", "annotations": [], "logprobs": lp}
+    done = {
+        "output_text.done": {"type": "response.output_text.done", "item_id": "msg_1",
+                             "output_index": 0, "content_index": 0, "text": "Hi", "logprobs": lp},
+        "content_part.done": {"type": "response.content_part.done", "item_id": "msg_1",
+                              "output_index": 0, "content_index": 0, "part": part},
+    }  # fmt: skip
+    events = [CREATED, msg_added(), *([done[where]] if where in done else []),
+              completed([msg_done([part])["item"]])]  # fmt: skip
+    _, parsed = run(events)
+    sent = [c["choices"][0].get("logprobs") for c in chunks_of(parsed) if c["choices"]]
+    assert {"content": lp, "refusal": None} in sent and text_of(parsed) == "Hi"
+    whole = responses_to_chat(events[-1]["response"], "m")["choices"][0]["logprobs"]
+    assert whole == {"content": lp, "refusal": None}
