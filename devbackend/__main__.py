@@ -14,7 +14,7 @@ import anyio
 from .certs import ensure_dev_certs, server_ssl_context
 from .server import MODES, run
 
-DEFAULT_CERTS_DIR = ".dev-certs"
+DEFAULT_CERTS_DIR = ".dev/certs"  # where make dev and the development config have them
 
 
 def build_parser() -> argparse.ArgumentParser:

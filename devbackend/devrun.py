@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CERTS = Path(".dev") / "certs"
 XDG = Path("data") / "development" / "xdg"
 BACKEND_PORT = 8443
+PROXY_PORT = 8080  # the development configuration's [server] port
+
+
+def _port_in_use(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` is taken (bound as the proxy binds it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _start_backend() -> subprocess.Popen[bytes]:
@@ -41,10 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-reload", action="store_true", help="do not restart on source changes")
     args = p.parse_args(argv)
     os.chdir(ROOT)
+    for port in (PROXY_PORT, BACKEND_PORT):
+        if _port_in_use(port):
+            # else the proxy would fail alone, and the README's curl reach another server
+            raise SystemExit(f"devrun: 127.0.0.1:{port} is in use; stop what listens there")
     env = dict(os.environ, XDG_CONFIG_DIRS=str(ROOT / XDG))
     backend = _start_backend()
     proxy_cmd = [sys.executable, "-m", "goose_proxy"]
-    print("devrun: goose-proxy on http://127.0.0.1:8080 (see the README curl example)", flush=True)
+    print(
+        f"devrun: goose-proxy on http://127.0.0.1:{PROXY_PORT} (see the README curl example)",
+        flush=True,
+    )
     try:
         if args.no_reload:
             return subprocess.call(proxy_cmd, env=env)

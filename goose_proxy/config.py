@@ -498,8 +498,10 @@ def load_config(
         found = find_config(env)
         if found is None:
             dirs = env.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
+            relative = [d for d in dirs.split(":") if d and not os.path.isabs(d)]
+            ignored = f"; relative entries ignored: {':'.join(relative)}" if relative else ""
             warnings.append(
-                f"no goose-proxy/config.toml in XDG_CONFIG_DIRS ({dirs}); using defaults"
+                f"no goose-proxy/config.toml in XDG_CONFIG_DIRS ({dirs}{ignored}); using defaults"
             )
             return Config(), warnings
         path = found

@@ -254,7 +254,11 @@ def test_xdg_config_dirs_relative_entries_are_ignored(
     assert cfg.models.id == "abs"
     assert cfg.source == str(tmp_path / "abs" / "goose-proxy" / "config.toml")
     none, warnings = load_config(environ={"XDG_CONFIG_DIRS": "rel"})
-    assert none.source is None and warnings
+    assert none.source is None
+    assert warnings == [
+        "no goose-proxy/config.toml in XDG_CONFIG_DIRS (rel; relative entries ignored: rel); "
+        "using defaults"
+    ]
 
 
 @pytest.mark.parametrize(
