@@ -30,6 +30,7 @@ C = b'data: {"type":"response.completed"}\n\n'
 D = b"data: [DONE]\n\n"
 DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta"}\n\n'
 EARLY = "upstream stream ended early (no terminal event)"
+CREATED = b'event: response.created\ndata: {"type":"response.created","response":{}}\n\n'
 
 Read = Union[bytes, Exception]
 
@@ -144,6 +145,15 @@ async def test_what_follows_the_terminal_event_adds_no_error(reads: list[Read]) 
     assert b"x" * 100 not in sent
 
 
+@pytest.mark.parametrize("tail", [NOT_UTF8, TOO_BIG], ids=["not-utf8", "too-big"])
+async def test_a_whole_answer_then_a_bad_event_in_one_read_goes_out(tail: bytes) -> None:
+    # the read that starts the answer also ends it: a bad event after the end
+    # does not matter (it used to keep the whole answer back, and then the
+    # handler ended a stream it had never started: an internal error)
+    sent, error = await relay([CREATED + C + tail])
+    assert error is None and sent.startswith(CREATED + C)
+
+
 async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
     """A backend that keeps sending comments after the terminal event: the relay
     stops waiting for [DONE] after DONE_GRACE in all, not per read."""
@@ -175,7 +185,6 @@ async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
 
 # --- nothing goes out before the answer starts ----------------------------------------
 
-CREATED = b'event: response.created\ndata: {"type":"response.created","response":{}}\n\n'
 IN_PROGRESS = b'data: {"type":"response.in_progress","response":{}}\n\n'
 CTX_FAILED = (
     b'event: response.failed\ndata: {"type":"response.failed","response":{"status":"failed",'

@@ -496,18 +496,6 @@ async def relay_events(
             parser.check()  # an error held back behind good events
         except UpstreamProtocolError as e:
             error = e
-        finally:
-            if whole and held is None:
-                await send(whole)
-        if held is not None and error is None:
-            held.append(whole)
-            held_size += len(whole)
-            started, failure = _answer_starts(events)
-            if failure is not None:
-                raise failure
-            if started or held_size > limit:
-                await send(b"".join(held))
-                held = None
         done = False
         for ev in events:  # in order: nothing after [DONE] counts
             if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
@@ -518,6 +506,17 @@ async def relay_events(
                 break
             if not ended and kind in TERMINAL_EVENTS:
                 ended, grace = True, anyio.current_time() + DONE_GRACE
+        if whole and held is None:
+            await send(whole)
+        if held is not None and (error is None or ended):
+            held.append(whole)  # (a bad event after the terminal one does not matter)
+            held_size += len(whole)
+            started, failure = _answer_starts(events)
+            if failure is not None:
+                raise failure
+            if started or held_size > limit:
+                await send(b"".join(held))
+                held = None
         if ended and (error is not None or too_big):
             break  # what follows the terminal event does not matter
         if error is not None:
