@@ -425,6 +425,48 @@ async def test_passthrough_openai_error_envelope_relayed_byte_for_byte(
     assert r.headers["retry-after"] == "3"
 
 
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+@pytest.mark.parametrize("tail", ["end"])
+async def test_passthrough_stream_cut_short_raises_in_the_sdk(
+    pki: SimpleNamespace, flavor: str, tail: str
+) -> None:
+    """The openai SDK raises the error event the proxy adds when a stream ends
+    without its terminal event."""
+    frames = text_events(["one ", "two"])
+    answer, completed = frames[:-1], frames[-1]
+    done = [b"data: [DONE]\n\n"] if tail.startswith("done") else []
+    body = answer + done + ([completed] if tail.endswith("completed") else [])
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(sse_answer([b"".join(body)]))
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                types: list[str] = []
+                try:
+                    stream = await client.responses.create(model="m", input="hi", stream=True)
+                    async for ev in stream:
+                        types.append(ev.type)
+                    error = None
+                except openai.APIError as e:
+                    error = e
+                await client.close()
+    if tail == "done-then-completed":
+        assert error is None and types[-1] == "response.completed"
+        return
+    assert types[-1] == "response.output_text.delta"  # the text came, then the error
+    assert error is not None and not isinstance(error, openai.APIStatusError)
+    assert error.message == "upstream stream ended early (no terminal event)"
+    assert error.body == {
+        "type": "api_error", "code": "upstream_protocol_error", "param": None,
+        "message": "upstream stream ended early (no terminal event)",
+    }  # fmt: skip
+
+
 async def test_models_configurable_for_goose() -> None:
     cfg = make_config("http://127.0.0.1:9", models={"id": "granite-3", "context_length": 32768})
     async with running_proxy(cfg) as proxy:

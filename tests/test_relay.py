@@ -1,4 +1,4 @@
-"""The /v1/responses stream relay (``handlers.relay_events``) on reads cut anywhere.
+"""The /v1/responses stream relay (``handlers.PassthroughRelay``) on reads cut anywhere.
 
 The relay is driven directly, with the backend's body given as a list of reads,
 so that where the reads are cut is exact (over TCP it is up to the kernel).
@@ -14,15 +14,19 @@ import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.types.responses import ResponseErrorEvent
 
 from goose_proxy.errors import (
     ContextLengthExceeded,
     ProxyError,
     RateLimited,
+    ServiceUnavailable,
     UpstreamClosed,
     UpstreamProtocolError,
+    UpstreamTimeout,
 )
-from goose_proxy.http.handlers import relay_events
+from goose_proxy.http import handlers
+from goose_proxy.http.handlers import PassthroughRelay
 
 pytestmark = pytest.mark.anyio
 
@@ -30,16 +34,19 @@ C = b'data: {"type":"response.completed"}\n\n'
 D = b"data: [DONE]\n\n"
 DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta"}\n\n'
 EARLY = "upstream stream ended early (no terminal event)"
+SEQ_DELTA = b'data: {"type":"response.output_text.delta","sequence_number":7}\n\n'
 CREATED = b'event: response.created\ndata: {"type":"response.created","response":{}}\n\n'
 
 Read = Union[bytes, Exception]
 
 
-async def relay(reads: list[Read], limit: int = 4096) -> tuple[bytes, Optional[str]]:
-    """What the relay sends for ``reads`` (then the end of the body), and the message
-    of the error it raises (None: it ended quietly)."""
+async def _run(
+    reads: list[Read], limit: int = 4096
+) -> tuple[list[bytes], Optional[ProxyError], PassthroughRelay]:
+    """Each ``send`` the relay makes for ``reads`` (then the end of the body; an
+    exception in them is raised by that read), the error it raised, and the relay."""
     pending = list(reads)
-    sent: list[bytes] = []
+    sends: list[bytes] = []
 
     async def receive() -> bytes:
         if not pending:
@@ -50,15 +57,30 @@ async def relay(reads: list[Read], limit: int = 4096) -> tuple[bytes, Optional[s
         return piece
 
     async def send(data: bytes) -> None:
-        sent.append(data)
+        sends.append(data)
 
-    error = None
+    relay = PassthroughRelay(receive, send, limit)
     with anyio.fail_after(5):
         try:
-            await relay_events(receive, send, limit)
-        except UpstreamProtocolError as e:
-            error = e.message
-    return b"".join(sent), error
+            await relay.run()
+        except ProxyError as e:
+            return sends, e, relay
+    return sends, None, relay
+
+
+async def relay(reads: list[Read], limit: int = 4096) -> tuple[bytes, Optional[str]]:
+    """What the relay sends for ``reads``, and the message of the error it raises
+    (None: it ended quietly)."""
+    sends, error, _ = await _run(reads, limit)
+    return b"".join(sends), error.message if error is not None else None
+
+
+async def seen(reads: list[Read], limit: int = 4096) -> tuple[bytes, Optional[ProxyError]]:
+    """What the client gets for ``reads``: what the relay sends, then, when it raises,
+    its error frames (as ``Exchange.abort`` adds them); and the error."""
+    sends, error, r = await _run(reads, limit)
+    frames = r.error_frames(error) if error is not None else []
+    return b"".join(sends + frames), error
 
 
 def cut(data: bytes, at: list[int]) -> list[Read]:
@@ -177,10 +199,115 @@ async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
         sent.append(data)
 
     with anyio.fail_after(5):  # before the fix: until the backend stopped
-        await relay_events(receive, send, 4096)
+        await PassthroughRelay(receive, send, 4096).run()
     await source.aclose()
     assert b"".join(sent).startswith(DELTA + C)
     assert reads < 100  # about 20: one read per 10 ms for DONE_GRACE (0.2 s)
+
+
+# --- the error event that ends a broken stream ---------------------------------------
+
+
+def check_error_event(frame: bytes, error: ProxyError, seq: int) -> None:
+    """``frame`` is one ``event: error`` for ``error``, numbered ``seq``, that the
+    openai SDK raises as ``APIError`` (it needs ``error``) and types as a
+    ``ResponseErrorEvent``, and whose ``error`` Goose shows."""
+    name, data = frame.split(b"\n", 1)
+    assert name == b"event: error" and data.startswith(b"data: ") and data.endswith(b"\n\n")
+    event = json.loads(data[len(b"data: ") :])
+    assert event == {
+        "type": "error",
+        "code": error.code,
+        "message": error.message,
+        "param": error.param,
+        "sequence_number": seq,
+        # as in a chat stream's error chunk
+        "error": {"type": error.type, "code": error.code, "message": error.message,
+                  "param": error.param},
+    }  # fmt: skip
+    ResponseErrorEvent.model_validate(event, strict=True)
+
+
+BREAKS: dict[str, list[Read]] = {
+    "end": [],
+    "cut-event": [b'data: {"type":"resp'],
+    "reset": [UpstreamClosed("backend closed the connection in the middle of the response")],
+    "stall": [UpstreamTimeout("backend sent nothing for 0.3 seconds in the middle of a response")],
+    "too-big": [TOO_BIG],
+    "not-utf8": [NOT_UTF8],
+}
+
+
+@pytest.mark.parametrize("how", sorted(BREAKS))
+async def test_a_broken_stream_ends_with_an_error_event(how: str) -> None:
+    got, error = await seen([SEQ_DELTA, *BREAKS[how]])
+    assert isinstance(error, ProxyError) and got.startswith(SEQ_DELTA)
+    rest = got[len(SEQ_DELTA) :]
+    if how == "not-utf8":  # whole, it went out as it came; the parser found it bad after
+        assert rest.startswith(NOT_UTF8)
+        rest = rest[len(NOT_UTF8) :]
+    check_error_event(rest, error, 8)
+    assert b"x" * 100 not in got
+
+
+@pytest.mark.parametrize(
+    ("last", "seq"),
+    [
+        (SEQ_DELTA, 8),
+        (SEQ_DELTA + b": keep-alive\n\nid: 9\n\n", 8),  # no events
+        (SEQ_DELTA + DELTA, 0),  # the last event has none
+        (b'data: {"type":"response.output_text.delta","sequence_number":true}\n\n', 0),
+        (b'event: response.lcs.note\ndata: "a note"\n\n', 0),
+        (b"data: not json\n\n", 0),
+    ],
+    ids=["numbered", "then-no-events", "then-unnumbered", "not-a-number", "not-object",
+         "not-json"],
+)  # fmt: skip
+async def test_the_error_events_sequence_number_follows_the_last_event(
+    last: bytes, seq: int
+) -> None:
+    got, error = await seen([SEQ_DELTA.replace(b"7", b"3"), last])
+    assert error is not None and error.message == EARLY
+    check_error_event(got[got.index(b"event: error") :], error, seq)
+
+
+@pytest.mark.parametrize(
+    ("first", "frames"),
+    [(DELTA, "error"), (DELTA + C, "none")],
+    ids=["mid-stream", "after-terminal"],
+)
+async def test_a_relay_cancelled_while_it_waits(
+    monkeypatch: pytest.MonkeyPatch, first: bytes, frames: str
+) -> None:
+    """Shutdown cancels a stream still running at the drain timeout: it ends
+    with an error event, but none follows a complete answer."""
+    monkeypatch.setattr(handlers, "DONE_GRACE", 60.0)  # the wait outlasts the test
+    waiting = anyio.Event()
+    reads = [first]
+
+    async def receive() -> bytes:
+        if reads:
+            return reads.pop(0)
+        waiting.set()
+        await anyio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async def send(data: bytes) -> None:
+        pass
+
+    relay = PassthroughRelay(receive, send, 4096)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.run)
+            await waiting.wait()
+            tg.cancel_scope.cancel()
+    err = ServiceUnavailable("goose-proxy is shutting down")
+    got = relay.error_frames(err)
+    if frames == "none":
+        assert got == []
+        return
+    check_error_event(got[0], err, 0)
+    assert got[1:] == []
 
 
 # --- nothing goes out before the answer starts ----------------------------------------
@@ -196,21 +323,8 @@ RATE_ERROR = b'data: {"type":"error","code":"rate_limit_exceeded","message":"slo
 
 async def _sends(reads: list[Read], limit: int = 4096) -> tuple[list[bytes], Optional[Exception]]:
     """Each ``send`` the relay makes for ``reads``, and what it raised."""
-    pending = list(reads)
-    sends: list[bytes] = []
-
-    async def receive() -> bytes:
-        return pending.pop(0) if pending else b""  # type: ignore[return-value]
-
-    async def send(data: bytes) -> None:
-        sends.append(data)
-
-    with anyio.fail_after(5):
-        try:
-            await relay_events(receive, send, limit)
-        except ProxyError as e:
-            return sends, e
-    return sends, None
+    sends, error, _ = await _run(reads, limit)
+    return sends, error
 
 
 async def test_the_opening_events_wait_for_the_answer() -> None:

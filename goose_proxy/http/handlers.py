@@ -68,6 +68,7 @@ SSE_HEADERS = [
 ]
 ERROR_BODY_LIMIT = 1024 * 1024
 _DONE = "[DONE]"
+_ENDED_EARLY = "upstream stream ended early (no terminal event)"
 #: events after which a Responses stream carries nothing more
 TERMINAL_EVENTS = frozenset(
     {"response.completed", "response.incomplete", "response.failed", "error"}
@@ -345,7 +346,6 @@ class Handlers:
             if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
                 await ex.send(resp.status, encode_json(await self._collect(resp)), [JSON])
                 return
-            ex.error_frames = _responses_error_frames
             stream_headers = [*headers, *SSE_HEADERS[1:]]
 
             async def send(data: bytes) -> None:
@@ -354,7 +354,9 @@ class Handlers:
                 else:
                     await ex.conn.send_data(data)
 
-            await relay_events(resp.receive, send, self.config.backend.max_event_size)
+            relay = PassthroughRelay(resp.receive, send, self.config.backend.max_event_size)
+            ex.error_frames = relay.error_frames
+            await relay.run()
             await ex.conn.end_stream()
 
 
@@ -433,20 +435,21 @@ def _raise_for_redirect(resp: UpstreamResponse) -> None:
         )
 
 
-async def relay_events(
-    receive: Callable[[], Awaitable[bytes]], send: Callable[[bytes], Awaitable[None]], limit: int
-) -> None:
-    """Relay a passthrough stream from ``receive`` (``b""`` at the end) to ``send``.
+class PassthroughRelay:
+    """Relays a passthrough stream from ``receive`` (``b""`` at the end) to ``send``
+    (:meth:`run`), and makes the error event that ends it when it breaks
+    (:meth:`error_frames`).
 
     The backend's bytes go through unchanged, but only whole events (up to
     the last blank line), so that an error event the caller adds never lands
     inside a cut one, and no byte of an event over ``limit`` goes out. A
     parser beside them watches the whole events for the end. After the
     terminal event, what follows (a ``[DONE]`` within :data:`DONE_GRACE`, in
-    total) ends it quietly, errors included. Raises UpstreamProtocolError for
-    an event over ``limit`` or not UTF-8, and when the stream ends before its
-    terminal event (also at a ``[DONE]`` that came without one), so that the
-    caller adds a Responses error event, as a chat stream does.
+    total) ends it quietly, errors included. :meth:`run` raises
+    UpstreamProtocolError for an event over ``limit`` or not UTF-8, and when
+    the stream ends before its terminal event (also at a ``[DONE]`` that came
+    without one), so that the caller adds a Responses error event, as a chat
+    stream does.
 
     Nothing is sent before the answer starts (see :func:`_answer_starts`):
     the events before it are held (up to ``limit`` bytes). If the stream fails
@@ -455,78 +458,134 @@ async def relay_events(
     (Goose compacts on a 400 ``context_length_exceeded``, which it does not
     read from a stream); so does a stream that breaks or ends by then.
     """
-    parser = SSEParser(limit)
-    held: Optional[list[bytes]] = []  # whole events before the answer; None once it started
-    held_size = 0
-    ended = False  # a terminal event went by: only [DONE] may follow
-    grace = 0.0  # then: when to stop waiting for it (anyio.current_time())
-    carry = b""  # the start of an event not complete yet
-    while True:
-        data: Optional[bytes] = None
+
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[bytes]],
+        send: Callable[[bytes], Awaitable[None]],
+        limit: int,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._limit = limit
+        self._ended = False  # a terminal event went by: only [DONE] may follow
+        self._last: Optional[SSEEvent] = None  # the last event relayed
+
+    def error_frames(self, err: ProxyError) -> list[bytes]:
+        """The Responses ``error`` event for ``err``; nothing once the terminal
+        event went out (the answer is complete).
+
+        The event has the fields of the openai SDK's ``ResponseErrorEvent``
+        (``type``, ``code``, ``message``, ``param``, ``sequence_number``: one
+        more than the last relayed event's, 0 if it has none) and the error
+        object a chat stream's error carries (``error``: ``message``, ``type``,
+        ``param``, ``code``), which Goose and the SDK's ``APIError`` read.
+        """
+        if self._ended:
+            return []
+        error = err.to_dict()["error"]
+        event = {
+            "type": "error",
+            "code": error["code"],
+            "message": error["message"],
+            "param": error["param"],
+            "sequence_number": self._next_sequence_number(),
+            "error": error,
+        }
+        frame = b"event: error\ndata: " + encode_json(event) + b"\n\n"
+        return [frame]
+
+    def _next_sequence_number(self) -> int:
+        """One more than the last relayed event's ``sequence_number`` (0 if none):
+        parsed only here, not for every event on the way."""
+        if self._last is None:
+            return 0
         try:
-            if ended:
-                with anyio.CancelScope(deadline=grace):
+            obj = event_json(self._last.data)
+        except (ValueError, RecursionError):
+            return 0
+        seq = obj.get("sequence_number") if isinstance(obj, dict) else None
+        return seq + 1 if isinstance(seq, int) and not isinstance(seq, bool) else 0
+
+    async def run(self) -> None:
+        receive, send, limit = self._receive, self._send, self._limit
+        parser = SSEParser(limit)
+        held: Optional[list[bytes]] = []  # whole events before the answer; None once it started
+        held_size = 0
+        grace = 0.0  # after the terminal event: when to stop waiting for [DONE]
+        carry = b""  # the start of an event not complete yet
+        while True:
+            data: Optional[bytes] = None
+            try:
+                if self._ended:
+                    with anyio.CancelScope(deadline=grace):
+                        data = await receive()
+                    if data is None:
+                        break  # no [DONE] in time; the answer is complete anyway
+                else:
                     data = await receive()
-                if data is None:
-                    break  # no [DONE] in time; the answer is complete anyway
-            else:
-                data = await receive()
-        except ProxyError:
-            if ended:
+            except ProxyError:
+                if self._ended:
+                    break  # what follows the terminal event does not matter
+                raise
+            too_big = False
+            if data:
+                buf = carry + data if carry else data
+                cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
+                whole, carry = buf[:cut], buf[cut:]
+            else:  # the end: a last event without its blank line goes out if it is whole
+                whole, carry = carry, b""
+            events: list[SSEEvent] = []
+            error: Optional[UpstreamProtocolError] = None
+            try:
+                events = parser.feed(whole) if whole else []
+                if not data:
+                    tail = parser.close()  # an event its blank line never came for
+                    if tail and _whole(tail[-1]):
+                        events += tail
+                        whole += b"\n\n"
+                    elif tail:
+                        events, whole = [], b""  # cut short: not passed on
+                parser.check()  # an error held back behind good events
+            except UpstreamProtocolError as e:
+                error = e
+            done = False
+            for ev in events:  # in order: nothing after [DONE] counts
+                if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
+                    continue  # an unnamed event whose text shows no terminal type: no JSON
+                kind = _event_kind(ev)
+                if kind == _DONE:
+                    done = True
+                    break
+                if not self._ended and kind in TERMINAL_EVENTS:
+                    self._ended, grace = True, anyio.current_time() + DONE_GRACE
+            for ev in reversed(events):  # the last event relayed, [DONE] aside
+                if ev.data != _DONE:
+                    self._last = ev
+                    break
+            if whole and held is None:
+                await send(whole)
+            if held is not None and (error is None or self._ended):
+                held.append(whole)  # (a bad event after the terminal one does not matter)
+                held_size += len(whole)
+                started, failure = _answer_starts(events)
+                if failure is not None:
+                    raise failure
+                if started or held_size > limit:
+                    await send(b"".join(held))
+                    held = None
+            if self._ended and (error is not None or too_big):
                 break  # what follows the terminal event does not matter
-            raise
-        too_big = False
-        if data:
-            buf = carry + data if carry else data
-            cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
-            whole, carry = buf[:cut], buf[cut:]
-        else:  # the end: a last event without its blank line goes out if it is whole
-            whole, carry = carry, b""
-        events: list[SSEEvent] = []
-        error: Optional[UpstreamProtocolError] = None
-        try:
-            events = parser.feed(whole) if whole else []
-            if not data:
-                tail = parser.close()  # an event its blank line never came for
-                if tail and _whole(tail[-1]):
-                    events += tail
-                    whole += b"\n\n"
-                elif tail:
-                    events, whole = [], b""  # cut short: not passed on
-            parser.check()  # an error held back behind good events
-        except UpstreamProtocolError as e:
-            error = e
-        done = False
-        for ev in events:  # in order: nothing after [DONE] counts
-            if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
-                continue  # an unnamed event whose text shows no terminal type: no JSON
-            kind = _event_kind(ev)
-            if kind == _DONE:
-                done = True
+            if error is not None:
+                raise error
+            if too_big:
+                raise UpstreamProtocolError(
+                    f"backend sent a stream event larger than {limit} bytes"
+                )
+            if done or not data:
+                if not self._ended:
+                    raise UpstreamProtocolError(_ENDED_EARLY)
                 break
-            if not ended and kind in TERMINAL_EVENTS:
-                ended, grace = True, anyio.current_time() + DONE_GRACE
-        if whole and held is None:
-            await send(whole)
-        if held is not None and (error is None or ended):
-            held.append(whole)  # (a bad event after the terminal one does not matter)
-            held_size += len(whole)
-            started, failure = _answer_starts(events)
-            if failure is not None:
-                raise failure
-            if started or held_size > limit:
-                await send(b"".join(held))
-                held = None
-        if ended and (error is not None or too_big):
-            break  # what follows the terminal event does not matter
-        if error is not None:
-            raise error
-        if too_big:
-            raise UpstreamProtocolError(f"backend sent a stream event larger than {limit} bytes")
-        if done or not data:
-            if not ended:
-                raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
-            break
 
 
 #: a blank line: two line ends (CRLF, LF, or a CR not followed by LF; a CR at the
@@ -636,12 +695,6 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
                 continue
         return True, None
     return False, None
-
-
-def _responses_error_frames(err: ProxyError) -> list[bytes]:
-    """A Responses-format ``error`` event, for a passthrough stream that broke."""
-    ev = {"type": "error", "code": err.code, "message": err.message, "param": None}
-    return [b"event: error\ndata: " + json.dumps(ev).encode() + b"\n\n"]
 
 
 def _event_kind(ev: SSEEvent) -> str:

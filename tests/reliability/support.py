@@ -28,6 +28,7 @@ import httpx
 from anyio.streams.tls import TLSStream
 
 import devbackend
+from devbackend.client import parse_sse
 from tests.support import make_config, running_proxy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -245,6 +246,29 @@ def chat_stream_outcome(body: bytes) -> tuple[str, Optional[dict[str, Any]]]:
     return text, None
 
 
+def passthrough_events(content: bytes) -> list[tuple[Optional[str], Any]]:
+    """Each event of a passthrough stream as (SSE name, parsed data): every one must
+    be whole (its data one JSON document, or ``[DONE]``)."""
+    assert content.endswith(b"\n\n")
+    return [(n, d if d == "[DONE]" else json.loads(d)) for n, d in parse_sse(content)]
+
+
+def passthrough_error_event(content: bytes, kind: str = "api_error") -> dict[str, Any]:
+    """The error event a broken passthrough stream ends with (then ``[DONE]`` if the
+    backend sent one): an event of its own, numbered after the last one relayed,
+    with the ``error`` object (of type ``kind``) the openai SDK and Goose read."""
+    events = passthrough_events(content)
+    if events[-1] == (None, "[DONE]"):
+        events.pop()
+    (name, event), (_, before) = events[-1], events[-2]
+    assert name == "error" and event["type"] == "error"
+    assert event["sequence_number"] == before["sequence_number"] + 1
+    fields = {k: event[k] for k in ("code", "message", "param")}
+    assert event["error"] == {"type": kind, **fields}
+    assert "[DONE]" not in [data for _, data in events]
+    return event  # type: ignore[no-any-return]
+
+
 # --- tiny purpose-built backends ------------------------------------------------
 
 Handler = Callable[[anyio.abc.ByteStream, anyio.abc.SocketStream], Awaitable[None]]
@@ -351,27 +375,25 @@ def sse_answer(frames: list[bytes]) -> bytes:
 
 
 def text_events(words: list[str], rid: str = "resp_1") -> list[bytes]:
-    """A minimal well-formed Responses stream saying ``words``."""
+    """A minimal well-formed Responses stream saying ``words`` (its events numbered)."""
     resp = {"id": rid, "object": "response", "created_at": 1, "model": "m", "status": "completed"}
     item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress"}
-    out = [
-        sse_event({"type": "response.created", "response": {**resp, "status": "in_progress"}}),
-        sse_event({"type": "response.output_item.added", "output_index": 0, "item": item}),
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**resp, "status": "in_progress"}},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
     ]
     for w in words:
-        out.append(
-            sse_event(
-                {
-                    "type": "response.output_text.delta",
-                    "output_index": 0,
-                    "content_index": 0,
-                    "item_id": "msg_1",
-                    "delta": w,
-                }
-            )
+        events.append(
+            {
+                "type": "response.output_text.delta",
+                "output_index": 0,
+                "content_index": 0,
+                "item_id": "msg_1",
+                "delta": w,
+            }
         )
-    out.append(sse_event({"type": "response.completed", "response": {**resp, "output": []}}))
-    return out
+    events.append({"type": "response.completed", "response": {**resp, "output": []}})
+    return [sse_event({**ev, "sequence_number": i}) for i, ev in enumerate(events)]
 
 
 # --- the proxy as a real process ----------------------------------------------------

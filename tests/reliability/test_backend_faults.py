@@ -18,7 +18,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -27,7 +27,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devbackend.client import parse_sse
 from goose_proxy.config import AuthConfig
 from goose_proxy.http.handlers import _scan_whole_events, _whole_events
 from goose_proxy.upstream import client
@@ -41,6 +40,8 @@ from tests.reliability.support import (
     chunk,
     fake_server,
     http_answer,
+    passthrough_error_event,
+    passthrough_events,
     pool_size,
     post,
     proxied,
@@ -54,6 +55,8 @@ from tests.reliability.support import (
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
 
 pytestmark = pytest.mark.anyio
+
+ENDED_EARLY = "upstream stream ended early (no terminal event)"
 
 
 def _reset(tcp: anyio.abc.SocketStream) -> None:
@@ -502,25 +505,19 @@ async def test_keep_open_passthrough_stream(pki: SimpleNamespace, mode: str) -> 
     assert took < 2
 
 
-async def test_stall_mid_passthrough_stream_ends_with_error_event(pki: SimpleNamespace) -> None:
+@pytest.mark.parametrize(
+    ("fault", "code"), [("stall_mid_stream", "timeout"), ("reset_mid_body", "upstream_error")]
+)
+async def test_passthrough_stream_that_stalls_or_breaks_ends_with_error_event(
+    pki: SimpleNamespace, fault: str, code: str
+) -> None:
     body = {"model": "m", "input": "hello", "stream": True}
     with anyio.fail_after(10):
-        async with proxied(
-            pki, fault="stall_mid_stream", backend={"stream_idle_timeout": 0.3}
-        ) as h:
+        async with proxied(pki, fault=fault, backend={"stream_idle_timeout": 0.3}) as h:
             r = await post(h.url, body, path="/v1/responses")
     assert r.status_code == 200
-    assert r.content.endswith(b"\n\n")
-    last = r.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
-    assert last.startswith(b"event: error\ndata: ")
-    assert b'"code": "timeout"' in last
-
-
-def _passthrough_events(content: bytes) -> list[tuple[Optional[str], Any]]:
-    """Each event of a passthrough stream as (SSE name, parsed data): every one must
-    be whole (its data one JSON document, or ``[DONE]``)."""
-    assert content.endswith(b"\n\n")
-    return [(n, d if d == "[DONE]" else json.loads(d)) for n, d in parse_sse(content)]
+    assert b"response.output_text.delta" in r.content
+    assert passthrough_error_event(r.content)["code"] == code
 
 
 @pytest.mark.parametrize("mode", ["lightspeed", "openai"])
@@ -532,12 +529,9 @@ async def test_passthrough_stream_without_its_end_gets_an_error_event(
         async with proxied(pki, fault="truncate", mode=mode) as h:
             r = await post(h.url, body, path="/v1/responses")
     assert r.status_code == 200
-    events = _passthrough_events(r.content)
-    types = [data["type"] for _, data in events if data != "[DONE]"]
+    types = [data["type"] for _, data in passthrough_events(r.content) if data != "[DONE]"]
     assert "response.output_text.delta" in types and "response.completed" not in types
-    name, last = events[-1]
-    assert name == "error" and last["type"] == "error"
-    assert last["message"] == "upstream stream ended early (no terminal event)"
+    assert passthrough_error_event(r.content)["message"] == ENDED_EARLY
 
 
 async def test_passthrough_event_over_the_cap_is_not_passed_on_half(pki: SimpleNamespace) -> None:
@@ -549,12 +543,10 @@ async def test_passthrough_event_over_the_cap_is_not_passed_on_half(pki: SimpleN
         async with proxied(pki, fault="big_event:100000", backend={"max_event_size": 16384}) as h:
             r = await post(h.url, body, path="/v1/responses")
     assert r.status_code == 200
-    events = _passthrough_events(r.content)
+    events = passthrough_events(r.content)
     assert [name for name, _ in events[:2]] == ["response.created", "response.in_progress"]
     assert all(len(json.dumps(data)) < 16384 for _, data in events)
-    name, last = events[-1]
-    assert name == "error"
-    assert "larger than 16384 bytes" in last["message"]
+    assert "larger than 16384 bytes" in passthrough_error_event(r.content)["message"]
 
 
 @pytest.mark.parametrize("ending", ["\n\n", "\r\n\r\n", "\r\r"])
@@ -653,9 +645,8 @@ async def test_passthrough_crlf_event_cut_after_a_line_is_not_passed_on(
     assert r.content.startswith(b"".join(frames[:3]))
     rest = r.content[len(b"".join(frames[:3])) :]
     assert rest.startswith(b"event: error\ndata: ")  # an event of its own
-    assert json.loads(rest.split(b"data: ", 1)[1])["message"] == (
-        "upstream stream ended early (no terminal event)"
-    )
+    event = passthrough_error_event(r.content.replace(b"\r\n", b"\n"))
+    assert event["message"] == ENDED_EARLY
 
 
 async def test_passthrough_done_without_a_terminal_event_gets_an_error_event(
@@ -664,9 +655,9 @@ async def test_passthrough_done_without_a_terminal_event_gets_an_error_event(
     frames = text_events(["one ", "two"])[:-1]  # no response.completed
     r = await _passthrough_of(pki, b"".join(frames) + b"data: [DONE]\n\n")
     assert r.status_code == 200
-    events = _passthrough_events(r.content)
+    events = passthrough_events(r.content)
     assert events[-2] == (None, "[DONE]")
-    assert events[-1][1]["message"] == "upstream stream ended early (no terminal event)"
+    assert events[-1][1]["message"] == ENDED_EARLY
 
 
 async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
@@ -674,12 +665,12 @@ async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
 ) -> None:
     frames = text_events(["one ", "x" * 5000, "three"])
     r = await _passthrough_of(pki, b"".join(frames), max_event_size=4096)
-    events = _passthrough_events(r.content)
+    events = passthrough_events(r.content)
     assert [e[1]["type"] for e in events[:-1]] == [
         "response.created", "response.output_item.added", "response.output_text.delta",
     ]  # fmt: skip
     assert b"x" * 100 not in r.content
-    assert "larger than 4096 bytes" in events[-1][1]["message"]
+    assert "larger than 4096 bytes" in passthrough_error_event(r.content)["message"]
 
 
 async def test_passthrough_reset_after_the_terminal_event_adds_no_error(

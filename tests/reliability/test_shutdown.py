@@ -26,6 +26,7 @@ from tests.reliability.support import (
     ProxyProcess,
     chat_stream_outcome,
     parse_one,
+    passthrough_error_event,
     proxied,
     proxy_config,
     proxy_process,
@@ -45,15 +46,17 @@ class Reader:
     """One request on a raw connection, read to the end in the background;
     ``first`` is set when the first bytes of the reply arrived."""
 
-    def __init__(self, port: int, body: dict[str, Any]) -> None:
+    def __init__(self, port: int, body: dict[str, Any], path: str = CHAT) -> None:
         self.port = port
         self.body = body
+        self.path = path
         self.data = bytearray()
         self.first = anyio.Event()
         self.done = anyio.Event()
 
     async def run(self) -> None:
-        req = request_bytes("POST", CHAT, json.dumps(self.body).encode(), {"Connection": "close"})
+        body = json.dumps(self.body).encode()
+        req = request_bytes("POST", self.path, body, {"Connection": "close"})
         async with await anyio.connect_tcp("127.0.0.1", self.port) as s:
             await s.send(req)
             try:
@@ -128,7 +131,11 @@ async def serving_like_the_cli(config: Config) -> AsyncIterator[SimpleNamespace]
         tg.cancel_scope.cancel()
 
 
-async def test_after_drain_timeout_streams_end_with_error_event(pki: SimpleNamespace) -> None:
+@pytest.mark.parametrize("path", [CHAT, "/v1/responses"], ids=["chat", "passthrough"])
+async def test_after_drain_timeout_streams_end_with_error_event(
+    pki: SimpleNamespace, path: str
+) -> None:
+    body = HELLO_STREAM if path == CHAT else {"model": "m", "input": "hello", "stream": True}
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:
             cfg = make_config(
@@ -143,7 +150,7 @@ async def test_after_drain_timeout_streams_end_with_error_event(pki: SimpleNames
             )
             async with anyio.create_task_group() as tg:
                 async with serving_like_the_cli(cfg) as proxy:
-                    streaming = Reader(proxy.port, HELLO_STREAM)
+                    streaming = Reader(proxy.port, body, path)
                     tg.start_soon(streaming.run)
                     await streaming.first.wait()
                     t0 = anyio.current_time()
@@ -152,8 +159,12 @@ async def test_after_drain_timeout_streams_end_with_error_event(pki: SimpleNames
             await backend.wait_until(lambda b: b.stats.connections_open == 0)
     r = parse_one(bytes(streaming.data))  # a complete chunked reply
     assert r.status == 200
-    text, err = chat_stream_outcome(r.body)
-    assert text  # what came before the stall
+    if path == CHAT:
+        text, err = chat_stream_outcome(r.body)
+        assert text  # what came before the stall
+    else:
+        assert b"response.output_text.delta" in r.body
+        err = passthrough_error_event(r.body, "server_error")
     assert err is not None and err["code"] == "service_unavailable"
     assert "shutting down" in err["message"]
     assert 0.3 <= took < 3
