@@ -426,12 +426,14 @@ async def test_passthrough_openai_error_envelope_relayed_byte_for_byte(
 
 
 @pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
-@pytest.mark.parametrize("tail", ["end"])
+@pytest.mark.parametrize("tail", ["end", "done-then-end", "done-then-completed"])
 async def test_passthrough_stream_cut_short_raises_in_the_sdk(
     pki: SimpleNamespace, flavor: str, tail: str
 ) -> None:
     """The openai SDK raises the error event the proxy adds when a stream ends
-    without its terminal event."""
+    without its terminal event, also when the backend sent [DONE] before that
+    end (the SDK stops reading at [DONE]); a terminal event after [DONE] comes
+    before it."""
     frames = text_events(["one ", "two"])
     answer, completed = frames[:-1], frames[-1]
     done = [b"data: [DONE]\n\n"] if tail.startswith("done") else []

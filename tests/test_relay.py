@@ -94,21 +94,34 @@ STREAMS = {
     "CR": (DELTA + C + D).replace(b"\n", b"\r"),
     "mixed": DELTA.replace(b"\n\n", b"\r\n\r\n") + DELTA.replace(b"\n\n", b"\n\r\n") + C + D,
 }
+#: streams whose [DONE] comes before the terminal event, and what the client gets
+DONE_FIRST = {
+    "LF": (DELTA + b": keep-alive\n\n" + D + DELTA + C,
+           DELTA + b": keep-alive\n\n" + DELTA + C + D),
+    "CRLF": ((DELTA + D + DELTA + C).replace(b"\n", b"\r\n"),
+             (DELTA + DELTA + C + D).replace(b"\n", b"\r\n")),
+    "CR": ((DELTA + D + C).replace(b"\n", b"\r"), (DELTA + C + D).replace(b"\n", b"\r")),
+    "mixed": (DELTA + D.replace(b"\n\n", b"\n\r\n") + C,
+              DELTA + C + D.replace(b"\n\n", b"\n\r\n")),
+}  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     name=st.sampled_from(sorted(STREAMS)),
+    done_first=st.booleans(),
     data=st.data(),
 )
-def test_any_cut_relays_a_whole_stream_byte_for_byte(name: str, data: st.DataObject) -> None:
-    stream = STREAMS[name]
+def test_any_cut_relays_a_whole_stream_byte_for_byte(
+    name: str, done_first: bool, data: st.DataObject
+) -> None:
+    stream, want = DONE_FIRST[name] if done_first else (STREAMS[name], STREAMS[name])
     at = data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=12))
     sent, error = anyio.run(relay, cut(stream, at))
     assert error is None
     # a CR-only stream's last CR waits for a byte that never comes: the end adds
     # a blank line after it rather than lose the event
-    assert sent == stream or (name == "CR" and sent == stream + b"\n\n")
+    assert sent == want or (name == "CR" and sent == want + b"\n\n")
 
 
 @pytest.mark.parametrize("split", [1, 2, 3], ids=["LF|LF", "CR|LF CRLF", "CRLF CR|LF"])
@@ -129,11 +142,33 @@ async def test_no_byte_of_an_event_over_the_limit() -> None:
         assert error == "backend sent a stream event larger than 128 bytes"
 
 
-async def test_done_before_any_terminal_event_is_an_early_end() -> None:
-    for reads in ([DELTA + D + C], [DELTA + D, C]):
-        sent, error = await relay(list(reads))
-        assert sent.startswith(DELTA + D)
-        assert error == EARLY
+@pytest.mark.parametrize(
+    ("reads", "out"),
+    [
+        ([DELTA + D + C], DELTA + C + D),
+        ([DELTA + D, C], DELTA + C + D),
+        ([DELTA, D, b": ping\n\n", C + D], DELTA + b": ping\n\n" + C + D),
+        ([DELTA + D.replace(b"\n", b"\r\n") + C], DELTA + C + D.replace(b"\n", b"\r\n")),
+        ([CREATED + D, C], CREATED + C + D),  # before the answer started
+    ],
+    ids=["same-read", "next-read", "then-more-and-done", "crlf", "preamble"],
+)
+async def test_a_done_before_the_terminal_event_goes_out_after_it(
+    reads: list[Read], out: bytes
+) -> None:
+    # the openai SDK and Goose stop reading at [DONE]: it must come last, once
+    got, error = await seen(reads)
+    assert error is None and got == out
+
+
+async def test_a_done_without_a_terminal_event_goes_out_after_the_error_event() -> None:
+    got, error = await seen([SEQ_DELTA + D])
+    assert isinstance(error, UpstreamProtocolError) and error.message == EARLY
+    assert got.startswith(SEQ_DELTA) and got.endswith(D)
+    check_error_event(got[len(SEQ_DELTA) : -len(D)], error, 8)
+    # before the answer: nothing was sent, the caller answers with an HTTP error
+    sends, error = await _sends([CREATED + D])
+    assert sends == [] and isinstance(error, UpstreamProtocolError)
 
 
 async def test_a_cut_last_event_is_not_passed_on() -> None:
@@ -176,14 +211,18 @@ async def test_a_whole_answer_then_a_bad_event_in_one_read_goes_out(tail: bytes)
     assert error is None and sent.startswith(CREATED + C)
 
 
-async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
-    """A backend that keeps sending comments after the terminal event: the relay
-    stops waiting for [DONE] after DONE_GRACE in all, not per read."""
+@pytest.mark.parametrize(
+    ("first", "early"), [(DELTA + C, False), (DELTA + D, True)], ids=["terminal", "done"]
+)
+async def test_the_wait_for_the_end_is_bounded(first: bytes, early: bool) -> None:
+    """A backend that keeps sending comments after the terminal event (or after a
+    [DONE] that came before it): the relay stops waiting for the rest after
+    DONE_GRACE in all, not per read."""
     sent: list[bytes] = []
     reads = 0
 
     async def trickle() -> AsyncIterator[bytes]:
-        yield DELTA + C
+        yield first
         while True:
             await anyio.sleep(0.01)  # a slow backend, not synchronisation
             yield b": keep-alive\n\n"
@@ -198,10 +237,15 @@ async def test_the_wait_for_done_after_the_terminal_event_is_bounded() -> None:
     async def send(data: bytes) -> None:
         sent.append(data)
 
+    error = None
     with anyio.fail_after(5):  # before the fix: until the backend stopped
-        await PassthroughRelay(receive, send, 4096).run()
+        try:
+            await PassthroughRelay(receive, send, 4096).run()
+        except UpstreamProtocolError as e:
+            error = e.message
     await source.aclose()
-    assert b"".join(sent).startswith(DELTA + C)
+    assert b"".join(sent).startswith(first.replace(D, b""))
+    assert error == (EARLY if early else None)
     assert reads < 100  # about 20: one read per 10 ms for DONE_GRACE (0.2 s)
 
 
@@ -238,14 +282,20 @@ BREAKS: dict[str, list[Read]] = {
 }
 
 
+@pytest.mark.parametrize("done", [False, True], ids=["", "after-done"])
 @pytest.mark.parametrize("how", sorted(BREAKS))
-async def test_a_broken_stream_ends_with_an_error_event(how: str) -> None:
-    got, error = await seen([SEQ_DELTA, *BREAKS[how]])
+async def test_a_broken_stream_ends_with_an_error_event_then_a_held_done(
+    how: str, done: bool
+) -> None:
+    got, error = await seen([SEQ_DELTA + (D if done else b""), *BREAKS[how]])
     assert isinstance(error, ProxyError) and got.startswith(SEQ_DELTA)
     rest = got[len(SEQ_DELTA) :]
     if how == "not-utf8":  # whole, it went out as it came; the parser found it bad after
         assert rest.startswith(NOT_UTF8)
         rest = rest[len(NOT_UTF8) :]
+    if done:  # the [DONE] that came before the end: last, so that the error is read
+        assert rest.endswith(D)
+        rest = rest[: -len(D)]
     check_error_event(rest, error, 8)
     assert b"x" * 100 not in got
 
@@ -273,14 +323,14 @@ async def test_the_error_events_sequence_number_follows_the_last_event(
 
 @pytest.mark.parametrize(
     ("first", "frames"),
-    [(DELTA, "error"), (DELTA + C, "none")],
-    ids=["mid-stream", "after-terminal"],
+    [(DELTA, "error"), (DELTA + D, "error, [DONE]"), (DELTA + C, "none")],
+    ids=["mid-stream", "after-done", "after-terminal"],
 )
 async def test_a_relay_cancelled_while_it_waits(
     monkeypatch: pytest.MonkeyPatch, first: bytes, frames: str
 ) -> None:
-    """Shutdown cancels a stream still running at the drain timeout: it ends
-    with an error event, but none follows a complete answer."""
+    """Shutdown cancels a stream still running at the drain timeout: its error
+    event comes before a held [DONE], and none follows a complete answer."""
     monkeypatch.setattr(handlers, "DONE_GRACE", 60.0)  # the wait outlasts the test
     waiting = anyio.Event()
     reads = [first]
@@ -307,7 +357,7 @@ async def test_a_relay_cancelled_while_it_waits(
         assert got == []
         return
     check_error_event(got[0], err, 0)
-    assert got[1:] == []
+    assert got[1:] == ([D] if frames == "error, [DONE]" else [])
 
 
 # --- nothing goes out before the answer starts ----------------------------------------

@@ -12,8 +12,9 @@ is held back until the translator has something for the client ("commit
 late"): a failure before that becomes a real HTTP error status.
 
 Reading stops at the terminal event (``response.completed`` and its kin, or
-``[DONE]``), not at the end of the body: a backend that keeps the connection
-open afterwards costs its connection (closed after a short grace), never the
+``[DONE]``; a passthrough ``[DONE]`` that comes first waits a short grace for
+it), not at the end of the body: a backend that keeps the connection open
+afterwards costs its connection (closed after a short grace), never the
 client's time.
 """
 
@@ -74,6 +75,7 @@ TERMINAL_EVENTS = frozenset(
     {"response.completed", "response.incomplete", "response.failed", "error"}
 )
 #: how long a passthrough stream waits for ``[DONE]`` after its terminal event
+#: (and for its terminal event after a ``[DONE]`` that came first)
 DONE_GRACE = 0.2
 #: most an :class:`EventReader` holds unparsed: the events' text plus
 #: HELD_EVENT_COST each (about what the objects around it take)
@@ -447,9 +449,14 @@ class PassthroughRelay:
     terminal event, what follows (a ``[DONE]`` within :data:`DONE_GRACE`, in
     total) ends it quietly, errors included. :meth:`run` raises
     UpstreamProtocolError for an event over ``limit`` or not UTF-8, and when
-    the stream ends before its terminal event (also at a ``[DONE]`` that came
-    without one), so that the caller adds a Responses error event, as a chat
-    stream does.
+    the stream ends before its terminal event, so that the caller adds a
+    Responses error event, as a chat stream does.
+
+    A ``[DONE]`` that comes before the terminal event is held back (the
+    openai SDK and Goose stop reading at ``[DONE]``, so an error event after
+    it would go unseen): if the terminal event follows (within
+    :data:`DONE_GRACE`), the ``[DONE]`` goes out right after it; otherwise
+    the stream ended early, and the ``[DONE]`` goes out after the error event.
 
     Nothing is sent before the answer starts (see :func:`_answer_starts`):
     the events before it are held (up to ``limit`` bytes). If the stream fails
@@ -469,11 +476,12 @@ class PassthroughRelay:
         self._send = send
         self._limit = limit
         self._ended = False  # a terminal event went by: only [DONE] may follow
+        self._done = b""  # a [DONE] that came before the terminal event, held back
         self._last: Optional[SSEEvent] = None  # the last event relayed
 
     def error_frames(self, err: ProxyError) -> list[bytes]:
-        """The Responses ``error`` event for ``err``; nothing once the terminal
-        event went out (the answer is complete).
+        """The Responses ``error`` event for ``err`` (then a held ``[DONE]``); nothing
+        once the terminal event went out (the answer is complete).
 
         The event has the fields of the openai SDK's ``ResponseErrorEvent``
         (``type``, ``code``, ``message``, ``param``, ``sequence_number``: one
@@ -493,7 +501,7 @@ class PassthroughRelay:
             "error": error,
         }
         frame = b"event: error\ndata: " + encode_json(event) + b"\n\n"
-        return [frame]
+        return [frame, self._done] if self._done else [frame]
 
     def _next_sequence_number(self) -> int:
         """One more than the last relayed event's ``sequence_number`` (0 if none):
@@ -512,16 +520,18 @@ class PassthroughRelay:
         parser = SSEParser(limit)
         held: Optional[list[bytes]] = []  # whole events before the answer; None once it started
         held_size = 0
-        grace = 0.0  # after the terminal event: when to stop waiting for [DONE]
+        grace = 0.0  # after the terminal event or a [DONE]: when to stop waiting for the end
         carry = b""  # the start of an event not complete yet
         while True:
             data: Optional[bytes] = None
             try:
-                if self._ended:
+                if self._ended or self._done:
                     with anyio.CancelScope(deadline=grace):
                         data = await receive()
                     if data is None:
-                        break  # no [DONE] in time; the answer is complete anyway
+                        if self._ended:
+                            break  # no [DONE] in time; the answer is complete anyway
+                        raise UpstreamProtocolError(_ENDED_EARLY)  # [DONE] but no end
                 else:
                     data = await receive()
             except ProxyError:
@@ -549,20 +559,31 @@ class PassthroughRelay:
                 parser.check()  # an error held back behind good events
             except UpstreamProtocolError as e:
                 error = e
-            done = False
-            for ev in events:  # in order: nothing after [DONE] counts
+            ended_before = self._ended
+            done = early_done = False
+            for ev in events:  # in order: nothing after the [DONE] that ends it counts
                 if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
                     continue  # an unnamed event whose text shows no terminal type: no JSON
                 kind = _event_kind(ev)
                 if kind == _DONE:
-                    done = True
-                    break
-                if not self._ended and kind in TERMINAL_EVENTS:
+                    if self._ended and not self._done:
+                        done = True
+                        break
+                    early_done = True  # before the terminal event (or after a held one)
+                elif not self._ended and kind in TERMINAL_EVENTS:
                     self._ended, grace = True, anyio.current_time() + DONE_GRACE
-            for ev in reversed(events):  # the last event relayed, [DONE] aside
-                if ev.data != _DONE:
-                    self._last = ev
-                    break
+            if early_done:
+                whole, first = _cut_done(whole)
+                events = [ev for ev in events if ev.data != _DONE]
+                if not self._done:
+                    self._done = first
+                    if not self._ended:
+                        grace = anyio.current_time() + DONE_GRACE
+            if events:
+                self._last = events[-1]
+            if self._done and self._ended and not ended_before:
+                whole += self._done  # the end came after all: [DONE] right after it
+                done = True
             if whole and held is None:
                 await send(whole)
             if held is not None and (error is None or self._ended):
@@ -582,10 +603,40 @@ class PassthroughRelay:
                 raise UpstreamProtocolError(
                     f"backend sent a stream event larger than {limit} bytes"
                 )
-            if done or not data:
+            if done:
+                break
+            if not data:
                 if not self._ended:
                     raise UpstreamProtocolError(_ENDED_EARLY)
                 break
+
+
+def _cut_done(whole: bytes) -> tuple[bytes, bytes]:
+    """``whole`` (whole events) without its ``[DONE]`` events, and the first of them
+    as it came (called only when one is there: it parses each event again)."""
+    kept: list[bytes] = []
+    first = b""
+    start = 0
+    # whole was cut at a blank line seen with the byte after it: a CR at its very
+    # end ends a line ("." stands for that byte, which was no LF)
+    for m in _BLANK_LINE.finditer(whole + b"."):
+        event, start = whole[start : m.end()], m.end()
+        if _is_done(event):
+            first = first or event
+        else:
+            kept.append(event)
+    kept.append(whole[start:])
+    return b"".join(kept), first
+
+
+def _is_done(event: bytes) -> bool:
+    """Whether ``event`` (the bytes of one event, up to its blank line) is ``[DONE]``."""
+    if b"[DONE]" not in event:
+        return False
+    try:
+        return any(ev.data == _DONE for ev in SSEParser(len(event) + 1).feed(event))
+    except UpstreamProtocolError:  # not UTF-8
+        return False
 
 
 #: a blank line: two line ends (CRLF, LF, or a CR not followed by LF; a CR at the

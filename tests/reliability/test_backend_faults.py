@@ -649,15 +649,22 @@ async def test_passthrough_crlf_event_cut_after_a_line_is_not_passed_on(
     assert event["message"] == ENDED_EARLY
 
 
-async def test_passthrough_done_without_a_terminal_event_gets_an_error_event(
-    pki: SimpleNamespace,
+@pytest.mark.parametrize("then", ["end", "completed"])
+async def test_passthrough_done_before_the_terminal_event_is_held_back(
+    pki: SimpleNamespace, then: str
 ) -> None:
-    frames = text_events(["one ", "two"])[:-1]  # no response.completed
-    r = await _passthrough_of(pki, b"".join(frames) + b"data: [DONE]\n\n")
+    """The openai SDK and Goose stop reading at [DONE]: it goes out last, after the
+    terminal event that follows it, or after the error event when none does."""
+    frames = text_events(["one ", "two"])
+    answer, completed = b"".join(frames[:-1]), frames[-1]
+    done = b"data: [DONE]\n\n"
+    r = await _passthrough_of(pki, answer + done + (completed if then == "completed" else b""))
     assert r.status_code == 200
-    events = passthrough_events(r.content)
-    assert events[-2] == (None, "[DONE]")
-    assert events[-1][1]["message"] == ENDED_EARLY
+    if then == "completed":
+        assert r.content == answer + completed + done
+        return
+    assert r.content.startswith(answer) and r.content.endswith(done)
+    assert passthrough_error_event(r.content)["message"] == ENDED_EARLY
 
 
 async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
