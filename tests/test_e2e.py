@@ -251,6 +251,10 @@ async def test_routes_and_openai_error_shapes(pki: SimpleNamespace) -> None:
     assert models.json()["data"][0]["id"] == "rhel-lightspeed"
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
     assert wrong.status_code == 405 and "POST" in wrong.headers["allow"]
+    # each status line has its reason phrase ("HTTP/1.1 404 Not Found")
+    assert [r.reason_phrase for r in (health, missing, wrong)] == [
+        "OK", "Not Found", "Method Not Allowed"
+    ]  # fmt: skip
     assert bad_json.status_code == 400
     assert bad_type.status_code == 400
     assert bad_type.json()["error"]["param"] == "messages"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Optional
 
 import anyio
@@ -55,6 +56,10 @@ READ_SIZE = 65536
 LINGER_TIMEOUT = 1.0
 #: what a ProtocolStream raises when the connection ended (see goose_proxy.streams)
 _CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+#: "200 OK": the reason phrase of each status (h11 sends none unless given one)
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
 class ClientGone(Exception):
@@ -289,7 +294,10 @@ class ServerConnection:
         if close:
             hdrs.append((b"connection", b"close"))
         # every value is a constant, a request id or was parsed by h11 (see http11)
-        return self.h11.send(h11.Response(status_code=status, headers=hdrs, **TRUSTED)) or b""
+        head = h11.Response(
+            status_code=status, headers=hdrs, reason=_REASONS.get(status, b""), **TRUSTED
+        )
+        return self.h11.send(head) or b""
 
     @property
     def replied(self) -> bool:
