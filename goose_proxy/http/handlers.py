@@ -55,6 +55,7 @@ from goose_proxy.translate import (
     parse_json_object,
     prepare_passthrough,
     responses_to_chat,
+    retry_hints,
 )
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
 from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json
@@ -226,7 +227,7 @@ class Handlers:
         ex.upstream_status = resp.status
         if resp.status >= 400:
             raw = await resp.read(ERROR_BODY_LIMIT)
-            raise error_from_backend(resp.status, raw, resp.header(b"retry-after"))
+            raise error_from_backend(resp.status, raw, **_retry_headers(resp))
         _raise_for_redirect(resp)
 
     # -- POST /v1/chat/completions --
@@ -329,17 +330,19 @@ class Handlers:
             ex.upstream_status = resp.status
             ctype = resp.header(b"content-type") or "application/json"
             headers = [(b"content-type", ctype.encode("latin-1"))]
-            retry = resp.header(b"retry-after")
-            if retry:
-                headers.append((b"retry-after", retry.encode("latin-1")))
             if resp.status >= 400:
                 raw = await resp.read(ERROR_BODY_LIMIT)
+                hints = _retry_headers(resp)
                 if not _is_openai_error(raw):
                     # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as
                     # for chat (Goose reads error.message, and compacts on the code)
-                    raise error_from_backend(resp.status, raw, retry)
+                    raise error_from_backend(resp.status, raw, **hints)
+                headers += [(k.lower().encode(), v.encode()) for k, v in retry_hints(**hints)]
                 await ex.send(resp.status, raw, headers)
                 return
+            retry = resp.header(b"retry-after")
+            if retry:
+                headers.append((b"retry-after", retry.encode("latin-1")))
             _raise_for_redirect(resp)
             if resp.content_type != "text/event-stream":
                 raw = await resp.read(self.config.backend.max_event_size)
@@ -422,6 +425,16 @@ def _newest_user_message_alone(body: dict[str, Any]) -> int:
         ):
             return 0
     return len(encode_json({**body, "input": items[-1:]}).decode("utf-8"))
+
+
+def _retry_headers(resp: UpstreamResponse) -> dict[str, Optional[str]]:
+    """A backend answer's retry hints, as the arguments of :func:`error_from_backend`
+    and :func:`retry_hints` (which check them before they are repeated)."""
+    return {
+        "retry_after": resp.header(b"retry-after"),
+        "retry_after_ms": resp.header(b"retry-after-ms"),
+        "should_retry": resp.header(b"x-should-retry"),
+    }
 
 
 def _raise_for_redirect(resp: UpstreamResponse) -> None:

@@ -12,7 +12,8 @@ uses it in this order:
    upstream events (or the upstream JSON as is), then :func:`responses_to_chat`;
    a plain JSON answer for a streaming client goes through
    :func:`events_from_response` into a :class:`StreamTranslator`;
-4. :func:`error_from_backend` for an upstream error status.
+4. :func:`error_from_backend` for an upstream error status (:func:`retry_hints`
+   alone for one relayed as it came).
 
 Every function documents what it raises; all errors are
 :class:`goose_proxy.errors.ProxyError` subclasses. The rules are written down
@@ -22,7 +23,7 @@ in ``docs/api-translation.md``.
 from __future__ import annotations
 
 from .accumulate import ResponseAccumulator
-from .errormap import error_from_backend, error_from_event
+from .errormap import error_from_backend, error_from_event, retry_hints
 from .jsonbody import encode_json, parse_json_object
 from .options import LIGHTSPEED_FIELDS, TranslateOptions, prepare_passthrough
 from .request import ChatRequest, chat_to_responses
@@ -45,4 +46,5 @@ __all__ = [
     "parse_json_object",
     "prepare_passthrough",
     "responses_to_chat",
+    "retry_hints",
 ]

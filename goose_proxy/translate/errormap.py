@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
@@ -38,6 +39,7 @@ __all__ = [
     "RATE_LIMIT_PHRASES",
     "error_from_backend",
     "error_from_event",
+    "retry_hints",
 ]
 
 MAX_MESSAGE_CHARS = 1000
@@ -154,14 +156,44 @@ def _whole_body_too_long(doc: Any) -> bool:
     )
 
 
-def _retry_after(value: Optional[str]) -> list[tuple[str, str]]:
-    # Only a printable single-line value: it is copied into our own response head.
+def _printable(value: Optional[str]) -> Optional[str]:
+    """``value`` stripped, when it may go into our own response head (a printable
+    single line of at most 64 characters); else None."""
     if value is None:
-        return []
+        return None
     value = value.strip()
     if not value or len(value) > 64 or not all(" " <= c <= "~" for c in value):
-        return []
-    return [("Retry-After", value)]
+        return None
+    return value
+
+
+_MILLISECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def retry_hints(
+    retry_after: Optional[str] = None,
+    retry_after_ms: Optional[str] = None,
+    should_retry: Optional[str] = None,
+) -> list[tuple[str, str]]:
+    """The backend's retry hints that an error answer of ours repeats, as headers.
+
+    ``Retry-After`` when it is printable (see :func:`_printable`),
+    ``retry-after-ms`` when it is a non-negative number (``200``, ``1.5``) and
+    ``x-should-retry`` when it is ``true`` or ``false``: what OpenAI's SDKs
+    read to decide whether, and when, to send a failed request again. Any
+    other value is left out.
+    """
+    headers: list[tuple[str, str]] = []
+    value = _printable(retry_after)
+    if value is not None:
+        headers.append(("Retry-After", value))
+    value = _printable(retry_after_ms)
+    if value is not None and _MILLISECONDS.fullmatch(value):
+        headers.append(("retry-after-ms", value))
+    value = _printable(should_retry)
+    if value in ("true", "false"):
+        headers.append(("x-should-retry", value))
+    return headers
 
 
 _F = TypeVar("_F", bound=Callable[..., ProxyError])
@@ -180,22 +212,30 @@ def _quoting(build: _F) -> _F:
 
 
 @_quoting
-def error_from_backend(status: int, body: bytes, retry_after: Optional[str] = None) -> ProxyError:
+def error_from_backend(
+    status: int,
+    body: bytes,
+    retry_after: Optional[str] = None,
+    *,
+    retry_after_ms: Optional[str] = None,
+    should_retry: Optional[str] = None,
+) -> ProxyError:
     """The error to show the client for a backend error answer.
 
     ``status`` is the backend's HTTP status, ``body`` its (possibly truncated)
-    body, ``retry_after`` its ``Retry-After`` header, copied to ``.headers``
-    when present and sane. 401/403 → :class:`AuthenticationError` with the
-    same status; 429 or a rate-limit/quota message → :class:`RateLimited`;
-    413, a context-length message or a 422 for a too long body →
-    :class:`ContextLengthExceeded` (400); other 422 → 400; any other status
-    is kept (:class:`UpstreamHTTPError`). Never raises.
+    body, ``retry_after``, ``retry_after_ms`` and ``should_retry`` its
+    ``Retry-After``, ``retry-after-ms`` and ``x-should-retry`` headers, copied
+    to ``.headers`` when present and sane (see :func:`retry_hints`). 401/403 →
+    :class:`AuthenticationError` with the same status; 429 or a rate-limit/quota
+    message → :class:`RateLimited`; 413, a context-length message or a 422 for
+    a too long body → :class:`ContextLengthExceeded` (400); other 422 → 400;
+    any other status is kept (:class:`UpstreamHTTPError`). Never raises.
     """
     text, doc = _parse(body)
     message, code = _message_in(text, doc)
     if not message:
         message = f"backend answered HTTP {status}"
-    headers = _retry_after(retry_after)
+    headers = retry_hints(retry_after, retry_after_ms, should_retry)
     said = f"{message} {code or ''}"
     if status in (401, 403):
         auth = AuthenticationError(message, status=status, headers=headers)

@@ -17,7 +17,7 @@ from goose_proxy.errors import (
     UpstreamError,
     UpstreamHTTPError,
 )
-from goose_proxy.translate import error_from_backend, error_from_event
+from goose_proxy.translate import error_from_backend, error_from_event, retry_hints
 from goose_proxy.translate.errormap import MAX_MESSAGE_CHARS
 
 
@@ -160,6 +160,24 @@ def test_long_text_body_truncated_and_bad_utf8_replaced() -> None:
 def test_retry_after_kept_only_when_sane(value: Optional[str], kept: Optional[str]) -> None:
     err = error_from_backend(429, b'{"detail":"slow down"}', retry_after=value)
     assert err.headers == ([("Retry-After", kept)] if kept else [])
+
+
+@pytest.mark.parametrize(
+    ("ms", "should", "kept"),
+    [("200", "false", [("retry-after-ms", "200"), ("x-should-retry", "false")]),
+     (" 1.5 ", "true", [("retry-after-ms", "1.5"), ("x-should-retry", "true")]),
+     ("0", None, [("retry-after-ms", "0")]),
+     # what the SDKs would not read as meant, or could not put in a head
+     ("-1", "True", []), ("1e3", "maybe", []), ("nan", "", []), ("inf", "1", []),
+     ("5\r\nSet-Cookie: x=1", "false\r\nSet-Cookie: x=1", []), ("9" * 65, None, []),
+     (None, None, [])],
+)  # fmt: skip
+def test_retry_hints_kept_only_when_valid(
+    ms: Optional[str], should: Optional[str], kept: list[tuple[str, str]]
+) -> None:
+    err = error_from_backend(500, b"oops", retry_after_ms=ms, should_retry=should)
+    assert err.headers == kept
+    assert retry_hints(None, ms, should) == kept
 
 
 # --- errors reported inside a stream ---------------------------------------------------------

@@ -1,0 +1,146 @@
+"""Retry hints: what tells an OpenAI client whether to send a failed request again.
+
+The openai SDK (``_should_retry`` in its ``_base_client.py``) obeys
+``x-should-retry: true``/``false`` first, waits ``retry-after-ms`` (else
+``Retry-After``) when the answer gives one, and otherwise retries 408, 409,
+429 and any 5xx. The proxy repeats the backend's hints on its error answers,
+on both POST endpoints (docs/api-translation.md §4).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import anyio
+import anyio.abc
+import openai
+import pytest
+
+from tests.reliability.support import (
+    HELLO,
+    FakeServer,
+    fake_server,
+    http_answer,
+    post,
+    read_request_head,
+)
+from tests.support import make_config, running_proxy
+
+pytestmark = pytest.mark.anyio
+
+JSON = ("content-type", "application/json")
+DETAIL = json.dumps({"detail": "backend trouble"}).encode()  # Lightspeed's FastAPI shape
+ENVELOPE = json.dumps(
+    {"error": {"message": "backend trouble", "type": "server_error", "param": None, "code": None}}
+).encode()
+RESPONSE = json.dumps({
+    "id": "resp_1", "object": "response", "created_at": 1, "model": "m", "status": "completed",
+    "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+}).encode()  # fmt: skip
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+
+
+@asynccontextmanager
+async def backend(pki: SimpleNamespace, *answers: bytes) -> AsyncIterator[FakeServer]:
+    """A TLS backend answering its n-th request with ``answers[n]`` (the last one
+    for every request after); ``requests`` records what it got."""
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:  # until the proxy hangs up (EndOfStream ends the handler)
+            await read_request_head(stream, srv)
+            await stream.send(answers[min(len(srv.requests), len(answers)) - 1])
+
+    async with fake_server(handler, tls=pki.server_context()) as srv:
+        yield srv
+
+
+@asynccontextmanager
+async def sdk(
+    pki: SimpleNamespace, endpoint: str, **backend_cfg: Any
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The proxy in front of ``endpoint``, and an openai client that retries twice."""
+    cfg = make_config(endpoint, pki.auth, backend={"proxy": "", **backend_cfg})
+    async with running_proxy(cfg) as proxy:
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=2)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def create(client: openai.AsyncOpenAI, path: str) -> Any:
+    if path == CHAT:
+        return await client.chat.completions.create(model="m", messages=HELLO["messages"])
+    return await client.responses.create(model="m", input="hi")
+
+
+# --- the backend's hints ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(CHAT, DETAIL), (RESPONSES, DETAIL), (RESPONSES, ENVELOPE)],
+    ids=["chat", "passthrough-mapped", "passthrough-relayed"],
+)
+@pytest.mark.parametrize(
+    ("status", "hints", "relayed"),
+    [
+        (500, {"x-should-retry": "false"}, {"x-should-retry": "false"}),
+        (400, {"x-should-retry": "true"}, {"x-should-retry": "true"}),
+        (503, {"retry-after-ms": "200", "retry-after": "1"},
+         {"retry-after-ms": "200", "retry-after": "1"}),
+        # what the SDKs would not read as meant is left out
+        (500, {"x-should-retry": "False", "retry-after-ms": "-5"},
+         {"x-should-retry": None, "retry-after-ms": None}),
+    ],
+    ids=["500-false", "400-true", "503-ms", "invalid"],
+)  # fmt: skip
+async def test_backend_retry_hints_reach_the_client(
+    pki: SimpleNamespace,
+    path: str,
+    body: bytes,
+    status: int,
+    hints: dict[str, str],
+    relayed: dict[str, Optional[str]],
+) -> None:
+    answer = http_answer(f"{status} Oops", [JSON, *hints.items()], body)
+    with anyio.fail_after(10):
+        async with backend(pki, answer) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, {**HELLO, "input": "hi"}, path=path)
+    assert r.status_code == status
+    assert r.json()["error"]["message"] == "backend trouble"
+    assert {name: r.headers.get(name) for name in relayed} == relayed
+
+
+@pytest.mark.parametrize("path", [CHAT, RESPONSES])
+async def test_the_sdk_does_not_retry_what_the_backend_says_not_to(
+    pki: SimpleNamespace, path: str
+) -> None:
+    answer = http_answer("500 Oops", [JSON, ("x-should-retry", "false")], DETAIL)
+    with anyio.fail_after(15):
+        async with backend(pki, answer) as srv, sdk(pki, srv.url) as client:
+            with pytest.raises(openai.InternalServerError):
+                await create(client, path)
+    assert len(srv.requests) == 1  # without the header: 3
+
+
+@pytest.mark.parametrize("path", [CHAT, RESPONSES])
+async def test_the_sdk_retries_what_the_backend_says_to(pki: SimpleNamespace, path: str) -> None:
+    # a 400 is not retried by default; retry-after-ms makes the wait 10 ms
+    hints = [("x-should-retry", "true"), ("retry-after-ms", "10")]
+    first = http_answer("400 Bad Request", [JSON, *hints], DETAIL)
+    with anyio.fail_after(15):
+        async with backend(pki, first, http_answer("200 OK", [JSON], RESPONSE)) as srv:
+            async with sdk(pki, srv.url, flavor="openai") as client:
+                answer = await create(client, path)
+    assert len(srv.requests) == 2
+    text = answer.choices[0].message.content if path == CHAT else answer.output_text
+    assert text == "hi"
