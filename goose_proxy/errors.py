@@ -5,6 +5,15 @@ renders the OpenAI error envelope::
 
     {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
 
+A class also says whether a client should send the same request again
+(:attr:`ProxyError.should_retry`). OpenAI's SDKs retry any 5xx unless the
+answer says ``x-should-retry: false``; the classes of failures that a retry
+of the same request cannot fix send it: a configuration or credential
+problem (the client certificate, the CA file, a redirect, an answer that is
+no Response, a TLS certificate refused either way, a CONNECT proxy that
+cannot be used as configured). Timeouts, refused or broken connections, 503
+and 429 send no such header: the client's own rule retries them.
+
 Exceptions raised by anyio, ssl and the OS are mapped onto these classes once,
 at the I/O boundary (``goose_proxy.upstream``); nothing else in the program
 needs to know about socket errors.
@@ -22,6 +31,10 @@ class ProxyError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     default_code: ClassVar[Optional[str]] = None
+    #: what the answer's ``x-should-retry`` header says: None sends none (the
+    #: client goes by the status), False for a failure that a retry of the same
+    #: request cannot fix
+    should_retry: ClassVar[Optional[bool]] = None
 
     def __init__(
         self,
@@ -43,6 +56,13 @@ class ProxyError(Exception):
         #: the message quotes a backend's error body or event (set where it is
         #: built, in translate.errormap): shown to the client, never logged
         self.quoted = False
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """The extra headers of the error answer: :attr:`headers`, then
+        ``x-should-retry`` when the class says (see :attr:`should_retry`)."""
+        if self.should_retry is None:
+            return list(self.headers)
+        return [*self.headers, ("x-should-retry", "true" if self.should_retry else "false")]
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error envelope as a dict."""
@@ -145,6 +165,7 @@ class CredentialsError(ProxyError):
     status = 502
     type = "server_error"
     default_code = "client_certificate_unavailable"
+    should_retry = False
 
 
 class UpstreamError(ProxyError):
@@ -153,6 +174,13 @@ class UpstreamError(ProxyError):
     status = 502
     type = "api_error"
     default_code: ClassVar[Optional[str]] = "upstream_error"
+
+
+class UpstreamRedirect(UpstreamError):
+    """The backend answered with a redirect, which is not followed: the endpoint
+    is wrong, or a login page stands in front of it."""
+
+    should_retry = False
 
 
 class UpstreamClosed(UpstreamError):
@@ -172,16 +200,37 @@ class UpstreamTLSError(UpstreamError):
     default_code = "upstream_tls_error"
 
 
+class UpstreamCertificateError(UpstreamTLSError):
+    """A TLS certificate was refused: the backend's (not trusted, or for another
+    host name) or ours (the backend rejected the client certificate)."""
+
+    should_retry = False
+
+
 class UpstreamProxyError(UpstreamError):
     """The configured HTTP CONNECT proxy refused or failed."""
 
     default_code = "upstream_proxy_error"
 
 
+class UpstreamProxyConfigError(UpstreamProxyError):
+    """The CONNECT proxy cannot be used as configured: its URL is unusable, or it
+    refuses the tunnel for want of credentials or permission (407, 403)."""
+
+    should_retry = False
+
+
 class UpstreamProtocolError(UpstreamError):
     """The backend answered something that is not valid HTTP, JSON or SSE."""
 
     default_code = "upstream_protocol_error"
+
+
+class UpstreamNotAResponse(UpstreamProtocolError):
+    """A 2xx answer that is no finished Response object (``{}``, a body in some
+    other shape, a background response still queued)."""
+
+    should_retry = False
 
 
 class UpstreamTimeout(UpstreamError):

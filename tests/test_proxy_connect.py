@@ -61,9 +61,12 @@ async def chat_via(
         return [await chat(gp.url) for _ in range(n)]
 
 
-def error_message(resp: httpx.Response) -> str:
+def error_message(resp: httpx.Response, should_retry: Optional[str] = None) -> str:
+    """The message of an ``upstream_proxy_error``; checks its ``x-should-retry``
+    (``false`` for a proxy that cannot be used as configured, else none)."""
     body = resp.json()
     assert body["error"]["code"] == "upstream_proxy_error", body
+    assert resp.headers.get("x-should-retry") == should_retry
     return str(body["error"]["message"])
 
 
@@ -117,7 +120,7 @@ async def test_proxy_that_wants_credentials(
                 url = proxy.url if userinfo is None else proxy.url_with(userinfo)
                 (resp,) = await chat_via(backend, pki, url)
     assert resp.status_code == 502
-    message = error_message(resp)
+    message = error_message(resp, should_retry="false")  # credentials: no use retrying
     shown = redact_url(url)
     assert shown == (proxy.url if userinfo is None else f"http://***@127.0.0.1:{proxy.port}")
     assert message.startswith(
@@ -139,7 +142,7 @@ async def test_proxy_that_forbids_the_tunnel(pki: SimpleNamespace) -> None:
             async with connect_proxy(refuse=403) as proxy:
                 (resp,) = await chat_via(backend, pki, proxy.url_with("bob:s3cret"))
     assert resp.status_code == 502
-    message = error_message(resp)
+    message = error_message(resp, should_retry="false")
     assert f"proxy http://***@127.0.0.1:{proxy.port} refused the tunnel" in message
     assert "403 Forbidden" in message
     assert "s3cret" not in message
@@ -270,7 +273,7 @@ async def test_unusable_environment_proxy_fails_requests_not_the_server(
         async with devbackend.run(tls=pki.server_context()) as backend:
             (resp,) = await chat_via(backend, pki, None)
     assert resp.status_code == 502
-    assert error_message(resp) == (
+    assert error_message(resp, should_retry="false") == (
         "environment variable https_proxy: unsupported proxy URL "
         "'socks5://***@proxy.example:1080' (use http://host:port)"
     )

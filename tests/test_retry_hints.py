@@ -4,7 +4,8 @@ The openai SDK (``_should_retry`` in its ``_base_client.py``) obeys
 ``x-should-retry: true``/``false`` first, waits ``retry-after-ms`` (else
 ``Retry-After``) when the answer gives one, and otherwise retries 408, 409,
 429 and any 5xx. The proxy repeats the backend's hints on its error answers,
-on both POST endpoints (docs/api-translation.md §4).
+on both POST endpoints, and says ``x-should-retry: false`` on its own errors
+that a retry cannot fix (docs/api-translation.md §4).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -20,6 +22,7 @@ import anyio.abc
 import openai
 import pytest
 
+from goose_proxy.config import AuthConfig
 from tests.reliability.support import (
     HELLO,
     FakeServer,
@@ -62,10 +65,10 @@ async def backend(pki: SimpleNamespace, *answers: bytes) -> AsyncIterator[FakeSe
 
 @asynccontextmanager
 async def sdk(
-    pki: SimpleNamespace, endpoint: str, **backend_cfg: Any
+    endpoint: str, auth: AuthConfig, **backend_cfg: Any
 ) -> AsyncIterator[openai.AsyncOpenAI]:
     """The proxy in front of ``endpoint``, and an openai client that retries twice."""
-    cfg = make_config(endpoint, pki.auth, backend={"proxy": "", **backend_cfg})
+    cfg = make_config(endpoint, auth, backend={"proxy": "", **backend_cfg})
     async with running_proxy(cfg) as proxy:
         client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=2)
         try:
@@ -126,7 +129,7 @@ async def test_the_sdk_does_not_retry_what_the_backend_says_not_to(
 ) -> None:
     answer = http_answer("500 Oops", [JSON, ("x-should-retry", "false")], DETAIL)
     with anyio.fail_after(15):
-        async with backend(pki, answer) as srv, sdk(pki, srv.url) as client:
+        async with backend(pki, answer) as srv, sdk(srv.url, pki.auth) as client:
             with pytest.raises(openai.InternalServerError):
                 await create(client, path)
     assert len(srv.requests) == 1  # without the header: 3
@@ -139,8 +142,30 @@ async def test_the_sdk_retries_what_the_backend_says_to(pki: SimpleNamespace, pa
     first = http_answer("400 Bad Request", [JSON, *hints], DETAIL)
     with anyio.fail_after(15):
         async with backend(pki, first, http_answer("200 OK", [JSON], RESPONSE)) as srv:
-            async with sdk(pki, srv.url, flavor="openai") as client:
+            async with sdk(srv.url, pki.auth, flavor="openai") as client:
                 answer = await create(client, path)
     assert len(srv.requests) == 2
     text = answer.choices[0].message.content if path == CHAT else answer.output_text
     assert text == "hi"
+
+
+# --- the proxy's own errors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [CHAT, RESPONSES])
+@pytest.mark.parametrize("fault", ["missing-certificate", "redirect"])
+async def test_the_sdk_does_not_retry_what_a_retry_cannot_fix(
+    pki: SimpleNamespace, tmp_path: Path, path: str, fault: str
+) -> None:
+    auth = pki.auth
+    if fault == "missing-certificate":  # an unregistered host
+        auth = AuthConfig(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    redirect = http_answer("302 Found", [("location", "https://sso.example/login")], b"")
+    with anyio.fail_after(15):
+        async with backend(pki, redirect) as srv, sdk(srv.url, auth) as client:
+            with pytest.raises(openai.InternalServerError) as info:
+                await create(client, path)
+    assert info.value.status_code == 502
+    # the SDK's one attempt (without the header: its third, after two retries)
+    assert info.value.response.request.headers["x-stainless-retry-count"] == "0"
+    assert len(srv.requests) == (1 if fault == "redirect" else 0)

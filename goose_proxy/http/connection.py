@@ -379,5 +379,7 @@ class ServerConnection:
 def error_response_parts(err: ProxyError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, body and headers of the OpenAI error envelope for ``err``."""
     headers = [(b"content-type", b"application/json")]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers]
+    headers += [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.response_headers()
+    ]
     return err.status, err.to_json(), headers

@@ -34,8 +34,8 @@ from goose_proxy.errors import (
     ContextLengthExceeded,
     InvalidRequest,
     ProxyError,
-    UpstreamError,
     UpstreamProtocolError,
+    UpstreamRedirect,
 )
 from goose_proxy.http.connection import (
     ClientGone,
@@ -444,7 +444,7 @@ def _raise_for_redirect(resp: UpstreamResponse) -> None:
     if 300 <= resp.status < 400:
         where = redact_location(resp.header(b"location") or "")
         to = f" to {where!r}" if where else ""
-        raise UpstreamError(
+        raise UpstreamRedirect(
             f"backend answered HTTP {resp.status} (a redirect{to}); goose-proxy does not "
             "follow redirects: check [backend] endpoint"
         )

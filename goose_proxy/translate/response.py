@@ -20,7 +20,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from goose_proxy.errors import ProxyError, UpstreamError, UpstreamProtocolError
+from goose_proxy.errors import (
+    ProxyError,
+    UpstreamError,
+    UpstreamNotAResponse,
+    UpstreamProtocolError,
+)
 
 from .errormap import error_from_event
 
@@ -126,25 +131,25 @@ def check_finished(resp: Any) -> Optional[ProxyError]:
     :func:`failure_of`), or None when it is a Response object that finished.
 
     Raises:
-        UpstreamProtocolError: not a JSON object; no ``output`` list (``{}``, an
+        UpstreamNotAResponse: not a JSON object; no ``output`` list (``{}``, an
             error in some other shape); or a ``status`` that is not final
             (``queued``/``in_progress``: a background response) or ``cancelled``.
             Read as success, each would be an empty answer with ``"stop"``.
     """
     if not isinstance(resp, JSON_OBJECT):
-        raise UpstreamProtocolError("upstream answer is not a JSON object")
+        raise UpstreamNotAResponse("upstream answer is not a JSON object")
     failure = failure_of(resp)
     if failure is not None:
         return failure
     status = resp.get("status")
     if status is not None and status not in FINISHED:
-        raise UpstreamProtocolError(
+        raise UpstreamNotAResponse(
             f"upstream response is not finished (status {str(status)[:40]!r}); "
             "goose-proxy does not wait for background responses"
         )
     if not isinstance(resp.get("output"), list):
         keys = ", ".join(repr(k)[:40] for k in list(resp)[:5]) or "none"
-        raise UpstreamProtocolError(
+        raise UpstreamNotAResponse(
             f'upstream answer is not a Response object: it has no "output" list (keys: {keys})'
         )
     return None
@@ -172,8 +177,9 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
     Raises:
         ProxyError: the response failed (``status: "failed"`` or an ``error``
             object): the class mapped from its error by :func:`error_from_event`.
-        UpstreamProtocolError: ``resp`` is not a finished Response object (see
-            :func:`check_finished`), or a ``function_call`` item has neither
+        UpstreamNotAResponse: ``resp`` is not a finished Response object (see
+            :func:`check_finished`).
+        UpstreamProtocolError: a ``function_call`` item has neither
             ``call_id`` nor ``id``.
     """
     failure = check_finished(resp)
@@ -271,7 +277,7 @@ def events_from_response(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
     A failed response becomes ``response.failed`` (raised before commit).
 
     Raises:
-        UpstreamProtocolError: ``resp`` is not a finished Response object (see
+        UpstreamNotAResponse: ``resp`` is not a finished Response object (see
             :func:`check_finished`).
     """
     if check_finished(resp) is not None:

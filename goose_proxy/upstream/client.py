@@ -48,6 +48,7 @@ from goose_proxy import __version__, http11
 from goose_proxy.config import BackendConfig, is_secret_header
 from goose_proxy.errors import (
     ProxyError,
+    UpstreamCertificateError,
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
@@ -125,17 +126,22 @@ class Endpoint:
 _NAME_MISMATCH = (62, 64)
 
 
-def _describe_ssl(e: ssl.SSLError) -> str:
+def _tls_error(prefix: str, e: ssl.SSLError) -> UpstreamTLSError:
+    """The error for a TLS failure ``e``, its message ``prefix: why``; a certificate
+    refused either way is an :class:`UpstreamCertificateError` (no use retrying)."""
     if isinstance(e, ssl.SSLCertVerificationError):
         if e.verify_code in _NAME_MISMATCH:
-            return f"the backend's server certificate is for another host name ({e.verify_message})"
-        return f"the backend's server certificate is not trusted ({e.verify_message})"
+            why = f"the backend's server certificate is for another host name ({e.verify_message})"
+        else:
+            why = f"the backend's server certificate is not trusted ({e.verify_message})"
+        return UpstreamCertificateError(f"{prefix}: {why}")
     reason = (e.reason or str(e)).upper()
     if "ALERT" in reason and any(
         k in reason for k in ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED", "HANDSHAKE_FAILURE")
     ):
-        return f"the backend rejected the client certificate ({e.reason})"
-    return f"TLS error ({e.reason or e})"
+        why = f"the backend rejected the client certificate ({e.reason})"
+        return UpstreamCertificateError(f"{prefix}: {why}")
+    return UpstreamTLSError(f"{prefix}: TLS error ({e.reason or e})")
 
 
 def _while(phase: str) -> str:
@@ -149,7 +155,7 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
         return None
     where = ep.where
     if isinstance(e, ssl.SSLError):
-        return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(e)}")
+        return _tls_error(f"{phase} with backend {where} failed", e)
     if isinstance(e, socket.gaierror):
         return UpstreamConnectError(f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})")
     if isinstance(e, OSError) and refused(e):
@@ -157,7 +163,7 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
     if isinstance(e, (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)):
         cause = e.__cause__ if isinstance(e, anyio.BrokenResourceError) else e
         if isinstance(cause, ssl.SSLError):
-            return UpstreamTLSError(f"{phase} with backend {where} failed: {_describe_ssl(cause)}")
+            return _tls_error(f"{phase} with backend {where} failed", cause)
         return UpstreamClosed(f"backend {where} closed the connection {_while(phase)}")
     if isinstance(e, h11.RemoteProtocolError):
         return UpstreamProtocolError(

@@ -27,7 +27,7 @@ import h11
 
 from goose_proxy import http11
 from goose_proxy.config import BackendConfig, redact_url, split_proxy_url
-from goose_proxy.errors import UpstreamProxyError
+from goose_proxy.errors import UpstreamProxyConfigError, UpstreamProxyError
 from goose_proxy.streams import ProtocolStream, connect_tcp, refused
 
 log = logging.getLogger("goose_proxy.upstream")
@@ -35,6 +35,11 @@ log = logging.getLogger("goose_proxy.upstream")
 
 class TunnelRefused(UpstreamProxyError):
     """The proxy answered the ``CONNECT`` with a non-2xx status (403, 407, 502, ...)."""
+
+
+class TunnelDenied(TunnelRefused, UpstreamProxyConfigError):
+    """The proxy refused the tunnel for want of credentials or permission (407, 403):
+    a retry gets the same answer."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +121,11 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream
     """Connect to the proxy and ask it for a tunnel to ``host:port``.
 
     Raises UpstreamProxyError when the proxy is unreachable or answers something
-    that is not HTTP, TunnelRefused when it refuses (403, 407, …).
+    that is not HTTP, UpstreamProxyConfigError when its URL is unusable,
+    TunnelRefused when it refuses (TunnelDenied for 403 and 407).
     """
     if route.error is not None:
-        raise UpstreamProxyError(route.error)
+        raise UpstreamProxyConfigError(route.error)
     try:
         stream = await connect_tcp(route.host, route.port)
     except OSError as e:
@@ -173,7 +179,8 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream
                     if route.authorization
                     else ' (it requires credentials: proxy = "http://user:pass@host:port")'
                 )
-            raise TunnelRefused(
+            refusal = TunnelDenied if ev.status_code in (403, 407) else TunnelRefused
+            raise refusal(
                 f"proxy {route.display} refused the tunnel to {authority}: "
                 f"{ev.status_code} {reason}{hint}"
             )

@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import json
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -120,6 +121,7 @@ async def test_connection_refused_gives_502(pki: SimpleNamespace) -> None:
         with refusing_port() as port:
             r = await _direct(f"https://127.0.0.1:{port}", pki.auth, HELLO)
     assert r.status_code == 502
+    assert "x-should-retry" not in r.headers  # the backend may be back in a moment
     err = r.json()["error"]
     assert err["code"] == "upstream_connect_error"
     assert "refused" in err["message"]
@@ -185,6 +187,7 @@ async def test_untrusted_server_certificate(pki: SimpleNamespace) -> None:
             async with running_proxy(cfg_proxy) as proxy:
                 r = await post(proxy.url, HELLO)
     assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
     err = r.json()["error"]
     assert err["code"] == "upstream_tls_error"
     assert "not trusted" in err["message"]
@@ -207,12 +210,46 @@ async def test_client_certificate_rejected(pki: SimpleNamespace) -> None:
         err = resp.json()["error"]
         assert err["code"] == "upstream_tls_error"
         assert "client certificate" in err["message"]
+        # under TLS 1.3 the server checks it after the handshake and may just
+        # close: that "probably" is no proof (a backend going away looks the
+        # same), so a retry is not ruled out
+        probably = "probably rejected" in err["message"]
+        assert resp.headers.get("x-should-retry") == (None if probably else "false")
     assert h.backend.stats.requests_total == 0
 
 
-async def test_server_certificate_for_another_host(pki: SimpleNamespace) -> None:
-    import ssl
+async def test_client_certificate_refused_with_an_alert(pki: SimpleNamespace) -> None:
+    # a TLS 1.2 server refuses it in the handshake, with an alert that says so
+    # (OpenSSL sends it from a blocking socket; asyncio and anyio drop it)
+    ctx = pki.server_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    stranger = AuthConfig(
+        str(pki.dir / "stranger-cert.pem"), str(pki.dir / "stranger-key.pem"), pki.ca_file
+    )
 
+    def refuse(listener: socket.socket) -> None:
+        conn, _ = listener.accept()  # bounded by the listener's timeout
+        with conn:
+            conn.settimeout(10)
+            try:
+                ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                pass
+
+    with socket.create_server(("127.0.0.1", 0)) as listener, anyio.fail_after(15):
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, refuse, listener)
+            r = await _direct(f"https://127.0.0.1:{port}", stranger, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_tls_error"
+    assert "the backend rejected the client certificate (" in err["message"]
+    assert r.headers["x-should-retry"] == "false"
+
+
+async def test_server_certificate_for_another_host(pki: SimpleNamespace) -> None:
     other = pki.ca.issue_cert("backend.example.com")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     other.configure_cert(ctx)
@@ -220,6 +257,7 @@ async def test_server_certificate_for_another_host(pki: SimpleNamespace) -> None
         async with proxied(pki, backend_tls=ctx) as h:
             r = await post(h.url, HELLO)
     assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
     err = r.json()["error"]
     assert err["code"] == "upstream_tls_error"
     assert "another host name" in err["message"] and "mismatch" in err["message"]
@@ -235,6 +273,7 @@ async def test_reset_before_headers(pki: SimpleNamespace, body: dict[str, Any]) 
         async with proxied(pki, fault="reset_before_headers") as h:
             r = await post(h.url, body)
     assert r.status_code == 502
+    assert "x-should-retry" not in r.headers
     err = r.json()["error"]
     # Python 3.9's asyncio reports a reset under TLS as a clean end of stream,
     # which on a fresh connection reads as "rejected the client certificate"
@@ -429,6 +468,7 @@ async def test_stall_before_headers_gives_504(pki: SimpleNamespace, body: dict[s
             # the proxy hung up: the stalled backend connection is gone
             await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
     assert r.status_code == 504
+    assert "x-should-retry" not in r.headers
     err = r.json()["error"]
     assert err["code"] == "timeout" and "0.3 seconds" in err["message"]
     assert 0.3 <= took < 3
@@ -906,6 +946,7 @@ async def test_a_2xx_answer_that_is_no_response_is_an_error(
         async with _canned(pki, http_answer("200 OK", [JSON], answer)) as srv:
             r = await _direct(srv.url, pki.auth, body, flavor=flavor)
     assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"  # the same request gets the same answer
     err = r.json()["error"]
     assert err["code"] == "upstream_protocol_error"
     assert "not a Response object" in err["message"] or "not finished" in err["message"]
@@ -934,6 +975,7 @@ async def test_a_redirect_is_an_error_not_an_answer(
         async with _canned(pki, redirect) as srv:
             r = await _direct(srv.url, pki.auth, body, path=path)
     assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
     err = r.json()["error"]
     assert err["message"].startswith(
         "backend answered HTTP 302 (a redirect to 'https://***@sso.example/login'); "

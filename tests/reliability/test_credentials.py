@@ -206,6 +206,7 @@ async def test_missing_pair_gives_register_hint(
                 after = await post(proxy.url, HELLO)
     for resp in (r, rs):
         assert resp.status_code == 502
+        assert resp.headers["x-should-retry"] == "false"  # a retry cannot register the host
         err = resp.json()["error"]
         assert err["code"] == "client_certificate_unavailable"
         assert "subscription-manager register" in err["message"]
@@ -245,6 +246,7 @@ async def test_missing_ca_file_is_named_with_its_own_code(
         async with running_proxy(make_config("https://127.0.0.1:9", auth)) as proxy:
             r = await post(proxy.url, HELLO)
     assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
     err = r.json()["error"]
     assert err["code"] == "ca_file_unavailable"  # the certificate is fine
     assert err["message"].startswith(f"cannot load the CA file {tmp_path / 'no-ca.pem'} (")

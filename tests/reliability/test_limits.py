@@ -269,6 +269,7 @@ async def test_connections_over_max_connections_get_503(pki: SimpleNamespace) ->
     assert r.error["code"] == "service_unavailable"
     assert "too many connections" in r.error["message"]
     assert r.header("retry-after") == "1" and r.header("connection") == "close"
+    assert r.header("x-should-retry") is None
     assert h.backend.stats.requests_total == 0
 
 
