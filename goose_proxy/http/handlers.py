@@ -196,6 +196,10 @@ class Handlers:
             "/health": {"GET": self.health},
         }
 
+    def route(self, path: str) -> Optional[dict[str, Handler]]:
+        """The handlers of ``path`` by method; None for a path the proxy does not serve."""
+        return self.routes.get(path)
+
     # -- simple routes --
 
     async def health(self, ex: Exchange) -> None:

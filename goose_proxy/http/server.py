@@ -32,7 +32,7 @@ import socket
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import anyio
 import anyio.abc
@@ -54,7 +54,7 @@ from goose_proxy.http.connection import (
     ServerConnection,
     error_response_parts,
 )
-from goose_proxy.http.handlers import Exchange, Handlers
+from goose_proxy.http.handlers import Exchange, Handler, Handlers
 from goose_proxy.streams import Listener, ProtocolStream, bind_tcp
 from goose_proxy.upstream.client import UpstreamClient
 
@@ -278,7 +278,7 @@ class ProxyServer:
                 req = await conn.read_request()
                 if req is None:
                     return
-                self._check_request(req)
+                target = self._check_request(req)
                 await conn.read_body(req)
             except TimeoutError:
                 return  # slow or silent client: close without a word (408 helps nobody)
@@ -299,7 +299,7 @@ class ProxyServer:
                 or req.http_version == b"1.0"
             )
             large = len(req.body) >= LARGE_EXCHANGE  # before a handler takes it
-            sent = await self._handle(conn, req, close)
+            sent = await self._handle(conn, req, close, target)
             req = None  # its body too, before the heap is trimmed
             if large or sent >= LARGE_EXCHANGE:
                 give_back_memory()
@@ -308,8 +308,14 @@ class ProxyServer:
             if close or not conn.keep_alive:
                 return
 
-    def _check_request(self, req: Request) -> None:
-        """Refuse requests a web page or a foreign host could make (DNS rebinding, CSRF)."""
+    def _check_request(self, req: Request) -> Union[Handler, ProxyError]:
+        """Refuse requests a web page or a foreign host could make (DNS rebinding,
+        CSRF); the handler for the request, or the 404/405 it is answered with.
+
+        The route and method are checked before the body's type and coding (which
+        only matter to a handler that reads the body): ``POST /v1/models`` is a
+        405, not a 415. A request no handler serves never reaches the backend.
+        """
         host = req.header(b"host")
         if host is not None:
             name = _host_name(host)
@@ -321,6 +327,9 @@ class ProxyServer:
             origin = v.decode("latin-1")
             if origin.rstrip("/").lower() not in self._allowed_origins:
                 raise Forbidden(f"Origin {origin!r} is not allowed (see [server] allowed_origins)")
+        target = self._resolve(req)
+        if isinstance(target, ProxyError):
+            return target  # answered once the body is read (keep-alive), whatever its type
         coding = http11.content_coding(req.headers)
         if coding is not None:
             raise UnsupportedMediaType(
@@ -333,8 +342,28 @@ class ProxyServer:
                 raise UnsupportedMediaType(
                     "request body must be JSON with Content-Type: application/json"
                 )
+        return target
 
-    async def _handle(self, conn: ServerConnection, req: Request, close: bool) -> int:
+    def _resolve(self, req: Request) -> Union[Handler, ProxyError]:
+        """The handler for ``req``'s method and path, or the 404/405 it gets."""
+        path = req.path
+        route = self.handlers.route(path)
+        if route is None:
+            return NotFound(f"unknown path {path!r}")
+        fn = route.get(req.method)
+        if fn is None and req.method == "HEAD":
+            fn = route.get("GET")  # the same answer without its body
+        if fn is None:
+            allowed = ", ".join(sorted(route))
+            return MethodNotAllowed(
+                f"method {req.method} not allowed on {path} (use {allowed})",
+                headers=[("Allow", allowed)],
+            )
+        return fn
+
+    async def _handle(
+        self, conn: ServerConnection, req: Request, close: bool, target: Union[Handler, ProxyError]
+    ) -> int:
         """Answer ``req``; the bytes written for it."""
         rid = req.header(b"x-request-id") or os.urandom(16).hex()
         if len(rid) > 200 or not rid.isprintable():
@@ -348,7 +377,7 @@ class ProxyServer:
             conn.cancel_when_gone(scope)
             try:
                 with scope:
-                    await self._dispatch(ex)
+                    await self._dispatch(ex, target)
             finally:
                 conn.cancel_when_gone(None)
             if scope.cancelled_caught and not conn.client_gone:
@@ -372,24 +401,12 @@ class ProxyServer:
         )
         return conn.bytes_sent - sent_before
 
-    async def _dispatch(self, ex: Exchange) -> None:
-        h = self.handlers
-        routes = h.routes
+    async def _dispatch(self, ex: Exchange, target: Union[Handler, ProxyError]) -> None:
         path = ex.req.path
-        route = routes.get(path)
         try:
-            if route is None:
-                raise NotFound(f"unknown path {path!r}")
-            fn = route.get(ex.req.method)
-            if fn is None and ex.req.method == "HEAD":
-                fn = route.get("GET")  # the same answer without its body
-            if fn is None:
-                allowed = ", ".join(sorted(route))
-                raise MethodNotAllowed(
-                    f"method {ex.req.method} not allowed on {path} (use {allowed})",
-                    headers=[("Allow", allowed)],
-                )
-            await fn(ex)
+            if isinstance(target, ProxyError):
+                raise target
+            await target(ex)
         except ClientGone:
             return
         except ProxyError as err:

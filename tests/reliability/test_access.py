@@ -157,6 +157,27 @@ async def test_non_json_content_type_is_refused(pki: SimpleNamespace, ctype: Opt
     assert h.backend.stats.requests_total == 0
 
 
+async def test_route_and_method_are_checked_before_the_body(pki: SimpleNamespace) -> None:
+    # a POST no handler serves is a 405 with Allow (or a 404), whatever its body's
+    # type or coding: nothing reads that body; the Origin check still comes first
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            port = h.proxy.port
+            plain = await ask(port, req(ctype="text/plain", path="/v1/models"))
+            untyped = await ask(port, req(ctype=None, path="/health"))
+            encoded = await ask(port, req(path="/v1/models", extra="Content-Encoding: gzip\r\n"))
+            unknown = await ask(port, req(ctype="text/plain", path="/nope"))
+            foreign = await ask(
+                port, req(ctype="text/plain", path="/v1/models", origin="https://evil.example")
+            )
+    for resp in (plain, untyped, encoded):
+        assert resp.status == 405 and resp.error["code"] == "method_not_allowed"
+        assert resp.header("allow") == "GET"
+    assert unknown.status == 404 and unknown.error["code"] == "not_found"
+    assert foreign.status == 403
+    assert h.backend.stats.requests_total == 0
+
+
 async def test_encoded_request_body_is_refused(pki: SimpleNamespace) -> None:
     # the body would be read as JSON as it is: gzip bytes would only give "not UTF-8"
     with anyio.fail_after(10):

@@ -152,10 +152,10 @@ async def test_connection_level_bug_closes_only_that_connection(
 ) -> None:
     real = ProxyServer._check_request
 
-    def flaky(self: ProxyServer, req: Any) -> None:
+    def flaky(self: ProxyServer, req: Any) -> Any:
         if req.path == "/boom":
             raise RuntimeError(f"bug near {SECRET}")
-        real(self, req)
+        return real(self, req)
 
     monkeypatch.setattr(ProxyServer, "_check_request", flaky)
     caplog.set_level(logging.INFO)
