@@ -483,6 +483,32 @@ async def test_models_configurable_for_goose() -> None:
     )
 
 
+async def test_the_model_is_retrieved_by_its_id() -> None:
+    # client.models.retrieve(): GET /v1/models/{model}, the id percent-encoded
+    model_id = "granite/3.3 8b"
+    cfg = make_config("http://127.0.0.1:9", models={"id": model_id, "context_length": 32768})
+    async with running_proxy(cfg) as proxy:
+        with anyio.fail_after(15):
+            client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+            listed = [m async for m in client.models.list()]
+            model = await client.models.retrieve(model_id)
+            with pytest.raises(openai.NotFoundError) as info:
+                await client.models.retrieve("gpt-4o")
+            await client.close()
+            async with httpx.AsyncClient(base_url=proxy.url, timeout=5) as c:
+                posted = await c.post("/v1/models/gpt-4o", json={})
+    assert model == listed[0] and model.id == model_id
+    assert info.value.status_code == 404
+    assert info.value.body == {
+        "message": "the model 'gpt-4o' does not exist: goose-proxy serves "
+        "'granite/3.3 8b' ([models] id)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
+    }
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET"
+
+
 async def test_goose_shaped_session_input_upstream() -> None:
     """System prompt, user turn, assistant text + tool calls split over consecutive
     assistant messages (content null, reasoning_content), tool results, an image,

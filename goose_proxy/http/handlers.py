@@ -3,6 +3,7 @@
 ``POST /v1/chat/completions``  Chat Completions → Responses → chat (JSON or SSE)
 ``POST /v1/responses``         Responses passthrough (same auth and limits)
 ``GET  /v1/models``            the configured model, shaped for Goose
+``GET  /v1/models/{model}``    that model alone (404 ``model_not_found`` for another id)
 ``GET  /health``               liveness
 
 Streaming is a pull loop: read what the backend sent → translate every complete
@@ -25,6 +26,7 @@ import logging
 import re
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
+from urllib.parse import unquote
 
 import anyio
 
@@ -33,6 +35,7 @@ from goose_proxy.config import Config, redact_location
 from goose_proxy.errors import (
     ContextLengthExceeded,
     InvalidRequest,
+    NotFound,
     ProxyError,
     UpstreamProtocolError,
     UpstreamRedirect,
@@ -69,6 +72,8 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 ERROR_BODY_LIMIT = 1024 * 1024
+#: where one model is retrieved by its id (percent-encoded: the SDKs quote a ``/``)
+MODEL_PATH = "/v1/models/"
 _DONE = "[DONE]"
 _ENDED_EARLY = "upstream stream ended early (no terminal event)"
 #: events after which a Responses stream carries nothing more
@@ -175,30 +180,29 @@ class Handlers:
             else []
         )
         m = config.models
-        self._models_body = json.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": m.id,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": m.owned_by,
-                        "context_length": m.context_length,
-                    }
-                ],
-            }
-        ).encode()
+        model = {
+            "id": m.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.owned_by,
+            "context_length": m.context_length,
+        }
+        self._models_body = json.dumps({"object": "list", "data": [model]}).encode()
+        self._model_body = json.dumps(model).encode()
         self.routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self.chat_completions},
             "/v1/responses": {"POST": self.responses},
             "/v1/models": {"GET": self.models},
             "/health": {"GET": self.health},
         }
+        self._model_route: dict[str, Handler] = {"GET": self.model}
 
     def route(self, path: str) -> Optional[dict[str, Handler]]:
         """The handlers of ``path`` by method; None for a path the proxy does not serve."""
-        return self.routes.get(path)
+        route = self.routes.get(path)
+        if route is None and path.startswith(MODEL_PATH):
+            return self._model_route
+        return route
 
     # -- simple routes --
 
@@ -207,6 +211,18 @@ class Handlers:
 
     async def models(self, ex: Exchange) -> None:
         await ex.send(200, self._models_body, [JSON])
+
+    async def model(self, ex: Exchange) -> None:
+        """``GET /v1/models/{model}``: the model of the list, if it is the one asked for."""
+        wanted = unquote(ex.req.path[len(MODEL_PATH) :])
+        served = self.config.models.id
+        if wanted != served:
+            raise NotFound(
+                f"the model {wanted[:100]!r} does not exist: goose-proxy serves "
+                f"{served!r} ([models] id)",
+                code="model_not_found",
+            )
+        await ex.send(200, self._model_body, [JSON])
 
     # -- upstream helpers --
 
