@@ -11,8 +11,9 @@ answer says ``x-should-retry: false``; the classes of failures that a retry
 of the same request cannot fix send it: a configuration or credential
 problem (the client certificate, the CA file, a redirect, an answer that is
 no Response, a TLS certificate refused either way, a CONNECT proxy that
-cannot be used as configured). Timeouts, refused or broken connections, 503
-and 429 send no such header: the client's own rule retries them.
+cannot be used as configured), and a quota used up. Timeouts, refused or
+broken connections, 503 and other 429s send no such header: the client's own
+rule retries them.
 
 Exceptions raised by anyio, ssl and the OS are mapped onto these classes once,
 at the I/O boundary (``goose_proxy.upstream``); nothing else in the program
@@ -147,6 +148,16 @@ class RateLimited(ProxyError):
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class QuotaExhausted(RateLimited):
+    """The backend says the quota is used up (429): unlike a rate limit, it does
+    not come back in seconds (Lightspeed Stack's quota renews per period), so
+    OpenAI's ``insufficient_quota`` and no retry."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+    should_retry = False
 
 
 class AuthenticationError(ProxyError):

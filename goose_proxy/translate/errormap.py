@@ -28,6 +28,7 @@ from goose_proxy.errors import (
     AuthenticationError,
     ContextLengthExceeded,
     ProxyError,
+    QuotaExhausted,
     RateLimited,
     UpstreamError,
     UpstreamHTTPError,
@@ -56,6 +57,9 @@ CONTEXT_LENGTH_PHRASES = (
     "input is too long",
     "exceeds the maximum number of tokens",
 )
+#: lower-case substrings that mean the quota is used up until its period renews
+#: (Lightspeed Stack's words, OpenAI's), unlike a per-minute quota that is a rate limit
+QUOTA_PHRASES = ("quota has been exceeded", "exceeded your current quota")
 #: lower-case substrings that mean "slow down" or "out of quota"
 RATE_LIMIT_PHRASES = (
     "rate limit",
@@ -243,7 +247,7 @@ def error_from_backend(
             auth.code = "permission_denied"
         return auth
     if status == 429:
-        return RateLimited(message, headers=headers)
+        return _rate_limited(message, said, code, headers)
     if status == 413 or _says(said, CONTEXT_LENGTH_PHRASES):
         return ContextLengthExceeded(message, headers=headers)
     if status == 422 and _whole_body_too_long(doc):
@@ -252,12 +256,22 @@ def error_from_backend(
             f"the conversation is too long for the backend ({message})", headers=headers
         )
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
-        return RateLimited(message, headers=headers)
+        return _rate_limited(message, said, code, headers)
     if status < 400:  # not an error status: the caller met a body it could not use
         return UpstreamError(message, headers=headers)
     return UpstreamHTTPError(
         message, status=400 if status == 422 else status, code=code, headers=headers
     )
+
+
+def _rate_limited(
+    message: str, said: str, code: Optional[str], headers: list[tuple[str, str]]
+) -> RateLimited:
+    """:class:`QuotaExhausted` when the backend says the quota is used up and
+    gives no hint of when to come back; else :class:`RateLimited`."""
+    if not headers and (code == "insufficient_quota" or _says(said, QUOTA_PHRASES)):
+        return QuotaExhausted(message)
+    return RateLimited(message, headers=headers)
 
 
 @_quoting
@@ -287,7 +301,7 @@ def error_from_event(err: Mapping[str, Any]) -> ProxyError:
     if _says(said, CONTEXT_LENGTH_PHRASES):
         return ContextLengthExceeded(message, param=param)
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
-        return RateLimited(message)
+        return _rate_limited(message, said, code, [])
     blames_request = code is not None and (
         code.startswith("invalid_") or "image" in code or code in _CLIENT_FAULT_CODES
     )

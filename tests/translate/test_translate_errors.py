@@ -13,6 +13,7 @@ from goose_proxy.errors import (
     AuthenticationError,
     ContextLengthExceeded,
     ProxyError,
+    QuotaExhausted,
     RateLimited,
     UpstreamError,
     UpstreamHTTPError,
@@ -86,9 +87,37 @@ def test_quota_429_full_http_response_fixture() -> None:
     head, body = fixture_text("err_quota_429_stream.txt").split("\n\n", 1)
     status = int(head.splitlines()[0].split()[1])
     err = error_from_backend(status, body.strip().encode())
-    assert isinstance(err, RateLimited) and err.status == 429
+    assert err.status == 429
     assert err.message == detail_message(json.loads(body)["detail"])
     assert err.headers == []  # the capture carries no Retry-After
+    # used up until its period renews: OpenAI's insufficient_quota, and no retry
+    assert isinstance(err, QuotaExhausted)
+    assert (envelope(err)["type"], envelope(err)["code"]) == ("insufficient_quota",) * 2
+    assert err.response_headers() == [("x-should-retry", "false")]
+
+
+@pytest.mark.parametrize(
+    ("body", "hints", "exhausted"),
+    [
+        (b'{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}',
+         {}, True),
+        (b'{"detail":{"response":"The quota has been exceeded","cause":"no tokens"}}', {}, True),
+        # the backend says when to come back: a rate limit after all
+        (b'{"detail":{"response":"The quota has been exceeded","cause":"no tokens"}}',
+         {"retry_after": "60"}, False),
+        # a per-minute quota is a rate limit (Google's words)
+        (b'{"error":{"message":"Quota exceeded for quota metric requests per minute"}}', {},
+         False),
+        (b'{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}', {}, False),
+    ],
+)  # fmt: skip
+def test_a_quota_used_up_is_told_from_a_rate_limit(
+    body: bytes, hints: dict[str, str], exhausted: bool
+) -> None:
+    err = error_from_backend(429, body, **hints)
+    assert isinstance(err, QuotaExhausted) is exhausted and isinstance(err, RateLimited)
+    assert envelope(err)["code"] == ("insufficient_quota" if exhausted else "rate_limit_exceeded")
+    assert (("x-should-retry", "false") in err.response_headers()) is exhausted
 
 
 # --- one case per §4 backend row ----------------------------------------------------------------
@@ -120,7 +149,7 @@ OPENAI_400 = json.dumps({"error": {"message": "Invalid value for 'x'.", "type":
         (500, b'{"detail":"upstream LLM rate limit hit"}', RateLimited, 429,
          "upstream LLM rate limit hit"),
         (400, b'{"error":{"message":"You exceeded your current quota",'
-              b'"code":"insufficient_quota"}}', RateLimited, 429,
+              b'"code":"insufficient_quota"}}', QuotaExhausted, 429,
          "You exceeded your current quota"),
         (401, b'{"error":{"message":"bad key"}}', AuthenticationError, 401, "bad key"),
         (403, b'{"detail":"Insufficient entitlements"}', AuthenticationError, 403,
