@@ -116,12 +116,13 @@ async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
     assert len(h.backend.requests) == 0
 
 
+@pytest.mark.parametrize("images", [1, 2])
 async def test_a_tools_image_after_its_result_is_compacted_not_refused(
-    pki: SimpleNamespace,
+    pki: SimpleNamespace, images: int
 ) -> None:
-    # Goose sends a tool result's image as the next message, a user message
-    # with the image alone; its compaction drops it, so this is a context
-    # overflow (compact), not "send less in one message"
+    # Goose sends each image of a tool result as a message of its own after
+    # it, a user message with the image alone; its compaction drops them, so
+    # this is a context overflow (compact), not "send less in one message"
     call = {"id": "call_1", "type": "function",
             "function": {"name": "screenshot", "arguments": "{}"}}  # fmt: skip
     turns = [
@@ -129,13 +130,21 @@ async def test_a_tools_image_after_its_result_is_compacted_not_refused(
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1",
          "content": "This tool result included an image that is uploaded in the next message."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]},
+        *[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]}]
+        * images,
     ]  # fmt: skip
+    # and a passthrough message whose content is no list is judged, not a crash
+    odd = {"model": "m", "input": [
+        {"type": "function_call_output", "call_id": "c", "output": "x" * 70_000},
+        {"type": "message", "role": "user", "content": 5}]}  # fmt: skip
     with anyio.fail_after(10):
         async with proxied(pki) as h:
             r = await post(h.url, {"model": "m", "messages": turns})
+            r_odd = await post(h.url, odd, "/v1/responses")
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert r_odd.status_code == 400
+    assert r_odd.json()["error"]["code"] == "context_length_exceeded"
     assert len(h.backend.requests) == 0
 
 

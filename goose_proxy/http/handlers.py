@@ -425,9 +425,10 @@ def _newest_user_message_alone(body: dict[str, Any]) -> int:
     when that item is the user's message (0 otherwise: a tool's output may be
     cut short by a client's compaction, a user's image or paste is not).
 
-    A user message without text right after a tool's output is that tool's
-    image: Goose sends a tool result's image so, the tool message saying "the
-    image is uploaded in the next message", and its compaction drops it.
+    User messages without text right after a tool's output are that tool's
+    images: Goose sends a tool result's images so (one message each), the tool
+    message saying "the image is uploaded in the next message", and its
+    compaction drops them.
     """
     items = body.get("input")
     if isinstance(items, str):  # the passthrough's shorthand: one user message
@@ -437,14 +438,23 @@ def _newest_user_message_alone(body: dict[str, Any]) -> int:
     last = items[-1]
     if last.get("role") != "user" or last.get("type", "message") != "message":
         return 0
-    before = items[-2] if len(items) > 1 else None
-    if isinstance(before, dict) and before.get("type") == "function_call_output":
-        content = last.get("content")
-        if not isinstance(content, str) and not any(
-            isinstance(p, dict) and p.get("type") == "input_text" for p in content or ()
-        ):
-            return 0
+    i = len(items) - 1
+    while i >= 0 and _textless_user_message(items[i]):
+        i -= 1
+    if i < len(items) - 1 and i >= 0 and isinstance(items[i], dict):
+        if items[i].get("type") == "function_call_output":
+            return 0  # a tool's images: compacting drops them
     return len(encode_json({**body, "input": items[-1:]}).decode("utf-8"))
+
+
+def _textless_user_message(item: Any) -> bool:
+    """A user message item whose content (a list of parts) has no text part."""
+    if not (isinstance(item, dict) and item.get("role") == "user"):
+        return False
+    content = item.get("content")
+    return isinstance(content, list) and not any(
+        isinstance(p, dict) and p.get("type") == "input_text" for p in content
+    )
 
 
 def _retry_headers(resp: UpstreamResponse) -> dict[str, Optional[str]]:
