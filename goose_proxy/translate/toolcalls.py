@@ -170,7 +170,7 @@ class ToolCallQueue:
                     out.append({"index": call.index, "function": {"arguments": text}})
                 break
             if call.final:
-                text = _rest(call.final, "".join(call.received), text)
+                text = _rest(call.final, "".join(call.received), text, call.high)
             if text:
                 out.append({"index": call.index, "function": {"arguments": text}})
             call.high = ""
@@ -180,21 +180,24 @@ class ToolCallQueue:
         return out
 
 
-def _rest(final: str, received: str, unsent: str) -> str:
-    """What a finished call still has to send: the final arguments past what went
-    out, when they begin with it; else what came and was not sent (``unsent``, the
-    tail of ``received``).
+def _rest(final: str, received: str, unsent: str, high: str) -> str:
+    """What a finished call still has to send: what came and was not sent
+    (``unsent``, the tail of ``received``), then the tail of the final arguments
+    that the deltas did not bring, when the deltas are their start; the
+    deltas win where the two disagree.
 
-    The deltas may hold the two halves of a surrogate pair apart where the
-    final arguments have one character, so the comparison is retried with the
-    pairs joined.
+    A held first half of a surrogate pair (``high``, then all of ``unsent``)
+    gives way to the final arguments' character there; and the deltas may hold
+    the two halves of a pair apart where the final arguments have one
+    character, so the comparison is retried with the pairs joined.
     """
-    sent = received[: len(received) - len(unsent)]
-    if final.startswith(sent):
-        return final[len(sent) :]
-    joined = sent.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
-    if joined != sent and final.startswith(joined):
-        return final[len(joined) :]
+    came = received[: len(received) - len(high)]
+    for got in (
+        came,
+        came.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"),
+    ):
+        if final.startswith(got):
+            return unsent[: len(unsent) - len(high)] + final[len(got) :]
     return unsent
 
 

@@ -726,3 +726,19 @@ def test_logprobs_of_text_that_came_whole_are_kept(where: str) -> None:
     assert {"content": lp, "refusal": None} in sent and text_of(parsed) == "Hi"
     whole = responses_to_chat(events[-1]["response"], "m")["choices"][0]["logprobs"]
     assert whole == {"content": lp, "refusal": None}
+
+
+@pytest.mark.parametrize("final", ["{}", '{"path":'])
+def test_a_queued_calls_deltas_win_over_a_done_that_disagrees(final: str) -> None:
+    # the same arguments whether the call was open or queued behind another
+    # when its .done came: the deltas, and from .done only a missing tail
+    def events(queued: bool) -> list[dict[str, Any]]:
+        opening = [call_added("fc_a", "call_a", "a", 0)] if queued else []
+        return [CREATED, *opening, call_added("fc_b", "call_b", "b", 1),
+                args_delta("fc_b", '{"path":"/etc/hosts"}', 1), args_done("fc_b", final, 1),
+                completed()]  # fmt: skip
+
+    for queued in (False, True):
+        _, parsed = run(events(queued))
+        got = {c["id"]: c["arguments"] for c in tool_calls_of(parsed)}
+        assert got["call_b"] == '{"path":"/etc/hosts"}', queued
