@@ -11,12 +11,13 @@ Deliberate losses: ``name`` on any message; ``assistant.reasoning_content``
 its id); empty assistant text. Everything else either maps or is a 400 that
 names the field.
 
-Under ``"drop"``, a request whose newest user message names "the system
-prompt" keeps its system messages (as ``"input"`` does): Goose compacts a long
-session by putting the whole conversation in the system prompt and asking,
-as the only user message, to "summarize the conversation history provided in
-the system prompt"; dropped, that history never reached the model and Goose
-carried on from a summary of nothing.
+Under ``"drop"``, a request whose newest user message points at something
+"in the system prompt" keeps its system messages (as ``"input"`` does): Goose
+compacts a long session by putting the whole conversation in the system
+prompt and asking, as the only user message, to "summarize the conversation
+history provided in the system prompt"; dropped, that history never reached
+the model and Goose carried on from a summary of nothing. A message that only
+names the system prompt ("my app ignores its system prompt") does not count.
 
 Legacy ``function_call`` / ``role: "function"`` messages have no call ids;
 each legacy call gets ``call_id = "legacy_call_<message index>"`` and the next
@@ -44,7 +45,7 @@ __all__ = ["translate_messages"]
 
 Item = dict[str, Any]
 
-_NAMES_THE_SYSTEM_PROMPT = re.compile(r"\bsystem prompt\b", re.IGNORECASE)
+_POINTS_INTO_THE_SYSTEM_PROMPT = re.compile(r"\bin the system prompt\b", re.IGNORECASE)
 
 
 def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Optional[str]]:
@@ -65,7 +66,7 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     messages = require_list(messages, "messages")
     if not messages:
         fail("messages", "must contain at least one message")
-    if system_mode == "drop" and _names_the_system_prompt(messages):
+    if system_mode == "drop" and _points_into_the_system_prompt(messages):
         system_mode = "input"  # see the module's docstring
     items: list[Item] = []
     instructions: list[str] = []
@@ -105,8 +106,8 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     return items, ("\n\n".join(instructions) if instructions else None)
 
 
-def _names_the_system_prompt(messages: list[Any]) -> bool:
-    """Whether the newest user message's text mentions "system prompt" (any shape
+def _points_into_the_system_prompt(messages: list[Any]) -> bool:
+    """Whether the newest user message's text says "in the system prompt" (any shape
     it does not understand counts as no: the translation proper judges it)."""
     for msg in reversed(messages):
         if isinstance(msg, Mapping) and msg.get("role") == "user":
@@ -117,7 +118,7 @@ def _names_the_system_prompt(messages: list[Any]) -> bool:
                 for p in (parts if isinstance(parts, list) else ())
                 if isinstance(p, Mapping) and isinstance(p.get("text"), str)
             ]
-            return any(_NAMES_THE_SYSTEM_PROMPT.search(t) for t in texts)
+            return any(_POINTS_INTO_THE_SYSTEM_PROMPT.search(t) for t in texts)
     return False
 
 

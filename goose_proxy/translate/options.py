@@ -59,7 +59,7 @@ class TranslateOptions:
 
     ``system_messages``: ``"drop"`` (default: Lightspeed has its own system
     prompt and ``instructions`` would replace it; kept as for ``"input"`` when
-    the newest user message mentions "system prompt", see
+    the newest user message says "in the system prompt", see
     :mod:`~goose_proxy.translate.messages`), ``"instructions"`` (joined with a
     blank line into ``instructions``) or ``"input"`` (kept in place).
 

@@ -678,6 +678,10 @@ def test_goose_compaction_keeps_the_history_in_the_system_prompt(content_as: str
         "type": "message", "role": "system", "content": [{"type": "input_text", "text": history}]
     }  # fmt: skip
     assert len(got.body["input"]) == 2 and "instructions" not in got.body
+    # naming the system prompt is not pointing into it
+    why = {"role": "user", "content": "My app ignores its system prompt. Why?"}
+    about = {"model": "m", "messages": [{"role": "system", "content": history}, why]}
+    assert [i["role"] for i in chat_to_responses(about, LIGHTSPEED).body["input"]] == ["user"]
     # only the newest user message counts: an older mention does not keep it
     later = {"model": "m", "messages": [*req["messages"], {"role": "assistant", "content": "ok"},
                                         USER_HI]}  # fmt: skip
