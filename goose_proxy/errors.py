@@ -60,8 +60,9 @@ class ProxyError(Exception):
 
     def response_headers(self) -> list[tuple[str, str]]:
         """The extra headers of the error answer: :attr:`headers`, then
-        ``x-should-retry`` when the class says (see :attr:`should_retry`)."""
-        if self.should_retry is None:
+        ``x-should-retry`` when the class says (see :attr:`should_retry`) and
+        the backend's own (in :attr:`headers`) does not."""
+        if self.should_retry is None or any(n == "x-should-retry" for n, _ in self.headers):
             return list(self.headers)
         return [*self.headers, ("x-should-retry", "true" if self.should_retry else "false")]
 

@@ -268,9 +268,11 @@ def _rate_limited(
     message: str, said: str, code: Optional[str], headers: list[tuple[str, str]]
 ) -> RateLimited:
     """:class:`QuotaExhausted` when the backend says the quota is used up and
-    gives no hint of when to come back; else :class:`RateLimited`."""
-    if not headers and (code == "insufficient_quota" or _says(said, QUOTA_PHRASES)):
-        return QuotaExhausted(message)
+    gives no time to come back at (``Retry-After``, ``retry-after-ms``); else
+    :class:`RateLimited`."""
+    timed = any(name in ("Retry-After", "retry-after-ms") for name, _ in headers)
+    if not timed and (code == "insufficient_quota" or _says(said, QUOTA_PHRASES)):
+        return QuotaExhausted(message, headers=headers)
     return RateLimited(message, headers=headers)
 
 
