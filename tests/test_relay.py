@@ -305,10 +305,10 @@ async def test_a_broken_stream_ends_with_an_error_event_then_a_held_done(
     [
         (SEQ_DELTA, 8),
         (SEQ_DELTA + b": keep-alive\n\nid: 9\n\n", 8),  # no events
-        (SEQ_DELTA + DELTA, 0),  # the last event has none
+        (SEQ_DELTA + DELTA, 8),  # the last event has none: the one before it counts
         (b'data: {"type":"response.output_text.delta","sequence_number":true}\n\n', 0),
-        (b'event: response.lcs.note\ndata: "a note"\n\n', 0),
-        (b"data: not json\n\n", 0),
+        (b'event: response.lcs.note\ndata: "a note"\n\n', 4),  # the first read's 3
+        (b"data: not json\n\n", 4),
     ],
     ids=["numbered", "then-no-events", "then-unnumbered", "not-a-number", "not-object",
          "not-json"],

@@ -520,7 +520,7 @@ class PassthroughRelay:
         self._limit = limit
         self._ended = False  # a terminal event went by: only [DONE] may follow
         self._done = b""  # a [DONE] that came before the terminal event, held back
-        self._last: Optional[SSEEvent] = None  # the last event relayed
+        self._last: Optional[SSEEvent] = None  # the last numbered event relayed
 
     def error_frames(self, err: ProxyError) -> list[bytes]:
         """The Responses ``error`` event for ``err`` (then a held ``[DONE]``); nothing
@@ -528,7 +528,7 @@ class PassthroughRelay:
 
         The event has the fields of the openai SDK's ``ResponseErrorEvent``
         (``type``, ``code``, ``message``, ``param``, ``sequence_number``: one
-        more than the last relayed event's, 0 if it has none) and the error
+        more than the last numbered event's, 0 if none was) and the error
         object a chat stream's error carries (``error``: ``message``, ``type``,
         ``param``, ``code``), which Goose and the SDK's ``APIError`` read.
         """
@@ -622,8 +622,10 @@ class PassthroughRelay:
                     self._done = first
                     if not self._ended:
                         grace = anyio.current_time() + DONE_GRACE
-            if events:
-                self._last = events[-1]
+            for ev in reversed(events):  # the last one numbered (a keep-alive may not be)
+                if '"sequence_number"' in ev.data:
+                    self._last = ev
+                    break
             if self._done and self._ended and not ended_before:
                 whole += self._done  # the end came after all: [DONE] right after it
                 done = True
