@@ -257,7 +257,9 @@ class StreamTranslator:
     def _release_halves(self, out: Out) -> None:
         """Halves :meth:`_whole` holds that nothing completed: out, alone."""
         for field, half in self._halves.items():
-            out.append(self._chunk({field: half}))
+            # a refusal goes in content too (see _on_refusal_delta)
+            delta = {"content": half, field: half} if field == "refusal" else {field: half}
+            out.append(self._chunk(delta))
         self._halves.clear()
 
     def _chunk(
