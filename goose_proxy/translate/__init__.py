@@ -26,17 +26,21 @@ from .accumulate import ResponseAccumulator
 from .errormap import error_from_backend, error_from_event, retry_hints
 from .jsonbody import encode_json, parse_json_object
 from .options import LIGHTSPEED_FIELDS, TranslateOptions, prepare_passthrough
+from .passthrough import ADAPTED_EVENTS, AnswerAdapter, adapt_response
 from .request import ChatRequest, chat_to_responses
 from .response import event_failure, events_from_response, responses_to_chat
 from .stream import DONE_FRAME, StreamTranslator
 
 __all__ = [
+    "ADAPTED_EVENTS",
     "DONE_FRAME",
     "LIGHTSPEED_FIELDS",
+    "AnswerAdapter",
     "ChatRequest",
     "ResponseAccumulator",
     "StreamTranslator",
     "TranslateOptions",
+    "adapt_response",
     "chat_to_responses",
     "encode_json",
     "error_from_backend",

@@ -1,0 +1,162 @@
+"""A passthrough answer in the shapes a strict Responses client reads (lightspeed).
+
+Goose parses a Responses answer strictly (block/goose,
+``crates/goose/src/providers/formats/openai/responses.rs``): it skips a stream
+event whose type it does not know, but an event of a type it knows whose
+payload does not fit its types fails the whole turn, and so does such an item
+in a JSON answer's ``output``. Lightspeed Stack relays shapes that do not fit:
+
+- output items of the backend's own tool work (``file_search_call`` of its
+  RAG, ``mcp_call``, ``mcp_list_tools``, ``web_search_call`` …): Goose knows
+  only ``message``, ``function_call`` and ``reasoning``;
+- ``reasoning_text`` content parts (Llama Stack streams a reasoning model's
+  thoughts so): Goose knows only ``output_text``, ``refusal`` (and ``tool_call``);
+- the safety shield's answer: a message without ``id`` and ``status``, in some
+  releases with a string ``content``.
+
+:class:`AnswerAdapter` leaves out, or mends, those; nothing else changes. A
+function returns the very object it was given when it has nothing to change
+(so that the caller can relay the original bytes), and never changes the
+objects it is given. Pure: dicts in, dicts out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+#: output item types a Responses client knows (the rest is the backend's own work)
+CLIENT_ITEMS = frozenset({"message", "function_call", "reasoning"})
+#: content part types a Responses client knows in a message
+CLIENT_PARTS = frozenset({"output_text", "refusal"})
+ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
+PART_EVENTS = frozenset({"response.content_part.added", "response.content_part.done"})
+#: events that carry the Response object (with its ``output``)
+RESPONSE_EVENTS = frozenset(
+    {
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    }
+)
+#: every event type :meth:`AnswerAdapter.event` may change or leave out
+ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS
+
+#: a message's missing ``status``, from its response's status
+_STATUS_OF_RESPONSE = {
+    "queued": "in_progress",
+    "in_progress": "in_progress",
+    "completed": "completed",
+    "incomplete": "incomplete",
+    "failed": "incomplete",
+    "cancelled": "incomplete",
+}
+#: … or, without one, from the event that carries it (else ``completed``)
+_STATUS_OF_EVENT = {
+    "response.created": "in_progress",
+    "response.in_progress": "in_progress",
+    "response.queued": "in_progress",
+    "response.incomplete": "incomplete",
+    "response.failed": "incomplete",
+    "response.output_item.added": "in_progress",
+}
+
+
+def _is_a(value: Any, kinds: frozenset[str]) -> bool:
+    """``value`` is an object whose ``type`` is one of ``kinds``."""
+    if not isinstance(value, dict):
+        return False
+    kind = value.get("type")
+    return isinstance(kind, str) and kind in kinds
+
+
+class AnswerAdapter:
+    """Adapts the events of one streamed response (:meth:`event`), or one Response
+    object (:meth:`response`; :func:`adapt_response` for a JSON answer).
+
+    A message that lacks an ``id`` gets ``msg_<response id>_<output index>``
+    (the response id without its ``resp_``, from the first Response object
+    seen): the same in ``output_item.added``, ``.done`` and the terminal
+    event's ``output``, as the openai SDK's stream helper requires.
+    """
+
+    def __init__(self) -> None:
+        self._rid: Optional[str] = None
+
+    def event(self, event: dict[str, Any], kind: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """``event`` (of type ``kind``, default its ``type``) adapted: None to leave it
+        out, ``event`` itself when it is fine as it is."""
+        if kind is None:
+            kind = event.get("type")
+        if not isinstance(kind, str):
+            return event
+        if kind in ITEM_EVENTS:
+            item = event.get("item")
+            if not isinstance(item, dict) or not _is_a(item, CLIENT_ITEMS):
+                return None  # the backend's own tool work
+            mended = self._item(item, event.get("output_index"), _STATUS_OF_EVENT.get(kind))
+            return event if mended is item else {**event, "item": mended}
+        if kind in PART_EVENTS:
+            return event if _is_a(event.get("part"), CLIENT_PARTS) else None
+        if kind in RESPONSE_EVENTS:
+            resp = event.get("response")
+            if not isinstance(resp, dict):
+                return event
+            mended = self.response(resp, kind)
+            return event if mended is resp else {**event, "response": mended}
+        return event
+
+    def response(self, resp: dict[str, Any], kind: str = "") -> dict[str, Any]:
+        """``resp`` (a Response object, carried by an event of type ``kind``) with only
+        the output items a client knows, messages mended; ``resp`` itself when it
+        is fine as it is."""
+        rid = resp.get("id")
+        if self._rid is None and isinstance(rid, str):
+            self._rid = rid
+        output = resp.get("output")
+        if not isinstance(output, list):
+            return resp
+        status = resp.get("status")
+        default = (
+            _STATUS_OF_RESPONSE.get(status) if isinstance(status, str) else None
+        ) or _STATUS_OF_EVENT.get(kind)
+        kept: list[Any] = []
+        for index, item in enumerate(output):
+            if _is_a(item, CLIENT_ITEMS):
+                kept.append(self._item(item, index, default))
+        if len(kept) == len(output) and all(a is b for a, b in zip(kept, output)):
+            return resp
+        return {**resp, "output": kept}
+
+    def _item(self, item: dict[str, Any], index: Any, status: Optional[str]) -> dict[str, Any]:
+        """A client's ``item`` (at ``index``), a message mended: an ``id`` and a
+        ``status`` (``status``, default ``completed``) where it has none, a string
+        ``content`` as one ``output_text`` part, parts of other types left out."""
+        if item.get("type") != "message":
+            return item
+        mends: dict[str, Any] = {}
+        if not isinstance(item.get("id"), str):
+            mends["id"] = self._made_up_id(index)
+        if not isinstance(item.get("status"), str):
+            mends["status"] = status or "completed"
+        content = item.get("content")
+        if isinstance(content, str):
+            mends["content"] = [{"type": "output_text", "text": content, "annotations": []}]
+        elif isinstance(content, list) and not all(_is_a(p, CLIENT_PARTS) for p in content):
+            mends["content"] = [p for p in content if _is_a(p, CLIENT_PARTS)]
+        return {**item, **mends} if mends else item
+
+    def _made_up_id(self, index: Any) -> str:
+        at = index if isinstance(index, int) and not isinstance(index, bool) else 0
+        rid = self._rid
+        if not rid:
+            return f"msg_{at}"
+        return f"msg_{rid[5:] if rid.startswith('resp_') else rid}_{at}"
+
+
+def adapt_response(resp: dict[str, Any]) -> dict[str, Any]:
+    """A JSON answer (a Response object) adapted (see :class:`AnswerAdapter`);
+    ``resp`` itself when it is fine as it is."""
+    return AnswerAdapter().response(resp)

@@ -1,0 +1,153 @@
+"""``AnswerAdapter`` / ``adapt_response``: a lightspeed passthrough answer in the
+shapes Goose reads (checked with ``tests/goose_rules.py``, which mirrors Goose's
+parser), and everything else left as the very same object."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from goose_proxy.translate import ADAPTED_EVENTS, AnswerAdapter, adapt_response
+from tests import lightspeed_answers as ls
+from tests.goose_rules import GooseRejects, goose_reads_response, goose_reads_stream
+from tests.translate.translate_testkit import capture_events, fixture_json
+
+ANSWERS = {
+    "rag": (ls.rag, ls.ANSWER),
+    "reasoning": (ls.reasoning, ls.ANSWER),
+    "shield-string": (ls.shield, ls.SHIELD),
+    "shield-nulls": (lambda: ls.shield(nulls=True), ls.SHIELD),
+    "shield-parts": (
+        lambda: ls.shield([{"type": "output_text", "text": ls.SHIELD}]),
+        ls.SHIELD,
+    ),
+}
+
+
+def adapt_all(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    adapter = AnswerAdapter()
+    out = [adapter.event(ev) for ev in events]
+    return [ev for ev in out if ev is not None]
+
+
+@pytest.mark.parametrize("name", list(ANSWERS))
+def test_lightspeed_answers_are_read_by_goose_once_adapted(name: str) -> None:
+    make, text = ANSWERS[name]
+    events = make()
+    kept = copy.deepcopy(events)
+    with pytest.raises(GooseRejects):  # as the backend sent it, Goose fails the turn
+        goose_reads_stream(ls.lightspeed_sse(events))
+    with pytest.raises(GooseRejects):
+        goose_reads_response(ls.final_response(events))
+    assert goose_reads_stream(ls.lightspeed_sse(adapt_all(events))).text == text
+    assert goose_reads_response(adapt_response(ls.final_response(events))).text == text
+    assert events == kept  # nothing given is changed
+
+
+def test_the_backends_tool_work_and_other_parts_are_left_out() -> None:
+    out = adapt_all(ls.rag())
+    kinds = [ev["type"] for ev in out]
+    # the backend's own item events go; its other events (unknown to Goose) stay
+    assert [ev["item"]["type"] for ev in out if "item" in ev] == ["message", "message"]
+    assert "response.file_search_call.searching" in kinds
+    assert "response.mcp_call_arguments.delta" in kinds
+    assert [i["type"] for i in out[-1]["response"]["output"]] == ["message"]
+    assert out[-1]["response"]["output"][0]["id"] == "msg_4a"
+    out = adapt_all(ls.reasoning())
+    assert [ev["part"]["type"] for ev in out if "part" in ev] == ["output_text", "output_text"]
+    assert "response.reasoning_text.delta" in [ev["type"] for ev in out]
+    done = [ev["item"] for ev in out if ev["type"] == "response.output_item.done"]
+    assert [p["type"] for p in done[0]["content"]] == ["output_text"]
+
+
+def test_a_message_without_id_gets_the_same_made_up_one_everywhere() -> None:
+    out = adapt_all(ls.shield())
+    added, done = (ev["item"] for ev in out if "item" in ev)
+    final = out[-1]["response"]["output"][0]
+    assert added["id"] == done["id"] == final["id"] == "msg_0c1d_0"
+    assert (added["status"], done["status"], final["status"]) == (
+        "in_progress", "completed", "completed",
+    )  # fmt: skip
+    assert final["content"] == [{"type": "output_text", "text": ls.SHIELD, "annotations": []}]
+    # two messages: two ids; no response id seen: the index alone
+    bare = {"type": "message", "role": "assistant", "content": []}
+    resp = {"status": "incomplete", "output": [bare, bare]}
+    out_items = AnswerAdapter().response(resp)["output"]
+    assert [i["id"] for i in out_items] == ["msg_0", "msg_1"]
+    assert [i["status"] for i in out_items] == ["incomplete", "incomplete"]
+    assert adapt_response({**resp, "id": "r9", "status": None})["output"][1]["id"] == "msg_r9_1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("response.created", "in_progress"), ("response.completed", "completed"),
+     ("response.incomplete", "incomplete"), ("response.failed", "incomplete")],
+)  # fmt: skip
+def test_a_missing_status_follows_the_event_when_the_response_has_none(
+    kind: str, status: str
+) -> None:
+    event = {"type": kind, "response": {"output": [{"type": "message", "id": "m", "role": "a",
+                                                     "content": []}]}}  # fmt: skip
+    out = AnswerAdapter().event(event)
+    assert out is not None and out["response"]["output"][0]["status"] == status
+
+
+@pytest.mark.parametrize(
+    "capture",
+    ["lcs_stream_text.sse", "lcs_stream_tool.sse", "lcs_stream_tool_followup.sse",
+     "ogx_stream_text.sse"],
+)  # fmt: skip
+def test_answers_that_fit_are_the_same_objects(capture: str) -> None:
+    adapter = AnswerAdapter()
+    for event in capture_events(capture):
+        assert adapter.event(event) is event
+    for name in ("lcs_nonstream_text.json", "lcs_nonstream_tool.json"):
+        resp = fixture_json(name)
+        assert adapt_response(resp) is resp
+
+
+def test_the_adapted_event_types() -> None:
+    assert ADAPTED_EVENTS == {
+        "response.output_item.added", "response.output_item.done",
+        "response.content_part.added", "response.content_part.done",
+        "response.created", "response.in_progress", "response.queued",
+        "response.completed", "response.incomplete", "response.failed",
+    }  # fmt: skip
+    adapter = AnswerAdapter()
+    # a type given apart (the SSE event name of data without one) is the one used
+    search = {"item": {"type": "file_search_call", "id": "fs"}, "output_index": 0}
+    assert adapter.event(search, "response.output_item.done") is None
+    assert adapter.event(search) is search
+    assert adapter.event(search, "response.output_text.delta") is search
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+    | st.sampled_from(["message", "output_text", "refusal", "file_search_call", "reasoning"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["type", "id", "status", "content", "item", "part", "output",
+                         "response", "output_index", "text"]), inner, max_size=5),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(sorted(ADAPTED_EVENTS)), body=st.dictionaries(
+    st.sampled_from(["item", "part", "response", "output_index"]), JSON, max_size=3))  # fmt: skip
+def test_any_shape_is_adapted_without_raising_or_changing_it(
+    kind: str, body: dict[str, Any]
+) -> None:
+    event = {**body, "type": kind}
+    kept = json.dumps(event)
+    out: Optional[dict[str, Any]] = AnswerAdapter().event(event)
+    assert json.dumps(event) == kept
+    if out is not None:
+        json.dumps(out)
+    resp = body.get("response")
+    if isinstance(resp, dict):
+        assert json.dumps(adapt_response(resp))
