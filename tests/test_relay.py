@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Optional, Union
+from typing import Any, Optional, Union
+from unittest import mock
 
 import anyio
 import pytest
@@ -27,6 +28,9 @@ from goose_proxy.errors import (
 )
 from goose_proxy.http import handlers
 from goose_proxy.http.handlers import PassthroughRelay
+from goose_proxy.translate import AnswerAdapter
+from tests import lightspeed_answers as ls
+from tests.goose_rules import goose_reads_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -41,10 +45,11 @@ Read = Union[bytes, Exception]
 
 
 async def _run(
-    reads: list[Read], limit: int = 4096
+    reads: list[Read], limit: int = 4096, adapter: Optional[AnswerAdapter] = None
 ) -> tuple[list[bytes], Optional[ProxyError], PassthroughRelay]:
     """Each ``send`` the relay makes for ``reads`` (then the end of the body; an
-    exception in them is raised by that read), the error it raised, and the relay."""
+    exception in them is raised by that read), the error it raised, and the relay
+    (with ``adapter``, if given)."""
     pending = list(reads)
     sends: list[bytes] = []
 
@@ -59,7 +64,7 @@ async def _run(
     async def send(data: bytes) -> None:
         sends.append(data)
 
-    relay = PassthroughRelay(receive, send, limit)
+    relay = PassthroughRelay(receive, send, limit, adapter)
     with anyio.fail_after(5):
         try:
             await relay.run()
@@ -511,3 +516,58 @@ async def test_a_function_call_waits_until_it_is_known_to_be_the_clients() -> No
     sends, error = await _sends([CREATED + LLS_CALL[: LLS_CALL.index(b"event: response.file")],
                                  CALL_DONE, C + D])  # fmt: skip
     assert error is None and sends[0].endswith(CALL_DONE)
+
+
+# --- the lightspeed flavour: answers adapted for strict clients ---------------------
+
+
+def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
+    """``events`` framed in ``style`` (Lightspeed's ``event:`` lines; ``crlf``: the
+    same with CRLF and comments; ``unnamed``: data lines only), then ``[DONE]``;
+    and what the client should get: every event the adapter keeps as it came,
+    one it changes as ``[event: name]`` + ``data: <compact JSON>``."""
+    adapter = AnswerAdapter()
+    sent, want = [], []
+    for ev in events:
+        data = json.dumps(ev)
+        if style == "unnamed":
+            frame = f"data: {data}\n\n"
+        elif style == "crlf":
+            frame = f": keep-alive\r\nevent: {ev['type']}\r\ndata: {data}\r\n\r\n"
+        else:
+            frame = f"event: {ev['type']}\ndata: {data}\n\n"
+        out = adapter.event(ev)
+        head = "" if style == "unnamed" else f"event: {ev['type']}\n"
+        new = "" if out is None else head + "data: " + json.dumps(out, separators=(",", ":"))
+        sent.append(frame)
+        want.append(frame if out is ev else new and new + "\n\n")
+    return "".join([*sent, D.decode()]).encode(), "".join([*want, D.decode()]).encode()
+
+
+ADAPTED = {
+    f"{name} {style}": _framed(make(), style)
+    for name, make in [("rag", ls.rag), ("reasoning", ls.reasoning), ("shield", ls.shield)]
+    for style in ("lightspeed", "crlf", "unnamed")
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(sorted(ADAPTED)), data=st.data())
+def test_any_cut_of_a_lightspeed_answer_is_adapted_the_same(name: str, data: st.DataObject) -> None:
+    """Under the lightspeed flavour the events the adapter changes are written anew
+    and those it leaves out go, wherever the reads are cut; every other event goes
+    as it came, and no text delta is parsed for it."""
+    stream, want = ADAPTED[name]
+    at = data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=12))
+    parsed: list[str] = []
+
+    def event_json(text: str) -> Any:
+        parsed.append(text)
+        return handlers.json.loads(text)
+
+    with mock.patch.object(handlers, "event_json", event_json):
+        sends, error, _ = anyio.run(_run, cut(stream, at), 65536, AnswerAdapter())
+    assert error is None
+    assert b"".join(sends) == want
+    assert goose_reads_stream(want).text in (ls.ANSWER, ls.SHIELD)
+    assert not [p for p in parsed if '"response.output_text.delta"' in p]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import re
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
@@ -47,9 +48,12 @@ from goose_proxy.http.connection import (
     error_response_parts,
 )
 from goose_proxy.translate import (
+    ADAPTED_EVENTS,
+    AnswerAdapter,
     ChatRequest,
     ResponseAccumulator,
     StreamTranslator,
+    adapt_response,
     chat_to_responses,
     encode_json,
     error_from_backend,
@@ -171,6 +175,8 @@ class Handlers:
         self.upstream = upstream
         self.opts = translate_options(config)
         self._char_limit = b.request_char_limit
+        #: the passthrough's answer is adapted for strict clients (see AnswerAdapter)
+        self._adapt_answers = b.flavor == "lightspeed"
         # [backend.headers] are added by the upstream client, to every request;
         # one of them named X-LCS-Merge-Server-Tools replaces this default
         configured = {name.lower() for name in b.headers}
@@ -364,12 +370,15 @@ class Handlers:
             if retry:
                 headers.append((b"retry-after", retry.encode("latin-1")))
             _raise_for_redirect(resp)
+            adapt = self._adapt_answers
             if resp.content_type != "text/event-stream":
                 raw = await resp.read(self.config.backend.max_event_size)
-                await ex.send(resp.status, raw, headers)
+                await ex.send(resp.status, _adapted_body(raw) if adapt else raw, headers)
                 return
             if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
-                await ex.send(resp.status, encode_json(await self._collect(resp)), [JSON])
+                answer = await self._collect(resp)
+                answer = adapt_response(answer) if adapt else answer
+                await ex.send(resp.status, encode_json(answer), [JSON])
                 return
             stream_headers = [*headers, *SSE_HEADERS[1:]]
 
@@ -379,7 +388,12 @@ class Handlers:
                 else:
                     await ex.conn.send_data(data)
 
-            relay = PassthroughRelay(resp.receive, send, self.config.backend.max_event_size)
+            relay = PassthroughRelay(
+                resp.receive,
+                send,
+                self.config.backend.max_event_size,
+                AnswerAdapter() if adapt else None,
+            )
             ex.error_frames = relay.error_frames
             await relay.run()
             await ex.conn.end_stream()
@@ -507,6 +521,12 @@ class PassthroughRelay:
     and nothing was sent: the caller answers with an HTTP status, as for chat
     (Goose compacts on a 400 ``context_length_exceeded``, which it does not
     read from a stream); so does a stream that breaks or ends by then.
+
+    With an ``adapter`` (the lightspeed flavour), the events it changes go out
+    as it changes them (``event:`` line kept, compact JSON) and those it leaves
+    out not at all (see :func:`_adapt_events`); the others go through as they
+    came, and only events of :data:`ADAPTED_EVENTS` (few per response; never a
+    text delta) are parsed for it.
     """
 
     def __init__(
@@ -514,10 +534,12 @@ class PassthroughRelay:
         receive: Callable[[], Awaitable[bytes]],
         send: Callable[[bytes], Awaitable[None]],
         limit: int,
+        adapter: Optional[AnswerAdapter] = None,
     ) -> None:
         self._receive = receive
         self._send = send
         self._limit = limit
+        self._adapter = adapter
         self._ended = False  # a terminal event went by: only [DONE] may follow
         self._done = b""  # a [DONE] that came before the terminal event, held back
         self._last: Optional[SSEEvent] = None  # the last numbered event relayed
@@ -602,6 +624,9 @@ class PassthroughRelay:
                 parser.check()  # an error held back behind good events
             except UpstreamProtocolError as e:
                 error = e
+            adapter = self._adapter
+            if adapter is not None and events and _may_adapt(events):
+                whole = _adapt_events(whole, events, adapter)
             ended_before = self._ended
             done = early_done = False
             for ev in events:  # in order: nothing after the [DONE] that ends it counts
@@ -661,27 +686,103 @@ def _cut_done(whole: bytes) -> tuple[bytes, bytes]:
     as it came (called only when one is there: it parses each event again)."""
     kept: list[bytes] = []
     first = b""
+    for event in _event_bytes(whole):
+        if b"[DONE]" in event and any(ev.data == _DONE for ev in _events_in(event)):
+            first = first or event
+        else:
+            kept.append(event)
+    return b"".join(kept), first
+
+
+def _event_bytes(whole: bytes) -> list[bytes]:
+    """``whole`` (whole events) cut after each blank line: each event's bytes as
+    they came (comments and other fields included), then what follows the last
+    blank line. Cut where :class:`SSEParser` ends events, so the nth of them that
+    holds an event holds the nth event the parser finds in ``whole``."""
+    out: list[bytes] = []
     start = 0
     # whole was cut at a blank line seen with the byte after it: a CR at its very
     # end ends a line ("." stands for that byte, which was no LF)
     for m in _BLANK_LINE.finditer(whole + b"."):
-        event, start = whole[start : m.end()], m.end()
-        if _is_done(event):
-            first = first or event
-        else:
-            kept.append(event)
-    kept.append(whole[start:])
-    return b"".join(kept), first
+        out.append(whole[start : m.end()])
+        start = m.end()
+    out.append(whole[start:])
+    return out
 
 
-def _is_done(event: bytes) -> bool:
-    """Whether ``event`` (the bytes of one event, up to its blank line) is ``[DONE]``."""
-    if b"[DONE]" not in event:
-        return False
+def _events_in(event: bytes) -> list[SSEEvent]:
+    """The event in ``event`` (the bytes of one, up to its blank line): none for
+    comments alone, or bytes that are not UTF-8."""
     try:
-        return any(ev.data == _DONE for ev in SSEParser(len(event) + 1).feed(event))
-    except UpstreamProtocolError:  # not UTF-8
-        return False
+        return SSEParser(len(event) + 1).feed(event)
+    except UpstreamProtocolError:
+        return []
+
+
+def _may_adapt(events: list[SSEEvent]) -> bool:
+    """Whether an adapter may change one of ``events``: one is named as one of
+    :data:`ADAPTED_EVENTS`, or has no name and :func:`_may_be_adapted` (the names
+    are compared in C: a read of text deltas costs about a microsecond)."""
+    names = set(map(_EVENT_NAME, events))
+    if not ADAPTED_EVENTS.isdisjoint(names):
+        return True
+    return None in names and any(not ev.event and _may_be_adapted(ev.data) for ev in events)
+
+
+_EVENT_NAME = operator.itemgetter(0)  # SSEEvent.event
+
+
+def _may_be_adapted(data: str) -> bool:
+    """Whether the data of an event without a name may be of one of
+    :data:`ADAPTED_EVENTS`: it shows such a type, or a Response (a text delta's
+    quotes are escaped, so its text never shows one)."""
+    return '"response.output_text.delta"' not in data and (
+        '"response"' in data
+        or '"response.output_item.' in data
+        or '"response.content_part.' in data
+    )
+
+
+def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) -> bytes:
+    """``whole`` (whole events; ``events`` parsed from it), the events ``adapter``
+    changes written anew and those it leaves out taken away; ``whole`` itself
+    when it changes none.
+
+    Only the events named as one of :data:`ADAPTED_EVENTS` (an event without a
+    name: whose data shows such a type, or a Response) are parsed; one that is
+    not a JSON object goes as it came.
+    """
+    changed: dict[int, bytes] = {}
+    for i, ev in enumerate(events):
+        name = ev.event
+        if not (name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data)):
+            continue
+        try:
+            obj = event_json(ev.data)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(obj, dict):
+            continue
+        kind = obj.get("type")
+        out = adapter.event(obj, kind if isinstance(kind, str) else name)
+        if out is not obj:
+            changed[i] = b"" if out is None else _event_frame(name, out)
+    if not changed:
+        return whole
+    kept: list[bytes] = []
+    n = 0  # events so far
+    for event in _event_bytes(whole):
+        if _events_in(event):
+            event = changed.get(n, event)
+            n += 1
+        kept.append(event)
+    return b"".join(kept)
+
+
+def _event_frame(name: Optional[str], obj: dict[str, Any]) -> bytes:
+    """An SSE event of ``obj`` (compact JSON) under the ``event:`` name ``name``."""
+    head = b"event: " + name.encode() + b"\n" if name else b""
+    return head + b"data: " + encode_json(obj) + b"\n\n"
 
 
 #: a blank line: two line ends (CRLF, LF, or a CR not followed by LF; a CR at the
@@ -826,6 +927,20 @@ def _whole(ev: SSEEvent) -> bool:
     except (ValueError, RecursionError):
         return False
     return True
+
+
+def _adapted_body(raw: bytes) -> bytes:
+    """A JSON answer (a Response object) adapted for strict clients (see
+    :func:`adapt_response`): ``raw`` itself when it needs no change, or is no
+    JSON object."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+    if not isinstance(obj, dict):
+        return raw
+    adapted = adapt_response(obj)
+    return raw if adapted is obj else encode_json(adapted)
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:

@@ -13,7 +13,10 @@ uses it in this order:
    a plain JSON answer for a streaming client goes through
    :func:`events_from_response` into a :class:`StreamTranslator`;
 4. :func:`error_from_backend` for an upstream error status (:func:`retry_hints`
-   alone for one relayed as it came).
+   alone for one relayed as it came);
+5. under the lightspeed flavour, an :class:`AnswerAdapter` on the passthrough's
+   events (:func:`adapt_response` on a whole Response), so that a strict client
+   such as Goose can read them.
 
 Every function documents what it raises; all errors are
 :class:`goose_proxy.errors.ProxyError` subclasses. The rules are written down

@@ -1,0 +1,159 @@
+"""Lightspeed answers on ``POST /v1/responses`` that Goose's strict parser refuses,
+through the proxy: read by Goose's rules (``tests/goose_rules.py``, mirroring its
+parser) and by the openai SDK, streamed, collected and as JSON.
+
+A fake backend over real mutual TLS sends the answers of
+``tests/lightspeed_answers.py`` (the devbackend's ``reasoning`` script too).
+Under the ``openai`` flavour the same answers are relayed as they came.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import anyio
+import anyio.abc
+import httpx
+import openai
+import pytest
+
+import devbackend
+from tests import lightspeed_answers as ls
+from tests.goose_rules import GooseRejects, goose_reads_response, goose_reads_stream
+from tests.reliability.support import SSE_HEAD, chunk, fake_server, http_answer, read_request_head
+from tests.support import make_config, running_proxy
+
+pytestmark = [
+    pytest.mark.anyio,
+    # the SDK's stream helper warns that Lightspeed's conversation is a string (the
+    # SDK types it as an object): a warning, not a failure; left as Lightspeed sends it
+    pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning"),
+]
+
+ANSWERS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
+    "rag-and-mcp": (ls.rag, ls.ANSWER),
+    "reasoning": (ls.reasoning, ls.ANSWER),
+    "shield-string": (ls.shield, ls.SHIELD),
+    "shield-nulls": (lambda: ls.shield(nulls=True), ls.SHIELD),
+    "shield-parts": (lambda: ls.shield([{"type": "output_text", "text": ls.SHIELD}]), ls.SHIELD),
+}
+BODY = {"model": "gpt-5", "input": "how do I install a package?"}
+
+
+def sse_answer(body: bytes) -> bytes:
+    return SSE_HEAD + chunk(body) + b"0\r\n\r\n"
+
+
+def json_answer(resp: dict[str, Any]) -> bytes:
+    return http_answer("200 OK", [("content-type", "application/json")], json.dumps(resp).encode())
+
+
+async def through_proxy(
+    pki: SimpleNamespace, answer: bytes, flavor: str, ask: Callable[[str], Any]
+) -> Any:
+    """``ask(proxy_url)`` of a proxy whose backend answers every request with ``answer``."""
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:  # until the proxy closes the connection
+            await read_request_head(stream, srv)
+            await stream.send(answer)
+
+    with anyio.fail_after(15):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
+            async with running_proxy(cfg) as proxy:
+                return await ask(proxy.url)
+
+
+async def post(url: str, stream: bool) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as c:
+        return await c.post(url + "/v1/responses", json={**BODY, "stream": stream})
+
+
+async def sdk_stream(url: str) -> tuple[list[str], Any]:
+    """The event types ``responses.create(stream=True)`` yields, and the final
+    response of the ``responses.stream()`` helper (which rebuilds the answer)."""
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    try:
+        events = await client.responses.create(**BODY, stream=True)
+        types = [ev.type async for ev in events]
+        async with client.responses.stream(**BODY) as helper:
+            final = await helper.get_final_response()
+    finally:
+        await client.close()
+    return types, final
+
+
+async def sdk_json(url: str) -> Any:
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    try:
+        return await client.responses.create(**BODY)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("name", list(ANSWERS))
+async def test_a_streamed_lightspeed_answer_is_read_by_goose_and_the_sdk(
+    pki: SimpleNamespace, name: str
+) -> None:
+    make, text = ANSWERS[name]
+    sent = ls.lightspeed_sse(make())
+
+    async def ask(url: str) -> Any:
+        return await post(url, True), await sdk_stream(url)
+
+    r, (types, final) = await through_proxy(pki, sse_answer(sent), "lightspeed", ask)
+    assert r.status_code == 200
+    assert goose_reads_stream(r.content).text == text
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert final.output_text == text
+    assert [item.type for item in final.output] == ["message"]
+    # the openai flavour relays the answer as it came, which Goose refuses
+    r = await through_proxy(pki, sse_answer(sent), "openai", lambda url: post(url, True))
+    assert r.content == sent
+    with pytest.raises(GooseRejects):
+        goose_reads_stream(r.content)
+
+
+@pytest.mark.parametrize("backend_sends", ["stream", "json"])
+@pytest.mark.parametrize("name", list(ANSWERS))
+async def test_a_lightspeed_answer_to_a_client_that_does_not_stream(
+    pki: SimpleNamespace, name: str, backend_sends: str
+) -> None:
+    # Lightspeed is always asked for a stream: the proxy collects it into the
+    # Response it ends with; a backend may answer with that Response as JSON
+    make, text = ANSWERS[name]
+    events = make()
+    answer = (
+        sse_answer(ls.lightspeed_sse(events))
+        if backend_sends == "stream"
+        else json_answer(ls.final_response(events))
+    )
+
+    async def ask(url: str) -> Any:
+        return await post(url, False), await sdk_json(url)
+
+    r, resp = await through_proxy(pki, answer, "lightspeed", ask)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert goose_reads_response(r.content).text == text
+    assert resp.output_text == text
+    assert [item.type for item in resp.output] == ["message"]
+    assert resp.id == ls.RID and resp.usage.total_tokens == 14
+
+
+async def test_the_devbackends_reasoning_script_is_read_by_goose_and_the_sdk() -> None:
+    # a separate reasoning item whose reasoning_text part Goose does not know
+    async with devbackend.run() as backend:
+        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": "reasoning"}})
+        with anyio.fail_after(15):
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, True)
+                types, final = await sdk_stream(proxy.url)
+    seen = goose_reads_stream(r.content)
+    assert seen.text.endswith("You said: how do I install a package?")
+    assert "response.reasoning_text.delta" in types  # Goose skips what it does not know
+    assert "response.content_part.added" in types
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output_text == seen.text
