@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import re
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
@@ -625,8 +624,12 @@ class PassthroughRelay:
             except UpstreamProtocolError as e:
                 error = e
             adapter = self._adapter
-            if adapter is not None and events and _may_adapt(events):
-                whole = _adapt_events(whole, events, adapter)
+            if adapter is not None:
+                for ev in events:  # a read is mostly one text delta: this is all it costs
+                    name = ev.event
+                    if name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data):
+                        whole = _adapt_events(whole, events, adapter)
+                        break
             ended_before = self._ended
             done = early_done = False
             for ev in events:  # in order: nothing after the [DONE] that ends it counts
@@ -717,19 +720,6 @@ def _events_in(event: bytes) -> list[SSEEvent]:
         return SSEParser(len(event) + 1).feed(event)
     except UpstreamProtocolError:
         return []
-
-
-def _may_adapt(events: list[SSEEvent]) -> bool:
-    """Whether an adapter may change one of ``events``: one is named as one of
-    :data:`ADAPTED_EVENTS`, or has no name and :func:`_may_be_adapted` (the names
-    are compared in C: a read of text deltas costs about a microsecond)."""
-    names = set(map(_EVENT_NAME, events))
-    if not ADAPTED_EVENTS.isdisjoint(names):
-        return True
-    return None in names and any(not ev.event and _may_be_adapted(ev.data) for ev in events)
-
-
-_EVENT_NAME = operator.itemgetter(0)  # SSEEvent.event
 
 
 def _may_be_adapted(data: str) -> bool:
