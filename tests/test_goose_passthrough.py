@@ -18,6 +18,9 @@ import anyio.abc
 import httpx
 import openai
 import pytest
+from openai._models import construct_type
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import ResponseStreamEvent
 
 import devbackend
 from tests import lightspeed_answers as ls
@@ -72,15 +75,55 @@ async def post(url: str, stream: bool) -> httpx.Response:
         return await c.post(url + "/v1/responses", json={**BODY, "stream": stream})
 
 
-async def sdk_stream(url: str) -> tuple[list[str], Any]:
-    """The event types ``responses.create(stream=True)`` yields, and the final
-    response of the ``responses.stream()`` helper (which rebuilds the answer)."""
+def helper_takes_index_gaps() -> bool:
+    """Whether this openai SDK's ``responses.stream()`` helper finds an output item
+    by its ``output_index`` when the items before it were left out (openai 3.57,
+    locked for Python 3.10+, does; 2.48, locked for 3.9, takes the index as a
+    position in the items it saw and raises IndexError)."""
+    resp = {
+        "id": "r",
+        "object": "response",
+        "created_at": 1,
+        "model": "m",
+        "status": "in_progress",
+        "output": [],
+    }
+    item = {
+        "type": "message",
+        "id": "m",
+        "role": "assistant",
+        "status": "in_progress",
+        "content": [],
+    }
+    part = {"type": "output_text", "text": "", "annotations": []}
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": resp},
+        {"type": "response.output_item.added", "sequence_number": 1, "output_index": 1,
+         "item": item},
+        {"type": "response.content_part.added", "sequence_number": 2, "output_index": 1,
+         "item_id": "m", "content_index": 0, "part": part},
+    ]  # fmt: skip
+    state: Any = ResponseStreamState(input_tools=openai.NOT_GIVEN, text_format=openai.NOT_GIVEN)
+    try:
+        for event in events:
+            state.handle_event(construct_type(type_=ResponseStreamEvent, value=event))
+    except IndexError:
+        return False
+    return True
+
+
+async def sdk_stream(url: str, helper: bool = True) -> tuple[list[str], Any]:
+    """The event types ``responses.create(stream=True)`` yields, and (``helper``)
+    the final response of the ``responses.stream()`` helper, which rebuilds the
+    answer."""
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    final = None
     try:
         events = await client.responses.create(**BODY, stream=True)
         types = [ev.type async for ev in events]
-        async with client.responses.stream(**BODY) as helper:
-            final = await helper.get_final_response()
+        if helper:
+            async with client.responses.stream(**BODY) as stream:
+                final = await stream.get_final_response()
     finally:
         await client.close()
     return types, final
@@ -100,16 +143,21 @@ async def test_a_streamed_lightspeed_answer_is_read_by_goose_and_the_sdk(
 ) -> None:
     make, text = ANSWERS[name]
     sent = ls.lightspeed_sse(make())
+    # the items left out keep their output indexes: the message comes at index 4
+    # after the RAG and MCP work, which an older SDK's helper cannot find (see
+    # docs/api-translation.md); Goose and the raw stream do not mind
+    helper = name != "rag-and-mcp" or helper_takes_index_gaps()
 
     async def ask(url: str) -> Any:
-        return await post(url, True), await sdk_stream(url)
+        return await post(url, True), await sdk_stream(url, helper)
 
     r, (types, final) = await through_proxy(pki, sse_answer(sent), "lightspeed", ask)
     assert r.status_code == 200
     assert goose_reads_stream(r.content).text == text
     assert types[0] == "response.created" and types[-1] == "response.completed"
-    assert final.output_text == text
-    assert [item.type for item in final.output] == ["message"]
+    if helper:
+        assert final.output_text == text
+        assert [item.type for item in final.output] == ["message"]
     # the openai flavour relays the answer as it came, which Goose refuses
     r = await through_proxy(pki, sse_answer(sent), "openai", lambda url: post(url, True))
     assert r.content == sent
