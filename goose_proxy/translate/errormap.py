@@ -249,11 +249,13 @@ def error_from_backend(
     if status == 429:
         return _rate_limited(message, said, code, headers)
     if status == 413 or _says(said, CONTEXT_LENGTH_PHRASES):
-        return ContextLengthExceeded(message, headers=headers)
+        # no retry hints: the same request cannot fit, a shorter one is another
+        # request (a backend's "x-should-retry: true" would have the SDK send it again)
+        return ContextLengthExceeded(message)
     if status == 422 and _whole_body_too_long(doc):
         # Lightspeed Stack's cap on the request body: for Goose, a context too long
         return ContextLengthExceeded(
-            f"the conversation is too long for the backend ({message})", headers=headers
+            f"the conversation is too long for the backend ({message})"
         )
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
         return _rate_limited(message, said, code, headers)

@@ -274,3 +274,15 @@ def test_errors_built_from_backend_words_are_marked_quoted() -> None:
     assert error_from_backend(429, body).quoted
     assert error_from_event({"type": "error", "message": "secret", "code": "server_error"}).quoted
     assert not UpstreamClosed("backend h:1 closed the connection").quoted
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(500, b'{"detail":{"response":"Prompt is too long","cause":"x"}}'),
+     (413, b'{"detail":"Request Entity Too Large"}')],
+)  # fmt: skip
+def test_a_context_overflow_carries_no_retry_hint(status: int, body: bytes) -> None:
+    # the same request cannot fit: the backend's "retry" would have the SDK
+    # send it twice more instead of the client compacting
+    err = error_from_backend(status, body, retry_after="1", should_retry="true")
+    assert isinstance(err, ContextLengthExceeded) and err.response_headers() == []
