@@ -523,7 +523,8 @@ async def test_a_function_call_waits_until_it_is_known_to_be_the_clients() -> No
 
 def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
     """``events`` framed in ``style`` (Lightspeed's ``event:`` lines; ``crlf``: the
-    same with CRLF and comments; ``unnamed``: data lines only), then ``[DONE]``;
+    same with CRLF and comments; ``unnamed``: data lines only; ``message``: named
+    ``message``, SSE's default name, which is the same as none), then ``[DONE]``;
     and what the client should get: every event the adapter keeps as it came,
     one it changes as ``[event: name]`` + ``data: <compact JSON>``."""
     adapter = AnswerAdapter()
@@ -532,12 +533,14 @@ def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
         data = json.dumps(ev)
         if style == "unnamed":
             frame = f"data: {data}\n\n"
+        elif style == "message":
+            frame = f"event: message\ndata: {data}\n\n"
         elif style == "crlf":
             frame = f": keep-alive\r\nevent: {ev['type']}\r\ndata: {data}\r\n\r\n"
         else:
             frame = f"event: {ev['type']}\ndata: {data}\n\n"
         out = adapter.event(ev)
-        head = "" if style == "unnamed" else f"event: {ev['type']}\n"
+        head = "" if style in ("unnamed", "message") else f"event: {ev['type']}\n"
         new = "" if out is None else head + "data: " + json.dumps(out, separators=(",", ":"))
         sent.append(frame)
         want.append(frame if out is ev else new and new + "\n\n")
@@ -547,7 +550,7 @@ def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
 ADAPTED = {
     f"{name} {style}": _framed(make(), style)
     for name, make in [("rag", ls.rag), ("reasoning", ls.reasoning), ("shield", ls.shield)]
-    for style in ("lightspeed", "crlf", "unnamed")
+    for style in ("lightspeed", "crlf", "unnamed", "message")
 }
 
 

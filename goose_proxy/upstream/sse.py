@@ -5,7 +5,8 @@ It follows the WHATWG event-stream rules that matter for Responses backends:
 ``event:`` and ``data:`` fields, multi-line ``data`` joined with ``\\n``, a single
 optional space after the colon, comment lines (``:``), ``\\n``, ``\\r\\n`` and ``\\r``
 line endings (also split across reads), and a blank line ending each event.
-``id:`` and ``retry:`` are ignored (we never reconnect).
+``id:`` and ``retry:`` are ignored (we never reconnect). ``event: message``
+is the default name spelled out, the same as none: its ``event`` is None.
 
 One event is capped at ``max_event_size`` bytes: a larger one raises
 :class:`~goose_proxy.errors.UpstreamProtocolError` instead of growing a buffer
@@ -132,7 +133,8 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
         and block.startswith(b"data: ", nl + 1)
         and block.find(b"\n", nl + 7) < 0
     ):
-        return SSEEvent(block[7:nl].decode(), block[nl + 7 :].decode())
+        name = block[7:nl].decode()
+        return SSEEvent(None if name == "message" else name, block[nl + 7 :].decode())
     event: Optional[str] = None
     data: list[bytes] = []
     for line in block.split(b"\n"):
@@ -147,6 +149,10 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
             event = value.decode()
     if not data and event is None:
         return None
+    if event == "message":
+        if not data:
+            return None  # a named event with no data: nothing to dispatch
+        event = None
     return SSEEvent(event, b"\n".join(data).decode())
 
 
