@@ -254,9 +254,7 @@ def error_from_backend(
         return ContextLengthExceeded(message)
     if status == 422 and _whole_body_too_long(doc):
         # Lightspeed Stack's cap on the request body: for Goose, a context too long
-        return ContextLengthExceeded(
-            f"the conversation is too long for the backend ({message})"
-        )
+        return ContextLengthExceeded(f"the conversation is too long for the backend ({message})")
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
         return _rate_limited(message, said, code, headers)
     if status < 400:  # not an error status: the caller met a body it could not use

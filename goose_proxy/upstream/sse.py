@@ -133,8 +133,8 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
         and block.startswith(b"data: ", nl + 1)
         and block.find(b"\n", nl + 7) < 0
     ):
-        name = block[7:nl].decode()
-        return SSEEvent(None if name == "message" else name, block[nl + 7 :].decode())
+        kind = block[7:nl].decode()
+        return SSEEvent(None if kind == "message" else kind, block[nl + 7 :].decode())
     event: Optional[str] = None
     data: list[bytes] = []
     for line in block.split(b"\n"):
