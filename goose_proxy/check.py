@@ -10,11 +10,9 @@ credentials are redacted.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import socket
-import ssl
 import sys
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
@@ -28,6 +26,7 @@ from goose_proxy.errors import (
     UpstreamTLSError,
 )
 from goose_proxy.upstream.proxy import TunnelRefused
+from goose_proxy.upstream.tls import certificate_info, fmt_time, validity_problem
 
 if TYPE_CHECKING:
     from goose_proxy.upstream.client import UpstreamClient
@@ -75,45 +74,6 @@ def effective_values(config: Config) -> dict[str, Any]:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class CertInfo:
-    subject: str
-    not_before: Optional[dt.datetime]
-    not_after: Optional[dt.datetime]
-
-
-def _cert_time(value: Any) -> Optional[dt.datetime]:
-    if not value:
-        return None
-    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(value), tz=dt.timezone.utc)
-
-
-_SHORT_NAMES = {
-    "commonName": "CN",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-}
-
-
-def certificate_info(cert_file: str) -> Optional[CertInfo]:
-    """Subject and validity of the (first) certificate in ``cert_file``, or None if it
-    cannot be decoded (no standard API does this; CPython's ``_ssl`` helper has for
-    every supported version)."""
-    try:
-        info = ssl._ssl._test_decode_cert(cert_file)  # type: ignore[attr-defined]
-        subject = ",".join(
-            f"{_SHORT_NAMES.get(k, k)}={v}" for rdn in info.get("subject", ()) for k, v in rdn
-        )
-        return CertInfo(
-            subject, _cert_time(info.get("notBefore")), _cert_time(info.get("notAfter"))
-        )
-    except (AttributeError, OSError, ssl.SSLError, ValueError, TypeError):
-        return None
-
-
 class _Report:
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -137,10 +97,6 @@ class _Report:
 
     def info(self, text: str) -> None:
         self.out.write(f"       {text}\n")
-
-
-def _fmt(when: dt.datetime) -> str:
-    return f"{when:%Y-%m-%d %H:%M} UTC"
 
 
 def _flavour_defaults(config: Config) -> dict[str, str]:
@@ -221,24 +177,11 @@ def _check_certificate(config: Config, client: UpstreamClient, r: _Report) -> No
     if info is None:
         r.ok("client certificate", f"{auth.cert_file} and its key load and match")
         return
-    now = dt.datetime.now(dt.timezone.utc)
-    if info.not_after is not None and info.not_after < now:
-        r.fail(
-            "client certificate",
-            f"{auth.cert_file} expired on {_fmt(info.not_after)}; RHSM renews it while the "
-            "system is registered: check 'subscription-manager status' and the rhsmcertd "
-            "service",
-            "certificate expired",
-        )
-    elif info.not_before is not None and info.not_before > now:
-        r.fail(
-            "client certificate",
-            f"{auth.cert_file} is not valid before {_fmt(info.not_before)}: is the system "
-            "clock right?",
-            "certificate not yet valid",
-        )
+    problem = validity_problem(auth.cert_file, info)
+    if problem is not None:
+        r.fail("client certificate", *problem)
     else:
-        until = f"; valid until {_fmt(info.not_after)}" if info.not_after else ""
+        until = f"; valid until {fmt_time(info.not_after)}" if info.not_after else ""
         r.ok("client certificate", f"{auth.cert_file} matches its key{until}")
     if info.subject:
         r.info(f"subject: {info.subject}")

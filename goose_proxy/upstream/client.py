@@ -641,6 +641,14 @@ class UpstreamClient:
             raise UpstreamTimeout(
                 f"backend sent no response within {self.cfg.timeout:g} seconds"
             ) from None
+        except (UpstreamTLSError, UpstreamClosed) as e:
+            if conn is not None:
+                conn.close()
+            # refused, or closed without a word: an expired certificate explains it
+            problem = self.tls.date_problem() if self.tls is not None else None
+            if problem is None:
+                raise
+            raise UpstreamCertificateError(f"{e.message}; {problem}") from e
         except BaseException:
             if conn is not None:
                 conn.close()

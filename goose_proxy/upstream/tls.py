@@ -19,11 +19,13 @@ milliseconds), so a broken pair does not cost that on every request.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 import os
 import ssl
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from goose_proxy.config import AuthConfig
 from goose_proxy.errors import CredentialsError
@@ -131,6 +133,14 @@ class ClientTLS:
         self.builds += 1
         return ctx
 
+    def date_problem(self) -> Optional[str]:
+        """What is wrong with the dates of the configured certificate (expired, not
+        yet valid), or None: said with a refusal, which the backend's TLS alert
+        (or silence) does not explain. Read from the file each time: error paths only."""
+        info = certificate_info(self._auth.cert_file)
+        problem = validity_problem(self._auth.cert_file, info) if info is not None else None
+        return problem[0] if problem is not None else None
+
     def _unusable(
         self, stamp: Optional[_Stamp], when: float, err: CredentialsError
     ) -> ssl.SSLContext:
@@ -180,3 +190,73 @@ class ClientTLS:
         except OSError as e:  # OpenSSL does not say which file: look
             raise _unreadable(auth, e) from None
         return ctx
+
+
+# --- what the certificate says about itself (goose-proxy check, and a refusal) ---
+
+
+@dataclasses.dataclass(frozen=True)
+class CertInfo:
+    subject: str
+    not_before: Optional[datetime.datetime]
+    not_after: Optional[datetime.datetime]
+
+
+def _cert_time(value: Any) -> Optional[datetime.datetime]:
+    if not value:
+        return None
+    return datetime.datetime.fromtimestamp(
+        ssl.cert_time_to_seconds(value), tz=datetime.timezone.utc
+    )
+
+
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+}
+
+
+def certificate_info(cert_file: str) -> Optional[CertInfo]:
+    """Subject and validity of the (first) certificate in ``cert_file``, or None if it
+    cannot be decoded (no standard API does this; CPython's ``_ssl`` helper has for
+    every supported version)."""
+    try:
+        info = ssl._ssl._test_decode_cert(cert_file)  # type: ignore[attr-defined]
+        subject = ",".join(
+            f"{_SHORT_NAMES.get(k, k)}={v}" for rdn in info.get("subject", ()) for k, v in rdn
+        )
+        return CertInfo(
+            subject, _cert_time(info.get("notBefore")), _cert_time(info.get("notAfter"))
+        )
+    except (AttributeError, OSError, ssl.SSLError, ValueError, TypeError):
+        return None
+
+
+def fmt_time(when: datetime.datetime) -> str:
+    return f"{when:%Y-%m-%d %H:%M} UTC"
+
+
+def validity_problem(
+    cert_file: str, info: CertInfo, now: Optional[datetime.datetime] = None
+) -> Optional[tuple[str, str]]:
+    """``(what is wrong, a short reason)`` when the certificate is expired or not
+    yet valid at ``now`` (default: the present), else None."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if info.not_after is not None and info.not_after < now:
+        return (
+            f"{cert_file} expired on {fmt_time(info.not_after)}; RHSM renews it while the "
+            "system is registered: check 'subscription-manager status' and the rhsmcertd "
+            "service",
+            "certificate expired",
+        )
+    if info.not_before is not None and info.not_before > now:
+        return (
+            f"{cert_file} is not valid before {fmt_time(info.not_before)}: is the system "
+            "clock right?",
+            "certificate not yet valid",
+        )
+    return None

@@ -4,6 +4,7 @@ proxy recovers as soon as the files are right again."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import ssl
@@ -265,6 +266,29 @@ async def test_key_of_another_certificate_gives_clear_message(
         f"the private key {consumer.key} does not match the client certificate {consumer.cert}"
     )
     assert "PRIVATE KEY" not in r.text
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_an_expired_certificate_is_named_when_the_backend_refuses_it(
+    pki: SimpleNamespace, tmp_path: Path, body: dict[str, Any]
+) -> None:
+    # the backend's refusal (an alert, or a close after the handshake) does not
+    # say why; the certificate's own dates do, as goose-proxy check says them
+    now = dt.datetime.now(dt.timezone.utc)
+    cert, key = issue_client_pair(pki.ca, "expired", tmp_path,
+                                  not_before=now - dt.timedelta(days=30),
+                                  not_after=now - dt.timedelta(days=1))  # fmt: skip
+    auth = AuthConfig(cert_file=str(cert), key_file=str(key), ca_file=pki.ca_file)
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, auth)) as proxy:
+                r = await post(proxy.url, body)
+    assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
+    err = r.json()["error"]
+    assert err["code"] == "upstream_tls_error"
+    assert f"{cert} expired on {now - dt.timedelta(days=1):%Y-%m-%d}" in err["message"]
+    assert "subscription-manager status" in err["message"]
 
 
 # --- which file, and why: the messages of an unusable pair ---------------------------
