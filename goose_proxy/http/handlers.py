@@ -984,6 +984,9 @@ class EventReader:
         self._ended = False
         self._held: Optional[list[SSEEvent]] = [] if hold else None
         self._held_size = 0
+        #: after a [DONE] that came before the terminal event: until when to wait
+        #: for that event all the same (the passthrough gives it the same grace)
+        self._grace: Optional[float] = None
 
     @property
     def holding(self) -> bool:
@@ -998,20 +1001,28 @@ class EventReader:
     async def next_batch(self) -> Optional[list[dict[str, Any]]]:
         """The events completed by the next read (maybe none); None at the end.
 
-        ``[DONE]`` and the terminal events end the stream like EOF does (what
-        follows them is not read). Raises UpstreamProtocolError for an event
-        that is not a JSON object, UpstreamTimeout/UpstreamError from I/O.
+        The terminal events end the stream like EOF does (what follows them is
+        not read). So does ``[DONE]``, but one that comes before the terminal
+        event leaves :data:`DONE_GRACE` seconds for that event to follow, as on
+        the passthrough. Raises UpstreamProtocolError for an event that is not
+        a JSON object, UpstreamTimeout/UpstreamError from I/O.
         """
         if self._ended:
             return None
         self._parser.check()  # an error held back behind the previous read's events
-        data = await self._resp.receive()
+        if self._grace is None:
+            data = await self._resp.receive()
+        else:
+            data = b""  # the grace ran out: the end
+            with anyio.move_on_after(self._grace - anyio.current_time()):
+                data = await self._resp.receive()
         raw = self._parser.feed(data) if data else self._parser.close()
         out: list[dict[str, Any]] = []
         for ev in raw:
             if ev.data == _DONE:
-                self._ended = True
-                break
+                if self._grace is None:
+                    self._grace = anyio.current_time() + DONE_GRACE
+                continue
             held, name = self._held, ev.event
             if (
                 held is not None

@@ -707,6 +707,31 @@ async def test_passthrough_done_before_the_terminal_event_is_held_back(
     assert passthrough_error_event(r.content)["message"] == ENDED_EARLY
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/chat/completions", HELLO_STREAM), ("/v1/chat/completions", HELLO),
+     ("/v1/responses", {"model": "m", "input": "hi"})],
+    ids=["chat-stream", "chat-json", "passthrough-collected"],
+)  # fmt: skip
+async def test_done_before_the_terminal_event_waits_for_it_on_every_path(
+    pki: SimpleNamespace, path: str, body: dict[str, Any]
+) -> None:
+    """As the passthrough's stream does: a [DONE] that comes before the terminal
+    event leaves DONE_GRACE for it, instead of 'ended early'."""
+    frames = text_events(["one ", "two"])
+    raw = b"".join(frames[:-1]) + b"data: [DONE]\n\n" + frames[-1]
+    with anyio.fail_after(10):
+        async with _canned(pki, SSE_HEAD + chunk(raw) + b"0\r\n\r\n") as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path)
+    assert r.status_code == 200
+    if body is HELLO_STREAM:
+        assert chat_stream_outcome(r.content) == ("one two", None)
+    elif path.endswith("completions"):
+        assert r.json()["choices"][0]["message"]["content"] == "one two"
+    else:
+        assert r.json()["status"] == "completed"
+
+
 async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
     pki: SimpleNamespace,
 ) -> None:
