@@ -191,6 +191,31 @@ async def test_a_lightspeed_answer_to_a_client_that_does_not_stream(
     assert resp.id == ls.RID and resp.usage.total_tokens == 14
 
 
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+@pytest.mark.parametrize("name", ["rag-and-mcp", "shield-parts"])
+async def test_a_json_answer_to_a_client_that_streams_becomes_a_stream(
+    pki: SimpleNamespace, name: str, flavor: str
+) -> None:
+    # a backend that answers a stream request with the whole Response as JSON:
+    # relayed as it came, the openai SDK and Goose read it as an empty stream
+    make, text = ANSWERS[name]
+    final = ls.final_response(make())
+    helper = flavor == "openai" or name != "rag-and-mcp" or helper_takes_index_gaps()
+
+    async def ask(url: str) -> Any:
+        return await post(url, True), await sdk_stream(url, helper)
+
+    r, (types, got) = await through_proxy(pki, json_answer(final), flavor, ask)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert "response.output_text.delta" in types
+    if flavor == "lightspeed":  # adapted, as a streamed answer is
+        assert goose_reads_stream(r.content).text == text
+    if helper:
+        assert got.output_text == text and got.id == ls.RID
+
+
 async def test_the_devbackends_reasoning_script_is_read_by_goose_and_the_sdk() -> None:
     # a separate reasoning item whose reasoning_text part Goose does not know
     async with devbackend.run() as backend:

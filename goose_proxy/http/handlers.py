@@ -63,6 +63,8 @@ from goose_proxy.translate import (
     responses_to_chat,
     retry_hints,
 )
+from goose_proxy.translate.passthrough import stream_of_response
+from goose_proxy.translate.response import check_finished
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
 from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json
 
@@ -372,6 +374,12 @@ class Handlers:
             adapt = self._adapt_answers
             if resp.content_type != "text/event-stream":
                 raw = await resp.read(self.config.backend.max_event_size)
+                frames = _stream_of_json(raw, adapt) if client_stream else None
+                if frames is not None:  # a stream was asked for: the answer as one
+                    sse = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
+                    await ex.start_stream(resp.status, sse, frames)
+                    await ex.conn.end_stream()
+                    return
                 await ex.send(resp.status, _adapted_body(raw) if adapt else raw, headers)
                 return
             if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
@@ -396,6 +404,24 @@ class Handlers:
             ex.error_frames = relay.error_frames
             await relay.run()
             await ex.conn.end_stream()
+
+
+def _stream_of_json(raw: bytes, adapt: bool) -> Optional[bytes]:
+    """The SSE frames of a finished Response object sent as JSON to a request for
+    a stream (adapted for strict clients when ``adapt``), or None when ``raw`` is
+    no such object (it is then relayed as it came). The openai SDK and Goose
+    would read the JSON as an empty stream."""
+    try:
+        resp = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(resp, dict) or check_finished(resp) is not None:
+        return None
+    events = stream_of_response(adapt_response(resp) if adapt else resp)
+    return b"".join(
+        b"event: " + ev["type"].encode() + b"\ndata: " + encode_json(ev) + b"\n\n"
+        for ev in events
+    )
 
 
 def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:

@@ -160,3 +160,64 @@ def adapt_response(resp: dict[str, Any]) -> dict[str, Any]:
     """A JSON answer (a Response object) adapted (see :class:`AnswerAdapter`);
     ``resp`` itself when it is fine as it is."""
     return AnswerAdapter().response(resp)
+
+
+def stream_of_response(resp: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Responses stream events of a whole Response object, as a backend that
+    streams would send them: for a client that asked for a stream and got the
+    answer as one JSON object (which the openai SDK and Goose would read as an
+    empty stream).
+
+    ``response.created`` (the response in progress, no output yet); for each
+    output item its ``output_item.added`` (a message without content, a call
+    without arguments), a message's text and refusal parts as ``added``, one
+    delta, ``done`` and ``content_part.done``, a call's arguments as one delta
+    and ``done``, then ``output_item.done`` with the whole item; then the
+    terminal event for the response's status (``response.completed``,
+    ``.incomplete`` or ``.failed``). Numbered by ``sequence_number`` from 0.
+    """
+    events: list[dict[str, Any]] = []
+
+    def emit(etype: str, **fields: Any) -> None:
+        events.append({"type": etype, "sequence_number": len(events), **fields})
+
+    emit("response.created", response={**resp, "status": "in_progress", "output": []})
+    output = resp.get("output")
+    for i, item in enumerate(output if isinstance(output, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        item_id = item.get("id") if isinstance(item.get("id"), str) else f"item_{i}"
+        itype = item.get("type")
+        started = dict(item)
+        if itype == "message":
+            started.update(status="in_progress", content=[])
+        elif itype == "function_call":
+            started.update(status="in_progress", arguments="")
+        emit("response.output_item.added", output_index=i, item=started)
+        where = {"item_id": item_id, "output_index": i}
+        content = item.get("content") if itype == "message" else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            ptype = part.get("type") if isinstance(part, dict) else None
+            field = {"output_text": "text", "refusal": "refusal"}.get(ptype or "")
+            value = part.get(field) if field is not None else None
+            if field is None or not isinstance(value, str):
+                continue
+            kind = "output_text" if field == "text" else "refusal"
+            empty = {**part, field: ""}
+            # (a text delta and its done event carry logprobs, as OpenAI's do)
+            extra = {"logprobs": part.get("logprobs") or []} if kind == "output_text" else {}
+            emit("response.content_part.added", **where, content_index=j, part=empty)
+            emit(f"response.{kind}.delta", **where, content_index=j, delta=value, **extra)
+            emit(f"response.{kind}.done", **where, content_index=j, **{field: value}, **extra)
+            emit("response.content_part.done", **where, content_index=j, part=part)
+        arguments = item.get("arguments") if itype == "function_call" else None
+        if isinstance(arguments, str):
+            emit("response.function_call_arguments.delta", **where, delta=arguments)
+            emit("response.function_call_arguments.done", **where, arguments=arguments)
+        emit("response.output_item.done", output_index=i, item=item)
+    status = resp.get("status")
+    terminal = {"incomplete": "response.incomplete", "failed": "response.failed"}
+    emit(
+        terminal.get(status if isinstance(status, str) else "", "response.completed"), response=resp
+    )
+    return events

@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goose_proxy.translate import ADAPTED_EVENTS, AnswerAdapter, adapt_response
+from goose_proxy.translate import (
+    ADAPTED_EVENTS,
+    AnswerAdapter,
+    ResponseAccumulator,
+    adapt_response,
+)
+from goose_proxy.translate.passthrough import stream_of_response
 from tests import lightspeed_answers as ls
 from tests.goose_rules import GooseRejects, goose_reads_response, goose_reads_stream
 from tests.translate.translate_testkit import capture_events, fixture_json
@@ -151,3 +157,33 @@ def test_any_shape_is_adapted_without_raising_or_changing_it(
     resp = body.get("response")
     if isinstance(resp, dict):
         assert json.dumps(adapt_response(resp))
+
+
+@pytest.mark.parametrize("status", ["completed", "incomplete", "failed"])
+def test_a_whole_response_as_its_stream(status: str) -> None:
+    # the stream a backend would have sent: numbered, the parts and arguments in
+    # one delta each, and rebuilt by an accumulator into the same output
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": "Hi 😀", "annotations": []},
+                           {"type": "refusal", "refusal": "no"}]}  # fmt: skip
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f",
+            "arguments": '{"a": 1}', "status": "completed"}  # fmt: skip
+    resp = {"id": "r", "object": "response", "created_at": 1, "model": "m", "status": status,
+            "output": [message, call], "usage": None}  # fmt: skip
+    before = copy.deepcopy(resp)
+    events = stream_of_response(resp)
+    assert resp == before  # not changed
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[0]["response"]["output"] == []
+    assert events[-1] == {"type": f"response.{status}", "sequence_number": len(events) - 1,
+                          "response": resp}  # fmt: skip
+    deltas = [e.get("delta") for e in events if e["type"].endswith(".delta")]
+    assert deltas == ["Hi 😀", "no", '{"a": 1}']
+    acc = ResponseAccumulator()
+    for event in events[:-1]:  # without the terminal event: from the deltas alone
+        acc.feed(event)
+    acc.feed({"type": "response.completed", "response": {**resp, "output": []}})
+    rebuilt = acc.result()["output"]
+    assert [i["type"] for i in rebuilt] == ["message", "function_call"]
+    assert rebuilt[1]["arguments"] == '{"a": 1}'
+    assert [p.get("text", p.get("refusal")) for p in rebuilt[0]["content"]] == ["Hi 😀", "no"]
