@@ -126,6 +126,11 @@ class Endpoint:
 _NAME_MISMATCH = (62, 64)
 
 
+class _ServerCertificateError(UpstreamCertificateError):
+    """The backend's certificate is refused (by us): our own certificate's dates
+    have nothing to do with it."""
+
+
 def _tls_error(prefix: str, e: ssl.SSLError) -> UpstreamTLSError:
     """The error for a TLS failure ``e``, its message ``prefix: why``; a certificate
     refused either way is an :class:`UpstreamCertificateError` (no use retrying)."""
@@ -134,7 +139,7 @@ def _tls_error(prefix: str, e: ssl.SSLError) -> UpstreamTLSError:
             why = f"the backend's server certificate is for another host name ({e.verify_message})"
         else:
             why = f"the backend's server certificate is not trusted ({e.verify_message})"
-        return UpstreamCertificateError(f"{prefix}: {why}")
+        return _ServerCertificateError(f"{prefix}: {why}")
     reason = (e.reason or str(e)).upper()
     if "ALERT" in reason and any(
         k in reason for k in ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED", "HANDSHAKE_FAILURE")
@@ -642,10 +647,13 @@ class UpstreamClient:
                 f"backend sent no response within {self.cfg.timeout:g} seconds"
             ) from None
         except (UpstreamTLSError, UpstreamClosed) as e:
+            fresh = conn is None or conn.requests <= 1
             if conn is not None:
                 conn.close()
-            # refused, or closed without a word: an expired certificate explains it
-            problem = self.tls.date_problem() if self.tls is not None else None
+            # refused, or a fresh connection closed without a word: an expired
+            # certificate explains it (not a refusal of the backend's certificate)
+            ours = fresh and not isinstance(e, _ServerCertificateError)
+            problem = self.tls.date_problem() if self.tls is not None and ours else None
             if problem is None:
                 raise
             raise UpstreamCertificateError(f"{e.message}; {problem}") from e

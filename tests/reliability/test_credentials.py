@@ -268,9 +268,13 @@ async def test_key_of_another_certificate_gives_clear_message(
     assert "PRIVATE KEY" not in r.text
 
 
-@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    ("body", "server"),
+    [(HELLO, "trusted"), (HELLO_STREAM, "trusted"), (HELLO, "untrusted")],
+    ids=["json", "stream", "untrusted-server"],
+)
 async def test_an_expired_certificate_is_named_when_the_backend_refuses_it(
-    pki: SimpleNamespace, tmp_path: Path, body: dict[str, Any]
+    pki: SimpleNamespace, tmp_path: Path, body: dict[str, Any], server: str
 ) -> None:
     # the backend's refusal (an alert, or a close after the handshake) does not
     # say why; the certificate's own dates do, as goose-proxy check says them
@@ -278,7 +282,8 @@ async def test_an_expired_certificate_is_named_when_the_backend_refuses_it(
     cert, key = issue_client_pair(pki.ca, "expired", tmp_path,
                                   not_before=now - dt.timedelta(days=30),
                                   not_after=now - dt.timedelta(days=1))  # fmt: skip
-    auth = AuthConfig(cert_file=str(cert), key_file=str(key), ca_file=pki.ca_file)
+    ca = pki.ca_file if server == "trusted" else str(pki.dir / "other-ca.pem")
+    auth = AuthConfig(cert_file=str(cert), key_file=str(key), ca_file=ca)
     with anyio.fail_after(10):
         async with devbackend.run(tls=pki.server_context()) as backend:
             async with running_proxy(make_config(backend.url, auth)) as proxy:
@@ -287,6 +292,10 @@ async def test_an_expired_certificate_is_named_when_the_backend_refuses_it(
     assert r.headers["x-should-retry"] == "false"
     err = r.json()["error"]
     assert err["code"] == "upstream_tls_error"
+    if server == "untrusted":  # our refusal of the backend: our dates are not the cause
+        assert "server certificate is not trusted" in err["message"]
+        assert "expired" not in err["message"]
+        return
     assert f"{cert} expired on {now - dt.timedelta(days=1):%Y-%m-%d}" in err["message"]
     assert "subscription-manager status" in err["message"]
 
