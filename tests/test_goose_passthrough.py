@@ -216,6 +216,21 @@ async def test_a_json_answer_to_a_client_that_streams_becomes_a_stream(
         assert got.output_text == text and got.id == ls.RID
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [b'{"id": "r", "status": "queued", "output": []}', b"{}", b"[" * 100_000],
+    ids=["queued", "no-response", "deep"],
+)
+async def test_json_that_is_no_finished_response_is_relayed_as_it_came(
+    pki: SimpleNamespace, answer: bytes
+) -> None:
+    # only a finished Response is turned into a stream; anything else goes as
+    # it came (the client asked the backend, and reads what it said)
+    raw = http_answer("200 OK", [("content-type", "application/json")], answer)
+    r = await through_proxy(pki, raw, "openai", lambda url: post(url, True))
+    assert r.status_code == 200 and r.content == answer
+
+
 async def test_the_devbackends_reasoning_script_is_read_by_goose_and_the_sdk() -> None:
     # a separate reasoning item whose reasoning_text part Goose does not know
     async with devbackend.run() as backend:

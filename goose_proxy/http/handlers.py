@@ -413,9 +413,9 @@ def _stream_of_json(raw: bytes, adapt: bool) -> Optional[bytes]:
     would read the JSON as an empty stream."""
     try:
         resp = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(resp, dict) or check_finished(resp) is not None:
+        if not isinstance(resp, dict) or check_finished(resp) is not None:
+            return None  # a failed response: relayed as it came, as before
+    except (ValueError, RecursionError, ProxyError):  # no (finished) Response
         return None
     events = stream_of_response(adapt_response(resp) if adapt else resp)
     return b"".join(
@@ -1039,9 +1039,12 @@ class EventReader:
         if self._grace is None:
             data = await self._resp.receive()
         else:
-            data = b""  # the grace ran out: the end
+            data = None
             with anyio.move_on_after(self._grace - anyio.current_time()):
                 data = await self._resp.receive()
+            if data is None:  # the grace ran out: the end, a half-come event not read
+                self._ended = True
+                return None
         raw = self._parser.feed(data) if data else self._parser.close()
         out: list[dict[str, Any]] = []
         for ev in raw:

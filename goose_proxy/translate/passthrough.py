@@ -162,6 +162,10 @@ def adapt_response(resp: dict[str, Any]) -> dict[str, Any]:
     return AnswerAdapter().response(resp)
 
 
+#: the field of a message part that holds its text
+_PART_TEXT = {"output_text": "text", "refusal": "refusal"}
+
+
 def stream_of_response(resp: dict[str, Any]) -> list[dict[str, Any]]:
     """The Responses stream events of a whole Response object, as a backend that
     streams would send them: for a client that asked for a stream and got the
@@ -197,10 +201,15 @@ def stream_of_response(resp: dict[str, Any]) -> list[dict[str, Any]]:
         where = {"item_id": item_id, "output_index": i}
         content = item.get("content") if itype == "message" else None
         for j, part in enumerate(content if isinstance(content, list) else ()):
-            ptype = part.get("type") if isinstance(part, dict) else None
-            field = {"output_text": "text", "refusal": "refusal"}.get(ptype or "")
+            if not isinstance(part, dict):
+                continue
+            ptype = part.get("type")
+            field = _PART_TEXT.get(ptype) if isinstance(ptype, str) else None
             value = part.get(field) if field is not None else None
             if field is None or not isinstance(value, str):
+                # added and done as it is, so that no content_index is missing
+                emit("response.content_part.added", **where, content_index=j, part=part)
+                emit("response.content_part.done", **where, content_index=j, part=part)
                 continue
             kind = "output_text" if field == "text" else "refusal"
             empty = {**part, field: ""}

@@ -732,6 +732,21 @@ async def test_done_before_the_terminal_event_waits_for_it_on_every_path(
         assert r.json()["status"] == "completed"
 
 
+async def test_a_terminal_event_cut_in_the_done_grace_is_an_early_end(
+    pki: SimpleNamespace,
+) -> None:
+    """[DONE], then the start of the terminal event, then nothing: when the grace
+    runs out the half-come event is not read as one ("not JSON"): the stream
+    ended early."""
+    frames = text_events(["one ", "two"])
+    raw = b"".join(frames[:-1]) + b"data: [DONE]\n\n" + frames[-1][:40]
+    with anyio.fail_after(10):
+        async with _canned(pki, SSE_HEAD + chunk(raw)) as srv:  # and then holds
+            r = await _direct(srv.url, pki.auth, HELLO_STREAM)
+    text, err = chat_stream_outcome(r.content)
+    assert text == "one two" and err is not None and err["message"] == ENDED_EARLY
+
+
 async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
     pki: SimpleNamespace,
 ) -> None:

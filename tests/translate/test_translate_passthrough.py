@@ -187,3 +187,17 @@ def test_a_whole_response_as_its_stream(status: str) -> None:
     assert [i["type"] for i in rebuilt] == ["message", "function_call"]
     assert rebuilt[1]["arguments"] == '{"a": 1}'
     assert [p.get("text", p.get("refusal")) for p in rebuilt[0]["content"]] == ["Hi 😀", "no"]
+
+
+def test_odd_parts_neither_crash_the_stream_nor_leave_gaps() -> None:
+    # a part of a type it does not know, or with a type that is no string, goes
+    # out added and done as it is: every content_index is there (the openai
+    # SDK's helper finds parts by it)
+    parts = [{"type": "output_audio", "data": "x"}, {"type": ["x"], "text": "y"},
+             "not a part", {"type": "output_text", "text": "hi", "annotations": []}]  # fmt: skip
+    message = {"type": "message", "id": "m", "role": "assistant", "content": parts}
+    resp = {"id": "r", "status": "completed", "output": [message]}
+    events = stream_of_response(resp)
+    added = [e["content_index"] for e in events if e["type"] == "response.content_part.added"]
+    assert added == [0, 1, 3]
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["hi"]
