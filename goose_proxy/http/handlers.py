@@ -419,8 +419,7 @@ def _stream_of_json(raw: bytes, adapt: bool) -> Optional[bytes]:
         return None
     events = stream_of_response(adapt_response(resp) if adapt else resp)
     return b"".join(
-        b"event: " + ev["type"].encode() + b"\ndata: " + encode_json(ev) + b"\n\n"
-        for ev in events
+        b"event: " + ev["type"].encode() + b"\ndata: " + encode_json(ev) + b"\n\n" for ev in events
     )
 
 
