@@ -55,6 +55,7 @@ from goose_proxy.translate import (
     adapt_response,
     chat_to_responses,
     encode_json,
+    encode_json_for_client,
     error_from_backend,
     event_failure,
     events_from_response,
@@ -284,7 +285,9 @@ class Handlers:
                 await ex.start_stream(200, SSE_HEADERS, b"".join(frames))
                 await ex.conn.end_stream()
             else:
-                await ex.send(200, encode_json(responses_to_chat(obj, creq.client_model)), [JSON])
+                await ex.send(
+                    200, encode_json_for_client(responses_to_chat(obj, creq.client_model)), [JSON]
+                )
 
     def _translator(self, creq: ChatRequest) -> StreamTranslator:
         return StreamTranslator(model=creq.client_model, include_usage=creq.include_usage)
@@ -316,7 +319,7 @@ class Handlers:
 
     async def _collect_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
         completion = responses_to_chat(await self._collect(resp), creq.client_model)
-        await ex.send(200, encode_json(completion), [JSON])
+        await ex.send(200, encode_json_for_client(completion), [JSON])
 
     async def _collect(self, resp: UpstreamResponse) -> dict[str, Any]:
         """A streamed answer as the Response object it ends with; raises the

@@ -23,7 +23,14 @@ from typing import Any
 
 from goose_proxy.errors import InvalidRequest
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "encode_json", "encode_json_str", "parse_json_object"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "encode_json",
+    "encode_json_for_client",
+    "encode_json_str",
+    "parse_json_object",
+]
 
 #: deepest nesting of arrays/objects accepted in a client body
 MAX_DEPTH = 64
@@ -153,6 +160,23 @@ def encode_json(value: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return _escape_surrogates(text).encode("utf-8")
+
+
+def encode_json_for_client(value: Any) -> bytes:
+    """:func:`encode_json` for what a chat client reads: a lone surrogate (the half
+    of a pair that nothing completed) becomes U+FFFD instead of its escape, as
+    UTF-8 decoders do; a pair written as two halves becomes its character.
+
+    Goose reads each chunk with Rust's serde_json, which refuses an escaped lone
+    surrogate and fails the whole turn (its tool calls too); the replacement
+    character loses nothing a client could have shown.
+    """
+    text = _ENCODER.encode(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        whole = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return whole.encode("utf-8")
 
 
 # Surrogates appear in the encoder's text only inside strings, where the escape

@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 
 from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
-from .jsonbody import encode_json
+from .jsonbody import encode_json_for_client as encode_json  # chunks: see its docstring
 from .response import (
     JSON_OBJECT,
     event_failure,

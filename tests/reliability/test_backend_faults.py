@@ -747,6 +747,26 @@ async def test_a_terminal_event_cut_in_the_done_grace_is_an_early_end(
     assert text == "one two" and err is not None and err["message"] == ENDED_EARLY
 
 
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_a_lone_surrogate_in_the_answer_reaches_a_chat_client_as_u_fffd(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    """Escaped, a lone half makes Goose's serde_json refuse the chunk and drop
+    the turn; U+FFFD is what a UTF-8 decoder shows for it."""
+    answer = (
+        b'{"id": "r", "status": "completed", "output": [{"type": "message", '
+        b'"role": "assistant", "content": [{"type": "output_text", "text": "a\\ud800b"}]}]}'
+    )
+    with anyio.fail_after(10):
+        async with _canned(pki, http_answer("200 OK", [JSON], answer)) as srv:
+            r = await _direct(srv.url, pki.auth, body, flavor="openai")
+    assert r.status_code == 200 and b"\\ud800" not in r.content
+    if body is HELLO:
+        assert r.json()["choices"][0]["message"]["content"] == "a\ufffdb"
+    else:
+        assert chat_stream_outcome(r.content) == ("a\ufffdb", None)
+
+
 async def test_passthrough_whole_big_event_in_one_read_is_not_passed_on(
     pki: SimpleNamespace,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goose_proxy.translate.jsonbody import encode_json, encode_json_str
+from goose_proxy.translate.jsonbody import encode_json, encode_json_for_client, encode_json_str
 
 # every code point, lone surrogates (category Cs) included
 _TEXT = st.text(st.characters(blacklist_categories=()), max_size=30)
@@ -33,3 +33,16 @@ def test_only_the_surrogate_is_escaped() -> None:
     text = "中" * 20_000
     assert len(encode_json_str(text + "\ud800")) == len(encode_json_str(text)) + 6
     assert encode_json({"k\udc00": "é\ud800"}) == '{"k\\udc00":"é\\ud800"}'.encode()
+
+
+@given(_VALUES)
+def test_what_a_client_reads_has_no_lone_surrogate_escape(value: Any) -> None:
+    # Goose's serde_json refuses "\ud800" alone: U+FFFD in its place
+    data = encode_json_for_client(value)
+    text = json.dumps(json.loads(data), ensure_ascii=False)  # every string, read back
+    assert not any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def test_a_pair_written_as_halves_is_its_character_for_a_client() -> None:
+    assert encode_json_for_client("a\ud83c\udf0db\ud800") == '"a🌍b\ufffd"'.encode()
+    assert encode_json_for_client("plain") == encode_json("plain")

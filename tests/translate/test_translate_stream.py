@@ -156,8 +156,10 @@ def test_non_ascii_is_sent_raw_utf8() -> None:
 
 
 def test_lone_surrogate_still_valid_utf8() -> None:
-    _, parsed = run([CREATED, text_delta("a\ud800b"), completed()])
-    assert text_of(parsed) == "a\ud800b"  # escaped on the wire, same string after parsing
+    # U+FFFD, as UTF-8 decoders do: an escaped lone half fails Goose's whole turn
+    per_event, parsed = run([CREATED, text_delta("a\ud800b"), completed()])
+    assert text_of(parsed) == "a\ufffdb"
+    assert b"\\ud800" not in b"".join(b"".join(f) for f in per_event)
 
 
 @pytest.mark.parametrize("first", ["reasoning", "tool call"])
@@ -660,13 +662,13 @@ def test_the_backends_own_search_is_not_a_tool_call_for_the_client() -> None:
 
 
 def test_a_held_surrogate_half_is_not_lost_when_the_stream_breaks() -> None:
-    # the stream ends early or fails after the first half of a pair: the half
-    # still goes out (escaped), as all text that came
+    # the stream ends early or fails after the first half of a pair: it still
+    # goes out, as all text that came (as U+FFFD: a lone half is no character)
     for end in ("finish", "error"):
         st = StreamTranslator(model="m", include_usage=False)
         frames = st.feed(CREATED) + st.feed(text_delta("A\ud83c"))
         frames += st.finish() if end == "finish" else st.error_frames(UpstreamTimeout("t"))
-        assert text_of(parse_frames(frames)) == "A\ud83c"
+        assert text_of(parse_frames(frames)) == "A\ufffd"
 
 
 def test_a_surrogate_half_with_logprobs_is_not_held() -> None:
@@ -676,7 +678,7 @@ def test_a_surrogate_half_with_logprobs_is_not_held() -> None:
                      text_delta("\udf0d"), completed()])  # fmt: skip
     sent = [c["choices"][0].get("logprobs") for c in chunks_of(parsed) if c["choices"]]
     assert {"content": lp, "refusal": None} in sent
-    assert text_of(parsed) == "\ud83c\udf0d"
+    assert text_of(parsed) == "\ufffd\ufffd"  # each half alone, in its own chunk
 
 
 def test_arguments_cut_inside_a_pair_are_completed_from_the_done_event() -> None:
@@ -694,7 +696,7 @@ def test_arguments_cut_inside_a_pair_are_completed_from_the_done_event() -> None
 
 
 def test_held_halves_of_every_kind_go_out_when_the_stream_breaks() -> None:
-    # a half nothing completes is still what came: sent (escaped) before the error
+    # a half nothing completes is still what came: sent (as U+FFFD) before the error
     reasoning = {"type": "response.reasoning_summary_text.delta", "item_id": "rs_1",
                  "output_index": 0, "summary_index": 0, "delta": "think\ud83c"}  # fmt: skip
     refusal = {"type": "response.refusal.delta", "item_id": "msg_1", "output_index": 1,
@@ -703,8 +705,8 @@ def test_held_halves_of_every_kind_go_out_when_the_stream_breaks() -> None:
     frames = st.feed(CREATED) + st.feed(reasoning) + st.feed(refusal)
     frames += st.error_frames(UpstreamTimeout("t"))
     parsed = parse_frames(frames)
-    assert text_of(parsed, "reasoning_content") == "think\ud83c"
-    assert text_of(parsed, "refusal") == "no\ud83c" == text_of(parsed)
+    assert text_of(parsed, "reasoning_content") == "think\ufffd"
+    assert text_of(parsed, "refusal") == "no\ufffd" == text_of(parsed)
 
 
 @pytest.mark.parametrize("where", ["output_text.done", "content_part.done", "completed"])
