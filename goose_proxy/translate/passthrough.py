@@ -41,8 +41,10 @@ RESPONSE_EVENTS = frozenset(
         "response.failed",
     }
 )
+#: a failure reported in the stream (``response.failed`` is among RESPONSE_EVENTS)
+ERROR_EVENTS = frozenset({"error"})
 #: every event type :meth:`AnswerAdapter.event` may change or leave out
-ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS
+ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS | ERROR_EVENTS
 
 #: a message's missing ``status``, from its response's status
 _STATUS_OF_RESPONSE = {
@@ -105,7 +107,16 @@ class AnswerAdapter:
             if not isinstance(resp, dict):
                 return event
             mended = self.response(resp, kind)
-            return event if mended is resp else {**event, "response": mended}
+            out = event if mended is resp else {**event, "response": mended}
+            if kind == "response.failed" and "error" not in out:
+                # Goose reads the failure from the event's own "error"
+                failure = resp.get("error")
+                out = {**out, "error": failure if isinstance(failure, dict) else {}}
+            return out
+        if kind in ERROR_EVENTS and not isinstance(event.get("error"), dict):
+            # the flat error event (Llama Stack's, OpenAI's): Goose needs the object
+            inner = {k: event[k] for k in ("code", "message", "param") if k in event}
+            return {**event, "error": inner}
         return event
 
     def response(self, resp: dict[str, Any], kind: str = "") -> dict[str, Any]:

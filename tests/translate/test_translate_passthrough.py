@@ -122,7 +122,7 @@ def test_the_adapted_event_types() -> None:
         "response.output_item.added", "response.output_item.done",
         "response.content_part.added", "response.content_part.done",
         "response.created", "response.in_progress", "response.queued",
-        "response.completed", "response.incomplete", "response.failed",
+        "response.completed", "response.incomplete", "response.failed", "error",
     }  # fmt: skip
     adapter = AnswerAdapter()
     # a type given apart (the SSE event name of data without one) is the one used
@@ -201,3 +201,20 @@ def test_odd_parts_neither_crash_the_stream_nor_leave_gaps() -> None:
     added = [e["content_index"] for e in events if e["type"] == "response.content_part.added"]
     assert added == [0, 1, 3]
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["hi"]
+
+
+def test_failure_events_carry_the_error_object_goose_reads() -> None:
+    # Goose's types want a top-level "error" on both; without it the user sees
+    # serde's "missing field" instead of the backend's words
+    adapter = AnswerAdapter()
+    flat = {"type": "error", "code": "server_error", "message": "boom", "sequence_number": 4}
+    assert adapter.event(flat) == {**flat, "error": {"code": "server_error", "message": "boom"}}
+    nested = {"type": "error", "error": {"message": "boom"}, "sequence_number": 4}
+    assert adapter.event(nested) is nested
+    failure = {"code": "server_error", "message": "it broke"}
+    resp = {"id": "r", "status": "failed", "output": [], "error": failure}
+    failed = {"type": "response.failed", "sequence_number": 9, "response": resp}
+    assert adapter.event(failed) == {**failed, "error": failure}
+    for event in (adapter.event(flat), adapter.event(failed)):
+        with pytest.raises(GooseRejects, match="the turn failed"):  # read, then failed
+            goose_reads_stream(b"data: " + json.dumps(event).encode() + b"\n\n")
