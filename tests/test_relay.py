@@ -574,3 +574,17 @@ def test_any_cut_of_a_lightspeed_answer_is_adapted_the_same(name: str, data: st.
     assert b"".join(sends) == want
     assert goose_reads_stream(want).text in (ls.ANSWER, ls.SHIELD)
     assert not [p for p in parsed if '"response.output_text.delta"' in p]
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
+def test_a_failure_after_the_answer_started_carries_the_error_object(named: bool) -> None:
+    # Goose's types want the "error" object on an error event; under lightspeed
+    # the relay adds it, for a named event and for one with data only
+    flat = {"type": "error", "code": "server_error", "message": "boom", "sequence_number": 3}
+    head = b"event: error\n" if named else b""
+    frame = head + b"data: " + json.dumps(flat).encode() + b"\n\n"
+    sends, error, _ = anyio.run(_run, [DELTA + frame], 65536, AnswerAdapter())
+    out = b"".join(sends)
+    assert error is None and out.startswith(DELTA)  # the backend's error ends the stream
+    relayed = json.loads(out.split(b"data: ")[-1])
+    assert relayed["error"] == {"code": "server_error", "message": "boom"}

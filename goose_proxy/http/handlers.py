@@ -758,6 +758,7 @@ def _may_be_adapted(data: str) -> bool:
         '"response"' in data
         or '"response.output_item.' in data
         or '"response.content_part.' in data
+        or '"error"' in data  # the type of a flat error event (or a key: parsed, left)
     )
 
 
