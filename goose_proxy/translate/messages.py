@@ -41,7 +41,7 @@ from .fields import (
     unsupported,
 )
 
-__all__ = ["translate_messages"]
+__all__ = ["points_into_the_system_prompt", "texts_of", "translate_messages"]
 
 Item = dict[str, Any]
 
@@ -66,7 +66,7 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     messages = require_list(messages, "messages")
     if not messages:
         fail("messages", "must contain at least one message")
-    if system_mode == "drop" and _points_into_the_system_prompt(messages):
+    if system_mode == "drop" and points_into_the_system_prompt(messages):
         system_mode = "input"  # see the module's docstring
     items: list[Item] = []
     instructions: list[str] = []
@@ -106,20 +106,26 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     return items, ("\n\n".join(instructions) if instructions else None)
 
 
-def _points_into_the_system_prompt(messages: list[Any]) -> bool:
+def points_into_the_system_prompt(messages: list[Any]) -> bool:
     """Whether the newest user message's text says "in the system prompt" (any shape
-    it does not understand counts as no: the translation proper judges it)."""
+    it does not understand counts as no: the translation proper judges it). The
+    same for chat messages and Responses input items."""
     for msg in reversed(messages):
         if isinstance(msg, Mapping) and msg.get("role") == "user":
-            content = msg.get("content")
-            parts = [{"text": content}] if isinstance(content, str) else content
-            texts = [
-                p["text"]
-                for p in (parts if isinstance(parts, list) else ())
-                if isinstance(p, Mapping) and isinstance(p.get("text"), str)
-            ]
+            texts = texts_of(msg.get("content"))
             return any(_POINTS_INTO_THE_SYSTEM_PROMPT.search(t) for t in texts)
     return False
+
+
+def texts_of(content: Any) -> list[str]:
+    """The texts of a message's ``content``: a string, or the ``text`` of each part
+    that has one (chat ``text`` parts, Responses ``input_text``); no check."""
+    parts = [{"text": content}] if isinstance(content, str) else content
+    return [
+        p["text"]
+        for p in (parts if isinstance(parts, list) else ())
+        if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+    ]
 
 
 def _text_parts(content: Any, path: str) -> list[str]:

@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from goose_proxy.errors import InvalidRequest
 
+from .messages import points_into_the_system_prompt, texts_of
+
 __all__ = [
     "FLAVORS",
     "LIGHTSPEED_EXTRAS",
@@ -136,5 +138,36 @@ def prepare_passthrough(
         # (a context overflow is a bare 500 without one); the proxy collects
         # it for a client that did not ask to stream
         body["stream"] = True
+        _apply_system_messages(body, opts.system_messages)
     apply_extras(body, opts)
     return body, dropped
+
+
+def _apply_system_messages(body: dict[str, Any], mode: str) -> None:
+    """``[translate] system_messages`` on a passthrough body's ``input`` items, as
+    for chat: ``drop`` leaves out system and developer messages (unless the
+    newest user message points "in the system prompt", as Goose's compaction
+    does), ``instructions`` moves their text into ``instructions`` (after the
+    client's own), ``input`` keeps them."""
+    items = body.get("input")
+    if mode == "input" or not isinstance(items, list):
+        return
+    if mode == "drop" and points_into_the_system_prompt(items):
+        return
+    kept: list[Any] = []
+    texts: list[str] = []
+    for item in items:
+        if (
+            isinstance(item, dict)
+            and item.get("role") in ("system", "developer")
+            and item.get("type", "message") == "message"
+        ):
+            texts += [t for t in texts_of(item.get("content")) if t]
+        else:
+            kept.append(item)
+    if len(kept) == len(items):
+        return
+    body["input"] = kept
+    if mode == "instructions" and texts:
+        own = body.get("instructions")
+        body["instructions"] = "\n\n".join([own, *texts] if isinstance(own, str) and own else texts)

@@ -791,3 +791,38 @@ def test_options_reject_unknown_values() -> None:
         TranslateOptions(flavor="azure")
     with pytest.raises(ValueError):
         TranslateOptions(system_messages="merge")
+
+
+# Goose's request on /v1/responses (formats/openai_responses.rs): its system
+# prompt as the first input item, a role without a type
+GOOSE_SYSTEM = {"role": "system", "content": [{"type": "input_text", "text": "You are goose."}]}
+GOOSE_USER = {"role": "user", "content": [{"type": "input_text", "text": "list files"}]}
+
+
+@pytest.mark.parametrize(
+    ("mode", "roles", "instructions"),
+    [("drop", ["user"], None),
+     ("instructions", ["user"], "Be brief.\n\nYou are goose."),
+     ("input", ["system", "user"], "Be brief.")],
+)  # fmt: skip
+def test_the_passthrough_follows_system_messages_under_lightspeed(
+    mode: str, roles: list[str], instructions: Any
+) -> None:
+    # as for chat: Lightspeed keeps its own prompt unless told otherwise
+    req = {"model": "gpt-5", "input": [GOOSE_SYSTEM, GOOSE_USER]}
+    if mode != "drop":
+        req["instructions"] = "Be brief."
+    body, _ = prepare_passthrough(req, TranslateOptions(system_messages=mode))
+    assert [item["role"] for item in body["input"]] == roles
+    assert body.get("instructions") == instructions
+    assert req["input"] == [GOOSE_SYSTEM, GOOSE_USER]  # the client's body is not changed
+    # the openai flavour passes the input through whatever the mode
+    same, _ = prepare_passthrough(req, TranslateOptions(flavor="openai", system_messages=mode))
+    assert same["input"] == req["input"]
+
+
+def test_the_passthrough_keeps_the_system_prompt_goose_compacts_from() -> None:
+    text = "Please summarize the conversation history provided in the system prompt."
+    ask = {"role": "user", "content": [{"type": "input_text", "text": text}]}
+    body, _ = prepare_passthrough({"input": [GOOSE_SYSTEM, ask]}, LIGHTSPEED)
+    assert body["input"] == [GOOSE_SYSTEM, ask]
