@@ -377,13 +377,13 @@ class Handlers:
             adapt = self._adapt_answers
             if resp.content_type != "text/event-stream":
                 raw = await resp.read(self.config.backend.max_event_size)
-                frames = _stream_of_json(raw, adapt) if client_stream else None
-                if frames is not None:  # a stream was asked for: the answer as one
+                out, as_events = _json_answer(raw, adapt, client_stream)
+                if as_events:  # a stream was asked for: the answer as one
                     sse = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
-                    await ex.start_stream(resp.status, sse, frames)
+                    await ex.start_stream(resp.status, sse, out)
                     await ex.conn.end_stream()
                     return
-                await ex.send(resp.status, _adapted_body(raw) if adapt else raw, headers)
+                await ex.send(resp.status, out, headers)
                 return
             if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
                 answer = await self._collect(resp)
@@ -409,21 +409,31 @@ class Handlers:
             await ex.conn.end_stream()
 
 
-def _stream_of_json(raw: bytes, adapt: bool) -> Optional[bytes]:
-    """The SSE frames of a finished Response object sent as JSON to a request for
-    a stream (adapted for strict clients when ``adapt``), or None when ``raw`` is
-    no such object (it is then relayed as it came). The openai SDK and Goose
-    would read the JSON as an empty stream."""
+def _json_answer(raw: bytes, adapt: bool, as_stream: bool) -> tuple[bytes, bool]:
+    """A passthrough answer the backend sent as JSON, as it goes to the client, and
+    whether it is now SSE: adapted for strict clients when ``adapt`` (see
+    :func:`adapt_response`), and for a client that asked for a stream
+    (``as_stream``), a finished Response as the events a streaming backend would
+    have sent (the openai SDK and Goose read the JSON as an empty stream).
+    Anything else, and what needs no change, goes as it came (``raw`` itself)."""
     try:
-        resp = json.loads(raw)
-        if not isinstance(resp, dict) or check_finished(resp) is not None:
-            return None  # a failed response: relayed as it came, as before
-    except (ValueError, RecursionError, ProxyError):  # no (finished) Response
-        return None
-    events = stream_of_response(adapt_response(resp) if adapt else resp)
-    return b"".join(
-        b"event: " + ev["type"].encode() + b"\ndata: " + encode_json(ev) + b"\n\n" for ev in events
-    )
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw, False
+    if not isinstance(obj, dict):
+        return raw, False
+    resp = adapt_response(obj) if adapt else obj
+    if as_stream and _finished(obj):
+        return b"".join(_event_frame(ev["type"], ev) for ev in stream_of_response(resp)), True
+    return (raw if resp is obj else encode_json(resp)), False
+
+
+def _finished(obj: dict[str, Any]) -> bool:
+    """A Response object that finished, without a failure (see :func:`check_finished`)."""
+    try:
+        return check_finished(obj) is None
+    except ProxyError:
+        return False
 
 
 def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:
@@ -592,11 +602,11 @@ class PassthroughRelay:
             "sequence_number": self._next_sequence_number(),
             "error": error,
         }
-        frame = b"event: error\ndata: " + encode_json(event) + b"\n\n"
+        frame = _event_frame("error", event)
         return [frame, self._done] if self._done else [frame]
 
     def _next_sequence_number(self) -> int:
-        """One more than the last relayed event's ``sequence_number`` (0 if none):
+        """One more than the last numbered event's ``sequence_number`` (0 if none):
         parsed only here, not for every event on the way."""
         if self._last is None:
             return 0
@@ -651,13 +661,8 @@ class PassthroughRelay:
                 parser.check()  # an error held back behind good events
             except UpstreamProtocolError as e:
                 error = e
-            adapter = self._adapter
-            if adapter is not None:
-                for ev in events:  # a read is mostly one text delta: this is all it costs
-                    name = ev.event
-                    if name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data):
-                        whole = _adapt_events(whole, events, adapter)
-                        break
+            if self._adapter is not None:  # (a read is mostly one text delta: parses none)
+                whole = _adapt_events(whole, events, self._adapter)
             ended_before = self._ended
             done = early_done = False
             for ev in events:  # in order: nothing after the [DONE] that ends it counts
@@ -946,20 +951,6 @@ def _whole(ev: SSEEvent) -> bool:
     except (ValueError, RecursionError):
         return False
     return True
-
-
-def _adapted_body(raw: bytes) -> bytes:
-    """A JSON answer (a Response object) adapted for strict clients (see
-    :func:`adapt_response`): ``raw`` itself when it needs no change, or is no
-    JSON object."""
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError):
-        return raw
-    if not isinstance(obj, dict):
-        return raw
-    adapted = adapt_response(obj)
-    return raw if adapted is obj else encode_json(adapted)
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:
