@@ -51,7 +51,7 @@ from .response import (
     new_completion_id,
     reasoning_texts,
 )
-from .toolcalls import Fragment, ToolCallQueue, str_or_none
+from .toolcalls import Fragment, ToolCallQueue, split_high, str_or_none
 
 __all__ = ["DONE_FRAME", "StreamTranslator"]
 
@@ -162,10 +162,8 @@ class StreamTranslator:
                 delta, self._high = self._high + delta, ""
             logprobs = event.get("logprobs")
             if "\ud800" <= delta[-1] <= "\udbff" and not logprobs:
-                # the first half of a surrogate pair (a backend that cut its
-                # ASCII-escaped text between the halves): sent with the second
-                # half, as one character, not as two halves a strict JSON
-                # reader (Rust's serde_json, Goose's) refuses
+                # the first half of a surrogate pair: sent with the second half,
+                # as one character (split_high, written out on this hot path)
                 delta, self._high = delta[:-1], delta[-1]
                 if not delta:
                     return []
@@ -235,7 +233,7 @@ class StreamTranslator:
         self._text_head = self._head + b'{"content":'
 
     def _release_high(self) -> Out:
-        """The held first half of a surrogate pair, alone (escaped), if any."""
+        """The held first half of a surrogate pair, alone (U+FFFD to the client), if any."""
         if not self._high:
             return []
         if not self._head:
@@ -248,10 +246,9 @@ class StreamTranslator:
         """A reasoning or refusal ``delta`` with a held first half of a surrogate
         pair in front, its own last character held back when it is one (as for
         text: see :meth:`feed`)."""
-        delta = self._halves.pop(field, "") + delta
-        if "\ud800" <= delta[-1] <= "\udbff":
-            self._halves[field] = delta[-1]
-            return delta[:-1]
+        delta, half = split_high(self._halves.pop(field, "") + delta)
+        if half:
+            self._halves[field] = half
         return delta
 
     def _release_halves(self, out: Out) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-__all__ = ["ToolCallQueue", "str_or_none"]
+__all__ = ["ToolCallQueue", "split_high", "str_or_none"]
 
 Fragment = dict[str, Any]
 
@@ -202,19 +202,24 @@ def _rest(final: str, received: str, unsent: str, high: str) -> str:
 
 
 def _held_back(call: _Call, text: str) -> str:
-    """``text`` without a last character that is the first half of a surrogate
-    pair, which waits in ``call.high`` for the next delta or the call's end.
+    """``text`` without a first half of a surrogate pair at its end, which waits
+    in ``call.high`` for the next delta or the call's end (see :func:`split_high`)."""
+    text, call.high = split_high(text)
+    return text
+
+
+def split_high(text: str) -> tuple[str, str]:
+    """``(text, "")``, or ``(text without its last character, that character)``
+    when it is the first half of a surrogate pair, to be sent with the next delta.
 
     A backend that writes its JSON with ASCII escapes may cut an astral
     character (an emoji) between its two ``\\uXXXX`` halves; each half alone
-    makes a chunk a strict JSON reader (Goose's serde_json) refuses, and a
-    string the openai SDK cannot encode.
+    is no character (a client would see U+FFFD, or, escaped, a strict JSON
+    reader such as Goose's serde_json refuses the chunk).
     """
     if text and "\ud800" <= text[-1] <= "\udbff":
-        call.high = text[-1]
-        return text[:-1]
-    call.high = ""
-    return text
+        return text[:-1], text[-1]
+    return text, ""
 
 
 def str_or_none(value: Any) -> Optional[str]:
