@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .response import events_from_response
+
 #: output item types a Responses client knows (the rest is the backend's own work)
 CLIENT_ITEMS = frozenset({"message", "function_call", "reasoning"})
 #: content part types a Responses client knows in a message
@@ -188,9 +190,13 @@ def stream_of_response(resp: dict[str, Any]) -> list[dict[str, Any]]:
     without arguments), a message's text and refusal parts as ``added``, one
     delta, ``done`` and ``content_part.done``, a call's arguments as one delta
     and ``done``, then ``output_item.done`` with the whole item; then the
-    terminal event for the response's status (``response.completed``,
+    terminal event :func:`events_from_response` gives it (``response.completed``,
     ``.incomplete`` or ``.failed``). Numbered by ``sequence_number`` from 0.
+
+    Raises:
+        UpstreamNotAResponse: ``resp`` is not a finished Response object.
     """
+    terminal = events_from_response(resp)[-1]["type"]
     events: list[dict[str, Any]] = []
 
     def emit(etype: str, **fields: Any) -> None:
@@ -235,9 +241,5 @@ def stream_of_response(resp: dict[str, Any]) -> list[dict[str, Any]]:
             emit("response.function_call_arguments.delta", **where, delta=arguments)
             emit("response.function_call_arguments.done", **where, arguments=arguments)
         emit("response.output_item.done", output_index=i, item=item)
-    status = resp.get("status")
-    terminal = {"incomplete": "response.incomplete", "failed": "response.failed"}
-    emit(
-        terminal.get(status if isinstance(status, str) else "", "response.completed"), response=resp
-    )
+    emit(terminal, response=resp)
     return events
