@@ -231,10 +231,11 @@ def redact_location(url: str) -> str:
     host with no path: a password holding an unencoded ``/``, ``?`` or ``#``
     ends the authority early, and what looks like a host may be its pieces.
     """
-    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url.strip())
+    url = url.strip()
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if m is None:
         return ""
-    rest = url.strip()[m.end() :]
+    rest = url[m.end() :]
     end = min((i for i in map(rest.find, "/?#\\") if i >= 0), default=len(rest))
     path = re.split(r"[?#]", rest[end:], maxsplit=1)[0]
     _, at, host = rest[:end].rpartition("@")

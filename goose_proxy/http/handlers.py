@@ -13,8 +13,8 @@ is held back until the translator has something for the client ("commit
 late"): a failure before that becomes a real HTTP error status.
 
 Reading stops at the terminal event (``response.completed`` and its kin, or
-``[DONE]``; a passthrough ``[DONE]`` that comes first waits a short grace for
-it), not at the end of the body: a backend that keeps the connection open
+``[DONE]``; a ``[DONE]`` that comes before the terminal event waits a short
+grace for it), not at the end of the body: a backend that keeps the connection open
 afterwards costs its connection (closed after a short grace), never the
 client's time.
 """
@@ -1034,7 +1034,7 @@ class EventReader:
             data = await self._resp.receive()
         else:
             data = None
-            with anyio.move_on_after(self._grace - anyio.current_time()):
+            with anyio.CancelScope(deadline=self._grace):
                 data = await self._resp.receive()
             if data is None:  # the grace ran out: the end, a half-come event not read
                 self._ended = True

@@ -231,9 +231,11 @@ def error_from_backend(
     ``Retry-After``, ``retry-after-ms`` and ``x-should-retry`` headers, copied
     to ``.headers`` when present and sane (see :func:`retry_hints`). 401/403 →
     :class:`AuthenticationError` with the same status; 429 or a rate-limit/quota
-    message → :class:`RateLimited`; 413, a context-length message or a 422 for
-    a too long body → :class:`ContextLengthExceeded` (400); other 422 → 400;
-    any other status is kept (:class:`UpstreamHTTPError`). Never raises.
+    message → :class:`RateLimited` (:class:`QuotaExhausted` for a quota used up,
+    see :func:`_rate_limited`); 413, a context-length message or a 422 for a too
+    long body → :class:`ContextLengthExceeded` (400, without the retry hints);
+    other 422 → 400; any other status is kept (:class:`UpstreamHTTPError`).
+    Never raises.
     """
     text, doc = _parse(body)
     message, code = _message_in(text, doc)
