@@ -43,6 +43,19 @@ def history(chars: int, newest: str = "and now?") -> list[dict[str, Any]]:
     return [*turns, {"role": "user", "content": newest}]
 
 
+async def refused(
+    pki: SimpleNamespace, *bodies: tuple[dict[str, Any], str]
+) -> list[dict[str, Any]]:
+    """The error objects of the 400s the proxy gives each ``(body, path)`` of
+    ``bodies`` itself: the backend never saw any of them."""
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            answers = [await post(h.url, body, path) for body, path in bodies]
+    assert [r.status_code for r in answers] == [400] * len(bodies), [r.text for r in answers]
+    assert len(h.backend.requests) == 0
+    return [r.json()["error"] for r in answers]
+
+
 def test_the_cap_follows_the_flavour() -> None:
     assert parse_config({}).backend.request_char_limit == LIGHTSPEED_MAX_REQUEST_CHARS
     assert parse_config({"backend": {"flavor": "openai"}}).backend.request_char_limit == 0
@@ -105,15 +118,10 @@ async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
         body: dict[str, Any] = {"model": "m", "messages": turns}
     else:
         body = {"model": "m", "input": "x" * (LIGHTSPEED_MAX_REQUEST_CHARS + 10)}
-    with anyio.fail_after(10):
-        async with proxied(pki) as h:
-            r = await post(h.url, body, path)
-    assert r.status_code == 400
-    err = r.json()["error"]
+    (err,) = await refused(pki, (body, path))
     assert err["code"] == "string_above_max_length"
     assert "compacting the conversation cannot help" in err["message"]
     assert f"{LIGHTSPEED_MAX_REQUEST_CHARS:,}" in err["message"]
-    assert len(h.backend.requests) == 0
 
 
 @pytest.mark.parametrize("images", [1, 2])
@@ -137,15 +145,10 @@ async def test_a_tools_image_after_its_result_is_compacted_not_refused(
     odd = {"model": "m", "input": [
         {"type": "function_call_output", "call_id": "c", "output": "x" * 70_000},
         {"type": "message", "role": "user", "content": 5}]}  # fmt: skip
-    with anyio.fail_after(10):
-        async with proxied(pki) as h:
-            r = await post(h.url, {"model": "m", "messages": turns})
-            r_odd = await post(h.url, odd, "/v1/responses")
-    assert r.status_code == 400
-    assert r.json()["error"]["code"] == "context_length_exceeded"
-    assert r_odd.status_code == 400
-    assert r_odd.json()["error"]["code"] == "context_length_exceeded"
-    assert len(h.backend.requests) == 0
+    errors = await refused(
+        pki, ({"model": "m", "messages": turns}, "/v1/chat/completions"), (odd, "/v1/responses")
+    )
+    assert [err["code"] for err in errors] == ["context_length_exceeded"] * 2
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
@@ -163,15 +166,10 @@ async def test_tools_over_the_cap_are_named_not_the_message(
         flat = [{"type": "function", "name": f"t{i}", "description": "d" * 3_000,
                  "parameters": {"type": "object"}} for i in range(23)]  # fmt: skip
         body = {"model": "m", "input": "hi", "tools": flat}
-    with anyio.fail_after(10):
-        async with proxied(pki) as h:
-            r = await post(h.url, body, path)
-    assert r.status_code == 400
-    err = r.json()["error"]
+    (err,) = await refused(pki, (body, path))
     assert err["code"] == "request_too_large"
     assert err["message"].startswith("the tools and instructions take ")
     assert "fewer tools" in err["message"]
-    assert len(h.backend.requests) == 0
 
 
 def tools_just_under_the_cap() -> dict[str, Any]:
@@ -214,12 +212,8 @@ def a_large_tool_output() -> dict[str, Any]:
 async def test_the_part_that_fills_the_cap_decides_the_code(
     pki: SimpleNamespace, make_body: Callable[[], dict[str, Any]], code: str
 ) -> None:
-    with anyio.fail_after(10):
-        async with proxied(pki) as h:
-            r = await post(h.url, make_body())
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["code"] == code, r.text
-    assert len(h.backend.requests) == 0
+    (err,) = await refused(pki, (make_body(), "/v1/chat/completions"))
+    assert err["code"] == code, err
 
 
 async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:
