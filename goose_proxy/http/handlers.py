@@ -541,7 +541,7 @@ class PassthroughRelay:
     inside a cut one, and no byte of an event over ``limit`` goes out. A
     parser beside them watches the whole events for the end. After the
     terminal event, what follows (a ``[DONE]`` within :data:`DONE_GRACE`, in
-    total) ends it quietly, errors included. :meth:`run` raises
+    total) ends it quietly, errors included, and only that ``[DONE]`` goes out. :meth:`run` raises
     UpstreamProtocolError for an event over ``limit`` or not UTF-8, and when
     the stream ends before its terminal event, so that the caller adds a
     Responses error event, as a chat stream does.
@@ -665,7 +665,8 @@ class PassthroughRelay:
                 whole = _adapt_events(whole, events, self._adapter)
             ended_before = self._ended
             done = early_done = False
-            for ev in events:  # in order: nothing after the [DONE] that ends it counts
+            end_at = -1  # the index of the terminal event, if it is in this read
+            for i, ev in enumerate(events):  # in order: nothing after the ending [DONE] counts
                 if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
                     continue  # an unnamed event whose text shows no terminal type: no JSON
                 kind = _event_kind(ev)
@@ -676,6 +677,11 @@ class PassthroughRelay:
                     early_done = True  # before the terminal event (or after a held one)
                 elif not self._ended and kind in TERMINAL_EVENTS:
                     self._ended, grace = True, anyio.current_time() + DONE_GRACE
+                    end_at = i
+            if ended_before:  # after the terminal event only a [DONE] goes out
+                whole = _cut_done(whole)[1] if done else b""
+            elif end_at >= 0 and (error is not None or _more_than_done(events[end_at + 1 :])):
+                whole = _through_end(whole)
             if early_done:
                 whole, first = _cut_done(whole)
                 events = [ev for ev in events if ev.data != _DONE]
@@ -715,6 +721,31 @@ class PassthroughRelay:
                 if not self._ended:
                     raise UpstreamProtocolError(_ENDED_EARLY)
                 break
+
+
+def _more_than_done(events: list[SSEEvent]) -> bool:
+    """Whether ``events`` (those after the terminal event in its read) hold more
+    than the one ``[DONE]`` that may follow it."""
+    return len(events) > 1 or (len(events) == 1 and events[0].data != _DONE)
+
+
+def _through_end(whole: bytes) -> bytes:
+    """``whole`` (whole events) up to its terminal event, then the first ``[DONE]``
+    after it if one is there: nothing else a client would read after the end
+    (an event that is no JSON would break the openai SDK's stream and Goose's
+    turn although the answer is complete). Called only when more follows the
+    terminal event in its read: it parses each event again."""
+    kept: list[bytes] = []
+    ended = False
+    for event in _event_bytes(whole):
+        evs = _events_in(event)
+        if not ended:
+            kept.append(event)
+            ended = any(_event_kind(ev) in TERMINAL_EVENTS for ev in evs)
+        elif any(ev.data == _DONE for ev in evs):
+            kept.append(event)
+            break
+    return b"".join(kept)
 
 
 def _cut_done(whole: bytes) -> tuple[bytes, bytes]:

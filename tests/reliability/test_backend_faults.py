@@ -708,6 +708,23 @@ async def test_passthrough_done_before_the_terminal_event_is_held_back(
 
 
 @pytest.mark.parametrize(
+    "stray",
+    [b"data: not json\n\n", b'data: {"type":"response.output_text.delta","delta":"x"}\n\n'],
+    ids=["not-json", "delta"],
+)
+async def test_passthrough_sends_nothing_but_done_after_the_terminal_event(
+    pki: SimpleNamespace, stray: bytes
+) -> None:
+    """A client reads on after the terminal event until [DONE]: a stray event
+    there (the openai SDK fails on one that is no JSON) is not passed on."""
+    frames = b"".join(text_events(["one ", "two"]))
+    done = b"data: [DONE]\n\n"
+    r = await _passthrough_of(pki, frames + stray + done)
+    assert r.status_code == 200
+    assert r.content == frames + done
+
+
+@pytest.mark.parametrize(
     ("path", "body"),
     [("/v1/chat/completions", HELLO_STREAM), ("/v1/chat/completions", HELLO),
      ("/v1/responses", {"model": "m", "input": "hi"})],
