@@ -78,12 +78,16 @@ class ProxyError(Exception):
         }
 
     def to_json(self) -> bytes:
-        """The OpenAI error envelope as UTF-8 JSON bytes (ASCII escapes when the
-        message quotes a lone surrogate, which UTF-8 cannot carry)."""
+        """The OpenAI error envelope as UTF-8 JSON bytes. A lone surrogate the
+        message or ``param`` quotes (UTF-8 cannot carry it) becomes U+FFFD, as
+        in what a chat client reads: Goose's serde_json refuses its escape, and
+        would show a parse error instead of this one."""
+        text = json.dumps(self.to_dict(), ensure_ascii=False)
         try:
-            return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+            return text.encode("utf-8")
         except UnicodeEncodeError:
-            return json.dumps(self.to_dict()).encode("ascii")
+            whole = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+            return whole.encode("utf-8")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.message!r}, code={self.code!r})"

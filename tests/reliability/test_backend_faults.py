@@ -1006,8 +1006,9 @@ async def test_backend_error_quoting_a_lone_surrogate_reaches_the_client(
         async with _canned(pki, answer) as srv:
             r = await _direct(srv.url, pki.auth, body)
     assert r.status_code == (400 if how == "status" else 502)
-    assert r.content.isascii()
-    assert "\ud800" in r.json()["error"]["message"]
+    # U+FFFD: Goose's serde_json refuses the escaped half (a parse error instead)
+    assert b"\\ud800" not in r.content
+    assert "\ufffd" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
