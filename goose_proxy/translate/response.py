@@ -34,6 +34,7 @@ from .errormap import error_from_event
 JSON_OBJECT = (dict, Mapping)
 
 __all__ = [
+    "chat_logprobs",
     "chat_tool_call",
     "events_from_response",
     "failure_of",
@@ -233,7 +234,7 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
             {
                 "index": 0,
                 "message": message,
-                "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                "logprobs": chat_logprobs(logprobs),
                 "finish_reason": finish_reason(
                     resp.get("status"), resp.get("incomplete_details"), bool(tool_calls)
                 ),
@@ -244,6 +245,47 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
     if usage is not None:
         completion["usage"] = usage
     return completion
+
+
+def chat_logprobs(entries: Any) -> Optional[dict[str, Any]]:
+    """Responses ``logprobs`` entries as a chat choice's ``logprobs`` (None when
+    there are none).
+
+    Each entry gets the keys OpenAI's ``ChatCompletionTokenLogprob`` always has:
+    ``token``, ``logprob``, ``bytes`` (the backend's, else null) and
+    ``top_logprobs`` (``[]`` when absent; a text delta's entries may lack it, and
+    the openai SDK's type and strictly typed clients require it). Entries
+    without a string token or a numeric logprob are left out.
+    """
+    if not entries or not isinstance(entries, list):
+        return None
+    content = [lp for lp in map(_token_logprob, entries) if lp is not None]
+    if not content:
+        return None
+    return {"content": content, "refusal": None}
+
+
+def _token_logprob(entry: Any, top: bool = False) -> Optional[dict[str, Any]]:
+    if not isinstance(entry, JSON_OBJECT):
+        return None
+    token, logprob, raw = entry.get("token"), entry.get("logprob"), entry.get("bytes")
+    if not isinstance(token, str) or not _is_number(logprob):
+        return None
+    out = {
+        "token": token,
+        "logprob": logprob,
+        "bytes": raw if isinstance(raw, list) and all(type(b) is int for b in raw) else None,
+    }
+    if not top:
+        tops = entry.get("top_logprobs")
+        out["top_logprobs"] = [
+            t for t in (_token_logprob(e, True) for e in tops) if t is not None
+        ] if isinstance(tops, list) else []  # fmt: skip
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def chat_tool_call(item: Mapping[str, Any]) -> dict[str, Any]:

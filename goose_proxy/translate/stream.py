@@ -45,6 +45,7 @@ from goose_proxy.errors import ProxyError, UpstreamProtocolError
 from .jsonbody import encode_json_for_client as encode_json  # chunks: see its docstring
 from .response import (
     JSON_OBJECT,
+    chat_logprobs,
     event_failure,
     finish_reason,
     map_usage,
@@ -170,8 +171,7 @@ class StreamTranslator:
             if not self._head:
                 self._prepare()
             if logprobs and isinstance(logprobs, list):
-                lp = {"content": logprobs, "refusal": None}
-                frame = self._chunk({"content": delta}, logprobs=lp)
+                frame = self._chunk({"content": delta}, logprobs=chat_logprobs(logprobs))
             else:
                 frame = self._text_head + encode_json(delta) + self._text_tail
             return [frame] if self._started else self._commit([frame])
@@ -379,12 +379,7 @@ class StreamTranslator:
         if part in self._covered or not text or not isinstance(text, str):
             return
         if kind == "output_text":
-            lp = (
-                {"content": logprobs, "refusal": None}
-                if logprobs and isinstance(logprobs, list)
-                else None
-            )
-            out.append(self._chunk({"content": text}, logprobs=lp))
+            out.append(self._chunk({"content": text}, logprobs=chat_logprobs(logprobs)))
         elif kind == "refusal":
             out.append(self._chunk({"content": text, "refusal": text}))
         else:

@@ -224,6 +224,15 @@ def test_logprobs_are_mapped() -> None:
     assert plain["logprobs"] is None
 
 
+def test_logprobs_without_bytes_or_top_logprobs_get_them() -> None:
+    lp = [{"token": "x", "logprob": -0.1}, "junk", {"token": "y", "logprob": True}]
+    choice = only_choice(responses_to_chat(response([message(text("x", logprobs=lp))]), "m"))
+    assert choice["logprobs"] == {
+        "content": [{"token": "x", "logprob": -0.1, "bytes": None, "top_logprobs": []}],
+        "refusal": None,
+    }
+
+
 def test_not_a_response_object() -> None:
     with pytest.raises(UpstreamProtocolError):
         responses_to_chat([], "m")  # type: ignore[arg-type]

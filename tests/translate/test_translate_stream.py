@@ -6,6 +6,7 @@ import json
 from typing import Any, Optional
 
 import pytest
+from openai.types.chat import ChatCompletionChunk, ChatCompletionTokenLogprob
 from translate_testkit import (
     capture_events,
     chunks_of,
@@ -529,6 +530,33 @@ def test_logprobs_passed_on() -> None:
     _, parsed = run([CREATED, event, completed()])
     chunk = chunks_of(parsed)[1]
     assert chunk["choices"][0]["logprobs"] == {"content": lp, "refusal": None}
+
+
+def test_logprobs_of_a_delta_get_the_keys_chat_requires() -> None:
+    # a text delta's Logprob may lack bytes and top_logprobs (and a top one its
+    # logprob); OpenAI's ChatCompletionTokenLogprob always has both keys
+    lp = [
+        {"token": "Hel", "logprob": -0.1},
+        {
+            "token": "lo",
+            "logprob": -0.2,
+            "top_logprobs": [{"token": "lo"}, {"token": "w", "logprob": -3}],
+        },
+        {"logprob": -1.0},  # no token: left out
+    ]
+    _, parsed = run([CREATED, {**text_delta("Hello"), "logprobs": lp}, completed()])
+    chunk = chunks_of(parsed)[1]
+    assert chunk["choices"][0]["logprobs"] == {
+        "content": [
+            {"token": "Hel", "logprob": -0.1, "bytes": None, "top_logprobs": []},
+            {"token": "lo", "logprob": -0.2, "bytes": None,
+             "top_logprobs": [{"token": "w", "logprob": -3, "bytes": None}]},
+        ],
+        "refusal": None,
+    }  # fmt: skip
+    ChatCompletionChunk.model_validate(chunk)
+    token = chunk["choices"][0]["logprobs"]["content"][0]
+    ChatCompletionTokenLogprob.model_validate(token, strict=True)
 
 
 def test_error_frames_for_io_failure_are_idempotent() -> None:
