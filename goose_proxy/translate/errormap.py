@@ -235,13 +235,26 @@ def error_from_backend(
     see :func:`_rate_limited`); 413, a context-length message or a 422 for a too
     long body → :class:`ContextLengthExceeded` (400, without the retry hints);
     other 422 → 400; any other status is kept (:class:`UpstreamHTTPError`).
-    Never raises.
+    An OpenAI-shaped body's ``error.param`` is kept (the backend's name for
+    the field it blames). Never raises.
     """
     text, doc = _parse(body)
     message, code = _message_in(text, doc)
     if not message:
         message = f"backend answered HTTP {status}"
     headers = retry_hints(retry_after, retry_after_ms, should_retry)
+    err = _backend_error(status, message, code, doc, headers)
+    inner = doc.get("error") if isinstance(doc, Mapping) else None
+    param = inner.get("param") if isinstance(inner, Mapping) else None
+    if err.param is None and isinstance(param, str) and param:
+        err.param = _clip(param)
+    return err
+
+
+def _backend_error(
+    status: int, message: str, code: Optional[str], doc: Any, headers: list[tuple[str, str]]
+) -> ProxyError:
+    """:func:`error_from_backend` but for the ``param``."""
     said = f"{message} {code or ''}"
     if status in (401, 403):
         auth = AuthenticationError(message, status=status, headers=headers)

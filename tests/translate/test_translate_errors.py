@@ -83,6 +83,27 @@ def test_auth_and_quota_fixture(status: int, raw: bytes) -> None:
         assert envelope(err)["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    ("status", "error", "param"),
+    [
+        (400, {"message": "Invalid 'max_output_tokens'", "param": "max_output_tokens",
+               "code": "integer_below_min_value"}, "max_output_tokens"),
+        (404, {"message": "The model 'x' does not exist", "param": "model",
+               "code": "model_not_found"}, "model"),
+        (400, {"message": "maximum context length is 10 tokens", "param": "input"}, "input"),
+        (400, {"message": "bad", "param": 3}, None),
+        (400, {"message": "bad", "param": ""}, None),
+    ],
+)  # fmt: skip
+def test_the_backends_param_is_kept(
+    status: int, error: dict[str, Any], param: Optional[str]
+) -> None:
+    # the field the backend blames: the SDK's BadRequestError.param, shown by clients
+    err = error_from_backend(status, json.dumps({"error": error}).encode())
+    assert envelope(err)["param"] == param
+    assert envelope(err)["message"] == error["message"]
+
+
 def test_quota_429_full_http_response_fixture() -> None:
     head, body = fixture_text("err_quota_429_stream.txt").split("\n\n", 1)
     status = int(head.splitlines()[0].split()[1])
