@@ -91,7 +91,7 @@ def translate_options(config: Config) -> TranslateOptions:
     return TranslateOptions(
         flavor=b.flavor,
         model=b.model,
-        system_messages=config.translate.system_messages,
+        system_messages=config.translate.system_messages or "",
         extra_body=dict(b.extra_body),
     )
 

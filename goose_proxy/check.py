@@ -25,6 +25,7 @@ from goose_proxy.errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
+from goose_proxy.translate import TranslateOptions
 from goose_proxy.upstream.proxy import TunnelRefused
 from goose_proxy.upstream.tls import certificate_info, fmt_time, validity_problem
 
@@ -116,6 +117,9 @@ def _flavour_defaults(config: Config) -> dict[str, str]:
             if b.flavor == "lightspeed"
             else "  (unset: the client's model under the openai flavour)"
         )
+    if config.translate.system_messages is None:
+        mode = TranslateOptions(flavor=b.flavor).system_messages
+        notes["translate.system_messages"] = f'  (unset: "{mode}" under the {b.flavor} flavour)'
     return notes
 
 

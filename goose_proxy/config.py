@@ -92,7 +92,8 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class TranslateConfig:
-    system_messages: str = "drop"
+    #: None: the flavour's ("drop" for lightspeed, "input" for openai)
+    system_messages: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -448,4 +448,5 @@ async def test_flavour_defaults_and_log_level_in_the_report(
     r = await check_offline(tmp_path, pki_auth(pki), append='\n[logging]\nlevel = "debug"\n')
     assert "backend.max_request_chars = null  (unset: 65536 under the lightspeed flavour)" in r.out
     assert 'backend.model = null  (unset: "" under the lightspeed flavour' in r.out
+    assert 'translate.system_messages = null  (unset: "drop" under the lightspeed flavour)' in r.out
     assert "DEBUG" not in r.err

@@ -170,6 +170,13 @@ def test_translate_options_follow_the_config() -> None:
     )
 
 
+@pytest.mark.parametrize(("flavor", "mode"), [("lightspeed", "drop"), ("openai", "input")])
+def test_system_messages_unset_in_the_config_follow_the_flavour(flavor: str, mode: str) -> None:
+    config = goose_proxy.parse_config({"backend": {"flavor": flavor}})
+    assert config.translate.system_messages is None
+    assert goose_proxy.translate_options(config).system_messages == mode
+
+
 def test_serve_in_background_needs_an_asyncio_loop() -> None:
     # driven without any event loop (as under trio there is no asyncio one):
     # a clear error, not a failure deep inside a socket call

@@ -59,11 +59,14 @@ class TranslateOptions:
     forwards the client's model; any other string (``""`` included) is sent as
     the model.
 
-    ``system_messages``: ``"drop"`` (default: Lightspeed has its own system
-    prompt and ``instructions`` would replace it; kept as for ``"input"`` when
-    the newest user message says "in the system prompt", see
-    :mod:`~goose_proxy.translate.messages`), ``"instructions"`` (joined with a
-    blank line into ``instructions``) or ``"input"`` (kept in place).
+    ``system_messages``: ``"drop"`` (the lightspeed flavour's default:
+    Lightspeed has its own system prompt and ``instructions`` would replace
+    it; kept as for ``"input"`` when the newest user message says "in the
+    system prompt", see :mod:`~goose_proxy.translate.messages`),
+    ``"instructions"`` (joined with a blank line into ``instructions``) or
+    ``"input"`` (kept in place; the openai flavour's default: a plain
+    Responses server has no prompt of its own). ``""`` (the default) picks
+    the flavour's; after construction it holds the mode that applies.
 
     Raises:
         ValueError: an unknown flavour or system message mode (a config bug).
@@ -71,12 +74,15 @@ class TranslateOptions:
 
     flavor: str = "lightspeed"
     model: Optional[str] = None
-    system_messages: str = "drop"
+    system_messages: str = ""
     extra_body: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}, not {self.flavor!r}")
+        if not self.system_messages:
+            mode = "drop" if self.flavor == "lightspeed" else "input"
+            object.__setattr__(self, "system_messages", mode)
         if self.system_messages not in SYSTEM_MESSAGE_MODES:
             raise ValueError(
                 f"system_messages must be one of {SYSTEM_MESSAGE_MODES}, "
@@ -118,7 +124,9 @@ def prepare_passthrough(
     chooses, since Lightspeed does not know the gpt-5/o-series names Goose sends
     to this path); under the lightspeed flavour the fields Lightspeed would
     answer 422 to are dropped and ``generate_topic_summary: false`` is added
-    when absent; ``extra_body`` is merged last. Everything else is forwarded
+    when absent; system and developer items in ``input`` follow
+    ``system_messages`` as chat messages do; ``extra_body`` is merged last.
+    Everything else is forwarded
     unchanged: the backend validates. Returns the body and the dropped keys.
 
     Raises:
@@ -138,7 +146,8 @@ def prepare_passthrough(
         # (a context overflow is a bare 500 without one); the proxy collects
         # it for a client that did not ask to stream
         body["stream"] = True
-        _apply_system_messages(body, opts.system_messages)
+    # (the openai flavour's default, "input", leaves them as they are)
+    _apply_system_messages(body, opts.system_messages)
     apply_extras(body, opts)
     return body, dropped
 

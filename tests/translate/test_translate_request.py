@@ -89,10 +89,18 @@ MESSAGE_ROWS = [
     ),
     pytest.param(
         [{"role": "developer", "content": "dev rules"}, USER_HI],
-        OPENAI,
+        LIGHTSPEED,
         [HI_ITEM],
         None,
         id="developer-drop-default",
+    ),
+    pytest.param(
+        [{"role": "system", "content": "Reply in JSON."}, USER_HI],
+        OPENAI,
+        [{"type": "message", "role": "system",
+          "content": [{"type": "input_text", "text": "Reply in JSON."}]}, HI_ITEM],
+        None,
+        id="system-openai-default-input",
     ),
     pytest.param([USER_HI], OPENAI, [HI_ITEM], None, id="user-string"),
     pytest.param(
@@ -805,20 +813,29 @@ GOOSE_USER = {"role": "user", "content": [{"type": "input_text", "text": "list f
      ("instructions", ["user"], "Be brief.\n\nYou are goose."),
      ("input", ["system", "user"], "Be brief.")],
 )  # fmt: skip
-def test_the_passthrough_follows_system_messages_under_lightspeed(
-    mode: str, roles: list[str], instructions: Any
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+def test_the_passthrough_follows_system_messages(
+    mode: str, roles: list[str], instructions: Any, flavor: str
 ) -> None:
     # as for chat: Lightspeed keeps its own prompt unless told otherwise
     req = {"model": "gpt-5", "input": [GOOSE_SYSTEM, GOOSE_USER]}
     if mode != "drop":
         req["instructions"] = "Be brief."
-    body, _ = prepare_passthrough(req, TranslateOptions(system_messages=mode))
+    body, _ = prepare_passthrough(req, TranslateOptions(flavor=flavor, system_messages=mode))
     assert [item["role"] for item in body["input"]] == roles
     assert body.get("instructions") == instructions
     assert req["input"] == [GOOSE_SYSTEM, GOOSE_USER]  # the client's body is not changed
-    # the openai flavour passes the input through whatever the mode
-    same, _ = prepare_passthrough(req, TranslateOptions(flavor="openai", system_messages=mode))
-    assert same["input"] == req["input"]
+
+
+@pytest.mark.parametrize(("flavor", "mode"), [("lightspeed", "drop"), ("openai", "input")])
+def test_system_messages_default_to_the_flavours_mode(flavor: str, mode: str) -> None:
+    # Lightspeed has a system prompt of its own; a plain Responses server has
+    # none, and a client's system prompt (its persona, "answer in JSON") is the
+    # only one the model gets
+    assert TranslateOptions(flavor=flavor).system_messages == mode
+    req = {"model": "gpt-5", "input": [GOOSE_SYSTEM, GOOSE_USER]}
+    body, _ = prepare_passthrough(req, TranslateOptions(flavor=flavor))
+    assert len(body["input"]) == (2 if mode == "input" else 1)
 
 
 def test_the_passthrough_keeps_the_system_prompt_goose_compacts_from() -> None:
