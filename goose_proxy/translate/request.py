@@ -56,6 +56,9 @@ CHECKED_KEYS = frozenset(
 _PASS_STR = ("user", "service_tier", "prompt_cache_key", "safety_identifier")
 _TOOL_CHOICE_MODES = ("none", "auto", "required")
 _EMPTY_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+#: the least ``max_output_tokens`` OpenAI's Responses API takes (400
+#: ``integer_below_min_value`` below it); chat takes any positive number
+MIN_OUTPUT_TOKENS = 16
 
 
 @dataclass
@@ -111,6 +114,8 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
     for key in ("max_tokens", "max_completion_tokens"):  # the latter wins if both
         limit = get_int(req, key, "", minimum=1)
         if limit is not None:
+            if opts.flavor == "openai":  # OpenAI's Responses API refuses less
+                limit = max(limit, MIN_OUTPUT_TOKENS)
             fields.append(("max_output_tokens", limit, key))
     tools = _tools(req)
     if tools is not None:

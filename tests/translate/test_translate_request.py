@@ -475,6 +475,21 @@ def test_openai_flavour_sends_every_mapped_field() -> None:
     assert got.body["stream"] is False and got.body["model"] == "gpt-4o"
 
 
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize(
+    ("asked", "openai", "lightspeed"), [(1, 16, 1), (15, 16, 15), (16, 16, 16)]
+)
+def test_max_output_tokens_below_openais_minimum(
+    key: str, asked: int, openai: int, lightspeed: int
+) -> None:
+    # OpenAI's Responses API answers 400 integer_below_min_value under 16, which
+    # chat takes (max_tokens=1 health checks, short classifiers): the openai
+    # flavour asks for 16; Lightspeed passes it on to its provider as it is
+    req = {"model": "m", "messages": [USER_HI], key: asked}
+    assert chat_to_responses(dict(req), OPENAI).body["max_output_tokens"] == openai
+    assert chat_to_responses(dict(req), LIGHTSPEED).body["max_output_tokens"] == lightspeed
+
+
 def test_extra_body_is_merged_last() -> None:
     opts = TranslateOptions(extra_body={"generate_topic_summary": True, "temperature": 1.5,
                                         "shield_ids": ["s1"]})  # fmt: skip
