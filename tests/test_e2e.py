@@ -11,6 +11,7 @@ import anyio
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import devbackend
 from goose_proxy.config import AuthConfig
@@ -135,6 +136,90 @@ async def test_tool_call_round_trip(pki: SimpleNamespace) -> None:
     assert sent[1]["call_id"] == call.id == sent[2]["call_id"]
     assert sent[2]["output"] == "file_a.txt\nfile_b.txt"
     assert backend.requests[-1].json["tools"][0]["name"] == "developer__shell"
+
+
+#: the deprecated form of TOOLS, plus a second function (for two parallel calls)
+FUNCTIONS = [
+    TOOLS[0]["function"],
+    {"name": "count_files", "parameters": {"type": "object",
+                                           "properties": {"limit": {"type": "integer"}}}},
+]  # fmt: skip
+
+
+async def legacy_answers(client: openai.AsyncOpenAI, messages: list[Any]) -> tuple[Any, Any]:
+    """One answer unstreamed and one streamed (with usage) to a ``functions``
+    request, each checked against the openai SDK's types as it came on the wire;
+    the stream as ``(chunks, function_call rebuilt from them)``."""
+    done = await client.chat.completions.create(
+        model="m",
+        messages=messages,
+        functions=FUNCTIONS,  # type: ignore[arg-type]
+    )
+    ChatCompletion.model_validate(done.to_dict())
+    stream = await client.chat.completions.create(
+        model="m", messages=messages, functions=FUNCTIONS,  # type: ignore[arg-type]
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = [ChatCompletionChunk.model_validate(c.to_dict()) async for c in stream]
+    pieces = [c.choices[0].delta.function_call for c in chunks if c.choices]
+    calls = [p for p in pieces if p is not None]
+    rebuilt = None
+    if calls:
+        rebuilt = {"name": calls[0].name, "arguments": "".join(p.arguments or "" for p in calls)}
+    return done, (chunks, rebuilt)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-call", "backend-sends-two"])
+async def test_deprecated_functions_answer_in_the_legacy_shape(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, parallel: bool
+) -> None:
+    # a client of the deprecated `functions` reads message.function_call, never tool_calls
+    caplog.set_level("WARNING", logger="goose_proxy")
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "please USE_TOOL to list files"}]
+    headers = {"X-Dev-Fault": "parallel_tools"} if parallel else {}
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(backend.url, pki.auth, backend={"headers": headers})
+            async with running_proxy(cfg) as proxy:
+                client = sdk(proxy)
+                done, (chunks, streamed) = await legacy_answers(client, messages)
+                second = None
+                if not parallel:  # the legacy history goes back: the answer is text
+                    call = done.choices[0].message.function_call
+                    assert call is not None
+                    messages.append(
+                        {"role": "assistant", "content": None, "function_call": call.to_dict()}
+                    )
+                    messages.append({"role": "function", "name": call.name, "content": "a.txt"})
+                    second = await client.chat.completions.create(
+                        model="m",
+                        messages=messages,
+                        functions=FUNCTIONS,  # type: ignore[arg-type]
+                    )
+                await client.close()
+    choice = done.choices[0]
+    assert choice.finish_reason == "function_call"
+    assert choice.message.tool_calls is None and choice.message.content is None
+    call = choice.message.function_call
+    assert call is not None and call.name == "developer__shell"
+    assert json.loads(call.arguments) == {"command": "fake"}  # never the other call's
+    assert streamed == call.to_dict()
+    assert all(c.choices[0].delta.tool_calls is None for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "function_call" and finishes.count("function_call") == 1
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    sent = backend.requests[0].json
+    assert sent["parallel_tool_calls"] is False
+    assert [t["name"] for t in sent["tools"]] == ["developer__shell", "count_files"]
+    left_out = [r for r in caplog.records if "only the first was sent" in r.getMessage()]
+    assert len(left_out) == (2 if parallel else 0)  # once per answer
+    if second is not None:
+        assert second.choices[0].finish_reason == "stop"
+        assert second.choices[0].message.function_call is None
+        assert second.choices[0].message.content == "Tool said: a.txt"
+        items = backend.requests[-1].json["input"]
+        assert [i["type"] for i in items[-2:]] == ["function_call", "function_call_output"]
+        assert items[-2]["call_id"] == items[-1]["call_id"]
 
 
 @pytest.mark.parametrize(

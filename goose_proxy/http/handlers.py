@@ -53,6 +53,7 @@ from goose_proxy.translate import (
     ResponseAccumulator,
     StreamTranslator,
     adapt_response,
+    as_function_call,
     chat_to_responses,
     encode_json,
     encode_json_for_client,
@@ -282,15 +283,18 @@ class Handlers:
                 tr = self._translator(creq)
                 frames = [f for ev in events_from_response(obj) for f in tr.feed(ev)]
                 frames += tr.finish()
+                _log_left_out(tr.calls_left_out)
                 await ex.start_stream(200, SSE_HEADERS, b"".join(frames))
                 await ex.conn.end_stream()
             else:
-                await ex.send(
-                    200, encode_json_for_client(responses_to_chat(obj, creq.client_model)), [JSON]
-                )
+                await ex.send(200, _chat_answer(obj, creq), [JSON])
 
     def _translator(self, creq: ChatRequest) -> StreamTranslator:
-        return StreamTranslator(model=creq.client_model, include_usage=creq.include_usage)
+        return StreamTranslator(
+            model=creq.client_model,
+            include_usage=creq.include_usage,
+            legacy_functions=creq.legacy_functions,
+        )
 
     async def _stream_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
         tr = self._translator(creq)
@@ -315,11 +319,11 @@ class Handlers:
                     await conn.send_data(data)
             if batch is None or tr.done:
                 break
+        _log_left_out(tr.calls_left_out)
         await conn.end_stream()
 
     async def _collect_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
-        completion = responses_to_chat(await self._collect(resp), creq.client_model)
-        await ex.send(200, encode_json_for_client(completion), [JSON])
+        await ex.send(200, _chat_answer(await self._collect(resp), creq), [JSON])
 
     async def _collect(self, resp: UpstreamResponse) -> dict[str, Any]:
         """A streamed answer as the Response object it ends with; raises the
@@ -407,6 +411,26 @@ class Handlers:
             ex.error_frames = relay.error_frames
             await relay.run()
             await ex.conn.end_stream()
+
+
+def _chat_answer(resp: dict[str, Any], creq: ChatRequest) -> bytes:
+    """The ``chat.completion`` body for a finished Response object: in the legacy
+    ``function_call`` shape when the client sent the deprecated ``functions``."""
+    completion = responses_to_chat(resp, creq.client_model)
+    if creq.legacy_functions:
+        _log_left_out(as_function_call(completion))
+    return encode_json_for_client(completion)
+
+
+def _log_left_out(calls: int) -> None:
+    """A warning when an answer in the legacy ``function_call`` shape, which
+    carries one call, left out the backend's other calls."""
+    if calls:
+        log.warning(
+            "the backend answered with %d tool calls; the client sent the deprecated "
+            "functions, whose answer (function_call) carries one: only the first was sent",
+            calls + 1,
+        )
 
 
 def _json_answer(raw: bytes, adapt: bool, as_stream: bool) -> tuple[bytes, bool]:

@@ -31,7 +31,7 @@ from .jsonbody import encode_json, encode_json_for_client, parse_json_object
 from .options import LIGHTSPEED_FIELDS, TranslateOptions, prepare_passthrough
 from .passthrough import ADAPTED_EVENTS, AnswerAdapter, adapt_response
 from .request import ChatRequest, chat_to_responses
-from .response import event_failure, events_from_response, responses_to_chat
+from .response import as_function_call, event_failure, events_from_response, responses_to_chat
 from .stream import DONE_FRAME, StreamTranslator
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "StreamTranslator",
     "TranslateOptions",
     "adapt_response",
+    "as_function_call",
     "chat_to_responses",
     "encode_json",
     "encode_json_for_client",

@@ -68,7 +68,10 @@ class ChatRequest:
     ``body`` is the Responses body to send (``stream`` always set; always true
     under the lightspeed flavour, whose failures are only precise in streams);
     ``stream`` is what the *client* asked for; ``dropped`` lists the client's
-    top-level keys that were not forwarded.
+    top-level keys that were not forwarded; ``legacy_functions`` says the
+    client offered its tools as the deprecated ``functions``, so it reads a
+    call from ``message.function_call`` (:func:`~goose_proxy.translate.response.as_function_call`,
+    ``StreamTranslator(legacy_functions=True)``).
     """
 
     body: dict[str, Any]
@@ -76,6 +79,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     dropped: list[str] = field(default_factory=list)
+    legacy_functions: bool = False
 
 
 def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatRequest:
@@ -118,9 +122,9 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
                 limit = max(limit, MIN_OUTPUT_TOKENS)
             fields.append(("max_output_tokens", limit, key))
     tools = _tools(req)
+    legacy = req.get("functions") is not None
     if tools is not None:
-        source = "functions" if req.get("functions") is not None else "tools"
-        fields.append(("tools", tools, source))
+        fields.append(("tools", tools, "functions" if legacy else "tools"))
     choice = _tool_choice(req)
     if choice is not None:
         source = "function_call" if req.get("function_call") is not None else "tool_choice"
@@ -128,6 +132,8 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
     parallel = get_bool(req, "parallel_tool_calls", "")
     if parallel is not None:
         fields.append(("parallel_tool_calls", parallel, "parallel_tool_calls"))
+    elif legacy:  # a legacy answer carries one call: ask for no more
+        fields.append(("parallel_tool_calls", False, "functions"))
     for key in _PASS_STR:
         text = get_str(req, key, "")
         if text is not None:
@@ -167,6 +173,7 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
         stream=stream,
         include_usage=include_usage,
         dropped=dropped,
+        legacy_functions=legacy,
     )
 
 

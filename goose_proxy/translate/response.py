@@ -10,7 +10,9 @@ Items a chat client cannot use (``mcp_list_tools``, ``mcp_call``,
 
 :func:`map_usage` and :func:`finish_reason` are shared with the stream
 translator so both paths agree; :func:`events_from_response` lets a plain JSON
-answer go through the stream translator when the client asked for a stream.
+answer go through the stream translator when the client asked for a stream;
+:func:`as_function_call` reshapes an answer for a client that sent the
+deprecated ``functions``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .errormap import error_from_event
 JSON_OBJECT = (dict, Mapping)
 
 __all__ = [
+    "as_function_call",
     "chat_logprobs",
     "chat_tool_call",
     "events_from_response",
@@ -286,6 +289,24 @@ def _token_logprob(entry: Any, top: bool = False) -> Optional[dict[str, Any]]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_function_call(completion: dict[str, Any]) -> int:
+    """Reshape a :func:`responses_to_chat` answer (in place) for a client that
+    offered its tools as the deprecated ``functions``, as OpenAI answers one:
+    the first tool call becomes ``message.function_call`` (``{"name",
+    "arguments"}``), ``tool_calls`` goes, and a ``"tool_calls"`` finish becomes
+    ``"function_call"``. The legacy shape carries one call: returns how many
+    more there were (left out; such a request asks for no parallel calls).
+    """
+    choice = completion["choices"][0]
+    calls = choice["message"].pop("tool_calls", None)
+    if not calls:
+        return 0
+    choice["message"]["function_call"] = calls[0]["function"]
+    if choice["finish_reason"] == "tool_calls":
+        choice["finish_reason"] = "function_call"
+    return len(calls) - 1
 
 
 def chat_tool_call(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,9 @@ States: *waiting* → *streaming* → *done*.
   something other than text comes first) goes out together with it. Text,
   refusal and reasoning deltas map one to one; tool calls go through
   :class:`~goose_proxy.translate.toolcalls.ToolCallQueue`, which assigns dense
-  indices and keeps each call's argument fragments contiguous. A message part,
+  indices and keeps each call's argument fragments contiguous (for a client
+  that sent the deprecated ``functions``, the first call goes out as
+  ``delta.function_call`` instead and the others are left out). A message part,
   reasoning item or call whose content never streamed is sent when its
   ``.done`` (or the terminal response's ``output``) shows it.
 * **done**. ``response.completed`` / ``.incomplete`` flush the held-back tool
@@ -77,7 +79,11 @@ class StreamTranslator:
     ``model`` or a None id/created is taken from ``response.created`` (else a
     fresh ``chatcmpl-…`` id and the current time). ``include_usage`` adds the
     ``choices: []`` usage chunk before ``[DONE]`` and ``"usage": null`` to
-    every other chunk.
+    every other chunk. ``legacy_functions`` (the client sent the deprecated
+    ``functions``) answers as OpenAI does then: the first call as
+    ``delta.function_call`` (``{"name", "arguments": ""}``, then
+    ``{"arguments"}`` pieces) and ``finish_reason: "function_call"``; further
+    calls are left out and counted in ``calls_left_out``.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class StreamTranslator:
         include_usage: bool,
         completion_id: Optional[str] = None,
         created: Optional[int] = None,
+        legacy_functions: bool = False,
     ) -> None:
         self._model = model
         self._include_usage = include_usage
@@ -96,6 +103,9 @@ class StreamTranslator:
         self._done = False
         #: the last usage seen, in chat form, for access logs
         self.usage: Optional[dict[str, Any]] = None
+        self._legacy = legacy_functions
+        #: tool calls the legacy ``function_call`` shape could not carry
+        self.calls_left_out = 0
         self._head = b""  # b'data: {"id":…,"choices":[{"index":0,"delta":' once prepared
         self._text_head = b""
         self._high = ""  # a text delta's last character, the first half of a surrogate pair
@@ -278,8 +288,22 @@ class StreamTranslator:
         return [self._chunk({"role": "assistant", "content": "" if text else None}), *frames]
 
     def _fragments(self, fragments: list[Fragment], out: Out) -> None:
+        if self._legacy:
+            self._function_call(fragments, out)
+            return
         for fragment in fragments:
             out.append(self._chunk({"tool_calls": [fragment]}))
+
+    def _function_call(self, fragments: list[Fragment], out: Out) -> None:
+        """The legacy shape: the call at client index 0 as ``delta.function_call``
+        (its header's ``function`` is ``{"name", "arguments": ""}``, then
+        ``{"arguments"}``); the queue keeps its fragments apart from the other
+        calls', which are left out (counted once, at their header)."""
+        for fragment in fragments:
+            if not fragment["index"]:
+                out.append(self._chunk({"function_call": fragment["function"]}))
+            elif "id" in fragment:
+                self.calls_left_out += 1
 
     # --- item bookkeeping ----------------------------------------------------
 
@@ -436,6 +460,8 @@ class StreamTranslator:
         self._release_halves(out)
         status = "incomplete" if event.get("type") == "response.incomplete" else "completed"
         reason = finish_reason(status, response.get("incomplete_details"), self._calls.emitted > 0)
+        if self._legacy and reason == "tool_calls":
+            reason = "function_call"
         out.append(self._chunk({}, finish=reason))
         if self._include_usage:
             meta = self._meta  # prepared by the finish chunk above

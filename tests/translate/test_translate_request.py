@@ -343,6 +343,22 @@ def test_absent_parameters_are_not_sent(params: dict[str, Any]) -> None:
     assert set(body) == {"model", "input", "stream", "store"}
 
 
+@pytest.mark.parametrize("opts", [OPENAI, LIGHTSPEED], ids=["openai", "lightspeed"])
+def test_deprecated_functions_ask_for_one_call(opts: TranslateOptions) -> None:
+    # the legacy answer (message.function_call) carries one call
+    req = {"model": "m", "messages": [USER_HI], "functions": [{"name": "f"}]}
+    creq = chat_to_responses(req, opts)
+    assert creq.legacy_functions is True
+    assert creq.body["parallel_tool_calls"] is False and creq.dropped == []
+    # the client's own value wins
+    creq = chat_to_responses({**req, "parallel_tool_calls": True}, opts)
+    assert creq.body["parallel_tool_calls"] is True and creq.legacy_functions
+    # tools (or functions null): the current shape, nothing added
+    for other in ({"tools": [FN_TOOL]}, {"functions": None}):
+        creq = chat_to_responses({"model": "m", "messages": [USER_HI], **other}, opts)
+        assert creq.legacy_functions is False and "parallel_tool_calls" not in creq.body
+
+
 def test_stream_options_include_usage() -> None:
     req = {"model": "m", "messages": [USER_HI], "stream": True,
            "stream_options": {"include_usage": True}}  # fmt: skip

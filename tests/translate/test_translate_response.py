@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletion
 from translate_testkit import capture_events, fixture_json
 
 from goose_proxy.errors import (
@@ -15,7 +16,7 @@ from goose_proxy.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from goose_proxy.translate import ResponseAccumulator, responses_to_chat
+from goose_proxy.translate import ResponseAccumulator, as_function_call, responses_to_chat
 from goose_proxy.translate.response import READ_FIELDS, check_finished, events_from_response
 
 
@@ -152,6 +153,46 @@ def test_every_function_call_becomes_a_tool_call_in_order() -> None:
     assert all(t["type"] == "function" for t in choice["message"]["tool_calls"])
     assert choice["message"]["content"] == "Calling."
     assert choice["finish_reason"] == "tool_calls"
+
+
+def legacy(resp: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The answer for a client that sent ``functions`` (its only choice, and how
+    many calls were left out), checked against the openai SDK's types."""
+    completion = responses_to_chat(resp, "m")
+    left_out = as_function_call(completion)
+    parsed = ChatCompletion.model_validate(completion).choices[0]
+    assert parsed.message.tool_calls is None
+    fc = parsed.message.function_call
+    assert (fc and fc.model_dump()) == completion["choices"][0]["message"].get("function_call")
+    return only_choice(completion), left_out
+
+
+def test_deprecated_functions_get_the_first_call_as_function_call() -> None:
+    c1, c2 = call("call_1", "a", '{"x":1}'), call("call_2", "b", '{"y":2}')
+    choice, left_out = legacy(response([message(text("Calling.")), c1, c2]))
+    assert choice["message"] == {
+        "role": "assistant", "content": "Calling.", "refusal": None,
+        "function_call": {"name": "a", "arguments": '{"x":1}'},
+    }  # fmt: skip
+    assert choice["finish_reason"] == "function_call" and left_out == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "calls", "expected", "function_call"),
+    [
+        ("completed", None, [], "stop", None),
+        ("incomplete", {"reason": "max_output_tokens"}, [call("c", "f", '{"a":')], "length",
+         {"name": "f", "arguments": '{"a":'}),
+    ],
+)  # fmt: skip
+def test_deprecated_functions_keep_other_finishes(
+    status: str, details: Any, calls: list[Any], expected: str, function_call: Any
+) -> None:
+    resp = response([message(text("x")), *calls], status=status, incomplete_details=details)
+    choice, left_out = legacy(resp)
+    assert choice["finish_reason"] == expected and left_out == 0
+    assert choice["message"].get("function_call") == function_call
+    assert "tool_calls" not in choice["message"]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 from typing import Any, Optional
 
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk, ChatCompletionTokenLogprob
 from translate_testkit import (
     capture_events,
@@ -772,3 +773,128 @@ def test_a_queued_calls_deltas_win_over_a_done_that_disagrees(final: str) -> Non
         _, parsed = run(events(queued))
         got = {c["id"]: c["arguments"] for c in tool_calls_of(parsed)}
         assert got["call_b"] == '{"path":"/etc/hosts"}', queued
+
+
+# --- the deprecated `functions`: the answer in the legacy function_call shape ----------------
+
+
+def legacy_run(
+    events: list[dict[str, Any]], include_usage: bool = False
+) -> tuple[StreamTranslator, list[Any]]:
+    """Feed events to a translator for a client that sent ``functions``; check every
+    chunk against the openai SDK's types and that no chunk carries ``tool_calls``."""
+    st = StreamTranslator(model="goose-model", include_usage=include_usage, legacy_functions=True)
+    frames = [f for e in events for f in st.feed(e)] + st.finish()
+    parsed = parse_frames(frames)
+    assert_well_formed(parsed)
+    for chunk in chunks_of(parsed):
+        ChatCompletionChunk.model_validate(chunk)
+    assert all("tool_calls" not in d for d in deltas(parsed))
+    return st, parsed
+
+
+def sdk_final(parsed: list[Any]) -> Any:
+    """The message the openai SDK's own stream accumulator rebuilds from the chunks."""
+    state: Any = ChatCompletionStreamState()
+    for chunk in chunks_of(parsed):
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    return state.get_final_completion().choices[0]
+
+
+def test_legacy_call_after_text_is_a_function_call() -> None:
+    events = [CREATED, msg_added(), text_delta("Let me check."),
+              msg_done([{"type": "output_text", "text": "Let me check."}]),
+              call_added("fc_a", "call_a", "get_weather", 1),
+              args_delta("fc_a", '{"city":', 1), args_delta("fc_a", '"Paris"}', 1),
+              args_done("fc_a", '{"city":"Paris"}', 1),
+              call_done("fc_a", "call_a", "get_weather", '{"city":"Paris"}', 1),
+              completed()]  # fmt: skip
+    st, parsed = legacy_run(events)
+    assert deltas(parsed) == [
+        {"role": "assistant", "content": ""},
+        {"content": "Let me check."},
+        {"function_call": {"name": "get_weather", "arguments": ""}},
+        {"function_call": {"arguments": '{"city":'}},
+        {"function_call": {"arguments": '"Paris"}'}},
+        {},
+    ]
+    assert finish_reasons(parsed) == ["function_call"] and st.calls_left_out == 0
+    choice = sdk_final(parsed)
+    assert choice.finish_reason == "function_call"
+    assert choice.message.content == "Let me check." and choice.message.tool_calls is None
+    assert choice.message.function_call.model_dump() == {
+        "name": "get_weather", "arguments": '{"city":"Paris"}'}  # fmt: skip
+
+
+@pytest.mark.parametrize("b_first", [True, False])
+def test_legacy_interleaved_calls_carry_the_first_intact(b_first: bool) -> None:
+    # the second call's deltas (and, when b_first, its end) come before the first's
+    b_events = [args_delta("fc_b", '{"b":', 1), args_delta("fc_b", "2}", 1),
+                args_done("fc_b", '{"b":2}', 1)]  # fmt: skip
+    a_events = [args_delta("fc_a", '{"a":', 0), args_delta("fc_a", "1}", 0),
+                args_done("fc_a", '{"a":1}', 0)]  # fmt: skip
+    mixed = [x for pair in zip(b_events, a_events) for x in (pair if b_first else pair[::-1])]
+    events = [CREATED, call_added("fc_a", "call_a", "alpha", 0),
+              call_added("fc_b", "call_b", "beta", 1), *mixed,
+              call_done("fc_b", "call_b", "beta", '{"b":2}', 1),
+              call_done("fc_a", "call_a", "alpha", '{"a":1}', 0), completed()]  # fmt: skip
+    st, parsed = legacy_run(events)
+    calls = [d["function_call"] for d in deltas(parsed) if "function_call" in d]
+    assert calls[0] == {"name": "alpha", "arguments": ""}
+    assert all(set(c) == {"arguments"} for c in calls[1:])
+    assert "".join(c["arguments"] for c in calls) == '{"a":1}'
+    assert st.calls_left_out == 1 and finish_reasons(parsed) == ["function_call"]
+    assert sdk_final(parsed).message.function_call.arguments == '{"a":1}'
+
+
+def test_legacy_arguments_only_in_done() -> None:
+    events = [CREATED, call_added("fc_a", "call_a", "f", 0), args_done("fc_a", '{"x":1}', 0),
+              call_done("fc_a", "call_a", "f", '{"x":1}', 0), completed()]  # fmt: skip
+    _, parsed = legacy_run(events)
+    assert deltas(parsed) == [
+        {"role": "assistant", "content": None},  # as OpenAI: no text before the call
+        {"function_call": {"name": "f", "arguments": ""}},
+        {"function_call": {"arguments": '{"x":1}'}},
+        {},
+    ]
+    assert finish_reasons(parsed) == ["function_call"]
+
+
+def test_legacy_calls_only_in_the_terminal_output() -> None:
+    # a JSON answer to a stream request goes this way (events_from_response)
+    out = [msg_done([{"type": "output_text", "text": "Sure."}])["item"],
+           call_item("fc_a", "call_a", "alpha", '{"a":1}'),
+           call_item("fc_b", "call_b", "beta", '{"b":2}')]  # fmt: skip
+    st, parsed = legacy_run([CREATED, completed(out)])
+    choice = sdk_final(parsed)
+    assert choice.message.content == "Sure."
+    assert choice.message.function_call.model_dump() == {"name": "alpha", "arguments": '{"a":1}'}
+    assert st.calls_left_out == 1 and choice.finish_reason == "function_call"
+
+
+def test_legacy_usage_chunk_and_usage_null_on_every_other_chunk() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    events = [CREATED, call_added("fc_a", "call_a", "f", 0), args_delta("fc_a", "{}", 0),
+              call_done("fc_a", "call_a", "f", "{}", 0), completed(usage=usage)]  # fmt: skip
+    _, parsed = legacy_run(events, include_usage=True)
+    chunks = chunks_of(parsed)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {
+        "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}  # fmt: skip
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "function_call"}
+
+
+@pytest.mark.parametrize(
+    ("terminal", "expected"),
+    [("completed", "stop"), ("incomplete", "length")],
+)
+def test_legacy_without_a_call_or_cut_short_keeps_its_finish(terminal: str, expected: str) -> None:
+    end = completed() if terminal == "completed" else {
+        "type": "response.incomplete",
+        "response": {**RESP, "status": "incomplete", "output": [],
+                     "incomplete_details": {"reason": "max_output_tokens"}}}  # fmt: skip
+    events = [CREATED, text_delta("Hi")]
+    if terminal == "incomplete":  # cut inside a call's arguments
+        events += [call_added("fc_a", "call_a", "f", 1), args_delta("fc_a", '{"x":', 1)]
+    _, parsed = legacy_run([*events, end])
+    assert finish_reasons(parsed) == [expected]
