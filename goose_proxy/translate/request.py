@@ -46,14 +46,22 @@ MAPPED_KEYS = frozenset(
         "max_completion_tokens", "tools", "functions", "tool_choice", "function_call",
         "parallel_tool_calls", "user", "metadata", "service_tier", "top_logprobs",
         "prompt_cache_key", "safety_identifier", "reasoning_effort", "response_format",
-        "verbosity", "logprobs",
+        "verbosity", "logprobs", "prompt_cache_retention", "prompt_cache_options", "moderation",
     }
 )  # fmt: skip
 #: chat keys that are validated but have no Responses counterpart
 CHECKED_KEYS = frozenset(
     {"n", "stop", "logit_bias", "frequency_penalty", "presence_penalty", "modalities", "audio"}
 )
-_PASS_STR = ("user", "service_tier", "prompt_cache_key", "safety_identifier")
+_PASS_STR = (
+    "user",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "prompt_cache_retention",
+)
+#: objects of the same shape in both APIs, passed on as they are (the backend checks them)
+_PASS_OBJECT = ("prompt_cache_options", "moderation")
 _TOOL_CHOICE_MODES = ("none", "auto", "required")
 _EMPTY_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
 #: the least ``max_output_tokens`` OpenAI's Responses API takes (400
@@ -138,6 +146,10 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
         text = get_str(req, key, "")
         if text is not None:
             fields.append((key, text, key))
+    for key in _PASS_OBJECT:
+        value = get_object(req, key, "")
+        if value is not None:
+            fields.append((key, value, key))
     metadata = _metadata(req)
     if metadata is not None:
         fields.append(("metadata", metadata, "metadata"))

@@ -466,16 +466,19 @@ EVERY_PARAM = {
     "user": "u", "metadata": {"a": "b"}, "service_tier": "auto", "top_logprobs": 2,
     "prompt_cache_key": "k", "safety_identifier": "s", "reasoning_effort": "high",
     "response_format": {"type": "json_object"}, "logprobs": True,
+    "prompt_cache_retention": "24h", "prompt_cache_options": {"ttl": "30m"},
+    "moderation": {"policy": {"input": {"mode": "block"}}},
 }  # fmt: skip
+#: chat fields that the Responses API has under the same name, which Lightspeed refuses
+SAME_NAME = ["top_p", "user", "service_tier", "top_logprobs", "prompt_cache_key",
+             "prompt_cache_retention", "prompt_cache_options", "moderation"]  # fmt: skip
 
 
 def test_lightspeed_flavour_sends_only_accepted_fields() -> None:
     assert lightspeed_fields_from_readme() == LIGHTSPEED_FIELDS
     got = chat_to_responses(dict(EVERY_PARAM), LIGHTSPEED)
     assert set(got.body) <= LIGHTSPEED_FIELDS
-    assert sorted(got.dropped) == sorted(
-        ["top_p", "user", "service_tier", "top_logprobs", "prompt_cache_key"]
-    )
+    assert sorted(got.dropped) == sorted(SAME_NAME)
     assert got.body["model"] == ""
     assert got.body["generate_topic_summary"] is False
     # failures are only precise in streams: always stream upstream
@@ -486,7 +489,7 @@ def test_openai_flavour_sends_every_mapped_field() -> None:
     got = chat_to_responses(dict(EVERY_PARAM), OPENAI)
     assert got.dropped == []
     assert "generate_topic_summary" not in got.body
-    for key in ("top_p", "user", "service_tier", "top_logprobs", "prompt_cache_key"):
+    for key in SAME_NAME:
         assert got.body[key] == EVERY_PARAM[key]
     assert got.body["stream"] is False and got.body["model"] == "gpt-4o"
 
