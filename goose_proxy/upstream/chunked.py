@@ -13,7 +13,9 @@ Theory of operation: a four-state loop over the buffered bytes — *size line*
 a zero size line leads to the *trailer* section (lines skipped up to the empty
 one), after which :attr:`ChunkedDecoder.done` is set and nothing more is
 consumed. Only an unfinished size or trailer line is buffered, capped at
-``max_line`` bytes, so memory stays bounded whatever the backend sends.
+``max_line`` bytes, so memory stays bounded whatever the backend sends; the
+whole trailer section is capped at ``max_line`` too (no data can follow it, so
+an endless one would only keep the read going).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ _SIZE, _DATA, _CRLF, _TRAILER = range(4)
 class ChunkedDecoder:
     """``feed(bytes) -> bytes`` of body data; :attr:`done` after the last chunk."""
 
-    __slots__ = ("_buf", "_left", "_max_line", "_state", "done")
+    __slots__ = ("_buf", "_left", "_max_line", "_state", "_trailer", "done")
 
     def __init__(self, max_line: int = 64 * 1024) -> None:
         self._buf = b""
         self._left = 0  # data bytes still to come in the current chunk
         self._state = _SIZE
         self._max_line = max_line
+        self._trailer = 0  # bytes of trailer section so far
         #: the last chunk and the trailer section have been read
         self.done = False
 
@@ -50,7 +53,8 @@ class ChunkedDecoder:
         """Decode ``data``; return the body bytes it completes (maybe ``b""``).
 
         Raises UpstreamProtocolError for a malformed size line, a missing CRLF
-        after a chunk's data, or a size or trailer line longer than ``max_line``.
+        after a chunk's data, a size or trailer line longer than ``max_line``, or
+        a trailer section longer than that in all.
         """
         if self.done:  # only whether anything came after the end matters
             self._buf = self._buf or data[:1]
@@ -100,6 +104,9 @@ class ChunkedDecoder:
                         raise UpstreamProtocolError("backend sent an over-long trailer line")
                     break
                 empty = j == i or (j == i + 1 and buf[i] == 13)
+                self._trailer += j + 1 - i
+                if self._trailer > self._max_line:
+                    raise UpstreamProtocolError("backend sent an over-long trailer section")
                 i = j + 1
                 if empty:  # the end of the trailer section: the body is complete
                     self.done = True
