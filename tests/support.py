@@ -84,6 +84,21 @@ def silent_listener() -> Iterator[int]:
         s.close()
 
 
+def encrypted_copy(key: Path, dest: Path, passphrase: bytes = b"secret") -> Path:
+    """``key`` (PEM) written to ``dest`` encrypted with ``passphrase``."""
+    from cryptography.hazmat.primitives import serialization
+
+    private = serialization.load_pem_private_key(key.read_bytes(), None)
+    dest.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+    )
+    return dest
+
+
 def issue_client_pair(ca: Any, name: str, directory: Path, **validity: Any) -> tuple[Path, Path]:
     """A client certificate and key from the test CA ``ca`` (trustme), for ``name``,
     written to ``directory``; ``validity``: e.g. ``not_after`` in the past."""

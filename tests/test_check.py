@@ -24,7 +24,7 @@ from goose_proxy.check import REASONS, effective_values
 from goose_proxy.config import BackendConfig, Config
 from tests.connectproxy import connect_proxy
 from tests.subprocs import child_env, pki_auth, write_config
-from tests.support import issue_client_pair, refusing_port, silent_listener
+from tests.support import encrypted_copy, issue_client_pair, refusing_port, silent_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -183,6 +183,20 @@ async def test_key_that_does_not_match(pki: SimpleNamespace, tmp_path: Path) -> 
         f"{auth['cert_file']}"
     ) in r.out
     assert "verdict: NOT READY (certificate and key do not match)" in r.out
+
+
+async def test_encrypted_key_is_named_not_prompted_for(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    # without a password callback OpenSSL asks for the passphrase on the
+    # terminal: check (and the daemon's event loop) hung there
+    auth = pki_auth(pki)
+    locked = encrypted_copy(Path(auth["key_file"]), tmp_path / "locked-key.pem")
+    r = await check_offline(tmp_path, {**auth, "key_file": str(locked)})
+    assert r.rc == 1, r.all
+    assert f"the private key {locked} is encrypted (it asks for a passphrase)" in r.out
+    assert "pass phrase" not in r.all.lower()
+    assert "verdict: NOT READY (certificate unusable)" in r.out
 
 
 async def test_certificate_that_is_not_pem(pki: SimpleNamespace, tmp_path: Path) -> None:

@@ -175,7 +175,15 @@ class ClientTLS:
             ) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            ctx.load_cert_chain(auth.cert_file, auth.key_file)
+            # an encrypted key: without a password callback OpenSSL would ask
+            # for the passphrase on the terminal, with the event loop blocked
+            ctx.load_cert_chain(auth.cert_file, auth.key_file, password=_no_passphrase)
+        except _EncryptedKey:
+            raise CredentialsError(
+                f"the private key {auth.key_file} is encrypted (it asks for a "
+                "passphrase), which goose-proxy cannot enter: give it an unencrypted "
+                "key, as RHSM writes it"
+            ) from None
         except ssl.SSLError as e:
             reason = getattr(e, "reason", None) or ""
             if "KEY_VALUES_MISMATCH" in reason.upper():
@@ -190,6 +198,14 @@ class ClientTLS:
         except OSError as e:  # OpenSSL does not say which file: look
             raise _unreadable(auth, e) from None
         return ctx
+
+
+class _EncryptedKey(Exception):
+    """The key file asked for a passphrase (raised by :func:`_no_passphrase`)."""
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
 
 
 # --- what the certificate says about itself (goose-proxy check, and a refusal) ---

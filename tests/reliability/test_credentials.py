@@ -22,7 +22,13 @@ from goose_proxy.errors import CredentialsError
 from goose_proxy.upstream import tls
 from goose_proxy.upstream.tls import ClientTLS
 from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
-from tests.support import CertClock, issue_client_pair, make_config, running_proxy
+from tests.support import (
+    CertClock,
+    encrypted_copy,
+    issue_client_pair,
+    make_config,
+    running_proxy,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -268,6 +274,22 @@ async def test_key_of_another_certificate_gives_clear_message(
     assert "PRIVATE KEY" not in r.text
 
 
+async def test_encrypted_key_gives_clear_message_without_a_prompt(
+    pki: SimpleNamespace, consumer: SimpleNamespace
+) -> None:
+    # OpenSSL, given no password callback, asks on the terminal: a proxy started
+    # from one froze whole (its event loop blocked in the prompt)
+    encrypted_copy(consumer.a_key, consumer.key)
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("https://127.0.0.1:9", consumer.auth)) as proxy:
+            r = await post(proxy.url, HELLO)
+    assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
+    assert r.json()["error"]["message"].startswith(
+        f"the private key {consumer.key} is encrypted (it asks for a passphrase)"
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "server"),
     [(HELLO, "trusted"), (HELLO_STREAM, "trusted"), (HELLO, "untrusted")],
@@ -338,7 +360,9 @@ def test_an_unreadable_key_says_who_may_read_it(
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    def refusing_load(self: ssl.SSLContext, certfile: str, keyfile: Any = None) -> None:
+    def refusing_load(
+        self: ssl.SSLContext, certfile: str, keyfile: Any = None, password: Any = None
+    ) -> None:
         raise PermissionError(13, "Permission denied")  # OpenSSL names no file
 
     monkeypatch.setattr(tls, "open", guarded_open, raising=False)
