@@ -190,8 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from goose_proxy.check import report_config_error
 
             report_config_error(e)
-        else:
-            print(f"goose-proxy: configuration error: {e}", file=sys.stderr)
+        else:  # (logging is not set up yet) an error for the journal, as log lines are
+            journal = _stderr_is_journal(os.environ.get("JOURNAL_STREAM", ""))
+            prio = f"<{_SYSLOG_PRIORITY[logging.ERROR]}>" if journal else ""
+            print(f"{prio}goose-proxy: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if checking:
         # the report says what the daemon would log at start (its warnings are

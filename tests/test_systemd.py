@@ -280,5 +280,30 @@ def test_activation_with_a_descriptor_that_is_not_a_socket(tmp_path: Path) -> No
     assert "cannot listen on" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "terminal"])
+def test_a_configuration_error_has_the_error_priority_in_the_journal(
+    tmp_path: Path, journal: bool
+) -> None:
+    """Said before logging is set up: without its <3> prefix journald gave the line
+    the info priority, and `journalctl -p warning` hid the line naming the key."""
+    config = tmp_path / "config.toml"
+    config.write_text("[server]\nprot = 8080\n")
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    err_path = tmp_path / "stderr.log"
+    with err_path.open("wb") as err_file:
+        if journal:
+            st = os.fstat(err_file.fileno())
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "goose_proxy", "--config", str(config)],
+            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=err_file, timeout=WAIT,
+        )  # fmt: skip
+    err = err_path.read_text("utf-8", "replace")
+    assert proc.returncode == 2, err
+    said = f"goose-proxy: configuration error: {config}: server.prot: unknown key"
+    assert err.startswith(("<3>" if journal else "") + said), err
+
+
 def test_addresses_are_written_as_urls_write_them() -> None:
     assert addresses_text([("127.0.0.1", 8080), ("::1", 8080)]) == "127.0.0.1:8080, [::1]:8080"
