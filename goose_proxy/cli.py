@@ -136,7 +136,7 @@ async def serve(config: Config) -> int:
             ", ".join(name for name, _ in activated),
         )
     await server.open_listeners([s for _, s in activated])
-    where = addresses_text(server.bound)
+    where = addresses_text(server.bound, server.unix_paths)
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             await tg.start(server.serve)
@@ -171,9 +171,10 @@ async def _drain_then_stop(server: ProxyServer, scope: anyio.CancelScope) -> Non
     scope.cancel()
 
 
-def addresses_text(bound: Sequence[tuple[str, int]]) -> str:
-    """``127.0.0.1:8080, [::1]:8080``: where the proxy listens, as URLs write it."""
-    return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bound)
+def addresses_text(bound: Sequence[tuple[str, int]], paths: Sequence[str] = ()) -> str:
+    """``127.0.0.1:8080, [::1]:8080``: where the proxy listens, as URLs write it
+    (then the paths of unix sockets)."""
+    return ", ".join([*(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bound), *paths])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from goose_proxy.cli import addresses_text
-from goose_proxy.config import ServerConfig
+from goose_proxy.config import Config, ServerConfig
+from goose_proxy.http.server import ProxyServer
 from goose_proxy.systemd import listen_fds, notify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,3 +308,26 @@ def test_a_configuration_error_has_the_error_priority_in_the_journal(
 
 def test_addresses_are_written_as_urls_write_them() -> None:
     assert addresses_text([("127.0.0.1", 8080), ("::1", 8080)]) == "127.0.0.1:8080, [::1]:8080"
+    assert addresses_text([("127.0.0.1", 80)], ["/run/gp.sock"]) == "127.0.0.1:80, /run/gp.sock"
+
+
+@pytest.mark.anyio
+async def test_a_unix_socket_listened_on_is_named(tmp_path: Path) -> None:
+    # systemd's ListenStream= may be a path: "listening on " said nothing
+    path = str(tmp_path / "gp.sock")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(path)
+    abstract.bind(f"\0gp-test-{os.getpid()}")
+    for s in (unix, abstract):
+        s.listen()
+    server = ProxyServer(Config())
+    try:
+        listeners = await server.open_listeners([unix, abstract])
+        assert server.unix_paths == [path, f"@gp-test-{os.getpid()}"]
+        assert server.bound == []
+        for listener in listeners:
+            await listener.aclose()
+    finally:
+        unix.close()
+        abstract.close()

@@ -157,6 +157,8 @@ class ProxyServer:
         self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self.bound: list[tuple[str, int]] = []
+        #: the paths of unix sockets listened on (systemd ListenStream=/path)
+        self.unix_paths: list[str] = []
 
     # -- listening --
 
@@ -175,6 +177,9 @@ class ProxyServer:
                 host, port = str(addr[0]), int(addr[1])
                 self.bound.append((host, port))
                 warn_if_exposed(host, port)
+            elif isinstance(addr, (str, bytes)):  # AF_UNIX; abstract names start with NUL
+                path = os.fsdecode(addr)
+                self.unix_paths.append("@" + path[1:] if path.startswith("\0") else path)
         return listeners
 
     async def serve(
