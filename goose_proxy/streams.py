@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import math
 import re
 import socket
@@ -468,16 +469,37 @@ def _stream(transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol) ->
 async def connect_tcp(
     host: str, port: int, *, read_limit: int = DEFAULT_READ_LIMIT
 ) -> ProtocolStream:
-    """Open a TCP connection (``TCP_NODELAY`` is set by asyncio). Tries the host's
-    addresses the RFC 8305 way. Raises OSError (``socket.gaierror`` for DNS)."""
+    """Open a TCP connection (``TCP_NODELAY`` is set by asyncio). Tries a host's
+    several addresses the RFC 8305 way. Raises OSError (``socket.gaierror`` for
+    DNS).
+
+    A host with one address (an address, ``localhost``, most names) is
+    connected to directly: asyncio's RFC 8305 race, cancelled just as an
+    attempt connects (the client left, a deadline), drops that socket without
+    closing it, and the backend keeps an idle connection until the garbage
+    collector finds it.
+    """
     loop = asyncio.get_running_loop()
+    delay: Optional[float] = None
+    if not _is_address(host):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = {info[4][:2] for info in infos}
+        if len(addresses) == 1:
+            host = str(next(iter(addresses))[0])  # (no second lookup)
+        else:
+            delay = HAPPY_EYEBALLS_DELAY
     transport, protocol = await loop.create_connection(
-        lambda: _Protocol(read_limit),
-        host,
-        port,
-        happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+        lambda: _Protocol(read_limit), host, port, happy_eyeballs_delay=delay
     )
     return _stream(transport, protocol)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class Listener:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
+import os
 import socket
 import ssl
 import struct
@@ -39,6 +41,7 @@ from goose_proxy.streams import (
     connect_tcp,
     refused,
 )
+from tests.reliability.support import poll
 from tests.support import refusing_port
 
 pytestmark = pytest.mark.anyio
@@ -959,3 +962,33 @@ async def test_server_head_deadline_is_a_timeout_not_a_gone_client() -> None:
             assert not conn.client_gone
             await stream.aclose()
         await listener.aclose()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc")
+async def test_a_connect_cancelled_at_any_step_leaves_no_socket_open() -> None:
+    # asyncio's RFC 8305 race, cancelled as an attempt connects, dropped that
+    # socket unclosed (until the garbage collector found it): the backend kept
+    # an idle connection per client that left while the proxy was connecting
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    port = listener.getsockname()[1]
+    gc.disable()  # a dropped socket must not be rescued by the collector
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        with anyio.fail_after(20):
+            for steps in range(12):  # cancelled after 0, 1, … loop turns
+                for _ in range(8):
+                    task = asyncio.ensure_future(connect_tcp("127.0.0.1", port))
+                    for _ in range(steps):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    try:
+                        stream = await task
+                    except asyncio.CancelledError:
+                        continue
+                    await stream.aclose()  # it connected before the cancel came
+        # the last closes complete on the loop's next turns; a dropped socket never
+        with anyio.fail_after(3):
+            await poll(lambda: len(os.listdir("/proc/self/fd")) <= before)
+    finally:
+        gc.enable()
+        listener.close()
