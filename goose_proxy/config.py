@@ -45,6 +45,7 @@ class ServerConfig:
     max_header_count: int = 100
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
+    send_timeout: float = 300.0
     max_connections: int = 1024
     max_requests_per_connection: int = 10_000
     allowed_hosts: tuple[str, ...] = ()
@@ -406,6 +407,7 @@ _SCHEMA: dict[str, dict[str, Checker]] = {
         "max_header_count": _int(8, 1000),
         "header_timeout": _float(0, _HOUR),
         "keepalive_timeout": _float(0, _HOUR),
+        "send_timeout": _float(0, _HOUR),
         "max_connections": _int(1, 100_000),
         "max_requests_per_connection": _int(1, 1 << 31),
         "allowed_hosts": _str_list,

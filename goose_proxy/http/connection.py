@@ -277,14 +277,17 @@ class ServerConnection:
             return
         if self.client_gone:
             raise ClientGone
+        # a client that reads nothing for send_timeout while its buffer is full is
+        # gone too: it would hold the exchange (and its backend connection) for ever
+        timeout = self.cfg.send_timeout
         try:
             if len(data) == 1:  # a stream's pieces: no join, no sum
                 size = len(data[0])
-                await self.stream.send(data[0])
+                await self.stream.send(data[0], timeout)
             else:
                 size = sum(len(part) for part in data)
-                await self.stream.send_parts(data)
-        except _CLOSED as e:
+                await self.stream.send_parts(data, timeout)
+        except (*_CLOSED, TimeoutError) as e:
             self.client_gone = True
             raise ClientGone from e
         self.bytes_sent += size
@@ -356,7 +359,13 @@ class ServerConnection:
 
     @property
     def keep_alive(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        # (h11 is DONE once a whole answer was handed to the stream, even when
+        # the client never took it: a client gone is not kept)
+        return (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            and not self.client_gone
+        )
 
     async def aclose(self) -> None:
         """Close the connection (shielded, bounded); lingering when :attr:`linger` is set."""

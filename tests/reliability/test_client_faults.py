@@ -37,6 +37,7 @@ from tests.reliability.support import (
     request_bytes,
     sse_event,
     steady,
+    wait_settled,
 )
 
 pytestmark = pytest.mark.anyio
@@ -89,6 +90,33 @@ async def test_client_disconnect_during_slow_stream(pki: SimpleNamespace) -> Non
             took = await _disconnect_and_time(h, HELLO_STREAM, b'"content":"Hello')
             assert h.proxy.server.active_requests == 0
     assert took < CANCEL_WITHIN
+
+
+@pytest.mark.parametrize("body", [HELLO_STREAM, HELLO], ids=["stream", "json"])
+async def test_a_client_that_stops_reading_is_let_go_after_send_timeout(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    """Connected and silent, it would hold its exchange and the backend connection
+    for ever (backpressure waits for it); after ``send_timeout`` with its buffers
+    full it counts as gone."""
+    # an answer of 6 MB: more than the socket buffers hold (4 MiB at most here)
+    # (the openai flavour: the backend's answer is one JSON object, quick to make)
+    big = {"fault": "big_event:6000000", "mode": "openai",
+           "backend": {"max_event_size": 32 * 1024 * 1024, "flavor": "openai"}}  # fmt: skip
+    with anyio.fail_after(30):
+        async with proxied(pki, **big, server={"send_timeout": 0.3}) as h:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                s.connect(("127.0.0.1", h.proxy.port))
+                s.sendall(request_bytes("POST", CHAT, json.dumps(body).encode()))
+                # never read: the proxy gives up on the client (and, mid-stream, on
+                # the backend's answer, whose connection it closes)
+                await h.backend.wait_until(lambda b: b.stats.requests_total == 1)
+                await wait_settled(h.proxy, within=20)
+                await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
+            finally:
+                s.close()
 
 
 async def test_client_half_close_counts_as_gone(pki: SimpleNamespace) -> None:
