@@ -251,7 +251,9 @@ class ProtocolStream(anyio.abc.ByteStream):
         if p.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError from p.exc
         self._transport.write(item)
-        end = None if timeout is None else self._loop.time() + timeout
+        end = None  # (the clock is read only when the write has to wait)
+        if timeout is not None and p.write_paused:
+            end = self._loop.time() + timeout
         while p.write_paused and not p.lost:
             waiter = self._loop.create_future()
             p.write_waiter = waiter
