@@ -246,6 +246,18 @@ class ServerConnection:
             else:
                 raise InvalidRequest("request body ended early")
 
+    def request_arriving(self) -> bool:
+        """Part of a request has been received and the rest is being read (its
+        head or its body): what a drain must let finish arriving."""
+        h = self.h11
+        if self.client_gone or self.linger or h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return False  # answering already (an early error), or gone
+        if h.their_state is h11.SEND_BODY:
+            return True
+        return h.their_state is h11.IDLE and (
+            self.stream.bytes_waiting() or bool(h.trailing_data[0])
+        )
+
     def cancel_when_gone(self, scope: Optional[anyio.CancelScope]) -> None:
         """While a request is handled: cancel ``scope`` the moment the client goes
         away (``None`` stops watching).

@@ -20,7 +20,9 @@ connection is closed.
 Shutdown (:meth:`shutdown`): stop accepting, let in-flight requests finish for
 ``drain_timeout`` seconds, then cancel the rest; a stream cut that way ends with
 an error event, never a fake finish (:meth:`shutdown` waits, bounded, until
-those error events are written).
+those error events are written). A request is in flight once its first byte
+has arrived: one still arriving when the drain starts is read to its end (each
+read bounded by ``header_timeout``) and served.
 """
 
 from __future__ import annotations
@@ -153,6 +155,10 @@ class ProxyServer:
         self.closing = False
         self._idle_event = anyio.Event()
         self._request_scopes: set[anyio.CancelScope] = set()
+        self._connections: set[ServerConnection] = set()
+        #: during the drain: connections reading a request that had begun to
+        #: arrive when the drain started (in flight, not dispatched yet)
+        self._arriving: set[ServerConnection] = set()
         self._listeners: list[Listener] = []
         self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
@@ -217,21 +223,29 @@ class ProxyServer:
 
         Returns once every request has finished, or was cancelled and had up
         to :data:`ABORT_GRACE` seconds to end its reply with an error.
+        A request still arriving at the drain timeout is cut when the caller
+        tears the connections down.
         """
         self.closing = True
+        # At once, before anything can arrive: which requests are in flight.
+        for conn in self._connections:
+            if conn.request_arriving():
+                self._arriving.add(conn)  # its first bytes are here: let it in
         for lst in self._listeners:
             with anyio.CancelScope(shield=True):
                 await lst.aclose()
-        if self.active_requests:
-            log.info("draining %d in-flight request(s)", self.active_requests)
+        in_flight = self.active_requests + len(self._arriving)
+        if in_flight:
+            log.info("draining %d in-flight request(s)", in_flight)
             with anyio.move_on_after(self.config.server.drain_timeout):
                 await self._wait_idle()
-        if self._request_scopes:
+        if self._request_scopes or self._arriving:
             log.warning(
                 "drain timeout (%gs) passed: cancelling %d request(s)",
                 self.config.server.drain_timeout,
-                len(self._request_scopes),
+                len(self._request_scopes) + len(self._arriving),
             )
+            self._arriving.clear()  # cut with their connections, after the grace
             for scope in list(self._request_scopes):
                 scope.cancel()
             # Let the cancelled requests write their error event before the
@@ -240,7 +254,7 @@ class ProxyServer:
                 await self._wait_idle()
 
     async def _wait_idle(self) -> None:
-        while self.active_requests:
+        while self.active_requests or self._arriving:
             self._idle_event = anyio.Event()
             await self._idle_event.wait()
 
@@ -253,6 +267,7 @@ class ProxyServer:
             if self.active_connections > self.config.server.max_connections:
                 await self._refuse(conn)
                 return
+            self._connections.add(conn)
             await self._serve_connection(conn)
         except ClientGone:
             pass
@@ -261,6 +276,11 @@ class ProxyServer:
             log.debug("internal error details", exc_info=True)
         finally:
             self.active_connections -= 1
+            self._connections.discard(conn)
+            if self._arriving:  # the drain may be waiting for this one's request
+                self._arriving.discard(conn)
+                if not self.active_requests and not self._arriving:
+                    self._idle_event.set()
             await conn.aclose()
 
     async def _refuse(self, conn: ServerConnection) -> None:
@@ -285,6 +305,8 @@ class ProxyServer:
                     return
                 target = self._check_request(req)
                 await conn.read_body(req)
+                if self.closing:
+                    self._arriving.discard(conn)  # in active_requests from _handle on
             except TimeoutError:
                 return  # slow or silent client: close without a word (408 helps nobody)
             except ProxyError as err:

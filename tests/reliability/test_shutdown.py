@@ -1,6 +1,8 @@
 """Shutdown: stop accepting, let in-flight requests and streams finish for up to
 ``drain_timeout``, then end the rest with an error (an error event inside a
-stream that started, a 503 otherwise) and exit 0 on SIGTERM."""
+stream that started, a 503 otherwise) and exit 0 on SIGTERM.
+
+In flight means: its first byte had arrived when the drain started."""
 
 from __future__ import annotations
 
@@ -23,13 +25,17 @@ from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
     READ_CAP,
+    Malformed,
     ProxyProcess,
+    Response,
     chat_stream_outcome,
     parse_one,
+    parse_responses,
     passthrough_error_event,
     proxied,
     proxy_config,
     proxy_process,
+    read_all,
     request_bytes,
     sse_data,
 )
@@ -75,6 +81,34 @@ def _deltas(body: bytes) -> int:
         for choice in json.loads(data).get("choices", []):
             n += bool(choice.get("delta", {}).get("content"))
     return n
+
+
+async def _one_reply(stream: anyio.abc.ByteStream) -> Response:
+    """Read one whole reply from a connection that stays open (keep-alive)."""
+    data = b""
+    while True:
+        data += await stream.receive()
+        try:
+            replies, rest = parse_responses(data)
+        except Malformed:  # not all of it yet
+            continue
+        if replies:
+            assert len(replies) == 1 and not rest, (replies, rest[:200])
+            return replies[0]
+
+
+async def _line_before_exit(proxy: ProxyProcess, needle: str) -> str:
+    """The log line containing ``needle``; fails at once if the process exits first."""
+
+    async def exits() -> None:
+        code = await proxy.proc.wait()
+        pytest.fail(f"exited ({code}) without logging {needle!r}: " + "\n".join(proxy.lines))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(exits)
+        line = await proxy.wait_line(needle)
+        tg.cancel_scope.cancel()
+    return line
 
 
 async def _refused(port: int) -> bool:
@@ -276,3 +310,62 @@ async def test_sigterm_idle_exits_0_promptly(pki: SimpleNamespace, tmp_path: Pat
             code = await proxy.proc.wait()
             took = anyio.current_time() - t0
     assert code == 0 and took < 3
+
+
+@pytest.mark.parametrize("where", ["fresh-expect-100", "kept-alive"])
+async def test_sigterm_while_a_body_arrives_serves_it(
+    pki: SimpleNamespace, tmp_path: Path, where: str
+) -> None:
+    # no other request: the one whose body is half here is in flight all the same
+    body = json.dumps(HELLO).encode()
+    half = len(body) // 2
+    with anyio.fail_after(30):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = proxy_config(backend.url, pki, server={"drain_timeout": 10.0})
+            async with proxy_process(cfg, tmp_path) as proxy:
+                async with await anyio.connect_tcp("127.0.0.1", proxy.port) as s:
+                    if where == "kept-alive":
+                        await s.send(request_bytes("GET", "/health"))
+                        assert (await _one_reply(s)).status == 200
+                        head = request_bytes("POST", CHAT, body)[: -len(body)]
+                        await s.send(head + body[:half])
+                    else:  # the 100 shows that the proxy is reading the body
+                        head = request_bytes("POST", CHAT, body, {"Expect": "100-continue"})
+                        await s.send(head[: -len(body)])
+                        assert (await s.receive()).startswith(b"HTTP/1.1 100 ")
+                        await s.send(body[:half])
+                    proxy.proc.send_signal(signal.SIGTERM)
+                    await _line_before_exit(proxy, "draining 1 in-flight request")
+                    await s.send(body[half:])
+                    r = parse_one(await read_all(s))
+                code = await proxy.proc.wait()
+                log = "\n".join(proxy.lines)
+    assert code == 0, log
+    assert r.status == 200 and r.header("connection") == "close"
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    assert backend.stats.requests_total == 1
+
+
+async def test_a_body_still_arriving_at_the_drain_timeout_is_cut(pki: SimpleNamespace) -> None:
+    # let in, but not waited for past drain_timeout (header_timeout is far longer)
+    body = json.dumps(HELLO).encode()
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            cfg = make_config(
+                backend.url,
+                pki.auth,
+                server={"drain_timeout": 0.3, "header_timeout": 60.0},
+                backend={"proxy": ""},
+            )
+            async with serving_like_the_cli(cfg) as proxy:
+                s = await anyio.connect_tcp("127.0.0.1", proxy.port)
+                head = request_bytes("POST", CHAT, body, {"Expect": "100-continue"})
+                await s.send(head[: -len(body)])
+                assert (await s.receive()).startswith(b"HTTP/1.1 100 ")
+                await s.send(body[:10])
+                t0 = anyio.current_time()
+            took = anyio.current_time() - t0  # shutdown() returned
+            async with s:
+                assert await read_all(s) == b""  # cut with the server, no reply
+    assert 0.3 <= took < 3
+    assert backend.stats.requests_total == 0
