@@ -180,6 +180,16 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     # -- reading --
 
+    def interrupt_receive(self) -> bool:
+        """End the wait of a pending :meth:`receive` now, as if its timeout had
+        passed (it raises TimeoutError). False when no receive waits, or bytes
+        (or the peer's end) already woke it: it will return them."""
+        waiter = self._p.read_waiter
+        if waiter is None or waiter.done():
+            return False
+        _expire(waiter)
+        return True
+
     async def receive(
         self,
         max_bytes: int = 65536,

@@ -122,6 +122,10 @@ class ServerConnection:
         self.linger = False
         #: the first bytes of the current request (to spot a HEAD h11 could not parse)
         self._prefix = b""
+        #: waiting for the first byte of the next request on a kept-alive connection
+        self.idle = False
+        #: the server drains: every response from now on says ``Connection: close``
+        self.draining = False
 
     # -- reading --
 
@@ -169,11 +173,14 @@ class ServerConnection:
         first = self.requests_served == 0
         self._prefix = self.h11.trailing_data[0][:5]
         if not first and not self._prefix:
-            # Idle keep-alive: wait for the first byte without a head deadline.
+            # Idle keep-alive: wait for the first byte without a head deadline
+            # (ended early, the same way, when the server starts to drain).
+            self.idle = True
             try:
                 data = await self._receive(cfg.keepalive_timeout)
             except TimeoutError:
                 data = b""
+            self.idle = False
             if not data:
                 return None  # closed, or idle too long
             self._prefix = data[:5]
@@ -246,6 +253,14 @@ class ServerConnection:
             else:
                 raise InvalidRequest("request body ended early")
 
+    def stop_idling(self) -> bool:
+        """The server drains: end a wait for the next request on this kept-alive
+        connection as the keep-alive timeout would (:meth:`read_request` returns
+        None, the connection closes quietly). False when the connection is not
+        idle, or when bytes of a request arrived before this call, which is then
+        under way."""
+        return self.idle and self.stream.interrupt_receive()
+
     def request_arriving(self) -> bool:
         """Part of a request has been received and the rest is being read (its
         head or its body): what a drain must let finish arriving."""
@@ -306,7 +321,7 @@ class ServerConnection:
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]], close: bool) -> bytes:
         hdrs = [SERVER_HEADER, *headers]
-        if close:
+        if close or self.draining:
             hdrs.append((b"connection", b"close"))
         # every value is a constant, a request id or was parsed by h11 (see http11)
         head = h11.Response(

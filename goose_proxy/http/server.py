@@ -22,7 +22,12 @@ Shutdown (:meth:`shutdown`): stop accepting, let in-flight requests finish for
 an error event, never a fake finish (:meth:`shutdown` waits, bounded, until
 those error events are written). A request is in flight once its first byte
 has arrived: one still arriving when the drain starts is read to its end (each
-read bounded by ``header_timeout``) and served.
+read bounded by ``header_timeout``) and served. A kept-alive connection idle
+between requests is closed at once, as its keep-alive timeout would close it,
+and every connection closes after the reply under way, which says
+``Connection: close`` unless its head went out before the drain. A request
+that begins on a connection accepted before the drain gets a 503 with
+``Retry-After`` (nothing of it reaches the backend).
 """
 
 from __future__ import annotations
@@ -229,6 +234,9 @@ class ProxyServer:
         self.closing = True
         # At once, before anything can arrive: which requests are in flight.
         for conn in self._connections:
+            conn.draining = True
+            if conn.stop_idling():
+                continue  # idle between requests: closed like at its keep-alive timeout
             if conn.request_arriving():
                 self._arriving.add(conn)  # its first bytes are here: let it in
         for lst in self._listeners:
@@ -303,6 +311,11 @@ class ProxyServer:
                 req = await conn.read_request()
                 if req is None:
                     return
+                if self.closing and conn not in self._arriving:
+                    # begun after the drain started: not let in, but told to retry
+                    raise ServiceUnavailable(
+                        "goose-proxy is shutting down", headers=[("Retry-After", "1")]
+                    )
                 target = self._check_request(req)
                 await conn.read_body(req)
                 if self.closing:

@@ -2,7 +2,9 @@
 ``drain_timeout``, then end the rest with an error (an error event inside a
 stream that started, a 503 otherwise) and exit 0 on SIGTERM.
 
-In flight means: its first byte had arrived when the drain started."""
+In flight means: its first byte had arrived when the drain started. Kept-alive
+connections idle between requests are closed at once; a request that begins
+later on a connection accepted before gets a 503 and never reaches the backend."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from tests.reliability.support import (
     parse_one,
     parse_responses,
     passthrough_error_event,
+    poll,
     proxied,
     proxy_config,
     proxy_process,
@@ -46,6 +49,7 @@ pytestmark = pytest.mark.anyio
 CHAT = "/v1/chat/completions"
 SLOW = {"X-Dev-Event-Delay": "0.05", "X-Dev-Deltas": "12"}  # a stream of about 0.6 s
 STALL = {"X-Dev-Fault": "stall_mid_stream"}  # a stream that stops after a few events
+LONG = {"X-Dev-Event-Delay": "0.2", "X-Dev-Deltas": "12"}  # a stream of about 2.5 s
 
 
 class Reader:
@@ -285,7 +289,7 @@ async def test_sigterm_after_drain_timeout_error_event_and_exit_0(
 ) -> None:
     with anyio.fail_after(30):
         async with _real_process_mid_stream(pki, tmp_path, 0.3, STALL) as (backend, proxy, reader):
-            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as idle:  # keep-alive
+            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as idle:  # nothing sent yet
                 t0 = anyio.current_time()
                 proxy.proc.send_signal(signal.SIGTERM)
                 code = await proxy.proc.wait()
@@ -310,6 +314,60 @@ async def test_sigterm_idle_exits_0_promptly(pki: SimpleNamespace, tmp_path: Pat
             code = await proxy.proc.wait()
             took = anyio.current_time() - t0
     assert code == 0 and took < 3
+
+
+async def test_request_begun_after_the_drain_started_gets_503(pki: SimpleNamespace) -> None:
+    # a connection accepted before the drain whose request comes after it began:
+    # answered 503 (retry later), never sent to the backend; the stream in flight
+    # is not disturbed
+    with anyio.fail_after(15):
+        async with proxied(pki, headers=SLOW, server={"drain_timeout": 10.0}) as h:
+            server = h.proxy.server
+            streaming = Reader(h.proxy.port, HELLO_STREAM)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(streaming.run)
+                await streaming.first.wait()
+                async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as late:
+                    await poll(lambda: server.active_connections == 2)  # accepted
+                    tg.start_soon(server.shutdown)
+                    await poll(lambda: server.closing)
+                    await late.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
+                    r = parse_one(await read_all(late))
+                await streaming.done.wait()
+    assert r.status == 503
+    assert r.error["code"] == "service_unavailable" and "shutting down" in r.error["message"]
+    assert r.header("retry-after") == "1" and r.header("connection") == "close"
+    assert h.backend.stats.requests_total == 1  # the stream's only
+    _, err = chat_stream_outcome(parse_one(bytes(streaming.data)).body)
+    assert err is None
+
+
+async def test_sigterm_closes_idle_keepalive_connections_at_once(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    with anyio.fail_after(30):
+        async with _real_process_mid_stream(pki, tmp_path, 8.0, LONG) as (backend, proxy, reader):
+            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as idle:
+                await idle.send(request_bytes("GET", "/health"))  # kept alive
+                assert (await _one_reply(idle)).status == 200
+                proxy.proc.send_signal(signal.SIGTERM)
+                await proxy.wait_line("draining 1 in-flight request")
+                with pytest.raises(anyio.EndOfStream):  # a quiet close, not a reset
+                    await idle.receive()
+                # at once, not when the drain ends
+                assert proxy.proc.returncode is None and not reader.done.is_set()
+                try:  # a request sent on it anyway reaches nothing
+                    await idle.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
+                except (anyio.BrokenResourceError, OSError):
+                    pass
+                assert await read_all(idle) == b""
+            await reader.done.wait()
+            code = await proxy.proc.wait()
+            log = "\n".join(proxy.lines)
+    assert code == 0, log
+    _, err = chat_stream_outcome(parse_one(bytes(reader.data)).body)
+    assert err is None and _deltas(parse_one(bytes(reader.data)).body) == 12
+    assert backend.stats.requests_total == 1
 
 
 @pytest.mark.parametrize("where", ["fresh-expect-100", "kept-alive"])
