@@ -121,9 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stop_signals() -> list[signal.Signals]:
+    """The signals that drain and stop the proxy: SIGINT, SIGTERM and SIGHUP,
+    unless SIGHUP is ignored (``nohup``), which it then stays."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
+def hangup_text(activated: bool) -> str:
+    """The log line for SIGHUP, which stops the proxy (there is no reload)."""
+    again = (
+        "the next connection to the socket starts it again with the file as it is then"
+        if activated
+        else "start it again to use a changed file"
+    )
+    return (
+        "SIGHUP received; shutting down after the drain (there is no reload: the "
+        f"configuration is read at start, and {again})"
+    )
+
+
 async def serve(config: Config) -> int:
-    """Run the proxy until SIGINT or SIGTERM; drain, then return 0. A second
-    signal during the drain stops at once: 130."""
+    """Run the proxy until SIGINT, SIGTERM or SIGHUP; drain, then return 0. A
+    second SIGINT or SIGTERM during the drain stops at once: 130 (a second
+    SIGHUP changes nothing)."""
     import anyio
 
     from goose_proxy.http.server import ProxyServer
@@ -138,7 +161,7 @@ async def serve(config: Config) -> int:
     await server.open_listeners([s for _, s in activated])
     where = addresses_text(server.bound, server.unix_paths)
     async with anyio.create_task_group() as tg:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(*stop_signals()) as signals:
             await tg.start(server.serve)
             # announced only once a signal can no longer kill us mid-request
             log.info(
@@ -153,12 +176,18 @@ async def serve(config: Config) -> int:
             rc = 0
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if draining and signum == signal.SIGHUP:
+                    log.info("SIGHUP received; already shutting down after the drain")
+                    continue
                 if draining:
                     log.warning("%s received again; stopping without finishing the drain", name)
                     rc = 130
                     tg.cancel_scope.cancel()
                     break
-                log.info("%s received; shutting down", name)
+                if signum == signal.SIGHUP:
+                    log.warning("%s", hangup_text(bool(activated)))
+                else:
+                    log.info("%s received; shutting down", name)
                 systemd.notify("STOPPING=1\nSTATUS=draining")
                 draining = True
                 tg.start_soon(_drain_then_stop, server, tg.cancel_scope)

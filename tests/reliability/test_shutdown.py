@@ -1,6 +1,6 @@
 """Shutdown: stop accepting, let in-flight requests and streams finish for up to
 ``drain_timeout``, then end the rest with an error (an error event inside a
-stream that started, a 503 otherwise) and exit 0 on SIGTERM.
+stream that started, a 503 otherwise) and exit 0 on SIGTERM (or SIGHUP).
 
 In flight means: its first byte had arrived when the drain started. Kept-alive
 connections idle between requests are closed at once; a request that begins
@@ -21,6 +21,7 @@ import anyio.abc
 import pytest
 
 import devbackend
+from goose_proxy import cli
 from goose_proxy.config import Config
 from goose_proxy.http.server import ProxyServer
 from tests.reliability.support import (
@@ -404,6 +405,25 @@ async def test_sigterm_while_a_body_arrives_serves_it(
     assert backend.stats.requests_total == 1
 
 
+async def test_sighup_drains_like_sigterm_and_exits_0(pki: SimpleNamespace, tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        async with _real_process_mid_stream(pki, tmp_path, 10.0, SLOW) as (_, proxy, reader):
+            proxy.proc.send_signal(signal.SIGHUP)
+            line = await _line_before_exit(proxy, "SIGHUP received; shutting down after the drain")
+            await proxy.wait_line("draining 1 in-flight request")
+            proxy.proc.send_signal(signal.SIGHUP)  # again: no hurry
+            await proxy.wait_line("SIGHUP received; already shutting down")
+            await reader.done.wait()
+            code = await proxy.proc.wait()
+            log = "\n".join(proxy.lines)
+    assert code == 0, log
+    assert "WARNING" in line and "configuration is read at start" in line
+    assert "stopped" in log
+    r = parse_one(bytes(reader.data))
+    _, err = chat_stream_outcome(r.body)
+    assert err is None and _deltas(r.body) == 12
+
+
 async def test_a_body_still_arriving_at_the_drain_timeout_is_cut(pki: SimpleNamespace) -> None:
     # let in, but not waited for past drain_timeout (header_timeout is far longer)
     body = json.dumps(HELLO).encode()
@@ -427,3 +447,13 @@ async def test_a_body_still_arriving_at_the_drain_timeout_is_cut(pki: SimpleName
                 assert await read_all(s) == b""  # cut with the server, no reply
     assert 0.3 <= took < 3
     assert backend.stats.requests_total == 0
+
+
+def test_sighup_stays_ignored_under_nohup() -> None:
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert cli.stop_signals() == [signal.SIGINT, signal.SIGTERM]
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert cli.stop_signals() == [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, before)
