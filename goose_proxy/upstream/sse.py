@@ -71,7 +71,7 @@ class SSEParser:
         buf = self._buf + data if self._buf else data
         limit = self._max
         if b"\n\n" not in buf:
-            if len(buf) > limit:
+            if len(buf) > limit and _too_long(len(buf), buf, limit):
                 raise _too_large(limit)
             self._buf = buf
             return []
@@ -85,7 +85,7 @@ class SSEParser:
                 ev = _parse_block(block)
                 if ev is not None:
                     events.append(ev)
-            if len(rest) > limit:
+            if len(rest) > limit and _too_long(len(rest), rest, limit):
                 raise _too_large(limit)
         except (UpstreamProtocolError, UnicodeDecodeError) as e:
             self._buf = b""
@@ -110,6 +110,14 @@ class SSEParser:
         except UnicodeDecodeError:
             raise _not_utf8() from None
         return [ev] if ev is not None else []
+
+
+def _too_long(size: int, end: bytes, limit: int) -> bool:
+    """Whether the start of an event not ended yet, of ``size`` bytes (over ``limit``)
+    ending with ``end``, is too long: an LF at its end may be the first of its blank
+    line, and does not count (an event of ``limit`` bytes is not too long, wherever
+    the reads cut it)."""
+    return size > limit + 1 or not end.endswith(b"\n")
 
 
 def _too_large(limit: int) -> UpstreamProtocolError:
