@@ -21,7 +21,7 @@ layers.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from goose_proxy.errors import UpstreamProtocolError
 
@@ -40,7 +40,10 @@ class SSEParser:
     __slots__ = ("_buf", "_cr", "_error", "_max")
 
     def __init__(self, max_event_size: int = 4 * 1024 * 1024) -> None:
-        self._buf = b""
+        #: the start of an event not ended yet; a bytearray once it spans more than
+        #: one read, so that it grows in place: an event that comes in many reads
+        #: costs time linear in its size (each read is copied and scanned once)
+        self._buf: Union[bytes, bytearray] = b""
         self._cr = False  # the previous read ended in "\r" (maybe half of "\r\n")
         self._max = max_event_size
         self._error: Optional[UpstreamProtocolError] = None  # held back, see feed()
@@ -68,13 +71,27 @@ class SSEParser:
         if b"\r" in data:
             self._cr = data.endswith(b"\r")
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + data if self._buf else data
+        buf = self._buf
         limit = self._max
-        if b"\n\n" not in buf:
-            if len(buf) > limit and _too_long(len(buf), buf, limit):
+        if buf:  # the start of an event from earlier reads (LFs only, no blank line)
+            if b"\n\n" not in data and not (buf[-1] == 10 and data.startswith(b"\n")):
+                # not ended yet: it grows in place, not copied or scanned again
+                size = len(buf) + len(data)
+                if size > limit and _too_long(size, data or buf, limit):
+                    self._buf = b""
+                    raise _too_large(limit)
+                if type(buf) is bytes:
+                    buf = self._buf = bytearray(buf)
+                buf += data
+                return []
+            buf = buf + data if type(buf) is bytes else b"".join((buf, data))
+        elif b"\n\n" not in data:
+            if len(data) > limit and _too_long(len(data), data, limit):
                 raise _too_large(limit)
-            self._buf = buf
+            self._buf = data
             return []
+        else:
+            buf = data
         blocks = buf.split(b"\n\n")
         rest = blocks.pop()
         events: list[SSEEvent] = []
@@ -104,7 +121,7 @@ class SSEParser:
         event that is not UTF-8.
         """
         self.check()
-        block, self._buf = self._buf, b""
+        block, self._buf = bytes(self._buf), b""
         try:
             ev = _parse_block(block.rstrip(b"\n")) if block.strip() else None
         except UnicodeDecodeError:
@@ -112,7 +129,7 @@ class SSEParser:
         return [ev] if ev is not None else []
 
 
-def _too_long(size: int, end: bytes, limit: int) -> bool:
+def _too_long(size: int, end: Union[bytes, bytearray], limit: int) -> bool:
     """Whether the start of an event not ended yet, of ``size`` bytes (over ``limit``)
     ending with ``end``, is too long: an LF at its end may be the first of its blank
     line, and does not count (an event of ``limit`` bytes is not too long, wherever
