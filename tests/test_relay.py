@@ -7,6 +7,7 @@ so that where the reads are cut is exact (over TCP it is up to the kernel).
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any, Optional, Union
 from unittest import mock
@@ -607,3 +608,110 @@ def test_a_failure_after_the_answer_started_carries_the_error_object(named: bool
     assert error is None and out.startswith(DELTA)  # the backend's error ends the stream
     relayed = json.loads(out.split(b"data: ")[-1])
     assert relayed["error"] == {"code": "server_error", "message": "boom"}
+
+
+# --- any stream, cut anywhere; a large event in small reads ----------------------------
+
+
+def _big(n: int) -> bytes:
+    return b'data: {"type":"response.output_text.delta","delta":"' + b"x" * n + b'"}\n\n'
+
+
+#: the events before the end (after it, what goes out depends on the reads by
+#: design: only a [DONE]), and none that is not UTF-8 (one in the read that starts
+#: the answer keeps that read's events back; in a read of its own, they go first)
+_RELAY_EVENTS = st.sampled_from(
+    [DELTA, SEQ_DELTA, CREATED, b": keep-alive\n\n", b"id: 7\n\n"]
+) | st.integers(0, 3000).map(_big)
+_LINE_END = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(st.tuples(_RELAY_EVENTS, _LINE_END), max_size=8),
+    end=st.sampled_from([C + D, C, C[:-1], b'data: {"type":"resp', b""]),
+    end_line=_LINE_END,
+    limit=st.sampled_from([64, 1000, 4096]),
+    data=st.data(),
+)
+def test_any_cut_of_a_stream_is_relayed_as_in_one_read(
+    events: list[tuple[bytes, bytes]], end: bytes, end_line: bytes, limit: int, data: st.DataObject
+) -> None:
+    # what the client gets, and the error, whichever way the reads cut the stream
+    # (events longer than the reads, blank lines across them, events over the cap)
+    stream = b"".join(ev.replace(b"\n", eol) for ev, eol in events) + end.replace(b"\n", end_line)
+    at = data.draw(st.lists(st.integers(1, max(1, len(stream))), max_size=20))
+    got, error = anyio.run(seen, cut(stream, at), limit)
+    want, want_error = anyio.run(seen, [stream] if stream else [], limit)
+    assert got == want
+    assert repr(error) == repr(want_error)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("ends", ["LF", "CRLF", "CR", "mixed"])
+def test_a_stream_in_reads_of_a_few_bytes(ends: str, size: int) -> None:
+    # every blank line cut at every place, after events that span many reads
+    eols = {"LF": [b"\n"], "CRLF": [b"\r\n"], "CR": [b"\r"], "mixed": [b"\r\n", b"\r", b"\n"]}[ends]
+    frames = [DELTA, _big(300), b": keep-alive\n\n", _big(100), SEQ_DELTA, C, D]
+    stream = b"".join(f.replace(b"\n", eols[i % len(eols)]) for i, f in enumerate(frames))
+    reads = cut(stream, list(range(size, len(stream), size)))
+    assert anyio.run(relay, reads) == anyio.run(relay, [stream]) == (stream, None)
+    # an event over the cap, whole at last or cut short: not a byte of it goes out
+    assert anyio.run(relay, reads[: len(reads) * 2 // 3], 128) == (
+        DELTA.replace(b"\n", eols[0]),
+        "backend sent a stream event larger than 128 bytes",
+    )
+
+
+# An event that arrives in many small reads must cost time linear in its size:
+# each read copied and scanned once, not the whole event so far again (a 3.5 MiB
+# event in 256-byte reads took 2.9 s that way, 43 ms now). Timing would make a
+# flaky test; these count what the quadratic way did instead.
+
+_SIZE = 256 * 1024
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"])
+def test_a_large_event_in_small_reads_is_scanned_once(line_end: bytes) -> None:
+    stream = (DELTA + _big(_SIZE) + C + D).replace(b"\n", line_end)
+    reads = cut(stream, list(range(256, len(stream), 256)))  # 1000 and more reads
+    scanned: list[int] = []
+    whole_events = handlers._whole_events
+
+    def spy(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
+        scanned.append(len(buf))
+        return whole_events(buf, start, limit)
+
+    with mock.patch.object(handlers, "_whole_events", spy):
+        sent, error = anyio.run(relay, reads, 1 << 20)
+    assert (sent, error) == (stream, None)
+    # the event so far handed over at each read would be 1024 * _SIZE / 2 = 128 MiB
+    assert sum(scanned) < 3 * len(stream)
+
+
+def test_a_large_event_in_small_reads_is_not_copied_at_each_read() -> None:
+    stream = DELTA + _big(_SIZE) + C + D
+    reads = cut(stream, list(range(256, len(stream), 256)))
+    allocated = 0
+    pending = iter(reads)
+
+    async def receive() -> bytes:  # what the relay allocated since the last read
+        nonlocal allocated
+        current, peak = tracemalloc.get_traced_memory()
+        allocated += peak - current
+        tracemalloc.reset_peak()
+        return next(pending, b"")
+
+    async def send(data: bytes) -> None:
+        pass
+
+    async def main() -> None:
+        await PassthroughRelay(receive, send, 1 << 20).run()
+
+    tracemalloc.start()
+    try:
+        anyio.run(main)
+    finally:
+        tracemalloc.stop()
+    # a copy of the event so far at each read would be 1024 * _SIZE / 2 = 128 MiB
+    assert allocated < 4 * len(stream)

@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 from urllib.parse import unquote
 
 import anyio
@@ -647,7 +647,8 @@ class PassthroughRelay:
         held: Optional[list[bytes]] = []  # whole events before the answer; None once it started
         held_size = 0
         grace = 0.0  # after the terminal event or a [DONE]: when to stop waiting for the end
-        carry = b""  # the start of an event not complete yet
+        #: the start of an event not complete yet (a bytearray once it spans a read)
+        carry: Union[bytes, bytearray] = b""
         while True:
             data: Optional[bytes] = None
             try:
@@ -665,12 +666,27 @@ class PassthroughRelay:
                     break  # what follows the terminal event does not matter
                 raise
             too_big = False
-            if data:
-                buf = carry + data if carry else data
+            if not carry:  # the usual read: whole events, then maybe the start of one
+                if data:
+                    cut, too_big = _whole_events(data, 0, limit)
+                    whole, carry = data[:cut], data[cut:]
+                else:
+                    whole = b""
+            elif not data:  # the end: a last event without its blank line goes out if it is whole
+                whole, carry = bytes(carry), b""
+            elif (
+                type(carry) is bytearray
+                and len(carry) + len(data) <= limit
+                and not _may_end_event(carry, data)
+            ):  # an event that spans reads goes on: it grows in place, not copied or
+                # scanned again (one large event in many small reads costs linear time)
+                carry += data
+                whole = b""
+            else:
+                buf = carry + data if type(carry) is bytes else b"".join((carry, data))
                 cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
-                whole, carry = buf[:cut], buf[cut:]
-            else:  # the end: a last event without its blank line goes out if it is whole
-                whole, carry = carry, b""
+                # an event that spans a whole read becomes a bytearray, to grow (above)
+                whole, carry = (buf[:cut], buf[cut:]) if cut else (b"", bytearray(buf))
             events: list[SSEEvent] = []
             error: Optional[UpstreamProtocolError] = None
             try:
@@ -893,6 +909,21 @@ def _whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
         run = last + 2 - first
         return first + run - run % 2, False
     return _scan_whole_events(buf, start, limit)
+
+
+def _may_end_event(carry: Union[bytes, bytearray], data: bytes) -> bool:
+    """Whether ``carry + data`` may hold a blank line at or after ``len(carry) - 3``
+    (where :func:`_whole_events` looks for one when ``carry`` is the start of an
+    event), seen from ``data`` and the last bytes of ``carry`` only.
+
+    Every blank line holds LF LF, LF CR or CR CR (CRLF CRLF, LF CRLF, CR CRLF, ...).
+    So when none is there, ``carry + data`` holds no whole event; the converse
+    does not hold (a CR at the very end may yet be half a CRLF).
+    """
+    if b"\n\n" in data or (b"\r" in data and (b"\n\r" in data or b"\r\r" in data)):
+        return True
+    seam = carry[-3:] + data[:1]  # a blank line across the reads, or one that waited for a byte
+    return b"\n\n" in seam or b"\n\r" in seam or b"\r\r" in seam
 
 
 def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
