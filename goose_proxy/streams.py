@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import math
 import re
@@ -482,27 +483,19 @@ async def connect_tcp(
     host: str, port: int, *, read_limit: int = DEFAULT_READ_LIMIT
 ) -> ProtocolStream:
     """Open a TCP connection (``TCP_NODELAY`` is set by asyncio). Tries a host's
-    several addresses the RFC 8305 way. Raises OSError (``socket.gaierror`` for
-    DNS).
-
-    A host with one address (an address, ``localhost``, most names) is
-    connected to directly: asyncio's RFC 8305 race, cancelled just as an
-    attempt connects (the client left, a deadline), drops that socket without
-    closing it, and the backend keeps an idle connection until the garbage
-    collector finds it.
-    """
+    several addresses the RFC 8305 way (:func:`_connect_first`). Raises OSError
+    (``socket.gaierror`` for DNS)."""
     loop = asyncio.get_running_loop()
-    delay: Optional[float] = None
-    if not _is_address(host):
+    if _is_address(host):  # no lookup: not to a thread either
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    else:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = {info[4][:2] for info in infos}
-        if len(addresses) == 1:
-            host = str(next(iter(addresses))[0])  # (no second lookup)
-        else:
-            delay = HAPPY_EYEBALLS_DELAY
-    transport, protocol = await loop.create_connection(
-        lambda: _Protocol(read_limit), host, port, happy_eyeballs_delay=delay
-    )
+    sock = await _connect_first(loop, _interleaved(infos))
+    try:
+        transport, protocol = await loop.create_connection(lambda: _Protocol(read_limit), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     return _stream(transport, protocol)
 
 
@@ -512,6 +505,89 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_AddrInfo = tuple[Any, Any, Any, Any, Any]
+
+
+def _interleaved(infos: Sequence[_AddrInfo]) -> list[_AddrInfo]:
+    """``infos`` without repeats, the address families taking turns, starting with
+    the first's (RFC 8305 §4)."""
+    seen: set[Any] = set()
+    by_family: dict[Any, list[_AddrInfo]] = {}
+    for info in infos:
+        if info[4] not in seen:
+            seen.add(info[4])
+            by_family.setdefault(info[0], []).append(info)
+    queues = list(by_family.values())
+    out: list[_AddrInfo] = []
+    while queues:
+        out += [q.pop(0) for q in queues]
+        queues = [q for q in queues if q]
+    return out
+
+
+async def _connect_first(loop: asyncio.AbstractEventLoop, infos: list[_AddrInfo]) -> socket.socket:
+    """A socket connected to the first of ``infos`` that answers (RFC 8305: the
+    next attempt starts :data:`HAPPY_EYEBALLS_DELAY` after the one before, or
+    as soon as it fails); every other socket closed, the winner too when this
+    is cancelled. (asyncio's own race dropped a socket unclosed when cancelled
+    just as it connected: the backend kept an idle connection until the
+    garbage collector found the socket.)"""
+    if not infos:
+        raise OSError("getaddrinfo returned no address")
+    attempts: list[asyncio.Task[socket.socket]] = []
+    errors: list[OSError] = []
+    winner: Optional[socket.socket] = None
+    try:
+        left = list(infos)
+        while winner is None:
+            if left:
+                attempts.append(loop.create_task(_connect_one(loop, left.pop(0))))
+            running = [t for t in attempts if not t.done()]
+            if not running:
+                break
+            done, _ = await asyncio.wait(
+                running,
+                timeout=HAPPY_EYEBALLS_DELAY if left else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in done:
+                exc = task.exception()
+                if exc is None:
+                    winner = winner or task.result()
+                elif isinstance(exc, OSError):
+                    errors.append(exc)
+                else:
+                    raise exc
+    finally:
+        for task in attempts:  # the others, and all of them when cancelled
+            if not task.done():
+                task.cancel()
+            task.add_done_callback(functools.partial(_close_unless, winner))
+    if winner is not None:
+        return winner
+    if len({str(e) for e in errors}) == 1:
+        raise errors[0]
+    raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
+
+
+async def _connect_one(loop: asyncio.AbstractEventLoop, info: _AddrInfo) -> socket.socket:
+    family, kind, proto, _, address = info
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _close_unless(winner: Optional[socket.socket], task: asyncio.Task[socket.socket]) -> None:
+    """A finished attempt's socket closed, unless it is the one returned."""
+    if not task.cancelled() and task.exception() is None and task.result() is not winner:
+        task.result().close()
 
 
 class Listener:

@@ -20,8 +20,8 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -964,31 +964,85 @@ async def test_server_head_deadline_is_a_timeout_not_a_gone_client() -> None:
         await listener.aclose()
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextmanager
+def _blackhole() -> Iterator[tuple[str, int]]:
+    """An address whose connects hang (a listener whose backlog is full: the
+    kernel drops further SYNs)."""
+    with socket.socket() as lst, socket.socket() as filler:
+        lst.bind(("127.0.0.3", 0))
+        lst.listen(0)
+        filler.connect(lst.getsockname())
+        yield lst.getsockname()
+
+
+def _addresses(monkeypatch: pytest.MonkeyPatch, *addresses: tuple[str, int]) -> None:
+    """The running loop's name lookups answer with ``addresses``."""
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(*args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", a) for a in addresses]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+
+
+async def test_a_name_with_several_addresses_connects_to_one_that_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # RFC 8305: the next address is tried HAPPY_EYEBALLS_DELAY after one that
+    # hangs, and at once after one that refuses; the losers are closed
+    with socket.create_server(("127.0.0.1", 0)) as good, _blackhole() as hole:
+        with refusing_port() as dead:
+            _addresses(monkeypatch, hole, ("127.0.0.1", dead), good.getsockname())
+            before = _open_fds()
+            with anyio.fail_after(5):
+                stream = await connect_tcp("several.invalid", 1)
+                good.settimeout(2)
+                accepted, _ = good.accept()  # it is this listener's connection
+                accepted.close()
+                await stream.aclose()
+                await poll(lambda: _open_fds() <= before)
+            with pytest.raises(OSError, match="Multiple exceptions"), anyio.fail_after(5):
+                _addresses(monkeypatch, ("127.0.0.1", dead), ("127.0.0.2", dead))
+                await connect_tcp("several.invalid", 1)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc")
-async def test_a_connect_cancelled_at_any_step_leaves_no_socket_open() -> None:
+@pytest.mark.parametrize("first", ["address", "blackhole", "refused"])
+async def test_a_connect_cancelled_at_any_step_leaves_no_socket_open(
+    monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
     # asyncio's RFC 8305 race, cancelled as an attempt connects, dropped that
     # socket unclosed (until the garbage collector found it): the backend kept
     # an idle connection per client that left while the proxy was connecting
-    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
-    port = listener.getsockname()[1]
-    gc.disable()  # a dropped socket must not be rescued by the collector
-    try:
-        before = len(os.listdir("/proc/self/fd"))
-        with anyio.fail_after(20):
-            for steps in range(12):  # cancelled after 0, 1, … loop turns
-                for _ in range(8):
-                    task = asyncio.ensure_future(connect_tcp("127.0.0.1", port))
-                    for _ in range(steps):
-                        await asyncio.sleep(0)
-                    task.cancel()
-                    try:
-                        stream = await task
-                    except asyncio.CancelledError:
-                        continue
-                    await stream.aclose()  # it connected before the cancel came
-        # the last closes complete on the loop's next turns; a dropped socket never
-        with anyio.fail_after(3):
-            await poll(lambda: len(os.listdir("/proc/self/fd")) <= before)
-    finally:
-        gc.enable()
-        listener.close()
+    with socket.create_server(("127.0.0.1", 0), backlog=512) as listener, _blackhole() as hole:
+        with refusing_port() as dead:
+            host, port = "127.0.0.1", listener.getsockname()[1]
+            if first != "address":
+                before_it = hole if first == "blackhole" else ("127.0.0.1", dead)
+                _addresses(monkeypatch, before_it, listener.getsockname())
+                host = "several.invalid"
+            gc.disable()  # a dropped socket must not be rescued by the collector
+            try:
+                before = _open_fds()
+                with anyio.fail_after(20):
+                    for steps in range(12):  # cancelled after 0, 1, … loop turns
+                        for _ in range(8):
+                            task = asyncio.ensure_future(connect_tcp(host, port))
+                            for _ in range(steps):
+                                await asyncio.sleep(0)
+                            task.cancel()
+                            try:
+                                stream = await task
+                            except asyncio.CancelledError:
+                                continue
+                            await stream.aclose()  # it connected before the cancel came
+                # the last closes complete on the loop's next turns; a dropped
+                # socket never does
+                with anyio.fail_after(3):
+                    await poll(lambda: _open_fds() <= before)
+            finally:
+                gc.enable()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import select
 import socket
 import ssl
 import struct
@@ -43,6 +44,7 @@ from tests.reliability.support import (
     http_answer,
     passthrough_error_event,
     passthrough_events,
+    poll,
     pool_size,
     post,
     proxied,
@@ -968,7 +970,10 @@ async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
                 async with anyio.create_task_group() as tg:
 
                     async def give_up() -> None:
-                        await anyio.wait_all_tasks_blocked()  # the send is stuck
+                        # connected (the handshake waits in the backlog), then the
+                        # send is stuck
+                        await poll(lambda: bool(select.select([listener], [], [], 0)[0]))
+                        await anyio.wait_all_tasks_blocked()
                         scope.cancel()
                         gave_up.set()
 
