@@ -69,6 +69,12 @@ TLS_READ_BUFFER = 16 * 1024
 HAPPY_EYEBALLS_DELAY = 0.25
 
 
+class AnsweredEarly(Exception):
+    """The peer answered while a ``send(..., until_answer=True)`` waited for it to
+    take the rest: what was not handed over stays unsent, and the connection
+    is no good for another message."""
+
+
 class _Protocol(asyncio.Protocol):
     """The receiving end of one connection, read by :class:`ProtocolStream`."""
 
@@ -89,6 +95,8 @@ class _Protocol(asyncio.Protocol):
         #: aclose() waiting for the flush to end in connection_lost()
         self.close_waiter: Optional[asyncio.Future[None]] = None
         self.write_paused = False
+        #: a waiting send wants to know when the peer answers (see send's until_answer)
+        self.wake_writer_on_data = False
         self.on_gone: Optional[Callable[[], None]] = None
 
     # asyncio calls these
@@ -104,6 +112,8 @@ class _Protocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
         self._wake_reader()
+        if self.wake_writer_on_data:
+            self._wake_writer()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -249,12 +259,20 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     # -- writing --
 
-    async def send(self, item: bytes, timeout: Optional[float] = None) -> None:  # noqa: ASYNC109
+    async def send(
+        self,
+        item: bytes,
+        timeout: Optional[float] = None,  # noqa: ASYNC109
+        until_answer: bool = False,
+    ) -> None:
         """Hand ``item`` to the transport; wait while its buffer is above the
         high-water mark (the peer reads slowly). ``timeout``: raise TimeoutError
-        when that wait lasts longer (see :meth:`receive`)."""
+        when that wait lasts longer (see :meth:`receive`). ``until_answer``:
+        raise :class:`AnsweredEarly` when bytes from the peer arrive during
+        that wait (a server that answered before it read the whole request
+        may never read the rest)."""
         if len(item) > WRITE_SLICE:
-            await self._send_sliced([item], timeout)
+            await self._send_sliced([item], timeout, until_answer)
             return
         if self._closed:
             raise anyio.ClosedResourceError
@@ -266,13 +284,17 @@ class ProtocolStream(anyio.abc.ByteStream):
         if timeout is not None and p.write_paused:
             end = self._loop.time() + timeout
         while p.write_paused and not p.lost:
+            if until_answer and p.buffered:
+                raise AnsweredEarly
             waiter = self._loop.create_future()
             p.write_waiter = waiter
+            p.wake_writer_on_data = until_answer
             timer = None if end is None else self._loop.call_at(end, _expire, waiter)
             try:
                 await waiter
             finally:
                 p.write_waiter = None
+                p.wake_writer_on_data = False
                 if timer is not None:
                     timer.cancel()
         if self._closed:  # aclose() ran meanwhile
@@ -284,19 +306,21 @@ class ProtocolStream(anyio.abc.ByteStream):
         self,
         parts: Sequence[bytes],
         timeout: Optional[float] = None,  # noqa: ASYNC109
+        until_answer: bool = False,
     ) -> None:
         """:meth:`send` of ``parts`` as one message (a head and its body, say):
         joined into one write when small (one system call, one TCP segment),
         else one after another, so that a large body is not copied."""
         if sum(len(part) for part in parts) <= WRITE_SLICE:
-            await self.send(b"".join(parts), timeout)
+            await self.send(b"".join(parts), timeout, until_answer)
         else:
-            await self._send_sliced(parts, timeout)
+            await self._send_sliced(parts, timeout, until_answer)
 
     async def _send_sliced(
         self,
         parts: Sequence[bytes],
         timeout: Optional[float],  # noqa: ASYNC109
+        until_answer: bool = False,
     ) -> None:
         """``parts`` in pieces of at most :data:`WRITE_SLICE`, each once the one
         before drained; ``timeout`` for them all.
@@ -304,7 +328,8 @@ class ProtocolStream(anyio.abc.ByteStream):
         Cancelled or timed out between pieces, the rest goes to the transport
         all the same, as one ``send``'s bytes always did: what the caller writes
         next (an error event, the end of a chunked body, the next response)
-        must not land inside this message.
+        must not land inside this message. Not after :class:`AnsweredEarly`:
+        the peer reads no more, and the connection is done for.
         """
         end = None if timeout is None else self._loop.time() + timeout
         views = [memoryview(part) for part in parts if part]
@@ -314,11 +339,13 @@ class ProtocolStream(anyio.abc.ByteStream):
                 piece = views[i][done : done + WRITE_SLICE]
                 left = None if end is None else end - self._loop.time()
                 try:
-                    await self.send(piece, left)  # type: ignore[arg-type]
+                    await self.send(piece, left, until_answer)  # type: ignore[arg-type]
                 finally:  # it raises before writing only once the stream is unusable
                     done += len(piece)
                     if done == len(views[i]):
                         i, done = i + 1, 0
+        except AnsweredEarly:
+            raise
         except BaseException:
             if i < len(views) and not (
                 self._closed or self._p.lost or self._transport.is_closing()

@@ -58,7 +58,7 @@ from goose_proxy.errors import (
     UpstreamTLSError,
 )
 from goose_proxy.http11 import TRUSTED
-from goose_proxy.streams import ProtocolStream, connect_tcp, refused
+from goose_proxy.streams import AnsweredEarly, ProtocolStream, connect_tcp, refused
 from goose_proxy.upstream.chunked import ChunkedDecoder
 from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
 from goose_proxy.upstream.tls import ClientTLS
@@ -232,6 +232,8 @@ class Connection:
         self.requests = 0
         #: when the current request was all sent (None: not yet), for the retry
         self.sent_at: Optional[float] = None
+        #: the backend answered before it took the whole request: not reusable
+        self.cut_short = False
 
     def looks_dead(self) -> bool:
         """An idle keep-alive connection that received something (the server's FIN,
@@ -550,7 +552,12 @@ class UpstreamClient:
         conn.sent_at = None
         try:
             with _mapped("sending the request", ep):
-                await conn.stream.send_parts(pieces, deadline - _now())
+                try:
+                    await conn.stream.send_parts(pieces, deadline - _now(), until_answer=True)
+                except AnsweredEarly:
+                    # (a 413 for a body too large, say) and it reads no more: that
+                    # answer is the client's; the rest of the request stays unsent
+                    conn.received = conn.cut_short = True
         except UpstreamError:
             if not conn.stream.bytes_waiting():
                 raise
@@ -692,6 +699,7 @@ class UpstreamClient:
         h = conn.h11
         if (
             resp.complete
+            and not conn.cut_short
             and h.our_state is h11.DONE
             # bytes past the body's end would be read as the next request's answer
             and ((h.their_state is h11.DONE and not h.trailing_data[0]) or resp.body_decoded)

@@ -934,6 +934,34 @@ async def test_early_answer_to_a_large_body_is_read_not_retried(pki: SimpleNames
     assert len(srv.requests) == 2 and srv.accepted == 1
 
 
+async def test_early_answer_from_a_backend_that_reads_no_more_is_relayed(
+    pki: SimpleNamespace,
+) -> None:
+    # As above, but the backend neither reads the body nor closes: the proxy's
+    # send waited for it until the head deadline, and the client got a 504
+    # instead of the answer that was there all along.
+    answered = anyio.Event()
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        srv.requests.append(await read_until(stream, b"\r\n\r\n"))
+        body = b'{"detail": "Request Entity Too Large"}'
+        await stream.send(http_answer("413 Request Entity Too Large", [JSON], body))
+        await answered.wait()  # reads nothing until the client has its answer
+        while await stream.receive():  # then to the end (EndOfStream): the proxy
+            pass  # closes the connection, which it cannot use again
+
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * (12 << 20)}]}
+    with anyio.fail_after(20):  # under the head deadline (30 s)
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, big)
+                answered.set()
+                await poll(lambda: srv.accepted == 1 and not srv.open)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
 async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
     # Cancelled while its 32 MB body is still being written (the backend, with
     # a small receive buffer, reads nothing meanwhile): the connection is
