@@ -42,10 +42,11 @@ import math
 import re
 import socket
 import ssl
+import sys
 from asyncio import sslproto
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import anyio
 import anyio.abc
@@ -264,15 +265,18 @@ class ProtocolStream(anyio.abc.ByteStream):
         item: bytes,
         timeout: Optional[float] = None,  # noqa: ASYNC109
         until_answer: bool = False,
+        idle_timeout: Optional[float] = None,
     ) -> None:
         """Hand ``item`` to the transport; wait while its buffer is above the
         high-water mark (the peer reads slowly). ``timeout``: raise TimeoutError
-        when that wait lasts longer (see :meth:`receive`). ``until_answer``:
+        when that wait lasts longer (see :meth:`receive`). ``idle_timeout``:
+        raise TimeoutError once the peer has taken nothing of it for that long
+        (a slow reader that keeps reading is waited for). ``until_answer``:
         raise :class:`AnsweredEarly` when bytes from the peer arrive during
         that wait (a server that answered before it read the whole request
         may never read the rest)."""
         if len(item) > WRITE_SLICE:
-            await self._send_sliced([item], timeout, until_answer)
+            await self._send_sliced([item], timeout, until_answer, idle_timeout)
             return
         if self._closed:
             raise anyio.ClosedResourceError
@@ -289,7 +293,11 @@ class ProtocolStream(anyio.abc.ByteStream):
             waiter = self._loop.create_future()
             p.write_waiter = waiter
             p.wake_writer_on_data = until_answer
-            timer = None if end is None else self._loop.call_at(end, _expire, waiter)
+            timer: Optional[Union[asyncio.TimerHandle, _IdleTimer]] = None
+            if end is not None:
+                timer = self._loop.call_at(end, _expire, waiter)
+            elif idle_timeout is not None:
+                timer = _IdleTimer(self._loop, self._transport, waiter, idle_timeout)
             try:
                 await waiter
             finally:
@@ -307,23 +315,25 @@ class ProtocolStream(anyio.abc.ByteStream):
         parts: Sequence[bytes],
         timeout: Optional[float] = None,  # noqa: ASYNC109
         until_answer: bool = False,
+        idle_timeout: Optional[float] = None,
     ) -> None:
         """:meth:`send` of ``parts`` as one message (a head and its body, say):
         joined into one write when small (one system call, one TCP segment),
         else one after another, so that a large body is not copied."""
         if sum(len(part) for part in parts) <= WRITE_SLICE:
-            await self.send(b"".join(parts), timeout, until_answer)
+            await self.send(b"".join(parts), timeout, until_answer, idle_timeout)
         else:
-            await self._send_sliced(parts, timeout, until_answer)
+            await self._send_sliced(parts, timeout, until_answer, idle_timeout)
 
     async def _send_sliced(
         self,
         parts: Sequence[bytes],
         timeout: Optional[float],  # noqa: ASYNC109
         until_answer: bool = False,
+        idle_timeout: Optional[float] = None,
     ) -> None:
         """``parts`` in pieces of at most :data:`WRITE_SLICE`, each once the one
-        before drained; ``timeout`` for them all.
+        before drained; ``timeout`` for them all, ``idle_timeout`` for each.
 
         Cancelled or timed out between pieces, the rest goes to the transport
         all the same, as one ``send``'s bytes always did: what the caller writes
@@ -339,7 +349,7 @@ class ProtocolStream(anyio.abc.ByteStream):
                 piece = views[i][done : done + WRITE_SLICE]
                 left = None if end is None else end - self._loop.time()
                 try:
-                    await self.send(piece, left, until_answer)  # type: ignore[arg-type]
+                    await self.send(piece, left, until_answer, idle_timeout)  # type: ignore[arg-type]
                 finally:  # it raises before writing only once the stream is unusable
                     done += len(piece)
                     if done == len(views[i]):
@@ -488,6 +498,54 @@ async def _start_tls(
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+class _IdleTimer:
+    """Expires ``waiter`` (TimeoutError) once what waits to reach the peer (the
+    transport's buffer and the kernel's send queue) has not shrunk for
+    ``timeout`` seconds: the peer took nothing. Looked at only when the time
+    is up, then armed again if it did. (The transport's buffer alone moves in
+    steps of megabytes: the kernel reports a socket writable only once a good
+    part of its queue is gone.)"""
+
+    __slots__ = ("_handle", "_loop", "_size", "_timeout", "_transport", "_waiter")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.WriteTransport,
+        waiter: asyncio.Future[None],
+        timeout: float,
+    ) -> None:
+        self._loop, self._transport, self._waiter = loop, transport, waiter
+        self._timeout = timeout
+        self._size = self._pending()
+        self._handle = loop.call_later(timeout, self._check)
+
+    def _pending(self) -> int:
+        size = self._transport.get_write_buffer_size()
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return size
+        try:
+            import fcntl
+            import termios
+
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (ImportError, AttributeError, OSError):  # not Linux: the buffer alone
+            return size
+        return size + int.from_bytes(queued, sys.byteorder)
+
+    def _check(self) -> None:
+        size = self._pending()
+        if size < self._size:  # the peer took some: it is slow, not gone
+            self._size = size
+            self._handle = self._loop.call_later(self._timeout, self._check)
+        else:
+            _expire(self._waiter)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def refused(e: OSError) -> bool:

@@ -310,10 +310,10 @@ class ServerConnection:
         try:
             if len(data) == 1:  # a stream's pieces: no join, no sum
                 size = len(data[0])
-                await self.stream.send(data[0], timeout)
+                await self.stream.send(data[0], idle_timeout=timeout)
             else:
                 size = sum(len(part) for part in data)
-                await self.stream.send_parts(data, timeout)
+                await self.stream.send_parts(data, idle_timeout=timeout)
         except (*_CLOSED, TimeoutError) as e:
             self.client_gone = True
             raise ClientGone from e

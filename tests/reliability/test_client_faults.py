@@ -10,6 +10,7 @@ that its own descriptors (``/proc/<pid>/fd``) and resident memory
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -117,6 +118,33 @@ async def test_a_client_that_stops_reading_is_let_go_after_send_timeout(
                 await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
             finally:
                 s.close()
+
+
+async def test_a_slow_reader_that_keeps_reading_is_not_let_go(pki: SimpleNamespace) -> None:
+    """send_timeout counts time in which the client took nothing: a reader far
+    slower than the answer is long (6 MB at about 3 MB/s, against 0.3 s) is
+    waited for as long as it keeps reading. (A deadline for each write cut it,
+    and one for a whole answer's slices too.)"""
+    big = {"fault": "big_event:6000000", "mode": "openai",
+           "backend": {"max_event_size": 32 * 1024 * 1024, "flavor": "openai"}}  # fmt: skip
+    loop = asyncio.get_running_loop()
+    with anyio.fail_after(30):
+        async with proxied(pki, **big, server={"send_timeout": 0.3}) as h:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                s.setblocking(False)
+                await loop.sock_connect(s, ("127.0.0.1", h.proxy.port))
+                body = json.dumps(HELLO_STREAM).encode()
+                await loop.sock_sendall(s, request_bytes("POST", CHAT, body))
+                raw = bytearray()  # to the end of the chunked body, or the close
+                while not raw.endswith(b"\r\n0\r\n\r\n") and (
+                    data := await loop.sock_recv(s, 64 * 1024)
+                ):
+                    raw += data
+                    await anyio.sleep(0.02)  # the pace of a slow reader, not a wait for state
+    r = parse_one(bytes(raw))
+    text, err = chat_stream_outcome(r.body)
+    assert err is None and len(text) == 6_000_000  # and its end: finish_reason, [DONE]
 
 
 async def test_client_half_close_counts_as_gone(pki: SimpleNamespace) -> None:
