@@ -26,6 +26,18 @@ import json
 from typing import Any, ClassVar, Optional
 
 
+def client_utf8(text: str) -> bytes:
+    """``text`` as UTF-8 for a client: a lone surrogate (the half of a pair that
+    nothing completed, which UTF-8 cannot carry) becomes U+FFFD, as UTF-8
+    decoders show it, and a pair written as two halves becomes its character.
+    Its JSON escape would do for Python, but Goose's serde_json refuses it."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        whole = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return whole.encode("utf-8")
+
+
 class ProxyError(Exception):
     """Base class: an error that becomes an OpenAI error envelope."""
 
@@ -82,12 +94,7 @@ class ProxyError(Exception):
         message or ``param`` quotes (UTF-8 cannot carry it) becomes U+FFFD, as
         in what a chat client reads: Goose's serde_json refuses its escape, and
         would show a parse error instead of this one."""
-        text = json.dumps(self.to_dict(), ensure_ascii=False)
-        try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:
-            whole = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-            return whole.encode("utf-8")
+        return client_utf8(json.dumps(self.to_dict(), ensure_ascii=False))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.message!r}, code={self.code!r})"

@@ -715,3 +715,18 @@ def test_a_large_event_in_small_reads_is_not_copied_at_each_read() -> None:
         tracemalloc.stop()
     # a copy of the event so far at each read would be 1024 * _SIZE / 2 = 128 MiB
     assert allocated < 4 * len(stream)
+
+
+def test_the_error_event_quotes_a_lone_surrogate_as_u_fffd() -> None:
+    # Goose reads /v1/responses streams with serde_json, which refuses the
+    # escaped half: the error event it would show failed to parse instead
+    async def never() -> bytes:
+        raise AssertionError("not read")
+
+    async def drop(data: bytes) -> None:
+        raise AssertionError("not sent")
+
+    relay = PassthroughRelay(never, drop, 4096)
+    (frame,) = relay.error_frames(UpstreamProtocolError("backend said \ud800 here"))
+    assert b"\\ud800" not in frame
+    assert "backend said \ufffd here" in frame.decode("utf-8")

@@ -392,7 +392,7 @@ class Handlers:
             if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
                 answer = await self._collect(resp)
                 answer = adapt_response(answer) if adapt else answer
-                await ex.send(resp.status, encode_json(answer), [JSON])
+                await ex.send(resp.status, encode_json_for_client(answer), [JSON])
                 return
             stream_headers = [*headers, *SSE_HEADERS[1:]]
 
@@ -449,7 +449,7 @@ def _json_answer(raw: bytes, adapt: bool, as_stream: bool) -> tuple[bytes, bool]
     resp = adapt_response(obj) if adapt else obj
     if as_stream and _finished(obj):
         return b"".join(_event_frame(ev["type"], ev) for ev in stream_of_response(resp)), True
-    return (raw if resp is obj else encode_json(resp)), False
+    return (raw if resp is obj else encode_json_for_client(resp)), False
 
 
 def _finished(obj: dict[str, Any]) -> bool:
@@ -877,7 +877,7 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
 def _event_frame(name: Optional[str], obj: dict[str, Any]) -> bytes:
     """An SSE event of ``obj`` (compact JSON) under the ``event:`` name ``name``."""
     head = b"event: " + name.encode() + b"\n" if name else b""
-    return head + b"data: " + encode_json(obj) + b"\n\n"
+    return head + b"data: " + encode_json_for_client(obj) + b"\n\n"
 
 
 #: a blank line: two line ends (CRLF, LF, or a CR not followed by LF; a CR at the

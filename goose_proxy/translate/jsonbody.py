@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any
 
-from goose_proxy.errors import InvalidRequest
+from goose_proxy.errors import InvalidRequest, client_utf8
 
 __all__ = [
     "MAX_DEPTH",
@@ -171,12 +171,7 @@ def encode_json_for_client(value: Any) -> bytes:
     surrogate and fails the whole turn (its tool calls too); the replacement
     character loses nothing a client could have shown.
     """
-    text = _ENCODER.encode(value)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        whole = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-        return whole.encode("utf-8")
+    return client_utf8(_ENCODER.encode(value))
 
 
 # Surrogates appear in the encoder's text only inside strings, where the escape
