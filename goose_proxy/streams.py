@@ -35,11 +35,9 @@ usable. One task may receive while another sends; two receivers are an error.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import ipaddress
 import math
-import re
 import socket
 import ssl
 import sys
@@ -549,14 +547,9 @@ class _IdleTimer:
 
 
 def refused(e: OSError) -> bool:
-    """True when :func:`connect_tcp` failed because the connection was refused: a
-    ConnectionRefusedError, or asyncio's error for a host whose every address
-    failed ("Multiple exceptions: [Errno 111] ..., [Errno 111] ...") when all of
-    them refused."""
-    if isinstance(e, ConnectionRefusedError):
-        return True
-    codes = re.findall(r"\[Errno (\d+)\]", str(e)) if e.errno is None else []
-    return bool(codes) and all(int(c) == errno.ECONNREFUSED for c in codes)
+    """True when :func:`connect_tcp` failed because the connection was refused (at
+    every address of the host: see :func:`_connect_first`)."""
+    return isinstance(e, ConnectionRefusedError)
 
 
 def _stream(transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol) -> ProtocolStream:
@@ -652,8 +645,10 @@ async def _connect_first(loop: asyncio.AbstractEventLoop, infos: list[_AddrInfo]
             task.add_done_callback(functools.partial(_close_unless, winner))
     if winner is not None:
         return winner
-    if len({str(e) for e in errors}) == 1:
-        raise errors[0]
+    if len({str(e) for e in errors}) == 1 or all(
+        isinstance(e, ConnectionRefusedError) for e in errors
+    ):
+        raise errors[0]  # (refused everywhere: a ConnectionRefusedError, see refused())
     raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
 
 
