@@ -423,7 +423,11 @@ class ProxyServer:
             if scope.cancelled_caught and not conn.client_gone:
                 # cancelled by shutdown: end the reply with an error, not a fake finish
                 with anyio.move_on_after(1.0, shield=True):
-                    await ex.abort(ServiceUnavailable("goose-proxy is shutting down"))
+                    await ex.abort(
+                        ServiceUnavailable(
+                            "goose-proxy is shutting down", headers=[("Retry-After", "1")]
+                        )
+                    )
         finally:
             self._request_scopes.discard(scope)
             self.active_requests -= 1

@@ -229,6 +229,7 @@ async def test_after_drain_timeout_waiting_requests_get_503(pki: SimpleNamespace
         r = parse_one(bytes(reader.data))
         assert r.status == 503
         assert r.header("x-should-retry") is None  # another instance may serve it
+        assert r.header("retry-after") == "1"  # as a request refused by the drain
         assert r.error["code"] == "service_unavailable"
 
 
