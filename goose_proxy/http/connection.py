@@ -273,6 +273,11 @@ class ServerConnection:
             self.stream.bytes_waiting() or bool(h.trailing_data[0])
         )
 
+    def next_request_here(self) -> bool:
+        """After a whole exchange: bytes of the next request have arrived (a
+        pipelined one)."""
+        return bool(self.h11.trailing_data[0]) or bool(self.stream.bytes_waiting())
+
     def cancel_when_gone(self, scope: Optional[anyio.CancelScope]) -> None:
         """While a request is handled: cancel ``scope`` the moment the client goes
         away (``None`` stops watching).

@@ -25,9 +25,10 @@ has arrived: one still arriving when the drain starts is read to its end (each
 read bounded by ``header_timeout``) and served. A kept-alive connection idle
 between requests is closed at once, as its keep-alive timeout would close it,
 and every connection closes after the reply under way, which says
-``Connection: close`` unless its head went out before the drain. A request
-that begins on a connection accepted before the drain gets a 503 with
-``Retry-After`` (nothing of it reaches the backend).
+``Connection: close`` unless its head went out before the drain (a request
+the client pipelined behind such a reply, which promised keep-alive, is
+then served too). A request that begins on a connection accepted before the
+drain gets a 503 with ``Retry-After`` (nothing of it reaches the backend).
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ class ProxyServer:
 
     async def _serve_connection(self, conn: ServerConnection) -> None:
         max_requests = self.config.server.max_requests_per_connection
-        while not self.closing or conn.requests_served == 0:
+        while not self.closing or conn.requests_served == 0 or conn in self._arriving:
             req: Optional[Request] = None
             try:
                 req = await conn.read_request()
@@ -347,6 +348,10 @@ class ProxyServer:
                 conn.linger = True  # pipelined requests may follow: no reset over our answer
             if close or not conn.keep_alive:
                 return
+            if self.closing:  # its reply went out before the drain, promising keep-alive
+                if not conn.next_request_here():
+                    return  # closed, as the drain closes idle connections
+                self._arriving.add(conn)  # pipelined before it knew: in flight, served
 
     def _check_request(self, req: Request) -> Union[Handler, ProxyError]:
         """Refuse requests a web page or a foreign host could make (DNS rebinding,

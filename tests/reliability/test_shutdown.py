@@ -40,6 +40,7 @@ from tests.reliability.support import (
     proxy_config,
     proxy_process,
     read_all,
+    read_until,
     request_bytes,
     sse_data,
 )
@@ -342,6 +343,29 @@ async def test_request_begun_after_the_drain_started_gets_503(pki: SimpleNamespa
     assert h.backend.stats.requests_total == 1  # the stream's only
     _, err = chat_stream_outcome(parse_one(bytes(streaming.data)).body)
     assert err is None
+
+
+async def test_a_request_pipelined_behind_one_in_flight_is_served(pki: SimpleNamespace) -> None:
+    # the stream's head went out before the drain, promising keep-alive, and the
+    # client sent its next request behind it: served (Connection: close), not
+    # closed on without a word once the stream ends
+    with anyio.fail_after(15):
+        async with proxied(pki, headers=SLOW, server={"drain_timeout": 10.0}) as h:
+            server = h.proxy.server
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
+                first = await read_until(s, b'"content":"')  # the stream runs
+                await s.send(request_bytes("POST", CHAT, json_body=HELLO))
+                await h.backend.wait_until(lambda b: b.stats.requests_total == 1)
+                await server.shutdown()
+                rest = await read_all(s)
+    (stream, answer), left = parse_responses(first + rest)
+    assert left == b""
+    assert stream.status == 200 and stream.header("connection") is None
+    text, err = chat_stream_outcome(stream.body)
+    assert text and err is None
+    assert answer.status == 200 and answer.header("connection") == "close"
+    assert h.backend.stats.requests_total == 2
 
 
 async def test_sigterm_closes_idle_keepalive_connections_at_once(
