@@ -269,14 +269,12 @@ class ServerConnection:
             return False  # answering already (an early error), or gone
         if h.their_state is h11.SEND_BODY:
             return True
-        return h.their_state is h11.IDLE and (
-            self.stream.bytes_waiting() or bool(h.trailing_data[0])
-        )
+        return h.their_state is h11.IDLE and self.next_request_here()
 
     def next_request_here(self) -> bool:
-        """After a whole exchange: bytes of the next request have arrived (a
+        """Bytes of the next request have arrived (after a whole exchange: a
         pipelined one)."""
-        return bool(self.h11.trailing_data[0]) or bool(self.stream.bytes_waiting())
+        return bool(self.h11.trailing_data[0]) or self.stream.bytes_waiting()
 
     def cancel_when_gone(self, scope: Optional[anyio.CancelScope]) -> None:
         """While a request is handled: cancel ``scope`` the moment the client goes

@@ -149,6 +149,12 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where}"
 
 
+def _shutting_down() -> ServiceUnavailable:
+    """The error of a request the drain refuses or cuts: the client may try again
+    in a moment (under socket activation, the next start serves it)."""
+    return ServiceUnavailable("goose-proxy is shutting down", headers=[("Retry-After", "1")])
+
+
 class ProxyServer:
     """Serves the OpenAI-compatible API on the given listeners."""
 
@@ -314,9 +320,7 @@ class ProxyServer:
                     return
                 if self.closing and conn not in self._arriving:
                     # begun after the drain started: not let in, but told to retry
-                    raise ServiceUnavailable(
-                        "goose-proxy is shutting down", headers=[("Retry-After", "1")]
-                    )
+                    raise _shutting_down()
                 target = self._check_request(req)
                 await conn.read_body(req)
                 if self.closing:
@@ -428,11 +432,7 @@ class ProxyServer:
             if scope.cancelled_caught and not conn.client_gone:
                 # cancelled by shutdown: end the reply with an error, not a fake finish
                 with anyio.move_on_after(1.0, shield=True):
-                    await ex.abort(
-                        ServiceUnavailable(
-                            "goose-proxy is shutting down", headers=[("Retry-After", "1")]
-                        )
-                    )
+                    await ex.abort(_shutting_down())
         finally:
             self._request_scopes.discard(scope)
             self.active_requests -= 1
