@@ -117,9 +117,25 @@ class UnsupportedParameter(InvalidRequest):
 
 
 class ContextLengthExceeded(InvalidRequest):
-    """The backend says the prompt is too long (400; Goose compacts on this)."""
+    """The prompt is too long for the backend (400; Goose compacts on this).
+
+    Clients tell this error by its message, not by its code: Goose compacts
+    when ``error.message`` says "context length" (or one of a few other
+    phrases, which a backend's own words need not contain: "Request does not
+    fit in the model's context window", a 413's HTML page). A message without
+    "context length" therefore begins with :data:`CONTEXT_LENGTH_PREFIX`.
+    """
 
     default_code = "context_length_exceeded"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        if "context length" not in message.lower():
+            message = CONTEXT_LENGTH_PREFIX + message
+        super().__init__(message, **kwargs)
+
+
+#: what begins a :class:`ContextLengthExceeded` message that would not say it
+CONTEXT_LENGTH_PREFIX = "context length exceeded: "
 
 
 class NotFound(InvalidRequest):

@@ -244,3 +244,58 @@ def goose_reads_response(body: Union[bytes, str, dict[str, Any]]) -> GooseSees:
     seen = GooseSees()
     _from_items(obj["output"], seen, False)
     return seen
+
+
+# --- how Goose classifies an error answer -------------------------------------
+
+#: lower-case phrases after which Goose takes a 400 for a context overflow and
+#: compacts its history (``check_context_length_exceeded`` in
+#: ``crates/goose/src/providers/openai_compatible.rs``); it never reads ``code``
+CONTEXT_PHRASES = (
+    "too long",
+    "context length",
+    "context_length_exceeded",
+    "reduce the length",
+    "token count",
+    "exceeds",
+    "exceed context limit",
+    "input length",
+    "max_tokens",
+    "decrease input length",
+    "context limit",
+    "maximum prompt length",
+)
+
+
+def goose_error_kind(status: int, body: Union[bytes, str, dict[str, Any]]) -> str:
+    """The ``ProviderError`` variant Goose makes of an error answer
+    (``map_http_error_to_provider_error`` there): the message is
+    ``error.message``, else a top-level ``message``, else the whole body; only
+    ``ContextLengthExceeded`` makes Goose compact, only ``RateLimitExceeded``
+    makes it retry."""
+    try:
+        doc = body if isinstance(body, dict) else json.loads(body)
+    except ValueError:
+        doc = None
+    message = None
+    if isinstance(doc, dict):
+        inner = doc.get("error")
+        said = inner.get("message") if isinstance(inner, dict) else None
+        said = said if said is not None else doc.get("message")
+        message = said if isinstance(said, str) else None
+    if message is None:
+        message = json.dumps(doc) if doc is not None else ""
+    if status in (401, 403):
+        return "Authentication"
+    if status == 402:
+        return "CreditsExhausted"
+    if status == 413:
+        return "ContextLengthExceeded"
+    if status == 400:
+        lowered = message.lower()
+        if any(p in lowered for p in CONTEXT_PHRASES):
+            return "ContextLengthExceeded"
+        return "RequestFailed"
+    if status == 429:
+        return "RateLimitExceeded"
+    return "ServerError" if status >= 500 else "RequestFailed"

@@ -23,6 +23,7 @@ import devbackend
 from goose_proxy.config import LIGHTSPEED_MAX_REQUEST_CHARS, parse_config
 from goose_proxy.errors import ContextLengthExceeded, UpstreamHTTPError
 from goose_proxy.translate import error_from_backend
+from tests.goose_rules import goose_error_kind
 from tests.reliability.support import post, proxied
 from tests.support import FIXTURES, make_config, running_proxy
 
@@ -120,6 +121,7 @@ async def test_a_newest_message_over_the_cap_alone_is_not_a_context_overflow(
         body = {"model": "m", "input": "x" * (LIGHTSPEED_MAX_REQUEST_CHARS + 10)}
     (err,) = await refused(pki, (body, path))
     assert err["code"] == "string_above_max_length"
+    assert goose_error_kind(400, {"error": err}) == "RequestFailed"
     assert "compacting the conversation cannot help" in err["message"]
     assert f"{LIGHTSPEED_MAX_REQUEST_CHARS:,}" in err["message"]
 
@@ -214,6 +216,9 @@ async def test_the_part_that_fills_the_cap_decides_the_code(
 ) -> None:
     (err,) = await refused(pki, (make_body(), "/v1/chat/completions"))
     assert err["code"] == code, err
+    # Goose reads the message, not the code: it compacts exactly when it should
+    compacts = goose_error_kind(400, {"error": err}) == "ContextLengthExceeded"
+    assert compacts == (code == "context_length_exceeded"), err["message"]
 
 
 async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:

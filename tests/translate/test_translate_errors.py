@@ -20,6 +20,7 @@ from goose_proxy.errors import (
 )
 from goose_proxy.translate import error_from_backend, error_from_event, retry_hints
 from goose_proxy.translate.errormap import MAX_MESSAGE_CHARS
+from tests.goose_rules import goose_error_kind
 
 
 def envelope(err: ProxyError) -> dict[str, Any]:
@@ -165,13 +166,14 @@ OPENAI_400 = json.dumps({"error": {"message": "Invalid value for 'x'.", "type":
         (502, b"<html>Bad gateway</html>", UpstreamHTTPError, 502, "<html>Bad gateway</html>"),
         (500, b"", UpstreamHTTPError, 500, "backend answered HTTP 500"),
         (413, b'{"detail":"Request Entity Too Large"}', ContextLengthExceeded, 400,
-         "Request Entity Too Large"),
+         "context length exceeded: Request Entity Too Large"),
         (400, b'{"error":{"message":"This model\'s maximum context length is 4096 tokens"}}',
          ContextLengthExceeded, 400, "This model's maximum context length is 4096 tokens"),
         (400, b'{"detail":"prompt is too long: 210000 tokens > 200000 maximum"}',
-         ContextLengthExceeded, 400, "prompt is too long: 210000 tokens > 200000 maximum"),
+         ContextLengthExceeded, 400,
+         "context length exceeded: prompt is too long: 210000 tokens > 200000 maximum"),
         (400, b'{"error":{"message":"too long","code":"context_length_exceeded"}}',
-         ContextLengthExceeded, 400, "too long"),
+         ContextLengthExceeded, 400, "context length exceeded: too long"),
         (429, b'{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}',
          RateLimited, 429, "Rate limit reached"),
         (500, b'{"detail":"upstream LLM rate limit hit"}', RateLimited, 429,
@@ -267,8 +269,38 @@ def test_event_rows(err: dict[str, Any], cls: type, status: int, code: Optional[
     got = error_from_event(err)
     assert type(got) is cls
     assert got.status == status and got.code == code
-    inner = err.get("error", err)
-    assert got.message == inner["message"]
+    said = err.get("error", err)["message"]
+    if cls is ContextLengthExceeded and "context length" not in said:
+        said = "context length exceeded: " + said  # Goose compacts on the phrase
+    assert got.message == said
+
+
+# Goose compacts on a 400 only when error.message has one of its phrases (it
+# never reads the code): every context_length_exceeded must say one, whatever
+# the backend's own words were
+@pytest.mark.parametrize(
+    "err",
+    [
+        error_from_backend(413, b"<html><head><title>413 Request Entity Too Large</title>"),
+        error_from_backend(413, b""),
+        error_from_backend(400, b'{"error":{"message":"Input is larger than the model accepts",'
+                                b'"code":"context_length_exceeded"}}'),
+        error_from_event({"code": "server_error",
+                          "message": "Request does not fit in the model's context window"}),
+        error_from_event({"code": "context_length_exceeded", "message": ""}),
+        ContextLengthExceeded("what the proxy says itself"),
+    ],
+    ids=["413-html", "413-empty", "code-only", "context-window", "no-message", "own"],
+)  # fmt: skip
+def test_goose_compacts_on_every_context_length_error(err: ProxyError) -> None:
+    assert isinstance(err, ContextLengthExceeded) and err.status == 400
+    assert goose_error_kind(err.status, err.to_json()) == "ContextLengthExceeded"
+
+
+def test_a_message_that_says_it_is_kept_as_it_is() -> None:
+    said = "This model's maximum context length is 4096 tokens"
+    assert error_from_event({"message": said}).message == said
+    assert ContextLengthExceeded("CONTEXT LENGTH over").message == "CONTEXT LENGTH over"
 
 
 def test_event_without_message() -> None:
