@@ -30,6 +30,7 @@ from goose_proxy.errors import (
 )
 
 from .errormap import error_from_event
+from .toolcalls import call_id_of
 
 #: what a decoded JSON object may be, for ``isinstance``: ``dict`` first, so the
 #: usual case is decided without the ``Mapping`` ABC's slower check
@@ -315,8 +316,8 @@ def chat_tool_call(item: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         UpstreamProtocolError: the item has neither ``call_id`` nor ``id``.
     """
-    call_id = item.get("call_id") or item.get("id")
-    if not isinstance(call_id, str):
+    call_id = call_id_of(item)
+    if call_id is None:
         raise UpstreamProtocolError("upstream function_call item has no call_id")
     name = item.get("name")
     arguments = item.get("arguments")

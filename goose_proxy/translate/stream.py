@@ -54,7 +54,7 @@ from .response import (
     new_completion_id,
     reasoning_texts,
 )
-from .toolcalls import Fragment, ToolCallQueue, split_high, str_or_none
+from .toolcalls import Fragment, ToolCallQueue, call_id_of, split_high, str_or_none
 
 __all__ = ["DONE_FRAME", "StreamTranslator"]
 
@@ -366,7 +366,7 @@ class StreamTranslator:
         key = self._item_key(item, _int(event.get("output_index"), -1))
         if item.get("type") == "function_call":
             fragments = self._calls.announce(
-                key, str_or_none(item.get("call_id")), str_or_none(item.get("name"))
+                key, call_id_of(item, or_item_id=False), str_or_none(item.get("name"))
             )
             self._fragments(fragments, out)
 
@@ -431,7 +431,7 @@ class StreamTranslator:
             fragments = self._calls.finish(
                 (key, self._index_keys.get(index)),
                 str_or_none(item.get("arguments")),
-                str_or_none(item.get("call_id")),
+                call_id_of(item),
                 str_or_none(item.get("name")),
             )
             self._fragments(fragments, out)

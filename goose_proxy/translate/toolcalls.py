@@ -21,9 +21,11 @@ the argument deltas of parallel calls. So the queue lets exactly one call be
 * at the terminal event every remaining call is flushed in order.
 
 A call whose ``call_id`` and ``name`` are still unknown (deltas without an
-``output_item.added``) blocks the queue until its ``output_item.done`` or the
-terminal response supplies them; if nothing ever does it is skipped, because
-a tool call without an id cannot be answered.
+``output_item.added``, or an item announced without a ``call_id``) blocks the
+queue until its ``output_item.done`` or the terminal response supplies them
+(the item's ``id`` stands in for a ``call_id`` the item never has, as in a
+JSON answer); if nothing ever does it is skipped, because a tool call without
+an id cannot be answered.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-__all__ = ["ToolCallQueue", "split_high", "str_or_none"]
+__all__ = ["ToolCallQueue", "call_id_of", "split_high", "str_or_none"]
 
 Fragment = dict[str, Any]
 
@@ -134,7 +136,7 @@ class ToolCallQueue:
         for key, call in self._by_key.items():
             item = items.get(key)
             if item is not None:
-                call.call_id = call.call_id or str_or_none(item.get("call_id"))
+                call.call_id = call.call_id or call_id_of(item)
                 call.name = call.name or str_or_none(item.get("name"))
             if not call.finished:
                 call.finished = True
@@ -225,3 +227,16 @@ def split_high(text: str) -> tuple[str, str]:
 def str_or_none(value: Any) -> Optional[str]:
     """``value`` if it is a string, else None."""
     return value if isinstance(value, str) else None
+
+
+def call_id_of(item: Mapping[str, Any], *, or_item_id: bool = True) -> Optional[str]:
+    """The ``call_id`` of a ``function_call`` item (a non-empty string), else,
+    when ``or_item_id``, the item's own ``id``: a backend that leaves
+    ``call_id`` out still gets its call answered (Goose's Responses reader
+    falls back the same way). Not at ``output_item.added``: the item's
+    ``output_item.done`` may still bring the ``call_id``."""
+    call_id = item.get("call_id")
+    if isinstance(call_id, str) and call_id:
+        return call_id
+    item_id = item.get("id") if or_item_id else None
+    return item_id if isinstance(item_id, str) and item_id else None

@@ -268,6 +268,42 @@ def test_call_never_announced_arrives_in_output_item_done() -> None:
     assert finish_reasons(parsed) == ["tool_calls"]
 
 
+def without_call_id(event: dict[str, Any]) -> dict[str, Any]:
+    item = {k: v for k, v in event["item"].items() if k != "call_id"}
+    return {**event, "item": item}
+
+
+@pytest.mark.parametrize("terminal_has_items", [True, False])
+def test_a_call_without_call_id_is_answered_by_its_item_id(terminal_has_items: bool) -> None:
+    # a backend that leaves call_id out (the spec requires it): the item's id
+    # stands in, in the stream as in the JSON answer made of the same events
+    final = {k: v for k, v in call_item("fc_0", "", "shell", '{"c":"ls"}').items()
+             if k != "call_id"}  # fmt: skip
+    events = [CREATED, without_call_id(call_added("fc_0", "", "shell", 0)),
+              args_delta("fc_0", '{"c":', 0), args_delta("fc_0", '"ls"}', 0),
+              args_done("fc_0", '{"c":"ls"}', 0)]  # fmt: skip
+    if terminal_has_items:  # no output_item.done: the terminal response names it
+        events.append(completed([final]))
+    else:
+        events += [without_call_id(call_done("fc_0", "", "shell", '{"c":"ls"}', 0)), completed()]
+    _, parsed = run(events)
+    assert tool_calls_of(parsed) == [{"id": "fc_0", "name": "shell", "arguments": '{"c":"ls"}'}]
+    assert finish_reasons(parsed) == ["tool_calls"]
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    chat = responses_to_chat(acc.result(), "m")
+    assert chat["choices"][0]["message"]["tool_calls"][0]["id"] == "fc_0"
+
+
+def test_a_call_id_that_comes_only_with_the_item_done_wins_over_the_item_id() -> None:
+    events = [CREATED, without_call_id(call_added("fc_0", "", "shell", 0)),
+              args_delta("fc_0", "{}", 0), call_done("fc_0", "call_9", "shell", "{}", 0),
+              completed()]  # fmt: skip
+    _, parsed = run(events)
+    assert tool_calls_of(parsed) == [{"id": "call_9", "name": "shell", "arguments": "{}"}]
+
+
 def test_done_events_never_carry_finish_reason() -> None:
     events = [CREATED, call_added("fc_a", "call_a", "f", 0), args_delta("fc_a", "{}", 0),
               args_done("fc_a", "{}", 0), call_done("fc_a", "call_a", "f", "{}", 0),
