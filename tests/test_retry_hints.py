@@ -149,6 +149,43 @@ async def test_the_sdk_retries_what_the_backend_says_to(pki: SimpleNamespace, pa
     assert text == "hi"
 
 
+def envelope(message: str, code: str) -> bytes:
+    err = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return json.dumps({"error": err}).encode()
+
+
+CONTEXT = envelope("This model's maximum context length is 10 tokens", "context_length_exceeded")
+QUOTA = envelope("You exceeded your current quota", "insufficient_quota")
+
+
+@pytest.mark.parametrize("path", [CHAT, RESPONSES])
+@pytest.mark.parametrize(
+    ("answer", "sdk_error"),
+    [
+        # the same request cannot fit: the client should compact, not send it again
+        (http_answer("400 Bad Request", [JSON, ("x-should-retry", "true"),
+                                          ("retry-after", "3")], CONTEXT),
+         openai.BadRequestError),
+        # used up until its period renews: no retry helps (chat says so with
+        # x-should-retry: false, and so does an OpenAI error body relayed as it came)
+        (http_answer("429 Too Many Requests", [JSON], QUOTA), openai.RateLimitError),
+    ],
+    ids=["context-length", "quota"],
+)  # fmt: skip
+async def test_hints_that_a_retry_cannot_help_are_the_same_on_both_paths(
+    pki: SimpleNamespace, path: str, answer: bytes, sdk_error: type
+) -> None:
+    with anyio.fail_after(15):
+        async with backend(pki, answer) as srv, sdk(srv.url, pki.auth, flavor="openai") as client:
+            with pytest.raises(sdk_error) as info:
+                await create(client, path)
+    assert len(srv.requests) == 1  # not 3: the SDK did not retry
+    headers = info.value.response.headers
+    assert "retry-after" not in headers
+    should_retry = None if sdk_error is openai.BadRequestError else "false"
+    assert headers.get("x-should-retry") == should_retry
+
+
 # --- the proxy's own errors ---------------------------------------------------------------
 
 

@@ -63,7 +63,6 @@ from goose_proxy.translate import (
     parse_json_object,
     prepare_passthrough,
     responses_to_chat,
-    retry_hints,
 )
 from goose_proxy.translate.passthrough import stream_of_response
 from goose_proxy.translate.response import check_finished
@@ -366,12 +365,14 @@ class Handlers:
             headers = [(b"content-type", ctype.encode("latin-1"))]
             if resp.status >= 400:
                 raw = await resp.read(ERROR_BODY_LIMIT)
-                hints = _retry_headers(resp)
+                err = error_from_backend(resp.status, raw, **_retry_headers(resp))
                 if not _is_openai_error(raw):
                     # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as
-                    # for chat (Goose reads error.message, and compacts on the code)
-                    raise error_from_backend(resp.status, raw, **hints)
-                headers += [(k.lower().encode(), v.encode()) for k, v in retry_hints(**hints)]
+                    # for chat (Goose reads error.message, and compacts on it)
+                    raise err
+                # relayed as it came, with the retry hints chat would give: none
+                # on a context overflow, "x-should-retry: false" on a used-up quota
+                headers += [(k.lower().encode(), v.encode()) for k, v in err.response_headers()]
                 await ex.send(resp.status, raw, headers)
                 return
             retry = resp.header(b"retry-after")
