@@ -135,26 +135,32 @@ def _opt_str(key: str, v: Any) -> Optional[str]:
     return _str(key, v)
 
 
-def _int(lo: int, hi: int) -> Checker:
-    def check(key: str, v: Any) -> int:
+class _Int:
+    """An integer from ``lo`` to ``hi`` (the bounds are read by the docs' tests too)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, key: str, v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"{key}: expected an integer, got {type(v).__name__}")
-        if not lo <= v <= hi:
-            raise ConfigError(f"{key}: {v} is out of range ({lo}..{hi})")
+        if not self.lo <= v <= self.hi:
+            raise ConfigError(f"{key}: {v} is out of range ({self.lo}..{self.hi})")
         return v
 
-    return check
 
+class _Seconds:
+    """A duration: more than ``lo``, at most ``hi`` seconds."""
 
-def _float(lo: float, hi: float) -> Checker:
-    def check(key: str, v: Any) -> float:
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, key: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{key}: expected a number of seconds, got {type(v).__name__}")
-        if not lo < float(v) <= hi:
-            raise ConfigError(f"{key}: {v} is out of range (> {lo} and <= {hi})")
+        if not self.lo < float(v) <= self.hi:
+            raise ConfigError(f"{key}: {v} is out of range (> {self.lo} and <= {self.hi})")
         return float(v)
-
-    return check
 
 
 def _choice(*choices: str) -> Checker:
@@ -401,37 +407,37 @@ _HOUR = 3600.0
 _SCHEMA: dict[str, dict[str, Checker]] = {
     "server": {
         "host": _listen_host,
-        "port": _int(0, 65535),
-        "max_body_size": _int(1024, 1 << 31),
-        "max_header_size": _int(1024, 1 << 20),
-        "max_header_count": _int(8, 1000),
-        "header_timeout": _float(0, _HOUR),
-        "keepalive_timeout": _float(0, _HOUR),
-        "send_timeout": _float(0, _HOUR),
-        "max_connections": _int(1, 100_000),
-        "max_requests_per_connection": _int(1, 1 << 31),
+        "port": _Int(0, 65535),
+        "max_body_size": _Int(1024, 1 << 31),
+        "max_header_size": _Int(1024, 1 << 20),
+        "max_header_count": _Int(8, 1000),
+        "header_timeout": _Seconds(0, _HOUR),
+        "keepalive_timeout": _Seconds(0, _HOUR),
+        "send_timeout": _Seconds(0, _HOUR),
+        "max_connections": _Int(1, 100_000),
+        "max_requests_per_connection": _Int(1, 1 << 31),
         "allowed_hosts": _str_list,
         "allowed_origins": _str_list,
-        "drain_timeout": _float(0, _HOUR),
+        "drain_timeout": _Seconds(0, _HOUR),
     },
     "backend": {
         "endpoint": _endpoint,
-        "timeout": _float(0, _HOUR),
-        "connect_timeout": _float(0, _HOUR),
-        "stream_idle_timeout": _float(0, 24 * _HOUR),
+        "timeout": _Seconds(0, _HOUR),
+        "connect_timeout": _Seconds(0, _HOUR),
+        "stream_idle_timeout": _Seconds(0, 24 * _HOUR),
         "flavor": _choice("lightspeed", "openai"),
         "model": _opt_str,
         "proxy": _proxy_url,
-        "max_event_size": _int(1024, 1 << 30),
-        "pool_size": _int(0, 10_000),
-        "pool_idle_timeout": _float(0, _HOUR),
-        "max_request_chars": _int(0, 1 << 31),
+        "max_event_size": _Int(1024, 1 << 30),
+        "pool_size": _Int(0, 10_000),
+        "pool_idle_timeout": _Seconds(0, _HOUR),
+        "max_request_chars": _Int(0, 1 << 31),
         "headers": _headers,
         "extra_body": _json_table,
     },
     "backend.auth": {"cert_file": _str, "key_file": _str, "ca_file": _str},
     "translate": {"system_messages": _choice("drop", "instructions", "input")},
-    "models": {"id": _str, "owned_by": _str, "context_length": _int(1, 1 << 31)},
+    "models": {"id": _str, "owned_by": _str, "context_length": _Int(1, 1 << 31)},
     "logging": {"level": log_level},
 }
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from goose_proxy import config
 from goose_proxy.config import ALL_KEYS, Config, ModelsConfig, ServerConfig, parse_config
 
 if sys.version_info >= (3, 11):
@@ -115,6 +116,33 @@ def test_documented_defaults_match_the_dataclasses() -> None:
         if not _same(docs[key], code[key])
     }
     assert not wrong, f"documented default != code default: {wrong}"
+
+
+def documented_types() -> dict[str, str]:
+    """``{"section.key": "integer, bytes, 1024 to 2147483648"}``: each key's type line."""
+    text = CONFIG_RST.read_text("utf-8")
+    return dict(re.findall(r"^``([a-z_]+(?:\.[a-z_]+)+)`` : (.+)$", text, flags=re.M))
+
+
+def test_documented_ranges_match_the_checks() -> None:
+    # the range an out-of-range error names is the one the man page gives
+    types = documented_types()
+    wrong = {}
+    for section, checks in config._SCHEMA.items():
+        for name, check in checks.items():
+            key = f"{section}.{name}"
+            if isinstance(check, config._Int):
+                good = types[key].startswith("integer") and types[key].endswith(
+                    f", {check.lo} to {check.hi}"
+                )
+            elif isinstance(check, config._Seconds):  # (0, 3600] unless stated
+                stated = "" if check.hi == 3600 else f", at most {check.hi:g}"
+                good = check.lo == 0 and types[key] == "duration" + stated
+            else:
+                continue
+            if not good:
+                wrong[key] = types[key]
+    assert not wrong, f"type lines without the range the code checks: {wrong}"
 
 
 def _example_blocks(rst: str) -> list[str]:
