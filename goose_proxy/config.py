@@ -480,16 +480,28 @@ def parse_config(data: Mapping[str, Any], source: Optional[str] = None) -> Confi
 
 
 def find_config(environ: Mapping[str, str]) -> Optional[Path]:
-    """The first ``$XDG_CONFIG_DIRS/goose-proxy/config.toml`` that exists, or None.
-    Relative entries are ignored, as the XDG Base Directory Specification says."""
+    """The first ``$XDG_CONFIG_DIRS/goose-proxy/config.toml`` that exists (its
+    absolute path), or None. Empty entries are skipped. A relative entry is
+    taken from the working directory: the XDG Base Directory Specification
+    would have it ignored, but the project's own instructions say "point
+    XDG_CONFIG_DIRS at data/development/xdg", and ignoring it silently put a
+    developer's proxy on the production defaults."""
     dirs = environ.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
     for d in dirs.split(":"):
-        if not os.path.isabs(d):
-            continue
-        candidate = Path(d) / CONFIG_RELPATH
-        if candidate.is_file():
+        try:
+            candidate = Path(os.path.abspath(d)) / CONFIG_RELPATH if d else None
+        except OSError:  # relative, and the working directory is gone
+            candidate = None
+        if candidate is not None and candidate.is_file():
             return candidate
     return None
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return "a working directory that no longer exists"
 
 
 def load_config(
@@ -509,9 +521,9 @@ def load_config(
         if found is None:
             dirs = env.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
             relative = [d for d in dirs.split(":") if d and not os.path.isabs(d)]
-            ignored = f"; relative entries ignored: {':'.join(relative)}" if relative else ""
+            cwd = f"; relative entries from {_cwd()}" if relative else ""
             warnings.append(
-                f"no goose-proxy/config.toml in XDG_CONFIG_DIRS ({dirs}{ignored}); using defaults"
+                f"no goose-proxy/config.toml in XDG_CONFIG_DIRS ({dirs}{cwd}); using defaults"
             )
             return Config(), warnings
         path = found

@@ -239,25 +239,25 @@ def test_extra_body_of_json_values_loads(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
-def test_xdg_config_dirs_relative_entries_are_ignored(
+def test_xdg_config_dirs_relative_entries_are_taken_from_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the XDG Base Directory Specification: "All paths set in these environment
-    # variables must be absolute. If an implementation encounters a relative
-    # path in any of these variables it should consider the path invalid"
+    # the README's own instructions: "Point XDG_CONFIG_DIRS at
+    # data/development/xdg" (the XDG specification would ignore the entry)
     for d in ("rel", "abs"):
         (tmp_path / d / "goose-proxy").mkdir(parents=True)
         (tmp_path / d / "goose-proxy" / "config.toml").write_text(f'[models]\nid = "{d}"\n')
     monkeypatch.chdir(tmp_path)
-    env = {"XDG_CONFIG_DIRS": f"rel::{tmp_path / 'abs'}"}
-    cfg, _ = load_config(environ=env)
+    cfg, _ = load_config(environ={"XDG_CONFIG_DIRS": f"rel::{tmp_path / 'abs'}"})
+    assert cfg.models.id == "rel"
+    assert cfg.source == str(tmp_path / "rel" / "goose-proxy" / "config.toml")  # absolute
+    cfg, _ = load_config(environ={"XDG_CONFIG_DIRS": f"missing::{tmp_path / 'abs'}"})
     assert cfg.models.id == "abs"
-    assert cfg.source == str(tmp_path / "abs" / "goose-proxy" / "config.toml")
-    none, warnings = load_config(environ={"XDG_CONFIG_DIRS": "rel"})
+    none, warnings = load_config(environ={"XDG_CONFIG_DIRS": "missing"})
     assert none.source is None
     assert warnings == [
-        "no goose-proxy/config.toml in XDG_CONFIG_DIRS (rel; relative entries ignored: rel); "
-        "using defaults"
+        f"no goose-proxy/config.toml in XDG_CONFIG_DIRS (missing; relative entries from "
+        f"{tmp_path}); using defaults"
     ]
 
 
