@@ -408,10 +408,16 @@ class ProtocolStream(anyio.abc.ByteStream):
     # -- closing --
 
     def abort(self) -> None:
-        """Close at once, dropping unsent bytes (no TLS close_notify). A no-op on a
-        stream already closed or lost."""
+        """Close at once, dropping unsent bytes (no TLS close_notify)."""
         self._closed = True
-        if not self._p.lost:  # asyncio's transport is finished once it reported the loss
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
+        if not self._p.lost or not self._transport.is_closing():
+            # lost but not closing: Python 3.9's TLS transport when its connection
+            # was reset after the handshake; it would warn "unclosed transport"
+            # when collected (an abort is a no-op on it; on a finished plain
+            # transport it would fail)
             self._transport.abort()
 
     async def aclose(self) -> None:
@@ -424,10 +430,8 @@ class ProtocolStream(anyio.abc.ByteStream):
         p = self._p
         t = self._transport
         p._wake_reader()  # a task blocked in receive() sees ClosedResourceError
-        if p.lost:
-            return
-        if p.tls:
-            t.abort()
+        if p.lost or p.tls:
+            self._abort_transport()
             return
         t.close()  # flushes what is buffered, then closes
         if not t.get_write_buffer_size():

@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 import struct
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from types import SimpleNamespace
@@ -731,6 +732,43 @@ async def test_start_tls_with_an_untrusted_certificate_fails(pki: SimpleNamespac
                     await stream.start_tls(other, "localhost", handshake_timeout=5)
             finally:
                 stream.abort()
+
+
+async def reset_after_a_message(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(100)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # RST, with the TLS session up
+
+
+@pytest.mark.parametrize("close", ["abort", "aclose"])
+async def test_a_tls_stream_reset_by_its_peer_leaves_no_unclosed_transport(
+    pki: SimpleNamespace, close: str
+) -> None:
+    # Python 3.9's TLS transport does not mark itself closed when the connection
+    # is reset after the handshake: unless closed, it warns when collected
+    with anyio.fail_after(10):
+        async with tls_server(pki, reset_after_a_message) as port:
+            stream = await connect_tcp("127.0.0.1", port)
+            await stream.start_tls(client_context(pki), "localhost", handshake_timeout=5)
+            await stream.send(b"hello")
+            with pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream)):
+                while True:
+                    await stream.receive()
+            while not stream._p.lost:  # (no closure: it would keep the stream alive)
+                await anyio.lowlevel.checkpoint()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ResourceWarning)
+                if close == "abort":
+                    stream.abort()
+                else:
+                    await stream.aclose()
+                del stream
+                for _ in range(3):  # the transport is freed a loop turn later
+                    await anyio.lowlevel.checkpoint()
+                    gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not [m for m in unclosed if "unclosed transport" in m], unclosed
 
 
 async def test_start_tls_refuses_bytes_that_came_before_the_handshake() -> None:
