@@ -505,12 +505,21 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class _IdleTimer:
     """Expires ``waiter`` (TimeoutError) once what waits to reach the peer (the
     transport's buffer and the kernel's send queue) has not shrunk for
-    ``timeout`` seconds: the peer took nothing. Looked at only when the time
-    is up, then armed again if it did. (The transport's buffer alone moves in
-    steps of megabytes: the kernel reports a socket writable only once a good
-    part of its queue is gone.)"""
+    ``timeout`` seconds: the peer took nothing. Looked at every eighth of
+    ``timeout`` (so it expires at most that much late), not on every write.
+    (The transport's buffer alone moves in steps of megabytes: the kernel
+    reports a socket writable only once a good part of its queue is gone.)"""
 
-    __slots__ = ("_handle", "_loop", "_size", "_timeout", "_transport", "_waiter")
+    __slots__ = (
+        "_handle",
+        "_loop",
+        "_moved",
+        "_size",
+        "_step",
+        "_timeout",
+        "_transport",
+        "_waiter",
+    )
 
     def __init__(
         self,
@@ -521,8 +530,10 @@ class _IdleTimer:
     ) -> None:
         self._loop, self._transport, self._waiter = loop, transport, waiter
         self._timeout = timeout
+        self._step = timeout / 8
         self._size = self._pending()
-        self._handle = loop.call_later(timeout, self._check)
+        self._moved = loop.time()  # when the peer last took something
+        self._handle = loop.call_later(self._step, self._check)
 
     def _pending(self) -> int:
         size = self._transport.get_write_buffer_size()
@@ -539,12 +550,15 @@ class _IdleTimer:
         return size + int.from_bytes(queued, sys.byteorder)
 
     def _check(self) -> None:
+        now = self._loop.time()
         size = self._pending()
         if size < self._size:  # the peer took some: it is slow, not gone
-            self._size = size
-            self._handle = self._loop.call_later(self._timeout, self._check)
-        else:
+            self._moved = now
+        elif now - self._moved >= self._timeout - self._step / 2:
             _expire(self._waiter)
+            return
+        self._size = size
+        self._handle = self._loop.call_later(self._step, self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()

@@ -38,6 +38,7 @@ from goose_proxy.streams import (
     WRITE_SLICE,
     Listener,
     ProtocolStream,
+    _IdleTimer,
     bind_tcp,
     connect_tcp,
     refused,
@@ -439,6 +440,83 @@ async def test_send_waits_under_backpressure_and_times_out() -> None:
                 sent.append(b"tail")
                 await stream.aclose()
             assert received == [b"".join(sent)]
+
+
+class FakeClock:
+    """The two calls of an event loop :class:`_IdleTimer` makes, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.due: list[tuple[float, Callable[[], None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> SimpleNamespace:
+        entry = (self.now + delay, callback)
+        self.due.append(entry)
+        return SimpleNamespace(cancel=lambda: self.due.remove(entry))
+
+    def advance_to(self, t: float) -> None:
+        while self.due and min(self.due, key=lambda e: e[0])[0] <= t:
+            entry = min(self.due, key=lambda e: e[0])
+            self.due.remove(entry)
+            self.now = entry[0]
+            entry[1]()
+        self.now = t
+
+
+class Expiry:
+    """The waiter: records when it was expired."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.at = clock, None  # type: ignore[var-annotated]
+
+    def done(self) -> bool:
+        return self.at is not None
+
+    def set_exception(self, exc: BaseException) -> None:
+        assert isinstance(exc, TimeoutError)
+        self.at = self.clock.now
+
+
+@pytest.mark.parametrize("last_taken", [0.0, 0.1, 5.0, 9.9])
+def test_the_idle_timer_counts_from_when_the_peer_last_took_something(
+    last_taken: float,
+) -> None:
+    # the peer takes a little at last_taken, then nothing: it is let go no sooner
+    # than 10 s after that, and at most an eighth of that later (a check only when
+    # the time was up let a peer that took a little just after the start stay 20 s)
+    clock = FakeClock()
+    pending = SimpleNamespace(size=100_000)
+    transport = SimpleNamespace(
+        get_write_buffer_size=lambda: pending.size, get_extra_info=lambda name: None
+    )
+    waiter = Expiry(clock)
+    _IdleTimer(clock, transport, waiter, 10.0)  # type: ignore[arg-type]
+    if last_taken:
+        clock.advance_to(last_taken)
+        pending.size -= 1000
+    clock.advance_to(40.0)
+    assert waiter.at is not None
+    assert last_taken + 10.0 <= waiter.at <= last_taken + 10.0 * 1.125 + 1e-9
+    assert not clock.due  # nothing left scheduled
+
+
+def test_the_idle_timer_waits_for_as_long_as_the_peer_keeps_taking() -> None:
+    clock = FakeClock()
+    pending = SimpleNamespace(size=10_000_000)
+    transport = SimpleNamespace(
+        get_write_buffer_size=lambda: pending.size, get_extra_info=lambda name: None
+    )
+    waiter = Expiry(clock)
+    timer = _IdleTimer(clock, transport, waiter, 1.0)  # type: ignore[arg-type]
+    for step in range(1, 200):  # a slow reader: 50 KB every half second, for 99.5 s
+        clock.advance_to(step / 2)
+        pending.size -= 50_000
+    assert waiter.at is None
+    timer.cancel()
+    assert not clock.due
 
 
 def record_writes(stream: ProtocolStream) -> list[int]:

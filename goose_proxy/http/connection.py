@@ -115,6 +115,9 @@ class ServerConnection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
         self.requests_served = 0
         self.client_gone = False
+        #: the client took nothing of its answer for send_timeout: closed without
+        #: waiting for it to take the rest
+        self.stalled = False
         self.bytes_sent = 0
         #: the current request is HEAD: responses carry no body
         self.head_request = False
@@ -319,6 +322,7 @@ class ServerConnection:
                 await self.stream.send_parts(data, idle_timeout=timeout)
         except (*_CLOSED, TimeoutError) as e:
             self.client_gone = True
+            self.stalled = isinstance(e, TimeoutError)
             raise ClientGone from e
         self.bytes_sent += size
 
@@ -403,7 +407,10 @@ class ServerConnection:
             if self.linger and not self.client_gone:
                 with anyio.move_on_after(LINGER_TIMEOUT):
                     await self._linger()
-            await self.stream.aclose()  # bounded: streams.CLOSE_FLUSH_TIMEOUT
+            if self.stalled:  # it took nothing for send_timeout: no flush
+                self.stream.abort()
+            else:
+                await self.stream.aclose()  # bounded: streams.CLOSE_FLUSH_TIMEOUT
 
     async def _linger(self) -> None:
         """Send our FIN, then read and drop the client's bytes until its FIN."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from goose_proxy import streams
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
@@ -29,6 +31,7 @@ from tests.reliability.support import (
     chunk,
     fake_server,
     parse_one,
+    poll,
     proxied,
     proxy_config,
     proxy_process,
@@ -93,13 +96,36 @@ async def test_client_disconnect_during_slow_stream(pki: SimpleNamespace) -> Non
     assert took < CANCEL_WITHIN
 
 
+PROC_TCP = "/proc/net/tcp"
+HAVE_PROC_TCP = os.path.exists(PROC_TCP)
+ESTABLISHED = "01"
+
+
+def proxy_side_state(proxy_port: int, client: socket.socket) -> str:
+    """The TCP state (``/proc/net/tcp``'s hex code) of the proxy's end of
+    ``client``'s connection: ``01`` while the proxy holds it open, another
+    (``FIN_WAIT1`` with bytes still queued) once it was closed; ``""`` gone."""
+    client_port = client.getsockname()[1]
+    with open(PROC_TCP) as f:
+        for line in f.readlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if int(local.split(":")[1], 16) == proxy_port and (
+                int(remote.split(":")[1], 16) == client_port
+            ):
+                return state
+    return ""
+
+
 @pytest.mark.parametrize("body", [HELLO_STREAM, HELLO], ids=["stream", "json"])
 async def test_a_client_that_stops_reading_is_let_go_after_send_timeout(
-    pki: SimpleNamespace, body: dict[str, Any]
+    pki: SimpleNamespace, body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Connected and silent, it would hold its exchange and the backend connection
     for ever (backpressure waits for it); after ``send_timeout`` with its buffers
-    full it counts as gone."""
+    full it counts as gone, and its connection is closed without waiting for it
+    to take what is still queued (a close that flushes would wait for longer
+    than this test's bound)."""
+    monkeypatch.setattr(streams, "CLOSE_FLUSH_TIMEOUT", 3600.0)
     # an answer of 6 MB: more than the socket buffers hold (4 MiB at most here)
     # (the openai flavour: the backend's answer is one JSON object, quick to make)
     big = {"fault": "big_event:6000000", "mode": "openai",
@@ -116,6 +142,8 @@ async def test_a_client_that_stops_reading_is_let_go_after_send_timeout(
                 await h.backend.wait_until(lambda b: b.stats.requests_total == 1)
                 await wait_settled(h.proxy, within=20)
                 await h.backend.wait_until(lambda b: b.stats.in_flight == 0)
+                if HAVE_PROC_TCP:  # the proxy let go of its socket at once
+                    await poll(lambda: proxy_side_state(h.proxy.port, s) != ESTABLISHED)
             finally:
                 s.close()
 
