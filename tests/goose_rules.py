@@ -20,8 +20,9 @@ are ignored.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 I32 = (-(2**31), 2**31 - 1)
 I64 = (-(2**63), 2**63 - 1)
@@ -299,3 +300,403 @@ def goose_error_kind(status: int, body: Union[bytes, str, dict[str, Any]]) -> st
     if status == 429:
         return "RateLimitExceeded"
     return "ServerError" if status >= 500 else "RequestFailed"
+
+
+# --- how Goose reads a chat-completions answer ------------------------------------
+
+#: the characters Rust's ``str::trim`` takes away (Unicode White_Space); Python's
+#: ``str.strip()`` would take U+001C..U+001F as well
+RUST_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_THINK_TAG = re.compile(r"</?think", re.IGNORECASE)
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+class GooseTurnFails(GooseRejects):
+    """Goose fails the turn: ``kind`` is the ``ProviderError`` variant, ``seen``
+    what it had already shown (messages yielded before the failure stay shown)."""
+
+    def __init__(self, kind: str, message: str, seen: Any = None) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message, self.seen = kind, message, seen
+
+
+@dataclass
+class GooseCall:
+    """A tool request as Goose makes it: ``arguments`` the text it gathered,
+    ``args`` what it parsed (None: not JSON, Goose shows an ``INVALID_PARAMS``
+    error, or for a bad name ``INVALID_REQUEST``; its repair of truncated JSON
+    and of raw control characters is not mirrored)."""
+
+    id: str
+    name: str
+    arguments: str
+    args: Any = None
+
+
+@dataclass
+class GooseChat:
+    """What Goose shows of a chat answer: its text, its thinking, its tool requests
+    and the token usage it records (``(input, output, total)``, the last one
+    reported; ``usages`` counts them). ``dropped_text`` is text Goose read and
+    threw away (content in the chunks that carry tool-call deltas), ``lost_calls``
+    tool calls it gathered but never made (a ``[DONE]`` before the chunk that
+    finishes them)."""
+
+    text: str = ""
+    thinking: str = ""
+    calls: list[GooseCall] = field(default_factory=list)
+    usage: Optional[tuple[Optional[int], Optional[int], Optional[int]]] = None
+    usages: int = 0
+    dropped_text: str = ""
+    lost_calls: list[GooseCall] = field(default_factory=list)
+
+
+def _int_or_none(value: Any, bits: int) -> bool:
+    return value is None or (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
+    )
+
+
+def _chat_fail(what: str, line: str) -> GooseTurnFails:
+    return GooseTurnFails(
+        "RequestFailed", f"Failed to parse streaming chunk: {what}: {line!r:.200}"
+    )
+
+
+def _check_chunk(value: Any, line: str) -> dict[str, Any]:
+    """``StreamingChunk`` and what it holds, as serde takes them (``Option`` fields
+    may be missing or null; ``delta`` may be missing, not null; ``function`` must be
+    there; ``arguments`` may be missing or null)."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise _chat_fail(what, line)
+
+    def opt_str(obj: dict[str, Any], key: str, where: str) -> None:
+        need(obj.get(key) is None or isinstance(obj[key], str), f"{where}.{key}: expected a string")
+
+    need(isinstance(value, dict), "expected struct StreamingChunk")
+    need(isinstance(value.get("choices"), list), "choices: missing or not a sequence")
+    need(_int_or_none(value.get("created"), 64), "created: expected i64")
+    opt_str(value, "id", "chunk")
+    opt_str(value, "model", "chunk")
+    for choice in value["choices"]:
+        need(isinstance(choice, dict), "expected struct StreamingChoice")
+        need(_int_or_none(choice.get("index"), 32), "choice.index: expected i32")
+        opt_str(choice, "finish_reason", "choice")
+        delta = choice.setdefault("delta", {})
+        need(isinstance(delta, dict), "delta: expected struct Delta")
+        for key in ("role", "reasoning", "reasoning_content"):
+            opt_str(delta, key, "delta")
+        content = delta.get("content")
+        if isinstance(content, list):
+            for part in content:
+                need(isinstance(part, dict) and isinstance(part.get("type"), str), "content part")
+                opt_str(part, "text", "content part")
+                opt_str(part, "thoughtSignature", "content part")
+        else:
+            need(content is None or isinstance(content, str), "delta.content: no variant matches")
+        details = delta.get("reasoning_details")
+        need(details is None or isinstance(details, list), "reasoning_details: expected a sequence")
+        calls = delta.get("tool_calls")
+        need(calls is None or isinstance(calls, list), "tool_calls: expected a sequence")
+        for call in calls or []:
+            need(isinstance(call, dict), "expected struct DeltaToolCall")
+            opt_str(call, "id", "tool call")
+            opt_str(call, "type", "tool call")
+            need(_int_or_none(call.get("index"), 32), "tool call index: expected i32")
+            fn = call.get("function")
+            need(isinstance(fn, dict), "tool call: missing field `function`")
+            opt_str(fn, "name", "function")
+            opt_str(fn, "arguments", "function")
+    return value
+
+
+def _chat_chunk(line: str) -> dict[str, Any]:
+    """``parse_streaming_chunk``: JSON, then an ``error`` key (any value, null too)
+    or ``object: "error"`` fails the turn as a server error, then the types."""
+    try:
+        value = json.loads(line)
+    except ValueError as exc:
+        raise _chat_fail(str(exc), line) from None
+    if isinstance(value, dict) and "error" in value:
+        err = value["error"]
+        said = err.get("message") if isinstance(err, dict) else None
+        raise GooseTurnFails(
+            "ServerError", said if isinstance(said, str) else "Unknown server error"
+        )
+    if isinstance(value, dict) and value.get("object") == "error":
+        said = value.get("message")
+        raise GooseTurnFails(
+            "ServerError", said if isinstance(said, str) else "Unknown server error"
+        )
+    return _check_chunk(value, line)
+
+
+def _as_i64(value: Any) -> Optional[int]:
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return value if ok else None
+
+
+def goose_usage(usage: Any) -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """``get_usage``: a nested ``usage`` object if there is one, ``prompt_tokens``
+    (else Ollama's ``prompt_eval_count``), ``completion_tokens`` (else
+    ``eval_count``), ``total_tokens`` (else their sum)."""
+    if not isinstance(usage, dict):
+        return None, None, None
+    if isinstance(usage.get("usage"), dict):
+        usage = usage["usage"]
+
+    def first(*keys: str) -> Optional[int]:
+        for key in keys:
+            got = _as_i64(usage.get(key))
+            if got is not None:
+                return got
+        return None
+
+    prompt, completion = (
+        first("prompt_tokens", "prompt_eval_count"),
+        first("completion_tokens", "eval_count"),
+    )
+    total = first("total_tokens")
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return prompt, completion, total
+
+
+def _text_of(content: Any) -> Optional[str]:
+    """``extract_content_and_signature``: a string as is; of parts, the ``text`` ones."""
+    if isinstance(content, str):
+        text: Optional[str] = content
+    elif isinstance(content, list):
+        text = "".join(p.get("text") or "" for p in content if p["type"] == "text") or None
+    else:
+        text = None
+    if text and _THINK_TAG.search(text):
+        # Goose moves <think> blocks to its thinking (ThinkFilter): not mirrored
+        raise NotImplementedError(f"a <think> tag in the text: {text!r:.80}")
+    return text
+
+
+def _reasoning_of(delta: dict[str, Any]) -> Optional[str]:
+    """``Delta::reasoning_text``: a non-empty ``reasoning_content``, else ``reasoning``."""
+    return delta.get("reasoning_content") or delta.get("reasoning") or None
+
+
+def _make_call(cid: str, name: str, arguments: str) -> GooseCall:
+    if arguments == "":
+        return GooseCall(cid, name, arguments, {})
+    try:
+        return GooseCall(cid, name, arguments, json.loads(arguments))
+    except ValueError:
+        return GooseCall(cid, name, arguments, None)
+
+
+def _data_line(raw: str) -> Optional[str]:
+    """``strip_data_prefix``: the trimmed payload of a ``data:`` line, else None."""
+    if raw.startswith("data: "):
+        return raw[6:].strip(RUST_WHITESPACE)
+    if raw.startswith("data:"):
+        return raw[5:].strip(RUST_WHITESPACE)
+    return None
+
+
+def _lines(body: Union[bytes, str]) -> list[str]:
+    """``LinesCodec``: lines split at ``\\n``, one trailing ``\\r`` dropped, a last line
+    without its ``\\n`` kept; a line that is not UTF-8 fails the stream."""
+    if isinstance(body, str):
+        body = body.encode()
+    out = []
+    for raw in body.split(b"\n"):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise GooseTurnFails("RequestFailed", f"Stream decode error: {exc}") from None
+    if out and out[-1] == "":
+        out.pop()
+    return out
+
+
+def goose_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
+    """Read a streamed chat answer (the body of a 200) as Goose does.
+
+    Mirrors, in its own terms, ``response_to_streaming_message`` and
+    ``parse_streaming_chunk`` (``crates/goose/src/providers/formats/openai/
+    streaming.rs``; ``formats/openai.rs`` in older releases) with the serde types
+    ``StreamingChunk``, ``StreamingChoice``, ``Delta``, ``DeltaToolCall`` and
+    ``DeltaToolCallFunction`` (``formats/openai/types.rs``), ``get_usage``
+    (``formats/openai/messages.rs``) and the line framing of
+    ``stream_openai_compat`` (``providers/openai_compatible.rs``).
+
+    The rules: only ``data:`` lines count (trimmed; an empty one is skipped, but
+    not while tool calls are being gathered, where it fails to parse); ``[DONE]``
+    ends the stream; a chunk that is not JSON or does not fit the types, or that
+    has an ``error`` key or ``object: "error"``, fails the turn. Only
+    ``choices[0]`` is read. A chunk with tool calls opens a loop that reads
+    chunks until one has a ``finish_reason`` (or no choices): it gathers the
+    calls by ``index`` (the first delta of an index needs ``id`` and
+    ``function.name``), their arguments, reasoning and usage, and ignores their
+    text; a ``[DONE]`` inside that loop ends everything and the calls are lost.
+    Usage counts when it has ``completion_tokens`` and a model is known (this
+    chunk's or an earlier one's); on a chunk with text it counts only if that
+    chunk also has a ``finish_reason``. Raises :class:`GooseTurnFails` (its
+    ``seen``: what Goose had shown by then)."""
+    seen = GooseChat()
+    lines = iter(_lines(body))
+    state = {"model": None}
+    reasoning = ""  # accumulated_reasoning_content
+    shown = 0  # yielded_reasoning_content_len
+
+    def note_usage(chunk: dict[str, Any]) -> Optional[tuple[Any, Any, Any]]:
+        if chunk.get("model") is not None:
+            state["model"] = chunk["model"]
+        if chunk.get("usage") is None or state["model"] is None:
+            return None
+        usage = goose_usage(chunk["usage"])
+        return usage if usage[1] is not None else None
+
+    def record(usage: Optional[tuple[Any, Any, Any]]) -> None:
+        if usage is not None:
+            seen.usage, seen.usages = usage, seen.usages + 1
+
+    try:
+        for raw in lines:
+            line = _data_line(raw)
+            if line == "[DONE]":
+                break
+            if not line:
+                continue
+            chunk = _chat_chunk(line)
+            usage = note_usage(chunk)
+            if not chunk["choices"]:
+                record(usage)
+                continue
+            first, delta = chunk["choices"][0], chunk["choices"][0]["delta"]
+            reasoning += _reasoning_of(delta) or ""
+            if delta.get("tool_calls"):
+                calls: dict[int, list[Any]] = {}
+                for c in delta["tool_calls"]:
+                    if None not in (c.get("index"), c.get("id"), c["function"].get("name")):
+                        calls[c["index"]] = [
+                            c["id"],
+                            c["function"]["name"],
+                            c["function"].get("arguments") or "",
+                        ]
+                finished = first.get("finish_reason") == "tool_calls"
+                while not finished:
+                    raw = next(lines, None)
+                    if raw is None:
+                        break
+                    line = _data_line(raw)
+                    if line is None:
+                        continue
+                    if line == "[DONE]":
+                        seen.lost_calls = [_make_call(*calls[i]) for i in sorted(calls)]
+                        return seen
+                    more = _chat_chunk(line)
+                    usage = note_usage(more) or usage
+                    if not more["choices"]:
+                        break
+                    d = more["choices"][0]["delta"]
+                    reasoning += _reasoning_of(d) or ""
+                    seen.dropped_text += _text_of(d.get("content")) or ""
+                    for c in d.get("tool_calls") or []:
+                        index = c.get("index")
+                        if index is None:
+                            continue
+                        if index in calls:
+                            calls[index][2] += c["function"].get("arguments") or ""
+                        elif c.get("id") is not None and c["function"].get("name") is not None:
+                            calls[index] = [
+                                c["id"],
+                                c["function"]["name"],
+                                c["function"].get("arguments") or "",
+                            ]
+                    finished = more["choices"][0].get("finish_reason") is not None
+                seen.thinking += reasoning[shown:]
+                reasoning, shown = "", 0
+                seen.calls += [_make_call(*calls[i]) for i in sorted(calls)]
+                record(usage)
+            elif delta.get("content") is not None or _reasoning_of(delta):
+                thought, text = _reasoning_of(delta), _text_of(delta.get("content"))
+                if thought:
+                    seen.thinking += thought
+                    shown = len(reasoning)
+                seen.text += text or ""
+                if not (thought or text) or first.get("finish_reason") is not None:
+                    record(usage)
+            else:
+                record(usage)
+    except GooseTurnFails as exc:
+        exc.seen = seen
+        raise
+    return seen
+
+
+def goose_reads_chat_response(body: Union[bytes, str, dict[str, Any]]) -> GooseChat:
+    """Read a non-streamed chat answer (the body of a 200) as Goose does.
+
+    Mirrors ``response_to_message`` and ``get_usage`` (``crates/goose/src/
+    providers/formats/openai/messages.rs``; ``formats/openai.rs`` in older
+    releases) and ``handle_response_openai_compat`` (``providers/
+    openai_compatible.rs``): the body must be JSON; ``choices[0].message`` must
+    be there (else an ``error`` object's message, or "No message", fails the
+    turn); ``reasoning_content`` (else ``reasoning``, consulted only when
+    ``reasoning_content`` is absent) if a non-empty string is the thinking; a
+    string ``content`` is the text; each tool call is read leniently (a missing
+    id, name or arguments is empty, empty arguments are ``{}``), and one whose
+    name is not ``[a-zA-Z0-9_-]+`` or whose arguments are not JSON becomes an
+    error shown to the model. The usage is read from the body's ``usage``."""
+    if isinstance(body, dict):
+        resp: Any = body
+    else:
+        try:
+            resp = json.loads(body)
+        except ValueError as exc:
+            raise GooseTurnFails(
+                "RequestFailed", f"Response body is not valid JSON: {exc}"
+            ) from None
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    if not (
+        isinstance(choices, list)
+        and choices
+        and isinstance(choices[0], dict)
+        and "message" in choices[0]
+    ):
+        err = resp.get("error") if isinstance(resp, dict) else None
+        if isinstance(resp, dict) and "error" in resp:
+            said = err.get("message") if isinstance(err, dict) else None
+            raise GooseTurnFails(
+                "RequestFailed", f"API error: {said if isinstance(said, str) else 'Unknown error'}"
+            )
+        raise GooseTurnFails("RequestFailed", "No message in API response.")
+    message = choices[0]["message"]
+    message = message if isinstance(message, dict) else {}
+    seen = GooseChat()
+    thought = (
+        message["reasoning_content"] if "reasoning_content" in message else message.get("reasoning")
+    )
+    if isinstance(thought, str):
+        seen.thinking = thought
+    content = message.get("content")
+    if isinstance(content, str):
+        seen.text = _text_of(content) or ""
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        call = call if isinstance(call, dict) else {}
+        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        cid = call.get("id") if isinstance(call.get("id"), str) else ""
+        name = fn.get("name") if isinstance(fn.get("name"), str) else ""
+        arguments = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+        made = _make_call(cid, name, arguments or "{}")
+        if not _FUNCTION_NAME.fullmatch(name):
+            made.args = None
+        seen.calls.append(made)
+    seen.usage, seen.usages = goose_usage(resp), 1
+    return seen
