@@ -300,18 +300,12 @@ LIGHTSPEED = {
 }
 
 
-#: (answer, streamed) pairs left out: the proxy's JSON answer drops the thoughts
-#: of ``reasoning_text`` parts that its stream shows (reported, not fixed here)
-LEFT_OUT = {("reasoning-in-the-message", False), ("lightspeed-reasoning", False)}
-
-
 @pytest.mark.parametrize(
     ("name", "stream"),
     [
         pytest.param(name, stream, id=f"{name}-{'stream' if stream else 'json'}")
         for name in LIGHTSPEED
         for stream in (True, False)
-        if (name, stream) not in LEFT_OUT
     ],
 )
 async def test_goose_sees_what_lightspeed_said(
@@ -363,12 +357,7 @@ def scripted_in_a_thread(pki: SimpleNamespace) -> Iterator[tuple[Any, SimpleName
 def test_goose_sees_the_same_for_any_cut_of_the_backends_bytes(pki: SimpleNamespace) -> None:
     """The backend's bytes (head, chunk framing and events) written in pieces cut at
     random points: Goose sees what the backend said, whatever the cuts."""
-    cases = [
-        (name, stream)
-        for name in sorted(CUT_SOURCES)
-        for stream in (True, False)
-        if (name, stream) not in LEFT_OUT
-    ]
+    cases = [(name, stream) for name in sorted(CUT_SOURCES) for stream in (True, False)]
 
     async def exchange(url: str, stream: bool) -> httpx.Response:
         with anyio.fail_after(10):

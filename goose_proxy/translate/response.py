@@ -215,6 +215,10 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
                 elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
                     refusals.append(part["refusal"])
                     texts.append(part["refusal"])  # shown by clients that read only content
+                elif part.get("type") == "reasoning_text" and isinstance(part.get("text"), str):
+                    # Llama Stack puts a reasoning model's thoughts in the message;
+                    # a stream carries them as reasoning_content deltas
+                    reasoning.append(part["text"])
         elif itype == "function_call":
             tool_calls.append(chat_tool_call(item))
         elif itype == "reasoning":

@@ -125,6 +125,15 @@ def test_reasoning_becomes_reasoning_content() -> None:
     assert msg["content"] == "answer"
 
 
+def test_reasoning_text_parts_of_a_message_become_reasoning_content() -> None:
+    # Llama Stack puts a reasoning model's thoughts in the message itself; its
+    # stream shows them as reasoning_content, so must the collected answer
+    resp = response([message(text("answer"), {"type": "reasoning_text", "text": "think."})])
+    msg = only_choice(responses_to_chat(resp, "m"))["message"]
+    assert msg["reasoning_content"] == "think."
+    assert msg["content"] == "answer"
+
+
 def test_no_reasoning_content_key_without_reasoning() -> None:
     msg = only_choice(responses_to_chat(response([message(text("x"))]), "m"))["message"]
     assert "reasoning_content" not in msg
