@@ -366,7 +366,10 @@ class StreamTranslator:
         key = self._item_key(item, _int(event.get("output_index"), -1))
         if item.get("type") == "function_call":
             fragments = self._calls.announce(
-                key, call_id_of(item, or_item_id=False), str_or_none(item.get("name"))
+                key,
+                call_id_of(item, or_item_id=False),
+                str_or_none(item.get("name")),
+                str_or_none(item.get("id")) or None,
             )
             self._fragments(fragments, out)
 

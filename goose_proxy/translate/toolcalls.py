@@ -39,10 +39,22 @@ Fragment = dict[str, Any]
 
 
 class _Call:
-    __slots__ = ("call_id", "final", "finished", "high", "index", "name", "pending", "received")
+    __slots__ = (
+        "call_id",
+        "final",
+        "finished",
+        "high",
+        "index",
+        "item_id",
+        "name",
+        "pending",
+        "received",
+    )
 
     def __init__(self, call_id: Optional[str], name: Optional[str]) -> None:
         self.call_id = call_id
+        #: the item's own id: the call_id of last resort, at the terminal event
+        self.item_id: Optional[str] = None
         self.name = name
         self.index: Optional[int] = None  # client index, once the header went out
         self.received: list[str] = []  # every argument delta, in order
@@ -81,14 +93,23 @@ class ToolCallQueue:
         self._by_key[key] = call
         return call
 
-    def announce(self, key: str, call_id: Optional[str], name: Optional[str]) -> list[Fragment]:
-        """A function call item was added. Repeats of a known key only fill in gaps."""
+    def announce(
+        self,
+        key: str,
+        call_id: Optional[str],
+        name: Optional[str],
+        item_id: Optional[str] = None,
+    ) -> list[Fragment]:
+        """A function call item was added. Repeats of a known key only fill in
+        gaps. ``item_id`` stands in for a ``call_id`` that nothing brings by the
+        terminal event."""
         call = self._by_key.get(key)
         if call is None:
-            self._add(key, call_id, name)
+            call = self._add(key, call_id, name)
         else:
             call.call_id = call.call_id or call_id
             call.name = call.name or name
+        call.item_id = call.item_id or item_id
         return self._advance()
 
     def delta(self, keys: tuple[Optional[str], ...], text: str) -> list[Fragment]:
@@ -138,6 +159,7 @@ class ToolCallQueue:
             if item is not None:
                 call.call_id = call.call_id or call_id_of(item)
                 call.name = call.name or str_or_none(item.get("name"))
+            call.call_id = call.call_id or call.item_id
             if not call.finished:
                 call.finished = True
                 call.final = str_or_none(item.get("arguments")) if item is not None else None

@@ -273,8 +273,12 @@ def without_call_id(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "item": item}
 
 
-@pytest.mark.parametrize("terminal_has_items", [True, False])
-def test_a_call_without_call_id_is_answered_by_its_item_id(terminal_has_items: bool) -> None:
+@pytest.mark.parametrize(
+    "terminal_has_items", [True, False, None], ids=["terminal", "done", "none"]
+)
+def test_a_call_without_call_id_is_answered_by_its_item_id(
+    terminal_has_items: Optional[bool],
+) -> None:
     # a backend that leaves call_id out (the spec requires it): the item's id
     # stands in, in the stream as in the JSON answer made of the same events
     final = {k: v for k, v in call_item("fc_0", "", "shell", '{"c":"ls"}').items()
@@ -284,6 +288,8 @@ def test_a_call_without_call_id_is_answered_by_its_item_id(terminal_has_items: b
               args_done("fc_0", '{"c":"ls"}', 0)]  # fmt: skip
     if terminal_has_items:  # no output_item.done: the terminal response names it
         events.append(completed([final]))
+    elif terminal_has_items is None:  # nothing but its output_item.added has its id
+        events.append(completed())
     else:
         events += [without_call_id(call_done("fc_0", "", "shell", '{"c":"ls"}', 0)), completed()]
     _, parsed = run(events)
