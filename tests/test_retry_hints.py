@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from goose_proxy.config import AuthConfig
+from tests.goose_rules import goose_error_kind
 from tests.reliability.support import (
     HELLO,
     FakeServer,
@@ -184,6 +185,32 @@ async def test_hints_that_a_retry_cannot_help_are_the_same_on_both_paths(
     assert "retry-after" not in headers
     should_retry = None if sdk_error is openai.BadRequestError else "false"
     assert headers.get("x-should-retry") == should_retry
+
+
+@pytest.mark.parametrize("path", [CHAT, RESPONSES])
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        ("503 Service Unavailable", "This model's maximum context length is 10 tokens"),
+        ("400 Bad Request", "Request does not fit in the model's context window"),
+    ],
+    ids=["5xx", "no-goose-phrase"],
+)
+async def test_a_context_overflow_in_an_openai_body_is_answered_as_chat_answers_it(
+    pki: SimpleNamespace, path: str, status: str, message: str
+) -> None:
+    # relayed as it came, a 5xx would be sent again by the SDK, and a message
+    # without Goose's phrases would not make Goose compact
+    answer = http_answer(status, [JSON, ("x-should-retry", "false")],
+                         envelope(message, "context_length_exceeded"))  # fmt: skip
+    with anyio.fail_after(15):
+        async with backend(pki, answer) as srv, sdk(srv.url, pki.auth, flavor="openai") as client:
+            with pytest.raises(openai.BadRequestError) as info:
+                await create(client, path)
+    assert len(srv.requests) == 1
+    body = info.value.response.json()
+    assert body["error"]["code"] == "context_length_exceeded"
+    assert goose_error_kind(400, body) == "ContextLengthExceeded"
 
 
 # --- the proxy's own errors ---------------------------------------------------------------

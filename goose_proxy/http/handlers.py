@@ -366,9 +366,11 @@ class Handlers:
             if resp.status >= 400:
                 raw = await resp.read(ERROR_BODY_LIMIT)
                 err = error_from_backend(resp.status, raw, **_retry_headers(resp))
-                if not _is_openai_error(raw):
+                if not _is_openai_error(raw) or isinstance(err, ContextLengthExceeded):
                     # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as
-                    # for chat (Goose reads error.message, and compacts on it)
+                    # for chat (Goose reads error.message, and compacts on it); a
+                    # context overflow as chat's too: 400, its message saying so
+                    # (a 5xx relayed as it came would be sent again by the SDK)
                     raise err
                 # relayed as it came, with the retry hints chat would give: none
                 # on a context overflow, "x-should-retry: false" on a used-up quota
