@@ -506,7 +506,9 @@ class _IdleTimer:
     """Expires ``waiter`` (TimeoutError) once what waits to reach the peer (the
     transport's buffer and the kernel's send queue) has not shrunk for
     ``timeout`` seconds: the peer took nothing. Looked at every eighth of
-    ``timeout`` (so it expires at most that much late), not on every write.
+    ``timeout`` (so it expires up to that much later than the last shrink
+    it saw; a shrink between two looks counts from the second), not on every
+    write.
     (The transport's buffer alone moves in steps of megabytes: the kernel
     reports a socket writable only once a good part of its queue is gone.)"""
 
@@ -514,6 +516,7 @@ class _IdleTimer:
         "_handle",
         "_loop",
         "_moved",
+        "_next",
         "_size",
         "_step",
         "_timeout",
@@ -532,8 +535,10 @@ class _IdleTimer:
         self._timeout = timeout
         self._step = timeout / 8
         self._size = self._pending()
-        self._moved = loop.time()  # when the peer last took something
-        self._handle = loop.call_later(self._step, self._check)
+        self._moved = loop.time()  # when the peer was last seen taking something
+        # on a fixed grid: rescheduling from each check would add the loop's lag
+        self._next = self._moved + self._step
+        self._handle = loop.call_at(self._next, self._check)
 
     def _pending(self) -> int:
         size = self._transport.get_write_buffer_size()
@@ -558,7 +563,10 @@ class _IdleTimer:
             _expire(self._waiter)
             return
         self._size = size
-        self._handle = self._loop.call_later(self._step, self._check)
+        self._next += self._step
+        if self._next <= now:  # the loop was held up: no run of catch-up checks
+            self._next = now + self._step
+        self._handle = self._loop.call_at(self._next, self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()

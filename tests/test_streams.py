@@ -443,17 +443,18 @@ async def test_send_waits_under_backpressure_and_times_out() -> None:
 
 
 class FakeClock:
-    """The two calls of an event loop :class:`_IdleTimer` makes, on a clock the test moves."""
+    """The two calls to an event loop :class:`_IdleTimer` makes, on a clock the test moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, lag: float = 0.0) -> None:
         self.now = 0.0
+        self.lag = lag  # how late each callback runs (a busy loop)
         self.due: list[tuple[float, Callable[[], None]]] = []
 
     def time(self) -> float:
         return self.now
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> SimpleNamespace:
-        entry = (self.now + delay, callback)
+    def call_at(self, when: float, callback: Callable[[], None]) -> SimpleNamespace:
+        entry = (when, callback)
         self.due.append(entry)
         return SimpleNamespace(cancel=lambda: self.due.remove(entry))
 
@@ -461,7 +462,7 @@ class FakeClock:
         while self.due and min(self.due, key=lambda e: e[0])[0] <= t:
             entry = min(self.due, key=lambda e: e[0])
             self.due.remove(entry)
-            self.now = entry[0]
+            self.now = entry[0] + self.lag
             entry[1]()
         self.now = t
 
@@ -501,6 +502,17 @@ def test_the_idle_timer_counts_from_when_the_peer_last_took_something(
     assert waiter.at is not None
     assert last_taken + 10.0 <= waiter.at <= last_taken + 10.0 * 1.125 + 1e-9
     assert not clock.due  # nothing left scheduled
+
+
+def test_the_idle_timers_lateness_does_not_add_up() -> None:
+    # every check runs 50 ms late: the timer expires one check's lag late, not
+    # eight (a check scheduled from the one before would add each lag)
+    clock = FakeClock(lag=0.05)
+    transport = SimpleNamespace(get_write_buffer_size=lambda: 1, get_extra_info=lambda name: None)
+    waiter = Expiry(clock)
+    _IdleTimer(clock, transport, waiter, 10.0)  # type: ignore[arg-type]
+    clock.advance_to(40.0)
+    assert waiter.at is not None and 10.0 <= waiter.at <= 10.0 + 0.05 + 1e-9
 
 
 def test_the_idle_timer_waits_for_as_long_as_the_peer_keeps_taking() -> None:
