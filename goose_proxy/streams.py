@@ -40,6 +40,7 @@ import ipaddress
 import math
 import socket
 import ssl
+import struct
 import sys
 from asyncio import sslproto
 from collections import deque
@@ -411,6 +412,19 @@ class ProtocolStream(anyio.abc.ByteStream):
         """Close at once, dropping unsent bytes (no TLS close_notify)."""
         self._closed = True
         self._abort_transport()
+
+    def reset(self) -> None:
+        """Close at once with a TCP reset (``SO_LINGER`` 0): nothing still queued,
+        in our buffer or the kernel's, is sent; the peer learns at once that
+        its answer was cut, and the kernel frees the queue (a plain close would
+        keep sending it, for a peer that takes nothing, until TCP gives up)."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and not self._p.lost:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:  # not a TCP socket, or already gone: a plain abort
+                pass
+        self.abort()
 
     def _abort_transport(self) -> None:
         if not self._p.lost or not self._transport.is_closing():

@@ -407,8 +407,8 @@ class ServerConnection:
             if self.linger and not self.client_gone:
                 with anyio.move_on_after(LINGER_TIMEOUT):
                     await self._linger()
-            if self.stalled:  # it took nothing for send_timeout: no flush
-                self.stream.abort()
+            if self.stalled:  # it took nothing for send_timeout: no flush, a reset
+                self.stream.reset()
             else:
                 await self.stream.aclose()  # bounded: streams.CLOSE_FLUSH_TIMEOUT
 
