@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 from goose_proxy.errors import InvalidRequest, client_utf8
 
@@ -29,6 +29,7 @@ __all__ = [
     "encode_json",
     "encode_json_for_client",
     "encode_json_str",
+    "encode_str_for_client",
     "parse_json_object",
 ]
 
@@ -38,6 +39,8 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 4300
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: what ``_ENCODER.encode`` calls for a ``str`` (the C function where there is one)
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
 class _Rejected(ValueError):
@@ -172,6 +175,12 @@ def encode_json_for_client(value: Any) -> bytes:
     character loses nothing a client could have shown.
     """
     return client_utf8(_ENCODER.encode(value))
+
+
+def encode_str_for_client(value: str) -> bytes:
+    """:func:`encode_json_for_client` of a ``str`` (what the encoder does for one,
+    without its Python layer: a stream's text deltas take this path)."""
+    return client_utf8(_encode_str(value))
 
 
 # Surrogates appear in the encoder's text only inside strings, where the escape

@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional
 from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
 from .jsonbody import encode_json_for_client as encode_json  # chunks: see its docstring
+from .jsonbody import encode_str_for_client as encode_str
 from .response import (
     JSON_OBJECT,
     chat_logprobs,
@@ -165,7 +166,13 @@ class StreamTranslator:
             delta = event.get("delta")
             if not delta or not isinstance(delta, str):
                 return []
-            part = (self._key(event), _int(event.get("content_index")))
+            # self._key() and _int(), written out on this hot path
+            key = event.get("item_id")
+            index = event.get("content_index")
+            part = (
+                key if type(key) is str else self._key(event),
+                index if type(index) is int else 0,
+            )
             if part != self._last_part:
                 self._covered.add(part)
                 self._last_part = part
@@ -183,7 +190,7 @@ class StreamTranslator:
             if logprobs and isinstance(logprobs, list):
                 frame = self._chunk({"content": delta}, logprobs=chat_logprobs(logprobs))
             else:
-                frame = self._text_head + encode_json(delta) + self._text_tail
+                frame = self._text_head + encode_str(delta) + self._text_tail
             return [frame] if self._started else self._commit([frame])
         handler = self._handlers.get(etype) if isinstance(etype, str) else None
         if handler is None:

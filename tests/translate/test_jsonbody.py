@@ -8,7 +8,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goose_proxy.translate.jsonbody import encode_json, encode_json_for_client, encode_json_str
+from goose_proxy.translate.jsonbody import (
+    encode_json,
+    encode_json_for_client,
+    encode_json_str,
+    encode_str_for_client,
+)
 
 # every code point, lone surrogates (category Cs) included
 _TEXT = st.text(st.characters(blacklist_categories=()), max_size=30)
@@ -46,3 +51,9 @@ def test_what_a_client_reads_has_no_lone_surrogate_escape(value: Any) -> None:
 def test_a_pair_written_as_halves_is_its_character_for_a_client() -> None:
     assert encode_json_for_client("a\ud83c\udf0db\ud800") == '"a🌍b\ufffd"'.encode()
     assert encode_json_for_client("plain") == encode_json("plain")
+
+
+@given(_TEXT)
+def test_the_text_delta_shortcut_encodes_a_string_as_the_encoder_does(text: str) -> None:
+    # a stream's text deltas skip the encoder's Python layer; the bytes are the same
+    assert encode_str_for_client(text) == encode_json_for_client(text)
