@@ -116,6 +116,13 @@ class StreamTranslator:
         self._meta: dict[str, Any] = {}
         self._calls = ToolCallQueue()
         self._covered: set[tuple[str, int]] = set()  # message parts that sent text
+        #: the same by (output_index, content_index), reasoning items by output_index,
+        #: and every item key the stream named before its end: a final item under a
+        #: key never named is looked up by its position instead (a backend whose
+        #: item ids differ between the deltas and the end, or are left out of one)
+        self._covered_at: set[tuple[int, int]] = set()
+        self._reasoned_at: set[int] = set()
+        self._named: set[str] = set()
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
         self._index_keys: dict[int, str] = {}  # output_index -> item key
@@ -174,7 +181,7 @@ class StreamTranslator:
                 index if type(index) is int else 0,
             )
             if part != self._last_part:
-                self._covered.add(part)
+                self._cover(event, part)
                 self._last_part = part
             if self._high:
                 delta, self._high = self._high + delta, ""
@@ -353,7 +360,7 @@ class StreamTranslator:
     def _on_refusal_delta(self, event: Mapping[str, Any], out: Out) -> None:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
-            self._covered.add((self._key(event), _int(event.get("content_index"))))
+            self._cover(event, (self._key(event), _int(event.get("content_index"))))
             delta = self._whole("refusal", delta)
             if delta:
                 out.append(self._chunk({"content": delta, "refusal": delta}))
@@ -361,7 +368,12 @@ class StreamTranslator:
     def _on_reasoning_delta(self, event: Mapping[str, Any], out: Out) -> None:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
-            self._reasoned.add(self._key(event))
+            key = self._key(event)
+            self._reasoned.add(key)
+            self._named.add(key)
+            index = _int(event.get("output_index"), -1)
+            if index >= 0:
+                self._reasoned_at.add(index)
             delta = self._whole("reasoning_content", delta)
             if delta:
                 out.append(self._chunk({"reasoning_content": delta}))
@@ -371,6 +383,7 @@ class StreamTranslator:
         if not isinstance(item, JSON_OBJECT):
             return
         key = self._item_key(item, _int(event.get("output_index"), -1))
+        self._named.add(key)
         if item.get("type") == "function_call":
             fragments = self._calls.announce(
                 key,
@@ -405,12 +418,33 @@ class StreamTranslator:
         else:
             kind, text, logprobs = "output_text", event.get("text"), event.get("logprobs")
         key = (self._key(event), _int(event.get("content_index")))
-        self._unstreamed_part(key, kind, text, out, logprobs)
+        self._unstreamed_part(key, kind, text, out, logprobs, _int(event.get("output_index"), -1))
+        self._named.add(key[0])
+
+    def _cover(self, event: Mapping[str, Any], part: tuple[str, int]) -> None:
+        """A message part's text streamed (``event`` is one of its deltas)."""
+        self._covered.add(part)
+        self._named.add(part[0])
+        index = event.get("output_index")
+        if type(index) is int and index >= 0:
+            self._covered_at.add((index, part[1]))
 
     def _unstreamed_part(
-        self, part: tuple[str, int], kind: Any, text: Any, out: Out, logprobs: Any = None
+        self,
+        part: tuple[str, int],
+        kind: Any,
+        text: Any,
+        out: Out,
+        logprobs: Any = None,
+        index: int = -1,
     ) -> None:
+        """Send a message part's whole ``text`` unless its text streamed: under
+        its key, or at its ``index`` (output_index) when the stream never named
+        its key."""
         if part in self._covered or not text or not isinstance(text, str):
+            return
+        if part[0] not in self._named and (index, part[1]) in self._covered_at:
+            self._covered.add(part)  # the same part: so for its later events too
             return
         if kind == "output_text":
             out.append(self._chunk({"content": text}, logprobs=chat_logprobs(logprobs)))
@@ -423,20 +457,22 @@ class StreamTranslator:
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
         if isinstance(item, JSON_OBJECT):
-            self._item_done(item, _int(event.get("output_index"), -1), out)
+            self._named.add(self._item_done(item, _int(event.get("output_index"), -1), out))
 
-    def _item_done(self, item: Mapping[str, Any], index: int, out: Out) -> None:
+    def _item_done(self, item: Mapping[str, Any], index: int, out: Out) -> str:
+        """Send what of a finished item never streamed; return its key."""
         key = self._item_key(item, index)
         itype = item.get("type")
         if itype == "message":
             content = item.get("content")
             if isinstance(content, str):  # Llama Stack allows it (Lightspeed's shield did it)
-                self._unstreamed_part((key, 0), "output_text", content, out)
+                self._unstreamed_part((key, 0), "output_text", content, out, None, index)
             for j, part in enumerate(content if isinstance(content, list) else ()):
                 if isinstance(part, JSON_OBJECT):
                     kind = part.get("type")
                     text = part.get("text") if kind == "output_text" else part.get("refusal")
-                    self._unstreamed_part((key, j), kind, text, out, part.get("logprobs"))
+                    logprobs = part.get("logprobs")
+                    self._unstreamed_part((key, j), kind, text, out, logprobs, index)
         elif itype == "function_call":
             fragments = self._calls.finish(
                 (key, self._index_keys.get(index)),
@@ -446,10 +482,14 @@ class StreamTranslator:
             )
             self._fragments(fragments, out)
         elif itype == "reasoning" and key not in self._reasoned:
+            if key not in self._named and index in self._reasoned_at:
+                self._reasoned.add(key)  # streamed under another key (see _unstreamed_part)
+                return key
             text = "".join(reasoning_texts(item))
             if text:
                 self._reasoned.add(key)
                 out.append(self._chunk({"reasoning_content": text}))
+        return key
 
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
@@ -464,8 +504,7 @@ class StreamTranslator:
         finals: dict[str, Mapping[str, Any]] = {}
         for i, item in enumerate(output if isinstance(output, list) else ()):
             if isinstance(item, JSON_OBJECT):
-                self._item_done(item, i, out)
-                finals[self._item_key(item, i)] = item
+                finals[self._item_done(item, i, out)] = item
         self._fragments(self._calls.close(finals), out)
         self._release_halves(out)
         status = "incomplete" if event.get("type") == "response.incomplete" else "completed"

@@ -940,3 +940,80 @@ def test_legacy_without_a_call_or_cut_short_keeps_its_finish(terminal: str, expe
         events += [call_added("fc_a", "call_a", "f", 1), args_delta("fc_a", '{"x":', 1)]
     _, parsed = legacy_run([*events, end])
     assert finish_reasons(parsed) == [expected]
+
+
+# A backend loose about item ids: the text streamed under one key (or none) and
+# the final item under another. The text must come once, matched by position.
+def _without_item_id(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != "item_id"}
+
+
+_PART = {"type": "output_text", "text": "Hello there", "annotations": []}
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param(  # deltas without item_id, no output_item.added/done
+            [_without_item_id(text_delta("Hello ")), _without_item_id(text_delta("there")),
+             completed([msg_done([_PART], item="msg_final")["item"]])],
+            id="deltas-without-id",
+        ),
+        pytest.param(  # deltas under one id, the final item under another
+            [text_delta("Hello "), text_delta("there"),
+             completed([msg_done([_PART], item="msg_other")["item"]])],
+            id="ids-differ",
+        ),
+        pytest.param(  # the final item without an id
+            [text_delta("Hello "), text_delta("there"),
+             completed([{k: v for k, v in msg_done([_PART])["item"].items() if k != "id"}])],
+            id="final-without-id",
+        ),
+        pytest.param(  # the part's done event under another id, then the end
+            [text_delta("Hello "), text_delta("there"),
+             {"type": "response.output_text.done", "item_id": "msg_x", "output_index": 0,
+              "content_index": 0, "text": "Hello there"},
+             msg_done([_PART], item="msg_x"), completed([msg_done([_PART], item="msg_x")["item"]])],
+            id="done-events-differ",
+        ),
+    ],
+)  # fmt: skip
+def test_streamed_text_is_not_sent_again_when_the_ids_do_not_match(
+    events: list[dict[str, Any]],
+) -> None:
+    _, parsed = run([CREATED, *events])
+    assert_well_formed(parsed)
+    assert text_of(parsed) == "Hello there"
+    assert finish_reasons(parsed) == ["stop"]
+
+
+def test_an_unstreamed_item_at_another_position_is_still_sent() -> None:
+    # the position fallback only covers the position that streamed
+    second = {"type": "output_text", "text": "Second.", "annotations": []}
+    final = [msg_done([_PART], item="msg_a")["item"], msg_done([second], item="msg_b")["item"]]
+    _, parsed = run([CREATED, _without_item_id(text_delta("Hello there")), completed(final)])
+    assert text_of(parsed) == "Hello thereSecond."
+
+
+def test_a_named_item_is_not_matched_by_position() -> None:
+    # two items the stream named, at the same (wrong) position: the second's
+    # text, never streamed, still comes from its done event
+    second = {"type": "output_text", "text": "Second.", "annotations": []}
+    events = [msg_added("msg_a"), text_delta("Hello there", item="msg_a"),
+              msg_added("msg_b"), msg_done([second], item="msg_b"),
+              completed([msg_done([_PART], item="msg_a")["item"],
+                         msg_done([second], item="msg_b", index=1)["item"]])]  # fmt: skip
+    _, parsed = run([CREATED, *events])
+    assert text_of(parsed) == "Hello thereSecond."
+
+
+def test_streamed_reasoning_is_not_sent_again_when_the_ids_do_not_match() -> None:
+    delta = {"type": "response.reasoning_text.delta", "output_index": 0, "content_index": 0,
+             "delta": "Thinking."}  # fmt: skip
+    item = {"type": "reasoning", "id": "rs_final", "summary": [],
+            "content": [{"type": "reasoning_text", "text": "Thinking."}]}  # fmt: skip
+    part = {**_PART, "text": "Answer."}
+    _, parsed = run([CREATED, delta, text_delta("Answer.", index=1),
+                     completed([item, msg_done([part], index=1)["item"]])])  # fmt: skip
+    assert text_of(parsed, "reasoning_content") == "Thinking."
+    assert text_of(parsed) == "Answer."
