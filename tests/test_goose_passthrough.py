@@ -216,18 +216,54 @@ async def test_a_json_answer_to_a_client_that_streams_becomes_a_stream(
         assert got.output_text == text and got.id == ls.RID
 
 
+QUEUED = b'{"id": "r", "object": "response", "status": "queued", "output": []}'
+FAILED = json.dumps(
+    {"id": "r", "object": "response", "status": "failed", "output": [],
+     "error": {"code": "server_error", "message": "the model broke"}}
+).encode()  # fmt: skip
+CTX = json.dumps(
+    {"id": "r", "object": "response", "status": "failed", "output": [],
+     "error": {"code": "context_length_exceeded",
+               "message": "This model's maximum context length is 8192 tokens."}}
+).encode()  # fmt: skip
+NOT_JSON = [b"<html>Service maintenance</html>", b"", b"[" * 100_000]
+
+
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
 @pytest.mark.parametrize(
-    "answer",
-    [b'{"id": "r", "status": "queued", "output": []}', b"{}", b"[" * 100_000],
-    ids=["queued", "no-response", "deep"],
-)
-async def test_json_that_is_no_finished_response_is_relayed_as_it_came(
+    ("answer", "stream", "status", "says"),
+    [
+        *[(body, s, 502, "not JSON") for body in NOT_JSON for s in (False, True)],
+        *[(body, s, 502, "not an object") for body in (b"[1, 2]", b'"x"') for s in (False, True)],
+        *[(b'{"detail": "x"}', s, 502, "no \"output\" list") for s in (False, True)],
+        (b'{"error": {"message": "quota used up", "code": "insufficient_quota"}}', False, 429,
+         "quota used up"),
+        (QUEUED, True, 502, "not finished"),
+        (FAILED, True, 502, "the model broke"),
+        (CTX, True, 400, "context length"),
+    ],
+)  # fmt: skip
+async def test_a_2xx_answer_a_client_cannot_use_is_an_error(
+    pki: SimpleNamespace, flavor: str, answer: bytes, stream: bool, status: int, says: str
+) -> None:
+    # relayed as a 200, the openai SDK read it as an empty stream, or as a str,
+    # a list or nothing: the client gets an OpenAI error it can act on instead
+    for ctype in ("application/json", "text/html"):
+        raw = http_answer("200 OK", [("content-type", ctype)], answer)
+        r = await through_proxy(pki, raw, flavor, lambda url: post(url, stream))
+        assert r.status_code == status, (ctype, r.content[:200])
+        assert r.headers["content-type"] == "application/json"
+        assert says in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("answer", [QUEUED, FAILED])
+async def test_a_response_that_did_not_finish_goes_as_it_came_to_a_client_that_waits(
     pki: SimpleNamespace, answer: bytes
 ) -> None:
-    # only a finished Response is turned into a stream; anything else goes as
-    # it came (the client asked the backend, and reads what it said)
+    # a background request is answered "queued", and a failed Response is one the
+    # client can read: both reach a client that does not stream as they came
     raw = http_answer("200 OK", [("content-type", "application/json")], answer)
-    r = await through_proxy(pki, raw, "openai", lambda url: post(url, True))
+    r = await through_proxy(pki, raw, "openai", lambda url: post(url, False))
     assert r.status_code == 200 and r.content == answer
 
 

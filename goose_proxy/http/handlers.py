@@ -437,30 +437,31 @@ def _log_left_out(calls: int) -> None:
 
 
 def _json_answer(raw: bytes, adapt: bool, as_stream: bool) -> tuple[bytes, bool]:
-    """A passthrough answer the backend sent as JSON, as it goes to the client, and
-    whether it is now SSE: adapted for strict clients when ``adapt`` (see
-    :func:`adapt_response`), and for a client that asked for a stream
-    (``as_stream``), a finished Response as the events a streaming backend would
-    have sent (the openai SDK and Goose read the JSON as an empty stream).
-    Anything else, and what needs no change, goes as it came (``raw`` itself)."""
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError):
-        return raw, False
-    if not isinstance(obj, dict):
-        return raw, False
+    """A passthrough answer the backend sent whole (not SSE), as it goes to the
+    client, and whether it is now SSE: adapted for strict clients when ``adapt``
+    (see :func:`adapt_response`), and for a client that asked for a stream
+    (``as_stream``), the finished Response as the events a streaming backend
+    would have sent (the openai SDK and Goose read JSON as an empty stream).
+
+    Raises what a client can act on instead of a 200 it would read as an empty
+    answer: UpstreamProtocolError for a body that is not a JSON object,
+    UpstreamNotAResponse for one that is no Response (no ``output`` list), and
+    for a client that streams, the failure a Response reports (as chat
+    answers it: a context overflow is a 400) or UpstreamNotAResponse for one
+    not finished (a 200 whose body is an error object raises that error for
+    either). A Response that is not finished goes as it came to a client that
+    does not stream (``background: true`` answers ``queued``); so does one that
+    failed, and one that needs no change is ``raw`` itself.
+    """
+    obj = _load_upstream_json(raw)
+    if as_stream or not isinstance(obj.get("output"), list):
+        failure = check_finished(obj)  # or raises UpstreamNotAResponse
+        if failure is not None:
+            raise failure
     resp = adapt_response(obj) if adapt else obj
-    if as_stream and _finished(obj):
+    if as_stream:
         return b"".join(_event_frame(ev["type"], ev) for ev in stream_of_response(resp)), True
     return (raw if resp is obj else encode_json_for_client(resp)), False
-
-
-def _finished(obj: dict[str, Any]) -> bool:
-    """A Response object that finished, without a failure (see :func:`check_finished`)."""
-    try:
-        return check_finished(obj) is None
-    except ProxyError:
-        return False
 
 
 def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:
