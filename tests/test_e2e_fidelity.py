@@ -279,19 +279,53 @@ async def test_usage_chunk_only_when_asked() -> None:
 # --- /v1/responses passthrough --------------------------------------------------------
 
 
+def _with_conversation_object(data: bytes) -> Any:
+    """A Response object or a Responses event, parsed, its Response's string
+    ``conversation`` as the ``{"id": …}`` the lightspeed flavour makes of it."""
+    obj = json.loads(data)
+    resp = obj.get("response", obj)
+    if isinstance(resp.get("conversation"), str):
+        resp["conversation"] = {"id": resp["conversation"]}
+    return obj
+
+
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
 @pytest.mark.parametrize("capture", ["lcs_stream_text.sse", "lcs_nonstream_text.json"])
-async def test_responses_passthrough_is_byte_exact(capture: str) -> None:
+async def test_responses_passthrough_is_byte_exact(capture: str, flavor: str) -> None:
+    # byte for byte, but for the Response's conversation under lightspeed: the
+    # events that carry it are written anew, every other event goes as it came
     raw = (FIXTURES / capture).read_bytes()
     async with devbackend.run() as backend:
-        cfg = make_config(backend.url, backend={"headers": {"X-Dev-Fault": f"replay:{capture}"}})
+        cfg = make_config(
+            backend.url,
+            backend={"headers": {"X-Dev-Fault": f"replay:{capture}"}, "flavor": flavor},
+        )
         with anyio.fail_after(15):
             async with running_proxy(cfg) as proxy, httpx.AsyncClient(timeout=10) as c:
                 body = {"model": "gpt-5", "input": "hi", "stream": capture.endswith(".sse"),
                         "top_p": 0.5}  # fmt: skip
                 r = await c.post(proxy.url + "/v1/responses", json=body)
     assert r.status_code == 200
-    assert r.content == raw
     sent = backend.requests[-1]
+    if flavor == "openai":
+        assert r.content == raw
+        assert sent.json["model"] == "gpt-5" and sent.json["top_p"] == 0.5
+        return
+    if capture.endswith(".json"):
+        assert json.loads(r.content) == _with_conversation_object(raw)
+    else:
+        got, want = r.content.split(b"\n\n"), raw.split(b"\n\n")
+        assert len(got) == len(want)
+        rewritten = 0
+        for block, original in zip(got, want):
+            if block != original:
+                head, _, data = block.partition(b"\ndata: ")
+                assert head.startswith(b"event: response.") and b"output_text" not in head
+                assert json.loads(data) == _with_conversation_object(
+                    original.partition(b"\ndata: ")[2]
+                )
+                rewritten += 1
+        assert rewritten == 3  # created, in_progress, completed
     # lightspeed flavour: the backend chooses the model; a field it rejects is left out
     assert sent.json["model"] == "" and "top_p" not in sent.json
     assert sent.json["input"] == "hi"
@@ -322,7 +356,7 @@ async def test_lightspeed_passthrough_collects_for_a_client_that_does_not_stream
     assert [r.headers["content-type"] for r in odd] == ["application/json"] * 3
     assert backend.requests[-1].json["stream"] is True
     assert got.headers["content-type"] == "application/json"
-    assert json.loads(got.content) == terminal
+    assert json.loads(got.content) == {**terminal, "conversation": {"id": terminal["conversation"]}}
     assert got.parse().output_text == "".join(
         p["text"] for item in terminal["output"] if item["type"] == "message"
         for p in item["content"] if p["type"] == "output_text"

@@ -124,7 +124,8 @@ def prepare_passthrough(
     chooses, since Lightspeed does not know the gpt-5/o-series names Goose sends
     to this path); under the lightspeed flavour the fields Lightspeed would
     answer 422 to are dropped and ``generate_topic_summary: false`` is added
-    when absent; system and developer items in ``input`` follow
+    when absent, a ``conversation`` object (``{"id": …}``) goes as its id;
+    system and developer items in ``input`` follow
     ``system_messages`` as chat messages do; ``extra_body`` is merged last.
     Everything else is forwarded
     unchanged: the backend validates. Returns the body and the dropped keys.
@@ -142,6 +143,11 @@ def prepare_passthrough(
         dropped = sorted(k for k in body if k not in LIGHTSPEED_FIELDS)
         for k in dropped:
             del body[k]
+        conversation = body.get("conversation")
+        if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):
+            # OpenAI's object form, as the adapted answers carry it (passthrough.py):
+            # back to the id string Lightspeed sends and takes
+            body["conversation"] = conversation["id"]
         # as for chat: Lightspeed reports failures precisely only in a stream
         # (a context overflow is a bare 500 without one); the proxy collects
         # it for a client that did not ask to stream

@@ -12,7 +12,9 @@ in a JSON answer's ``output``. Lightspeed Stack relays shapes that do not fit:
 - ``reasoning_text`` content parts (Llama Stack streams a reasoning model's
   thoughts so): Goose knows only ``output_text``, ``refusal`` (and ``tool_call``);
 - the safety shield's answer: a message without ``id`` and ``status``, in some
-  releases with a string ``content``.
+  releases with a string ``content``;
+- the Response's ``conversation`` as a bare id string, where OpenAI's type (and
+  the openai SDK's, which warns when it meets the string) is ``{"id": …}``.
 
 :class:`AnswerAdapter` leaves out, or mends, those; nothing else changes. A
 function returns the very object it was given when it has nothing to change
@@ -123,25 +125,28 @@ class AnswerAdapter:
 
     def response(self, resp: dict[str, Any], kind: str = "") -> dict[str, Any]:
         """``resp`` (a Response object, carried by an event of type ``kind``) with only
-        the output items a client knows, messages mended; ``resp`` itself when it
-        is fine as it is."""
+        the output items a client knows, messages mended, a string
+        ``conversation`` as ``{"id": …}``; ``resp`` itself when it is fine as it is."""
         rid = resp.get("id")
         if self._rid is None and isinstance(rid, str):
             self._rid = rid
+        mends: dict[str, Any] = {}
+        conversation = resp.get("conversation")
+        if isinstance(conversation, str):  # Lightspeed's; the SDK's type is {"id": …}
+            mends["conversation"] = {"id": conversation}
         output = resp.get("output")
-        if not isinstance(output, list):
-            return resp
-        status = resp.get("status")
-        default = (
-            _STATUS_OF_RESPONSE.get(status) if isinstance(status, str) else None
-        ) or _STATUS_OF_EVENT.get(kind)
-        kept: list[Any] = []
-        for index, item in enumerate(output):
-            if _is_a(item, CLIENT_ITEMS):
-                kept.append(self._item(item, index, default))
-        if len(kept) == len(output) and all(a is b for a, b in zip(kept, output)):
-            return resp
-        return {**resp, "output": kept}
+        if isinstance(output, list):
+            status = resp.get("status")
+            default = (
+                _STATUS_OF_RESPONSE.get(status) if isinstance(status, str) else None
+            ) or _STATUS_OF_EVENT.get(kind)
+            kept: list[Any] = []
+            for index, item in enumerate(output):
+                if _is_a(item, CLIENT_ITEMS):
+                    kept.append(self._item(item, index, default))
+            if len(kept) != len(output) or any(a is not b for a, b in zip(kept, output)):
+                mends["output"] = kept
+        return {**resp, **mends} if mends else resp
 
     def _item(self, item: dict[str, Any], index: Any, status: Optional[str]) -> dict[str, Any]:
         """A client's ``item`` (at ``index``), a message mended: an ``id`` and a

@@ -16,7 +16,9 @@ from goose_proxy.translate import (
     ADAPTED_EVENTS,
     AnswerAdapter,
     ResponseAccumulator,
+    TranslateOptions,
     adapt_response,
+    prepare_passthrough,
 )
 from goose_proxy.translate.passthrough import stream_of_response
 from tests import lightspeed_answers as ls
@@ -109,12 +111,38 @@ def test_a_missing_status_follows_the_event_when_the_response_has_none(
      "ogx_stream_text.sse"],
 )  # fmt: skip
 def test_answers_that_fit_are_the_same_objects(capture: str) -> None:
+    # but for the Response's conversation, which Lightspeed sends as a bare id
     adapter = AnswerAdapter()
     for event in capture_events(capture):
+        resp = event.get("response")
+        if isinstance(resp, dict) and isinstance(resp.get("conversation"), str):
+            assert adapter.event(event) == conversation_object(event)
+            event = conversation_object(event)
         assert adapter.event(event) is event
     for name in ("lcs_nonstream_text.json", "lcs_nonstream_tool.json"):
         resp = fixture_json(name)
+        assert adapt_response(resp) == conversation_object(resp)
+        resp = conversation_object(resp)
         assert adapt_response(resp) is resp
+
+
+def conversation_object(obj: dict[str, Any]) -> dict[str, Any]:
+    """An event or Response (a copy), its Response's ``conversation`` as ``{"id": …}``."""
+    obj = copy.deepcopy(obj)
+    resp = obj.get("response", obj)
+    resp["conversation"] = {"id": resp["conversation"]}
+    return obj
+
+
+def test_a_conversation_object_goes_to_lightspeed_as_its_id() -> None:
+    opts = TranslateOptions()
+    body, _ = prepare_passthrough({"input": "hi", "conversation": {"id": "c1"}}, opts)
+    assert body["conversation"] == "c1"
+    for kept in ("c1", {"no": "id"}):
+        assert prepare_passthrough({"conversation": kept}, opts)[0]["conversation"] == kept
+    plain = TranslateOptions(flavor="openai")
+    body, _ = prepare_passthrough({"model": "m", "conversation": {"id": "c1"}}, plain)
+    assert body["conversation"] == {"id": "c1"}
 
 
 def test_the_adapted_event_types() -> None:
