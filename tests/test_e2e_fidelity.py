@@ -540,7 +540,7 @@ async def test_the_model_is_retrieved_by_its_id() -> None:
         "param": None,
         "code": "model_not_found",
     }
-    assert posted.status_code == 405 and posted.headers["allow"] == "GET"
+    assert posted.status_code == 405 and posted.headers["allow"] == "GET, HEAD"
 
 
 async def test_goose_shaped_session_input_upstream() -> None:

@@ -220,6 +220,24 @@ class ServerConnection:
         target = ev.target.decode("ascii", "replace")
         if not target.startswith("/") and "://" in target:
             target, headers = _origin_form(target, headers)
+        if not target.startswith("/"):  # "*" (OPTIONS), "host:443" (CONNECT), "health"
+            raise InvalidRequest(
+                f"request target {target[:60]!r} is not a path: goose-proxy serves "
+                "/v1/chat/completions, /v1/responses, /v1/models and /health"
+            )
+        if (
+            ev.method == b"POST"
+            and b"content-length" not in names
+            and b"transfer-encoding" not in names
+        ):
+            # h11 reads no body then, and the body's bytes would be read as the
+            # next request: say what is missing, and close
+            raise InvalidRequest(
+                "POST request without Content-Length or Transfer-Encoding: chunked "
+                "(the length of its body is unknown)",
+                status=411,
+                code="length_required",
+            )
         req = Request(
             method=ev.method.decode("ascii", "replace"),
             target=target,

@@ -550,6 +550,11 @@ def _raise_for_redirect(resp: UpstreamResponse) -> None:
     """A 3xx is no answer: the endpoint is wrong, or a login page stands in front
     of it (an SSO gateway). Not followed, and not relayed (a client would get a
     redirect without the body it asked for)."""
+    if resp.status == 304:  # no redirect: "Not Modified", to a request that set no condition
+        raise UpstreamRedirect(
+            "backend answered HTTP 304 (Not Modified) to a request that was not "
+            "conditional; check [backend] endpoint"
+        )
     if 300 <= resp.status < 400:
         where = redact_location(resp.header(b"location") or "")
         to = f" to {where!r}" if where else ""

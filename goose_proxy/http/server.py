@@ -403,7 +403,8 @@ class ProxyServer:
         if fn is None and req.method == "HEAD":
             fn = route.get("GET")  # the same answer without its body
         if fn is None:
-            allowed = ", ".join(sorted(route))
+            methods = {*route, "HEAD"} if "GET" in route else set(route)
+            allowed = ", ".join(sorted(methods))
             return MethodNotAllowed(
                 f"method {req.method} not allowed on {path} (use {allowed})",
                 headers=[("Allow", allowed)],

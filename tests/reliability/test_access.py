@@ -172,10 +172,48 @@ async def test_route_and_method_are_checked_before_the_body(pki: SimpleNamespace
             )
     for resp in (plain, untyped, encoded):
         assert resp.status == 405 and resp.error["code"] == "method_not_allowed"
-        assert resp.header("allow") == "GET"
+        assert resp.header("allow") == "GET, HEAD"  # HEAD is served wherever GET is
     assert unknown.status == 404 and unknown.error["code"] == "not_found"
     assert foreign.status == 403
     assert h.backend.stats.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("OPTIONS", "*"), ("GET", "*"), ("CONNECT", "localhost:443"), ("GET", "health")],
+)
+async def test_a_target_that_is_no_path_is_a_400(
+    pki: SimpleNamespace, method: str, target: str
+) -> None:
+    # it was a 404 "unknown path '*'"; no route can have it. The connection is
+    # closed after the answer (no "Connection: close" asked for; kept alive, the
+    # read below would wait for the 60 s keep-alive timeout)
+    data = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"keepalive_timeout": 60}) as h:
+            resp = await ask(h.proxy.port, data)
+            after = await ask(h.proxy.port, req(method="GET", path="/health"))
+    assert resp.status == 400 and resp.error["type"] == "invalid_request_error"
+    assert f"request target {target!r} is not a path" in resp.error["message"]
+    assert after.status == 200
+
+
+async def test_a_post_without_a_length_is_a_411_and_the_connection_closes(
+    pki: SimpleNamespace,
+) -> None:
+    # h11 takes such a POST as bodiless: it was answered "not valid JSON", and
+    # its body then read as the next request's head (which waited for the head
+    # timeout). Now 411, and closed: the body's bytes are never read as a request
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\r\n"
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"keepalive_timeout": 60}) as h:
+            resp = await ask(h.proxy.port, head.encode() + BODY)
+            passthrough = await ask(h.proxy.port, head.replace(CHAT, "/v1/responses").encode())
+            requests = h.backend.stats.requests_total
+    for r in (resp, passthrough):
+        assert r.status == 411 and r.error["code"] == "length_required"
+        assert "without Content-Length" in r.error["message"]
+    assert requests == 0
 
 
 async def test_encoded_request_body_is_refused(pki: SimpleNamespace) -> None:

@@ -1100,6 +1100,18 @@ async def test_a_redirect_is_an_error_not_an_answer(
     assert "s3cret" not in r.text and "token" not in r.text
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_a_304_is_not_called_a_redirect(pki: SimpleNamespace, path: str) -> None:
+    body = HELLO if path.endswith("completions") else {"model": "m", "input": "hi"}
+    with anyio.fail_after(10):
+        async with _canned(pki, b"HTTP/1.1 304 Not Modified\r\n\r\n") as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path)
+    assert r.status_code == 502 and r.headers["x-should-retry"] == "false"
+    message = r.json()["error"]["message"]
+    assert message.startswith("backend answered HTTP 304 (Not Modified) to a request that")
+    assert "redirect" not in message
+
+
 def _json_answer(words: list[str]) -> bytes:
     obj = {"id": "r", "object": "response", "status": "completed", "output": [
         {"type": "message", "role": "assistant",

@@ -450,7 +450,8 @@ async def test_connect_method_is_refused(pki: SimpleNamespace) -> None:
                 h.proxy.port, close(b"CONNECT example.com:443 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             )
             await healthy(h.proxy.port)
-    assert r.status == 404
+    assert r.status == 400  # its target is no path (see test_a_target_that_is_no_path_is_a_400)
+    assert "'example.com:443' is not a path" in r.error["message"]
 
 
 # --- bad JSON ---------------------------------------------------------------------------
