@@ -65,6 +65,8 @@ DONE_FRAME = b"data: [DONE]\n\n"
 _END = b"}]}\n\n"
 _END_USAGE_NULL = b'}],"usage":null}\n\n'
 _ENDED_EARLY = "upstream stream ended early (no terminal event)"
+#: characters of streamed text kept to tell a repeated final part from a new one
+KEPT_TEXT = 256 * 1024
 
 Out = list[bytes]
 
@@ -116,16 +118,18 @@ class StreamTranslator:
         self._meta: dict[str, Any] = {}
         self._calls = ToolCallQueue()
         self._covered: set[tuple[str, int]] = set()  # message parts that sent text
-        #: the same by (output_index, content_index), reasoning items by output_index,
-        #: and every item key the stream named before its end: a final item under a
-        #: key never named is looked up by its position instead (a backend whose
-        #: item ids differ between the deltas and the end, or are left out of one)
-        self._covered_at: set[tuple[int, int]] = set()
-        self._reasoned_at: set[int] = set()
-        self._named: set[str] = set()
+        #: what streamed at each place, (output_index, content_index) -> the deltas
+        #: as they came (a reasoning item's at content index -1): a final part that
+        #: streamed under another key (a backend whose item ids differ between the
+        #: deltas and the end, or are left out) is told from a new one by its text.
+        #: At most KEPT_TEXT characters in all are kept (``_kept``)
+        self._streamed_at: dict[tuple[int, int], list[str]] = {}
+        self._kept = 0
+        self._text_at: Optional[list[str]] = None  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
         self._index_keys: dict[int, str] = {}  # output_index -> item key
+        self._key_index: dict[str, int] = {}  # and back
         self._handlers: dict[str, Callable[[Mapping[str, Any], Out], None]] = {
             "response.created": self._on_meta,
             "response.in_progress": self._on_meta,
@@ -181,8 +185,12 @@ class StreamTranslator:
                 index if type(index) is int else 0,
             )
             if part != self._last_part:
-                self._cover(event, part)
+                self._covered.add(part)
+                self._text_at = self._place(event, part)
                 self._last_part = part
+            if self._text_at is not None and self._kept < KEPT_TEXT:
+                self._kept += len(delta)
+                self._text_at.append(delta)
             if self._high:
                 delta, self._high = self._high + delta, ""
             logprobs = event.get("logprobs")
@@ -333,6 +341,7 @@ class StreamTranslator:
         key = item_id if isinstance(item_id, str) else self._index_keys.get(index, f"#{index}")
         if index >= 0:
             self._index_keys.setdefault(index, key)
+            self._key_index.setdefault(key, index)
         return key
 
     def _call_keys(self, event: Mapping[str, Any]) -> tuple[Optional[str], ...]:
@@ -360,7 +369,9 @@ class StreamTranslator:
     def _on_refusal_delta(self, event: Mapping[str, Any], out: Out) -> None:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
-            self._cover(event, (self._key(event), _int(event.get("content_index"))))
+            part = (self._key(event), _int(event.get("content_index")))
+            self._covered.add(part)
+            self._keep(self._place(event, part), delta)
             delta = self._whole("refusal", delta)
             if delta:
                 out.append(self._chunk({"content": delta, "refusal": delta}))
@@ -370,10 +381,7 @@ class StreamTranslator:
         if delta and isinstance(delta, str):
             key = self._key(event)
             self._reasoned.add(key)
-            self._named.add(key)
-            index = _int(event.get("output_index"), -1)
-            if index >= 0:
-                self._reasoned_at.add(index)
+            self._keep(self._place(event, (key, -1)), delta)
             delta = self._whole("reasoning_content", delta)
             if delta:
                 out.append(self._chunk({"reasoning_content": delta}))
@@ -383,7 +391,6 @@ class StreamTranslator:
         if not isinstance(item, JSON_OBJECT):
             return
         key = self._item_key(item, _int(event.get("output_index"), -1))
-        self._named.add(key)
         if item.get("type") == "function_call":
             fragments = self._calls.announce(
                 key,
@@ -419,15 +426,38 @@ class StreamTranslator:
             kind, text, logprobs = "output_text", event.get("text"), event.get("logprobs")
         key = (self._key(event), _int(event.get("content_index")))
         self._unstreamed_part(key, kind, text, out, logprobs, _int(event.get("output_index"), -1))
-        self._named.add(key[0])
 
-    def _cover(self, event: Mapping[str, Any], part: tuple[str, int]) -> None:
-        """A message part's text streamed (``event`` is one of its deltas)."""
-        self._covered.add(part)
-        self._named.add(part[0])
+    def _place(self, event: Mapping[str, Any], part: tuple[str, int]) -> Optional[list[str]]:
+        """Where the deltas of ``part`` (``event`` is one of them) are kept: by its
+        ``output_index``, else by the index its item was announced at; None when
+        neither is known."""
         index = event.get("output_index")
-        if type(index) is int and index >= 0:
-            self._covered_at.add((index, part[1]))
+        if type(index) is not int or index < 0:
+            index = self._key_index.get(part[0], -1)
+            if index < 0:
+                return None
+        return self._streamed_at.setdefault((index, part[1]), [])
+
+    def _keep(self, place: Optional[list[str]], delta: str) -> None:
+        if place is not None and self._kept < KEPT_TEXT:
+            self._kept += len(delta)
+            place.append(delta)
+
+    def _not_yet_sent(self, key: str, index: int, at: int, text: str) -> str:
+        """What of ``text`` (a part at content index ``at`` of the final item ``key``
+        at output index ``index``; -1: a reasoning item's text) did not stream
+        under another key at the same place: all of it when nothing or something
+        else did, the rest when its start did, "" when all of it did."""
+        if index < 0:
+            index = self._key_index.get(key, -1)
+        streamed = self._streamed_at.get((index, at))
+        if not streamed:
+            return text
+        seen = "".join(streamed)
+        if not text.startswith(seen):
+            return text  # not what streamed there: new, and shown (a shield's words)
+        # past KEPT_TEXT only the start was kept: taken as the same, not sent again
+        return text[len(seen) :] if self._kept < KEPT_TEXT else ""
 
     def _unstreamed_part(
         self,
@@ -438,26 +468,27 @@ class StreamTranslator:
         logprobs: Any = None,
         index: int = -1,
     ) -> None:
-        """Send a message part's whole ``text`` unless its text streamed: under
-        its key, or at its ``index`` (output_index) when the stream never named
-        its key."""
+        """Send a message part's ``text`` unless it streamed: under its key, or
+        at the same place (``index`` is its output_index) under another one
+        (see :meth:`_not_yet_sent`)."""
         if part in self._covered or not text or not isinstance(text, str):
             return
-        if part[0] not in self._named and (index, part[1]) in self._covered_at:
-            self._covered.add(part)  # the same part: so for its later events too
-            return
-        if kind == "output_text":
-            out.append(self._chunk({"content": text}, logprobs=chat_logprobs(logprobs)))
-        elif kind == "refusal":
-            out.append(self._chunk({"content": text, "refusal": text}))
-        else:
+        if kind not in ("output_text", "refusal"):
             return
         self._covered.add(part)
+        rest = self._not_yet_sent(part[0], index, part[1], text)
+        if not rest:
+            return
+        if kind == "refusal":
+            out.append(self._chunk({"content": rest, "refusal": rest}))
+        else:
+            whole = chat_logprobs(logprobs) if rest is text else None
+            out.append(self._chunk({"content": rest}, logprobs=whole))
 
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
         if isinstance(item, JSON_OBJECT):
-            self._named.add(self._item_done(item, _int(event.get("output_index"), -1), out))
+            self._item_done(item, _int(event.get("output_index"), -1), out)
 
     def _item_done(self, item: Mapping[str, Any], index: int, out: Out) -> str:
         """Send what of a finished item never streamed; return its key."""
@@ -482,13 +513,12 @@ class StreamTranslator:
             )
             self._fragments(fragments, out)
         elif itype == "reasoning" and key not in self._reasoned:
-            if key not in self._named and index in self._reasoned_at:
-                self._reasoned.add(key)  # streamed under another key (see _unstreamed_part)
-                return key
             text = "".join(reasoning_texts(item))
             if text:
                 self._reasoned.add(key)
-                out.append(self._chunk({"reasoning_content": text}))
+                rest = self._not_yet_sent(key, index, -1, text)
+                if rest:
+                    out.append(self._chunk({"reasoning_content": rest}))
         return key
 
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:

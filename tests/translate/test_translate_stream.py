@@ -995,16 +995,63 @@ def test_an_unstreamed_item_at_another_position_is_still_sent() -> None:
     assert text_of(parsed) == "Hello thereSecond."
 
 
-def test_a_named_item_is_not_matched_by_position() -> None:
-    # two items the stream named, at the same (wrong) position: the second's
-    # text, never streamed, still comes from its done event
-    second = {"type": "output_text", "text": "Second.", "annotations": []}
-    events = [msg_added("msg_a"), text_delta("Hello there", item="msg_a"),
-              msg_added("msg_b"), msg_done([second], item="msg_b"),
-              completed([msg_done([_PART], item="msg_a")["item"],
-                         msg_done([second], item="msg_b", index=1)["item"]])]  # fmt: skip
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+def _final(item: Optional[str], text: str) -> dict[str, Any]:
+    done = msg_done([_part(text)], item=item or "")["item"]
+    return done if item else {k: v for k, v in done.items() if k != "id"}
+
+
+@pytest.mark.parametrize(
+    ("events", "text"),
+    [
+        pytest.param(  # announced as A, the deltas under B, done as A
+            [msg_added("A"), text_delta("Hello", item="B"), text_delta(" world", item="B"),
+             msg_done([_part("Hello world")], item="A"), completed([_final("A", "Hello world")])],
+            "Hello world", id="added-A-deltas-B-done-A",
+        ),
+        pytest.param(  # a delta without item_id before the item is announced
+            [_without_item_id(text_delta("Hi")), msg_added("A"),
+             msg_done([_part("Hi")], item="A"), completed([_final("A", "Hi")])],
+            "Hi", id="delta-before-added",
+        ),
+        pytest.param(  # deltas without output_index, under the announced id; done as B
+            [msg_added("A"), {k: v for k, v in text_delta("Hello", item="A").items()
+                              if k != "output_index"},
+             msg_done([_part("Hello")], item="B"), completed([_final("B", "Hello")])],
+            "Hello", id="deltas-without-output-index",
+        ),
+        pytest.param(  # the final item says more than streamed: only the rest is sent
+            [text_delta("Hel"), completed([_final("other", "Hello world")])],
+            "Hello world", id="final-has-the-rest",
+        ),
+        pytest.param(  # the final item at that place says something else: shown too
+            [text_delta("Hello"), completed([_final(None, "I cannot answer that")])],
+            "HelloI cannot answer that", id="final-says-something-else",
+        ),
+        pytest.param(  # the items renumbered at the end: the new one is shown
+            [text_delta("Hello", item="msg_a"),
+             completed([_final("msg_b", "Prefix note"), _final("msg_a", "Hello")])],
+            "HelloPrefix note", id="renumbered",
+        ),
+        pytest.param(  # a second item done at the first's (wrong) index
+            [msg_added("msg_a"), text_delta("First.", item="msg_a"),
+             msg_done([_part("Second.")], item="msg_b"),
+             completed([_final("msg_a", "First."), _final("msg_b", "Second.")])],
+            "First.Second.", id="second-item-at-the-same-index",
+        ),
+    ],
+)  # fmt: skip
+def test_a_final_part_is_sent_again_only_where_its_text_did_not_stream(
+    events: list[dict[str, Any]], text: str
+) -> None:
+    # what streamed cannot be taken back: a final part that differs from it is
+    # shown after it (nothing lost), one that repeats it is not sent again
     _, parsed = run([CREATED, *events])
-    assert text_of(parsed) == "Hello thereSecond."
+    assert_well_formed(parsed)
+    assert text_of(parsed) == text
 
 
 def test_streamed_reasoning_is_not_sent_again_when_the_ids_do_not_match() -> None:
@@ -1017,3 +1064,17 @@ def test_streamed_reasoning_is_not_sent_again_when_the_ids_do_not_match() -> Non
                      completed([item, msg_done([part], index=1)["item"]])])  # fmt: skip
     assert text_of(parsed, "reasoning_content") == "Thinking."
     assert text_of(parsed) == "Answer."
+
+
+def test_past_the_kept_text_a_final_part_that_starts_the_same_is_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # only KEPT_TEXT characters of what streamed are kept to compare with
+    import goose_proxy.translate.stream as stream_module
+
+    monkeypatch.setattr(stream_module, "KEPT_TEXT", 10)
+    deltas = [text_delta("abcdef", item="A") for _ in range(5)]
+    _, same = run([CREATED, *deltas, completed([_final("B", "abcdef" * 5)])])
+    _, other = run([CREATED, *deltas, completed([_final("B", "zzz")])])
+    assert text_of(same) == "abcdef" * 5
+    assert text_of(other) == "abcdef" * 5 + "zzz"
