@@ -271,7 +271,7 @@ class Handlers:
         async with self.upstream.post("/responses", payload, headers) as resp:
             del payload  # sent (the upstream client keeps no copy either)
             await self._raise_for_status(ex, resp)
-            if resp.content_type == "text/event-stream":
+            if await resp.is_event_stream():
                 if creq.stream:
                     await self._stream_chat(ex, resp, creq)
                 else:
@@ -382,7 +382,7 @@ class Handlers:
                 headers.append((b"retry-after", retry.encode("latin-1")))
             _raise_for_redirect(resp)
             adapt = self._adapt_answers
-            if resp.content_type != "text/event-stream":
+            if not await resp.is_event_stream():
                 raw = await resp.read(self.config.backend.max_event_size)
                 out, as_events = _json_answer(raw, adapt, client_stream)
                 if as_events:  # a stream was asked for: the answer as one
@@ -397,7 +397,7 @@ class Handlers:
                 answer = adapt_response(answer) if adapt else answer
                 await ex.send(resp.status, encode_json_for_client(answer), [JSON])
                 return
-            stream_headers = [*headers, *SSE_HEADERS[1:]]
+            stream_headers = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
 
             async def send(data: bytes) -> None:
                 if ex.status is None:  # the first bytes: the answer has started

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import socket
 import ssl
 import time
@@ -64,6 +65,12 @@ from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
 from goose_proxy.upstream.tls import ClientTLS
 
 log = logging.getLogger("goose_proxy.upstream")
+
+#: what may come before an event stream's first field (a BOM, blank lines), and
+#: how that field begins (a JSON body begins with none of these)
+_BLANK = b"\xef\xbb\xbf\r\n"
+_SSE_START = re.compile(rb"(?:event|data|id|retry)?:")
+_SNIFF_SIZE = 6  # len(b"retry:")
 
 USER_AGENT = f"goose-proxy/{__version__}".encode()
 #: bodies are read as they are sent: without this header any coding would do
@@ -288,6 +295,7 @@ class UpstreamResponse:
         # it starts with the bytes h11 read past the head. (We never send HEAD.)
         self._chunked: Optional[ChunkedDecoder] = None
         self._head_rest = b""
+        self._first = b""  # body bytes read ahead by is_event_stream(), not yet received
         if (
             conn.h11.their_state is h11.SEND_BODY
             and self.status not in (204, 304)
@@ -314,6 +322,9 @@ class UpstreamResponse:
         Raises UpstreamTimeout when the backend sends nothing for
         ``stream_idle_timeout`` seconds, UpstreamError when the connection breaks.
         """
+        if self._first:
+            data, self._first = self._first, b""
+            return data
         if self.complete:
             return b""
         if self._chunked is not None:
@@ -366,6 +377,34 @@ class UpstreamResponse:
         return UpstreamClosed(
             f"backend {ep.where} closed the connection in the middle of the response"
         )
+
+    async def is_event_stream(self) -> bool:
+        """Whether the body is an event stream: labelled ``text/event-stream``, or,
+        labelled otherwise or not at all (a backend or gateway that gets the
+        header wrong), beginning with an SSE field (``event:``, ``data:``, ``id:``,
+        ``retry:`` or a ``:`` comment; a JSON body begins with none). Reads the
+        body's first bytes for that (:meth:`receive` returns them first) and then
+        says ``text/event-stream`` in :attr:`content_type`.
+
+        Raises as :meth:`receive` does.
+        """
+        if self.content_type == "text/event-stream":
+            return True
+        first = b""
+        while len(first.lstrip(_BLANK)) < _SNIFF_SIZE:
+            data = await self.receive()
+            if not data:
+                break
+            first += data
+        self._first = first
+        if _SSE_START.match(first.lstrip(_BLANK)) is None:
+            return False
+        log.warning(
+            "backend sent an event stream labelled Content-Type %r: read as text/event-stream",
+            (self.header(b"content-type") or "")[:60],
+        )
+        self.content_type = "text/event-stream"
+        return True
 
     async def drain(self, grace: float = 0.2, limit: int = 65536) -> None:
         """After the last event: read what is left of the body (its end, usually

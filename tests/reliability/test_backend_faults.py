@@ -1100,6 +1100,81 @@ async def test_a_redirect_is_an_error_not_an_answer(
     assert "s3cret" not in r.text and "token" not in r.text
 
 
+@pytest.mark.parametrize("ctype", [None, "text/html", "text/plain", "application/json"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", HELLO),
+        ("/v1/chat/completions", HELLO_STREAM),
+        ("/v1/responses", {"model": "m", "input": "hi"}),
+        ("/v1/responses", {"model": "m", "input": "hi", "stream": True}),
+    ],
+    ids=["json", "stream", "passthrough", "passthrough-stream"],
+)
+async def test_an_event_stream_labelled_otherwise_is_read_as_one(
+    pki: SimpleNamespace, ctype: Any, path: str, body: dict[str, Any]
+) -> None:
+    # a gateway that drops or rewrites the Content-Type: the stream's first
+    # field says what it is (a JSON body begins with none), so the answer is not
+    # lost to a 502 "not JSON" (nor relayed with the wrong type); a BOM and a
+    # blank line before it change nothing
+    head = "HTTP/1.1 200 OK\r\n" + (f"content-type: {ctype}\r\n" if ctype else "")
+    first, *rest = text_events(["all", "of", "it"])
+    frames = [b"\xef\xbb\xbf\n", first[:1], first[1:4], first[4:], *rest]
+    answer = head.encode() + b"transfer-encoding: chunked\r\n\r\n"
+    answer += b"".join(chunk(f) for f in frames) + b"0\r\n\r\n"
+    with anyio.fail_after(10):
+        async with _canned(pki, answer) as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path)
+    assert r.status_code == 200, r.text
+    if not body.get("stream"):
+        assert r.headers["content-type"] == "application/json"
+        answer = r.json()
+        text = (
+            answer["choices"][0]["message"]["content"]
+            if "choices" in answer
+            else "".join(p["text"] for item in answer["output"] for p in item["content"])
+        )
+        assert text == "allofit"
+        return
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    if path == "/v1/responses":  # relayed as it came
+        assert [e["delta"] for e in events if "delta" in e] == ["all", "of", "it"]
+        assert events[-1]["type"] == "response.completed"
+    else:
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "allofit"
+        assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "sse"),
+    [
+        ([b"\xef", b"\xbb\xbf", b"\r\n", b"da", b"ta", b": {}\n\n"], True),
+        ([b"ev", b"ent: x\n"], True),
+        ([b": keep-alive\n\n"], True),
+        ([b"retr", b"y", b": 5\n"], True),
+        ([b"\n", b'{"id"', b': "r"}'], False),
+        ([b'{"da', b'ta": 1}'], False),
+        ([b"dat"], False),  # the whole body: too short to be an event
+        ([], False),
+    ],
+)
+async def test_the_first_bytes_that_tell_an_event_stream(pieces: list[bytes], sse: bool) -> None:
+    # what arrives in pieces is read until it tells, and handed on whole
+    resp = object.__new__(client.UpstreamResponse)
+    resp.content_type, resp.headers, resp._first = "", [], b""
+    left = list(pieces)
+
+    async def receive() -> bytes:
+        return left.pop(0) if left else b""
+
+    resp.receive = receive  # type: ignore[method-assign]
+    assert await resp.is_event_stream() is sse
+    assert resp._first + b"".join(left) == b"".join(pieces)
+    assert resp.content_type == ("text/event-stream" if sse else "")
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 async def test_a_304_is_not_called_a_redirect(pki: SimpleNamespace, path: str) -> None:
     body = HELLO if path.endswith("completions") else {"model": "m", "input": "hi"}
