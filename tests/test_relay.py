@@ -730,3 +730,54 @@ def test_the_error_event_quotes_a_lone_surrogate_as_u_fffd() -> None:
     (frame,) = relay.error_frames(UpstreamProtocolError("backend said \ud800 here"))
     assert b"\\ud800" not in frame
     assert "backend said \ufffd here" in frame.decode("utf-8")
+
+
+# --- the events the adapter changes, spliced into the read ----------------------------
+
+_CONVERSING = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
+               "status": "in_progress", "output": [], "conversation": "c0"}  # fmt: skip
+_KINDS: list[dict[str, Any]] = [
+    {"type": "response.created", "response": _CONVERSING},
+    {"type": "response.output_text.delta", "item_id": "m", "delta": "x\n\ndata: y"},
+    {"type": "response.output_item.added", "output_index": 1,
+     "item": {"type": "mcp_call", "id": "x"}},
+    {"type": "response.completed", "response": {**_CONVERSING, "status": "completed"}},
+]  # fmt: skip
+_BLOCK = st.one_of(
+    st.just(b": comment\n\n"),
+    st.sampled_from(_KINDS).map(lambda o: b"data: " + json.dumps(o).encode() + b"\n\n"),
+    st.sampled_from(_KINDS).map(
+        lambda o: f"event: {o['type']}\ndata: {json.dumps(o)}\n\n".encode()
+    ),
+)
+
+
+def _adapted_event_by_event(whole: bytes, adapter: AnswerAdapter) -> bytes:
+    """What the splice must give: every event of ``whole`` adapted on its own."""
+    out = []
+    for event in handlers._event_bytes(whole):
+        for ev in handlers._events_in(event):
+            obj = json.loads(ev.data)
+            new = adapter.event(obj, obj.get("type") or ev.event)
+            event = (
+                event
+                if new is obj
+                else b""
+                if new is None
+                else handlers._event_frame(ev.event, new)
+            )
+        out.append(event)
+    return b"".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_BLOCK, min_size=1, max_size=8), st.booleans())
+def test_the_changed_events_are_spliced_where_they_were(blocks: list[bytes], crlf: bool) -> None:
+    # the last event of a read is found from its end, the others from the start,
+    # up to the last one changed: the same bytes as adapting every event on its own
+    whole = b"".join(blocks)
+    if crlf:
+        whole = whole.replace(b"\n", b"\r\n")
+    events = handlers.SSEParser().feed(whole)
+    got = handlers._adapt_events(whole, events, AnswerAdapter())
+    assert got == _adapted_event_by_event(whole, AnswerAdapter())

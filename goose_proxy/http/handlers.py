@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, Callable, Optional, Union
 from urllib.parse import unquote
 
@@ -873,14 +873,55 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
             changed[i] = b"" if out is None else _event_frame(name, out)
     if not changed:
         return whole
+    # Cut where the parser cut: the events up to the last changed one, the rest
+    # in one piece. A read is often a hundred text deltas, and Lightspeed's
+    # Response events (with its conversation, always changed) begin and end the
+    # stream: the last event of a read is found from its end.
+    tail = b""
+    if len(events) - 1 in changed and whole.endswith(b"\n\n") and b"\r" not in whole:
+        cut = whole.rfind(b"\n\n", 0, len(whole) - 2) + 2  # 1: the read's only event
+        cut = 0 if cut == 1 else cut
+        if _holds_event(whole[cut:]):
+            whole, tail = whole[:cut], changed.pop(len(events) - 1)
+            if not changed:
+                return whole + tail
+    last = max(changed)
     kept: list[bytes] = []
-    n = 0  # events so far
-    for event in _event_bytes(whole):
-        if _events_in(event):
+    n = start = 0  # events so far; where the next one begins
+    for end in _event_ends(whole):
+        event = whole[start:end]
+        if _holds_event(event):
             event = changed.get(n, event)
             n += 1
         kept.append(event)
+        start = end
+        if n > last:
+            break
+    kept.append(whole[start:])
+    kept.append(tail)
     return b"".join(kept)
+
+
+def _event_ends(whole: bytes) -> Iterator[int]:
+    """Where the events of ``whole`` end, as :func:`_event_bytes` cuts them (with
+    ``bytes.find`` where every line ends with LF, as most streams' do)."""
+    if b"\r" in whole:
+        for m in _BLANK_LINE.finditer(whole + b"."):  # "." as in _event_bytes
+            yield m.end()
+        return
+    end = whole.find(b"\n\n")
+    while end >= 0:
+        yield end + 2
+        end = whole.find(b"\n\n", end + 2)
+
+
+def _holds_event(event: bytes) -> bool:
+    """Whether the bytes of one event (see :func:`_event_bytes`) hold an event the
+    parser returns (:func:`_events_in`): at once for the usual ``data:`` or
+    ``event:`` + ``data:`` lines (a data field makes an event), else parsed."""
+    if event.startswith(b"data:") or (event.startswith(b"event:") and b"\ndata:" in event):
+        return True
+    return bool(_events_in(event))
 
 
 def _event_frame(name: Optional[str], obj: dict[str, Any]) -> bytes:
