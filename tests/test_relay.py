@@ -753,19 +753,19 @@ _BLOCK = st.one_of(
 
 
 def _adapted_event_by_event(whole: bytes, adapter: AnswerAdapter) -> bytes:
-    """What the splice must give: every event of ``whole`` adapted on its own."""
+    """What the splice must give: every event of ``whole`` adapted on its own
+    (cut at each blank line with the regular expression, not as the proxy cuts)."""
     out = []
-    for event in handlers._event_bytes(whole):
+    cuts = [m.end() for m in handlers._BLANK_LINE.finditer(whole + b".")]
+    for start, end in zip([0, *cuts], [*cuts, len(whole)]):
+        event = whole[start:end]
         for ev in handlers._events_in(event):
             obj = json.loads(ev.data)
             new = adapter.event(obj, obj.get("type") or ev.event)
-            event = (
-                event
-                if new is obj
-                else b""
-                if new is None
-                else handlers._event_frame(ev.event, new)
-            )
+            if new is None:
+                event = b""
+            elif new is not obj:
+                event = handlers._event_frame(ev.event, new)
         out.append(event)
     return b"".join(out)
 

@@ -817,13 +817,26 @@ def _event_bytes(whole: bytes) -> list[bytes]:
     holds an event holds the nth event the parser finds in ``whole``."""
     out: list[bytes] = []
     start = 0
-    # whole was cut at a blank line seen with the byte after it: a CR at its very
-    # end ends a line ("." stands for that byte, which was no LF)
-    for m in _BLANK_LINE.finditer(whole + b"."):
-        out.append(whole[start : m.end()])
-        start = m.end()
+    for end in _event_ends(whole):
+        out.append(whole[start:end])
+        start = end
     out.append(whole[start:])
     return out
+
+
+def _event_ends(whole: bytes) -> Iterator[int]:
+    """Where the events of ``whole`` (whole events) end: after each blank line
+    (with ``bytes.find`` where every line ends with LF, as most streams' do)."""
+    if b"\r" in whole:
+        # whole was cut at a blank line seen with the byte after it: a CR at its
+        # very end ends a line ("." stands for that byte, which was no LF)
+        for m in _BLANK_LINE.finditer(whole + b"."):
+            yield m.end()
+        return
+    end = whole.find(b"\n\n")
+    while end >= 0:
+        yield end + 2
+        end = whole.find(b"\n\n", end + 2)
 
 
 def _events_in(event: bytes) -> list[SSEEvent]:
@@ -900,19 +913,6 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
     kept.append(whole[start:])
     kept.append(tail)
     return b"".join(kept)
-
-
-def _event_ends(whole: bytes) -> Iterator[int]:
-    """Where the events of ``whole`` end, as :func:`_event_bytes` cuts them (with
-    ``bytes.find`` where every line ends with LF, as most streams' do)."""
-    if b"\r" in whole:
-        for m in _BLANK_LINE.finditer(whole + b"."):  # "." as in _event_bytes
-            yield m.end()
-        return
-    end = whole.find(b"\n\n")
-    while end >= 0:
-        yield end + 2
-        end = whole.find(b"\n\n", end + 2)
 
 
 def _holds_event(event: bytes) -> bool:
