@@ -71,6 +71,10 @@ log = logging.getLogger("goose_proxy.upstream")
 _BLANK = b"\xef\xbb\xbf\r\n"
 _SSE_START = re.compile(rb"(?:event|data|id|retry)?:")
 _SNIFF_SIZE = 6  # len(b"retry:")
+#: read ahead at most this much for it (a body of nothing but blank lines is no stream)
+_SNIFF_LIMIT = 64 * 1024
+#: the Content-Types an event stream came under, warned about once each
+_mislabels: set[str] = set()
 
 USER_AGENT = f"goose-proxy/{__version__}".encode()
 #: bodies are read as they are sent: without this header any coding would do
@@ -391,7 +395,7 @@ class UpstreamResponse:
         if self.content_type == "text/event-stream":
             return True
         first = b""
-        while len(first.lstrip(_BLANK)) < _SNIFF_SIZE:
+        while len(first) < _SNIFF_LIMIT and len(first.lstrip(_BLANK)) < _SNIFF_SIZE:
             data = await self.receive()
             if not data:
                 break
@@ -399,10 +403,14 @@ class UpstreamResponse:
         self._first = first
         if _SSE_START.match(first.lstrip(_BLANK)) is None:
             return False
-        log.warning(
-            "backend sent an event stream labelled Content-Type %r: read as text/event-stream",
-            (self.header(b"content-type") or "")[:60],
-        )
+        label = (self.header(b"content-type") or "")[:60]
+        if label not in _mislabels and len(_mislabels) < 16:
+            _mislabels.add(label)
+            log.warning(
+                "backend sent an event stream labelled Content-Type %r: read as "
+                "text/event-stream (said once for each label)",
+                label,
+            )
         self.content_type = "text/event-stream"
         return True
 

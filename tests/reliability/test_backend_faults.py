@@ -1157,6 +1157,7 @@ async def test_an_event_stream_labelled_otherwise_is_read_as_one(
         ([b"\n", b'{"id"', b': "r"}'], False),
         ([b'{"da', b'ta": 1}'], False),
         ([b"dat"], False),  # the whole body: too short to be an event
+        ([b"\n" * 40_000] * 3, False),  # blank lines alone: read ahead no further than 64 KiB
         ([], False),
     ],
 )
@@ -1172,6 +1173,7 @@ async def test_the_first_bytes_that_tell_an_event_stream(pieces: list[bytes], ss
     resp.receive = receive  # type: ignore[method-assign]
     assert await resp.is_event_stream() is sse
     assert resp._first + b"".join(left) == b"".join(pieces)
+    assert len(resp._first) <= 80_000
     assert resp.content_type == ("text/event-stream" if sse else "")
 
 
@@ -1220,3 +1222,22 @@ async def test_bytes_past_an_answer_are_not_the_next_answer(
     assert first.json()["choices"][0]["message"]["content"] == "first"
     assert second.json()["choices"][0]["message"]["content"] == "second"
     assert srv.accepted == 2
+
+
+async def test_a_mislabelled_stream_is_warned_about_once_per_label(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # every request to such a backend would otherwise log the same warning
+    label = "text/x-once-" + str(id(caplog))
+    for _ in range(3):
+        resp = object.__new__(client.UpstreamResponse)
+        resp.content_type, resp.headers, resp._first = "", [(b"content-type", label.encode())], b""
+
+        async def receive(pieces: list[bytes] = [b"data: {}\n\n"]) -> bytes:  # noqa: B006
+            return pieces.pop() if pieces else b""
+
+        resp.receive = receive  # type: ignore[method-assign]
+        with caplog.at_level("WARNING", logger="goose_proxy.upstream"):
+            assert await resp.is_event_stream()
+    warned = [r for r in caplog.records if label in r.getMessage()]
+    assert len(warned) == 1
