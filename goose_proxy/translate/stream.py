@@ -188,7 +188,7 @@ class StreamTranslator:
                 self._covered.add(part)
                 self._text_at = self._place(event, part)
                 self._last_part = part
-            if self._text_at is not None and self._kept < KEPT_TEXT:
+            if self._text_at is not None and self._kept < KEPT_TEXT:  # self._keep()
                 self._kept += len(delta)
                 self._text_at.append(delta)
             if self._high:
@@ -482,8 +482,9 @@ class StreamTranslator:
         if kind == "refusal":
             out.append(self._chunk({"content": rest, "refusal": rest}))
         else:
-            whole = chat_logprobs(logprobs) if rest is text else None
-            out.append(self._chunk({"content": rest}, logprobs=whole))
+            # a part's logprobs go with its whole text, not with the rest of it
+            mapped = chat_logprobs(logprobs) if rest is text else None
+            out.append(self._chunk({"content": rest}, logprobs=mapped))
 
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")

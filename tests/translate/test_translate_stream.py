@@ -943,12 +943,17 @@ def test_legacy_without_a_call_or_cut_short_keeps_its_finish(terminal: str, expe
 
 
 # A backend loose about item ids: the text streamed under one key (or none) and
-# the final item under another. The text must come once, matched by position.
+# the final item under another. The final part is compared with what streamed at
+# its place (output_index, content_index): the same text is not sent again.
 def _without_item_id(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k != "item_id"}
 
 
-_PART = {"type": "output_text", "text": "Hello there", "annotations": []}
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+_PART = _part("Hello there")
 
 
 @pytest.mark.parametrize(
@@ -988,15 +993,11 @@ def test_streamed_text_is_not_sent_again_when_the_ids_do_not_match(
 
 
 def test_an_unstreamed_item_at_another_position_is_still_sent() -> None:
-    # the position fallback only covers the position that streamed
-    second = {"type": "output_text", "text": "Second.", "annotations": []}
+    # only the place where text streamed is compared
+    second = _part("Second.")
     final = [msg_done([_PART], item="msg_a")["item"], msg_done([second], item="msg_b")["item"]]
     _, parsed = run([CREATED, _without_item_id(text_delta("Hello there")), completed(final)])
     assert text_of(parsed) == "Hello thereSecond."
-
-
-def _part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": []}
 
 
 def _final(item: Optional[str], text: str) -> dict[str, Any]:
@@ -1059,7 +1060,7 @@ def test_streamed_reasoning_is_not_sent_again_when_the_ids_do_not_match() -> Non
              "delta": "Thinking."}  # fmt: skip
     item = {"type": "reasoning", "id": "rs_final", "summary": [],
             "content": [{"type": "reasoning_text", "text": "Thinking."}]}  # fmt: skip
-    part = {**_PART, "text": "Answer."}
+    part = _part("Answer.")
     _, parsed = run([CREATED, delta, text_delta("Answer.", index=1),
                      completed([item, msg_done([part], index=1)["item"]])])  # fmt: skip
     assert text_of(parsed, "reasoning_content") == "Thinking."
