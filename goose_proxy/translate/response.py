@@ -147,6 +147,8 @@ def check_finished(resp: Any) -> Optional[ProxyError]:
     if failure is not None:
         return failure
     status = resp.get("status")
+    if status == "cancelled":
+        raise UpstreamNotAResponse("upstream response was cancelled before it finished")
     if status is not None and status not in FINISHED:
         raise UpstreamNotAResponse(
             f"upstream response is not finished (status {str(status)[:40]!r}); "

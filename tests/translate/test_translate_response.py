@@ -297,7 +297,7 @@ def test_not_a_response_object() -> None:
         ({"id": "resp_1", "output": None}, 'no "output" list'),
         (response([], status="in_progress"), "not finished (status 'in_progress')"),
         ({"id": "resp_1", "status": "queued"}, "not finished (status 'queued')"),
-        (response([message(text("half"))], status="cancelled"), "status 'cancelled'"),
+        (response([message(text("half"))], status="cancelled"), "was cancelled before it finished"),
     ],
 )
 def test_an_answer_that_is_no_finished_response_is_an_error(
