@@ -54,6 +54,8 @@ SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
 READ_SIZE = 65536
 #: longest wait for the client's end after an early error response (lingering close)
 LINGER_TIMEOUT = 1.0
+#: the first bytes of an empty line (``data[0]`` of bytes is an int)
+_CR_LF = (13, 10)
 #: what a ProtocolStream raises when the connection ended (see goose_proxy.streams)
 _CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -158,10 +160,25 @@ class ServerConnection:
                 ) from None
             if ev is not h11.NEED_DATA:
                 return ev
-            data = await self._receive(None if deadline is None else deadline - _now())
-            if len(self._prefix) < 5:
-                self._prefix = (self._prefix + data)[:5]
-            self.h11.receive_data(data)
+            self._feed(await self._receive(None if deadline is None else deadline - _now()))
+
+    def _feed(self, data: bytes) -> None:
+        """Give h11 ``data`` from the client (``b""``: the client closed).
+
+        Empty lines before a request line are dropped, as RFC 9112 §2.2 asks
+        of a server (some clients end a POST body with one more CRLF); h11
+        would refuse them as "no request line received"."""
+        if data and data[0] in _CR_LF and self._at_request_start():
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
+        if len(self._prefix) < 5:
+            self._prefix = (self._prefix + data)[:5]
+        self.h11.receive_data(data)
+
+    def _at_request_start(self) -> bool:
+        """No byte of the next request has been given to h11 yet."""
+        return self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]
 
     async def read_request(self) -> Optional[Request]:
         """Read the next request with its whole body.
@@ -173,21 +190,27 @@ class ServerConnection:
         cfg = self.cfg
         if self.h11.their_state is h11.DONE and self.h11.our_state is h11.DONE:
             self.h11.start_next_cycle()
+            pending, closed = self.h11.trailing_data
+            if pending[:1] in (b"\r", b"\n"):
+                self._restart_without_empty_lines(pending, closed)
         first = self.requests_served == 0
         self._prefix = self.h11.trailing_data[0][:5]
         if not first and not self._prefix:
             # Idle keep-alive: wait for the first byte without a head deadline
             # (ended early, the same way, when the server starts to drain).
             self.idle = True
+            idle_until = _now() + cfg.keepalive_timeout
             try:
-                data = await self._receive(cfg.keepalive_timeout)
+                while not self._prefix:  # empty lines do not start a request
+                    data = await self._receive(idle_until - _now())
+                    if not data:
+                        break
+                    self._feed(data)
             except TimeoutError:
-                data = b""
+                pass
             self.idle = False
-            if not data:
+            if not self._prefix:
                 return None  # closed, or idle too long
-            self._prefix = data[:5]
-            self.h11.receive_data(data)
         deadline = _now() + cfg.header_timeout
         try:
             ev = await self._next_event(deadline)
@@ -245,6 +268,18 @@ class ServerConnection:
             http_version=ev.http_version,
         )
         return req
+
+    def _restart_without_empty_lines(self, pending: bytes, closed: bool) -> None:
+        """The bytes after the last request begin with empty lines (a CRLF
+        after a POST body): h11 keeps them and cannot be told to skip them, so
+        a fresh ``h11.Connection`` (in the state of this one after a whole
+        exchange) takes the rest."""
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
+        rest = pending.lstrip(b"\r\n")
+        if rest:
+            self.h11.receive_data(rest)
+        if closed:
+            self.h11.receive_data(b"")
 
     async def read_body(self, req: Request) -> None:
         """Read the request body into ``req.body`` (at most ``max_body_size`` bytes).

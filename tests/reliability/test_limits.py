@@ -394,6 +394,52 @@ async def test_pipelined_requests_answered_in_order(pki: SimpleNamespace) -> Non
     assert rest == b""
 
 
+async def test_empty_lines_before_a_request_line_are_ignored(pki: SimpleNamespace) -> None:
+    # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line;
+    # some clients send one more CRLF after a POST body (h11 refused them: 400)
+    body = json.dumps(HELLO).encode()
+    data = (
+        b"\r\n\r\n"
+        + request_bytes("GET", "/health")
+        + request_bytes("POST", CHAT, body)
+        + b"\r\n"
+        + request_bytes("POST", CHAT, body)
+        + b"\n\r\n"
+        + close(request_bytes("GET", "/v1/models"))
+    )
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            responses, rest = parse_responses(await exchange(h.proxy.port, data))
+    assert [r.status for r in responses] == [200, 200, 200, 200]
+    assert responses[0].json() == {"status": "ok"}
+    assert [r.json()["object"] for r in responses[1:]] == ["chat.completion"] * 2 + ["list"]
+    assert rest == b""
+
+
+async def test_an_empty_line_after_a_reply_keeps_the_connection_idle(
+    pki: SimpleNamespace,
+) -> None:
+    # the extra CRLF arrives on its own after the reply: the connection is idle
+    # as before it (no 400 or 408), then serves the next request, then closes
+    # quietly at the keep-alive timeout
+    body = json.dumps(HELLO).encode()
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"keepalive_timeout": 0.3}) as h:
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(request_bytes("POST", CHAT, body))
+                data = await read_until(s, b'"chat.completion"')
+                await s.send(b"\r\n")
+                await s.send(request_bytes("GET", "/health"))
+                data += await read_until(s, b'{"status":"ok"}')
+                await s.send(b"\r\n")
+                t0 = anyio.current_time()
+                data += await read_all(s)
+                took = anyio.current_time() - t0
+    responses, rest = parse_responses(data)
+    assert [r.status for r in responses] == [200, 200] and rest == b""
+    assert 0.25 <= took < 2.0
+
+
 async def test_http10_request_is_answered_and_closed(pki: SimpleNamespace) -> None:
     with anyio.fail_after(10):
         async with proxied(pki) as h:
