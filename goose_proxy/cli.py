@@ -146,7 +146,7 @@ def hangup_text(activated: bool) -> str:
 async def serve(config: Config) -> int:
     """Run the proxy until SIGINT, SIGTERM or SIGHUP; drain, then return 0. A
     second SIGINT or SIGTERM during the drain stops at once: 130 (a second
-    SIGHUP changes nothing)."""
+    SIGHUP changes nothing); one after the drain ended is ignored."""
     import anyio
 
     from goose_proxy.http.server import ProxyServer
@@ -161,36 +161,45 @@ async def serve(config: Config) -> int:
     await server.open_listeners([s for _, s in activated])
     where = addresses_text(server.bound, server.unix_paths)
     async with anyio.create_task_group() as tg:
-        with anyio.open_signal_receiver(*stop_signals()) as signals:
-            await tg.start(server.serve)
-            # announced only once a signal can no longer kill us mid-request
-            log.info(
-                "goose-proxy %s listening on %s; backend %s; configuration %s",
-                __version__,
-                where,
-                redact_url(config.backend.endpoint),
-                config.source or "built in (no file found)",
-            )
-            systemd.notify(f"READY=1\nSTATUS=listening on {where}")
-            draining = False
-            rc = 0
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if draining and signum == signal.SIGHUP:
-                    log.info("SIGHUP received; already shutting down after the drain")
-                    continue
-                if draining:
-                    log.warning("%s received again; stopping without finishing the drain", name)
-                    rc = 130
-                    tg.cancel_scope.cancel()
-                    break
-                if signum == signal.SIGHUP:
-                    log.warning("%s", hangup_text(bool(activated)))
-                else:
-                    log.info("%s received; shutting down", name)
-                systemd.notify("STOPPING=1\nSTATUS=draining")
-                draining = True
-                tg.start_soon(_drain_then_stop, server, tg.cancel_scope)
+        stopping = stop_signals()
+        try:
+            with anyio.open_signal_receiver(*stopping) as signals:
+                await tg.start(server.serve)
+                # announced only once a signal can no longer kill us mid-request
+                log.info(
+                    "goose-proxy %s listening on %s; backend %s; configuration %s",
+                    __version__,
+                    where,
+                    redact_url(config.backend.endpoint),
+                    config.source or "built in (no file found)",
+                )
+                systemd.notify(f"READY=1\nSTATUS=listening on {where}")
+                draining = False
+                rc = 0
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if draining and signum == signal.SIGHUP:
+                        log.info("SIGHUP received; already shutting down after the drain")
+                        continue
+                    if draining:
+                        log.warning("%s received again; stopping without finishing the drain", name)
+                        rc = 130
+                        tg.cancel_scope.cancel()
+                        break
+                    if signum == signal.SIGHUP:
+                        log.warning("%s", hangup_text(bool(activated)))
+                    else:
+                        log.info("%s received; shutting down", name)
+                    systemd.notify("STOPPING=1\nSTATUS=draining")
+                    draining = True
+                    tg.start_soon(_drain_then_stop, server, tg.cancel_scope)
+        finally:
+            # The receiver gave the signals back their default action: a late
+            # one (a second Ctrl-C, `timeout` passing SIGTERM on again) would
+            # now kill the proxy as it stops (status 143, or a KeyboardInterrupt
+            # traceback). It is stopping already: ignore them.
+            for signum in stopping:
+                signal.signal(signum, signal.SIG_IGN)
     log.info("stopped")
     return rc
 
@@ -207,6 +216,13 @@ def addresses_text(bound: Sequence[tuple[str, int]], paths: Sequence[str] = ()) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting (loading modules, the file)
+        return 130
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check and args.command == "serve":
@@ -239,9 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import anyio
 
     try:
-        rc = anyio.run(serve, config)
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        return 130
+        rc = anyio.run(serve, config)  # (Ctrl-C before its signal handlers: main's 130)
     except systemd.ActivationError as e:
         log.error("%s", e)
         return 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -319,6 +319,26 @@ async def test_sigterm_idle_exits_0_promptly(pki: SimpleNamespace, tmp_path: Pat
     assert code == 0 and took < 3
 
 
+async def test_a_signal_after_the_drain_ended_is_ignored(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    # `timeout` and process-group kills can deliver a stop signal twice; one
+    # that came once the drain had ended killed the exiting proxy (status
+    # -15, or a KeyboardInterrupt traceback for SIGINT) instead of exit 0
+    with anyio.fail_after(20):
+        cfg = proxy_config("https://127.0.0.1:9", pki)
+        async with proxy_process(cfg, tmp_path) as proxy:
+            proxy.proc.send_signal(signal.SIGTERM)
+            await proxy.wait_line("goose_proxy: stopped")
+            with suppress(ProcessLookupError):  # exited already
+                proxy.proc.send_signal(signal.SIGTERM)
+                proxy.proc.send_signal(signal.SIGINT)
+            code = await proxy.proc.wait()
+            log = "\n".join(proxy.lines)
+    assert code == 0, log
+    assert "Traceback" not in log and "received again" not in log
+
+
 async def test_request_begun_after_the_drain_started_gets_503(pki: SimpleNamespace) -> None:
     # a connection accepted before the drain whose request comes after it began:
     # answered 503 (retry later), never sent to the backend; the stream in flight
@@ -482,3 +502,20 @@ def test_sighup_stays_ignored_under_nohup() -> None:
         assert cli.stop_signals() == [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_ctrl_c_while_starting_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C can come while modules or the file are loading, before any
+    # handler: status 130 as for one before "listening", not a traceback
+    def interrupted(path: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_config", interrupted)
+    try:
+        rc = cli.main(["--config", "unused.toml"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C while starting escaped main()")
+    assert rc == 130
+    assert "Traceback" not in capsys.readouterr().err
