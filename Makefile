@@ -7,8 +7,9 @@ PYTHON ?= python3
 
 UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(strip $(UV)),)
+# (a system Python that refuses pip, PEP 668, gets it in ~/.local instead)
 UV := $(shell $(PYTHON) -m uv --version >/dev/null 2>&1 || \
-	$(PYTHON) -m pip install --quiet uv >&2 || \
+	$(PYTHON) -m pip install --quiet uv >&2 2>/dev/null || \
 	$(PYTHON) -m pip install --quiet --user --break-system-packages uv >&2; \
 	echo $(PYTHON) -m uv)
 endif
@@ -22,6 +23,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make dev          run the proxy (auto-reload) against the bundled development backend"
+	@echo "make run          the same without auto-reload"
+	@echo "make sync         install goose-proxy and its development tools into .venv"
 	@echo "make test         run the test suite"
 	@echo "make test-matrix  run the test suite on Python 3.9 and 3.12 where present"
 	@echo "make lint         ruff"

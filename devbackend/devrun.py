@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,17 @@ def _start_backend() -> subprocess.Popen[bytes]:
     return proc
 
 
+def _run_until_stopped(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the proxy until it exits. Ctrl-C reaches every process of the
+    terminal's group, the proxy too, which then drains and stops by itself:
+    devrun ignores it and waits (``subprocess.call`` killed the proxy at once).
+    A SIGTERM to devrun alone is passed on to the proxy."""
+    proxy = subprocess.Popen(cmd, env=env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # after the Popen: the proxy keeps it
+    signal.signal(signal.SIGTERM, lambda signum, frame: proxy.terminate())
+    return proxy.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m devbackend.devrun", description=__doc__)
     p.add_argument("--no-reload", action="store_true", help="do not restart on source changes")
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.no_reload:
-            return subprocess.call(proxy_cmd, env=env)
+            return _run_until_stopped(proxy_cmd, env)
         from watchfiles import run_process
 
         os.environ.update(env)
