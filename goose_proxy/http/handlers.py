@@ -254,7 +254,7 @@ class Handlers:
     async def _raise_for_status(self, ex: Exchange, resp: UpstreamResponse) -> None:
         ex.upstream_status = resp.status
         if resp.status >= 400:
-            raw = await resp.read(ERROR_BODY_LIMIT)
+            raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
             raise error_from_backend(resp.status, raw, **_retry_headers(resp))
         _raise_for_redirect(resp)
 
@@ -364,7 +364,7 @@ class Handlers:
             ctype = resp.header(b"content-type") or "application/json"
             headers = [(b"content-type", ctype.encode("latin-1"))]
             if resp.status >= 400:
-                raw = await resp.read(ERROR_BODY_LIMIT)
+                raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
                 err = error_from_backend(resp.status, raw, **_retry_headers(resp))
                 if not _is_openai_error(raw) or isinstance(err, ContextLengthExceeded):
                     # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as

@@ -444,6 +444,27 @@ class UpstreamResponse:
                 raise UpstreamProtocolError(f"backend response body larger than {limit} bytes")
             parts.append(data)
 
+    async def read_error(self, limit: int, within: float) -> bytes:
+        """The body of an error answer, for its message: what arrives within
+        ``within`` seconds, at most ``limit`` bytes. The status and retry hints
+        count more than the body, so a body that is too long (cut at
+        ``limit``), stalls or breaks off is taken as far as it came, not raised
+        as an error of its own; the connection then is not reused. ``b""`` for
+        an :attr:`encoded` body."""
+        parts: list[bytes] = []
+        size = 0
+        with anyio.move_on_after(within):
+            try:
+                while size < limit:
+                    data = await self.receive()
+                    if not data:
+                        break
+                    parts.append(data)
+                    size += len(data)
+            except UpstreamError:
+                pass
+        return b"" if self.encoded else b"".join(parts)[:limit]
+
 
 # --- the client --------------------------------------------------------------------
 

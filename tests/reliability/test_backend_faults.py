@@ -403,6 +403,75 @@ async def test_encoded_error_answer_keeps_its_status(pki: SimpleNamespace, path:
     assert err["message"] == "backend answered HTTP 429"
 
 
+#: error answers whose body cannot be read whole: (status line, headers, body,
+#: what then: "hold" the connection open, or "close" it)
+_UNREADABLE_ERROR_BODIES = {
+    # a proxy's error page larger than the 1 MiB the proxy reads of an error
+    "too-long": (
+        "429 Too Many Requests",
+        [("content-type", "text/html"), ("retry-after", "7")],
+        b"<html>slow down" + b" " * (2 * 1024 * 1024) + b"</html>",
+        "hold",
+    ),
+    # the body stalls after its first bytes (backend.timeout bounds the wait)
+    "stalls": (
+        "503 Service Unavailable",
+        [JSON, ("retry-after", "3"), ("content-length", "1000")],
+        b'{"error": {"message": "overloaded',
+        "hold",
+    ),
+    # the connection ends in the middle of the body
+    "cut": (
+        "400 Bad Request",
+        [JSON, ("content-length", "1000")],
+        b'{"error": {"message": "This model\'s maximum context length is 8192 tokens',
+        "close",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(_UNREADABLE_ERROR_BODIES))
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", HELLO),
+        ("/v1/chat/completions", HELLO_STREAM),
+        ("/v1/responses", {"model": "m", "input": "hi"}),
+    ],
+    ids=["chat-json", "chat-stream", "responses"],
+)
+async def test_an_error_answer_whose_body_cannot_be_read_keeps_its_status(
+    pki: SimpleNamespace, fault: str, path: str, body: dict[str, Any]
+) -> None:
+    # the status and retry hints say what happened; the body counts only for
+    # its message (it was a 502 "body larger than 1048576 bytes", a 504 after
+    # stream_idle_timeout, or a 502 "closed the connection", hints dropped)
+    status, headers, payload, then = _UNREADABLE_ERROR_BODIES[fault]
+    if not any(k == "content-length" for k, _ in headers):
+        headers = [*headers, ("content-length", str(len(payload)))]
+    head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(head.encode() + payload)
+        if then == "hold":
+            await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path, timeout=0.5)
+    err = r.json()["error"]
+    if fault == "too-long":
+        assert (r.status_code, err["code"]) == (429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "7" and err["message"].startswith("<html>slow down")
+    elif fault == "stalls":
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        assert "overloaded" in err["message"]
+    else:
+        assert (r.status_code, err["code"]) == (400, "context_length_exceeded")
+        assert "maximum context length" in err["message"]
+
+
 async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
     with anyio.fail_after(10):
         async with proxied(pki, fault="truncate") as h:
