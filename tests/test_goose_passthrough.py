@@ -160,6 +160,39 @@ async def test_a_streamed_lightspeed_answer_is_read_by_goose_and_the_sdk(
         goose_reads_stream(r.content)
 
 
+@pytest.mark.parametrize(
+    "flavor",
+    [
+        "lightspeed",
+        pytest.param(  # relayed as it came: the SDK warns of Lightspeed's conversation string
+            "openai",
+            marks=pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning"),
+        ),
+    ],
+)
+async def test_blocks_without_data_do_not_break_the_sdks_stream(
+    pki: SimpleNamespace, flavor: str
+) -> None:
+    # "retry:", "id:" or a bare "event:" dispatch no event (SSE), but the openai
+    # SDK reads each as an event with empty data and fails on its JSON: the
+    # answer was lost (relayed byte for byte). They are left out, comments stay.
+    blocks = [b"retry: 3000\n\n", b"id: 1\n\n", b"event: keepalive\n\n", b": ping\n\n"]
+    events = ls.lightspeed_sse(ls.shield([{"type": "output_text", "text": ls.SHIELD}]))
+    frames = events.split(b"\n\n")
+    mixed = b"".join(blocks) + b"\n\n".join(frames[:3]) + b"\n\n" + b"".join(blocks)
+    sent = mixed + b"\n\n".join(frames[3:])
+
+    async def ask(url: str) -> Any:
+        return await post(url, True), await sdk_stream(url)
+
+    r, (types, final) = await through_proxy(pki, sse_answer(sent), flavor, ask)
+    assert r.status_code == 200
+    assert b"retry:" not in r.content and b"id: 1" not in r.content
+    assert b"event: keepalive" not in r.content and r.content.count(b": ping\n\n") == 2
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert final.output_text == ls.SHIELD
+
+
 @pytest.mark.parametrize("backend_sends", ["stream", "json"])
 @pytest.mark.parametrize("name", list(ANSWERS))
 async def test_a_lightspeed_answer_to_a_client_that_does_not_stream(

@@ -168,3 +168,15 @@ def test_a_large_event_in_small_reads_is_not_scanned_again() -> None:
     assert isinstance(buf, bytearray)  # grown in place
     buf[2:4] = b"\n\n"
     assert parser.feed(b"x" * 4096) == [] and parser._buf is buf
+
+
+def test_a_block_without_data_is_no_event_and_is_counted() -> None:
+    # SSE: a block with no data field dispatches nothing, named or not; the
+    # relay, which passes bytes on, learns of such blocks by the count
+    p = SSEParser()
+    got = p.feed(b"event: ping\n\nretry: 3000\r\nid: 7\r\n\r\n: comment\n\ndata: x\n\nx: y\n\n")
+    assert got == [SSEEvent(None, "x")]
+    assert p.fieldless == 3  # the comment alone is not counted
+    assert p.feed(b"event: a\ndata: b\n\nevent: message\n\n") == [SSEEvent("a", "b")]
+    assert p.fieldless == 4
+    assert p.feed(b"id: 8") == [] and p.close() == [] and p.fieldless == 5

@@ -67,7 +67,7 @@ from goose_proxy.translate import (
 from goose_proxy.translate.passthrough import stream_of_response
 from goose_proxy.translate.response import check_finished
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
-from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json
+from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, has_fields
 
 log = logging.getLogger("goose_proxy.http")
 
@@ -571,7 +571,9 @@ class PassthroughRelay:
 
     The backend's bytes go through unchanged, but only whole events (up to
     the last blank line), so that an error event the caller adds never lands
-    inside a cut one, and no byte of an event over ``limit`` goes out. A
+    inside a cut one, and no byte of an event over ``limit`` goes out; blocks
+    with fields but no data (no event, yet the openai SDK fails on them) are
+    left out. A
     parser beside them watches the whole events for the end. After the
     terminal event, what follows (a ``[DONE]`` within :data:`DONE_GRACE`, in
     total) ends it quietly, errors included, and only that ``[DONE]`` goes out. :meth:`run` raises
@@ -698,6 +700,7 @@ class PassthroughRelay:
                 whole, carry = (buf[:cut], buf[cut:]) if cut else (b"", bytearray(buf))
             events: list[SSEEvent] = []
             error: Optional[UpstreamProtocolError] = None
+            fieldless = parser.fieldless
             try:
                 events = parser.feed(whole) if whole else []
                 if not data:
@@ -710,6 +713,8 @@ class PassthroughRelay:
                 parser.check()  # an error held back behind good events
             except UpstreamProtocolError as e:
                 error = e
+            if parser.fieldless != fieldless:
+                whole = _without_fieldless(whole)
             if self._adapter is not None:  # (a read is mostly one text delta: parses none)
                 whole = _adapt_events(whole, events, self._adapter)
             ended_before = self._ended
@@ -837,6 +842,14 @@ def _event_ends(whole: bytes) -> Iterator[int]:
     while end >= 0:
         yield end + 2
         end = whole.find(b"\n\n", end + 2)
+
+
+def _without_fieldless(whole: bytes) -> bytes:
+    """``whole`` without the blocks that hold fields but no data (``retry: 3000``,
+    ``id: 7``, a bare ``event: ping``). They dispatch no event, but the openai
+    SDK reads each as an event with empty data and fails on its JSON: the whole
+    answer was lost. Comments (keep-alives) stay."""
+    return b"".join(b for b in _event_bytes(whole) if _holds_event(b) or not has_fields(b))
 
 
 def _events_in(event: bytes) -> list[SSEEvent]:

@@ -6,7 +6,10 @@ It follows the WHATWG event-stream rules that matter for Responses backends:
 optional space after the colon, comment lines (``:``), ``\\n``, ``\\r\\n`` and ``\\r``
 line endings (also split across reads), and a blank line ending each event.
 ``id:`` and ``retry:`` are ignored (we never reconnect). ``event: message``
-is the default name spelled out, the same as none: its ``event`` is None.
+is the default name spelled out, the same as none: its ``event`` is None. A
+block without a ``data`` field dispatches no event (``retry: 3000``, a bare
+``event: ping``); :attr:`SSEParser.fieldless` counts those that are not
+comments alone, for a relay that passes the bytes on (see :func:`has_fields`).
 
 One event is capped at ``max_event_size`` bytes: a larger one raises
 :class:`~goose_proxy.errors.UpstreamProtocolError` instead of growing a buffer
@@ -37,7 +40,7 @@ class SSEEvent(NamedTuple):
 class SSEParser:
     """``feed(bytes) -> list[SSEEvent]``; :meth:`close` at the end of the stream."""
 
-    __slots__ = ("_buf", "_cr", "_error", "_max")
+    __slots__ = ("_buf", "_cr", "_error", "_max", "fieldless")
 
     def __init__(self, max_event_size: int = 4 * 1024 * 1024) -> None:
         #: the start of an event not ended yet; a bytearray once it spans more than
@@ -47,6 +50,8 @@ class SSEParser:
         self._cr = False  # the previous read ended in "\r" (maybe half of "\r\n")
         self._max = max_event_size
         self._error: Optional[UpstreamProtocolError] = None  # held back, see feed()
+        #: blocks so far with fields but no data (no event), comments alone not counted
+        self.fieldless = 0
 
     def check(self) -> None:
         """Raise the error that :meth:`feed` held back, if any."""
@@ -102,6 +107,8 @@ class SSEParser:
                 ev = _parse_block(block)
                 if ev is not None:
                     events.append(ev)
+                elif has_fields(block):
+                    self.fieldless += 1
             if len(rest) > limit and _too_long(len(rest), rest, limit):
                 raise _too_large(limit)
         except (UpstreamProtocolError, UnicodeDecodeError) as e:
@@ -126,7 +133,16 @@ class SSEParser:
             ev = _parse_block(block.rstrip(b"\n")) if block.strip() else None
         except UnicodeDecodeError:
             raise _not_utf8() from None
+        if ev is None and has_fields(block):
+            self.fieldless += 1
         return [ev] if ev is not None else []
+
+
+def has_fields(block: bytes) -> bool:
+    """Whether the bytes of a block hold a line that is not a comment (any line
+    ending)."""
+    lines = block.replace(b"\r", b"\n").split(b"\n")
+    return any(line and not line.startswith(b":") for line in lines)
 
 
 def _too_long(size: int, end: Union[bytes, bytearray], limit: int) -> bool:
@@ -172,11 +188,9 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
             data.append(value)
         elif name == b"event":
             event = value.decode()
-    if not data and event is None:
-        return None
+    if not data:
+        return None  # no data field: nothing to dispatch, named or not
     if event == "message":
-        if not data:
-            return None  # a named event with no data: nothing to dispatch
         event = None
     return SSEEvent(event, b"\n".join(data).decode())
 
