@@ -11,9 +11,12 @@ from goose_proxy.errors import UpstreamProtocolError
 from goose_proxy.upstream.chunked import ChunkedDecoder
 
 
-def chunked(pieces: list[bytes], trailer: bytes = b"") -> bytes:
-    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p)
-    return body + b"0\r\n" + trailer + b"\r\n"
+def chunked(
+    pieces: list[bytes], trailer: bytes = b"", eol: bytes = b"\r\n", size: bytes = b"%x"
+) -> bytes:
+    """``pieces`` as chunks, their lines ended by ``eol``, sizes written as ``size``."""
+    body = b"".join(size % len(p) + eol + p + eol for p in pieces if p)
+    return body + size % 0 + eol + trailer + eol
 
 
 def decode(reads: list[bytes], max_line: int = 64 * 1024) -> tuple[bytes, ChunkedDecoder]:
@@ -26,11 +29,14 @@ def decode(reads: list[bytes], max_line: int = 64 * 1024) -> tuple[bytes, Chunke
     pieces=st.lists(st.binary(max_size=40), max_size=8),
     trailer=st.sampled_from([b"", b"x-a: 1\r\n", b"x-a: 1\nx-b: 2\r\n"]),
     cuts=st.lists(st.integers(0, 400), max_size=12),
+    # RFC 9112 2.2: a bare LF may end a line; leading zeros are not digits of a size
+    eol=st.sampled_from([b"\r\n", b"\n"]),
+    size=st.sampled_from([b"%x", b"%X", b"%020x", b"%x;ext=1"]),
 )
 def test_any_cut_decodes_the_whole_body(
-    pieces: list[bytes], trailer: bytes, cuts: list[int]
+    pieces: list[bytes], trailer: bytes, cuts: list[int], eol: bytes, size: bytes
 ) -> None:
-    raw = chunked(pieces, trailer)
+    raw = chunked(pieces, trailer, eol, size)
     points = [0, *sorted(c for c in set(cuts) if c < len(raw)), len(raw)]
     body, dec = decode([raw[a:b] for a, b in zip(points, points[1:])])
     assert body == b"".join(pieces)
@@ -47,6 +53,9 @@ def test_bytes_after_the_end_are_noticed() -> None:
     [
         (b"zz\r\n", "malformed chunk size"),
         (b"2\r\nhiXX", "malformed chunked body"),
+        (b"2\nhi\rX", "malformed chunked body"),
+        (b"5\r\r\n", "malformed chunk size"),
+        (b"1" + b"0" * 16 + b"\r\n", "malformed chunk size"),  # 17 digits: over 64 bits
         (b"1" * 40, "over-long chunk header"),
         (b"0\r\n" + b"x" * 40, "over-long trailer line"),
     ],

@@ -25,7 +25,12 @@ from openai.types.responses import ResponseStreamEvent
 import devbackend
 from tests import lightspeed_answers as ls
 from tests.goose_rules import GooseRejects, goose_reads_response, goose_reads_stream
-from tests.reliability.support import SSE_HEAD, chunk, fake_server, http_answer, read_request_head
+from tests.reliability.support import (
+    SSE_HEAD,
+    answering,
+    chunk,
+    http_answer,
+)
 from tests.support import make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
@@ -52,14 +57,8 @@ async def through_proxy(
     pki: SimpleNamespace, answer: bytes, flavor: str, ask: Callable[[str], Any]
 ) -> Any:
     """``ask(proxy_url)`` of a proxy whose backend answers every request with ``answer``."""
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        while True:  # until the proxy closes the connection
-            await read_request_head(stream, srv)
-            await stream.send(answer)
-
     with anyio.fail_after(15):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with answering(answer, pki.server_context()) as srv:
             cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
             async with running_proxy(cfg) as proxy:
                 return await ask(proxy.url)

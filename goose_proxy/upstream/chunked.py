@@ -12,7 +12,8 @@ Theory of operation: a four-state loop over the buffered bytes — *size line*
 → *data* (``size`` bytes, returned as they arrive) → *CRLF* → *size line* … ;
 a zero size line leads to the *trailer* section (lines skipped up to the empty
 one), after which :attr:`ChunkedDecoder.done` is set and nothing more is
-consumed. Only an unfinished size or trailer line is buffered, capped at
+consumed. Like h11 for the head, it takes a bare LF for a CRLF (RFC 9112
+§2.2 allows a recipient to). Only an unfinished size or trailer line is buffered, capped at
 ``max_line`` bytes, so memory stays bounded whatever the backend sends; the
 whole trailer section is capped at ``max_line`` too (no data can follow it, so
 an endless one would only keep the read going).
@@ -24,8 +25,9 @@ import re
 
 from goose_proxy.errors import UpstreamProtocolError
 
-# chunk-size [ chunk-ext ], whitespace allowed before the extension (RFC 9112 BWS)
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# chunk-size [ chunk-ext ], whitespace allowed before the extension (RFC 9112 BWS);
+# leading zeros do not count towards the 16 digits (a 64-bit size)
+_SIZE_LINE = re.compile(rb"0*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 _SIZE, _DATA, _CRLF, _TRAILER = range(4)
 
@@ -73,23 +75,26 @@ class ChunkedDecoder:
                     break
                 state = _CRLF
             elif state == _CRLF:
-                if n - i < 2:
+                if buf[i] == 10:  # a bare LF
+                    i += 1
+                elif n - i < 2:
                     break
-                if buf[i : i + 2] != b"\r\n":
+                elif buf[i : i + 2] == b"\r\n":
+                    i += 2
+                else:
                     raise UpstreamProtocolError("backend sent a malformed chunked body")
-                i += 2
                 state = _SIZE
             elif state == _SIZE:
-                j = buf.find(b"\r\n", i)
+                j = buf.find(b"\n", i)
                 if j < 0:
                     if n - i > self._max_line:
                         raise UpstreamProtocolError("backend sent an over-long chunk header")
                     break
-                m = _SIZE_LINE.fullmatch(buf, i, j)
+                m = _SIZE_LINE.fullmatch(buf, i, j - 1 if j > i and buf[j - 1] == 13 else j)
                 if m is None:
                     raise UpstreamProtocolError("backend sent a malformed chunk size")
                 left = int(m.group(1), 16)
-                i = j + 2
+                i = j + 1
                 end = i + left
                 if left and buf[end : end + 2] == b"\r\n":  # the whole chunk is here
                     out.append(buf[i:end])

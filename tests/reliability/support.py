@@ -327,6 +327,22 @@ async def fake_server(
             tg.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def answering(
+    answer: bytes, tls: Optional[ssl.SSLContext] = None
+) -> AsyncIterator[FakeServer]:
+    """A :func:`fake_server` that answers every request with ``answer``, on a
+    connection kept until the proxy closes it."""
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            await stream.send(answer)
+
+    async with fake_server(handler, tls=tls) as srv:
+        yield srv
+
+
 async def read_until(stream: anyio.abc.ByteStream, marker: bytes, cap: int = READ_CAP) -> bytes:
     """What arrives until ``marker`` has been received (AssertionError past ``cap``
     bytes without it; EndOfStream when the peer closes first)."""

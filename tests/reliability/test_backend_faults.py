@@ -37,6 +37,7 @@ from tests.reliability.support import (
     HELLO_STREAM,
     SSE_HEAD,
     FakeServer,
+    answering,
     assert_no_leaks,
     chat_stream_outcome,
     chunk,
@@ -346,6 +347,29 @@ async def test_truncated_chunked_body_mid_stream(pki: SimpleNamespace) -> None:
     assert text == "one two "
     assert err is not None and err["code"] == "upstream_error"
     assert "closed the connection in the middle of the response" in err["message"]
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_chunk_lines_ended_by_a_bare_lf_and_zero_padded_sizes(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    # RFC 9112 2.2 lets a recipient take a bare LF for a CRLF, and leading
+    # zeros are no digits of a size: the answer comes whole and at once (it
+    # waited for a CRLF until stream_idle_timeout, then a 504; a 20-digit size
+    # was a 502 "malformed chunk size")
+    frames = text_events(["one ", "two ", "three"])
+    chunks = b"".join(b"%020x\n%s\n" % (len(f), f) for f in frames)
+    answer = SSE_HEAD + chunks + b"0\n\n"
+    with anyio.fail_after(10):
+        async with answering(answer, pki.server_context()) as srv:
+            r, again = await _direct_all(srv.url, pki.auth, [body, body])
+    assert r.status_code == again.status_code == 200
+    assert srv.accepted == 1  # the body's end was found: the connection was reused
+    for got in (r, again):
+        if body is HELLO:
+            assert got.json()["choices"][0]["message"]["content"] == "one two three"
+        else:
+            assert chat_stream_outcome(got.content) == ("one two three", None)
 
 
 async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
