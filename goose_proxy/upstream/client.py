@@ -90,6 +90,12 @@ _now = time.monotonic  # asyncio's loop.time() clock
 READ_SIZE = 65536
 
 
+def _in_race_window(conn: Connection) -> bool:
+    """The request on ``conn`` went out in full at most :data:`RACE_WINDOW` ago
+    (or not in full: the server closed as it went out)."""
+    return conn.sent_at is None or _now() - conn.sent_at <= RACE_WINDOW
+
+
 @dataclass(frozen=True)
 class Endpoint:
     scheme: str
@@ -701,18 +707,22 @@ class UpstreamClient:
                     head = await self._exchange(
                         conn, self._request_bytes(conn, method, path, body, headers), deadline
                     )
-                    break
+                    if not (reused and head.status_code == 408 and _in_race_window(conn)):
+                        break
+                    # Some servers (HAProxy, Apache, Node) answer a keep-alive
+                    # timeout with a 408 before they close: the same race as a
+                    # silent close, and a 408 says the request was not taken
+                    log.debug("pooled backend connection timed out (408) first; sent again")
                 except UpstreamError:
-                    late = conn.sent_at is not None and _now() - conn.sent_at > RACE_WINDOW
-                    if not reused or conn.received or late:
+                    if not reused or conn.received or not _in_race_window(conn):
                         raise
-                # A pooled connection the server closed as we picked it up, without
-                # a byte of answer and within RACE_WINDOW: most likely its keep-alive
-                # timeout raced our request, so one retry on a fresh connection. (A
-                # backend that took the request and closed at once without a byte
-                # looks the same; that risk of a second run is the price of not
-                # failing the common race.)
-                log.debug("pooled backend connection closed before answering; sent again")
+                    # A pooled connection the server closed as we picked it up, without
+                    # a byte of answer and within RACE_WINDOW: most likely its keep-alive
+                    # timeout raced our request, so one retry on a fresh connection. (A
+                    # backend that took the request and closed at once without a byte
+                    # looks the same; that risk of a second run is the price of not
+                    # failing the common race.)
+                    log.debug("pooled backend connection closed before answering; sent again")
                 conn.close()
                 conn = None
         except TimeoutError:

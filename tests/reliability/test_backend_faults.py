@@ -983,6 +983,41 @@ async def test_pooled_connection_closed_before_answering_is_retried(
     assert srv.accepted == 2
 
 
+TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
+async def test_pooled_connection_timed_out_with_a_408_is_retried(
+    pki: SimpleNamespace, body: dict[str, Any]
+) -> None:
+    # The keep-alive race, the way HAProxy, Apache and Node end it: a 408 and a
+    # close as the next request goes out on the connection (the request was not
+    # taken). Sent again on a new connection; the 408 reached the client.
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        if srv.accepted == 1:
+            await answer_one(stream, srv)
+            await read_request_head(stream, srv)
+            await stream.send(TIMED_OUT)
+            return
+        await answer_one(stream, srv)
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            first, second = await _direct_all(srv.url, pki.auth, [body, body])
+    assert first.status_code == second.status_code == 200
+    assert len(srv.requests) == 3 and srv.accepted == 2
+
+
+async def test_a_408_on_a_fresh_connection_is_the_clients(pki: SimpleNamespace) -> None:
+    # not the keep-alive race: the backend's answer, relayed, not sent again
+    with anyio.fail_after(10):
+        async with _canned(pki, TIMED_OUT) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO)
+    assert r.status_code == 408
+    assert len(srv.requests) == 1
+
+
 async def test_pooled_connection_closed_late_is_not_retried(
     pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
