@@ -309,6 +309,10 @@ class ServerConnection:
             else:
                 raise InvalidRequest("request body ended early")
 
+    def expects_continue(self) -> bool:
+        """The client waits for a ``100 Continue`` before it sends the body."""
+        return self.h11.they_are_waiting_for_100_continue
+
     def stop_idling(self) -> bool:
         """The server drains: end a wait for the next request on this kept-alive
         connection as the keep-alive timeout would (:meth:`read_request` returns

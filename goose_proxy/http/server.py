@@ -322,6 +322,8 @@ class ProxyServer:
                     # begun after the drain started: not let in, but told to retry
                     raise _shutting_down()
                 target = self._check_request(req)
+                if isinstance(target, ProxyError) and conn.expects_continue():
+                    raise target  # before a 100 asks for a body nothing would read
                 await conn.read_body(req)
                 if self.closing:
                     self._arriving.discard(conn)  # in active_requests from _handle on

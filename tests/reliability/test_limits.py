@@ -375,6 +375,23 @@ async def test_expect_100_continue(pki: SimpleNamespace) -> None:
     assert refused.startswith(b"HTTP/1.1 413 ")
 
 
+@pytest.mark.parametrize(
+    ("path", "status"), [("/v1/nothing", 404), ("/health", 405)], ids=["404", "405"]
+)
+async def test_expect_100_continue_to_a_route_not_served(
+    pki: SimpleNamespace, path: str, status: int
+) -> None:
+    # refused at once, without the 100 that asked for a body nothing would
+    # read (it came first, and the 404 or 405 only after the body)
+    body = json.dumps(HELLO).encode()
+    head = request_bytes("POST", path, body, {"Expect": "100-continue"})[: -len(body)]
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = parse_one(await exchange(h.proxy.port, head))
+    assert r.status == status and r.header("connection") == "close"
+    assert h.backend.stats.requests_total == 0
+
+
 async def test_pipelined_requests_answered_in_order(pki: SimpleNamespace) -> None:
     body = json.dumps(HELLO).encode()
     data = (
