@@ -191,7 +191,7 @@ class ServerConnection:
         if self.h11.their_state is h11.DONE and self.h11.our_state is h11.DONE:
             self.h11.start_next_cycle()
             pending, closed = self.h11.trailing_data
-            if pending[:1] in (b"\r", b"\n"):
+            if pending and pending[0] in _CR_LF:
                 self._restart_without_empty_lines(pending, closed)
         first = self.requests_served == 0
         self._prefix = self.h11.trailing_data[0][:5]
@@ -206,6 +206,8 @@ class ServerConnection:
                     if not data:
                         break
                     self._feed(data)
+                    if self.draining and not self._prefix:
+                        break  # empty lines only: no request under way to let in
             except TimeoutError:
                 pass
             self.idle = False
@@ -334,7 +336,7 @@ class ServerConnection:
     def next_request_here(self) -> bool:
         """Bytes of the next request have arrived (after a whole exchange: a
         pipelined one)."""
-        return bool(self.h11.trailing_data[0]) or self.stream.bytes_waiting()
+        return bool(self.h11.trailing_data[0].lstrip(b"\r\n")) or self.stream.bytes_waiting()
 
     def cancel_when_gone(self, scope: Optional[anyio.CancelScope]) -> None:
         """While a request is handled: cancel ``scope`` the moment the client goes

@@ -388,6 +388,29 @@ async def test_a_request_pipelined_behind_one_in_flight_is_served(pki: SimpleNam
     assert h.backend.stats.requests_total == 2
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["after", "before"])
+async def test_an_empty_line_after_a_request_does_not_hold_the_drain(
+    pki: SimpleNamespace, ahead: bool
+) -> None:
+    # a client that ends its POST with one more CRLF, its stream in flight when
+    # the drain starts: the drain ends with the stream, not at keepalive_timeout
+    # (the CRLF was taken for a request under way, then waited for)
+    body = request_bytes("POST", CHAT, json_body=HELLO_STREAM)
+    server_cfg = {"drain_timeout": 20.0, "keepalive_timeout": 20.0}
+    with anyio.fail_after(10):  # far less than either timeout
+        async with proxied(pki, headers=SLOW, server=server_cfg) as h:
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(body + b"\r\n" if ahead else body)
+                first = await read_until(s, b'"content":"')  # the stream runs
+                if not ahead:
+                    await s.send(b"\r\n")
+                await h.proxy.server.shutdown()
+                rest = await read_all(s)
+    (stream,), left = parse_responses(first + rest)
+    assert left == b"" and stream.status == 200
+    assert chat_stream_outcome(stream.body)[1] is None
+
+
 async def test_sigterm_closes_idle_keepalive_connections_at_once(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:
