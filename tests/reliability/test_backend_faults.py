@@ -1009,6 +1009,26 @@ async def test_pooled_connection_timed_out_with_a_408_is_retried(
     assert len(srv.requests) == 3 and srv.accepted == 2
 
 
+async def test_a_408_late_on_a_reused_connection_is_the_clients(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # well after the request went out: not the keep-alive race but the
+    # backend's answer to it, relayed and not sent again
+    monkeypatch.setattr(client, "RACE_WINDOW", 0.05)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await answer_one(stream, srv)
+        await read_request_head(stream, srv)
+        await anyio.sleep(0.3)  # the backend at work (scripted), then its 408
+        await stream.send(TIMED_OUT)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            first, second = await _direct_all(srv.url, pki.auth, [HELLO, HELLO])
+    assert (first.status_code, second.status_code) == (200, 408)
+    assert len(srv.requests) == 2 and srv.accepted == 1
+
+
 async def test_a_408_on_a_fresh_connection_is_the_clients(pki: SimpleNamespace) -> None:
     # not the keep-alive race: the backend's answer, relayed, not sent again
     with anyio.fail_after(10):
