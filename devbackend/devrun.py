@@ -40,7 +40,9 @@ def _start_backend() -> subprocess.Popen[bytes]:
         sys.executable, "-m", "devbackend", "--tls", "--certs-dir", str(CERTS),
         "--host", "127.0.0.1", "--port", str(BACKEND_PORT), "--print-port", "-q",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
+    # its own session: Ctrl-C reaches the proxy, which drains its requests;
+    # the backend, stopped at once, would cut them (main stops it afterwards)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()  # "PORT <n>" once listening
     if not line.startswith("PORT "):
