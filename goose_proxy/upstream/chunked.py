@@ -22,12 +22,12 @@ an endless one would only keep the read going).
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 from goose_proxy.errors import UpstreamProtocolError
 
-# chunk-size [ chunk-ext ], whitespace allowed before the extension (RFC 9112 BWS);
-# leading zeros do not count towards the 16 digits (a 64-bit size)
-_SIZE_LINE = re.compile(rb"0*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# chunk-size [ chunk-ext ], whitespace allowed before the extension (RFC 9112 BWS)
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 _SIZE, _DATA, _CRLF, _TRAILER = range(4)
 
@@ -90,7 +90,8 @@ class ChunkedDecoder:
                     if n - i > self._max_line:
                         raise UpstreamProtocolError("backend sent an over-long chunk header")
                     break
-                m = _SIZE_LINE.fullmatch(buf, i, j - 1 if j > i and buf[j - 1] == 13 else j)
+                k = j - 1 if j > i and buf[j - 1] == 13 else j
+                m = _SIZE_LINE.fullmatch(buf, i, k) or _zero_padded(buf[i:k])
                 if m is None:
                     raise UpstreamProtocolError("backend sent a malformed chunk size")
                 left = int(m.group(1), 16)
@@ -121,3 +122,12 @@ class ChunkedDecoder:
         if len(out) == 1:
             return out[0]
         return b"".join(out)
+
+
+def _zero_padded(line: bytes) -> Optional[re.Match[bytes]]:
+    """A size line with more than 16 digits read without its leading zeros,
+    which are no digits of the size (one zero kept: ``000`` is ``0``)."""
+    digits = line.lstrip(b"0")
+    if len(digits) == len(line):
+        return None
+    return _SIZE_LINE.fullmatch(b"0" + digits)
