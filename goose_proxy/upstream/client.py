@@ -440,15 +440,9 @@ class UpstreamResponse:
         """The whole body, at most ``limit`` bytes (UpstreamProtocolError beyond);
         ``b""`` for an :attr:`encoded` one (read all the same)."""
         parts: list[bytes] = []
-        size = 0
-        while True:
-            data = await self.receive()
-            if not data:
-                return b"" if self.encoded else b"".join(parts)
-            size += len(data)
-            if size > limit:
-                raise UpstreamProtocolError(f"backend response body larger than {limit} bytes")
-            parts.append(data)
+        if not await self._take(limit, parts):
+            raise UpstreamProtocolError(f"backend response body larger than {limit} bytes")
+        return b"" if self.encoded else b"".join(parts)
 
     async def read_error(self, limit: int, within: float) -> bytes:
         """The body of an error answer, for its message: what arrives within
@@ -458,18 +452,25 @@ class UpstreamResponse:
         as an error of its own; the connection then is not reused. ``b""`` for
         an :attr:`encoded` body."""
         parts: list[bytes] = []
-        size = 0
         with anyio.move_on_after(within):
             try:
-                while size < limit:
-                    data = await self.receive()
-                    if not data:
-                        break
-                    parts.append(data)
-                    size += len(data)
+                await self._take(limit, parts)
             except UpstreamError:
                 pass
         return b"" if self.encoded else b"".join(parts)[:limit]
+
+    async def _take(self, limit: int, parts: list[bytes]) -> bool:
+        """Add the body's pieces to ``parts`` up to its end (True) or until they
+        are more than ``limit`` bytes (False: the rest is not read)."""
+        size = 0
+        while True:
+            data = await self.receive()
+            if not data:
+                return True
+            parts.append(data)
+            size += len(data)
+            if size > limit:
+                return False
 
 
 # --- the client --------------------------------------------------------------------
