@@ -848,8 +848,10 @@ def _without_fieldless(whole: bytes) -> bytes:
     """``whole`` without the blocks that hold fields but no data (``retry: 3000``,
     ``id: 7``, a bare ``event: ping``). They dispatch no event, but the openai
     SDK reads each as an event with empty data and fails on its JSON: the whole
-    answer was lost. Comments (keep-alives) stay."""
-    return b"".join(b for b in _event_bytes(whole) if _holds_event(b) or not has_fields(b))
+    answer was lost. Comments alone (keep-alives) stay."""
+    return b"".join(
+        b for b in _event_bytes(whole) if (b"data" in b and _holds_event(b)) or not has_fields(b)
+    )
 
 
 def _events_in(event: bytes) -> list[SSEEvent]:
