@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goose_proxy.config import AuthConfig
-from goose_proxy.http.handlers import _scan_whole_events, _whole_events
+from goose_proxy.http.handlers import ERROR_BODY_LIMIT, _scan_whole_events, _whole_events
 from goose_proxy.upstream import client
 from tests.reliability.support import (
     HELLO,
@@ -494,6 +494,20 @@ async def test_an_error_answer_whose_body_cannot_be_read_keeps_its_status(
     else:
         assert (r.status_code, err["code"]) == (400, "context_length_exceeded")
         assert "maximum context length" in err["message"]
+
+
+async def test_an_error_body_of_exactly_the_limit_keeps_its_connection(
+    pki: SimpleNamespace,
+) -> None:
+    # read to its end (it stopped at the limit, before the end was seen, and
+    # the connection was closed instead of pooled)
+    page = b"x" * ERROR_BODY_LIMIT
+    answer = http_answer("429 Too Many Requests", [("content-type", "text/plain")], page)
+    with anyio.fail_after(10):
+        async with answering(answer, pki.server_context()) as srv:
+            rs = await _direct_all(srv.url, pki.auth, [HELLO, HELLO])
+    assert [r.status_code for r in rs] == [429, 429]
+    assert srv.accepted == 1
 
 
 async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
