@@ -8,10 +8,13 @@ valid HTTP/1.1 head, and what would not be must stop the daemon at start.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
+import anyio
 import h11
+import httpx
 import pytest
 
 from goose_proxy.config import (
@@ -23,6 +26,7 @@ from goose_proxy.config import (
 )
 from goose_proxy.http11 import TRUSTED
 from goose_proxy.upstream.client import Endpoint
+from tests.support import running_proxy
 
 
 def _backend(**backend: Any) -> Config:
@@ -294,3 +298,24 @@ def test_xdg_config_dirs_relative_entries_are_taken_from_the_working_directory(
 )
 def test_a_redirect_location_shows_where_not_what(location: str, shown: str) -> None:
     assert redact_location(location) == shown
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["[::1]", "::1"])
+async def test_an_ipv6_listen_host_may_be_written_in_brackets(host: str) -> None:
+    # as URLs write it; "[::1]" passed the check, then could not be bound
+    # ("Name or service not known", exit status 1)
+    cfg = parse_config(
+        {"server": {"host": host, "port": 0}, "backend": {"endpoint": "http://127.0.0.1:9"}}
+    )
+    assert cfg.server.host == "::1"
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    with anyio.fail_after(10):
+        async with running_proxy(cfg) as proxy:
+            async with httpx.AsyncClient() as c:
+                r = await c.get(f"http://[::1]:{proxy.port}/health")
+    assert r.status_code == 200
