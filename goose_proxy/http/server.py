@@ -33,6 +33,7 @@ drain gets a 503 with ``Retry-After`` (nothing of it reaches the backend).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -72,6 +73,10 @@ access_log = logging.getLogger("goose_proxy.access")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
 ABORT_GRACE = 2.0
+#: when accepting fails (out of file descriptors): the pause before the next try,
+#: and the least time between two warnings of it
+ACCEPT_BACKOFF = 0.1
+ACCEPT_WARN_INTERVAL = 10.0
 #: a request body or an answer (whole or streamed) this large is followed by
 #: :func:`give_back_memory`
 LARGE_EXCHANGE = 1024 * 1024
@@ -97,7 +102,11 @@ def give_back_memory() -> None:
             trim.argtypes = [ctypes.c_size_t]
             trim.restype = ctypes.c_int
             _malloc_trim = trim
-        except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                return  # ctypes could not be loaded now: try again next time
+            _malloc_trim = False  # not glibc
+        except (ImportError, AttributeError):  # no ctypes, or not glibc
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)  # type: ignore[operator]
@@ -216,6 +225,8 @@ class ProxyServer:
                 await self.upstream.aclose()
 
     async def _accept_loop(self, listener: Listener, tg: anyio.abc.TaskGroup) -> None:
+        failed = 0  # accepts that failed since the last warning
+        quiet_until = 0.0  # no warning before then (time.monotonic)
         try:
             while not self.closing:
                 try:
@@ -223,8 +234,17 @@ class ProxyServer:
                 except anyio.ClosedResourceError:
                     return
                 except OSError as e:  # EMFILE and friends: back off briefly, keep serving
-                    log.warning("accept failed: %s", e.strerror or e)
-                    await anyio.sleep(0.1)
+                    failed += 1
+                    now = time.monotonic()
+                    if now >= quiet_until:
+                        more = f" ({failed} times since the last warning)" if failed > 1 else ""
+                        log.warning(
+                            "accept failed%s: %s; new connections wait until it works again",
+                            more,
+                            e.strerror or e,
+                        )
+                        failed, quiet_until = 0, now + ACCEPT_WARN_INTERVAL
+                    await anyio.sleep(ACCEPT_BACKOFF)
                     continue
                 tg.start_soon(self._connection, stream)
         finally:

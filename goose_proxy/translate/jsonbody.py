@@ -16,6 +16,10 @@ bytes we send are always valid UTF-8.
 
 from __future__ import annotations
 
+# The codec of "utf-8-sig" is a module loaded on its first use: at start, not
+# with the first request, which (when the process is out of file descriptors)
+# could not load it and failed with an internal error.
+import encodings.utf_8_sig  # noqa: F401
 import json
 import math
 import re

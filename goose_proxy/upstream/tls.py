@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import logging
 import os
 import ssl
+import stat
 import time
 from typing import Any, Optional
 
 from goose_proxy.config import AuthConfig
-from goose_proxy.errors import CredentialsError
+from goose_proxy.errors import CredentialsError, ProxyError, ServiceUnavailable
 
 log = logging.getLogger("goose_proxy.upstream")
 
@@ -56,14 +58,44 @@ def _file_error(auth: AuthConfig, path: Optional[str], err: OSError) -> Credenti
     return CredentialsError(f"cannot read {what} {path}: {err.strerror or err}")
 
 
-def _unreadable(auth: AuthConfig, e: OSError) -> CredentialsError:
+#: errors of the moment on this host, not of the files: out of file descriptors
+#: (too many connections for the process's limit) or of memory
+_HOST_LIMITS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _host_limit(e: BaseException) -> Optional[ServiceUnavailable]:
+    """A retryable 503 when ``e`` is a host limit (see :data:`_HOST_LIMITS`), not
+    a fault of the files (a CredentialsError says "do not retry")."""
+    if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) and e.errno in _HOST_LIMITS:
+        return ServiceUnavailable(
+            f"goose-proxy cannot load its TLS files right now ({e.strerror}); "
+            "try again in a moment",
+            headers=[("Retry-After", "1")],
+        )
+    return None
+
+
+def _regular(path: str) -> None:
+    """Raise OSError unless ``path`` is a regular file (after symlinks): opening
+    a FIFO would block the event loop until a writer came, for good."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
+
+
+def _unreadable(auth: AuthConfig, e: OSError) -> ProxyError:
     """The error for a pair OpenSSL could not read (it names no file): look."""
+    busy = _host_limit(e)
+    if busy is not None:
+        return busy
     for path in (auth.cert_file, auth.key_file):
         try:
             with open(path, "rb"):
                 pass
         except OSError as err:
-            return _file_error(auth, path, err)
+            return _host_limit(err) or _file_error(auth, path, err)
     return CredentialsError(
         f"cannot read client certificate or key ({e.strerror or e}): {REGISTER_HINT}"
     )
@@ -83,6 +115,8 @@ def _stamp(*paths: str) -> _Stamp:
     out = []
     for p in paths:
         st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            _regular(p)  # raises, naming what it is
         # ctime too: a chmod or chown changes whether the file can be read
         out.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
     return tuple(out)
@@ -105,8 +139,10 @@ class ClientTLS:
         """The context for the current cert/key pair (as of at most
         :data:`RECHECK_INTERVAL` ago).
 
-        Raises CredentialsError when the files are missing, unreadable, not PEM, or
-        the key does not match the certificate.
+        Raises CredentialsError when the files are missing, unreadable, not PEM,
+        not regular files, or the key does not match the certificate;
+        ServiceUnavailable when the host is out of file descriptors or memory
+        and no pair was loaded before (else that one is used meanwhile).
         """
         now = _now()
         if self._ctx is not None and now - self._checked < RECHECK_INTERVAL:
@@ -126,6 +162,10 @@ class ClientTLS:
             ctx = self._build()
         except CredentialsError as e:
             return self._unusable(stamp, now, e)
+        except ServiceUnavailable:  # a host limit: the files are not at fault
+            if self._ctx is None:
+                raise
+            return self._ctx  # the pair loaded before, until a build succeeds
         if self._ctx is not None:
             log.info("client certificate changed on disk; reloaded %s", auth.cert_file)
         self._ctx, self._stamp, self._checked = ctx, stamp, now
@@ -166,8 +206,13 @@ class ClientTLS:
     def _build(self) -> ssl.SSLContext:
         auth = self._auth
         try:
+            if auth.ca_file:
+                _regular(auth.ca_file)
             ctx = ssl.create_default_context(cafile=auth.ca_file or None)
         except (OSError, ssl.SSLError) as e:
+            busy = _host_limit(e)
+            if busy is not None:
+                raise busy from None
             raise CredentialsError(
                 f"cannot load the CA file {auth.ca_file} ([backend.auth] ca_file): "
                 f"{getattr(e, 'strerror', None) or e}",
@@ -241,6 +286,7 @@ def certificate_info(cert_file: str) -> Optional[CertInfo]:
     cannot be decoded (no standard API does this; CPython's ``_ssl`` helper has for
     every supported version)."""
     try:
+        _regular(cert_file)
         info = ssl._ssl._test_decode_cert(cert_file)  # type: ignore[attr-defined]
         subject = ",".join(
             f"{_SHORT_NAMES.get(k, k)}={v}" for rdn in info.get("subject", ()) for k, v in rdn

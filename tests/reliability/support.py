@@ -490,20 +490,31 @@ class ProxyProcess:
 
 @asynccontextmanager
 async def proxy_process(
-    config: Mapping[str, Mapping[str, Any]], tmp: Path
+    config: Mapping[str, Mapping[str, Any]], tmp: Path, nofile: Optional[int] = None
 ) -> AsyncIterator[ProxyProcess]:
     """``python -m goose_proxy --config …`` on port 0; waits for its listening line.
 
     The child's log is drained into a bounded deque (``lines``) for the whole
     run so it can never block on a full pipe. Leaving the block kills the
-    process if it is still running.
+    process if it is still running. ``nofile``: the child's soft limit of open
+    files (``RLIMIT_NOFILE``).
     """
     cfg_path = tmp / "goose-proxy.toml"
     write_toml(cfg_path, config)
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
+    command = [sys.executable, "-m", "goose_proxy", "--config", str(cfg_path)]
+    if nofile is not None:
+        limited = (
+            "import resource, runpy, sys\n"
+            "_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, hard))\n"
+            "sys.argv[0] = 'goose_proxy'\n"
+            "runpy.run_module('goose_proxy', run_name='__main__', alter_sys=True)\n"
+        )
+        command[1:3] = ["-c", limited]
     proc = await anyio.open_process(
-        [sys.executable, "-m", "goose_proxy", "--config", str(cfg_path)],
+        command,
         stdin=None,
         stdout=None,
         stderr=-1,  # subprocess.PIPE

@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import shutil
 import ssl
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,9 +19,10 @@ import pytest
 
 import devbackend
 from goose_proxy.config import AuthConfig
-from goose_proxy.errors import CredentialsError
+from goose_proxy.errors import CredentialsError, ServiceUnavailable
 from goose_proxy.upstream import tls
 from goose_proxy.upstream.tls import ClientTLS
+from tests.fdlimit import out_of_descriptors
 from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
 from tests.support import (
     CertClock,
@@ -189,6 +191,48 @@ def test_a_pair_made_unreadable_after_loading_is_covered_then_reported(
     shutil.copyfile(consumer.b_key, consumer.key)
     shutil.copyfile(consumer.b_cert, consumer.cert)
     assert client.context() is not ctx and client.builds == 2
+
+
+@pytest.mark.parametrize("ca", [False, True], ids=["system-ca", "ca-file"])
+def test_out_of_file_descriptors_is_a_503_to_retry_not_a_certificate_fault(
+    consumer: SimpleNamespace, pki: SimpleNamespace, cert_clock: CertClock, ca: bool
+) -> None:
+    # too many connections for the process's file limit: the files are fine
+    # (it was a 502 client_certificate_unavailable or ca_file_unavailable with
+    # x-should-retry: false)
+    auth = AuthConfig(str(consumer.cert), str(consumer.key), pki.ca_file if ca else "")
+    client = ClientTLS(auth)
+    with out_of_descriptors(), pytest.raises(ServiceUnavailable) as info:
+        client.context()
+    err = info.value
+    assert err.status == 503 and "Too many open files" in err.message
+    assert ("Retry-After", "1") in err.response_headers()
+    assert ("x-should-retry", "false") not in err.response_headers()
+    ctx = client.context()  # descriptors back: built
+    shutil.copyfile(consumer.b_cert, consumer.cert)  # renewed: to be built again
+    shutil.copyfile(consumer.b_key, consumer.key)
+    cert_clock.pass_recheck_interval()
+    with out_of_descriptors():
+        assert client.context() is ctx  # the pair loaded before, meanwhile
+    rebuilt = client.context()
+    assert rebuilt is not ctx and client.builds == 2
+
+
+def test_a_fifo_in_place_of_the_key_is_named_not_waited_on(consumer: SimpleNamespace) -> None:
+    # opening a FIFO blocks until a writer comes: the event loop stopped, for
+    # good (neither /health nor SIGTERM was answered)
+    consumer.key.unlink()
+    os.mkfifo(consumer.key)
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(_tls_error(consumer.auth)))
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # let the blocked open go, then fail
+        fd = os.open(consumer.key, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        worker.join(timeout=10)
+        pytest.fail("the client key, a FIFO, was opened and waited on")
+    assert outcome[0].startswith(f"cannot read client key {consumer.key}: not a regular file")
 
 
 @pytest.mark.parametrize("missing", ["cert", "key", "both"])

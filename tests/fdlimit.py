@@ -1,0 +1,40 @@
+"""Run out of file descriptors on purpose (Linux): :func:`out_of_descriptors`.
+
+Standard library only, so that a child interpreter can use it before it loads
+anything else."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: descriptors left below the lowered limit for the code under test to take
+#: before the rest are filled; bounds the loop that fills them
+HEADROOM = 8
+
+
+@contextmanager
+def out_of_descriptors() -> Iterator[None]:
+    """Inside, this process cannot open another file, socket or pipe: the soft
+    ``RLIMIT_NOFILE`` is lowered to just above the highest descriptor in use
+    and the free ones below it are taken. All is given back on the way out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + HEADROOM, hard))
+    taken: list[int] = []
+    try:
+        for _ in range(highest + HEADROOM):
+            try:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as e:
+                if e.errno != errno.EMFILE:
+                    raise
+                break
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
