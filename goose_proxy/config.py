@@ -199,12 +199,12 @@ def _endpoint(key: str, v: Any) -> str:
 
 def _listen_host(key: str, v: Any) -> str:
     s = _str(key, v)
+    if s.startswith("[") and s.endswith("]"):
+        s = s[1:-1]  # an IPv6 address as URLs write it: "[::1]" is "::1"
     if not s.strip():
         raise ConfigError(
             f'{key}: empty; give an address ("127.0.0.1" keeps the proxy on loopback)'
         )
-    if s.startswith("[") and s.endswith("]"):
-        s = s[1:-1]  # an IPv6 address as URLs write it: "[::1]" is "::1"
     return s
 
 

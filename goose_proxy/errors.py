@@ -22,6 +22,9 @@ needs to know about socket errors.
 
 from __future__ import annotations
 
+# loaded on first use otherwise, which fails in a process out of file
+# descriptors: client_utf8 would then lose an answer to an internal error
+import encodings.utf_16_le  # noqa: F401
 import json
 from typing import Any, ClassVar, Optional
 
@@ -298,7 +301,7 @@ class UpstreamHTTPError(UpstreamError):
 
 
 class ServiceUnavailable(ProxyError):
-    """Too many connections, or shutting down (503)."""
+    """Too many connections, shutting down, or out of file descriptors (503)."""
 
     status = 503
     type = "server_error"

@@ -6,13 +6,14 @@ anything else."""
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: descriptors left below the lowered limit for the code under test to take
-#: before the rest are filled; bounds the loop that fills them
+#: how far above the highest descriptor in use the limit is lowered (the free
+#: ones below it are all taken)
 HEADROOM = 8
 
 
@@ -20,7 +21,11 @@ HEADROOM = 8
 def out_of_descriptors() -> Iterator[None]:
     """Inside, this process cannot open another file, socket or pipe: the soft
     ``RLIMIT_NOFILE`` is lowered to just above the highest descriptor in use
-    and the free ones below it are taken. All is given back on the way out."""
+    and the free ones below it are taken. The garbage collector is off inside
+    (a socket it freed would give a descriptor back). All is given back on the
+    way out."""
+    gc.collect()
+    gc.disable()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(n) for n in os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + HEADROOM, hard))
@@ -38,3 +43,4 @@ def out_of_descriptors() -> Iterator[None]:
         for fd in taken:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.enable()

@@ -107,7 +107,7 @@ def test_a_header_given_twice_in_two_cases_stops_at_load() -> None:
     assert str(exc.value).startswith("backend.headers.x-tenant: given twice ('X-Tenant' too")
 
 
-@pytest.mark.parametrize("host", ["", "  "])
+@pytest.mark.parametrize("host", ["", "  ", "[]", "[ ]"])
 def test_an_empty_listen_host_stops_at_load(host: str) -> None:
     # "" would listen on every interface, without a word
     with pytest.raises(ConfigError) as exc:

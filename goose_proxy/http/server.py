@@ -246,6 +246,9 @@ class ProxyServer:
                         failed, quiet_until = 0, now + ACCEPT_WARN_INTERVAL
                     await anyio.sleep(ACCEPT_BACKOFF)
                     continue
+                if quiet_until:  # it failed before: say it works again, once
+                    log.info("accepting connections again")
+                    failed, quiet_until = 0, 0.0
                 tg.start_soon(self._connection, stream)
         finally:
             await listener.aclose()

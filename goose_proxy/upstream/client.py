@@ -675,7 +675,8 @@ class UpstreamClient:
         yields the response once its head is in, and afterwards returns the
         connection to the pool (its body read to the end) or closes it.
 
-        Raises CredentialsError (cert files), UpstreamConnectError, UpstreamTLSError,
+        Raises CredentialsError (cert files), ServiceUnavailable (out of file
+        descriptors while loading them), UpstreamConnectError, UpstreamTLSError,
         UpstreamTimeout (no head within ``backend.timeout``), UpstreamError.
         """
         return _RequestContext(self, method, path, body, headers)

@@ -85,6 +85,23 @@ def _regular(path: str) -> None:
         raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
 
 
+def _system_cas_loaded(ctx: ssl.SSLContext) -> None:
+    """OpenSSL loads the system's CA bundle quietly: when the process is out of
+    file descriptors the context has no CA at all, and a context built then
+    would refuse every backend as not trusted until the files change. Load it
+    again, loudly (OSError), when it holds none."""
+    if ctx.cert_store_stats()["x509_ca"]:
+        return
+    bundle = ssl.get_default_verify_paths().cafile
+    if bundle:  # (a CA directory alone is read as certificates are needed)
+        try:
+            ctx.load_verify_locations(cafile=bundle)
+        except OSError as e:
+            if _host_limit(e) is not None:
+                raise
+            # an unusable bundle: left as OpenSSL had it, as before
+
+
 def _unreadable(auth: AuthConfig, e: OSError) -> ProxyError:
     """The error for a pair OpenSSL could not read (it names no file): look."""
     busy = _host_limit(e)
@@ -209,6 +226,8 @@ class ClientTLS:
             if auth.ca_file:
                 _regular(auth.ca_file)
             ctx = ssl.create_default_context(cafile=auth.ca_file or None)
+            if not auth.ca_file:
+                _system_cas_loaded(ctx)
         except (OSError, ssl.SSLError) as e:
             busy = _host_limit(e)
             if busy is not None:

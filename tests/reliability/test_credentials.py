@@ -5,6 +5,7 @@ proxy recovers as soon as the files are right again."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import shutil
 import ssl
@@ -216,6 +217,22 @@ def test_out_of_file_descriptors_is_a_503_to_retry_not_a_certificate_fault(
         assert client.context() is ctx  # the pair loaded before, meanwhile
     rebuilt = client.context()
     assert rebuilt is not ctx and client.builds == 2
+
+
+def test_a_trust_store_left_empty_for_want_of_descriptors_is_loaded_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # OpenSSL loads the system CA bundle quietly: out of descriptors, a context
+    # came out with no CA at all, then refused every backend as not trusted
+    # until the certificate files changed
+    if not ssl.get_default_verify_paths().cafile:
+        pytest.skip("this system has no default CA bundle file")
+    empty = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # what the quiet failure leaves
+    with out_of_descriptors(), pytest.raises(OSError) as info:
+        tls._system_cas_loaded(empty)
+    assert info.value.errno == errno.EMFILE
+    tls._system_cas_loaded(empty)  # descriptors back
+    assert empty.cert_store_stats()["x509_ca"] > 0
 
 
 def test_a_fifo_in_place_of_the_key_is_named_not_waited_on(consumer: SimpleNamespace) -> None:

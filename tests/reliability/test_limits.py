@@ -670,6 +670,7 @@ async def test_out_of_file_descriptors_accepts_wait_warn_once_and_recover(
                     for s in held:
                         await s.aclose()
                 await healthy(proxy.port)
+                await proxy.wait_line("accepting connections again")
                 warnings = [line for line in proxy.lines if "accept failed" in line]
     assert len(warnings) == 1, warnings
     assert "Too many open files; new connections wait until it works again" in warnings[0]
@@ -677,6 +678,7 @@ async def test_out_of_file_descriptors_accepts_wait_warn_once_and_recover(
 
 _CHILD = """
 import json, sys
+from goose_proxy.errors import client_utf8
 from goose_proxy.http import server
 from goose_proxy.translate.jsonbody import parse_json_object
 from tests.fdlimit import out_of_descriptors
@@ -684,6 +686,7 @@ from tests.fdlimit import out_of_descriptors
 out = {"ctypes loaded before": "ctypes" in sys.modules}
 with out_of_descriptors():
     out["body"] = parse_json_object(b'\\xef\\xbb\\xbf{"a": 1}')
+    out["halves"] = client_utf8("\\ud83d\\ude00").decode()
     server.give_back_memory()
     out["trim while out"] = repr(server._malloc_trim)
 server.give_back_memory()
@@ -694,7 +697,8 @@ print(json.dumps(out))
 
 def test_out_of_file_descriptors_a_body_is_read_and_the_heap_trim_comes_later() -> None:
     # a fresh interpreter: the first request body (with a BOM, whose codec is
-    # a module loaded on first use) was an internal error; the heap trim,
+    # a module loaded on first use) was an internal error, and so was the first
+    # answer with a surrogate pair in halves (utf-16-le); the heap trim,
     # whose ctypes could not be loaded then, was turned off for good
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     done = subprocess.run(
@@ -711,6 +715,7 @@ def test_out_of_file_descriptors_a_body_is_read_and_the_heap_trim_comes_later() 
     assert out == {
         "ctypes loaded before": False,
         "body": {"a": 1},
+        "halves": "\U0001f600",  # a pair written as two halves: its character
         "trim while out": "None",  # not loaded, to be tried again
         "trim after": True,
     }
