@@ -161,6 +161,18 @@ async def test_a_block_without_data_is_not_relayed(block: bytes) -> None:
     assert got.startswith(DELTA + b"event: error\n") and block.rstrip() not in got
 
 
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+async def test_id_lines_are_left_out(end: bytes) -> None:
+    # the openai SDK keeps an event's id, then reads every later blank line (a
+    # comment's) as an event without JSON; the event itself goes on without it
+    stream = (
+        b"id: 7\n" + DELTA + b": keep-alive\n\n" + DELTA.replace(b"\ndata", b"\nid:8\ndata") + C + D
+    )
+    sent, error = await relay(cut(stream.replace(b"\n", end), [5, 40]))
+    assert error is None
+    assert sent == (DELTA + b": keep-alive\n\n" + DELTA + C + D).replace(b"\n", end)
+
+
 @pytest.mark.parametrize("split", [1, 2, 3], ids=["LF|LF", "CR|LF CRLF", "CRLF CR|LF"])
 async def test_an_event_of_exactly_the_limit_cut_in_its_blank_line(split: int) -> None:
     event = b'data: "' + b"x" * 56 + b'"'  # 64 bytes

@@ -715,6 +715,8 @@ class PassthroughRelay:
                 error = e
             if parser.fieldless != fieldless:
                 whole = _without_fieldless(whole)
+            if b"id:" in whole and _ID_LINE.search(whole):
+                whole = _ID_LINE.sub(b"", whole)
             if self._adapter is not None:  # (a read is mostly one text delta: parses none)
                 whole = _adapt_events(whole, events, self._adapter)
             ended_before = self._ended
@@ -842,6 +844,14 @@ def _event_ends(whole: bytes) -> Iterator[int]:
     while end >= 0:
         yield end + 2
         end = whole.find(b"\n\n", end + 2)
+
+
+#: an ``id:`` line (any line ending): the openai SDK keeps the last event id
+#: from one event to the next, as the SSE rules say, and once it holds one it
+#: reads every later blank line (a comment block's, a keep-alive's) as an event
+#: with empty data, and fails on its JSON. No Responses client reconnects
+#: with ``Last-Event-ID``, so the relay leaves these lines out.
+_ID_LINE = re.compile(rb"(?<![^\r\n])id:[^\r\n]*(?:\r\n|[\r\n])")
 
 
 def _without_fieldless(whole: bytes) -> bytes:
