@@ -26,8 +26,10 @@ from typing import Optional
 
 from goose_proxy.errors import UpstreamProtocolError
 
-# chunk-size [ chunk-ext ], whitespace allowed before the extension (RFC 9112 BWS)
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# chunk-size [ chunk-ext ], whitespace allowed before the extension (RFC 9112 BWS),
+# up to the LF that ends the line (the CR before it is matched here: cheaper
+# than a test in Python per chunk)
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
 
 _SIZE, _DATA, _CRLF, _TRAILER = range(4)
 
@@ -90,8 +92,7 @@ class ChunkedDecoder:
                     if n - i > self._max_line:
                         raise UpstreamProtocolError("backend sent an over-long chunk header")
                     break
-                k = j - 1 if j > i and buf[j - 1] == 13 else j
-                m = _SIZE_LINE.fullmatch(buf, i, k) or _zero_padded(buf[i:k])
+                m = _SIZE_LINE.fullmatch(buf, i, j) or _zero_padded(buf[i:j])
                 if m is None:
                     raise UpstreamProtocolError("backend sent a malformed chunk size")
                 left = int(m.group(1), 16)
