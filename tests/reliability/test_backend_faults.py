@@ -100,6 +100,16 @@ async def _direct_all(
 
 
 JSON = ("content-type", "application/json")
+#: a request on each path an answer of the backend reaches a client by
+ON_EVERY_PATH = pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", HELLO),
+        ("/v1/chat/completions", HELLO_STREAM),
+        ("/v1/responses", {"model": "m", "input": "hi"}),
+    ],
+    ids=["json", "stream", "passthrough"],
+)
 
 
 @asynccontextmanager
@@ -455,15 +465,7 @@ _UNREADABLE_ERROR_BODIES = {
 
 
 @pytest.mark.parametrize("fault", list(_UNREADABLE_ERROR_BODIES))
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/chat/completions", HELLO),
-        ("/v1/chat/completions", HELLO_STREAM),
-        ("/v1/responses", {"model": "m", "input": "hi"}),
-    ],
-    ids=["chat-json", "chat-stream", "responses"],
-)
+@ON_EVERY_PATH
 async def test_an_error_answer_whose_body_cannot_be_read_keeps_its_status(
     pki: SimpleNamespace, fault: str, path: str, body: dict[str, Any]
 ) -> None:
@@ -1230,15 +1232,7 @@ async def test_a_2xx_answer_that_is_no_response_is_an_error(
     assert said in err["message"]
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/chat/completions", HELLO),
-        ("/v1/chat/completions", HELLO_STREAM),
-        ("/v1/responses", {"model": "m", "input": "hi"}),
-    ],
-    ids=["json", "stream", "passthrough"],
-)
+@ON_EVERY_PATH
 async def test_a_redirect_is_an_error_not_an_answer(
     pki: SimpleNamespace, path: str, body: dict[str, Any]
 ) -> None:
