@@ -25,6 +25,7 @@ from __future__ import annotations
 # loaded on first use otherwise, which fails in a process out of file
 # descriptors: client_utf8 would then lose an answer to an internal error
 import encodings.utf_16_le  # noqa: F401
+import errno
 import json
 from typing import Any, ClassVar, Optional
 
@@ -39,6 +40,12 @@ def client_utf8(text: str) -> bytes:
     except UnicodeEncodeError:
         whole = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
         return whole.encode("utf-8")
+
+
+#: ``errno`` values of a host limit met for the moment, not of a fault of what
+#: was asked for: out of file descriptors (more connections than the process's
+#: limit) or of memory
+HOST_LIMITS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
 class ProxyError(Exception):

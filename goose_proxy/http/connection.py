@@ -114,7 +114,7 @@ class ServerConnection:
     def __init__(self, stream: ProtocolStream, cfg: ServerConfig) -> None:
         self.stream = stream
         self.cfg = cfg
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
+        self.h11 = self._new_h11()
         self.requests_served = 0
         self.client_gone = False
         #: the client took nothing of its answer for send_timeout: closed without
@@ -131,6 +131,9 @@ class ServerConnection:
         self.idle = False
         #: the server drains: every response from now on says ``Connection: close``
         self.draining = False
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
 
     # -- reading --
 
@@ -276,7 +279,7 @@ class ServerConnection:
         after a POST body): h11 keeps them and cannot be told to skip them, so
         a fresh ``h11.Connection`` (in the state of this one after a whole
         exchange) takes the rest."""
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_header_size)
+        self.h11 = self._new_h11()
         rest = pending.lstrip(b"\r\n")
         if rest:
             self.h11.receive_data(rest)

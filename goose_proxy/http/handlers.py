@@ -572,11 +572,11 @@ class PassthroughRelay:
     The backend's bytes go through unchanged, but only whole events (up to
     the last blank line), so that an error event the caller adds never lands
     inside a cut one, and no byte of an event over ``limit`` goes out; blocks
-    with fields but no data (no event, yet the openai SDK fails on them) are
-    left out. A
-    parser beside them watches the whole events for the end. After the
-    terminal event, what follows (a ``[DONE]`` within :data:`DONE_GRACE`, in
-    total) ends it quietly, errors included, and only that ``[DONE]`` goes out. :meth:`run` raises
+    with fields but no data (no event, yet the openai SDK fails on them) and
+    ``id:`` lines (see :data:`_ID_LINE`) are left out. A parser beside them
+    watches the whole events for the end. After the terminal event, what
+    follows (a ``[DONE]`` within :data:`DONE_GRACE`, in total) ends it
+    quietly, errors included, and only that ``[DONE]`` goes out. :meth:`run` raises
     UpstreamProtocolError for an event over ``limit`` or not UTF-8, and when
     the stream ends before its terminal event, so that the caller adds a
     Responses error event, as a chat stream does.

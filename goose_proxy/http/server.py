@@ -33,7 +33,6 @@ drain gets a 503 with ``Retry-After`` (nothing of it reaches the backend).
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import os
@@ -49,6 +48,7 @@ import anyio.abc
 from goose_proxy import http11
 from goose_proxy.config import Config
 from goose_proxy.errors import (
+    HOST_LIMITS,
     Forbidden,
     InternalError,
     MethodNotAllowed,
@@ -103,7 +103,7 @@ def give_back_memory() -> None:
             trim.restype = ctypes.c_int
             _malloc_trim = trim
         except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            if e.errno in HOST_LIMITS:
                 return  # ctypes could not be loaded now: try again next time
             _malloc_trim = False  # not glibc
         except (ImportError, AttributeError):  # no ctypes, or not glibc

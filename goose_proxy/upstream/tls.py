@@ -30,7 +30,7 @@ import time
 from typing import Any, Optional
 
 from goose_proxy.config import AuthConfig
-from goose_proxy.errors import CredentialsError, ProxyError, ServiceUnavailable
+from goose_proxy.errors import HOST_LIMITS, CredentialsError, ProxyError, ServiceUnavailable
 
 log = logging.getLogger("goose_proxy.upstream")
 
@@ -58,15 +58,10 @@ def _file_error(auth: AuthConfig, path: Optional[str], err: OSError) -> Credenti
     return CredentialsError(f"cannot read {what} {path}: {err.strerror or err}")
 
 
-#: errors of the moment on this host, not of the files: out of file descriptors
-#: (too many connections for the process's limit) or of memory
-_HOST_LIMITS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
-
-
 def _host_limit(e: BaseException) -> Optional[ServiceUnavailable]:
-    """A retryable 503 when ``e`` is a host limit (see :data:`_HOST_LIMITS`), not
-    a fault of the files (a CredentialsError says "do not retry")."""
-    if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) and e.errno in _HOST_LIMITS:
+    """A retryable 503 when ``e`` is a host limit (see ``errors.HOST_LIMITS``),
+    not a fault of the files (a CredentialsError says "do not retry")."""
+    if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) and e.errno in HOST_LIMITS:
         return ServiceUnavailable(
             f"goose-proxy cannot load its TLS files right now ({e.strerror}); "
             "try again in a moment",
@@ -225,8 +220,9 @@ class ClientTLS:
         try:
             if auth.ca_file:
                 _regular(auth.ca_file)
-            ctx = ssl.create_default_context(cafile=auth.ca_file or None)
-            if not auth.ca_file:
+                ctx = ssl.create_default_context(cafile=auth.ca_file)
+            else:
+                ctx = ssl.create_default_context()
                 _system_cas_loaded(ctx)
         except (OSError, ssl.SSLError) as e:
             busy = _host_limit(e)
