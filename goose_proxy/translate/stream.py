@@ -119,13 +119,14 @@ class StreamTranslator:
         self._calls = ToolCallQueue()
         self._covered: set[tuple[str, int]] = set()  # message parts that sent text
         #: what streamed at each place, (output_index, content_index) -> the deltas
-        #: as they came (a reasoning item's at content index -1): a final part that
+        #: as they came (a reasoning item's at content index -1; deltas that name
+        #: neither item nor output index at output index -1): a final part that
         #: streamed under another key (a backend whose item ids differ between the
         #: deltas and the end, or are left out) is told from a new one by its text.
         #: At most KEPT_TEXT characters in all are kept (``_kept``)
         self._streamed_at: dict[tuple[int, int], list[str]] = {}
         self._kept = 0
-        self._text_at: Optional[list[str]] = None  # the place of the text part streaming
+        self._text_at: list[str] = []  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
         self._index_keys: dict[int, str] = {}  # output_index -> item key
@@ -188,7 +189,7 @@ class StreamTranslator:
                 self._covered.add(part)
                 self._text_at = self._place(event, part)
                 self._last_part = part
-            if self._text_at is not None and self._kept < KEPT_TEXT:  # self._keep()
+            if self._kept < KEPT_TEXT:  # self._keep()
                 self._kept += len(delta)
                 self._text_at.append(delta)
             if self._high:
@@ -427,19 +428,17 @@ class StreamTranslator:
         key = (self._key(event), _int(event.get("content_index")))
         self._unstreamed_part(key, kind, text, out, logprobs, _int(event.get("output_index"), -1))
 
-    def _place(self, event: Mapping[str, Any], part: tuple[str, int]) -> Optional[list[str]]:
+    def _place(self, event: Mapping[str, Any], part: tuple[str, int]) -> list[str]:
         """Where the deltas of ``part`` (``event`` is one of them) are kept: by its
-        ``output_index``, else by the index its item was announced at; None when
-        neither is known."""
+        ``output_index``, else by the index its item was announced at, else (a
+        delta that names neither) at output index -1."""
         index = event.get("output_index")
         if type(index) is not int or index < 0:
             index = self._key_index.get(part[0], -1)
-            if index < 0:
-                return None
         return self._streamed_at.setdefault((index, part[1]), [])
 
-    def _keep(self, place: Optional[list[str]], delta: str) -> None:
-        if place is not None and self._kept < KEPT_TEXT:
+    def _keep(self, place: list[str], delta: str) -> None:
+        if self._kept < KEPT_TEXT:
             self._kept += len(delta)
             place.append(delta)
 
@@ -450,14 +449,30 @@ class StreamTranslator:
         else did, the rest when its start did, "" when all of it did."""
         if index < 0:
             index = self._key_index.get(key, -1)
-        streamed = self._streamed_at.get((index, at))
+        streamed = self._streamed_at.get((index, at)) if index >= 0 else None
         if not streamed:
-            return text
+            return self._not_yet_sent_unplaced(at, text)
         seen = "".join(streamed)
         if not text.startswith(seen):
             return text  # not what streamed there: new, and shown (a shield's words)
         # past KEPT_TEXT only the start was kept: taken as the same, not sent again
         return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+
+    def _not_yet_sent_unplaced(self, at: int, text: str) -> str:
+        """The same for deltas that named neither their item nor its index: one
+        run for all such parts, so each final part takes its own text off the
+        front of it, in order."""
+        streamed = self._streamed_at.get((-1, at))
+        if not streamed:
+            return text
+        seen = "".join(streamed)
+        if text.startswith(seen):
+            streamed.clear()  # in place: the delta path may hold this list
+            return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+        if seen.startswith(text):
+            streamed[:] = [seen[len(text) :]]
+            return ""
+        return text
 
     def _unstreamed_part(
         self,

@@ -949,6 +949,11 @@ def _without_item_id(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k != "item_id"}
 
 
+def _placeless(event: dict[str, Any]) -> dict[str, Any]:
+    # a delta that names neither its item nor its output index
+    return {k: v for k, v in event.items() if k not in ("item_id", "output_index")}
+
+
 def _part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": []}
 
@@ -1037,6 +1042,33 @@ def _final(item: Optional[str], text: str) -> dict[str, Any]:
              completed([_final("msg_b", "Prefix note"), _final("msg_a", "Hello")])],
             "HelloPrefix note", id="renumbered",
         ),
+        pytest.param(  # deltas that name neither item nor index, then the end
+            [_placeless(text_delta("Hel")), _placeless(text_delta("lo")),
+             completed([_final("A", "Hello")])],
+            "Hello", id="placeless-deltas",
+        ),
+        pytest.param(  # the same after the item was announced and done
+            [msg_added("A"), _placeless(text_delta("Hel")), _placeless(text_delta("lo")),
+             msg_done([_part("Hello")], item="A"), completed([_final("A", "Hello")])],
+            "Hello", id="announced-then-placeless-deltas",
+        ),
+        pytest.param(  # two messages' placeless deltas in one run: each takes its own
+            [_placeless(text_delta("First. ")), _placeless(text_delta("Second.")),
+             completed([_final("A", "First. "), msg_done([_part("Second.")], item="B",
+                                                          index=1)["item"]])],
+            "First. Second.", id="two-placeless-messages-at-the-end",
+        ),
+        pytest.param(  # each message done before the next one's placeless deltas
+            [_placeless(text_delta("Hello")), msg_done([_part("Hello")], item="A"),
+             _placeless(text_delta("Hello")), msg_done([_part("Hello")], item="B", index=1),
+             completed([_final("A", "Hello"), msg_done([_part("Hello")], item="B",
+                                                       index=1)["item"]])],
+            "HelloHello", id="placeless-deltas-matched-once",
+        ),
+        pytest.param(  # placeless deltas, then a final part that says something else
+            [_placeless(text_delta("Hello")), completed([_final("A", "I cannot answer that")])],
+            "HelloI cannot answer that", id="placeless-then-something-else",
+        ),
         pytest.param(  # a second item done at the first's (wrong) index
             [msg_added("msg_a"), text_delta("First.", item="msg_a"),
              msg_done([_part("Second.")], item="msg_b"),
@@ -1065,6 +1097,14 @@ def test_streamed_reasoning_is_not_sent_again_when_the_ids_do_not_match() -> Non
                      completed([item, msg_done([part], index=1)["item"]])])  # fmt: skip
     assert text_of(parsed, "reasoning_content") == "Thinking."
     assert text_of(parsed) == "Answer."
+
+
+def test_placeless_reasoning_is_not_sent_again() -> None:
+    delta = {"type": "response.reasoning_text.delta", "content_index": 0, "delta": "Thinking."}
+    item = {"type": "reasoning", "id": "rs_final", "summary": [],
+            "content": [{"type": "reasoning_text", "text": "Thinking."}]}  # fmt: skip
+    _, parsed = run([CREATED, delta, completed([item])])
+    assert text_of(parsed, "reasoning_content") == "Thinking."
 
 
 def test_past_the_kept_text_a_final_part_that_starts_the_same_is_not_sent_again(
