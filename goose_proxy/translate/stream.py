@@ -126,6 +126,10 @@ class StreamTranslator:
         #: At most KEPT_TEXT characters in all are kept (``_kept``)
         self._streamed_at: dict[tuple[int, int], list[str]] = {}
         self._kept = 0
+        self._place_key: dict[tuple[int, int], str] = {}  # the first key that streamed there
+        self._claimed: set[tuple[int, int]] = set()  # places a final part was matched with
+        #: the item ids of the terminal event's output, while it is gone through
+        self._final_ids: Optional[set[str]] = None
         self._text_at: list[str] = []  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
@@ -435,7 +439,9 @@ class StreamTranslator:
         index = event.get("output_index")
         if type(index) is not int or index < 0:
             index = self._key_index.get(part[0], -1)
-        return self._streamed_at.setdefault((index, part[1]), [])
+        place = (index, part[1])
+        self._place_key.setdefault(place, part[0])
+        return self._streamed_at.setdefault(place, [])
 
     def _keep(self, place: list[str], delta: str) -> None:
         if self._kept < KEPT_TEXT:
@@ -451,12 +457,34 @@ class StreamTranslator:
             index = self._key_index.get(key, -1)
         streamed = self._streamed_at.get((index, at)) if index >= 0 else None
         if not streamed:
-            return self._not_yet_sent_unplaced(at, text)
+            rest = self._not_yet_sent_orphan(at, text)
+            return self._not_yet_sent_unplaced(at, text) if rest is None else rest
         seen = "".join(streamed)
         if not text.startswith(seen):
             return text  # not what streamed there: new, and shown (a shield's words)
+        self._claimed.add((index, at))
         # past KEPT_TEXT only the start was kept: taken as the same, not sent again
         return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+
+    def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:
+        """In the terminal event's output, for a part with nothing streamed at its
+        place: the rest of ``text`` after the text that streamed at another place
+        under an item id the output does not hold (a backend that renamed and moved
+        its message at the end), that place then taken; None when no such text
+        starts ``text``."""
+        final = self._final_ids
+        if final is None:
+            return None
+        for place, streamed in self._streamed_at.items():
+            if place[1] != at or place[0] < 0 or not streamed or place in self._claimed:
+                continue
+            if self._place_key.get(place) in final:
+                continue  # the item is in the output: its own final part is there
+            seen = "".join(streamed)
+            if text.startswith(seen):
+                self._claimed.add(place)
+                return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+        return None
 
     def _not_yet_sent_unplaced(self, at: int, text: str) -> str:
         """The same for deltas that named neither their item nor its index: one
@@ -547,10 +575,13 @@ class StreamTranslator:
             self.usage = usage
         # Whatever the stream never showed, the final output still carries.
         output = response.get("output")
-        finals: dict[str, Mapping[str, Any]] = {}
-        for i, item in enumerate(output if isinstance(output, list) else ()):
-            if isinstance(item, JSON_OBJECT):
-                finals[self._item_done(item, i, out)] = item
+        items = [
+            (i, item)
+            for i, item in enumerate(output if isinstance(output, list) else ())
+            if isinstance(item, JSON_OBJECT)
+        ]
+        self._final_ids = {item["id"] for _, item in items if isinstance(item.get("id"), str)}
+        finals = {self._item_done(item, i, out): item for i, item in items}
         self._fragments(self._calls.close(finals), out)
         self._release_halves(out)
         status = "incomplete" if event.get("type") == "response.incomplete" else "completed"

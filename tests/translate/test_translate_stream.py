@@ -1005,6 +1005,10 @@ def test_an_unstreamed_item_at_another_position_is_still_sent() -> None:
     assert text_of(parsed) == "Hello thereSecond."
 
 
+#: an item a backend puts before the message in its final output (an MCP server's)
+_LISTED_TOOLS = {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "s", "tools": []}
+
+
 def _final(item: Optional[str], text: str) -> dict[str, Any]:
     done = msg_done([_part(text)], item=item or "")["item"]
     return done if item else {k: v for k, v in done.items() if k != "id"}
@@ -1068,6 +1072,31 @@ def _final(item: Optional[str], text: str) -> dict[str, Any]:
         pytest.param(  # placeless deltas, then a final part that says something else
             [_placeless(text_delta("Hello")), completed([_final("A", "I cannot answer that")])],
             "HelloI cannot answer that", id="placeless-then-something-else",
+        ),
+        pytest.param(  # the final output renames and moves the message (an item first)
+            [text_delta("The answer ", item="A"), text_delta("is 42.", item="A"),
+             completed([_LISTED_TOOLS, _final("B", "The answer is 42.")])],
+            "The answer is 42.", id="renamed-and-moved",
+        ),
+        pytest.param(  # ... and says more than streamed: only the rest is sent
+            [text_delta("The answer", item="A"),
+             completed([_LISTED_TOOLS, _final("B", "The answer is 42.")])],
+            "The answer is 42.", id="renamed-and-moved-with-the-rest",
+        ),
+        pytest.param(  # the streamed text is taken by one final part only
+            [text_delta("Yes.", item="A"),
+             completed([_LISTED_TOOLS, _final("B", "Yes."), _final("C", "Yes.")])],
+            "Yes.Yes.", id="renamed-and-moved-matched-once",
+        ),
+        pytest.param(  # an item still in the output keeps its text: a new one is sent
+            [text_delta("Hi", item="A"),
+             completed([_final("A", "Hi"), _final("Z", "Hi there")])],
+            "HiHi there", id="kept-item-then-a-new-one",
+        ),
+        pytest.param(  # ... in whatever order the output lists them
+            [text_delta("Hi", item="A", index=1),
+             completed([_final("Z", "Hi there"), _final("A", "Hi")])],
+            "HiHi there", id="new-item-before-the-kept-one",
         ),
         pytest.param(  # a second item done at the first's (wrong) index
             [msg_added("msg_a"), text_delta("First.", item="msg_a"),
