@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from goose_proxy.errors import ProxyError, UpstreamProtocolError
 
-from .response import JSON_OBJECT, READ_FIELDS, event_failure, map_usage
+from .response import JSON_OBJECT, READ_FIELDS, event_failure, map_usage, terminal_status
 
 __all__ = ["ResponseAccumulator"]
 
@@ -202,13 +202,17 @@ class ResponseAccumulator:
                 self._final = dict(response)
                 # the event says how it ended when its response does not (else
                 # the "in_progress" of response.created would show through)
-                self._final.setdefault("status", etype[len("response.") :])
+                self._final["status"] = terminal_status(etype, response)
             elif etype == "response.failed":
                 self._error = event_failure(event)
             else:
                 self._base = dict(response)
         elif etype in ("error", "response.failed"):
             self._error = event_failure(event)
+        elif etype in ("response.completed", "response.incomplete"):
+            # no Response object in it: the output is what the events built, as
+            # the chat stream has shown it
+            self._final = {"status": etype[len("response.") :]}
 
     def result(self) -> dict[str, Any]:
         """The final Response object.

@@ -129,6 +129,19 @@ def event_failure(event: Mapping[str, Any]) -> ProxyError:
 
 #: the ``status`` values of a finished Response that is not a failure
 FINISHED = ("completed", "incomplete")
+#: ... and every ``status`` a Response ends with
+ENDED = (*FINISHED, "failed", "cancelled")
+CANCELLED = "upstream response was cancelled before it finished"
+
+
+def terminal_status(event_type: str, response: Mapping[str, Any]) -> str:
+    """How a stream's ``response.completed`` or ``response.incomplete`` event
+    (``event_type``) says its ``response`` ended: the response's own ``status``
+    when it is one a response ends with, else the event's (a backend that left
+    ``in_progress``, or nothing, there). The chat stream and the collected
+    answer both read it so, and so end alike."""
+    status = response.get("status")
+    return status if status in ENDED else event_type[len("response.") :]
 
 
 def check_finished(resp: Any) -> Optional[ProxyError]:
@@ -148,7 +161,7 @@ def check_finished(resp: Any) -> Optional[ProxyError]:
         return failure
     status = resp.get("status")
     if status == "cancelled":
-        raise UpstreamNotAResponse("upstream response was cancelled before it finished")
+        raise UpstreamNotAResponse(CANCELLED)
     if status is not None and status not in FINISHED:
         raise UpstreamNotAResponse(
             f"upstream response is not finished (status {str(status)[:40]!r}); "

@@ -42,18 +42,21 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from goose_proxy.errors import ProxyError, UpstreamProtocolError
+from goose_proxy.errors import ProxyError, UpstreamNotAResponse, UpstreamProtocolError
 
 from .jsonbody import encode_json_for_client as encode_json  # chunks: see its docstring
 from .jsonbody import encode_str_for_client as encode_str
 from .response import (
+    CANCELLED,
     JSON_OBJECT,
     chat_logprobs,
     event_failure,
+    failure_of,
     finish_reason,
     map_usage,
     new_completion_id,
     reasoning_texts,
+    terminal_status,
 )
 from .toolcalls import Fragment, ToolCallQueue, call_id_of, split_high, str_or_none
 
@@ -573,6 +576,14 @@ class StreamTranslator:
         usage = map_usage(response.get("usage"))
         if usage is not None:
             self.usage = usage
+        # the response's own status over the event's type, as in a collected answer
+        status = terminal_status(str(event.get("type")), response)
+        failure = failure_of(response)
+        if failure is None and status == "cancelled":
+            failure = UpstreamNotAResponse(CANCELLED)
+        if failure is not None:
+            self._fail(failure, out)
+            return
         # Whatever the stream never showed, the final output still carries.
         output = response.get("output")
         items = [
@@ -584,7 +595,6 @@ class StreamTranslator:
         finals = {self._item_done(item, i, out): item for i, item in items}
         self._fragments(self._calls.close(finals), out)
         self._release_halves(out)
-        status = "incomplete" if event.get("type") == "response.incomplete" else "completed"
         reason = finish_reason(status, response.get("incomplete_details"), self._calls.emitted > 0)
         if self._legacy and reason == "tool_calls":
             reason = "function_call"

@@ -391,6 +391,68 @@ def test_failure_after_output_is_an_error_frame(event: Any) -> None:
     assert text_of(parsed) == "partial"
 
 
+def _collected(events: list[dict[str, Any]]) -> Any:
+    """The answer to a client that did not stream: a chat completion, or the error."""
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    try:
+        return responses_to_chat(acc.result(), "m")
+    except ProxyError as e:
+        return e
+
+
+_SERVER_ERROR = {"code": "server_error", "message": "actually failed"}
+
+
+@pytest.mark.parametrize(
+    ("terminal", "ending"),
+    [
+        pytest.param(completed(status="incomplete",
+                               incomplete_details={"reason": "max_output_tokens"}),
+                     "length", id="completed-event-incomplete-response"),
+        pytest.param({"type": "response.incomplete", "response": {**RESP, "status": "completed"}},
+                     "stop", id="incomplete-event-completed-response"),
+        pytest.param(completed(status="in_progress"), "stop", id="completed-event-in-progress"),
+        pytest.param({"type": "response.completed"}, "stop", id="completed-event-no-response"),
+        pytest.param({"type": "response.incomplete"}, "length", id="incomplete-event-no-response"),
+        pytest.param(completed(status="failed", error=_SERVER_ERROR), "actually failed",
+                     id="completed-event-failed-response"),
+        pytest.param(completed(error=_SERVER_ERROR), "actually failed",
+                     id="completed-event-with-an-error"),
+        pytest.param(completed(status="cancelled"), "cancelled", id="completed-event-cancelled"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("streamed_first", [True, False])
+def test_a_terminal_event_ends_the_stream_as_the_collected_answer(
+    terminal: dict[str, Any], ending: str, streamed_first: bool
+) -> None:
+    # the event's type says that the response ended, its response's status how
+    # (the non-streaming answer always read it so): both paths agree
+    text = [msg_added(), text_delta("Hi")] if streamed_first else []
+    final = [msg_done([{"type": "output_text", "text": "Hi"}])["item"]] if streamed_first else []
+    if "response" in terminal:
+        terminal = {**terminal, "response": {**terminal["response"], "output": final}}
+    events = [CREATED, *text, terminal]
+    answer = _collected(events)
+    if ending in ("stop", "length"):
+        _, parsed = run(events)
+        assert finish_reasons(parsed) == [ending]
+        assert answer["choices"][0]["finish_reason"] == ending
+        assert text_of(parsed) == (answer["choices"][0]["message"]["content"] or "")
+        assert text_of(parsed) == ("Hi" if streamed_first else "")
+        return
+    assert isinstance(answer, ProxyError) and ending in answer.message
+    if streamed_first:
+        _, parsed = run(events)
+        assert parsed[-2]["error"]["message"] == answer.message
+        assert finish_reasons(parsed) == [] and parsed[-1] == "[DONE]"
+    else:
+        with pytest.raises(ProxyError) as info:
+            run(events)
+        assert (type(info.value), info.value.message) == (type(answer), answer.message)
+
+
 def test_stream_ended_without_terminal_event() -> None:
     st = StreamTranslator(model="m", include_usage=False)
     st.feed(CREATED)
