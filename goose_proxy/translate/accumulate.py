@@ -66,9 +66,14 @@ class _Item:
         """The item as the stream described it, for one that never sent ``.done``."""
         item = dict(self.item)
         itype = item.get("type")
+        if itype is None:  # never announced: what its deltas were tells
+            if self.indices("text") or self.indices("refusal"):
+                itype = "message"
+            elif self.indices("reasoning") or self.indices("summary"):
+                itype = item["type"] = "reasoning"
         if itype == "function_call" and (self.pieces or self.finals):
             item["arguments"] = self.text("args", 0)
-        elif itype == "message" or (itype is None and self.indices("text")):
+        elif itype == "message":
             item.setdefault("type", "message")
             item.setdefault("role", "assistant")
             parts: dict[int, dict[str, Any]] = {}

@@ -405,6 +405,7 @@ class StreamTranslator:
                 call_id_of(item, or_item_id=False),
                 str_or_none(item.get("name")),
                 str_or_none(item.get("id")) or None,
+                str_or_none(item.get("arguments")),
             )
             self._fragments(fragments, out)
 
@@ -557,6 +558,7 @@ class StreamTranslator:
                 str_or_none(item.get("arguments")),
                 call_id_of(item),
                 str_or_none(item.get("name")),
+                item=True,
             )
             self._fragments(fragments, out)
         elif itype == "reasoning" and key not in self._reasoned:

@@ -46,8 +46,10 @@ class _Call:
         "high",
         "index",
         "item_id",
+        "item_seen",
         "name",
         "pending",
+        "preset",
         "received",
     )
 
@@ -55,12 +57,17 @@ class _Call:
         self.call_id = call_id
         #: the item's own id: the call_id of last resort, at the terminal event
         self.item_id: Optional[str] = None
+        #: a function_call item came for it (added or done), not argument events only
+        self.item_seen = False
         self.name = name
         self.index: Optional[int] = None  # client index, once the header went out
         self.received: list[str] = []  # every argument delta, in order
         self.pending: list[str] = []  # deltas not yet sent (only while not open)
         self.finished = False
         self.final: Optional[str] = None  # arguments from the .done event
+        #: arguments the announced item already held: the final ones when no
+        #: ``.done`` or final item brings any
+        self.preset: Optional[str] = None
         self.high = ""  # a sent delta's last character held back: see _held_back()
 
 
@@ -88,7 +95,7 @@ class ToolCallQueue:
         return None
 
     def _add(self, key: str, call_id: Optional[str], name: Optional[str]) -> _Call:
-        call = _Call(call_id, name)
+        call = _Call(call_id, name or None)
         self._calls.append(call)
         self._by_key[key] = call
         return call
@@ -99,17 +106,20 @@ class ToolCallQueue:
         call_id: Optional[str],
         name: Optional[str],
         item_id: Optional[str] = None,
+        arguments: Optional[str] = None,
     ) -> list[Fragment]:
         """A function call item was added. Repeats of a known key only fill in
         gaps. ``item_id`` stands in for a ``call_id`` that nothing brings by the
-        terminal event."""
+        terminal event. An empty ``name`` is no name: one may still come."""
         call = self._by_key.get(key)
         if call is None:
             call = self._add(key, call_id, name)
         else:
             call.call_id = call.call_id or call_id
-            call.name = call.name or name
+            call.name = call.name or name or None
         call.item_id = call.item_id or item_id
+        call.item_seen = True
+        call.preset = call.preset or arguments or None
         return self._advance()
 
     def delta(self, keys: tuple[Optional[str], ...], text: str) -> list[Fragment]:
@@ -137,8 +147,10 @@ class ToolCallQueue:
         arguments: Optional[str],
         call_id: Optional[str] = None,
         name: Optional[str] = None,
+        item: bool = False,
     ) -> list[Fragment]:
-        """The call's arguments are final (``.done`` or ``output_item.done``); once per call."""
+        """The call's arguments are final (``.done``, or with ``item`` an
+        ``output_item.done``); once per call."""
         call = self.find(*keys)
         if call is None:
             key = next((k for k in keys if k is not None), None)
@@ -146,25 +158,33 @@ class ToolCallQueue:
                 return []
             call = self._add(key, call_id, name)
         call.call_id = call.call_id or call_id
-        call.name = call.name or name
+        call.name = call.name or name or None
+        call.item_seen = call.item_seen or item
         if not call.finished:
             call.finished = True
-            call.final = arguments
+            call.final = arguments if arguments is not None else call.preset
         return self._advance()
 
     def close(self, items: Mapping[str, Mapping[str, Any]]) -> list[Fragment]:
-        """Terminal event: flush every call, using the final response's items by key."""
+        """Terminal event: flush every call, using the final response's items by key.
+
+        A function_call item that nothing named goes out with an empty name, as
+        in an answer collected for a client that did not stream; argument
+        events of no such item (a backend's own search) go nowhere."""
         for key, call in self._by_key.items():
             item = items.get(key)
             if item is not None:
                 call.call_id = call.call_id or call_id_of(item)
-                call.name = call.name or str_or_none(item.get("name"))
+                call.name = call.name or str_or_none(item.get("name")) or None
             call.call_id = call.call_id or call.item_id
+            if call.name is None and call.item_seen:
+                call.name = ""
             if not call.finished:
                 call.finished = True
-                call.final = str_or_none(item.get("arguments")) if item is not None else None
+                final = str_or_none(item.get("arguments")) if item is not None else None
+                call.final = final if final is not None else call.preset
         out = self._advance()
-        while self._head < len(self._calls):  # only calls that can never be named are left
+        while self._head < len(self._calls):  # only calls that can never go out are left
             self._head += 1
             out.extend(self._advance())
         return out

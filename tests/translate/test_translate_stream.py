@@ -453,6 +453,96 @@ def test_a_terminal_event_ends_the_stream_as_the_collected_answer(
         assert (type(info.value), info.value.message) == (type(answer), answer.message)
 
 
+def _as_the_stream_shows_it(events: list[dict[str, Any]]) -> dict[str, Any]:
+    _, parsed = run(events)
+    return {
+        "content": text_of(parsed) or None,
+        "refusal": text_of(parsed, "refusal") or None,
+        "reasoning": text_of(parsed, "reasoning_content") or None,
+        "tool_calls": tool_calls_of(parsed),
+        "finish": finish_reasons(parsed),
+    }
+
+
+def _as_collected(events: list[dict[str, Any]]) -> dict[str, Any]:
+    choice = _collected(events)["choices"][0]
+    message = choice["message"]
+    calls = [{"id": c["id"], **c["function"]} for c in message.get("tool_calls", ())]
+    return {
+        "content": message["content"],
+        "refusal": message["refusal"],
+        "reasoning": message.get("reasoning_content"),
+        "tool_calls": calls,
+        "finish": [choice["finish_reason"]],
+    }
+
+
+def _call_added_with(**fields: Any) -> dict[str, Any]:
+    event = call_added("fc_1", "call_1", "get_weather", 0)
+    return {**event, "item": {**event["item"], **fields}}
+
+
+_ARGS = '{"city": "Brno"}'
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param(  # announced with an empty name; the name comes with the item's end
+            [_call_added_with(name=""), args_delta("fc_1", _ARGS, 0),
+             call_done("fc_1", "call_1", "get_weather", _ARGS, 0), completed()],
+            {"tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]},
+            id="name-comes-late",
+        ),
+        pytest.param(  # no name anywhere: the call still goes out, as collected
+            [_call_added_with(name=""), args_delta("fc_1", _ARGS, 0), completed()],
+            {"tool_calls": [{"id": "call_1", "name": "", "arguments": _ARGS}]},
+            id="never-named",
+        ),
+        pytest.param(  # announced without a name key at all
+            [{**_call_added_with(), "item": {k: v for k, v in _call_added_with()["item"].items()
+                                             if k != "name"}},
+             args_delta("fc_1", _ARGS, 0), completed()],
+            {"tool_calls": [{"id": "call_1", "name": "", "arguments": _ARGS}]},
+            id="no-name-key",
+        ),
+        pytest.param(  # the arguments only in the announced item
+            [_call_added_with(arguments=_ARGS), completed()],
+            {"tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]},
+            id="arguments-only-when-announced",
+        ),
+        pytest.param(  # ... and streamed again: not doubled
+            [_call_added_with(arguments=_ARGS), args_delta("fc_1", _ARGS[:5], 0),
+             args_delta("fc_1", _ARGS[5:], 0), completed()],
+            {"tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]},
+            id="arguments-announced-and-streamed",
+        ),
+        pytest.param(  # a refusal of an item never announced
+            [{"type": "response.refusal.delta", "item_id": "msg_x", "output_index": 0,
+              "content_index": 0, "delta": "No."},
+             {"type": "response.refusal.done", "item_id": "msg_x", "output_index": 0,
+              "content_index": 0, "refusal": "No."}, completed()],
+            {"content": "No.", "refusal": "No."},
+            id="refusal-never-announced",
+        ),
+        pytest.param(  # a reasoning summary of an item never announced
+            [{"type": "response.reasoning_summary_text.delta", "item_id": "rs_1",
+              "output_index": 0, "summary_index": 0, "delta": "Thinking."},
+             text_delta("Answer.", item="msg_1", index=1), completed()],
+            {"content": "Answer.", "reasoning": "Thinking."},
+            id="reasoning-never-announced",
+        ),
+    ],
+)  # fmt: skip
+def test_the_stream_and_the_collected_answer_show_the_same(
+    events: list[dict[str, Any]], expected: dict[str, Any]
+) -> None:
+    streamed = _as_the_stream_shows_it([CREATED, *events])
+    assert streamed == _as_collected([CREATED, *events])
+    assert {k: streamed[k] for k in expected} == expected
+    assert streamed["finish"] == ["tool_calls" if streamed["tool_calls"] else "stop"]
+
+
 def test_stream_ended_without_terminal_event() -> None:
     st = StreamTranslator(model="m", include_usage=False)
     st.feed(CREATED)
