@@ -21,6 +21,7 @@ import devbackend
 from goose_proxy.http.handlers import _may_be_terminal
 from tests.reliability.support import (
     HELLO,
+    HELLO_STREAM,
     fake_server,
     post,
     read_request_head,
@@ -713,3 +714,78 @@ def test_which_events_may_be_terminal(text: str, may: bool) -> None:
     """The test that keeps an event from being held; ``json.loads`` checks the samples."""
     json.loads(text)
     assert _may_be_terminal(text) is may
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} in JSON sent to a client")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _nonfinite_answer(json_body: bool) -> bytes:
+    """An answer with NaN, Infinity and a number past the float range where the
+    proxy reads or copies numbers: time stamps, token counts, logprobs."""
+    logprobs = [{"token": "Hi", "logprob": float("nan"), "bytes": [72, 105], "top_logprobs": []}]
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": "Hi", "annotations": [],
+                            "logprobs": logprobs}]}  # fmt: skip
+    final = {"id": "resp_1", "object": "response", "created_at": float("-inf"), "model": "m",
+             "status": "completed", "output": [message],
+             "usage": {"input_tokens": 3, "output_tokens": float("nan"),
+                       "total_tokens": "PAST_THE_FLOAT_RANGE"}}  # fmt: skip
+    if json_body:
+        body = json.dumps(final).replace('"PAST_THE_FLOAT_RANGE"', "1e400").encode()
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+    start = {**final, "created_at": float("inf"), "status": "in_progress", "output": []}
+    delta = {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+             "content_index": 0, "delta": "Hi", "logprobs": logprobs}  # fmt: skip
+    frames = [sse_event({"type": "response.created", "response": start}), sse_event(delta),
+              sse_event({"type": "response.completed", "response": final})]  # fmt: skip
+    return sse_answer([f.replace(b'"PAST_THE_FLOAT_RANGE"', b"1e400") for f in frames])
+
+
+@pytest.mark.parametrize(
+    ("flavor", "json_body", "body"),
+    [
+        ("lightspeed", False, HELLO),
+        ("lightspeed", False, HELLO_STREAM),
+        ("openai", True, HELLO),
+        ("openai", False, HELLO_STREAM),
+    ],
+    ids=["collected", "stream", "openai-json", "openai-stream"],
+)
+async def test_non_finite_numbers_from_the_backend_do_not_fail_the_answer(
+    pki: SimpleNamespace, flavor: str, json_body: bool, body: dict[str, Any]
+) -> None:
+    """``json.loads`` reads NaN and Infinity, which no client JSON may hold: they
+    are read as null, and the answer goes out whole (it used to be a 500)."""
+    answer = _nonfinite_answer(json_body)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(answer)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, {**body, "logprobs": True})
+    assert r.status_code == 200, r.text
+    if body.get("stream"):
+        chunks = [_strict_json(line[6:]) for line in r.text.split("\n")
+                  if line.startswith("data: {")]  # fmt: skip
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+        assert all(isinstance(c["created"], int) for c in chunks)
+        assert r.text.rstrip().endswith("data: [DONE]")
+    else:
+        completion = _strict_json(r.text)
+        text = completion["choices"][0]["message"]["content"]
+        assert isinstance(completion["created"], int)
+        assert completion["usage"]["prompt_tokens"] == 3
+    assert text == "Hi"

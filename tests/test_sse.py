@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goose_proxy.errors import UpstreamProtocolError
-from goose_proxy.upstream.sse import SSEEvent, SSEParser
+from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, upstream_json
 
 
 def parse(reads: list[bytes], limit: int = 4096) -> tuple[list[SSEEvent], Optional[str]]:
@@ -180,3 +180,16 @@ def test_a_block_without_data_is_no_event_and_is_counted() -> None:
     assert p.feed(b"event: a\ndata: b\n\nevent: message\n\n") == [SSEEvent("a", "b")]
     assert p.fieldless == 4
     assert p.feed(b"id: 8") == [] and p.close() == [] and p.fieldless == 5
+
+
+@pytest.mark.parametrize("padding", ["", " \n"])
+def test_backend_json_reads_non_finite_numbers_as_null(padding: str) -> None:
+    # the C scanner's fast path, and (surrounding whitespace) the full decoder
+    text = '{"a": NaN, "b": Infinity, "c": -Infinity, "d": 1e400, "e": -1e400,'
+    text += ' "f": [1.5, -0.0, 1e308, 12], "g": "NaN"}'
+    expected = {"a": None, "b": None, "c": None, "d": None, "e": None,
+                "f": [1.5, -0.0, 1e308, 12], "g": "NaN"}  # fmt: skip
+    assert event_json(padding + text + padding) == expected
+    assert upstream_json((padding + text).encode()) == expected
+    with pytest.raises(ValueError):
+        event_json(text[:-1])

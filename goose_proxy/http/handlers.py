@@ -67,7 +67,7 @@ from goose_proxy.translate import (
 from goose_proxy.translate.passthrough import stream_of_response
 from goose_proxy.translate.response import check_finished
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
-from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, has_fields
+from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, has_fields, upstream_json
 
 log = logging.getLogger("goose_proxy.http")
 
@@ -1116,7 +1116,7 @@ def _whole(ev: SSEEvent) -> bool:
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(raw)
+        obj = upstream_json(raw)
     except (ValueError, RecursionError):
         raise UpstreamProtocolError("backend sent a response that is not JSON") from None
     if not isinstance(obj, dict):

@@ -19,17 +19,36 @@ Speed: one read usually carries many events, so the common block shapes
 (``data: …`` alone, ``event: …`` + ``data: …``) skip the line-by-line parse,
 and :func:`event_json` decodes an event's data without ``json.loads``' Python
 layers.
+
+The backend's JSON (:func:`event_json`, :func:`upstream_json`) is read with
+``NaN``, ``Infinity``, ``-Infinity`` and numbers past the float range (which
+``json.loads`` takes as non-finite floats) as ``null``: no JSON a client gets
+may hold them, and a stray one in a field the proxy reads or copies (a time
+stamp, a token count, a logprob) would otherwise fail the whole answer.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from goose_proxy.errors import UpstreamProtocolError
 
+
+def _finite(text: str) -> Optional[float]:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _null(name: str) -> None:
+    return None
+
+
+_UPSTREAM_HOOKS: dict[str, Any] = {"parse_float": _finite, "parse_constant": _null}
+_DECODER = json.JSONDecoder(**_UPSTREAM_HOOKS)
 # the C scanner behind json.loads (an undocumented attribute, stable since 2.6)
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_scan_json: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 class SSEEvent(NamedTuple):
@@ -196,17 +215,23 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
 
 
 def event_json(data: str) -> Any:
-    """``json.loads(data)``, faster for the common case of an event's data.
+    """:func:`upstream_json` of an event's data, faster for the common case.
 
     It calls the C scanner directly, without ``loads``' two Python layers and
     their whitespace regexes: a third of the time for a small delta event.
-    Anything unusual (surrounding whitespace, invalid JSON) goes to
-    ``json.loads``, so the result and the exceptions are the same.
+    Anything unusual (surrounding whitespace, invalid JSON) goes to the full
+    decoder, so the result and the exceptions are the same.
     """
     try:
         obj, end = _scan_json(data, 0)
     except (StopIteration, ValueError):
-        return json.loads(data)
+        return _DECODER.decode(data)
     if end != len(data):
-        return json.loads(data)
+        return _DECODER.decode(data)
     return obj
+
+
+def upstream_json(raw: Union[bytes, str]) -> Any:
+    """``json.loads(raw)`` for the backend's JSON, with non-finite numbers read
+    as ``null`` (see the module's docstring); the same exceptions."""
+    return json.loads(raw, **_UPSTREAM_HOOKS)
