@@ -27,6 +27,9 @@ __all__ = ["ResponseAccumulator"]
 
 Key = Union[str, int]
 
+#: the item type each kind of piece belongs to
+_ITEM_OF = {"text": "message", "refusal": "message", "reasoning": "reasoning",
+            "summary": "reasoning", "args": "function_call"}  # fmt: skip
 # event type -> (piece kind, index field) for deltas and their .done counterparts
 _DELTAS = {
     "response.output_text.delta": ("text", "content_index"),
@@ -108,6 +111,7 @@ class ResponseAccumulator:
     def __init__(self) -> None:
         self._items: dict[Key, _Item] = {}
         self._by_index: dict[int, Key] = {}
+        self._last_of: dict[str, _Item] = {}  # item type -> the last item of it seen
         self._base: dict[str, Any] = {}
         self._final: Optional[dict[str, Any]] = None
         self._error: Optional[ProxyError] = None
@@ -164,7 +168,12 @@ class ResponseAccumulator:
             piece = event.get("delta")
             if isinstance(piece, str) and piece:
                 kind, field = delta
-                slot = self._slot(event, event.get("item_id"))
+                item_id = event.get("item_id")
+                last = self._last_of.get(_ITEM_OF[kind])
+                if not isinstance(item_id, str) and "output_index" not in event and last:
+                    slot = last  # a delta that names neither: the item of its type last seen
+                else:
+                    slot = self._slot(event, item_id)
                 index = event.get(field, 0) if field else 0
                 slot.pieces.setdefault((kind, index if isinstance(index, int) else 0), []).append(
                     piece
@@ -194,6 +203,8 @@ class ResponseAccumulator:
             item = event.get("item")
             if isinstance(item, JSON_OBJECT):
                 slot = self._slot(event, item.get("id"))
+                if isinstance(item.get("type"), str):
+                    self._last_of[item["type"]] = slot
                 if etype.endswith(".done") or not slot.done:
                     slot.item = dict(item)
                 slot.done = slot.done or etype.endswith(".done")

@@ -175,10 +175,13 @@ def check_finished(resp: Any) -> Optional[ProxyError]:
     return None
 
 
-def reasoning_texts(item: Mapping[str, Any]) -> list[str]:
-    """The reasoning text parts, then the summary parts, of a ``reasoning`` item."""
+def reasoning_texts(
+    item: Mapping[str, Any], keys: tuple[str, ...] = ("content", "summary")
+) -> list[str]:
+    """The reasoning text parts, then the summary parts, of a ``reasoning`` item
+    (those of ``keys``)."""
     texts: list[str] = []
-    for key in ("content", "summary"):
+    for key in keys:
         parts = item.get(key)
         for part in parts if isinstance(parts, list) else ():
             if isinstance(part, JSON_OBJECT) and isinstance(part.get("text"), str):

@@ -122,8 +122,9 @@ class StreamTranslator:
         self._calls = ToolCallQueue()
         self._covered: set[tuple[str, int]] = set()  # message parts that sent text
         #: what streamed at each place, (output_index, content_index) -> the deltas
-        #: as they came (a reasoning item's at content index -1; deltas that name
-        #: neither item nor output index at output index -1): a final part that
+        #: as they came (a reasoning item's text at content index -1, its summary
+        #: at -2; deltas that name neither item nor output index at output index
+        #: -1), then what a final part there showed instead: a final part that
         #: streamed under another key (a backend whose item ids differ between the
         #: deltas and the end, or are left out) is told from a new one by its text.
         #: At most KEPT_TEXT characters in all are kept (``_kept``)
@@ -389,7 +390,9 @@ class StreamTranslator:
         if delta and isinstance(delta, str):
             key = self._key(event)
             self._reasoned.add(key)
-            self._keep(self._place(event, (key, -1)), delta)
+            # kept apart (content index -1, -2): a final item has the text first
+            summary = event.get("type") == "response.reasoning_summary_text.delta"
+            self._keep(self._place(event, (key, -2 if summary else -1)), delta)
             delta = self._whole("reasoning_content", delta)
             if delta:
                 out.append(self._chunk({"reasoning_content": delta}))
@@ -453,22 +456,36 @@ class StreamTranslator:
             place.append(delta)
 
     def _not_yet_sent(self, key: str, index: int, at: int, text: str) -> str:
-        """What of ``text`` (a part at content index ``at`` of the final item ``key``
-        at output index ``index``; -1: a reasoning item's text) did not stream
-        under another key at the same place: all of it when nothing or something
-        else did, the rest when its start did, "" when all of it did."""
+        """What of ``text`` (a part at content index ``at`` of the final item
+        ``key`` at output index ``index``; at -1 and -2 a reasoning item's text
+        and summary) did not stream under another key at the same place: all of
+        it when nothing or something else did, the rest when its start did, ""
+        when all of it did. Then ``text`` is what the client saw at that place: a
+        final part under yet another key there (a terminal output that renames
+        its items after their ``.done`` events showed them) is compared with it."""
         if index < 0:
             index = self._key_index.get(key, -1)
-        streamed = self._streamed_at.get((index, at)) if index >= 0 else None
-        if not streamed:
+        if index < 0:
             rest = self._not_yet_sent_orphan(at, text)
             return self._not_yet_sent_unplaced(at, text) if rest is None else rest
-        seen = "".join(streamed)
-        if not text.startswith(seen):
-            return text  # not what streamed there: new, and shown (a shield's words)
-        self._claimed.add((index, at))
-        # past KEPT_TEXT only the start was kept: taken as the same, not sent again
-        return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+        place = (index, at)
+        streamed = self._streamed_at.get(place)
+        if not streamed:
+            rest = self._not_yet_sent_orphan(at, text)
+            if rest is None:
+                rest = self._not_yet_sent_unplaced(at, text)
+        elif not text.startswith("".join(streamed)):
+            rest = text  # not what streamed there: new, and shown (a shield's words)
+        elif self._kept < KEPT_TEXT:
+            rest = text[len("".join(streamed)) :]
+        else:  # past KEPT_TEXT only the start was kept: taken as the same
+            rest = ""
+        if self._kept < KEPT_TEXT:
+            self._kept += len(text)
+            self._streamed_at.setdefault(place, [])[:] = [text]  # in place: see _keep
+        self._place_key.setdefault(place, key)
+        self._claimed.add(place)
+        return rest
 
     def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:
         """In the terminal event's output, for a part with nothing streamed at its
@@ -562,12 +579,14 @@ class StreamTranslator:
             )
             self._fragments(fragments, out)
         elif itype == "reasoning" and key not in self._reasoned:
-            text = "".join(reasoning_texts(item))
-            if text:
-                self._reasoned.add(key)
-                rest = self._not_yet_sent(key, index, -1, text)
-                if rest:
-                    out.append(self._chunk({"reasoning_content": rest}))
+            rest = ""
+            for at, part in ((-1, "content"), (-2, "summary")):
+                text = "".join(reasoning_texts(item, (part,)))
+                if text:
+                    self._reasoned.add(key)
+                    rest += self._not_yet_sent(key, index, at, text)
+            if rest:
+                out.append(self._chunk({"reasoning_content": rest}))
         return key
 
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:

@@ -93,6 +93,15 @@ def call_done(item: str, call_id: str, name: str, arguments: str, index: int) ->
             "item": call_item(item, call_id, name, arguments)}  # fmt: skip
 
 
+def _placeless(event: dict[str, Any]) -> dict[str, Any]:
+    # a delta that names neither its item nor its output index
+    return {k: v for k, v in event.items() if k not in ("item_id", "output_index")}
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
 def run(
     events: list[dict[str, Any]],
     *,
@@ -516,6 +525,12 @@ _ARGS = '{"city": "Brno"}'
              args_delta("fc_1", _ARGS[5:], 0), completed()],
             {"tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]},
             id="arguments-announced-and-streamed",
+        ),
+        pytest.param(  # placeless deltas of an announced message that is done
+            [msg_added(), _placeless(text_delta("Hel")), _placeless(text_delta("lo")),
+             msg_done([_part("Hello")]), completed()],
+            {"content": "Hello"},
+            id="placeless-deltas-of-a-done-message",
         ),
         pytest.param(  # a refusal of an item never announced
             [{"type": "response.refusal.delta", "item_id": "msg_x", "output_index": 0,
@@ -1101,15 +1116,6 @@ def _without_item_id(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k != "item_id"}
 
 
-def _placeless(event: dict[str, Any]) -> dict[str, Any]:
-    # a delta that names neither its item nor its output index
-    return {k: v for k, v in event.items() if k not in ("item_id", "output_index")}
-
-
-def _part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": []}
-
-
 _PART = _part("Hello there")
 
 
@@ -1250,6 +1256,11 @@ def _final(item: Optional[str], text: str) -> dict[str, Any]:
              completed([_final("Z", "Hi there"), _final("A", "Hi")])],
             "HiHi there", id="new-item-before-the-kept-one",
         ),
+        pytest.param(  # shown by its .done event, then renamed in the terminal output
+            [msg_added("A"), msg_done([_part("Shield says no.")], item="A"),
+             completed([_final("A_final", "Shield says no.")])],
+            "Shield says no.", id="shown-by-done-then-renamed",
+        ),
         pytest.param(  # a second item done at the first's (wrong) index
             [msg_added("msg_a"), text_delta("First.", item="msg_a"),
              msg_done([_part("Second.")], item="msg_b"),
@@ -1278,6 +1289,20 @@ def test_streamed_reasoning_is_not_sent_again_when_the_ids_do_not_match() -> Non
                      completed([item, msg_done([part], index=1)["item"]])])  # fmt: skip
     assert text_of(parsed, "reasoning_content") == "Thinking."
     assert text_of(parsed) == "Answer."
+
+
+def test_interleaved_reasoning_text_and_summary_renamed_at_the_end_are_not_sent_again() -> None:
+    # the final item has its text before its summary, whatever order they streamed in
+    def delta(etype: str, text: str) -> dict[str, Any]:
+        return {"type": f"response.reasoning_{etype}.delta", "item_id": "rs_1",
+                "output_index": 0, "content_index": 0, "summary_index": 0,
+                "delta": text}  # fmt: skip
+
+    item = {"type": "reasoning", "id": "rs_final", "content": [{"type": "reasoning_text",
+            "text": "Think."}], "summary": [{"type": "summary_text", "text": "Sum."}]}  # fmt: skip
+    events = [CREATED, delta("summary_text", "Sum."), delta("text", "Think."), completed([item])]
+    _, parsed = run(events)
+    assert text_of(parsed, "reasoning_content") == "Sum.Think."
 
 
 def test_placeless_reasoning_is_not_sent_again() -> None:

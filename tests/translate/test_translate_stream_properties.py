@@ -22,7 +22,7 @@ from openai.types.chat import ChatCompletionChunk
 from translate_testkit import chunks_of, deltas, parse_frames
 
 from goose_proxy.errors import ContextLengthExceeded, ProxyError, RateLimited, UpstreamError
-from goose_proxy.translate import StreamTranslator
+from goose_proxy.translate import ResponseAccumulator, StreamTranslator, responses_to_chat
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
 PIECES = st.lists(TEXT, max_size=4)
@@ -45,6 +45,8 @@ class Scenario:
     final_items: list[dict[str, Any]]
     include_output: bool
     include_usage: bool
+    #: the terminal output names messages and reasoning items anew (Llama Stack did)
+    renamed: bool = False
 
 
 def message_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
@@ -160,6 +162,12 @@ def scenarios(draw: Any) -> Scenario:
         final_items.append(item)
         if kind == "call":
             calls[item["call_id"]] = (item["name"], item["arguments"])
+    if kinds.count("message") == 1 and draw(st.booleans()):
+        # the text deltas name neither their item nor its index
+        for labelled in per_item[kinds.index("message")]:
+            if labelled.event["type"].endswith(".delta"):
+                labelled.event = {k: v for k, v in labelled.event.items()
+                                  if k not in ("item_id", "output_index")}  # fmt: skip
     merged: list[Labelled] = []
     while any(per_item):
         live = [i for i, q in enumerate(per_item) if q]
@@ -185,13 +193,18 @@ def scenarios(draw: Any) -> Scenario:
         }
         merged.insert(0, Labelled(created))
     return Scenario(merged, terminal, failure, calls, final_items, draw(st.booleans()),
-                    draw(st.booleans()))  # fmt: skip
+                    draw(st.booleans()), draw(st.booleans()))  # fmt: skip
+
+
+def renamed(item: dict[str, Any]) -> dict[str, Any]:
+    return item if item["type"] == "function_call" else {**item, "id": item["id"] + "_final"}
 
 
 def terminal_event(s: Scenario) -> Optional[dict[str, Any]]:
     usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    output = [renamed(item) if s.renamed else item for item in s.final_items]
     resp = {"id": "resp_prop", "created_at": 1700000000, "model": "backend", "usage": usage,
-            "output": s.final_items if s.include_output else []}  # fmt: skip
+            "output": output if s.include_output else []}  # fmt: skip
     if s.terminal == "completed":
         return {"type": "response.completed", "response": {**resp, "status": "completed"}}
     if s.terminal in ("length", "content_filter"):
@@ -313,6 +326,35 @@ def test_random_streams_rebuild_exactly(s: Scenario) -> None:
         assert parsed[-2]["choices"] == [] and finishes[0] is chunks_of(parsed)[-2]
     else:
         assert finishes[0] is chunks_of(parsed)[-1]
+    check_collected_the_same(s, end, snapshot)
+
+
+def check_collected_the_same(s: Scenario, end: Any, snapshot: Any) -> None:
+    """A client that did not stream gets what the stream showed. The stream
+    shows interleaved items and parts in the order their events came, the
+    collected answer item by item: text is compared whole where one part said
+    it all."""
+    acc = ResponseAccumulator()
+    for labelled in s.events:
+        acc.feed(labelled.event)
+    acc.feed(end)
+    choice = responses_to_chat(acc.result(), "goose-model")["choices"][0]
+    message, streamed = choice["message"], snapshot.choices[0].message
+    assert choice["finish_reason"] == snapshot.choices[0].finish_reason
+    calls = sorted((c["id"], c["function"]["name"], c["function"]["arguments"])
+                   for c in message.get("tool_calls", ()))  # fmt: skip
+    assert calls == sorted((c.id, c.function.name, c.function.arguments)
+                           for c in streamed.tool_calls or ())  # fmt: skip
+    parts = sum(len(item["content"]) for item in s.final_items if item["type"] == "message")
+    reasoning = message.get("reasoning_content")
+    for mine, theirs, whole in ((message["content"], streamed.content, parts <= 1),
+                                (message["refusal"], streamed.refusal, parts <= 1),
+                                (reasoning, streamed.to_dict().get("reasoning_content"),
+                                 False)):  # fmt: skip
+        if whole:
+            assert (mine or "") == (theirs or "")
+        else:  # each piece once, in some order
+            assert sorted(mine or "") == sorted(theirs or "")
 
 
 @pytest.mark.parametrize("n_calls", [1, 3, 8])
