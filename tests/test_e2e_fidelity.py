@@ -579,8 +579,7 @@ async def test_goose_shaped_session_input_upstream() -> None:
     assert sent["input"] == [
         {"type": "message", "role": "user",
          "content": [{"type": "input_text", "text": "list files and look at this"}]},
-        {"type": "message", "role": "assistant",
-         "content": [{"type": "output_text", "text": "Let me check."}]},
+        {"type": "message", "role": "assistant", "content": "Let me check."},
         {"type": "function_call", "call_id": "call_1", "name": "developer__shell",
          "arguments": '{"command": "ls"}'},
         {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},

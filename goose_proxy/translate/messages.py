@@ -208,6 +208,18 @@ def _user_part(raw: Any, path: str) -> Item:
     fail(at(path, "type"), f"unknown content part {ptype!r}")
 
 
+def _as_content(parts: list[Item]) -> str:
+    """An earlier assistant turn's content as input: its text and refusal parts
+    as one string, in order. That is the form every Responses server takes
+    (``EasyInputMessage``): ``output_text`` and ``refusal`` parts are valid
+    input only in an output message with an ``id`` and a ``status`` (the
+    openai SDK's types), which the proxy would have to invent, and servers that
+    check input items (vLLM) refuse them without."""
+    return "".join(
+        part["text"] if part["type"] == "output_text" else part["refusal"] for part in parts
+    )
+
+
 def _assistant_items(
     msg: Mapping[str, Any], path: str, index: int, legacy_calls: dict[str, list[str]]
 ) -> list[Item]:
@@ -239,7 +251,7 @@ def _assistant_items(
 
     items: list[Item] = []
     if parts:
-        items.append({"type": "message", "role": "assistant", "content": parts})
+        items.append({"type": "message", "role": "assistant", "content": _as_content(parts)})
     tool_calls = msg.get("tool_calls")
     if tool_calls is not None:
         tpath = at(path, "tool_calls")

@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from openai.types.responses import ResponseInputParam
+from pydantic import TypeAdapter
 from translate_testkit import fixture_json, fixture_text
 
 from goose_proxy.errors import InvalidRequest, UnsupportedParameter
@@ -127,8 +129,7 @@ MESSAGE_ROWS = [
     pytest.param(
         [USER_HI, {"role": "assistant", "content": "Sure."}],
         OPENAI,
-        [HI_ITEM, {"type": "message", "role": "assistant",
-                   "content": [{"type": "output_text", "text": "Sure."}]}],
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "Sure."}],
         None,
         id="assistant-text-string",
     ),
@@ -137,9 +138,7 @@ MESSAGE_ROWS = [
                                                     {"type": "text", "text": ""},
                                                     {"type": "text", "text": "b"}]}],
         OPENAI,
-        [HI_ITEM, {"type": "message", "role": "assistant",
-                   "content": [{"type": "output_text", "text": "a"},
-                               {"type": "output_text", "text": "b"}]}],
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "ab"}],
         None,
         id="assistant-text-parts",
     ),
@@ -153,18 +152,24 @@ MESSAGE_ROWS = [
     pytest.param(
         [USER_HI, {"role": "assistant", "content": None, "refusal": "I can't."}],
         OPENAI,
-        [HI_ITEM, {"type": "message", "role": "assistant",
-                   "content": [{"type": "refusal", "refusal": "I can't."}]}],
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "I can't."}],
         None,
         id="assistant-refusal-field",
     ),
     pytest.param(
         [USER_HI, {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}],
         OPENAI,
-        [HI_ITEM, {"type": "message", "role": "assistant",
-                   "content": [{"type": "refusal", "refusal": "No."}]}],
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "No."}],
         None,
         id="assistant-refusal-part",
+    ),
+    pytest.param(  # text and refusal parts: one string, in order
+        [USER_HI, {"role": "assistant", "content": [{"type": "text", "text": "Well. "},
+                                                    {"type": "refusal", "refusal": "No."}]}],
+        OPENAI,
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "Well. No."}],
+        None,
+        id="assistant-text-and-refusal",
     ),
     pytest.param(
         [USER_HI, {"role": "assistant", "content": "Running both.", "tool_calls": [
@@ -175,8 +180,7 @@ MESSAGE_ROWS = [
         ]}],
         OPENAI,
         [HI_ITEM,
-         {"type": "message", "role": "assistant",
-          "content": [{"type": "output_text", "text": "Running both."}]},
+         {"type": "message", "role": "assistant", "content": "Running both."},
          {"type": "function_call", "call_id": "call_1", "name": "shell", "arguments": "{\"c\":1}"},
          {"type": "function_call", "call_id": "call_2", "name": "read", "arguments": "{}"}],
         None,
@@ -205,8 +209,7 @@ MESSAGE_ROWS = [
         [{"role": "user", "content": "hi", "name": "alice"},
          {"role": "assistant", "content": "yo", "name": "bot"}],
         OPENAI,
-        [HI_ITEM, {"type": "message", "role": "assistant",
-                   "content": [{"type": "output_text", "text": "yo"}]}],
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "yo"}],
         None,
         id="name-dropped",
     ),
@@ -226,6 +229,9 @@ MESSAGE_ROWS = [
 ]  # fmt: skip
 
 
+RESPONSE_INPUT: TypeAdapter[Any] = TypeAdapter(ResponseInputParam)
+
+
 @pytest.mark.parametrize(("messages", "opts", "expected", "instructions"), MESSAGE_ROWS)
 def test_message_rows(
     messages: list[Any], opts: TranslateOptions, expected: list[Any], instructions: Any
@@ -234,6 +240,9 @@ def test_message_rows(
     assert body["input"] == expected
     assert body.get("instructions") == instructions
     assert all("id" not in item for item in body["input"])  # never invent an item id
+    # every item a valid input item as the openai SDK types it (servers such as
+    # vLLM check input against these types)
+    RESPONSE_INPUT.validate_python(body["input"])
 
 
 def test_unknown_content_part_names_the_path() -> None:
@@ -682,16 +691,14 @@ def test_goose_shaped_round_trip() -> None:
             {"type": "input_image", "image_url": PNG, "detail": "auto"},
             {"type": "input_file", "file_data": PDF, "filename": "doc.pdf"},
         ]},
-        {"type": "message", "role": "assistant",
-         "content": [{"type": "output_text", "text": "Let me look."}]},
+        {"type": "message", "role": "assistant", "content": "Let me look."},
         {"type": "function_call", "call_id": "call_a", "name": "developer__shell",
          "arguments": "{\"command\":\"ls\"}"},
         {"type": "function_call_output", "call_id": "call_a", "output": "a.png\ndoc.pdf"},
         {"type": "function_call", "call_id": "call_b", "name": "developer__shell",
          "arguments": "{\"command\":\"file a.png\"}"},
         {"type": "function_call_output", "call_id": "call_b", "output": "a.png: PNG image"},
-        {"type": "message", "role": "assistant",
-         "content": [{"type": "output_text", "text": "A PNG image and a PDF."}]},
+        {"type": "message", "role": "assistant", "content": "A PNG image and a PDF."},
         user("Thanks! Now summarise."),
     ]  # fmt: skip
     assert "instructions" not in got.body  # Lightspeed keeps its own system prompt
