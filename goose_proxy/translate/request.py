@@ -226,9 +226,15 @@ def _function_tool(fn: Mapping[str, Any], path: str) -> dict[str, Any]:
     if description is not None:
         tool["description"] = description
     parameters = get_object(fn, "parameters", path)
-    tool["parameters"] = dict(parameters) if parameters is not None else dict(_EMPTY_SCHEMA)
     # Responses treats a missing `strict` as strict; chat treats it as not strict.
-    tool["strict"] = bool(get_bool(fn, "strict", path))
+    strict = bool(get_bool(fn, "strict", path))
+    if parameters is not None:
+        tool["parameters"] = dict(parameters)
+    elif strict:  # strict mode refuses an object schema that allows more properties
+        tool["parameters"] = {**_EMPTY_SCHEMA, "additionalProperties": False, "required": []}
+    else:
+        tool["parameters"] = dict(_EMPTY_SCHEMA)
+    tool["strict"] = strict
     return tool
 
 
