@@ -18,6 +18,8 @@ prompt and asking, as the only user message, to "summarize the conversation
 history provided in the system prompt"; dropped, that history never reached
 the model and Goose carried on from a summary of nothing. A message that only
 names the system prompt ("my app ignores its system prompt") does not count.
+A request of system and developer messages alone keeps them too: dropped,
+the backend would be asked to answer nothing.
 
 Legacy ``function_call`` / ``role: "function"`` messages have no call ids;
 each legacy call gets ``call_id = "legacy_call_<message index>"`` and the next
@@ -66,7 +68,9 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     messages = require_list(messages, "messages")
     if not messages:
         fail("messages", "must contain at least one message")
-    if system_mode == "drop" and points_into_the_system_prompt(messages):
+    if system_mode == "drop" and (
+        points_into_the_system_prompt(messages) or _system_only(messages)
+    ):
         system_mode = "input"  # see the module's docstring
     items: list[Item] = []
     instructions: list[str] = []
@@ -104,6 +108,12 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
         else:
             fail(at(path, "role"), f"unknown role {role!r}")
     return items, ("\n\n".join(instructions) if instructions else None)
+
+
+def _system_only(messages: list[Any]) -> bool:
+    return all(
+        isinstance(msg, Mapping) and msg.get("role") in ("system", "developer") for msg in messages
+    )
 
 
 def points_into_the_system_prompt(messages: list[Any]) -> bool:

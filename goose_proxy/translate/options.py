@@ -162,8 +162,8 @@ def _apply_system_messages(body: dict[str, Any], mode: str) -> None:
     """``[translate] system_messages`` on a passthrough body's ``input`` items, as
     for chat: ``drop`` leaves out system and developer messages (unless the
     newest user message points "in the system prompt", as Goose's compaction
-    does), ``instructions`` moves their text into ``instructions`` (after the
-    client's own), ``input`` keeps them."""
+    does, or nothing else would be left), ``instructions`` moves their text
+    into ``instructions`` (after the client's own), ``input`` keeps them."""
     items = body.get("input")
     if mode == "input" or not isinstance(items, list):
         return
@@ -180,7 +180,7 @@ def _apply_system_messages(body: dict[str, Any], mode: str) -> None:
             texts += [t for t in texts_of(item.get("content")) if t]
         else:
             kept.append(item)
-    if len(kept) == len(items):
+    if len(kept) == len(items) or (mode == "drop" and not kept):
         return
     body["input"] = kept
     if mode == "instructions" and texts:

@@ -96,6 +96,17 @@ MESSAGE_ROWS = [
         None,
         id="developer-drop-default",
     ),
+    pytest.param(  # nothing but system and developer messages: kept, else nothing is asked
+        [{"role": "system", "content": "Write a haiku about RHEL."},
+         {"role": "developer", "content": "Short lines."}],
+        LIGHTSPEED,
+        [{"type": "message", "role": "system",
+          "content": [{"type": "input_text", "text": "Write a haiku about RHEL."}]},
+         {"type": "message", "role": "developer",
+          "content": [{"type": "input_text", "text": "Short lines."}]}],
+        None,
+        id="system-only-drop-keeps-them",
+    ),
     pytest.param(
         [{"role": "system", "content": "Reply in JSON."}, USER_HI],
         OPENAI,
@@ -889,3 +900,9 @@ def test_the_passthrough_keeps_the_system_prompt_goose_compacts_from() -> None:
     ask = {"role": "user", "content": [{"type": "input_text", "text": text}]}
     body, _ = prepare_passthrough({"input": [GOOSE_SYSTEM, ask]}, LIGHTSPEED)
     assert body["input"] == [GOOSE_SYSTEM, ask]
+
+
+def test_the_passthrough_keeps_system_messages_that_are_all_it_has() -> None:
+    # dropped, the backend would be asked to answer nothing
+    body, _ = prepare_passthrough({"input": [GOOSE_SYSTEM]}, LIGHTSPEED)
+    assert body["input"] == [GOOSE_SYSTEM]
