@@ -75,7 +75,15 @@ class _Item:
             elif self.indices("reasoning") or self.indices("summary"):
                 itype = item["type"] = "reasoning"
         if itype == "function_call" and (self.pieces or self.finals):
-            item["arguments"] = self.text("args", 0)
+            arguments = self.text("args", 0)
+            announced = item.get("arguments")
+            if (
+                ("args", 0) not in self.finals
+                and isinstance(announced, str)
+                and announced.startswith(arguments)
+            ):
+                arguments = announced  # the deltas its start: as the chat stream sends it
+            item["arguments"] = arguments
         elif itype == "message":
             item.setdefault("type", "message")
             item.setdefault("role", "assistant")
@@ -169,9 +177,13 @@ class ResponseAccumulator:
             if isinstance(piece, str) and piece:
                 kind, field = delta
                 item_id = event.get("item_id")
-                last = self._last_of.get(_ITEM_OF[kind])
-                if not isinstance(item_id, str) and "output_index" not in event and last:
-                    slot = last  # a delta that names neither: the item of its type last seen
+                if not isinstance(item_id, str) and "output_index" not in event:
+                    # a delta that names neither: the item of its type last seen while
+                    # it is not done, else one of its own that later such deltas join
+                    last = self._last_of.get(_ITEM_OF[kind])
+                    if last is None or last.done:
+                        last = self._last_of[_ITEM_OF[kind]] = self._slot(event)
+                    slot = last
                 else:
                     slot = self._slot(event, item_id)
                 index = event.get(field, 0) if field else 0

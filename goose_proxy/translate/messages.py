@@ -260,8 +260,9 @@ def _assistant_items(
     # reasoning_content is accepted and deliberately not forwarded (module docstring)
 
     items: list[Item] = []
-    if parts:
-        items.append({"type": "message", "role": "assistant", "content": _as_content(parts)})
+    text = _as_content(parts)
+    if text:
+        items.append({"type": "message", "role": "assistant", "content": text})
     tool_calls = msg.get("tool_calls")
     if tool_calls is not None:
         tpath = at(path, "tool_calls")

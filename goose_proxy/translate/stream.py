@@ -70,6 +70,8 @@ _END_USAGE_NULL = b'}],"usage":null}\n\n'
 _ENDED_EARLY = "upstream stream ended early (no terminal event)"
 #: characters of streamed text kept to tell a repeated final part from a new one
 KEPT_TEXT = 256 * 1024
+#: the key of a delta that names neither its item nor its output index
+_PLACELESS = "#-1"
 
 Out = list[bytes]
 
@@ -132,8 +134,13 @@ class StreamTranslator:
         self._kept = 0
         self._place_key: dict[tuple[int, int], str] = {}  # the first key that streamed there
         self._claimed: set[tuple[int, int]] = set()  # places a final part was matched with
-        #: the item ids of the terminal event's output, while it is gone through
-        self._final_ids: Optional[set[str]] = None
+        #: other texts final parts showed at a place (not what streamed there)
+        self._also_shown: dict[tuple[int, int], set[str]] = {}
+        #: while the terminal event's output is gone through: by content index, the
+        #: places (and their text) that streamed under an item id the output does
+        #: not hold, in order
+        self._orphans: Optional[dict[int, list[tuple[tuple[int, int], str]]]] = None
+        self._final_ids: set[str] = set()  # ... and the item ids it holds
         self._text_at: list[str] = []  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
@@ -442,10 +449,14 @@ class StreamTranslator:
     def _place(self, event: Mapping[str, Any], part: tuple[str, int]) -> list[str]:
         """Where the deltas of ``part`` (``event`` is one of them) are kept: by its
         ``output_index``, else by the index its item was announced at, else (a
-        delta that names neither) at output index -1."""
+        delta that names neither item nor index) at output index -1; a delta of
+        an item named but never placed is kept nowhere (its own final part is
+        known by its key)."""
         index = event.get("output_index")
         if type(index) is not int or index < 0:
             index = self._key_index.get(part[0], -1)
+            if index < 0 and part[0] != _PLACELESS:
+                return []
         place = (index, part[1])
         self._place_key.setdefault(place, part[0])
         return self._streamed_at.setdefault(place, [])
@@ -460,9 +471,9 @@ class StreamTranslator:
         ``key`` at output index ``index``; at -1 and -2 a reasoning item's text
         and summary) did not stream under another key at the same place: all of
         it when nothing or something else did, the rest when its start did, ""
-        when all of it did. Then ``text`` is what the client saw at that place: a
-        final part under yet another key there (a terminal output that renames
-        its items after their ``.done`` events showed them) is compared with it."""
+        when all of it did. What a final part showed there counts as streamed
+        there from then on (a terminal output may rename items whose ``.done``
+        events showed them)."""
         if index < 0:
             index = self._key_index.get(key, -1)
         if index < 0:
@@ -470,42 +481,48 @@ class StreamTranslator:
             return self._not_yet_sent_unplaced(at, text) if rest is None else rest
         place = (index, at)
         streamed = self._streamed_at.get(place)
+        if streamed and self._place_key.get(place, key) != key:
+            if self._place_key[place] in self._final_ids:
+                streamed = None  # another item's text, and that item is elsewhere in the output
         if not streamed:
             rest = self._not_yet_sent_orphan(at, text)
             if rest is None:
                 rest = self._not_yet_sent_unplaced(at, text)
-        elif not text.startswith("".join(streamed)):
-            rest = text  # not what streamed there: new, and shown (a shield's words)
-        elif self._kept < KEPT_TEXT:
-            rest = text[len("".join(streamed)) :]
-        else:  # past KEPT_TEXT only the start was kept: taken as the same
+            run = self._streamed_at.setdefault(place, [])
+            if run:
+                self._also_shown.setdefault(place, set()).add(text)
+            elif self._kept < KEPT_TEXT:
+                self._kept += len(text)
+                run.append(text)  # in place: see _keep
+        elif text.startswith("".join(streamed)):
+            # past KEPT_TEXT only the start was kept: taken as the same
+            rest = text[len("".join(streamed)) :] if self._kept < KEPT_TEXT else ""
+            if rest and self._kept < KEPT_TEXT:
+                self._kept += len(rest)
+                streamed.append(rest)
+        elif text in self._also_shown.get(place, ()):
             rest = ""
-        if self._kept < KEPT_TEXT:
-            self._kept += len(text)
-            self._streamed_at.setdefault(place, [])[:] = [text]  # in place: see _keep
+        else:
+            rest = text  # not what streamed there: new, and shown (a shield's words)
+            self._also_shown.setdefault(place, set()).add(text)
         self._place_key.setdefault(place, key)
         self._claimed.add(place)
         return rest
 
     def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:
         """In the terminal event's output, for a part with nothing streamed at its
-        place: the rest of ``text`` after the text that streamed at another place
-        under an item id the output does not hold (a backend that renamed and moved
-        its message at the end), that place then taken; None when no such text
-        starts ``text``."""
-        final = self._final_ids
-        if final is None:
+        place: the rest of ``text`` after the first text not yet taken that
+        streamed at another place under an item id the output does not hold (a
+        backend that renamed and moved its message at the end), that place then
+        taken; None when there is none or it does not start ``text``."""
+        candidates = self._orphans.get(at) if self._orphans is not None else None
+        while candidates and candidates[-1][0] in self._claimed:
+            candidates.pop()
+        if not candidates or not text.startswith(candidates[-1][1]):
             return None
-        for place, streamed in self._streamed_at.items():
-            if place[1] != at or place[0] < 0 or not streamed or place in self._claimed:
-                continue
-            if self._place_key.get(place) in final:
-                continue  # the item is in the output: its own final part is there
-            seen = "".join(streamed)
-            if text.startswith(seen):
-                self._claimed.add(place)
-                return text[len(seen) :] if self._kept < KEPT_TEXT else ""
-        return None
+        place, seen = candidates.pop()
+        self._claimed.add(place)
+        return text[len(seen) :] if self._kept < KEPT_TEXT else ""
 
     def _not_yet_sent_unplaced(self, at: int, text: str) -> str:
         """The same for deltas that named neither their item nor its index: one
@@ -589,6 +606,17 @@ class StreamTranslator:
                 out.append(self._chunk({"reasoning_content": rest}))
         return key
 
+    def _orphan_runs(self, final_ids: set[str]) -> dict[int, list[tuple[tuple[int, int], str]]]:
+        """For :meth:`_not_yet_sent_orphan`: by content index, last first, the
+        places not yet taken whose text streamed under an id not in ``final_ids``."""
+        runs: dict[int, list[tuple[tuple[int, int], str]]] = {}
+        for place in sorted(self._streamed_at, reverse=True):
+            streamed = self._streamed_at[place]
+            if place[0] >= 0 and streamed and place not in self._claimed:
+                if self._place_key.get(place) not in final_ids:
+                    runs.setdefault(place[1], []).append((place, "".join(streamed)))
+        return runs
+
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:
         response = event.get("response")
         if not isinstance(response, JSON_OBJECT):
@@ -613,6 +641,7 @@ class StreamTranslator:
             if isinstance(item, JSON_OBJECT)
         ]
         self._final_ids = {item["id"] for _, item in items if isinstance(item.get("id"), str)}
+        self._orphans = self._orphan_runs(self._final_ids)
         finals = {self._item_done(item, i, out): item for i, item in items}
         self._fragments(self._calls.close(finals), out)
         self._release_halves(out)

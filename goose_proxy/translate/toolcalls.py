@@ -21,11 +21,14 @@ the argument deltas of parallel calls. So the queue lets exactly one call be
 * at the terminal event every remaining call is flushed in order.
 
 A call whose ``call_id`` and ``name`` are still unknown (deltas without an
-``output_item.added``, or an item announced without a ``call_id``) blocks the
-queue until its ``output_item.done`` or the terminal response supplies them
-(the item's ``id`` stands in for a ``call_id`` the item never has, as in a
-JSON answer); if nothing ever does it is skipped, because a tool call without
-an id cannot be answered.
+``output_item.added``, or an item announced without a ``call_id`` or with an
+empty name) blocks the queue until its ``output_item.done`` or the terminal
+response supplies them (the item's ``id`` stands in for a ``call_id`` the
+item never has, as in a JSON answer). At the terminal event a
+``function_call`` item that nothing named goes out with an empty name, as in
+a JSON answer; argument events of no ``function_call`` item (a backend's own
+search or MCP call) are skipped, and so is a call without any id, which
+cannot be answered.
 """
 
 from __future__ import annotations
@@ -173,6 +176,8 @@ class ToolCallQueue:
         events of no such item (a backend's own search) go nowhere."""
         for key, call in self._by_key.items():
             item = items.get(key)
+            if item is not None and item.get("type") != "function_call":
+                item = None  # the backend's own work (a search, an MCP call): not the client's
             if item is not None:
                 call.call_id = call.call_id or call_id_of(item)
                 call.name = call.name or str_or_none(item.get("name")) or None

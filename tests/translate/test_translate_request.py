@@ -174,6 +174,13 @@ MESSAGE_ROWS = [
         None,
         id="assistant-refusal-part",
     ),
+    pytest.param(  # an empty refusal and no text: no item
+        [USER_HI, {"role": "assistant", "content": [{"type": "refusal", "refusal": ""}]}],
+        OPENAI,
+        [HI_ITEM],
+        None,
+        id="assistant-empty-refusal",
+    ),
     pytest.param(  # text and refusal parts: one string, in order
         [USER_HI, {"role": "assistant", "content": [{"type": "text", "text": "Well. "},
                                                     {"type": "refusal", "refusal": "No."}]}],

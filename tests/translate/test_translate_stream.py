@@ -492,6 +492,8 @@ def _call_added_with(**fields: Any) -> dict[str, Any]:
 
 
 _ARGS = '{"city": "Brno"}'
+_MCP_CALL = {"type": "mcp_call", "id": "mcp_1", "name": "search", "server_label": "s",
+             "arguments": "{}", "output": "found"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -531,6 +533,32 @@ _ARGS = '{"city": "Brno"}'
              msg_done([_part("Hello")]), completed()],
             {"content": "Hello"},
             id="placeless-deltas-of-a-done-message",
+        ),
+        pytest.param(  # a placeless delta after its message is done: a message of its own
+            [msg_added(), text_delta("A"), msg_done([_part("A")]), _placeless(text_delta("B")),
+             completed()],
+            {"content": "AB"},
+            id="placeless-delta-after-its-message-is-done",
+        ),
+        pytest.param(  # deltas under an item id but no index, then a shield's message
+            [{k: v for k, v in text_delta("OK", item="A").items() if k != "output_index"},
+             completed([msg_done([_part("OK")], item="A")["item"],
+                        msg_done([_part("OK.")], item="B", index=1)["item"]])],
+            {"content": "OKOK."},
+            id="named-unplaced-deltas-then-another-message",
+        ),
+        pytest.param(  # argument events of the backend's own MCP call: no tool call
+            [{"type": "response.function_call_arguments.delta", "item_id": "mcp_1",
+              "output_index": 0, "delta": "{}"},
+             {"type": "response.output_item.done", "output_index": 0, "item": _MCP_CALL},
+             completed([_MCP_CALL])],
+            {"tool_calls": []},
+            id="an-mcp-calls-argument-events",
+        ),
+        pytest.param(  # arguments announced, their start streamed, no end
+            [_call_added_with(arguments=_ARGS), args_delta("fc_1", _ARGS[:5], 0), completed()],
+            {"tool_calls": [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]},
+            id="arguments-announced-and-their-start-streamed",
         ),
         pytest.param(  # a refusal of an item never announced
             [{"type": "response.refusal.delta", "item_id": "msg_x", "output_index": 0,
@@ -1260,6 +1288,15 @@ def _final(item: Optional[str], text: str) -> dict[str, Any]:
             [msg_added("A"), msg_done([_part("Shield says no.")], item="A"),
              completed([_final("A_final", "Shield says no.")])],
             "Shield says no.", id="shown-by-done-then-renamed",
+        ),
+        pytest.param(  # the streamed item moved, a new one at its place starts the same
+            [text_delta("Hi", item="A"), completed([_final("Z", "Hi there"), _final("A", "Hi")])],
+            "HiHi there", id="moved-and-a-new-one-starting-the-same-at-its-place",
+        ),
+        pytest.param(  # another item done at the streamed one's index, then one renamed
+            [msg_added("A"), text_delta("First.", item="A"), msg_done([_part("Second.")], item="B"),
+             completed([_final("A2", "First."), _final("B", "Second.")])],
+            "First.Second.", id="done-at-the-wrong-index-then-renamed",
         ),
         pytest.param(  # a second item done at the first's (wrong) index
             [msg_added("msg_a"), text_delta("First.", item="msg_a"),

@@ -168,6 +168,11 @@ def scenarios(draw: Any) -> Scenario:
             if labelled.event["type"].endswith(".delta"):
                 labelled.event = {k: v for k, v in labelled.event.items()
                                   if k not in ("item_id", "output_index")}  # fmt: skip
+    if draw(st.booleans()):
+        # deltas that name their item but not its index
+        for labelled in (e for events in per_item for e in events):
+            if labelled.event["type"].endswith(".delta") and "item_id" in labelled.event:
+                labelled.event = {k: v for k, v in labelled.event.items() if k != "output_index"}
     merged: list[Labelled] = []
     while any(per_item):
         live = [i for i, q in enumerate(per_item) if q]
