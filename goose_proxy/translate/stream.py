@@ -80,6 +80,28 @@ def _int(value: Any, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+Place = tuple[int, int]  # (output_index, content_index)
+
+
+class _Places:
+    """What the stream knows of its places beyond their text (see
+    ``StreamTranslator._streamed_at``); apart, so that the translator's own
+    attributes stay few enough for CPython's fast attribute access."""
+
+    __slots__ = ("also_shown", "claimed", "final_ids", "orphans", "place_key")
+
+    def __init__(self) -> None:
+        self.place_key: dict[Place, str] = {}  # the first key that streamed there
+        self.claimed: set[Place] = set()  # places a final part was matched with
+        #: other texts final parts showed at a place (not what streamed there)
+        self.also_shown: dict[Place, set[str]] = {}
+        #: while the terminal event's output is gone through: by content index,
+        #: the places (and their text) that streamed under an item id the output
+        #: does not hold, last first
+        self.orphans: Optional[dict[int, list[tuple[Place, str]]]] = None
+        self.final_ids: set[str] = set()  # ... and the item ids it holds
+
+
 class StreamTranslator:
     """Translate one Responses event stream into chat completion chunks.
 
@@ -132,15 +154,7 @@ class StreamTranslator:
         #: At most KEPT_TEXT characters in all are kept (``_kept``)
         self._streamed_at: dict[tuple[int, int], list[str]] = {}
         self._kept = 0
-        self._place_key: dict[tuple[int, int], str] = {}  # the first key that streamed there
-        self._claimed: set[tuple[int, int]] = set()  # places a final part was matched with
-        #: other texts final parts showed at a place (not what streamed there)
-        self._also_shown: dict[tuple[int, int], set[str]] = {}
-        #: while the terminal event's output is gone through: by content index, the
-        #: places (and their text) that streamed under an item id the output does
-        #: not hold, in order
-        self._orphans: Optional[dict[int, list[tuple[tuple[int, int], str]]]] = None
-        self._final_ids: set[str] = set()  # ... and the item ids it holds
+        self._places = _Places()
         self._text_at: list[str] = []  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
@@ -458,7 +472,7 @@ class StreamTranslator:
             if index < 0 and part[0] != _PLACELESS:
                 return []
         place = (index, part[1])
-        self._place_key.setdefault(place, part[0])
+        self._places.place_key.setdefault(place, part[0])
         return self._streamed_at.setdefault(place, [])
 
     def _keep(self, place: list[str], delta: str) -> None:
@@ -481,8 +495,8 @@ class StreamTranslator:
             return self._not_yet_sent_unplaced(at, text) if rest is None else rest
         place = (index, at)
         streamed = self._streamed_at.get(place)
-        if streamed and self._place_key.get(place, key) != key:
-            if self._place_key[place] in self._final_ids:
+        if streamed and self._places.place_key.get(place, key) != key:
+            if self._places.place_key[place] in self._places.final_ids:
                 streamed = None  # another item's text, and that item is elsewhere in the output
         if not streamed:
             rest = self._not_yet_sent_orphan(at, text)
@@ -490,7 +504,7 @@ class StreamTranslator:
                 rest = self._not_yet_sent_unplaced(at, text)
             run = self._streamed_at.setdefault(place, [])
             if run:
-                self._also_shown.setdefault(place, set()).add(text)
+                self._places.also_shown.setdefault(place, set()).add(text)
             elif self._kept < KEPT_TEXT:
                 self._kept += len(text)
                 run.append(text)  # in place: see _keep
@@ -500,13 +514,13 @@ class StreamTranslator:
             if rest and self._kept < KEPT_TEXT:
                 self._kept += len(rest)
                 streamed.append(rest)
-        elif text in self._also_shown.get(place, ()):
+        elif text in self._places.also_shown.get(place, ()):
             rest = ""
         else:
             rest = text  # not what streamed there: new, and shown (a shield's words)
-            self._also_shown.setdefault(place, set()).add(text)
-        self._place_key.setdefault(place, key)
-        self._claimed.add(place)
+            self._places.also_shown.setdefault(place, set()).add(text)
+        self._places.place_key.setdefault(place, key)
+        self._places.claimed.add(place)
         return rest
 
     def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:
@@ -515,13 +529,13 @@ class StreamTranslator:
         streamed at another place under an item id the output does not hold (a
         backend that renamed and moved its message at the end), that place then
         taken; None when there is none or it does not start ``text``."""
-        candidates = self._orphans.get(at) if self._orphans is not None else None
-        while candidates and candidates[-1][0] in self._claimed:
+        candidates = self._places.orphans.get(at) if self._places.orphans is not None else None
+        while candidates and candidates[-1][0] in self._places.claimed:
             candidates.pop()
         if not candidates or not text.startswith(candidates[-1][1]):
             return None
         place, seen = candidates.pop()
-        self._claimed.add(place)
+        self._places.claimed.add(place)
         return text[len(seen) :] if self._kept < KEPT_TEXT else ""
 
     def _not_yet_sent_unplaced(self, at: int, text: str) -> str:
@@ -612,8 +626,8 @@ class StreamTranslator:
         runs: dict[int, list[tuple[tuple[int, int], str]]] = {}
         for place in sorted(self._streamed_at, reverse=True):
             streamed = self._streamed_at[place]
-            if place[0] >= 0 and streamed and place not in self._claimed:
-                if self._place_key.get(place) not in final_ids:
+            if place[0] >= 0 and streamed and place not in self._places.claimed:
+                if self._places.place_key.get(place) not in final_ids:
                     runs.setdefault(place[1], []).append((place, "".join(streamed)))
         return runs
 
@@ -640,8 +654,10 @@ class StreamTranslator:
             for i, item in enumerate(output if isinstance(output, list) else ())
             if isinstance(item, JSON_OBJECT)
         ]
-        self._final_ids = {item["id"] for _, item in items if isinstance(item.get("id"), str)}
-        self._orphans = self._orphan_runs(self._final_ids)
+        self._places.final_ids = {
+            item["id"] for _, item in items if isinstance(item.get("id"), str)
+        }
+        self._places.orphans = self._orphan_runs(self._places.final_ids)
         finals = {self._item_done(item, i, out): item for i, item in items}
         self._fragments(self._calls.close(finals), out)
         self._release_halves(out)

