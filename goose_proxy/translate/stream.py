@@ -485,9 +485,9 @@ class StreamTranslator:
         ``key`` at output index ``index``; at -1 and -2 a reasoning item's text
         and summary) did not stream under another key at the same place: all of
         it when nothing or something else did, the rest when its start did, ""
-        when all of it did. What a final part showed there counts as streamed
-        there from then on (a terminal output may rename items whose ``.done``
-        events showed them)."""
+        when all of it did. What a final part showed there counts as shown there
+        from then on, beside what streamed there when it differed (a terminal
+        output may rename items whose ``.done`` events showed them)."""
         if index < 0:
             index = self._key_index.get(key, -1)
         if index < 0:
@@ -508,9 +508,9 @@ class StreamTranslator:
             elif self._kept < KEPT_TEXT:
                 self._kept += len(text)
                 run.append(text)  # in place: see _keep
-        elif text.startswith("".join(streamed)):
+        elif text.startswith(seen := "".join(streamed)):
             # past KEPT_TEXT only the start was kept: taken as the same
-            rest = text[len("".join(streamed)) :] if self._kept < KEPT_TEXT else ""
+            rest = text[len(seen) :] if self._kept < KEPT_TEXT else ""
             if rest and self._kept < KEPT_TEXT:
                 self._kept += len(rest)
                 streamed.append(rest)
@@ -620,10 +620,10 @@ class StreamTranslator:
                 out.append(self._chunk({"reasoning_content": rest}))
         return key
 
-    def _orphan_runs(self, final_ids: set[str]) -> dict[int, list[tuple[tuple[int, int], str]]]:
+    def _orphan_runs(self, final_ids: set[str]) -> dict[int, list[tuple[Place, str]]]:
         """For :meth:`_not_yet_sent_orphan`: by content index, last first, the
         places not yet taken whose text streamed under an id not in ``final_ids``."""
-        runs: dict[int, list[tuple[tuple[int, int], str]]] = {}
+        runs: dict[int, list[tuple[Place, str]]] = {}
         for place in sorted(self._streamed_at, reverse=True):
             streamed = self._streamed_at[place]
             if place[0] >= 0 and streamed and place not in self._places.claimed:
