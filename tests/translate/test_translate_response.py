@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from openai.types.chat import ChatCompletion
-from translate_testkit import capture_events, fixture_json
+from translate_testkit import accumulate, capture_events, fixture_json
 
 from goose_proxy.errors import (
     ContextLengthExceeded,
@@ -345,13 +345,6 @@ def test_finished_responses_pass_the_check() -> None:
 
 STREAM_CAPTURES = ["lcs_stream_text.sse", "lcs_stream_tool.sse", "lcs_stream_tool_followup.sse",
                    "ogx_stream_text.sse"]  # fmt: skip
-
-
-def accumulate(events: list[dict[str, Any]]) -> dict[str, Any]:
-    acc = ResponseAccumulator()
-    for event in events:
-        acc.feed(event)
-    return acc.result()
 
 
 @pytest.mark.parametrize("name", STREAM_CAPTURES)

@@ -9,6 +9,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk, ChatCompletionTokenLogprob
 from translate_testkit import (
+    accumulate,
     capture_events,
     chunks_of,
     deltas,
@@ -29,7 +30,6 @@ from goose_proxy.errors import (
     UpstreamTimeout,
 )
 from goose_proxy.translate import (
-    ResponseAccumulator,
     StreamTranslator,
     events_from_response,
     responses_to_chat,
@@ -304,10 +304,7 @@ def test_a_call_without_call_id_is_answered_by_its_item_id(
     _, parsed = run(events)
     assert tool_calls_of(parsed) == [{"id": "fc_0", "name": "shell", "arguments": '{"c":"ls"}'}]
     assert finish_reasons(parsed) == ["tool_calls"]
-    acc = ResponseAccumulator()
-    for event in events:
-        acc.feed(event)
-    chat = responses_to_chat(acc.result(), "m")
+    chat = responses_to_chat(accumulate(events), "m")
     assert chat["choices"][0]["message"]["tool_calls"][0]["id"] == "fc_0"
 
 
@@ -402,11 +399,8 @@ def test_failure_after_output_is_an_error_frame(event: Any) -> None:
 
 def _collected(events: list[dict[str, Any]]) -> Any:
     """The answer to a client that did not stream: a chat completion, or the error."""
-    acc = ResponseAccumulator()
-    for event in events:
-        acc.feed(event)
     try:
-        return responses_to_chat(acc.result(), "m")
+        return responses_to_chat(accumulate(events), "m")
     except ProxyError as e:
         return e
 
@@ -921,10 +915,7 @@ def test_the_backends_own_search_is_not_a_tool_call_for_the_client() -> None:
     _, parsed = run(events)
     assert tool_calls_of(parsed) == [] and finish_reasons(parsed) == ["stop"]
     assert text_of(parsed) == "answer"
-    acc = ResponseAccumulator()
-    for event in events:
-        acc.feed(event)
-    assert "tool_calls" not in responses_to_chat(acc.result(), "m")["choices"][0]["message"]
+    assert "tool_calls" not in responses_to_chat(accumulate(events), "m")["choices"][0]["message"]
 
 
 def test_a_held_surrogate_half_is_not_lost_when_the_stream_breaks() -> None:

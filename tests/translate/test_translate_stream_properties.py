@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
-from translate_testkit import chunks_of, deltas, parse_frames
+from translate_testkit import accumulate, chunks_of, deltas, parse_frames
 
 from goose_proxy.errors import ContextLengthExceeded, ProxyError, RateLimited, UpstreamError
-from goose_proxy.translate import ResponseAccumulator, StreamTranslator, responses_to_chat
+from goose_proxy.translate import StreamTranslator, responses_to_chat
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
 PIECES = st.lists(TEXT, max_size=4)
@@ -339,11 +339,8 @@ def check_collected_the_same(s: Scenario, end: Any, snapshot: Any) -> None:
     shows interleaved items and parts in the order their events came, the
     collected answer item by item: text is compared whole where one part said
     it all."""
-    acc = ResponseAccumulator()
-    for labelled in s.events:
-        acc.feed(labelled.event)
-    acc.feed(end)
-    choice = responses_to_chat(acc.result(), "goose-model")["choices"][0]
+    events = [labelled.event for labelled in s.events]
+    choice = responses_to_chat(accumulate([*events, end]), "goose-model")["choices"][0]
     message, streamed = choice["message"], snapshot.choices[0].message
     assert choice["finish_reason"] == snapshot.choices[0].finish_reason
     calls = sorted((c["id"], c["function"]["name"], c["function"]["arguments"])

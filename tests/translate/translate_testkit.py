@@ -1,4 +1,4 @@
-"""Small helpers for the translate tests: fixture access and SSE parsing.
+"""Small helpers for the translate tests: fixture access, SSE parsing, collecting.
 
 The SSE parsing here is deliberately independent of the proxy's own code: it
 splits on blank lines and joins ``data:`` lines, as the SSE spec says, so the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
+from goose_proxy.translate import ResponseAccumulator
 from tests.support import FIXTURES
 
 Frame = Union[str, dict[str, Any]]
@@ -105,3 +106,11 @@ def finish_reasons(parsed: list[Frame]) -> list[str]:
         for c in chunks_of(parsed)
         if c["choices"] and c["choices"][0]["finish_reason"] is not None
     ]
+
+
+def accumulate(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Response a client that did not stream is answered from."""
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    return acc.result()
