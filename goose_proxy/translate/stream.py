@@ -495,9 +495,9 @@ class StreamTranslator:
             return self._not_yet_sent_unplaced(at, text) if rest is None else rest
         place = (index, at)
         streamed = self._streamed_at.get(place)
-        if streamed and self._places.place_key.get(place, key) != key:
-            if self._places.place_key[place] in self._places.final_ids:
-                streamed = None  # another item's text, and that item is elsewhere in the output
+        owner = self._places.place_key.get(place, key)
+        if owner != key and owner in self._places.final_ids:
+            streamed = None  # another item's text, and that item is elsewhere in the output
         if not streamed:
             rest = self._not_yet_sent_orphan(at, text)
             if rest is None:
