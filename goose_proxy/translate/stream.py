@@ -88,7 +88,7 @@ class _Places:
     ``StreamTranslator._streamed_at``); apart, so that the translator's own
     attributes stay few enough for CPython's fast attribute access."""
 
-    __slots__ = ("also_shown", "claimed", "final_ids", "orphans", "place_key")
+    __slots__ = ("also_shown", "claimed", "final_ids", "matched", "orphans", "place_key")
 
     def __init__(self) -> None:
         self.place_key: dict[Place, str] = {}  # the first key that streamed there
@@ -100,6 +100,9 @@ class _Places:
         #: does not hold, last first
         self.orphans: Optional[dict[int, list[tuple[Place, str]]]] = None
         self.final_ids: set[str] = set()  # ... and the item ids it holds
+        #: by item key, the final texts matched with what streamed under the
+        #: item at other content indices (see ``_not_yet_sent_misnumbered``)
+        self.matched: dict[str, set[str]] = {}
 
 
 class StreamTranslator:
@@ -480,14 +483,15 @@ class StreamTranslator:
             self._kept += len(delta)
             place.append(delta)
 
-    def _not_yet_sent(self, key: str, index: int, at: int, text: str) -> str:
+    def _not_yet_sent(self, key: str, index: int, at: int, text: str, parts: int = 0) -> str:
         """What of ``text`` (a part at content index ``at`` of the final item
         ``key`` at output index ``index``; at -1 and -2 a reasoning item's text
         and summary) did not stream under another key at the same place: all of
         it when nothing or something else did, the rest when its start did, ""
         when all of it did. What a final part showed there counts as shown there
         from then on, beside what streamed there when it differed (a terminal
-        output may rename items whose ``.done`` events showed them)."""
+        output may rename items whose ``.done`` events showed them). ``parts``:
+        how many parts the final item has, when it is a whole item."""
         if index < 0:
             index = self._key_index.get(key, -1)
         if index < 0:
@@ -499,7 +503,9 @@ class StreamTranslator:
         if owner != key and owner in self._places.final_ids:
             streamed = None  # another item's text, and that item is elsewhere in the output
         if not streamed:
-            rest = self._not_yet_sent_orphan(at, text)
+            rest = self._not_yet_sent_misnumbered(key, index, at, text, parts)
+            if rest is None:
+                rest = self._not_yet_sent_orphan(at, text)
             if rest is None:
                 rest = self._not_yet_sent_unplaced(at, text)
             run = self._streamed_at.setdefault(place, [])
@@ -522,6 +528,41 @@ class StreamTranslator:
         self._places.place_key.setdefault(place, key)
         self._places.claimed.add(place)
         return rest
+
+    def _not_yet_sent_misnumbered(
+        self, key: str, index: int, at: int, text: str, parts: int
+    ) -> Optional[str]:
+        """For a message part with nothing streamed at its place: the rest of
+        ``text`` after what streamed under the same item and output index at
+        content indices that no final part took and the final item (of
+        ``parts`` parts) has no part at, joined in index order; those places
+        then taken. A backend may number a message's parts one way in its
+        deltas and another in its ``.done`` events and final item (vLLM: a
+        message after a reasoning item streams at content index 1, older
+        releases count one index up per delta). A text matched so once shows
+        nothing when another event reports it again. None when nothing
+        streamed there or it does not start ``text``."""
+        places = self._places
+        if at < 0:
+            return None
+        if text in places.matched.get(key, ()):
+            return ""
+        runs = sorted(
+            place
+            for place, owner in places.place_key.items()
+            if owner == key
+            and place[0] == index
+            and place[1] >= parts
+            and place[1] != at
+            and place not in places.claimed
+            and self._streamed_at.get(place)
+        )
+        seen = "".join(piece for place in runs for piece in self._streamed_at[place])
+        if not seen or not text.startswith(seen):
+            return None
+        places.claimed.update(runs)
+        places.matched.setdefault(key, set()).add(text)
+        return text[len(seen) :] if self._kept < KEPT_TEXT else ""
 
     def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:
         """In the terminal event's output, for a part with nothing streamed at its
@@ -562,6 +603,7 @@ class StreamTranslator:
         out: Out,
         logprobs: Any = None,
         index: int = -1,
+        parts: int = 0,
     ) -> None:
         """Send a message part's ``text`` unless it streamed: under its key, or
         at the same place (``index`` is its output_index) under another one
@@ -571,7 +613,7 @@ class StreamTranslator:
         if kind not in ("output_text", "refusal"):
             return
         self._covered.add(part)
-        rest = self._not_yet_sent(part[0], index, part[1], text)
+        rest = self._not_yet_sent(part[0], index, part[1], text, parts)
         if not rest:
             return
         if kind == "refusal":
@@ -593,13 +635,14 @@ class StreamTranslator:
         if itype == "message":
             content = item.get("content")
             if isinstance(content, str):  # Llama Stack allows it (Lightspeed's shield did it)
-                self._unstreamed_part((key, 0), "output_text", content, out, None, index)
-            for j, part in enumerate(content if isinstance(content, list) else ()):
+                self._unstreamed_part((key, 0), "output_text", content, out, None, index, 1)
+            parts = content if isinstance(content, list) else []
+            for j, part in enumerate(parts):
                 if isinstance(part, JSON_OBJECT):
                     kind = part.get("type")
                     text = part.get("text") if kind == "output_text" else part.get("refusal")
                     logprobs = part.get("logprobs")
-                    self._unstreamed_part((key, j), kind, text, out, logprobs, index)
+                    self._unstreamed_part((key, j), kind, text, out, logprobs, index, len(parts))
         elif itype == "function_call":
             fragments = self._calls.finish(
                 (key, self._index_keys.get(index)),

@@ -89,12 +89,18 @@ class ToolCallQueue:
         #: number of calls whose header went out (the next dense index)
         self.emitted = 0
 
-    def find(self, *keys: Optional[str]) -> Optional[_Call]:
+    def find(self, *keys: Optional[str], named: Optional[str] = None) -> Optional[_Call]:
+        """The call under the first known key of ``keys``. An argument event
+        that ``named`` an item is not about a call announced with another id
+        (found by its output index): Llama Stack streams the arguments of its
+        own searches and MCP calls, never announced, at the output index of the
+        client's call."""
         for key in keys:
-            if key is not None:
-                call = self._by_key.get(key)
-                if call is not None:
-                    return call
+            call = self._by_key.get(key) if key is not None else None
+            if call is None:
+                continue
+            if named is None or key == named or call.item_id in (None, named):
+                return call
         return None
 
     def _add(self, key: str, call_id: Optional[str], name: Optional[str]) -> _Call:
@@ -129,7 +135,7 @@ class ToolCallQueue:
         """An argument delta for the call found under the first known key of ``keys``."""
         if not text:
             return []
-        call = self.find(*keys)
+        call = self.find(*keys, named=keys[0])
         if call is None:
             key = next((k for k in keys if k is not None), None)
             if key is None:
@@ -153,8 +159,8 @@ class ToolCallQueue:
         item: bool = False,
     ) -> list[Fragment]:
         """The call's arguments are final (``.done``, or with ``item`` an
-        ``output_item.done``); once per call."""
-        call = self.find(*keys)
+        ``output_item.done``, which may rename the call); once per call."""
+        call = self.find(*keys) if item else self.find(*keys, named=keys[0])
         if call is None:
             key = next((k for k in keys if k is not None), None)
             if key is None:

@@ -490,6 +490,35 @@ _MCP_CALL = {"type": "mcp_call", "id": "mcp_1", "name": "search", "server_label"
              "arguments": "{}", "output": "found"}  # fmt: skip
 
 
+# Llama Stack (and the OGX that Lightspeed Stack runs): every tool call of a
+# model turn at one output index, each under its own item id; only the
+# client's calls are announced, but a search's arguments (and an MCP call's,
+# after their first piece) still stream as function_call_arguments events.
+_SEARCH = '{"query": "rhel"}'
+_FILE_SEARCH = {"type": "file_search_call", "id": "fc_k", "status": "completed",
+                "queries": [_SEARCH], "results": []}  # fmt: skip
+_SHELL = call_item("fc_c", "call_c", "shell", _ARGS)
+_SHELL_CALL = [{"id": "call_c", "name": "shell", "arguments": _ARGS}]
+
+
+def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_v") -> list[Any]:
+    """A message whose deltas ("Hel", "lo") stream at content ``indices`` and
+    whose text is reported again at ``done_at`` (output_text.done, then
+    content_part.done), then as part 0 of its item and of the final output
+    (under ``final_id``): vLLM's numbering."""
+    text = "Hello"
+    events: list[Any] = [msg_added("msg_v")]
+    events += [text_delta(d, item="msg_v", part=i) for d, i in zip(("Hel", "lo"), indices)]
+    kinds = ("response.output_text.done", "response.content_part.done")
+    for kind, at in zip(kinds, done_at):
+        event = {"type": kind, "item_id": "msg_v", "output_index": 0, "content_index": at}
+        events.append({**event, "text": text} if kind.endswith("text.done") else
+                      {**event, "part": _part(text)})  # fmt: skip
+    events.append(msg_done([_part(text)], item="msg_v"))
+    events.append(completed([msg_done([_part(text)], item=final_id)["item"]]))
+    return events
+
+
 @pytest.mark.parametrize(
     ("events", "expected"),
     [
@@ -561,6 +590,63 @@ _MCP_CALL = {"type": "mcp_call", "id": "mcp_1", "name": "search", "server_label"
               "content_index": 0, "refusal": "No."}, completed()],
             {"content": "No.", "refusal": "No."},
             id="refusal-never-announced",
+        ),
+        pytest.param(  # Llama Stack: a search's arguments after the client's call's, one index
+            [call_added("fc_c", "call_c", "shell", 0), args_delta("fc_c", _ARGS, 0),
+             args_delta("fc_k", _SEARCH, 0), args_done("fc_c", _ARGS, 0),
+             args_done("fc_k", _SEARCH, 0),
+             {"type": "response.output_item.done", "output_index": 0, "item": _FILE_SEARCH},
+             call_done("fc_c", "call_c", "shell", _ARGS, 1), completed([_FILE_SEARCH, _SHELL])],
+            {"tool_calls": _SHELL_CALL},
+            id="llama-stack-search-arguments-after-the-call",
+        ),
+        pytest.param(  # ... and before it, the search's .done first
+            [args_delta("fc_k", _SEARCH, 0), call_added("fc_c", "call_c", "shell", 0),
+             args_delta("fc_c", _ARGS[:4], 0), args_delta("fc_c", _ARGS[4:], 0),
+             args_done("fc_k", _SEARCH, 0), args_done("fc_c", _ARGS, 0),
+             completed([_FILE_SEARCH, _SHELL])],
+            {"tool_calls": _SHELL_CALL},
+            id="llama-stack-search-arguments-before-the-call",
+        ),
+        pytest.param(  # a search's empty arguments: its .done alone, before the client's
+            [call_added("fc_c", "call_c", "shell", 0), args_delta("fc_c", _ARGS[:4], 0),
+             args_done("fc_k", "{}", 0), args_delta("fc_c", _ARGS[4:], 0),
+             args_done("fc_c", _ARGS, 0), completed([_FILE_SEARCH, _SHELL])],
+            {"tool_calls": _SHELL_CALL},
+            id="llama-stack-search-done-before-the-calls-end",
+        ),
+        pytest.param(  # an MCP call's later argument pieces, interleaved with the client's
+            [call_added("fc_c", "call_c", "shell", 0), args_delta("fc_c", _ARGS[:4], 0),
+             {"type": "response.mcp_call_arguments.delta", "item_id": "mcp_1",
+              "output_index": 0, "delta": "{"},
+             args_delta("fc_c", _ARGS[4:], 0), args_delta("mcp_1", "}", 0),
+             args_done("fc_c", _ARGS, 0),
+             {"type": "response.output_item.done", "output_index": 0, "item": _MCP_CALL},
+             completed([_MCP_CALL, _SHELL])],
+            {"tool_calls": _SHELL_CALL},
+            id="llama-stack-mcp-arguments-beside-the-call",
+        ),
+        pytest.param(  # vLLM (gpt-oss): a message after a reasoning item streams at index 1
+            _vllm_numbered([1, 1], [1, 1], final_id="msg_renamed"),
+            {"content": "Hello"},
+            id="vllm-message-streamed-at-content-index-1",
+        ),
+        pytest.param(  # older vLLM: one content index up per delta, and per .done event
+            _vllm_numbered([1, 2], [3, 4]),
+            {"content": "Hello"},
+            id="vllm-content-index-per-delta",
+        ),
+        pytest.param(  # the same, cut short: what the deltas did not bring comes once
+            _vllm_numbered([1, 2], [3, 4])[:2] + _vllm_numbered([1, 2], [3, 4])[3:],
+            {"content": "Hello"},
+            id="vllm-content-index-per-delta-cut-short",
+        ),
+        pytest.param(  # a two-part item: a part that never streamed is no misnumbered one
+            [msg_added(), text_delta("Hel"), text_delta("lo"),
+             msg_done([_part("Hello"), _part("Hello again")]),
+             completed([msg_done([_part("Hello"), _part("Hello again")])["item"]])],
+            {"content": "HelloHello again"},
+            id="a-second-part-that-never-streamed",
         ),
         pytest.param(  # a reasoning summary of an item never announced
             [{"type": "response.reasoning_summary_text.delta", "item_id": "rs_1",
