@@ -56,6 +56,12 @@ CONTEXT_LENGTH_PHRASES = (
     "prompt too long",
     "input is too long",
     "exceeds the maximum number of tokens",
+    # vLLM: "The engine prompt length N exceeds the max_model_len M", and "The
+    # decoder prompt (length N) is longer than the maximum model length of M"
+    "max_model_len",
+    "maximum model length",
+    # llama.cpp: "the request exceeds the available context size"
+    "available context size",
 )
 #: lower-case substrings that mean the quota is used up until its period renews
 #: (Lightspeed Stack's words, OpenAI's), unlike a per-minute quota that is a rate limit

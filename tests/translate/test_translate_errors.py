@@ -174,6 +174,15 @@ OPENAI_400 = json.dumps({"error": {"message": "Invalid value for 'x'.", "type":
          "context length exceeded: prompt is too long: 210000 tokens > 200000 maximum"),
         (400, b'{"error":{"message":"too long","code":"context_length_exceeded"}}',
          ContextLengthExceeded, 400, "context length exceeded: too long"),
+        (400, b'{"message":"The engine prompt length 227861 exceeds the max_model_len 131072.'
+              b' Please reduce prompt.","type":"invalid_request_error","param":"input",'
+              b'"code":400}', ContextLengthExceeded, 400,
+         "context length exceeded: The engine prompt length 227861 exceeds the max_model_len"
+         " 131072. Please reduce prompt."),
+        (400, b'{"error":{"code":400,"message":"the request exceeds the available context size,'
+              b' try increasing it","type":"exceed_context_size_error"}}', ContextLengthExceeded,
+         400, "context length exceeded: the request exceeds the available context size, try"
+              " increasing it"),
         (429, b'{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}',
          RateLimited, 429, "Rate limit reached"),
         (500, b'{"detail":"upstream LLM rate limit hit"}', RateLimited, 429,
@@ -287,10 +296,16 @@ def test_event_rows(err: dict[str, Any], cls: type, status: int, code: Optional[
                                 b'"code":"context_length_exceeded"}}'),
         error_from_event({"code": "server_error",
                           "message": "Request does not fit in the model's context window"}),
+        error_from_event({"code": "server_error",
+                          "message": "The decoder prompt (length 140000) is longer than the"
+                                     " maximum model length of 131072. Make sure that"
+                                     " `max_model_len` is no smaller than the number of text"
+                                     " tokens."}),
         error_from_event({"code": "context_length_exceeded", "message": ""}),
         ContextLengthExceeded("what the proxy says itself"),
     ],
-    ids=["413-html", "413-empty", "code-only", "context-window", "no-message", "own"],
+    ids=["413-html", "413-empty", "code-only", "context-window", "vllm-decoder-prompt",
+         "no-message", "own"],
 )  # fmt: skip
 def test_goose_compacts_on_every_context_length_error(err: ProxyError) -> None:
     assert isinstance(err, ContextLengthExceeded) and err.status == 400
