@@ -88,7 +88,7 @@ class _Places:
     ``StreamTranslator._streamed_at``); apart, so that the translator's own
     attributes stay few enough for CPython's fast attribute access."""
 
-    __slots__ = ("also_shown", "claimed", "final_ids", "matched", "orphans", "place_key")
+    __slots__ = ("also_shown", "claimed", "final_ids", "orphans", "place_key")
 
     def __init__(self) -> None:
         self.place_key: dict[Place, str] = {}  # the first key that streamed there
@@ -100,9 +100,6 @@ class _Places:
         #: does not hold, last first
         self.orphans: Optional[dict[int, list[tuple[Place, str]]]] = None
         self.final_ids: set[str] = set()  # ... and the item ids it holds
-        #: by item key, the final texts matched with what streamed under the
-        #: item at other content indices (see ``_not_yet_sent_misnumbered``)
-        self.matched: dict[str, set[str]] = {}
 
 
 class StreamTranslator:
@@ -532,28 +529,24 @@ class StreamTranslator:
     def _not_yet_sent_misnumbered(
         self, key: str, index: int, at: int, text: str, parts: int
     ) -> Optional[str]:
-        """For a message part with nothing streamed at its place: the rest of
-        ``text`` after what streamed under the same item and output index at
-        content indices that no final part took and the final item (of
-        ``parts`` parts) has no part at, joined in index order; those places
-        then taken. A backend may number a message's parts one way in its
-        deltas and another in its ``.done`` events and final item (vLLM: a
-        message after a reasoning item streams at content index 1, older
-        releases count one index up per delta). A text matched so once shows
-        nothing when another event reports it again. None when nothing
-        streamed there or it does not start ``text``."""
+        """For a part of a whole message item (of ``parts`` parts; 0 for a
+        part's own ``.done`` event) with nothing streamed at its place: the rest
+        of ``text`` after what streamed under the same item and output index at
+        content indices the item has no part at and no final part took, joined
+        in index order; those places then taken. vLLM streams a message that
+        follows a reasoning item at content index 1 (and reports it there in
+        its ``.done`` events), while its item has the one part 0. Only a whole
+        item tells such a part from one that never streamed, by how many parts
+        it has. None when nothing streamed there or it does not start ``text``."""
         places = self._places
-        if at < 0:
+        if at < 0 or not parts:
             return None
-        if text in places.matched.get(key, ()):
-            return ""
         runs = sorted(
             place
             for place, owner in places.place_key.items()
             if owner == key
             and place[0] == index
             and place[1] >= parts
-            and place[1] != at
             and place not in places.claimed
             and self._streamed_at.get(place)
         )
@@ -561,7 +554,6 @@ class StreamTranslator:
         if not seen or not text.startswith(seen):
             return None
         places.claimed.update(runs)
-        places.matched.setdefault(key, set()).add(text)
         return text[len(seen) :] if self._kept < KEPT_TEXT else ""
 
     def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:

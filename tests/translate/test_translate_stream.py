@@ -505,7 +505,8 @@ def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_
     """A message whose deltas ("Hel", "lo") stream at content ``indices`` and
     whose text is reported again at ``done_at`` (output_text.done, then
     content_part.done), then as part 0 of its item and of the final output
-    (under ``final_id``): vLLM's numbering."""
+    (under ``final_id``): vLLM's numbering (gpt-oss, a message after a
+    reasoning item: 1 throughout)."""
     text = "Hello"
     events: list[Any] = [msg_added("msg_v")]
     events += [text_delta(d, item="msg_v", part=i) for d, i in zip(("Hel", "lo"), indices)]
@@ -631,15 +632,14 @@ def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_
             {"content": "Hello"},
             id="vllm-message-streamed-at-content-index-1",
         ),
-        pytest.param(  # older vLLM: one content index up per delta, and per .done event
-            _vllm_numbered([1, 2], [3, 4]),
-            {"content": "Hello"},
-            id="vllm-content-index-per-delta",
-        ),
-        pytest.param(  # the same, cut short: what the deltas did not bring comes once
-            _vllm_numbered([1, 2], [3, 4])[:2] + _vllm_numbered([1, 2], [3, 4])[3:],
-            {"content": "Hello"},
-            id="vllm-content-index-per-delta-cut-short",
+        pytest.param(  # a part shown by its .done alone, its item's next part streamed first
+            [msg_added(), text_delta("0", part=1),
+             {"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0,
+              "content_index": 0, "part": _part("0")},
+             msg_done([_part("0"), _part("0")]),
+             completed([msg_done([_part("0"), _part("0")])["item"]])],
+            {"content": "00"},
+            id="a-part-shown-by-its-done-alone-after-the-next-streamed",
         ),
         pytest.param(  # a two-part item: a part that never streamed is no misnumbered one
             [msg_added(), text_delta("Hel"), text_delta("lo"),
