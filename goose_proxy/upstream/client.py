@@ -621,6 +621,23 @@ class UpstreamClient:
         self, conn: Connection, pieces: list[bytes], deadline: float
     ) -> h11.Response:
         """Send the request's ``pieces``; the response head. TimeoutError at ``deadline``."""
+        first = conn.ctx is not None and conn.requests == 0
+        try:
+            return await self._send_and_read_head(conn, pieces, deadline)
+        except UpstreamClosed as e:
+            if not first or conn.received:
+                raise
+            # With TLS 1.3 the server checks our certificate after the handshake;
+            # some servers then just close without sending the alert, or reset the
+            # connection as our request arrives (and the alert is lost).
+            raise UpstreamTLSError(
+                f"backend {self.endpoint.where} closed the connection right after the "
+                "TLS handshake without answering: it probably rejected the client certificate"
+            ) from e
+
+    async def _send_and_read_head(
+        self, conn: Connection, pieces: list[bytes], deadline: float
+    ) -> h11.Response:
         ep = self.endpoint
         # per request: whether a failure may be retried (see _open)
         conn.received = False
@@ -653,13 +670,6 @@ class UpstreamClient:
             except h11.RemoteProtocolError:
                 if not conn.eof:
                     raise
-        if conn.ctx is not None and not conn.received and conn.requests == 1:
-            # With TLS 1.3 the server checks our certificate after the handshake;
-            # some servers then just close without sending the alert.
-            raise UpstreamTLSError(
-                f"backend {ep.where} closed the connection right after the TLS "
-                "handshake without answering: it probably rejected the client certificate"
-            )
         raise UpstreamClosed(f"backend {ep.where} closed the connection before answering")
 
     def post(
