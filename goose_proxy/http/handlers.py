@@ -33,10 +33,12 @@ import anyio
 from goose_proxy.api import translate_options
 from goose_proxy.config import Config, redact_location
 from goose_proxy.errors import (
+    AuthenticationError,
     ContextLengthExceeded,
     InvalidRequest,
     NotFound,
     ProxyError,
+    UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamRedirect,
 )
@@ -109,6 +111,11 @@ def _may_be_terminal(text: str) -> bool:
     )
 
 
+#: backend answers worth a warning below 500: the host's identity refused, or
+#: an error status relayed as it came (a wrong endpoint's 404, say)
+_BACKEND_REFUSALS = (AuthenticationError, UpstreamHTTPError)
+
+
 class Exchange:
     """One request and the state of its reply (for handlers and the access log)."""
 
@@ -138,8 +145,11 @@ class Exchange:
         await self.conn.start_stream(status, self._headers(headers), first, close=self.close)
 
     async def abort(self, err: ProxyError) -> None:
-        """Report ``err``: as an HTTP error if nothing was sent, else inside the stream."""
-        if err.status >= 500 or err.status == 429:
+        """Report ``err``: as an HTTP error if nothing was sent, else inside the stream.
+        Logged at WARNING when the proxy or the backend failed (5xx), the
+        backend refused this host's identity (401, 403) or answered another
+        error status, or asked to slow down (429); not for a client's mistake."""
+        if err.status >= 500 or err.status == 429 or isinstance(err, _BACKEND_REFUSALS):
             if err.quoted:
                 # its message is the backend's own words (from a body): not for the log
                 log.warning(

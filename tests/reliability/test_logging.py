@@ -125,6 +125,48 @@ async def test_no_backend_error_bodies_at_info(
     assert SECRET not in text
 
 
+async def test_a_refused_identity_and_other_backend_errors_are_warned_about(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``journalctl -p warning`` shows the backend refusing this host (401,
+    403) or answering another error status (a wrong endpoint's 404), by
+    status and code only; a client's own mistake is no warning."""
+    replies = [
+        (403, json.dumps({"detail": f"Insufficient entitlements {SECRET}"}).encode()),
+        (401, json.dumps({"error": {"message": SECRET, "code": "invalid_cert"}}).encode()),
+        (404, json.dumps({"detail": f"Not Found {SECRET}"}).encode()),
+        (409, json.dumps({"error": {"message": SECRET, "code": "conflict"}}).encode()),
+    ]
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            status, body = replies[len(srv.requests) - 1]
+            head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+            await stream.send(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+
+    caplog.set_level(logging.WARNING)
+    statuses = []
+    with anyio.fail_after(15):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                for stream in (False, True, False, True):
+                    r = await post(proxy.url, _chat("hi", stream=stream))
+                    statuses.append(r.status_code)
+                r = await post(proxy.url, {"model": "m", "messages": []})  # the client's
+                statuses.append(r.status_code)
+    assert statuses == [403, 401, 404, 409, 400]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "POST /v1/chat/completions: backend reported an error: 403 permission_denied",
+        "POST /v1/chat/completions: backend reported an error: 401 (no code)",
+        "POST /v1/chat/completions: backend reported an error: 404 (no code)",
+        "POST /v1/chat/completions: backend reported an error: 409 conflict",
+    ]
+    assert SECRET not in _logged(caplog, logging.DEBUG)
+
+
 async def test_internal_error_logs_type_and_place_not_text(
     pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
