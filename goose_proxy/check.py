@@ -27,7 +27,7 @@ from goose_proxy.errors import (
 )
 from goose_proxy.translate import TranslateOptions
 from goose_proxy.upstream.proxy import TunnelRefused
-from goose_proxy.upstream.tls import certificate_info, fmt_time, validity_problem
+from goose_proxy.upstream.tls import certificate_info, fmt_time, in_rhsm_dir, validity_problem
 
 if TYPE_CHECKING:
     from goose_proxy.upstream.client import UpstreamClient
@@ -169,7 +169,8 @@ def _check_certificate(config: Config, client: UpstreamClient, r: _Report) -> No
         if e.code == "ca_file_unavailable":
             r.fail("CA file", e.message, "CA file unusable")
             return
-        if not (os.path.exists(auth.cert_file) and os.path.exists(auth.key_file)):
+        missing = [p for p in (auth.cert_file, auth.key_file) if not os.path.exists(p)]
+        if missing and all(in_rhsm_dir(p) for p in missing):
             reason = "not registered"
         elif "does not match" in e.message:
             reason = "certificate and key do not match"

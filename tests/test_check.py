@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -134,13 +135,30 @@ def test_check_option_with_the_serve_command_is_refused(
 # --- configuration and certificate --------------------------------------------------
 
 
+RHSM_CERT = "/etc/pki/consumer/cert.pem"  # the default: the host's RHSM identity
+
+
+@pytest.mark.skipif(
+    os.path.exists(RHSM_CERT),
+    reason=f"this host is registered ({RHSM_CERT} exists): its absence cannot be shown",
+)
 async def test_missing_certificate_says_register(pki: SimpleNamespace, tmp_path: Path) -> None:
-    r = await check_offline(tmp_path, pki_auth(pki, cert_file=str(tmp_path / "nope" / "cert.pem")))
+    r = await check_offline(tmp_path, pki_auth(pki, cert_file=RHSM_CERT))
     assert r.rc == 1, r.all
     assert "[FAIL] client certificate:" in r.out
     assert "does not exist" in r.out and "subscription-manager register" in r.out
     assert "[skip] backend" in r.out
     assert r.out.rstrip().endswith("verdict: NOT READY (not registered)")
+
+
+async def test_a_missing_certificate_elsewhere_is_no_reason_to_register(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    r = await check_offline(tmp_path, pki_auth(pki, cert_file=str(tmp_path / "nope" / "cert.pem")))
+    assert r.rc == 1, r.all
+    assert "does not exist: check [backend.auth] cert_file" in r.out
+    assert "subscription-manager" not in r.out
+    assert r.out.rstrip().endswith("verdict: NOT READY (certificate unusable)")
 
 
 async def test_expired_certificate(pki: SimpleNamespace, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import devbackend
 from goose_proxy.config import AuthConfig
+from goose_proxy.upstream import tls
 from tests.support import make_config, running_proxy, sdk_stream_final
 
 pytestmark = pytest.mark.anyio
@@ -277,8 +278,9 @@ async def test_502_when_backend_refuses_connection(pki: SimpleNamespace) -> None
 
 
 async def test_502_register_hint_when_cert_files_missing(
-    pki: SimpleNamespace, tmp_path: Any
+    pki: SimpleNamespace, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tls, "RHSM_DIR", str(tmp_path))  # taken for RHSM's directory
     auth = AuthConfig(cert_file=str(tmp_path / "cert.pem"), key_file=str(tmp_path / "key.pem"))
     with anyio.fail_after(10):
         async with devbackend.run(tls=pki.server_context()) as backend:

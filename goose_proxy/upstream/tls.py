@@ -44,18 +44,54 @@ PERMISSION_HINT = (
 )
 
 
+#: where RHSM writes this host's identity: a file missing there means that the
+#: host is not registered
+RHSM_DIR = "/etc/pki/consumer"
+
+
+def in_rhsm_dir(path: str) -> bool:
+    """``path`` is a file of RHSM's (see :data:`RHSM_DIR`)."""
+    return os.path.dirname(os.path.abspath(path)) == RHSM_DIR
+
+
 def _label(auth: AuthConfig, path: Optional[str]) -> str:
     return "client key" if path == auth.key_file != auth.cert_file else "client certificate"
 
 
-def _file_error(auth: AuthConfig, path: Optional[str], err: OSError) -> CredentialsError:
+def _shown(path: str) -> str:
+    """``path``, and for a relative one the directory it is relative to: the
+    daemon's working directory is seldom the one the configuration is in."""
+    if os.path.isabs(path):
+        return path
+    try:
+        return f"{path} (relative to the working directory {os.getcwd()})"
+    except OSError:  # the working directory was removed
+        return f"{path} (relative to the working directory)"
+
+
+def _hint(auth: AuthConfig, *paths: str) -> str:
+    """What to do about unusable ``paths``: register the host when they are
+    RHSM's, else check the keys that name them."""
+    if all(in_rhsm_dir(p) for p in paths):
+        return REGISTER_HINT
+    keys = [
+        key
+        for key, value in (("cert_file", auth.cert_file), ("key_file", auth.key_file))
+        if value in paths
+    ]
+    return f"check [backend.auth] {' and '.join(keys) or 'cert_file and key_file'}"
+
+
+def _file_error(auth: AuthConfig, path: str, err: OSError) -> CredentialsError:
     """The error for the certificate or key file ``path`` that ``err`` stopped."""
     what = _label(auth, path)
     if isinstance(err, FileNotFoundError):
-        return CredentialsError(f"{what} file {path} does not exist: {REGISTER_HINT}")
+        return CredentialsError(f"{what} file {_shown(path)} does not exist: {_hint(auth, path)}")
     if isinstance(err, PermissionError):
-        return CredentialsError(f"cannot read {what} {path} (permission denied): {PERMISSION_HINT}")
-    return CredentialsError(f"cannot read {what} {path}: {err.strerror or err}")
+        return CredentialsError(
+            f"cannot read {what} {_shown(path)} (permission denied): {PERMISSION_HINT}"
+        )
+    return CredentialsError(f"cannot read {what} {_shown(path)}: {err.strerror or err}")
 
 
 def _host_limit(e: BaseException) -> Optional[ServiceUnavailable]:
@@ -109,7 +145,8 @@ def _unreadable(auth: AuthConfig, e: OSError) -> ProxyError:
         except OSError as err:
             return _host_limit(err) or _file_error(auth, path, err)
     return CredentialsError(
-        f"cannot read client certificate or key ({e.strerror or e}): {REGISTER_HINT}"
+        f"cannot read client certificate or key ({e.strerror or e}): "
+        + _hint(auth, auth.cert_file, auth.key_file)
     )
 
 
@@ -252,8 +289,9 @@ class ClientTLS:
                     f"certificate {auth.cert_file}"
                 ) from None
             raise CredentialsError(
-                f"cannot load the client certificate {auth.cert_file} and key "
-                f"{auth.key_file} ({reason or 'not valid PEM'}): {REGISTER_HINT}"
+                f"cannot load the client certificate {_shown(auth.cert_file)} and key "
+                f"{_shown(auth.key_file)} ({reason or 'not valid PEM'}): "
+                + _hint(auth, auth.cert_file, auth.key_file)
             ) from None
         except OSError as e:  # OpenSSL does not say which file: look
             raise _unreadable(auth, e) from None

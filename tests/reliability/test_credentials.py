@@ -60,12 +60,16 @@ async def wait_pooled(proxy: SimpleNamespace) -> None:
 
 
 @pytest.fixture
-def consumer(pki: SimpleNamespace, tmp_path: Path) -> SimpleNamespace:
-    """An RHSM-like consumer directory with its own cert.pem/key.pem (CN consumer-a)."""
+def consumer(
+    pki: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> SimpleNamespace:
+    """An RHSM-like consumer directory with its own cert.pem/key.pem (CN
+    consumer-a), taken for RHSM's own (a file missing there: not registered)."""
     a_cert, a_key = issue_client_pair(pki.ca, "consumer-a", tmp_path)
     b_cert, b_key = issue_client_pair(pki.ca, "consumer-b", tmp_path)
     d = tmp_path / "consumer"
     d.mkdir()
+    monkeypatch.setattr(tls, "RHSM_DIR", str(d))
     shutil.copyfile(a_cert, d / "cert.pem")
     shutil.copyfile(a_key, d / "key.pem")
     return SimpleNamespace(
@@ -399,6 +403,30 @@ def test_a_missing_file_is_named_as_what_it_is(consumer: SimpleNamespace, missin
     what = "client certificate" if missing == "cert" else "client key"
     msg = _tls_error(consumer.auth)
     assert msg.startswith(f"{what} file {path} does not exist: register this system")
+
+
+def test_files_elsewhere_than_rhsms_are_no_reason_to_register(
+    consumer: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registering writes RHSM's files only: for a path configured elsewhere
+    the message says which key to check, and a relative path is shown with
+    the directory it is relative to (the daemon's, seldom the file's)."""
+    monkeypatch.setattr(tls, "RHSM_DIR", "/etc/pki/consumer")
+    missing = AuthConfig(str(tmp_path / "nope.pem"), consumer.auth.key_file)
+    assert _tls_error(missing) == (
+        f"client certificate file {tmp_path / 'nope.pem'} does not exist:"
+        " check [backend.auth] cert_file"
+    )
+    monkeypatch.chdir(tmp_path)
+    relative = AuthConfig(consumer.auth.cert_file, "certs/key.pem")
+    assert _tls_error(relative) == (
+        "client key file certs/key.pem (relative to the working directory"
+        f" {os.getcwd()}) does not exist: check [backend.auth] key_file"
+    )
+    consumer.cert.write_text("this is not a certificate\n")
+    msg = _tls_error(consumer.auth)
+    assert msg.endswith("(not valid PEM): check [backend.auth] cert_file and key_file"), msg
+    assert "subscription-manager" not in msg
 
 
 def test_a_directory_in_place_of_the_key_is_named(consumer: SimpleNamespace) -> None:
