@@ -253,7 +253,9 @@ def _assistant_items(
             else:
                 fail(at(ppath, "type"), f"unknown content part {ptype!r}")
     refusal = get_str(msg, "refusal", path)
-    if refusal:
+    if refusal and not _as_content(parts).endswith(refusal):
+        # (the proxy's own answers have a refusal in content too: a client
+        # that sends such a message back as history would double it)
         parts.append({"type": "refusal", "refusal": refusal})
     if msg.get("audio") is not None:
         unsupported(at(path, "audio"), "assistant audio is not supported")

@@ -18,6 +18,7 @@ from goose_proxy.translate import (
     chat_to_responses,
     parse_json_object,
     prepare_passthrough,
+    responses_to_chat,
 )
 
 OPENAI = TranslateOptions(flavor="openai")
@@ -174,6 +175,20 @@ MESSAGE_ROWS = [
         None,
         id="assistant-refusal-part",
     ),
+    pytest.param(  # the proxy's own answer sent back: the refusal in content too, once
+        [USER_HI, {"role": "assistant", "content": "Well. No.", "refusal": "No."}],
+        OPENAI,
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "Well. No."}],
+        None,
+        id="assistant-refusal-also-in-content",
+    ),
+    pytest.param(  # ... but a refusal the content does not end with is added
+        [USER_HI, {"role": "assistant", "content": "No. Well.", "refusal": "No."}],
+        OPENAI,
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "No. Well.No."}],
+        None,
+        id="assistant-refusal-apart-from-content",
+    ),
     pytest.param(  # an empty refusal and no text: no item
         [USER_HI, {"role": "assistant", "content": [{"type": "refusal", "refusal": ""}]}],
         OPENAI,
@@ -261,6 +276,24 @@ def test_message_rows(
     # every item a valid input item as the openai SDK types it (servers such as
     # vLLM check input against these types)
     RESPONSE_INPUT.validate_python(body["input"])
+
+
+@pytest.mark.parametrize("before", ["", "Let me see. "])
+def test_the_proxys_own_refusal_sent_back_as_history_is_said_once(before: str) -> None:
+    """A client appends the message it was answered with to its history (the
+    openai SDK's usual pattern): the refusal the proxy put in ``content`` and
+    ``refusal`` goes upstream once."""
+    parts = [{"type": "output_text", "text": before, "annotations": []}] if before else []
+    parts.append({"type": "refusal", "refusal": "I can't help with that."})
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
+                "status": "completed", "output": [{"type": "message", "id": "msg_1",
+                "role": "assistant", "status": "completed", "content": parts}]}  # fmt: skip
+    answer = responses_to_chat(response, "m")["choices"][0]["message"]
+    assert answer["refusal"] == "I can't help with that."
+    body = translate([USER_HI, answer, {"role": "user", "content": "ok"}])
+    said = body["input"][1]
+    assert said == {"type": "message", "role": "assistant",
+                    "content": before + "I can't help with that."}  # fmt: skip
 
 
 def test_unknown_content_part_names_the_path() -> None:
