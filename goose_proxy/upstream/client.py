@@ -170,6 +170,13 @@ def _while(phase: str) -> str:
     return "during the TLS handshake" if phase == "TLS handshake" else f"while {phase}"
 
 
+def _ends_the_connection(head: h11.Response) -> bool:
+    """The response says the server closes the connection after it."""
+    if head.http_version == b"1.0":
+        return not any(n == b"connection" and b"keep-alive" in v.lower() for n, v in head.headers)
+    return any(n == b"connection" and b"close" in v.lower() for n, v in head.headers)
+
+
 def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyError]:
     """The ProxyError for an I/O exception raised in ``phase``; None to let it through
     (ProxyError, TimeoutError (an OSError: the caller words it), cancellation)."""
@@ -721,9 +728,11 @@ class UpstreamClient:
                     )
                     if not (reused and head.status_code == 408 and _in_race_window(conn)):
                         break
+                    if not _ends_the_connection(head):
+                        break  # a 408 the backend keeps the connection after is its answer
                     # Some servers (HAProxy, Apache, Node) answer a keep-alive
-                    # timeout with a 408 before they close: the same race as a
-                    # silent close, and a 408 says the request was not taken
+                    # timeout with a 408 and close: the same race as a silent
+                    # close, and a 408 says the request was not taken
                     log.debug("pooled backend connection timed out (408) first; sent again")
                 except UpstreamError:
                     if not reused or conn.received or not _in_race_window(conn):

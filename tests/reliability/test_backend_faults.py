@@ -1068,6 +1068,24 @@ async def test_a_408_late_on_a_reused_connection_is_the_clients(
     assert len(srv.requests) == 2 and srv.accepted == 1
 
 
+async def test_a_408_that_keeps_the_connection_is_the_clients(pki: SimpleNamespace) -> None:
+    # at once on a reused connection, but the backend keeps the connection:
+    # its answer to the request, not the keep-alive race; relayed, not sent again
+    kept = TIMED_OUT.replace(b"connection: close", b"connection: keep-alive")
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await answer_one(stream, srv)
+        await read_request_head(stream, srv)
+        await stream.send(kept)
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            first, second = await _direct_all(srv.url, pki.auth, [HELLO, HELLO])
+    assert (first.status_code, second.status_code) == (200, 408)
+    assert len(srv.requests) == 2 and srv.accepted == 1
+
+
 async def test_a_408_on_a_fresh_connection_is_the_clients(pki: SimpleNamespace) -> None:
     # not the keep-alive race: the backend's answer, relayed, not sent again
     with anyio.fail_after(10):
