@@ -1,7 +1,8 @@
 """Build one Response object from a Responses SSE event sequence.
 
-Used when the client wants one JSON answer but the backend streams (always,
-under the lightspeed flavour: its non-streamed failures are a generic 500).
+Used when the client wants one JSON answer: the proxy always asks the backend
+for a stream (Lightspeed's non-streamed failures are a generic 500, and a
+non-streamed answer's head comes only once it was all generated).
 Feed every event, then call :meth:`ResponseAccumulator.result` and hand the
 object to :func:`~goose_proxy.translate.responses_to_chat`.
 

@@ -73,9 +73,10 @@ MIN_OUTPUT_TOKENS = 16
 class ChatRequest:
     """A translated chat request.
 
-    ``body`` is the Responses body to send (``stream`` always set; always true
-    under the lightspeed flavour, whose failures are only precise in streams);
-    ``stream`` is what the *client* asked for; ``dropped`` lists the client's
+    ``body`` is the Responses body to send (``stream`` always true: Lightspeed's
+    failures are precise only in streams, and a backend's answer head comes
+    at once, not after the whole answer; a client that does not stream is
+    answered from the collected stream); ``stream`` is what the *client* asked for; ``dropped`` lists the client's
     top-level keys that were not forwarded; ``legacy_functions`` says the
     client offered its tools as the deprecated ``functions``, so it reads a
     call from ``message.function_call`` (:func:`~goose_proxy.translate.response.as_function_call`,
@@ -176,7 +177,7 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
             body[name] = {**body[name], **value}
         else:
             body[name] = value
-    body["stream"] = True if opts.flavor == "lightspeed" else stream
+    body["stream"] = True
     body["store"] = False
     apply_extras(body, opts)
     return ChatRequest(

@@ -126,6 +126,45 @@ async def _canned(pki: SimpleNamespace, answer: bytes) -> AsyncIterator[FakeServ
         yield srv
 
 
+# --- a slow answer ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+async def test_an_answer_longer_to_generate_than_the_head_timeout(
+    pki: SimpleNamespace, flavor: str
+) -> None:
+    # backend.timeout bounds the wait for the answer's head, not its
+    # generation: the proxy asks for a stream even for a client that does not
+    # stream, so the head comes at once (the openai flavour asked for a JSON
+    # answer, whose head came after the whole generation: a 504, sent again
+    # twice by the openai SDK)
+    resp = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
+            "status": "completed", "output": [{"id": "msg_1", "type": "message",
+            "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "slow", "annotations": []}]}]}  # fmt: skip
+    events = text_events(["slow"])
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        streamed = json.loads(srv.requests[-1].partition(b"\r\n\r\n")[2])["stream"]
+        if streamed:
+            await stream.send(SSE_HEAD + chunk(events[0]))
+        await anyio.sleep(0.6)  # the backend at work (scripted): longer than the timeout
+        if streamed:
+            await stream.send(b"".join(chunk(e) for e in events[1:]) + b"0\r\n\r\n")
+        else:
+            body = json.dumps(resp).encode()
+            await stream.send(http_answer("200 OK", [("content-type", "application/json")], body))
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO, timeout=0.3, flavor=flavor)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "slow"
+    assert len(srv.requests) == 1
+
+
 # --- connecting ----------------------------------------------------------------------
 
 
@@ -547,10 +586,12 @@ async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
 
 @pytest.mark.parametrize("fault", ["truncate", "reset_mid_body"])
 async def test_cut_content_length_body(pki: SimpleNamespace, fault: str) -> None:
-    # the openai flavour asks a non-streamed answer of the backend: a JSON body
+    # a non-streamed answer (the passthrough forwards the client's stream: false)
+    # is a JSON body with a Content-Length
+    responses = {"model": "m", "input": "hi", "stream": False}
     with anyio.fail_after(10):
         async with proxied(pki, fault=fault, mode="openai", backend={"flavor": "openai"}) as h:
-            r = await post(h.url, HELLO)
+            r = await post(h.url, responses, path="/v1/responses")
     assert h.backend.requests[-1].json["stream"] is False
     assert r.status_code == 502
     err = r.json()["error"]

@@ -330,7 +330,7 @@ FLAT_TOOL = {"type": "function", "name": "shell", "description": "Run",
 
 PARAM_ROWS = [
     pytest.param({"stream": True}, {"stream": True}, id="stream-true"),
-    pytest.param({"stream": False}, {"stream": False}, id="stream-false"),
+    pytest.param({"stream": False}, {"stream": True}, id="stream-false"),  # streamed upstream
     pytest.param({"temperature": 0, "top_p": 0}, {"temperature": 0, "top_p": 0}, id="zero-kept"),
     pytest.param({"temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_p": 0.9},
                  id="temperature-top-p"),
@@ -556,7 +556,9 @@ def test_openai_flavour_sends_every_mapped_field() -> None:
     assert "generate_topic_summary" not in got.body
     for key in SAME_NAME:
         assert got.body[key] == EVERY_PARAM[key]
-    assert got.body["stream"] is False and got.body["model"] == "gpt-4o"
+    assert got.body["model"] == "gpt-4o"
+    # a backend's answer head comes at once, not after the whole generation
+    assert got.body["stream"] is True and got.stream is False
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
