@@ -76,10 +76,11 @@ class ChatRequest:
     ``body`` is the Responses body to send (``stream`` always true: Lightspeed's
     failures are precise only in streams, and a backend's answer head comes
     at once, not after the whole answer; a client that does not stream is
-    answered from the collected stream); ``stream`` is what the *client* asked for; ``dropped`` lists the client's
-    top-level keys that were not forwarded; ``legacy_functions`` says the
-    client offered its tools as the deprecated ``functions``, so it reads a
-    call from ``message.function_call`` (:func:`~goose_proxy.translate.response.as_function_call`,
+    answered from the collected stream); ``stream`` is what the *client*
+    asked for; ``dropped`` lists the client's top-level keys that were not
+    forwarded; ``legacy_functions`` says the client offered its tools as the
+    deprecated ``functions``, so it reads a call from
+    ``message.function_call`` (:func:`~goose_proxy.translate.response.as_function_call`,
     ``StreamTranslator(legacy_functions=True)``).
     """
 
