@@ -183,6 +183,8 @@ class ProxyServer:
         self._listeners: list[Listener] = []
         self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
+        self._refused = 0  # connections refused over max_connections since the last warning
+        self._refusals_quiet_until = 0.0  # no warning of them before then (time.monotonic)
         self.bound: list[tuple[str, int]] = []
         #: the paths of unix sockets listened on (systemd ListenStream=/path)
         self.unix_paths: list[str] = []
@@ -323,7 +325,19 @@ class ProxyServer:
 
     async def _refuse(self, conn: ServerConnection) -> None:
         """503 for a connection over ``max_connections``, sent without reading the request
-        (h11 allows a response first), then a lingering close."""
+        (h11 allows a response first), then a lingering close. Warned about
+        once, then at most once per :data:`ACCEPT_WARN_INTERVAL`, with a count."""
+        self._refused += 1
+        now = time.monotonic()
+        if now >= self._refusals_quiet_until:
+            more = f" ({self._refused} refused since the last warning)" if self._refused > 1 else ""
+            log.warning(
+                "connection limit reached ([server] max_connections = %d): new connections "
+                "get 503%s",
+                self.config.server.max_connections,
+                more,
+            )
+            self._refused, self._refusals_quiet_until = 0, now + ACCEPT_WARN_INTERVAL
         err = ServiceUnavailable(
             f"too many connections (more than {self.config.server.max_connections}); "
             "try again later"

@@ -9,6 +9,7 @@ sent is exactly what the test says, and replies are parsed strictly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -254,7 +255,10 @@ async def test_slow_body_is_cut(pki: SimpleNamespace) -> None:
 # --- connection limits ----------------------------------------------------------------
 
 
-async def test_connections_over_max_connections_get_503(pki: SimpleNamespace) -> None:
+async def test_connections_over_max_connections_get_503(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="goose_proxy")
     with anyio.fail_after(10):
         async with proxied(pki, server={"max_connections": 2}) as h:
             port = h.proxy.port
@@ -265,17 +269,23 @@ async def test_connections_over_max_connections_get_503(pki: SimpleNamespace) ->
                 for s in (first, second):
                     await s.send(request_bytes("GET", "/health"))
                     assert b" 200 " in await s.receive()
-                # the third is refused with a complete 503, then closed
+                # the third is refused with a complete 503, then closed (and the
+                # fourth: one warning says the limit was reached, not one per refusal)
                 r = await ask(port, request_bytes("POST", CHAT, json.dumps(HELLO).encode()))
+                again = await ask(port, request_bytes("GET", "/health"))
             finally:
                 await first.aclose()
                 await second.aclose()
             # a slot is free again
             await wait_settled(h.proxy)
             await healthy(port)
-    assert r.status == 503
+    assert r.status == again.status == 503
     assert r.error["code"] == "service_unavailable"
     assert "too many connections" in r.error["message"]
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert warned == [
+        "connection limit reached ([server] max_connections = 2): new connections get 503"
+    ]
     assert r.header("retry-after") == "1" and r.header("connection") == "close"
     assert r.header("x-should-retry") is None
     assert h.backend.stats.requests_total == 0
