@@ -131,8 +131,10 @@ async def serve_in_background(
     Logging goes to the ``goose_proxy`` loggers; configure them as you like
     (the proxy installs no handler). Signals are left to the host program.
 
-    Raises ``OSError`` when the address cannot be bound, ``RuntimeError``
-    outside an asyncio event loop (under trio, say).
+    Raises ``ConfigError`` for a value a configuration file could not hold
+    (``config`` is checked as the file's values are), ``OSError`` when the
+    address cannot be bound, ``RuntimeError`` outside an asyncio event loop
+    (under trio, say).
     """
     import asyncio
 

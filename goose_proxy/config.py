@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 from urllib.parse import SplitResult, urlsplit
@@ -177,6 +177,25 @@ def _str_list(key: str, v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ConfigError(f"{key}: expected a list of strings")
     return tuple(v)
+
+
+def _host_names(key: str, v: Any) -> tuple[str, ...]:
+    """Host names as a ``Host`` header is matched: lower case, without a port,
+    an IPv6 address in brackets."""
+    out = []
+    for i, given in enumerate(_str_list(key, v)):
+        name = given.strip().lower()
+        if name.startswith("["):
+            end = name.find("]")
+            name = name[: end + 1] if end > 1 else ""
+        elif name.count(":") > 1:
+            name = f"[{name}]"  # an IPv6 address without its brackets
+        else:
+            name = name.partition(":")[0]
+        if not name:
+            raise ConfigError(f"{key}[{i}]: {given!r} is no host name")
+        out.append(name)
+    return tuple(out)
 
 
 def _endpoint(key: str, v: Any) -> str:
@@ -418,7 +437,7 @@ _SCHEMA: dict[str, dict[str, Checker]] = {
         "send_timeout": _Seconds(0, _HOUR),
         "max_connections": _Int(1, 100_000),
         "max_requests_per_connection": _Int(1, 1 << 31),
-        "allowed_hosts": _str_list,
+        "allowed_hosts": _host_names,
         "allowed_origins": _str_list,
         "drain_timeout": _Seconds(0, _HOUR),
     },
@@ -479,6 +498,30 @@ def parse_config(data: Mapping[str, Any], source: Optional[str] = None) -> Confi
         logging=LoggingConfig(**_section(data, "logging")),
         source=source,
     )
+
+
+def validated(config: Config) -> Config:
+    """``config`` checked and normalised as the same values in a file would be
+    (a :class:`Config` built in code by an embedder, say, where a port of
+    70000 would otherwise wrap around to 4464). Raises :class:`ConfigError`."""
+    data: dict[str, Any] = {}
+    for name in _SCHEMA:
+        obj: Any = config
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        table = data
+        for part in name.split("."):
+            table = table.setdefault(part, {})
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if value is None or f.name not in _SCHEMA[name]:
+                continue  # unset, or a sub-table (backend.auth: its own entry)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            table[f.name] = value
+    return parse_config(data, config.source)
 
 
 def find_config(environ: Mapping[str, str]) -> Optional[Path]:

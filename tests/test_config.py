@@ -115,6 +115,18 @@ def test_an_empty_listen_host_stops_at_load(host: str) -> None:
     assert str(exc.value).startswith("server.host: empty")
 
 
+def test_allowed_hosts_are_matched_by_name() -> None:
+    # as the Host header is: lower case, without a port, an IPv6 address in
+    # brackets (a port or bare IPv6 address was kept and never matched)
+    given = ["Proxy.LAN:18090", "::1", "[FE80::1]:80", " box "]
+    cfg = parse_config({"server": {"allowed_hosts": given}})
+    assert cfg.server.allowed_hosts == ("proxy.lan", "[::1]", "[fe80::1]", "box")
+    for bad in ("", ":8080", "[::1"):
+        with pytest.raises(ConfigError) as exc:
+            parse_config({"server": {"allowed_hosts": [bad]}})
+        assert str(exc.value).startswith("server.allowed_hosts[0]: "), exc.value
+
+
 def test_every_log_level_is_named_in_the_error() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config({"logging": {"level": "loud"}})

@@ -150,6 +150,14 @@ async def test_serve_in_background_on_a_given_socket(pki: SimpleNamespace) -> No
             assert sock.fileno() == -1 or not _accepts(port)
 
 
+async def test_a_config_built_in_code_is_checked_as_a_files_values_are() -> None:
+    config = goose_proxy.Config(server=goose_proxy.ServerConfig(port=70000))
+    with anyio.fail_after(10), pytest.raises(goose_proxy.ConfigError) as exc:
+        async with goose_proxy.serve_in_background(config):
+            pass  # not reached: it served on port 70000 - 65536 = 4464
+    assert str(exc.value) == "server.port: 70000 is out of range (0..65535)"
+
+
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -46,7 +46,7 @@ import anyio
 import anyio.abc
 
 from goose_proxy import http11
-from goose_proxy.config import Config
+from goose_proxy.config import Config, validated
 from goose_proxy.errors import (
     HOST_LIMITS,
     Forbidden,
@@ -168,6 +168,8 @@ class ProxyServer:
     """Serves the OpenAI-compatible API on the given listeners."""
 
     def __init__(self, config: Config, upstream: Optional[UpstreamClient] = None) -> None:
+        # (a Config built in code is checked as a file's would be: ConfigError)
+        config = validated(config)
         self.config = config
         self.upstream = upstream or UpstreamClient(config.backend)
         self.handlers = Handlers(config, self.upstream)
@@ -181,7 +183,7 @@ class ProxyServer:
         #: arrive when the drain started (in flight, not dispatched yet)
         self._arriving: set[ServerConnection] = set()
         self._listeners: list[Listener] = []
-        self._allowed_hosts = _LOOPBACK_NAMES | {h.lower() for h in config.server.allowed_hosts}
+        self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self._refused = 0  # connections refused over max_connections since the last warning
         self._refusals_quiet_until = 0.0  # no warning of them before then (time.monotonic)

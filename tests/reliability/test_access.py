@@ -88,7 +88,8 @@ async def test_loopback_host_is_allowed(pki: SimpleNamespace, host: str) -> None
 
 async def test_allowed_hosts_from_config(pki: SimpleNamespace) -> None:
     with anyio.fail_after(10):
-        async with proxied(pki, server={"allowed_hosts": ("goose.internal",)}) as h:
+        # as configured: a port and upper case (a port never matched before)
+        async with proxied(pki, server={"allowed_hosts": ("Goose.Internal:8080",)}) as h:
             ok = await ask(h.proxy.port, req("goose.internal:8080"))
             other = await ask(h.proxy.port, req("other.internal"))
     assert ok.status == 200
