@@ -537,7 +537,9 @@ def find_config(environ: Mapping[str, str]) -> Optional[Path]:
             candidate = Path(os.path.abspath(d)) / CONFIG_RELPATH if d else None
         except OSError:  # relative, and the working directory is gone
             candidate = None
-        if candidate is not None and candidate.is_file():
+        # (anything there, a directory or a broken link too: loading it then
+        # says what is wrong, where skipping it ran the production defaults)
+        if candidate is not None and os.path.lexists(candidate):
             return candidate
     return None
 
@@ -585,6 +587,29 @@ def load_config(
     except UnicodeDecodeError as e:  # TOML is UTF-8
         raise ConfigError(f"{p}: invalid TOML: not UTF-8 (byte {e.start})") from None
     try:
-        return parse_config(data, source=str(p)), warnings
+        config = parse_config(data, source=str(p))
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+    plain = _plain_http_off_host(config.backend.endpoint)
+    if plain:
+        warnings.append(
+            f"backend.endpoint is http:// to {plain}, which is not this host: requests "
+            "and answers cross the network unencrypted, and [backend.auth] is not used "
+            "(no client certificate)"
+        )
+    return config, warnings
+
+
+def _plain_http_off_host(endpoint: str) -> Optional[str]:
+    """The host of an ``http://`` endpoint that is not a loopback name or address."""
+    if not endpoint.startswith("http://"):
+        return None
+    host = (urlsplit(endpoint).hostname or "").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return None
+    import ipaddress
+
+    try:
+        return None if ipaddress.ip_address(host).is_loopback else host
+    except ValueError:
+        return host

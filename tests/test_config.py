@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import anyio
 import h11
@@ -275,6 +275,47 @@ def test_xdg_config_dirs_relative_entries_are_taken_from_the_working_directory(
         f"no goose-proxy/config.toml in XDG_CONFIG_DIRS (missing; relative entries from "
         f"{tmp_path}); using defaults"
     ]
+
+
+def test_an_xdg_config_that_is_no_file_is_reported_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a directory or a broken link where the file belongs: skipping it ran the
+    # proxy on the production defaults with only "no config.toml" said
+    (tmp_path / "a" / "goose-proxy" / "config.toml").mkdir(parents=True)
+    (tmp_path / "b" / "goose-proxy").mkdir(parents=True)
+    (tmp_path / "b" / "goose-proxy" / "config.toml").symlink_to(tmp_path / "gone.toml")
+    for d, said in (("a", "cannot read: Is a directory"), ("b", "no such file")):
+        with pytest.raises(ConfigError) as exc:
+            load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path / d)})
+        assert str(exc.value) == f"{tmp_path / d / 'goose-proxy' / 'config.toml'}: {said}"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "warned"),
+    [
+        ("http://lightspeed.example.com/v1", "lightspeed.example.com"),
+        ("http://10.0.0.7:8080/v1", "10.0.0.7"),
+        ("http://127.0.0.1:8080/v1", None),
+        ("http://[::1]:8080/v1", None),
+        ("http://localhost:8080/v1", None),
+        ("https://lightspeed.example.com/v1", None),
+    ],
+)
+def test_a_plain_http_endpoint_off_this_host_is_warned_about(
+    tmp_path: Path, endpoint: str, warned: Optional[str]
+) -> None:
+    f = tmp_path / "config.toml"
+    f.write_text(f'[backend]\nendpoint = "{endpoint}"\n')
+    _, warnings = load_config(str(f))
+    if warned is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"backend.endpoint is http:// to {warned}, which is not this host: requests and "
+            "answers cross the network unencrypted, and [backend.auth] is not used (no "
+            "client certificate)"
+        ]
 
 
 @pytest.mark.parametrize(
