@@ -271,5 +271,11 @@ def _check_backend(config: Config, client: UpstreamClient, r: _Report) -> None:
             "backend",
             f"TLS and authentication to {endpoint} succeeded (GET /models: HTTP {status})",
         )
+        if status == 404:
+            r.info(
+                "(a backend without a model list answers so; so does a wrong path: "
+                f"chat requests go to {endpoint}/responses; is backend.endpoint the API's "
+                "base URL?)"
+            )
     else:
         r.ok("backend", f"{endpoint} answered GET /models with HTTP {status}")

@@ -117,6 +117,8 @@ async def test_backend_without_model_list_is_still_ready(
         r = await run_check(cfg, child_env(tmp_path))
     assert r.rc == 0, r.all
     assert "TLS and authentication to" in r.out and "HTTP 404" in r.out
+    # ... but it says what else a 404 can mean
+    assert f"chat requests go to {backend.url}/responses; is backend.endpoint" in r.out
     assert "verdict: ready" in r.out
 
 
