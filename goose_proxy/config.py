@@ -199,9 +199,10 @@ def _host_names(key: str, v: Any) -> tuple[str, ...]:
 
 
 def _endpoint(key: str, v: Any) -> str:
-    s = _str(key, v).rstrip("/")
-    if not (s.startswith("https://") or s.startswith("http://")):
-        raise ConfigError(f"{key}: {s!r} must start with https:// or http://")
+    given = _str(key, v)
+    if not (given.startswith("https://") or given.startswith("http://")):
+        raise ConfigError(f"{key}: {given!r} must start with https:// or http://")
+    s = given.rstrip("/")
     if not all(33 <= ord(c) <= 126 for c in s):
         raise ConfigError(f"{key}: {s!r} must be an ASCII URL without spaces")
     try:
@@ -210,7 +211,7 @@ def _endpoint(key: str, v: Any) -> str:
     except ValueError as e:
         raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
     if not u.hostname:
-        raise ConfigError(f"{key}: {s!r} has no host name")
+        raise ConfigError(f"{key}: {given!r} has no host name")
     if u.query or u.fragment or s.endswith(("?", "#")):
         raise ConfigError(f"{key}: {s!r} must not have a query or a fragment (? or #)")
     return s

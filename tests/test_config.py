@@ -189,6 +189,7 @@ def test_valid_endpoints(url: str) -> None:
         ("endpoint", "https://bücher.example", "ASCII URL without spaces"),
         ("endpoint", "https://example.com:99999", "not a valid URL"),
         ("endpoint", "https:///v1", "has no host name"),
+        ("endpoint", "https://", "'https://' has no host name"),
         ("endpoint", "https://example.com/v1?x=1", "must not have a query or a fragment"),
         ("endpoint", "https://example.com/v1#frag", "must not have a query or a fragment"),
         ("endpoint", "https://example.com/v1?", "must not have a query or a fragment"),
