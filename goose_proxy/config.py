@@ -407,7 +407,8 @@ def _json_table(key: str, v: Any) -> dict[str, Any]:
                 check(f"{path}[{i}]", item)
         elif isinstance(x, float) and not math.isfinite(x):
             raise ConfigError(f"{path}: {x!r} has no JSON form")
-        elif not isinstance(x, (str, int, float, bool)):
+        elif x is not None and not isinstance(x, (str, int, float, bool)):
+            # (None: null, from a Config built in code; TOML has no such value)
             raise ConfigError(f"{path}: a TOML {type(x).__name__} has no JSON form; quote it")
 
     check(key, table)
@@ -520,9 +521,19 @@ def validated(config: Config) -> Config:
             if isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
-                value = dict(value)
+                value = _plain(value)
             table[f.name] = value
     return parse_config(data, config.source)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its mappings as dicts and its tuples as lists, as parsed
+    TOML has them (a Config built in code may hold either)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def find_config(environ: Mapping[str, str]) -> Optional[Path]:

@@ -158,6 +158,25 @@ async def test_a_config_built_in_code_is_checked_as_a_files_values_are() -> None
     assert str(exc.value) == "server.port: 70000 is out of range (0..65535)"
 
 
+def test_a_config_built_in_code_keeps_what_a_file_cannot_write() -> None:
+    # JSON's null and tuples in extra_body, a mapping that is no dict, a
+    # port of 0: valid in code though TOML has no null, and kept as given
+    from types import MappingProxyType
+
+    from goose_proxy.config import validated
+
+    backend = goose_proxy.BackendConfig(
+        extra_body={"rag": {"ids": ("a", "b"), "filter": None}},
+        headers=MappingProxyType({"X-Tenant": "t1"}),
+    )
+    config = goose_proxy.Config(server=goose_proxy.ServerConfig(port=0), backend=backend)
+    checked = validated(config)
+    assert dict(checked.backend.extra_body) == {"rag": {"ids": ["a", "b"], "filter": None}}
+    assert dict(checked.backend.headers) == {"X-Tenant": "t1"}
+    assert checked.server == config.server and checked.source is None
+    assert validated(checked) == checked  # once checked, the same again
+
+
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
