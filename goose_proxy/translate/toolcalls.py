@@ -51,6 +51,7 @@ class _Call:
         "item_id",
         "item_seen",
         "name",
+        "own_args",
         "pending",
         "preset",
         "received",
@@ -62,6 +63,8 @@ class _Call:
         self.item_id: Optional[str] = None
         #: a function_call item came for it (added or done), not argument events only
         self.item_seen = False
+        #: an argument event named the item's own id (see ToolCallQueue.find)
+        self.own_args = False
         self.name = name
         self.index: Optional[int] = None  # client index, once the header went out
         self.received: list[str] = []  # every argument delta, in order
@@ -91,15 +94,23 @@ class ToolCallQueue:
 
     def find(self, *keys: Optional[str], named: Optional[str] = None) -> Optional[_Call]:
         """The call under the first known key of ``keys``. An argument event
-        that ``named`` an item is not about a call announced with another id
-        (found by its output index): Llama Stack streams the arguments of its
-        own searches and MCP calls, never announced, at the output index of the
-        client's call."""
+        that ``named`` an item id other than that of the call announced at its
+        output index is about that call only while the call had no argument
+        event under its own id (a backend that announces a call under one id
+        and streams it under another, as vLLM 0.11 did; the id then stands
+        for the call); after that it is another item's: Llama Stack streams
+        the arguments of its own searches and MCP calls, never announced, at
+        the output index of the client's call, after the client's call's own."""
         for key in keys:
             call = self._by_key.get(key) if key is not None else None
             if call is None:
                 continue
             if named is None or key == named or call.item_id in (None, named):
+                if named is not None and named == call.item_id:
+                    call.own_args = True
+                return call
+            if not call.own_args:
+                self._by_key[named] = call  # (named is not None here)
                 return call
         return None
 

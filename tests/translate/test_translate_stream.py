@@ -601,7 +601,7 @@ def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_
             {"tool_calls": _SHELL_CALL},
             id="llama-stack-search-arguments-after-the-call",
         ),
-        pytest.param(  # ... and before it, the search's .done first
+        pytest.param(  # ... and before it, the search's .done first (a guard: this held before)
             [args_delta("fc_k", _SEARCH, 0), call_added("fc_c", "call_c", "shell", 0),
              args_delta("fc_c", _ARGS[:4], 0), args_delta("fc_c", _ARGS[4:], 0),
              args_done("fc_k", _SEARCH, 0), args_done("fc_c", _ARGS, 0),
@@ -664,6 +664,19 @@ def test_the_stream_and_the_collected_answer_show_the_same(
     assert streamed == _as_collected([CREATED, *events])
     assert {k: streamed[k] for k in expected} == expected
     assert streamed["finish"] == ["tool_calls" if streamed["tool_calls"] else "stop"]
+
+
+def test_a_call_streamed_under_another_id_than_announced_streams_as_it_comes() -> None:
+    # vLLM 0.11 (gpt-oss) announced a call under the previous item's id and
+    # streamed its arguments under a new one: the new id stands for the
+    # announced call, its arguments go out as they come, and one call is shown
+    events = [CREATED, call_added("rs_prev", "call_1", "get_weather", 1),
+              args_delta("fc_x", _ARGS[:5], 1), args_delta("fc_x", _ARGS[5:], 1),
+              args_done("fc_x", _ARGS, 1), completed([call_item("rs_prev", "call_1",
+                                                               "get_weather", _ARGS)])]  # fmt: skip
+    per_event, parsed = run(events)
+    assert [bool(frames) for frames in per_event[2:4]] == [True, True]  # not held back
+    assert tool_calls_of(parsed) == [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]
 
 
 def test_stream_ended_without_terminal_event() -> None:
