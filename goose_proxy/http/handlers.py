@@ -111,11 +111,6 @@ def _may_be_terminal(text: str) -> bool:
     )
 
 
-#: backend answers worth a warning below 500: the host's identity refused, or
-#: an error status relayed as it came (a wrong endpoint's 404, say)
-_BACKEND_REFUSALS = (AuthenticationError, UpstreamHTTPError)
-
-
 class Exchange:
     """One request and the state of its reply (for handlers and the access log)."""
 
@@ -144,23 +139,34 @@ class Exchange:
         self.streamed = True
         await self.conn.start_stream(status, self._headers(headers), first, close=self.close)
 
+    def warn_of(self, err: ProxyError) -> None:
+        """Log ``err`` at WARNING when the proxy or the backend failed (5xx),
+        the backend refused this host's identity (401, 403) or answered
+        another error status that is not the client's mistake (a 404 from a
+        wrong endpoint; a 400 is the request's), or asked to slow down (429)."""
+        if not (
+            err.status >= 500
+            or err.status == 429
+            or isinstance(err, AuthenticationError)
+            or (isinstance(err, UpstreamHTTPError) and err.status != 400)
+        ):
+            return
+        if err.quoted:
+            # its message is the backend's own words (from a body): not for the log
+            log.warning(
+                "%s %s: backend reported an error: %d %s",
+                self.req.method,
+                self.req.path,
+                err.status,
+                err.code or "(no code)",
+            )
+        else:
+            log.warning("%s %s: %s", self.req.method, self.req.path, err.message)
+
     async def abort(self, err: ProxyError) -> None:
-        """Report ``err``: as an HTTP error if nothing was sent, else inside the stream.
-        Logged at WARNING when the proxy or the backend failed (5xx), the
-        backend refused this host's identity (401, 403) or answered another
-        error status, or asked to slow down (429); not for a client's mistake."""
-        if err.status >= 500 or err.status == 429 or isinstance(err, _BACKEND_REFUSALS):
-            if err.quoted:
-                # its message is the backend's own words (from a body): not for the log
-                log.warning(
-                    "%s %s: backend reported an error: %d %s",
-                    self.req.method,
-                    self.req.path,
-                    err.status,
-                    err.code or "(no code)",
-                )
-            else:
-                log.warning("%s %s: %s", self.req.method, self.req.path, err.message)
+        """Report ``err``: as an HTTP error if nothing was sent, else inside the
+        stream; logged as :meth:`warn_of` says."""
+        self.warn_of(err)
         try:
             if self.status is None:
                 status, body, headers = error_response_parts(err)
@@ -385,6 +391,7 @@ class Handlers:
                 # relayed as it came, with the retry hints chat would give: none
                 # on a context overflow, "x-should-retry: false" on a used-up quota
                 headers += [(k.lower().encode(), v.encode()) for k, v in err.response_headers()]
+                ex.warn_of(err)
                 await ex.send(resp.status, raw, headers)
                 return
             retry = resp.header(b"retry-after")

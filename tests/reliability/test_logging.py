@@ -136,6 +136,10 @@ async def test_a_refused_identity_and_other_backend_errors_are_warned_about(
         (401, json.dumps({"error": {"message": SECRET, "code": "invalid_cert"}}).encode()),
         (404, json.dumps({"detail": f"Not Found {SECRET}"}).encode()),
         (409, json.dumps({"error": {"message": SECRET, "code": "conflict"}}).encode()),
+        # the request's own fault, as the backend says: no warning
+        (400, json.dumps({"error": {"message": SECRET, "code": "invalid_value"}}).encode()),
+        # the passthrough relays an OpenAI error as it came, and warns the same
+        (403, json.dumps({"error": {"message": SECRET, "code": "forbidden"}}).encode()),
     ]
 
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
@@ -151,18 +155,21 @@ async def test_a_refused_identity_and_other_backend_errors_are_warned_about(
         async with fake_server(handler, tls=pki.server_context()) as srv:
             cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
             async with running_proxy(cfg) as proxy:
-                for stream in (False, True, False, True):
+                for stream in (False, True, False, True, False):
                     r = await post(proxy.url, _chat("hi", stream=stream))
                     statuses.append(r.status_code)
+                r = await post(proxy.url, {"model": "m", "input": "hi"}, path="/v1/responses")
+                statuses.append(r.status_code)
                 r = await post(proxy.url, {"model": "m", "messages": []})  # the client's
                 statuses.append(r.status_code)
-    assert statuses == [403, 401, 404, 409, 400]
+    assert statuses == [403, 401, 404, 409, 400, 403, 400]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "POST /v1/chat/completions: backend reported an error: 403 permission_denied",
         "POST /v1/chat/completions: backend reported an error: 401 (no code)",
         "POST /v1/chat/completions: backend reported an error: 404 (no code)",
         "POST /v1/chat/completions: backend reported an error: 409 conflict",
+        "POST /v1/responses: backend reported an error: 403 permission_denied",
     ]
     assert SECRET not in _logged(caplog, logging.DEBUG)
 
