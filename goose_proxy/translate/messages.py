@@ -252,17 +252,18 @@ def _assistant_items(
                 parts.append({"type": "refusal", "refusal": _required_str(part, "refusal", ppath)})
             else:
                 fail(at(ppath, "type"), f"unknown content part {ptype!r}")
+    text = _as_content(parts)
     refusal = get_str(msg, "refusal", path)
-    if refusal and not _as_content(parts).endswith(refusal):
-        # (the proxy's own answers have a refusal in content too: a client
-        # that sends such a message back as history would double it)
-        parts.append({"type": "refusal", "refusal": refusal})
+    if refusal and refusal not in text:
+        # (the proxy's own answers have a refusal in content too, in its place
+        # among the text: a client that sends such a message back as history
+        # would double it)
+        text += refusal
     if msg.get("audio") is not None:
         unsupported(at(path, "audio"), "assistant audio is not supported")
     # reasoning_content is accepted and deliberately not forwarded (module docstring)
 
     items: list[Item] = []
-    text = _as_content(parts)
     if text:
         items.append({"type": "message", "role": "assistant", "content": text})
     tool_calls = msg.get("tool_calls")

@@ -182,10 +182,17 @@ MESSAGE_ROWS = [
         None,
         id="assistant-refusal-also-in-content",
     ),
-    pytest.param(  # ... but a refusal the content does not end with is added
+    pytest.param(  # ... also before more text
         [USER_HI, {"role": "assistant", "content": "No. Well.", "refusal": "No."}],
         OPENAI,
-        [HI_ITEM, {"type": "message", "role": "assistant", "content": "No. Well.No."}],
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "No. Well."}],
+        None,
+        id="assistant-refusal-in-content-before-text",
+    ),
+    pytest.param(  # ... but a refusal the content does not hold is added, last
+        [USER_HI, {"role": "assistant", "content": "Well.", "refusal": "No."}],
+        OPENAI,
+        [HI_ITEM, {"type": "message", "role": "assistant", "content": "Well.No."}],
         None,
         id="assistant-refusal-apart-from-content",
     ),
@@ -278,13 +285,14 @@ def test_message_rows(
     RESPONSE_INPUT.validate_python(body["input"])
 
 
-@pytest.mark.parametrize("before", ["", "Let me see. "])
-def test_the_proxys_own_refusal_sent_back_as_history_is_said_once(before: str) -> None:
+@pytest.mark.parametrize(("before", "after"), [("", ""), ("Let me see. ", ""), ("", " Try X.")])
+def test_the_proxys_own_refusal_sent_back_as_history_is_said_once(before: str, after: str) -> None:
     """A client appends the message it was answered with to its history (the
     openai SDK's usual pattern): the refusal the proxy put in ``content`` and
     ``refusal`` goes upstream once."""
-    parts = [{"type": "output_text", "text": before, "annotations": []}] if before else []
-    parts.append({"type": "refusal", "refusal": "I can't help with that."})
+    text = [{"type": "output_text", "text": t, "annotations": []} for t in (before,) if t]
+    parts = [*text, {"type": "refusal", "refusal": "I can't help with that."}]
+    parts += [{"type": "output_text", "text": after, "annotations": []}] if after else []
     response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
                 "status": "completed", "output": [{"type": "message", "id": "msg_1",
                 "role": "assistant", "status": "completed", "content": parts}]}  # fmt: skip
@@ -293,7 +301,7 @@ def test_the_proxys_own_refusal_sent_back_as_history_is_said_once(before: str) -
     body = translate([USER_HI, answer, {"role": "user", "content": "ok"}])
     said = body["input"][1]
     assert said == {"type": "message", "role": "assistant",
-                    "content": before + "I can't help with that."}  # fmt: skip
+                    "content": before + "I can't help with that." + after}  # fmt: skip
 
 
 def test_unknown_content_part_names_the_path() -> None:
