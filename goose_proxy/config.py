@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -179,21 +180,27 @@ def _str_list(key: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+#: a host name or a bracketed IPv6 address, as a Host header names it
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+|\[[0-9a-f:.]+(%[a-z0-9_.~-]+)?\]")
+
+
 def _host_names(key: str, v: Any) -> tuple[str, ...]:
     """Host names as a ``Host`` header is matched: lower case, without a port,
     an IPv6 address in brackets."""
     out = []
     for i, given in enumerate(_str_list(key, v)):
-        name = given.strip().lower()
+        name, port = given.strip().lower(), ""
         if name.startswith("["):
             end = name.find("]")
-            name = name[: end + 1] if end > 1 else ""
+            name, port = (name[: end + 1], name[end + 1 :]) if end > 1 else ("", "")
+            port = port[1:] if port.startswith(":") else port or "0"
         elif name.count(":") > 1:
-            name = f"[{name}]"  # an IPv6 address without its brackets
+            name, port = f"[{name}]", "0"  # an IPv6 address without its brackets
         else:
-            name = name.partition(":")[0]
-        if not name:
-            raise ConfigError(f"{key}[{i}]: {given!r} is no host name")
+            name, _, port = name.partition(":")
+            port = port or "0"
+        if not name or not _HOST_NAME.fullmatch(name) or not port.isdigit():
+            raise ConfigError(f"{key}[{i}]: {given!r} is no host name (or host:port)")
         out.append(name)
     return tuple(out)
 
@@ -516,23 +523,25 @@ def validated(config: Config) -> Config:
             table = table.setdefault(part, {})
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if value is None or f.name not in _SCHEMA[name]:
-                continue  # unset, or a sub-table (backend.auth: its own entry)
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = _plain(value)
-            table[f.name] = value
+            if f.name not in _SCHEMA[name]:
+                continue  # a sub-table (backend.auth: its own entry)
+            if value is None and f.default is None:
+                continue  # unset, as a file leaves it (None elsewhere is refused)
+            table[f.name] = _plain(value)
     return parse_config(data, config.source)
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with its mappings as dicts and its tuples as lists, as parsed
-    TOML has them (a Config built in code may hold either)."""
+    """``value`` as parsed TOML has it: mappings as dicts, tuples and sets as
+    lists, paths as strings (a Config built in code may hold any of these)."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 
@@ -577,6 +586,8 @@ def load_config(
     warnings: list[str] = []
     if path is None:
         found = find_config(env)
+        if found is not None:
+            _regular_file(found)
         if found is None:
             dirs = env.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
             relative = [d for d in dirs.split(":") if d and not os.path.isabs(d)]
@@ -610,6 +621,22 @@ def load_config(
             "(no client certificate)"
         )
     return config, warnings
+
+
+def _regular_file(path: Path) -> None:
+    """Raise ConfigError unless the configuration found at ``path`` is a
+    regular file (after links): reading a FIFO there would hang the start.
+    (A file named with --config may be a pipe: ``--config <(...)``.)"""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: a broken symbolic link") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path}: cannot read: Is a directory")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file (a FIFO, socket or device)")
 
 
 def _plain_http_off_host(endpoint: str) -> Optional[str]:

@@ -8,6 +8,7 @@ valid HTTP/1.1 head, and what would not be must stop the daemon at start.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -121,7 +122,9 @@ def test_allowed_hosts_are_matched_by_name() -> None:
     given = ["Proxy.LAN:18090", "::1", "[FE80::1]:80", " box "]
     cfg = parse_config({"server": {"allowed_hosts": given}})
     assert cfg.server.allowed_hosts == ("proxy.lan", "[::1]", "[fe80::1]", "box")
-    for bad in ("", ":8080", "[::1"):
+    bad_entries = ("", ":8080", "[::1", "http://proxy.lan", "https://proxy.lan:8443/",
+                   "proxy.lan:abc", "proxy lan", "user@proxy.lan", "[::1]x")  # fmt: skip
+    for bad in bad_entries:
         with pytest.raises(ConfigError) as exc:
             parse_config({"server": {"allowed_hosts": [bad]}})
         assert str(exc.value).startswith("server.allowed_hosts[0]: "), exc.value
@@ -286,10 +289,21 @@ def test_an_xdg_config_that_is_no_file_is_reported_not_skipped(
     (tmp_path / "a" / "goose-proxy" / "config.toml").mkdir(parents=True)
     (tmp_path / "b" / "goose-proxy").mkdir(parents=True)
     (tmp_path / "b" / "goose-proxy" / "config.toml").symlink_to(tmp_path / "gone.toml")
-    for d, said in (("a", "cannot read: Is a directory"), ("b", "no such file")):
+    for d, said in (("a", "cannot read: Is a directory"), ("b", "a broken symbolic link")):
         with pytest.raises(ConfigError) as exc:
             load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path / d)})
         assert str(exc.value) == f"{tmp_path / d / 'goose-proxy' / 'config.toml'}: {said}"
+
+
+def test_a_fifo_where_the_xdg_config_belongs_is_reported_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    # opening it would block the start until a writer came
+    (tmp_path / "goose-proxy").mkdir()
+    os.mkfifo(tmp_path / "goose-proxy" / "config.toml")
+    with pytest.raises(ConfigError) as exc:
+        load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path)})
+    assert str(exc.value).endswith("config.toml: not a regular file (a FIFO, socket or device)")
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,26 @@ def test_a_config_built_in_code_keeps_what_a_file_cannot_write() -> None:
     assert validated(checked) == checked  # once checked, the same again
 
 
+def test_a_config_built_in_code_with_none_where_a_value_is_needed_is_refused(
+    tmp_path: Path,
+) -> None:
+    # (an embedder's endpoint=os.environ.get("URL") with URL unset): not the
+    # production endpoint and the host's identity in its place
+    from goose_proxy.config import validated
+
+    with pytest.raises(goose_proxy.ConfigError) as exc:
+        validated(goose_proxy.Config(backend=goose_proxy.BackendConfig(endpoint=None)))  # type: ignore[arg-type]
+    assert str(exc.value) == "backend.endpoint: expected a string, got NoneType"
+    # paths and sets are what they stand for
+    auth = goose_proxy.AuthConfig(cert_file=tmp_path / "c.pem", key_file=tmp_path / "k.pem")  # type: ignore[arg-type]
+    hosts = goose_proxy.ServerConfig(allowed_hosts=frozenset({"b.lan", "a.lan"}))  # type: ignore[arg-type]
+    checked = validated(
+        goose_proxy.Config(server=hosts, backend=goose_proxy.BackendConfig(auth=auth))
+    )
+    assert checked.backend.auth.cert_file == str(tmp_path / "c.pem")
+    assert checked.server.allowed_hosts == ("a.lan", "b.lan")
+
+
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
