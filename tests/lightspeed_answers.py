@@ -140,6 +140,26 @@ def rag() -> list[dict[str, Any]]:
     return _numbered([*_opening(), *work, *answer, _completed(output)])
 
 
+def searched() -> list[dict[str, Any]]:
+    """Llama Stack 0.6's knowledge search, as its sources stream it: the
+    search's arguments as ``function_call_arguments`` events of an item it
+    never announces (at output 0), then the search's own item there, then the
+    answer (output 1)."""
+    query = '{"query": "install a package"}'
+    search = {"id": "fc_ks", "type": "file_search_call", "status": "completed",
+              "queries": ["install a package"], "results": []}  # fmt: skip
+    args = [
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_ks",
+         "output_index": 0, "delta": piece}
+        for piece in (query[:9], query[9:])
+    ]  # fmt: skip
+    args.append({"type": "response.function_call_arguments.done", "item_id": "fc_ks",
+                 "output_index": 0, "arguments": query})  # fmt: skip
+    work = [*args, _item("added", 0, {**search, "status": "in_progress"}), _item("done", 0, search)]
+    answer, message = _message(1, ["Use dnf ", "to install ", "it."])
+    return _numbered([*_opening(), *work, *answer, _completed([search, message])])
+
+
 def reasoning() -> list[dict[str, Any]]:
     """A reasoning model through Llama Stack: ``reasoning_text`` at content index 1
     of the message item, announced (with a delta) before the item itself."""

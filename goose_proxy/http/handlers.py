@@ -39,6 +39,7 @@ from goose_proxy.errors import (
     NotFound,
     ProxyError,
     UpstreamHTTPError,
+    UpstreamNotAResponse,
     UpstreamProtocolError,
     UpstreamRedirect,
 )
@@ -898,6 +899,7 @@ def _may_be_adapted(data: str) -> bool:
         '"response"' in data
         or '"response.output_item.' in data
         or '"response.content_part.' in data
+        or '"response.function_call_arguments.' in data
         or '"error"' in data  # the type of a flat error event (or a key: parsed, left)
     )
 
@@ -1132,12 +1134,14 @@ def _whole(ev: SSEEvent) -> bool:
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:
+    """A 2xx JSON answer's object; UpstreamNotAResponse (not to be retried: a
+    login page does not change) for a body that is none."""
     try:
         obj = upstream_json(raw)
     except (ValueError, RecursionError):
-        raise UpstreamProtocolError("backend sent a response that is not JSON") from None
+        raise UpstreamNotAResponse("backend sent a response that is not JSON") from None
     if not isinstance(obj, dict):
-        raise UpstreamProtocolError("backend sent a JSON response that is not an object")
+        raise UpstreamNotAResponse("backend sent a JSON response that is not an object")
     return obj
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from goose_proxy.errors import InvalidRequest
+from goose_proxy.errors import InvalidRequest, UnsupportedParameter
 
 from .messages import points_into_the_system_prompt, texts_of
 
@@ -130,14 +130,26 @@ def prepare_passthrough(
     Everything else is forwarded
     unchanged: the backend validates. Returns the body and the dropped keys.
 
+    A client that does not stream gets a stream asked for on its behalf (the
+    proxy collects it): a non-streamed answer's head comes only once the
+    whole answer was generated, which ``backend.timeout`` would cut.
+
     Raises:
-        InvalidRequest: ``req`` is not a JSON object, or a model is required and absent.
+        InvalidRequest: ``req`` is not a JSON object, or a model is required and
+            absent (a stored ``prompt`` may name the model: then none is sent).
+        UnsupportedParameter: ``background: true`` under the openai flavour (its
+            answer could not be fetched through the proxy).
     """
     if not isinstance(req, dict):
         raise InvalidRequest("request body must be a JSON object")
     model = req.get("model")
     body = dict(req)
-    body["model"] = upstream_model(opts, model if isinstance(model, str) else None)
+    try:
+        body["model"] = upstream_model(opts, model if isinstance(model, str) else None)
+    except InvalidRequest:
+        if model is not None or "prompt" not in req:
+            raise
+        body.pop("model", None)  # the stored prompt's model (the Responses API allows it)
     dropped: list[str] = []
     if opts.flavor == "lightspeed":
         dropped = sorted(k for k in body if k not in LIGHTSPEED_FIELDS)
@@ -152,6 +164,14 @@ def prepare_passthrough(
         # (a context overflow is a bare 500 without one); the proxy collects
         # it for a client that did not ask to stream
         body["stream"] = True
+    elif body.get("background") is True:
+        raise UnsupportedParameter(
+            "background responses are not supported: goose-proxy does not serve "
+            "GET /v1/responses/{id}, so their answer could not be fetched",
+            param="background",
+        )
+    else:
+        body["stream"] = True  # its head at once (see above); collected for the client
     # (the openai flavour's default, "input", leaves them as they are)
     _apply_system_messages(body, opts.system_messages)
     apply_extras(body, opts)

@@ -47,8 +47,12 @@ RESPONSE_EVENTS = frozenset(
 )
 #: a failure reported in the stream (``response.failed`` is among RESPONSE_EVENTS)
 ERROR_EVENTS = frozenset({"error"})
+#: argument events: of a client's call, or of the backend's own search or MCP call
+ARGUMENT_EVENTS = frozenset(
+    {"response.function_call_arguments.delta", "response.function_call_arguments.done"}
+)
 #: every event type :meth:`AnswerAdapter.event` may change or leave out
-ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS | ERROR_EVENTS
+ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS | ERROR_EVENTS | ARGUMENT_EVENTS
 
 #: a message's missing ``status``, from its response's status
 _STATUS_OF_RESPONSE = {
@@ -86,10 +90,19 @@ class AnswerAdapter:
     (the response id without its ``resp_``, from the first Response object
     seen): the same in ``output_item.added``, ``.done`` and the terminal
     event's ``output``, as the openai SDK's stream helper requires.
+
+    Argument events that name an item no ``function_call`` item announced
+    are left out: Llama Stack streams the arguments of its own searches (and
+    of an MCP call, after its first piece) as ``function_call_arguments``
+    events of items it never announces (or that are left out here, as the
+    backend's own work), at the output index of a client's call or of
+    nothing; the SDK's stream helper would add them to that call's
+    arguments, or fail for want of an item at that index.
     """
 
     def __init__(self) -> None:
         self._rid: Optional[str] = None
+        self._calls: set[str] = set()  # ids of the function_call items announced
 
     def event(self, event: dict[str, Any], kind: Optional[str] = None) -> Optional[dict[str, Any]]:
         """``event`` (of type ``kind``, default its ``type``) adapted: None to leave it
@@ -98,10 +111,15 @@ class AnswerAdapter:
             kind = event.get("type")
         if not isinstance(kind, str):
             return event
+        if kind in ARGUMENT_EVENTS:
+            item_id = event.get("item_id")
+            return None if isinstance(item_id, str) and item_id not in self._calls else event
         if kind in ITEM_EVENTS:
             item = event.get("item")
             if not isinstance(item, dict) or not _is_a(item, CLIENT_ITEMS):
                 return None  # the backend's own tool work
+            if item.get("type") == "function_call" and isinstance(item.get("id"), str):
+                self._calls.add(item["id"])
             mended = self._item(item, event.get("output_index"), _STATUS_OF_EVENT.get(kind))
             return event if mended is item else {**event, "item": mended}
         if kind in PART_EVENTS:

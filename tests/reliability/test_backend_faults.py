@@ -129,9 +129,10 @@ async def _canned(pki: SimpleNamespace, answer: bytes) -> AsyncIterator[FakeServ
 # --- a slow answer ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 @pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
 async def test_an_answer_longer_to_generate_than_the_head_timeout(
-    pki: SimpleNamespace, flavor: str
+    pki: SimpleNamespace, flavor: str, path: str
 ) -> None:
     # backend.timeout bounds the wait for the answer's head, not its
     # generation: the proxy asks for a stream even for a client that does not
@@ -157,11 +158,16 @@ async def test_an_answer_longer_to_generate_than_the_head_timeout(
             await stream.send(http_answer("200 OK", [("content-type", "application/json")], body))
         await read_all(stream)
 
+    chat = path == "/v1/chat/completions"
+    ask = HELLO if chat else {"model": "m", "input": "hi"}
     with anyio.fail_after(10):
         async with fake_server(handler, tls=pki.server_context()) as srv:
-            r = await _direct(srv.url, pki.auth, HELLO, timeout=0.3, flavor=flavor)
+            r = await _direct(srv.url, pki.auth, ask, path, timeout=0.3, flavor=flavor)
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"]["content"] == "slow"
+    if chat:
+        assert r.json()["choices"][0]["message"]["content"] == "slow"
+    else:
+        assert r.json()["output"][0]["content"][0]["text"] == "slow"
     assert len(srv.requests) == 1
 
 
@@ -586,11 +592,12 @@ async def test_stream_without_terminal_event(pki: SimpleNamespace) -> None:
 
 @pytest.mark.parametrize("fault", ["truncate", "reset_mid_body"])
 async def test_cut_content_length_body(pki: SimpleNamespace, fault: str) -> None:
-    # a non-streamed answer (the passthrough forwards the client's stream: false)
-    # is a JSON body with a Content-Length
+    # a non-streamed answer (extra_body asks for one, over the proxy's own
+    # stream: true) is a JSON body with a Content-Length
     responses = {"model": "m", "input": "hi", "stream": False}
+    backend = {"flavor": "openai", "extra_body": {"stream": False}}
     with anyio.fail_after(10):
-        async with proxied(pki, fault=fault, mode="openai", backend={"flavor": "openai"}) as h:
+        async with proxied(pki, fault=fault, mode="openai", backend=backend) as h:
             r = await post(h.url, responses, path="/v1/responses")
     assert h.backend.requests[-1].json["stream"] is False
     assert r.status_code == 502

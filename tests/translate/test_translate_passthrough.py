@@ -151,6 +151,7 @@ def test_the_adapted_event_types() -> None:
         "response.content_part.added", "response.content_part.done",
         "response.created", "response.in_progress", "response.queued",
         "response.completed", "response.incomplete", "response.failed", "error",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
     }  # fmt: skip
     adapter = AnswerAdapter()
     # a type given apart (the SSE event name of data without one) is the one used
@@ -158,6 +159,27 @@ def test_the_adapted_event_types() -> None:
     assert adapter.event(search, "response.output_item.done") is None
     assert adapter.event(search) is search
     assert adapter.event(search, "response.output_text.delta") is search
+
+
+def test_argument_events_of_items_no_call_announced_are_left_out() -> None:
+    # Llama Stack: a search's arguments (never announced) at the output index
+    # of the client's call; an MCP call's later pieces at its own (left-out) item's
+    adapter = AnswerAdapter()
+    call = {"type": "function_call", "id": "fc_c", "call_id": "call_c", "name": "shell",
+            "arguments": ""}  # fmt: skip
+    added = {"type": "response.output_item.added", "output_index": 0, "item": call}
+    assert adapter.event(added) is added
+    mine = {"type": "response.function_call_arguments.delta", "item_id": "fc_c",
+            "output_index": 0, "delta": "{}"}  # fmt: skip
+    search = {**mine, "item_id": "fc_k", "delta": '{"query": "rhel"}'}
+    search_done = {**search, "type": "response.function_call_arguments.done", "arguments": "{}"}
+    nameless = {k: v for k, v in search.items() if k != "item_id"}
+    assert adapter.event(mine) is mine
+    assert adapter.event(search) is None and adapter.event(search_done) is None
+    assert adapter.event(nameless) is nameless  # no id to tell by: as it came
+    mcp = {"type": "mcp_call", "id": "mcp_1", "name": "rpm", "server_label": "rhel"}
+    assert adapter.event({**added, "item": mcp}) is None
+    assert adapter.event({**mine, "item_id": "mcp_1"}) is None
 
 
 JSON = st.recursive(

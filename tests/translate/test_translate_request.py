@@ -895,10 +895,26 @@ def test_passthrough_model_rule(opts: TranslateOptions, expected: str) -> None:
 
 def test_passthrough_openai_and_extra_body() -> None:
     req = {"model": "gpt-5", "input": "x", "whatever": [1, 2]}
-    assert prepare_passthrough(req, OPENAI) == (req, [])
+    # as it came, but asked as a stream (its head at once; collected for the client)
+    assert prepare_passthrough(req, OPENAI) == ({**req, "stream": True}, [])
     opts = TranslateOptions(flavor="openai", extra_body={"store": False, "whatever": None})
     body, _ = prepare_passthrough(req, opts)
-    assert body == {"model": "gpt-5", "input": "x", "store": False, "whatever": None}
+    assert body == {"model": "gpt-5", "input": "x", "store": False, "whatever": None,
+                    "stream": True}  # fmt: skip
+
+
+def test_passthrough_openai_refuses_background_and_takes_a_stored_prompts_model() -> None:
+    with pytest.raises(UnsupportedParameter) as exc:
+        prepare_passthrough({"model": "gpt-5", "input": "x", "background": True}, OPENAI)
+    assert exc.value.param == "background" and exc.value.status == 400
+    prompt = {"prompt": {"id": "pmpt_1", "version": "2"}, "input": "x"}
+    assert prepare_passthrough(prompt, OPENAI) == ({**prompt, "stream": True}, [])
+    with pytest.raises(InvalidRequest) as missing:
+        prepare_passthrough({"input": "x"}, OPENAI)  # no prompt to name it: required
+    assert missing.value.param == "model"
+    # under lightspeed background is dropped, as before
+    body, dropped = prepare_passthrough({"input": "x", "background": True}, LIGHTSPEED)
+    assert "background" in dropped and "background" not in body
 
 
 def test_options_reject_unknown_values() -> None:
