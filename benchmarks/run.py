@@ -519,7 +519,9 @@ def proxy_request(sc: Scenario, port: int) -> bytes:
 def expectations(sc: Scenario, direct: bool) -> tuple[list[str], str]:
     """Byte strings every good response contains, and the time-to-first-token marker."""
     if direct or sc.passthrough:  # the passthrough relays the backend's bytes
-        upstream_stream = sc.stream or sc.flavor == "lightspeed"
+        # direct: what the proxy asks upstream (a stream, always); the
+        # passthrough answers a client that does not stream with JSON
+        upstream_stream = bool(responses_body(sc).get("stream")) if direct else sc.stream
         if not upstream_stream:
             return ['"status":"completed"'], ""
         expect = ["response.completed"]
