@@ -422,14 +422,18 @@ class StreamTranslator:
         item = event.get("item")
         if not isinstance(item, JSON_OBJECT):
             return
-        key = self._item_key(item, _int(event.get("output_index"), -1))
+        index = _int(event.get("output_index"), -1)
+        item_id = item.get("id")
+        before = self._key_index.get(item_id, index) if isinstance(item_id, str) else index
+        key = self._item_key(item, index)
         if item.get("type") == "function_call":
             fragments = self._calls.announce(
                 key,
                 call_id_of(item, or_item_id=False),
                 str_or_none(item.get("name")),
-                str_or_none(item.get("id")) or None,
+                str_or_none(item_id) or None,
                 str_or_none(item.get("arguments")),
+                borrowed=before != index,  # an earlier item's id (vLLM 0.11)
             )
             self._fragments(fragments, out)
 

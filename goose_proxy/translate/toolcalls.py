@@ -27,8 +27,9 @@ response supplies them (the item's ``id`` stands in for a ``call_id`` the
 item never has, as in a JSON answer). At the terminal event a
 ``function_call`` item that nothing named goes out with an empty name, as in
 a JSON answer; argument events of no ``function_call`` item (a backend's own
-search or MCP call) are skipped, and so is a call without any id, which
-cannot be answered.
+search or MCP call, under its own item id) are skipped, and so is a call
+without any id, which cannot be answered (see :meth:`ToolCallQueue.find` for
+an event whose id differs from that of the call announced at its index).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ Fragment = dict[str, Any]
 
 class _Call:
     __slots__ = (
+        "borrowed",
         "call_id",
         "final",
         "finished",
@@ -65,6 +67,8 @@ class _Call:
         self.item_seen = False
         #: an argument event named the item's own id (see ToolCallQueue.find)
         self.own_args = False
+        #: announced under an id an earlier item had at another output index
+        self.borrowed = False
         self.name = name
         self.index: Optional[int] = None  # client index, once the header went out
         self.received: list[str] = []  # every argument delta, in order
@@ -95,12 +99,12 @@ class ToolCallQueue:
     def find(self, *keys: Optional[str], named: Optional[str] = None) -> Optional[_Call]:
         """The call under the first known key of ``keys``. An argument event
         that ``named`` an item id other than that of the call announced at its
-        output index is about that call only while the call had no argument
-        event under its own id (a backend that announces a call under one id
-        and streams it under another, as vLLM 0.11 did; the id then stands
-        for the call); after that it is another item's: Llama Stack streams
-        the arguments of its own searches and MCP calls, never announced, at
-        the output index of the client's call, after the client's call's own."""
+        output index is another item's (Llama Stack streams the arguments of
+        its own searches and MCP calls, never announced, at the output index
+        of the client's call), except for a call announced under an earlier
+        item's id and streamed under a new one (vLLM 0.11): while that call
+        had no argument event under its own id, the first such id stands for
+        it."""
         for key in keys:
             call = self._by_key.get(key) if key is not None else None
             if call is None:
@@ -109,8 +113,9 @@ class ToolCallQueue:
                 if named is not None and named == call.item_id:
                     call.own_args = True
                 return call
-            if not call.own_args:
+            if call.borrowed and not call.own_args:
                 self._by_key[named] = call  # (named is not None here)
+                call.own_args = True  # one stand-in: another id is another item's
                 return call
         return None
 
@@ -127,10 +132,12 @@ class ToolCallQueue:
         name: Optional[str],
         item_id: Optional[str] = None,
         arguments: Optional[str] = None,
+        borrowed: bool = False,
     ) -> list[Fragment]:
         """A function call item was added. Repeats of a known key only fill in
         gaps. ``item_id`` stands in for a ``call_id`` that nothing brings by the
-        terminal event. An empty ``name`` is no name: one may still come."""
+        terminal event. An empty ``name`` is no name: one may still come.
+        ``borrowed``: the id is an earlier item's (see :meth:`find`)."""
         call = self._by_key.get(key)
         if call is None:
             call = self._add(key, call_id, name)
@@ -138,6 +145,7 @@ class ToolCallQueue:
             call.call_id = call.call_id or call_id
             call.name = call.name or name or None
         call.item_id = call.item_id or item_id
+        call.borrowed = call.borrowed or borrowed
         call.item_seen = True
         call.preset = call.preset or arguments or None
         return self._advance()

@@ -616,6 +616,14 @@ def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_
             {"tool_calls": _SHELL_CALL},
             id="llama-stack-search-done-before-the-calls-end",
         ),
+        pytest.param(  # a call without arguments of its own streamed, then a search's
+            [call_added("fc_c", "call_c", "list_files", 0), args_delta("fc_k", _SEARCH, 0),
+             args_done("fc_c", "{}", 0), args_done("fc_k", _SEARCH, 0),
+             call_done("fc_c", "call_c", "list_files", "{}", 1),
+             completed([_FILE_SEARCH, call_item("fc_c", "call_c", "list_files", "{}")])],
+            {"tool_calls": [{"id": "call_c", "name": "list_files", "arguments": "{}"}]},
+            id="llama-stack-search-arguments-before-the-calls-own",
+        ),
         pytest.param(  # an MCP call's later argument pieces, interleaved with the client's
             [call_added("fc_c", "call_c", "shell", 0), args_delta("fc_c", _ARGS[:4], 0),
              {"type": "response.mcp_call_arguments.delta", "item_id": "mcp_1",
@@ -669,13 +677,18 @@ def test_the_stream_and_the_collected_answer_show_the_same(
 def test_a_call_streamed_under_another_id_than_announced_streams_as_it_comes() -> None:
     # vLLM 0.11 (gpt-oss) announced a call under the previous item's id and
     # streamed its arguments under a new one: the new id stands for the
-    # announced call, its arguments go out as they come, and one call is shown
-    events = [CREATED, call_added("rs_prev", "call_1", "get_weather", 1),
+    # announced call, its arguments go out as they come, and one call is
+    # shown; a further id is another item's
+    reasoning = {"type": "reasoning", "id": "rs_prev", "summary": []}
+    events = [CREATED,
+              {"type": "response.output_item.added", "output_index": 0, "item": reasoning},
+              {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+              call_added("rs_prev", "call_1", "get_weather", 1),
               args_delta("fc_x", _ARGS[:5], 1), args_delta("fc_x", _ARGS[5:], 1),
-              args_done("fc_x", _ARGS, 1), completed([call_item("rs_prev", "call_1",
-                                                               "get_weather", _ARGS)])]  # fmt: skip
+              args_delta("fc_y", "JUNK", 1), args_done("fc_x", _ARGS, 1),
+              completed([call_item("rs_prev", "call_1", "get_weather", _ARGS)])]  # fmt: skip
     per_event, parsed = run(events)
-    assert [bool(frames) for frames in per_event[2:4]] == [True, True]  # not held back
+    assert [bool(frames) for frames in per_event[4:6]] == [True, True]  # not held back
     assert tool_calls_of(parsed) == [{"id": "call_1", "name": "get_weather", "arguments": _ARGS}]
 
 
