@@ -180,8 +180,12 @@ def _str_list(key: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-#: a host name or a bracketed IPv6 address, as a Host header names it
-_HOST_NAME = re.compile(r"[a-z0-9_.-]+|\[[0-9a-f:.]+(%[a-z0-9_.~-]+)?\]")
+#: a host name (dot-separated labels) or a bracketed IPv6 address, as a Host
+#: header names it
+_HOST_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*\.?"
+    r"|\[[0-9a-f:.]+(?:%[a-z0-9_.~-]+)?\]"
+)
 
 
 def _host_names(key: str, v: Any) -> tuple[str, ...]:
@@ -189,17 +193,17 @@ def _host_names(key: str, v: Any) -> tuple[str, ...]:
     an IPv6 address in brackets."""
     out = []
     for i, given in enumerate(_str_list(key, v)):
-        name, port = given.strip().lower(), ""
+        name, port = given.strip().lower(), None
         if name.startswith("["):
             end = name.find("]")
-            name, port = (name[: end + 1], name[end + 1 :]) if end > 1 else ("", "")
-            port = port[1:] if port.startswith(":") else port or "0"
+            name, rest = (name[: end + 1], name[end + 1 :]) if end > 1 else ("", "")
+            port = rest[1:] if rest.startswith(":") else ("bad" if rest else None)
         elif name.count(":") > 1:
-            name, port = f"[{name}]", "0"  # an IPv6 address without its brackets
-        else:
+            name = f"[{name}]"  # an IPv6 address without its brackets
+        elif ":" in name:
             name, _, port = name.partition(":")
-            port = port or "0"
-        if not name or not _HOST_NAME.fullmatch(name) or not port.isdigit():
+        digits = port is None or (port.isascii() and port.isdecimal())
+        if not name or not _HOST_NAME.fullmatch(name) or not digits:
             raise ConfigError(f"{key}[{i}]: {given!r} is no host name (or host:port)")
         out.append(name)
     return tuple(out)
@@ -539,7 +543,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
+        items = [_plain(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:  # of mixed types: the checker says what is wrong
+            return items
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
@@ -633,6 +641,8 @@ def _regular_file(path: Path) -> None:
         raise ConfigError(f"{path}: a broken symbolic link") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if os.path.realpath(path) == os.devnull:
+        return  # an empty configuration, as it always was
     if stat.S_ISDIR(mode):
         raise ConfigError(f"{path}: cannot read: Is a directory")
     if not stat.S_ISREG(mode):

@@ -123,7 +123,8 @@ def test_allowed_hosts_are_matched_by_name() -> None:
     cfg = parse_config({"server": {"allowed_hosts": given}})
     assert cfg.server.allowed_hosts == ("proxy.lan", "[::1]", "[fe80::1]", "box")
     bad_entries = ("", ":8080", "[::1", "http://proxy.lan", "https://proxy.lan:8443/",
-                   "proxy.lan:abc", "proxy lan", "user@proxy.lan", "[::1]x")  # fmt: skip
+                   "proxy.lan:abc", "proxy lan", "user@proxy.lan", "[::1]x", "a:\u0663",
+                   "1.2.3.4:", "[::1]:", ".", "-", "a..b")  # fmt: skip
     for bad in bad_entries:
         with pytest.raises(ConfigError) as exc:
             parse_config({"server": {"allowed_hosts": [bad]}})
@@ -304,6 +305,11 @@ def test_a_fifo_where_the_xdg_config_belongs_is_reported_not_waited_on(
     with pytest.raises(ConfigError) as exc:
         load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path)})
     assert str(exc.value).endswith("config.toml: not a regular file (a FIFO, socket or device)")
+    # a link to /dev/null is an empty configuration, as it was
+    (tmp_path / "goose-proxy" / "config.toml").unlink()
+    (tmp_path / "goose-proxy" / "config.toml").symlink_to(os.devnull)
+    config, _ = load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path)})
+    assert config == Config(source=config.source)
 
 
 @pytest.mark.parametrize(

@@ -615,8 +615,9 @@ class PassthroughRelay:
     With an ``adapter`` (the lightspeed flavour), the events it changes go out
     as it changes them (``event:`` line kept, compact JSON) and those it leaves
     out not at all (see :func:`_adapt_events`); the others go through as they
-    came, and only events of :data:`ADAPTED_EVENTS` (few per response; never a
-    text delta) are parsed for it.
+    came, and only events of :data:`ADAPTED_EVENTS` are parsed for it (never a
+    text delta, nor the argument delta of a call announced; a few per
+    response).
     """
 
     def __init__(
@@ -918,6 +919,8 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
         name = ev.event
         if not (name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data)):
             continue
+        if "function_call_arguments." in (name or ev.data) and adapter.names_a_call(ev.data):
+            continue  # a client's call's: as it came
         try:
             obj = event_json(ev.data)
         except (ValueError, RecursionError):
@@ -1134,12 +1137,17 @@ def _whole(ev: SSEEvent) -> bool:
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:
-    """A 2xx JSON answer's object; UpstreamNotAResponse (not to be retried: a
-    login page does not change) for a body that is none."""
+    """A 2xx JSON answer's object. UpstreamNotAResponse (not to be retried: a
+    login page does not change) for a body that is no JSON document at all
+    (empty, a page, text) or JSON but no object; UpstreamProtocolError (left
+    to the client's rule) for one that begins as JSON and breaks off, which a
+    body framed by the connection's close and cut short looks like."""
     try:
         obj = upstream_json(raw)
     except (ValueError, RecursionError):
-        raise UpstreamNotAResponse("backend sent a response that is not JSON") from None
+        begun = raw.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] in (b"{", b"[")
+        cls = UpstreamProtocolError if begun else UpstreamNotAResponse
+        raise cls("backend sent a response that is not JSON") from None
     if not isinstance(obj, dict):
         raise UpstreamNotAResponse("backend sent a JSON response that is not an object")
     return obj

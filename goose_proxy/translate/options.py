@@ -137,8 +137,8 @@ def prepare_passthrough(
     Raises:
         InvalidRequest: ``req`` is not a JSON object, or a model is required and
             absent (a stored ``prompt`` may name the model: then none is sent).
-        UnsupportedParameter: ``background: true`` under the openai flavour (its
-            answer could not be fetched through the proxy).
+        UnsupportedParameter: ``background: true`` without ``stream: true`` under
+            the openai flavour (its answer could not be fetched through the proxy).
     """
     if not isinstance(req, dict):
         raise InvalidRequest("request body must be a JSON object")
@@ -164,13 +164,13 @@ def prepare_passthrough(
         # (a context overflow is a bare 500 without one); the proxy collects
         # it for a client that did not ask to stream
         body["stream"] = True
-    elif body.get("background") is True:
-        raise UnsupportedParameter(
-            "background responses are not supported: goose-proxy does not serve "
-            "GET /v1/responses/{id}, so their answer could not be fetched",
-            param="background",
-        )
-    else:
+    elif body.get("stream") is not True:
+        if body.get("background") is True:
+            raise UnsupportedParameter(
+                "background responses are not supported unless streamed: goose-proxy "
+                "does not serve GET /v1/responses/{id}, so their answer could not be fetched",
+                param="background",
+            )
         body["stream"] = True  # its head at once (see above); collected for the client
     # (the openai flavour's default, "input", leaves them as they are)
     _apply_system_messages(body, opts.system_messages)

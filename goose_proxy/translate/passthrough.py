@@ -104,6 +104,12 @@ class AnswerAdapter:
         self._rid: Optional[str] = None
         self._calls: set[str] = set()  # ids of the function_call items announced
 
+    def names_a_call(self, data: str) -> bool:
+        """Whether an argument event's unparsed ``data`` names a call announced
+        so far: then it goes as it came, unparsed (a call's arguments are many
+        small deltas)."""
+        return any(f'"{call}"' in data for call in self._calls)
+
     def event(self, event: dict[str, Any], kind: Optional[str] = None) -> Optional[dict[str, Any]]:
         """``event`` (of type ``kind``, default its ``type``) adapted: None to leave it
         out, ``event`` itself when it is fine as it is."""

@@ -20,7 +20,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Optional
 
 import anyio
 import anyio.abc
@@ -169,6 +169,27 @@ async def test_an_answer_longer_to_generate_than_the_head_timeout(
     else:
         assert r.json()["output"][0]["content"][0]["text"] == "slow"
     assert len(srv.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "retry"),
+    [(b"<html>Please log in</html>", "false"), (b"", "false"), (b'{"id": "resp_1", "outp', None)],
+    ids=["a-login-page", "nothing", "json-cut-short"],
+)
+async def test_a_2xx_chat_answer_that_is_no_json_says_whether_to_retry(
+    pki: SimpleNamespace, body: bytes, retry: Optional[str]
+) -> None:
+    # a page (or nothing) comes again on a retry: the openai SDK is told not
+    # to send the request again; JSON that breaks off may be a body cut short
+    # (framed by the connection's close), a retry may get it whole
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    answer += b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    with anyio.fail_after(10):
+        async with _canned(pki, answer) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO)
+    assert r.status_code == 502
+    assert r.json()["error"]["message"] == "backend sent a response that is not JSON"
+    assert r.headers.get("x-should-retry") == retry
 
 
 # --- connecting ----------------------------------------------------------------------

@@ -907,6 +907,8 @@ def test_passthrough_openai_refuses_background_and_takes_a_stored_prompts_model(
     with pytest.raises(UnsupportedParameter) as exc:
         prepare_passthrough({"model": "gpt-5", "input": "x", "background": True}, OPENAI)
     assert exc.value.param == "background" and exc.value.status == 400
+    streamed = {"model": "gpt-5", "input": "x", "background": True, "stream": True}
+    assert prepare_passthrough(streamed, OPENAI) == (streamed, [])  # its answer comes now
     prompt = {"prompt": {"id": "pmpt_1", "version": "2"}, "input": "x"}
     assert prepare_passthrough(prompt, OPENAI) == ({**prompt, "stream": True}, [])
     with pytest.raises(InvalidRequest) as missing:
