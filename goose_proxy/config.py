@@ -594,8 +594,6 @@ def load_config(
     warnings: list[str] = []
     if path is None:
         found = find_config(env)
-        if found is not None:
-            _regular_file(found)
         if found is None:
             dirs = env.get("XDG_CONFIG_DIRS") or DEFAULT_CONFIG_DIRS
             relative = [d for d in dirs.split(":") if d and not os.path.isabs(d)]
@@ -604,6 +602,7 @@ def load_config(
                 f"no goose-proxy/config.toml in XDG_CONFIG_DIRS ({dirs}{cwd}); using defaults"
             )
             return Config(), warnings
+        _regular_file(found)
         path = found
     p = Path(path)
     try:
