@@ -824,3 +824,35 @@ def test_the_changed_events_are_spliced_where_they_were(blocks: list[bytes], crl
     events = handlers.SSEParser().feed(whole)
     got = handlers._adapt_events(whole, events, AnswerAdapter())
     assert got == _adapted_event_by_event(whole, AnswerAdapter())
+
+
+def test_a_known_calls_argument_deltas_go_unparsed_and_nothing_else_does() -> None:
+    # a call's own deltas are told by their item_id alone; an unnamed terminal
+    # event whose text mentions argument events and holds the call is still
+    # adapted (the backend's own item left out, the conversation an object)
+    adapter = AnswerAdapter()
+    call = {"type": "function_call", "id": "fc_c", "call_id": "call_c", "name": "shell",
+            "arguments": "{}"}  # fmt: skip
+    said = 'Goose reads response.function_call_arguments.delta "fc_c"'
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "annotations": [], "text": said}]}  # fmt: skip
+    search = {"type": "file_search_call", "id": "fc_k", "status": "completed", "queries": []}
+    completed = {"type": "response.completed", "response": {
+        "id": "resp_1", "object": "response", "status": "completed", "conversation": "conv1",
+        "output": [message, search, call]}}  # fmt: skip
+    delta = {"type": "response.function_call_arguments.delta", "item_id": "fc_c",
+             "output_index": 2, "delta": "{}"}  # fmt: skip
+    search_delta = {**delta, "item_id": "fc_k", "delta": '"fc_c"'}
+    added = {"type": "response.output_item.added", "output_index": 2, "item": call}
+    blocks = [json.dumps(e, separators=(",", ":")).encode() for e in (added, delta, search_delta)]
+    blocks.append(json.dumps(completed).encode())
+    whole = b"".join(b"data: " + b + b"\n\n" for b in blocks)
+    events = handlers.SSEParser().feed(whole)
+    got = handlers.SSEParser().feed(handlers._adapt_events(whole, events, adapter))
+    assert [json.loads(e.data)["type"] for e in got] == [
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.completed"]  # fmt: skip
+    assert got[1].data == events[1].data  # as it came
+    final = json.loads(got[2].data)["response"]
+    assert [item["type"] for item in final["output"]] == ["message", "function_call"]
+    assert final["conversation"] == {"id": "conv1"}

@@ -67,7 +67,7 @@ from goose_proxy.translate import (
     prepare_passthrough,
     responses_to_chat,
 )
-from goose_proxy.translate.passthrough import stream_of_response
+from goose_proxy.translate.passthrough import ARGUMENT_EVENTS, stream_of_response
 from goose_proxy.translate.response import check_finished
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
 from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, has_fields, upstream_json
@@ -462,14 +462,14 @@ def _json_answer(raw: bytes, adapt: bool, as_stream: bool) -> tuple[bytes, bool]
     would have sent (the openai SDK and Goose read JSON as an empty stream).
 
     Raises what a client can act on instead of a 200 it would read as an empty
-    answer: UpstreamProtocolError for a body that is not a JSON object,
-    UpstreamNotAResponse for one that is no Response (no ``output`` list), and
+    answer: for a body that is not a JSON object, what :func:`_load_upstream_json`
+    raises; UpstreamNotAResponse for one that is no Response (no ``output`` list), and
     for a client that streams, the failure a Response reports (as chat
     answers it: a context overflow is a 400) or UpstreamNotAResponse for one
     not finished (a 200 whose body is an error object raises that error for
     either). A Response that is not finished goes as it came to a client that
-    does not stream (``background: true`` answers ``queued``); so does one that
-    failed, and one that needs no change is ``raw`` itself.
+    does not stream (a backend that answers JSON to the stream asked of it);
+    so does one that failed, and one that needs no change is ``raw`` itself.
     """
     obj = _load_upstream_json(raw)
     if as_stream or not isinstance(obj.get("output"), list):
@@ -919,8 +919,9 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
         name = ev.event
         if not (name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data)):
             continue
-        if "function_call_arguments." in (name or ev.data) and adapter.names_a_call(ev.data):
-            continue  # a client's call's: as it came
+        arguments = name in ARGUMENT_EVENTS if name else '"response"' not in ev.data
+        if arguments and adapter.names_a_call(ev.data):
+            continue  # a client's call's argument event: as it came, unparsed
         try:
             obj = event_json(ev.data)
         except (ValueError, RecursionError):
@@ -1137,17 +1138,22 @@ def _whole(ev: SSEEvent) -> bool:
 
 
 def _load_upstream_json(raw: bytes) -> dict[str, Any]:
-    """A 2xx JSON answer's object. UpstreamNotAResponse (not to be retried: a
-    login page does not change) for a body that is no JSON document at all
-    (empty, a page, text) or JSON but no object; UpstreamProtocolError (left
-    to the client's rule) for one that begins as JSON and breaks off, which a
-    body framed by the connection's close and cut short looks like."""
+    """A 2xx JSON answer's object. UpstreamProtocolError (left to the client's
+    rule) for JSON that runs to the end of the body unfinished, which a body
+    framed by the connection's close and cut short looks like;
+    UpstreamNotAResponse (not to be retried: a login page does not change)
+    for any other body that is no JSON object (empty, a page, text, JSON
+    with more after it, JSON but no object)."""
     try:
         obj = upstream_json(raw)
-    except (ValueError, RecursionError):
-        begun = raw.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] in (b"{", b"[")
-        cls = UpstreamProtocolError if begun else UpstreamNotAResponse
+    except json.JSONDecodeError as e:
+        cut = bool(e.doc.strip()) and (
+            e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string")
+        )
+        cls = UpstreamProtocolError if cut else UpstreamNotAResponse
         raise cls("backend sent a response that is not JSON") from None
+    except (ValueError, RecursionError):  # not UTF-8; nested past the parser's depth
+        raise UpstreamNotAResponse("backend sent a response that is not JSON") from None
     if not isinstance(obj, dict):
         raise UpstreamNotAResponse("backend sent a JSON response that is not an object")
     return obj

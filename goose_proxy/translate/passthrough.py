@@ -24,6 +24,7 @@ objects it is given. Pure: dicts in, dicts out.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from .response import events_from_response
@@ -51,6 +52,8 @@ ERROR_EVENTS = frozenset({"error"})
 ARGUMENT_EVENTS = frozenset(
     {"response.function_call_arguments.delta", "response.function_call_arguments.done"}
 )
+#: an event's own ``item_id`` in its unparsed JSON (see AnswerAdapter.names_a_call)
+_ITEM_ID = re.compile(r'"item_id"\s*:\s*"([^"\\]*)"')
 #: every event type :meth:`AnswerAdapter.event` may change or leave out
 ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS | ERROR_EVENTS | ARGUMENT_EVENTS
 
@@ -105,10 +108,12 @@ class AnswerAdapter:
         self._calls: set[str] = set()  # ids of the function_call items announced
 
     def names_a_call(self, data: str) -> bool:
-        """Whether an argument event's unparsed ``data`` names a call announced
-        so far: then it goes as it came, unparsed (a call's arguments are many
-        small deltas)."""
-        return any(f'"{call}"' in data for call in self._calls)
+        """Whether the unparsed ``data`` of an argument event has the ``item_id``
+        of a call announced so far: then it goes as it came, unparsed (a call's
+        arguments are many small deltas). Text in a string is escaped, so only
+        the event's own ``item_id`` key matches."""
+        m = _ITEM_ID.search(data)
+        return m is not None and m.group(1) in self._calls
 
     def event(self, event: dict[str, Any], kind: Optional[str] = None) -> Optional[dict[str, Any]]:
         """``event`` (of type ``kind``, default its ``type``) adapted: None to leave it

@@ -433,7 +433,7 @@ class StreamTranslator:
                 str_or_none(item.get("name")),
                 str_or_none(item_id) or None,
                 str_or_none(item.get("arguments")),
-                borrowed=before != index,  # an earlier item's id (vLLM 0.11)
+                borrowed=index >= 0 and before != index,  # an earlier item's id (vLLM 0.11)
             )
             self._fragments(fragments, out)
 

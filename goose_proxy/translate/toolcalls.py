@@ -141,11 +141,11 @@ class ToolCallQueue:
         call = self._by_key.get(key)
         if call is None:
             call = self._add(key, call_id, name)
+            call.borrowed = borrowed  # (a repeat says nothing more of it)
         else:
             call.call_id = call.call_id or call_id
             call.name = call.name or name or None
         call.item_id = call.item_id or item_id
-        call.borrowed = call.borrowed or borrowed
         call.item_seen = True
         call.preset = call.preset or arguments or None
         return self._advance()

@@ -173,8 +173,24 @@ async def test_an_answer_longer_to_generate_than_the_head_timeout(
 
 @pytest.mark.parametrize(
     ("body", "retry"),
-    [(b"<html>Please log in</html>", "false"), (b"", "false"), (b'{"id": "resp_1", "outp', None)],
-    ids=["a-login-page", "nothing", "json-cut-short"],
+    [
+        (b"<html>Please log in</html>", "false"),
+        (b"", "false"),
+        (b'{"id": "resp_1", "outp', None),
+        (b'{"id": "resp_1", "output": [1, 2', None),
+        (b"[error] upstream connect error", "false"),
+        (b'{"id": "r", "output": []}\n{"id": "s"}', "false"),
+        (b"[" * 100_000, "false"),
+    ],
+    ids=[
+        "a-login-page",
+        "nothing",
+        "json-cut-short",
+        "json-cut-between-values",
+        "text-in-brackets",
+        "json-and-more",
+        "nested-too-deep",
+    ],
 )
 async def test_a_2xx_chat_answer_that_is_no_json_says_whether_to_retry(
     pki: SimpleNamespace, body: bytes, retry: Optional[str]

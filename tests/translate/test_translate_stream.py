@@ -624,6 +624,15 @@ def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_
             {"tool_calls": [{"id": "call_c", "name": "list_files", "arguments": "{}"}]},
             id="llama-stack-search-arguments-before-the-calls-own",
         ),
+        pytest.param(  # ... and its announcement repeated without an index: no borrowed id
+            [call_added("fc_c", "call_c", "list_files", 0),
+             {k: v for k, v in call_added("fc_c", "call_c", "list_files", 0).items()
+              if k != "output_index"},
+             args_delta("fc_k", _SEARCH, 0), args_done("fc_c", "{}", 0),
+             completed([_FILE_SEARCH, call_item("fc_c", "call_c", "list_files", "{}")])],
+            {"tool_calls": [{"id": "call_c", "name": "list_files", "arguments": "{}"}]},
+            id="llama-stack-call-announced-twice-then-a-search",
+        ),
         pytest.param(  # an MCP call's later argument pieces, interleaved with the client's
             [call_added("fc_c", "call_c", "shell", 0), args_delta("fc_c", _ARGS[:4], 0),
              {"type": "response.mcp_call_arguments.delta", "item_id": "mcp_1",
