@@ -410,7 +410,7 @@ class Handlers:
                     return
                 await ex.send(resp.status, out, headers)
                 return
-            if not client_stream:  # a stream asked for on the client's behalf (lightspeed)
+            if not client_stream:  # a stream asked for on the client's behalf
                 answer = await self._collect(resp)
                 answer = adapt_response(answer) if adapt else answer
                 await ex.send(resp.status, encode_json_for_client(answer), [JSON])

@@ -218,41 +218,29 @@ def _user_part(raw: Any, path: str) -> Item:
     fail(at(path, "type"), f"unknown content part {ptype!r}")
 
 
-def _as_content(parts: list[Item]) -> str:
-    """An earlier assistant turn's content as input: its text and refusal parts
-    as one string, in order. That is the form every Responses server takes
-    (``EasyInputMessage``): ``output_text`` and ``refusal`` parts are valid
-    input only in an output message with an ``id`` and a ``status`` (the
-    openai SDK's types), which the proxy would have to invent, and servers that
-    check input items (vLLM) refuse them without."""
-    return "".join(
-        part["text"] if part["type"] == "output_text" else part["refusal"] for part in parts
-    )
-
-
 def _assistant_items(
     msg: Mapping[str, Any], path: str, index: int, legacy_calls: dict[str, list[str]]
 ) -> list[Item]:
-    parts: list[Item] = []
+    # An earlier turn's text and refusal parts go as one string, in order: the
+    # form every Responses server takes (``EasyInputMessage``). ``output_text``
+    # and ``refusal`` parts are valid input only in an output message with an
+    # ``id`` and a ``status`` (the openai SDK's types), which the proxy would
+    # have to invent, and servers that check input items (vLLM) refuse them.
+    texts: list[str] = []
     cpath = at(path, "content")
     content = msg.get("content")
     if isinstance(content, str):
-        if content:
-            parts.append({"type": "output_text", "text": content})
+        texts.append(content)
     elif content is not None:
         for j, raw in enumerate(require_list(content, cpath, CONTENT)):
             ppath = at(cpath, j)
             part = require_object(raw, ppath)
             ptype = _part_type(part, ppath)
-            if ptype == "text":
-                text = _required_str(part, "text", ppath)
-                if text:
-                    parts.append({"type": "output_text", "text": text})
-            elif ptype == "refusal":
-                parts.append({"type": "refusal", "refusal": _required_str(part, "refusal", ppath)})
+            if ptype in ("text", "refusal"):
+                texts.append(_required_str(part, ptype, ppath))
             else:
                 fail(at(ppath, "type"), f"unknown content part {ptype!r}")
-    text = _as_content(parts)
+    text = "".join(texts)
     refusal = get_str(msg, "refusal", path)
     if refusal and refusal not in text:
         # (the proxy's own answers have a refusal in content too, in its place
