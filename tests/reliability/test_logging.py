@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +26,7 @@ from tests.reliability.support import (
     chunk,
     exchange,
     fake_server,
+    http_answer,
     post,
     proxied,
     read_request_head,
@@ -49,6 +52,20 @@ def _logged(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> str:
             if rec.exc_info and rec.exc_info[1] is not None:
                 out.append(logging.Formatter().formatException(rec.exc_info))
     return "\n".join(out)
+
+
+@asynccontextmanager
+async def _proxy_before(pki: SimpleNamespace, answers: list[bytes]) -> AsyncIterator[Any]:
+    """A running proxy whose TLS backend answers its n-th request with ``answers[n]``."""
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            await stream.send(answers[len(srv.requests) - 1])
+
+    async with fake_server(handler, tls=pki.server_context()) as srv:
+        async with running_proxy(make_config(srv.url, pki.auth, backend={"proxy": ""})) as proxy:
+            yield proxy
 
 
 def _chat(text: str, stream: bool = False) -> dict[str, Any]:
@@ -97,28 +114,16 @@ async def test_no_backend_error_bodies_at_info(
         "type": "response.failed",
         "response": {"status": "failed", "error": {"code": "server_error", "message": SECRET}},
     }
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        while True:
-            await read_request_head(stream, srv)
-            n = len(srv.requests) - 1
-            if n < len(replies):
-                status, ctype, body = replies[n]
-                head = f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\n"
-                head += f"content-length: {len(body)}\r\n\r\n"
-                await stream.send(head.encode() + body)
-            else:
-                await stream.send(SSE_HEAD + chunk(sse_event(failed)) + b"0\r\n\r\n")
+    answers = [http_answer(f"{s} X", [("content-type", t)], body) for s, t, body in replies]
+    answers.append(SSE_HEAD + chunk(sse_event(failed)) + b"0\r\n\r\n")
 
     caplog.set_level(logging.DEBUG)
     statuses = []
     with anyio.fail_after(15):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
-            async with running_proxy(cfg) as proxy:
-                for _ in range(len(replies) + 1):
-                    r = await post(proxy.url, _chat("hi", stream=True))
-                    statuses.append(r.status_code)
+        async with _proxy_before(pki, answers) as proxy:
+            for _ in answers:
+                r = await post(proxy.url, _chat("hi", stream=True))
+                statuses.append(r.status_code)
     assert statuses == [500, 503, 429, 502, 502, 502]
     text = _logged(caplog)
     assert "backend reported an error: 503" in text
@@ -142,26 +147,20 @@ async def test_a_refused_identity_and_other_backend_errors_are_warned_about(
         (403, json.dumps({"error": {"message": SECRET, "code": "forbidden"}}).encode()),
     ]
 
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        while True:
-            await read_request_head(stream, srv)
-            status, body = replies[len(srv.requests) - 1]
-            head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
-            await stream.send(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+    json_type = [("content-type", "application/json")]
+    answers = [http_answer(f"{status} X", json_type, body) for status, body in replies]
 
     caplog.set_level(logging.WARNING)
     statuses = []
     with anyio.fail_after(15):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
-            async with running_proxy(cfg) as proxy:
-                for stream in (False, True, False, True, False):
-                    r = await post(proxy.url, _chat("hi", stream=stream))
-                    statuses.append(r.status_code)
-                r = await post(proxy.url, {"model": "m", "input": "hi"}, path="/v1/responses")
+        async with _proxy_before(pki, answers) as proxy:
+            for stream in (False, True, False, True, False):
+                r = await post(proxy.url, _chat("hi", stream=stream))
                 statuses.append(r.status_code)
-                r = await post(proxy.url, {"model": "m", "messages": []})  # the client's
-                statuses.append(r.status_code)
+            r = await post(proxy.url, {"model": "m", "input": "hi"}, path="/v1/responses")
+            statuses.append(r.status_code)
+            r = await post(proxy.url, {"model": "m", "messages": []})  # the client's
+            statuses.append(r.status_code)
     assert statuses == [403, 401, 404, 409, 400, 403, 400]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
