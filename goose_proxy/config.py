@@ -223,6 +223,11 @@ def _endpoint(key: str, v: Any) -> str:
         raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
     if not u.hostname:
         raise ConfigError(f"{key}: {given!r} has no host name")
+    if not _dns_encodable(u.hostname):
+        raise ConfigError(
+            f"{key}: {u.hostname!r} is not a valid host name "
+            "(an empty label, or one longer than 63 characters)"
+        )
     if u.query or u.fragment or s.endswith(("?", "#")):
         raise ConfigError(f"{key}: {s!r} must not have a query or a fragment (? or #)")
     return s
@@ -287,6 +292,15 @@ def redact_location(url: str) -> str:
     return where if len(where) <= 200 else where[:199] + "…"
 
 
+def _dns_encodable(host: str) -> bool:
+    """False for a name the lookup could not encode (``a..example.com``)."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def split_proxy_url(url: str) -> SplitResult:
     """An ``http://`` proxy URL, split and checked (``host:port`` alone means
     ``http://host:port``). Raises ValueError naming only the redacted URL."""
@@ -303,6 +317,8 @@ def split_proxy_url(url: str) -> SplitResult:
         problem = "invalid port in proxy URL {}"
     elif u.scheme != "http" or not u.hostname:
         problem = "unsupported proxy URL {} (use http://host:port)"
+    elif not _dns_encodable(u.hostname):
+        problem = "invalid host name in proxy URL {} (an empty label, or one over 63 characters)"
     else:
         return u
     # the URL is redacted only here: the message never shows the credentials

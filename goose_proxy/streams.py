@@ -607,7 +607,7 @@ async def connect_tcp(
     if _is_address(host):  # no lookup: not to a thread either
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     else:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await _getaddrinfo(loop, host, port, type=socket.SOCK_STREAM)
     sock = await _connect_first(loop, _interleaved(infos))
     try:
         transport, protocol = await loop.create_connection(lambda: _Protocol(read_limit), sock=sock)
@@ -615,6 +615,19 @@ async def connect_tcp(
         sock.close()
         raise
     return _stream(transport, protocol)
+
+
+async def _getaddrinfo(
+    loop: asyncio.AbstractEventLoop, host: Optional[str], port: int, **kw: Any
+) -> list[_AddrInfo]:
+    """``loop.getaddrinfo``, with a name that cannot be encoded for DNS (an empty
+    or over-long label: ``a..example.com``) a ``socket.gaierror`` as any
+    unknown name is, not the codec's ``UnicodeError``."""
+    try:
+        return await loop.getaddrinfo(host, port, **kw)
+    except UnicodeError as e:
+        why = str(e).rpartition("UnicodeError: ")[2].rstrip(")") or "cannot be encoded"
+        raise socket.gaierror(socket.EAI_NONAME, f"not a valid DNS name: {why}") from None
 
 
 def _is_address(host: str) -> bool:
@@ -773,7 +786,8 @@ async def bind_tcp(host: str, port: int, backlog: int = 4096) -> list[socket.soc
     """Listening sockets for every address of ``host`` (port 0: one free port
     shared by all of them). Raises OSError (``socket.gaierror`` for a bad name)."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
+    infos = await _getaddrinfo(
+        loop,
         host or None,
         port,
         type=socket.SOCK_STREAM,

@@ -197,12 +197,15 @@ def test_valid_endpoints(url: str) -> None:
         ("endpoint", "https://example.com/v1?x=1", "must not have a query or a fragment"),
         ("endpoint", "https://example.com/v1#frag", "must not have a query or a fragment"),
         ("endpoint", "https://example.com/v1?", "must not have a query or a fragment"),
+        ("endpoint", "https://ls..example.com/v1", "'ls..example.com' is not a valid host name"),
+        ("endpoint", f"https://{'x' * 64}.example.com/v1", "is not a valid host name"),
         # like a bad endpoint (exit status 2); the environment's *_proxy only warn
         ("proxy", "http://u:s3cret@proxy:70000", "invalid port in proxy URL 'http://***@proxy:70000'"),
         ("proxy", "http://", "unsupported proxy URL 'http://' (use http://host:port)"),
         ("proxy", "http://:3128", "unsupported proxy URL 'http://:3128'"),
         ("proxy", "http://u:pa/ss@proxy:3128", "percent-encode"),
         ("proxy", "https://proxy:3128", "only http:// proxies are supported"),
+        ("proxy", "http://u:s3cret@p..corp:3128", "invalid host name in proxy URL 'http://***@p..corp:3128'"),
     ],
 )  # fmt: skip
 def test_invalid_backend_urls_stop_at_load(key: str, url: str, why: str) -> None:

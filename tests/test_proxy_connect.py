@@ -280,6 +280,22 @@ async def test_unusable_environment_proxy_fails_requests_not_the_server(
     assert "s3cret" not in caplog.text
 
 
+async def test_environment_proxy_with_an_empty_label(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a name the DNS lookup cannot encode: a clear 502 that says not to retry,
+    # where the codec's UnicodeError was an internal error (a retried 500)
+    monkeypatch.setenv("https_proxy", "http://proxy..corp:3128")
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            (resp,) = await chat_via(backend, pki, None)
+    assert resp.status_code == 502
+    assert error_message(resp, should_retry="false") == (
+        "environment variable https_proxy: invalid host name in proxy URL "
+        "'http://proxy..corp:3128' (an empty label, or one over 63 characters)"
+    )
+
+
 # --- parsing and selection (no I/O) -----------------------------------------------------
 
 

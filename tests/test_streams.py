@@ -1155,3 +1155,14 @@ async def test_a_connect_cancelled_at_any_step_leaves_no_socket_open(
                     await poll(lambda: _open_fds() <= before)
             finally:
                 gc.enable()
+
+
+@pytest.mark.parametrize("host", ["lightspeed..example.com", f"{'x' * 64}.example.com"])
+async def test_a_name_dns_cannot_carry_is_a_lookup_error(host: str) -> None:
+    # the codec refuses it before any lookup: the same gaierror an unknown name
+    # gets (the client maps that to "cannot resolve"), not a UnicodeError
+    with anyio.fail_after(5):
+        with pytest.raises(socket.gaierror, match="not a valid DNS name: label empty or too long"):
+            await connect_tcp(host, 443)
+        with pytest.raises(socket.gaierror, match="not a valid DNS name"):
+            await bind_tcp(host, 0)
