@@ -457,7 +457,7 @@ class ProxyServer:
     ) -> int:
         """Answer ``req``; the bytes written for it."""
         rid = req.header(b"x-request-id") or os.urandom(16).hex()
-        if len(rid) > 200 or not rid.isprintable():
+        if len(rid) > 200 or not rid.isprintable() or " " in rid:  # one field in the log
             rid = os.urandom(16).hex()
         ex = Exchange(conn, req, rid, close)
         sent_before = conn.bytes_sent

@@ -355,3 +355,18 @@ async def test_client_gone_in_the_access_line_only_when_the_answer_was_cut(
     lines = [r.getMessage() for r in caplog.records if r.name == "goose_proxy.access"]
     assert len(lines) == 1 and " 200 " in lines[0] and "stream=yes" in lines[0]
     assert ("client-gone" in lines[0]) is gone
+
+
+async def test_a_request_id_with_spaces_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    # the access line ends "rid=<id>[ client-gone]": an id with spaces could write
+    # fields of its own there, so it gets a fresh id as an unprintable one does
+    caplog.set_level("INFO", logger="goose_proxy")
+    forged = "req-1 client-gone upstream=200"
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("http://127.0.0.1:9/v1")) as proxy:
+            async with httpx.AsyncClient(timeout=10) as c:
+                r = await c.get(proxy.url + "/health", headers={"X-Request-ID": forged})
+    rid = r.headers["x-request-id"]
+    assert rid != forged and len(rid) == 32
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
+    assert line.endswith(f" rid={rid}") and "client-gone" not in line
