@@ -73,6 +73,31 @@ async def test_non_streaming_text_over_mtls(pki: SimpleNamespace) -> None:
     assert "consumer-0001" in (backend.requests[-1].client_subject or "")
 
 
+async def test_goose_tool_pair_summary_reaches_lightspeed_with_its_task(
+    pki: SimpleNamespace,
+) -> None:
+    # Goose summarizes each old tool call of a long session with a one-off
+    # request whose task is all in the system prompt; Lightspeed's "drop" of
+    # system messages must not leave it the bare transcript to answer
+    task = "Your task is to summarize a tool call & response pair to save tokens."
+    pair = "[assistant]: tool_request(developer__shell): {}\n[user]: tool_response: ok"
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                client = sdk(proxy)
+                await client.chat.completions.create(
+                    model="rhel-lightspeed",
+                    messages=[
+                        {"role": "system", "content": task},
+                        {"role": "user", "content": pair},
+                    ],
+                )
+                await client.close()
+    sent = backend.requests[-1].json["input"]
+    got = [(i["role"], i["content"][0]["text"]) for i in sent]
+    assert got == [("system", task), ("user", pair)]
+
+
 async def test_streaming_text_with_sdk(pki: SimpleNamespace) -> None:
     with anyio.fail_after(10):
         async with devbackend.run(tls=pki.server_context()) as backend:

@@ -19,7 +19,13 @@ history provided in the system prompt"; dropped, that history never reached
 the model and Goose carried on from a summary of nothing. A message that only
 names the system prompt ("my app ignores its system prompt") does not count.
 A request of system and developer messages alone keeps them too: dropped,
-the backend would be asked to answer nothing.
+the backend would be asked to answer nothing. So does a one-off request to
+summarize: no tools, one user message besides the system messages, and a
+system prompt that asks to "summarize". Goose sends one for each old tool
+call of a long session ("Your task is to summarize a tool call & response
+pair"), the call and its result as the user message; dropped, the backend
+answered a bare transcript, and that answer replaced the tool's result in
+Goose's history.
 
 Legacy ``function_call`` / ``role: "function"`` messages have no call ids;
 each legacy call gets ``call_id = "legacy_call_<message index>"`` and the next
@@ -43,14 +49,22 @@ from .fields import (
     unsupported,
 )
 
-__all__ = ["points_into_the_system_prompt", "texts_of", "translate_messages"]
+__all__ = [
+    "keeps_system_messages",
+    "points_into_the_system_prompt",
+    "texts_of",
+    "translate_messages",
+]
 
 Item = dict[str, Any]
 
 _POINTS_INTO_THE_SYSTEM_PROMPT = re.compile(r"\bin the system prompt\b", re.IGNORECASE)
+_ASKS_TO_SUMMARIZE = re.compile(r"\bsummari[sz]e\b", re.IGNORECASE)
 
 
-def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Optional[str]]:
+def translate_messages(
+    messages: Any, system_mode: str, tools: Any = None
+) -> tuple[list[Item], Optional[str]]:
     """Map the chat ``messages`` array to Responses input items.
 
     ``system_mode`` is ``"drop"``, ``"instructions"`` or ``"input"`` (see
@@ -68,9 +82,7 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     messages = require_list(messages, "messages")
     if not messages:
         fail("messages", "must contain at least one message")
-    if system_mode == "drop" and (
-        points_into_the_system_prompt(messages) or _system_only(messages)
-    ):
+    if system_mode == "drop" and keeps_system_messages(messages, tools):
         system_mode = "input"  # see the module's docstring
     items: list[Item] = []
     instructions: list[str] = []
@@ -110,9 +122,28 @@ def translate_messages(messages: Any, system_mode: str) -> tuple[list[Item], Opt
     return items, ("\n\n".join(instructions) if instructions else None)
 
 
-def _system_only(messages: list[Any]) -> bool:
-    return all(
-        isinstance(msg, Mapping) and msg.get("role") in ("system", "developer") for msg in messages
+def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
+    """Whether ``"drop"`` keeps a request's system messages (see the module's
+    docstring). The same for chat messages and Responses input items."""
+    if points_into_the_system_prompt(messages):
+        return True
+    system: list[str] = []
+    others = []
+    for msg in messages:
+        if isinstance(msg, Mapping) and msg.get("role") in ("system", "developer"):
+            system += texts_of(msg.get("content"))
+        else:
+            others.append(msg)
+    if not others:
+        return True  # system messages alone
+    (only, *more) = others
+    return (
+        not more
+        and not tools
+        and isinstance(only, Mapping)
+        and only.get("role") == "user"
+        and only.get("type", "message") == "message"
+        and any(_ASKS_TO_SUMMARIZE.search(t) for t in system)
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from goose_proxy.errors import InvalidRequest, UnsupportedParameter
 
-from .messages import points_into_the_system_prompt, texts_of
+from .messages import keeps_system_messages, texts_of
 
 __all__ = [
     "FLAVORS",
@@ -182,12 +182,13 @@ def _apply_system_messages(body: dict[str, Any], mode: str) -> None:
     """``[translate] system_messages`` on a passthrough body's ``input`` items, as
     for chat: ``drop`` leaves out system and developer messages (unless the
     newest user message points "in the system prompt", as Goose's compaction
-    does, or nothing else would be left), ``instructions`` moves their text
-    into ``instructions`` (after the client's own), ``input`` keeps them."""
+    does, the request is a one-off request to summarize without tools, or
+    nothing else would be left), ``instructions`` moves their text into
+    ``instructions`` (after the client's own), ``input`` keeps them."""
     items = body.get("input")
     if mode == "input" or not isinstance(items, list):
         return
-    if mode == "drop" and points_into_the_system_prompt(items):
+    if mode == "drop" and keeps_system_messages(items, body.get("tools")):
         return
     kept: list[Any] = []
     texts: list[str] = []

@@ -112,7 +112,9 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
     options = get_object(req, "stream_options", "")
     usage_flag = get_bool(options, "include_usage", "stream_options") if options else None
     include_usage = stream and bool(usage_flag)
-    items, instructions = translate_messages(req.get("messages"), opts.system_messages)
+    items, instructions = translate_messages(
+        req.get("messages"), opts.system_messages, req.get("tools") or req.get("functions")
+    )
 
     # (responses field, value, client key it came from), in body order
     fields: list[tuple[str, Any, str]] = [

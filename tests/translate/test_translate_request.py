@@ -807,6 +807,57 @@ def test_goose_compaction_keeps_the_history_in_the_system_prompt(content_as: str
     ]
 
 
+# Goose's summary of an old tool call (goose-compaction summarize_tool_call): the
+# task in the system prompt, the call and its result as the one user message, no tools
+TOOL_PAIR_TASK = (
+    "Your task is to summarize a tool call & response pair to save tokens.\n\n"
+    "Reply with a single message that describes what happened."
+)
+TOOL_PAIR = (
+    '[assistant]: tool_request(developer__shell): {"command":"cat /etc/os-release"}\n'
+    '[user]: tool_response: NAME="Red Hat Enterprise Linux"'
+)
+TASK_THEN_PAIR = [
+    {"role": "system", "content": TOOL_PAIR_TASK},
+    {"role": "user", "content": TOOL_PAIR},
+]
+
+
+def test_goose_tool_pair_summary_keeps_its_task_in_the_system_prompt() -> None:
+    # dropped, Lightspeed answered the bare transcript, and Goose put that answer
+    # in place of the tool's result in its history
+    got = chat_to_responses({"model": "m", "messages": TASK_THEN_PAIR}, LIGHTSPEED)
+    assert got.body["input"] == [
+        {"type": "message", "role": "system",
+         "content": [{"type": "input_text", "text": TOOL_PAIR_TASK}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": TOOL_PAIR}]},
+    ]  # fmt: skip
+
+
+TASK_THEN_PAIR = [
+    {"role": "system", "content": TOOL_PAIR_TASK},
+    {"role": "user", "content": TOOL_PAIR},
+]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"tools": [FN_TOOL]}, id="with-tools"),
+        pytest.param({"functions": [FN_TOOL["function"]]}, id="with-legacy-functions"),
+        pytest.param({"messages": [*TASK_THEN_PAIR, {"role": "assistant", "content": "ok"},
+                                   USER_HI]}, id="a-conversation"),
+        pytest.param({"messages": [{"role": "system", "content": "You are goose."}, USER_HI]},
+                     id="no-summary-asked"),
+    ],
+)  # fmt: skip
+def test_only_a_one_off_summary_keeps_the_system_prompt(change: dict[str, Any]) -> None:
+    # Goose's own turns (tools, a history) and a plain persona are dropped as before
+    req = {"model": "m", "messages": TASK_THEN_PAIR, **change}
+    roles = [item.get("role") for item in chat_to_responses(req, LIGHTSPEED).body["input"]]
+    assert "system" not in roles and roles[-1] == "user"
+
+
 def test_input_is_not_mutated() -> None:
     req = {"model": "m", "messages": [{"role": "system", "content": "s"}, USER_HI],
            "tools": [FN_TOOL]}  # fmt: skip
@@ -968,6 +1019,15 @@ def test_the_passthrough_keeps_the_system_prompt_goose_compacts_from() -> None:
     ask = {"role": "user", "content": [{"type": "input_text", "text": text}]}
     body, _ = prepare_passthrough({"input": [GOOSE_SYSTEM, ask]}, LIGHTSPEED)
     assert body["input"] == [GOOSE_SYSTEM, ask]
+
+
+def test_the_passthrough_keeps_the_task_of_a_tool_pair_summary() -> None:
+    task = {"role": "system", "content": [{"type": "input_text", "text": TOOL_PAIR_TASK}]}
+    pair = {"role": "user", "content": [{"type": "input_text", "text": TOOL_PAIR}]}
+    body, _ = prepare_passthrough({"input": [task, pair]}, LIGHTSPEED)
+    assert body["input"] == [task, pair]
+    body, _ = prepare_passthrough({"input": [task, pair], "tools": [FN_TOOL]}, LIGHTSPEED)
+    assert body["input"] == [pair]
 
 
 def test_the_passthrough_keeps_system_messages_that_are_all_it_has() -> None:
