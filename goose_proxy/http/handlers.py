@@ -344,10 +344,11 @@ class Handlers:
     async def _collect(self, resp: UpstreamResponse) -> dict[str, Any]:
         """A streamed answer as the Response object it ends with; raises the
         failure it reports (mapped), or UpstreamProtocolError if it ends early."""
-        acc = ResponseAccumulator()
-        reader = EventReader(resp, self.config.backend.max_event_size, hold=True)
+        limit = self.config.backend.max_event_size  # (the terminal event holds it all)
+        acc = ResponseAccumulator(limit)
+        reader = EventReader(resp, limit, hold=True)
         terminal: list[dict[str, Any]] = []  # returned while holding: the terminal event
-        while True:
+        while not acc.done:  # (done: a terminal event, or more than the limit)
             batch = await reader.next_batch()
             if batch is None:
                 break
@@ -357,7 +358,7 @@ class Handlers:
                 terminal += batch
         if reader.holding and not acc.settled:
             # the terminal event alone does not give the answer: all of them, in order
-            acc = ResponseAccumulator()
+            acc = ResponseAccumulator(limit)
             for ev in reader.take_held() + terminal:
                 acc.feed(ev)
         return acc.result()

@@ -12,7 +12,9 @@ the stream carried: each item as ``response.output_item.done`` gave it, or,
 for an item that never finished, from its ``.added`` form plus the text,
 refusal, reasoning and argument deltas (a ``*.done`` sub-event's full value
 wins over the joined deltas). Deltas are kept as lists of pieces and joined
-once, so a long answer costs linear time.
+once, so a long answer costs linear time. What is kept is bounded: past
+``limit`` characters of deltas and final texts the stream is failed (the
+terminal event would carry all of it, and no event may be larger).
 """
 
 from __future__ import annotations
@@ -117,7 +119,10 @@ class ResponseAccumulator:
     ``.failed`` or an ``error`` event) are ignored.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: Optional[int] = None) -> None:
+        #: most characters of deltas and final texts kept (None: no bound)
+        self._limit = limit
+        self._kept = 0
         self._items: dict[Key, _Item] = {}
         self._by_index: dict[int, Key] = {}
         self._last_of: dict[str, _Item] = {}  # item type -> the last item of it seen
@@ -191,6 +196,7 @@ class ResponseAccumulator:
                 slot.pieces.setdefault((kind, index if isinstance(index, int) else 0), []).append(
                     piece
                 )
+                self._keep(len(piece))
             return
         done = _DONES.get(etype) if isinstance(etype, str) else None
         if done is not None:
@@ -199,7 +205,7 @@ class ResponseAccumulator:
             if isinstance(value, str):
                 slot = self._slot(event, event.get("item_id"))
                 index = event.get(field, 0) if field else 0
-                slot.finals[(kind, index if isinstance(index, int) else 0)] = value
+                self._final_text(slot, (kind, index if isinstance(index, int) else 0), value)
             return
         if etype == "response.content_part.done":
             part = event.get("part")
@@ -208,9 +214,9 @@ class ResponseAccumulator:
                 index = event.get("content_index", 0)
                 index = index if isinstance(index, int) else 0
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
-                    slot.finals[("text", index)] = part["text"]
+                    self._final_text(slot, ("text", index), part["text"])
                 elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
-                    slot.finals[("refusal", index)] = part["refusal"]
+                    self._final_text(slot, ("refusal", index), part["refusal"])
             return
         if etype in ("response.output_item.added", "response.output_item.done"):
             item = event.get("item")
@@ -242,6 +248,21 @@ class ResponseAccumulator:
             # no Response object in it: the output is what the events built, as
             # the chat stream has shown it
             self._final = {"status": etype[len("response.") :]}
+
+    def _final_text(self, slot: _Item, key: tuple[str, int], value: str) -> None:
+        """A part's final text: it wins over the deltas, which are kept no more."""
+        freed = sum(map(len, slot.pieces.pop(key, ())))
+        old = slot.finals.get(key)
+        slot.finals[key] = value
+        self._keep(len(value) - freed - (len(old) if old is not None else 0))
+
+    def _keep(self, n: int) -> None:
+        self._kept += n
+        if self._limit is not None and self._kept > self._limit:
+            self._error = UpstreamProtocolError(
+                f"backend answer larger than {self._limit} characters "
+                "(backend.max_event_size); ask for it as a stream"
+            )
 
     def result(self) -> dict[str, Any]:
         """The final Response object.

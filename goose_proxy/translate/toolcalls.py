@@ -41,6 +41,11 @@ __all__ = ["ToolCallQueue", "call_id_of", "split_high", "str_or_none"]
 
 Fragment = dict[str, Any]
 
+#: characters of argument deltas kept, over all open calls, to complete a
+#: call from its final arguments (the deltas only its start); past that a
+#: call's deltas are taken as all of it
+KEPT_ARGUMENTS = 1024 * 1024
+
 
 class _Call:
     __slots__ = (
@@ -57,6 +62,7 @@ class _Call:
         "pending",
         "preset",
         "received",
+        "unkept",
     )
 
     def __init__(self, call_id: Optional[str], name: Optional[str]) -> None:
@@ -72,6 +78,8 @@ class _Call:
         self.name = name
         self.index: Optional[int] = None  # client index, once the header went out
         self.received: list[str] = []  # every argument delta, in order
+        #: the deltas were more than the queue keeps: ``received`` was let go
+        self.unkept = False
         self.pending: list[str] = []  # deltas not yet sent (only while not open)
         self.finished = False
         self.final: Optional[str] = None  # arguments from the .done event
@@ -93,6 +101,8 @@ class ToolCallQueue:
         self._calls: list[_Call] = []
         self._by_key: dict[str, _Call] = {}
         self._head = 0
+        #: characters of argument deltas kept (``received``) by calls not yet closed
+        self._kept = 0
         #: number of calls whose header went out (the next dense index)
         self.emitted = 0
 
@@ -162,12 +172,22 @@ class ToolCallQueue:
             call = self._add(key, None, None)
         if call.finished:
             return []
-        call.received.append(text)
+        if not call.unkept:
+            self._keep(call, text)
         if call.index is not None:  # open: straight out
             text = _held_back(call, call.high + text)
             return [{"index": call.index, "function": {"arguments": text}}] if text else []
         call.pending.append(text)
         return self._advance()
+
+    def _keep(self, call: _Call, text: str) -> None:
+        if self._kept + len(text) <= KEPT_ARGUMENTS:
+            call.received.append(text)
+            self._kept += len(text)
+        else:  # past the budget the deltas are trusted: no tail is taken from the end
+            call.unkept = True
+            self._kept -= sum(map(len, call.received))
+            call.received.clear()
 
     def finish(
         self,
@@ -243,11 +263,12 @@ class ToolCallQueue:
                 if text:
                     out.append({"index": call.index, "function": {"arguments": text}})
                 break
-            if call.final:
+            if call.final and not call.unkept:
                 text = _rest(call.final, "".join(call.received), text, call.high)
             if text:
                 out.append({"index": call.index, "function": {"arguments": text}})
             call.high = ""
+            self._kept -= sum(map(len, call.received))
             call.received.clear()  # closed for good: keep no copy of its arguments
             call.final = None
             self._head += 1

@@ -674,6 +674,35 @@ async def test_event_larger_than_max_event_size_mid_stream(pki: SimpleNamespace)
     assert err is not None and "larger than 4096 bytes" in err["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/chat/completions", HELLO), ("/v1/responses", {"model": "m", "input": "hi"})],
+    ids=["chat", "passthrough"],
+)
+async def test_an_answer_collected_for_json_is_bounded(
+    pki: SimpleNamespace, path: str, body: dict[str, Any]
+) -> None:
+    # a client that did not stream gets the answer collected; deltas of more
+    # characters than max_event_size (which the terminal event would have to
+    # carry) end it with a 502, not a proxy that keeps them all (a backend that
+    # never stops generating grew the proxy without bound)
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        frames = text_events(["x" * 1000] * 400)  # 400,000 characters; "output": [] at the end
+        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in frames) + b"0\r\n\r\n")
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, body, path, max_event_size=65536)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["code"] == "upstream_protocol_error"
+    assert err["message"] == (
+        "backend answer larger than 65536 characters (backend.max_event_size); "
+        "ask for it as a stream"
+    )
+
+
 # --- time ---------------------------------------------------------------------------
 
 

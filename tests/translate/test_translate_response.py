@@ -429,6 +429,35 @@ def test_accumulator_text_and_args_from_done_subevents_only() -> None:
     assert msg["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
 
 
+def test_accumulator_keeps_at_most_its_limit() -> None:
+    # deltas past the limit fail the answer (the terminal event would carry it
+    # all, and no event may be larger); a final text replaces its deltas
+    def events(pieces: int, final: bool) -> list[dict[str, Any]]:
+        at = {"item_id": "m", "output_index": 0, "content_index": 0}
+        out = [
+            {"type": "response.created", "response": response([], status="in_progress")},
+            *[{"type": "response.output_text.delta", **at, "delta": "x" * 100}] * pieces,
+        ]
+        if final:
+            out.append({"type": "response.output_text.done", **at, "text": "x" * 100 * pieces})
+        return [*out, {"type": "response.completed", "response": response([])}]  # fmt: skip
+
+    kept = ResponseAccumulator(limit=1000)
+    for event in events(8, final=True):  # 800 in deltas, 800 in the final: 800 kept
+        kept.feed(event)
+    assert only_choice(responses_to_chat(kept.result(), "m"))["message"]["content"] == "x" * 800
+    over = ResponseAccumulator(limit=1000)
+    for event in events(11, final=False):
+        over.feed(event)
+    assert over.done
+    with pytest.raises(UpstreamProtocolError) as info:
+        over.result()
+    assert info.value.message == (
+        "backend answer larger than 1000 characters (backend.max_event_size); "
+        "ask for it as a stream"
+    )
+
+
 def test_accumulator_context_capture_raises() -> None:
     acc = ResponseAccumulator()
     for event in capture_events("err_CTX_TOO_LONG_stream_true.txt"):

@@ -34,6 +34,7 @@ from goose_proxy.translate import (
     events_from_response,
     responses_to_chat,
 )
+from goose_proxy.translate.toolcalls import KEPT_ARGUMENTS
 
 RESP = {"id": "resp_abc", "object": "response", "created_at": 1700000123, "model": "backend-m",
         "status": "in_progress", "output": []}  # fmt: skip
@@ -1122,6 +1123,40 @@ def test_a_queued_calls_deltas_win_over_a_done_that_disagrees(final: str) -> Non
         _, parsed = run(events(queued))
         got = {c["id"]: c["arguments"] for c in tool_calls_of(parsed)}
         assert got["call_b"] == '{"path":"/etc/hosts"}', queued
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["open", "queued"])
+def test_arguments_past_the_budget_are_not_kept(queued: bool) -> None:
+    # a call's deltas are kept only to complete it from its final arguments;
+    # past KEPT_ARGUMENTS (all open calls together) they are let go and the
+    # deltas are all of it, so a runaway call does not grow the proxy
+    piece = '"' + "x" * 65_534 + '"'
+    n = KEPT_ARGUMENTS // len(piece) + 4
+    whole = "".join([piece] * n)
+    st = StreamTranslator(model="m", include_usage=False)
+    frames = [f for e in [CREATED, *([call_added("fc_a", "call_a", "a", 0)] if queued else []),
+                          call_added("fc_b", "call_b", "b", 1)] for f in st.feed(e)]  # fmt: skip
+    most = 0
+    for _ in range(n):
+        frames += st.feed(args_delta("fc_b", piece, 1))
+        most = max(most, sum(len(t) for c in st._calls._calls for t in c.received))
+    for e in (args_done("fc_b", whole + "TAIL", 1), completed()):
+        frames += st.feed(e)
+    frames += st.finish()
+    assert most <= KEPT_ARGUMENTS
+    got = {c["id"]: c["arguments"] for c in tool_calls_of(parse_frames(frames))}
+    assert got["call_b"] == whole  # every delta, once; no tail taken from the end
+    # below the budget a final that the deltas begin still lends its tail
+    _, parsed = run(
+        [
+            CREATED,
+            call_added("fc_c", "call_c", "c", 0),
+            args_delta("fc_c", '{"a":', 0),
+            args_done("fc_c", '{"a":1}', 0),
+            completed(),
+        ]
+    )
+    assert {c["id"]: c["arguments"] for c in tool_calls_of(parsed)} == {"call_c": '{"a":1}'}
 
 
 # --- the deprecated `functions`: the answer in the legacy function_call shape ----------------
