@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, TextIO
 
 from goose_proxy import __version__, systemd
 from goose_proxy.config import Config, ConfigError, load_config, log_level, redact_url
@@ -57,6 +58,44 @@ class _Formatter(logging.Formatter):
         return f"{self._text},{int(record.msecs):03d}"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that never waits for stderr.
+
+    The proxy logs from its event loop (an access line per request). When
+    whatever reads stderr stops reading (``goose-proxy 2>&1 | less`` left at
+    a page, a stalled log collector), a plain handler blocks in ``write`` as
+    soon as the pipe is full, and with it every client, ``/health`` and
+    SIGTERM. Here a record is written only when stderr can take it now (a
+    line shorter than a pipe's atomic write then goes in whole); the others
+    are counted, and the count is logged once stderr takes lines again.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.dropped = 0
+        self._poll: Optional[select.poll] = None
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):  # no file (a capture): cannot block
+            return
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._poll is not None and not self._poll.poll(0):
+            self.dropped += 1
+            return
+        if self.dropped:
+            n, self.dropped = self.dropped, 0
+            note = logging.LogRecord(
+                "goose_proxy", logging.WARNING, __file__, 0,
+                "%d log line(s) dropped: stderr could not take them (nothing was reading it)",
+                (n,), None,
+            )  # fmt: skip
+            super().emit(note)
+        super().emit(record)
+
+
 def _stderr_is_journal(journal_stream: str) -> bool:
     """True when stderr is the journal stream systemd named (``device:inode``)."""
     dev, sep, ino = journal_stream.partition(":")
@@ -72,7 +111,7 @@ def _stderr_is_journal(journal_stream: str) -> bool:
 def setup_logging(level: str, environ: Optional[dict[str, str]] = None) -> None:
     """Log to stderr; journald-friendly when ``JOURNAL_STREAM`` is set."""
     env = os.environ if environ is None else environ
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     if _stderr_is_journal(env.get("JOURNAL_STREAM", "")):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:

@@ -460,6 +460,12 @@ class ProxyProcess:
     lines: deque[str]
     #: set (then replaced) each time a log line arrives
     new_line: anyio.Event = field(default_factory=anyio.Event)
+    #: set while the log is read (see ``proxy_process(hold_log=True)``)
+    log_flowing: anyio.Event = field(default_factory=anyio.Event)
+
+    def read_log(self) -> None:
+        """Start reading the child's log again (after ``hold_log``)."""
+        self.log_flowing.set()
 
     @property
     def pid(self) -> int:
@@ -490,14 +496,18 @@ class ProxyProcess:
 
 @asynccontextmanager
 async def proxy_process(
-    config: Mapping[str, Mapping[str, Any]], tmp: Path, nofile: Optional[int] = None
+    config: Mapping[str, Mapping[str, Any]],
+    tmp: Path,
+    nofile: Optional[int] = None,
+    hold_log: bool = False,
 ) -> AsyncIterator[ProxyProcess]:
     """``python -m goose_proxy --config …`` on port 0; waits for its listening line.
 
     The child's log is drained into a bounded deque (``lines``) for the whole
-    run so it can never block on a full pipe. Leaving the block kills the
-    process if it is still running. ``nofile``: the child's soft limit of open
-    files (``RLIMIT_NOFILE``).
+    run so it can never block on a full pipe; with ``hold_log``, nothing more
+    is read after the listening line until ``read_log()`` (a reader that
+    stopped). Leaving the block kills the process if it is still running.
+    ``nofile``: the child's soft limit of open files (``RLIMIT_NOFILE``).
     """
     cfg_path = tmp / "goose-proxy.toml"
     write_toml(cfg_path, config)
@@ -522,6 +532,9 @@ async def proxy_process(
         env=env,
     )
     lines: deque[str] = deque(maxlen=5000)
+    flowing = anyio.Event()
+    if not hold_log:
+        flowing.set()
     port_found = anyio.Event()
     found: list[int] = []
     running: list[ProxyProcess] = []  # the handle, once the port is known
@@ -542,13 +555,15 @@ async def proxy_process(
             if complete and running:
                 running[0].new_line.set()
                 running[0].new_line = anyio.Event()
+            if found:
+                await flowing.wait()
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
             with anyio.fail_after(20):
                 await port_found.wait()
-            running.append(ProxyProcess(proc, found[0], lines))
+            running.append(ProxyProcess(proc, found[0], lines, log_flowing=flowing))
             try:
                 yield running[0]
             finally:

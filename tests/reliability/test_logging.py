@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from tests.reliability.support import (
     http_answer,
     post,
     proxied,
+    proxy_config,
+    proxy_process,
     read_request_head,
     read_until,
     request_bytes,
@@ -370,3 +373,29 @@ async def test_a_request_id_with_spaces_is_replaced(caplog: pytest.LogCaptureFix
     assert rid != forged and len(rid) == 32
     (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
     assert line.endswith(f" rid={rid}") and "client-gone" not in line
+
+
+async def test_a_stderr_nobody_reads_does_not_stop_the_proxy(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    # "goose-proxy 2>&1 | less" left at a page: the pipe fills after some
+    # 64 KiB of access lines. A handler that waits on it stopped the event
+    # loop (every client, /health and SIGTERM); lines stderr cannot take now
+    # are counted instead, and the count is logged once it takes them again
+    cfg = proxy_config("http://127.0.0.1:9/v1", pki)  # (no request goes there)
+    n = 1500  # about 200 KB of access lines
+    with anyio.fail_after(90):
+        async with proxy_process(cfg, tmp_path, hold_log=True) as proxy:
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as c:
+                for _ in range(n):
+                    assert (await c.get(proxy.url + "/health")).status_code == 200
+                proxy.read_log()
+                back = {"X-Request-ID": "after-the-reader-came-back"}
+                assert (await c.get(proxy.url + "/health", headers=back)).status_code == 200
+            await proxy.wait_line("rid=after-the-reader-came-back")
+            note = await proxy.wait_line("log line(s) dropped")
+            proxy.proc.send_signal(signal.SIGTERM)
+            assert await proxy.proc.wait() == 0
+    dropped = int(note.split(" log line(s) dropped")[0].rsplit(" ", 1)[1])
+    written = sum("GET /health 200" in line for line in proxy.lines)
+    assert dropped > 0 and written + dropped == n + 1  # every line written or counted
