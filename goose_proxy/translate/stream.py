@@ -83,6 +83,23 @@ def _int(value: Any, default: int = 0) -> int:
 Place = tuple[int, int]  # (output_index, content_index)
 
 
+class _Run(list):  # type: ignore[type-arg]
+    """The deltas kept at a place, in order (strings), and how many characters
+    streamed there past KEPT_TEXT (``beyond``): those are counted, not kept,
+    and always come after the kept ones."""
+
+    __slots__ = ("beyond",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beyond = 0
+
+    def shown(self) -> tuple[str, int]:
+        """What was kept, joined, and how many characters showed in all."""
+        seen = "".join(self)
+        return seen, len(seen) + self.beyond
+
+
 class _Places:
     """What the stream knows of its places beyond their text (see
     ``StreamTranslator._streamed_at``); apart, so that the translator's own
@@ -98,7 +115,7 @@ class _Places:
         #: while the terminal event's output is gone through: by content index,
         #: the places (and their text) that streamed under an item id the output
         #: does not hold, last first
-        self.orphans: Optional[dict[int, list[tuple[Place, str]]]] = None
+        self.orphans: Optional[dict[int, list[tuple[Place, str, int]]]] = None
         self.final_ids: set[str] = set()  # ... and the item ids it holds
 
 
@@ -151,11 +168,12 @@ class StreamTranslator:
         #: -1), then what a final part there showed instead: a final part that
         #: streamed under another key (a backend whose item ids differ between the
         #: deltas and the end, or are left out) is told from a new one by its text.
-        #: At most KEPT_TEXT characters in all are kept (``_kept``)
-        self._streamed_at: dict[tuple[int, int], list[str]] = {}
+        #: At most KEPT_TEXT characters in all are kept (``_kept``); past that,
+        #: how many streamed at each place is counted (``_Run.beyond``)
+        self._streamed_at: dict[tuple[int, int], _Run] = {}
         self._kept = 0
         self._places = _Places()
-        self._text_at: list[str] = []  # the place of the text part streaming
+        self._text_at = _Run()  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
         self._reasoned: set[str] = set()  # reasoning items that sent text
         self._index_keys: dict[int, str] = {}  # output_index -> item key
@@ -221,6 +239,8 @@ class StreamTranslator:
             if self._kept < KEPT_TEXT:  # self._keep()
                 self._kept += len(delta)
                 self._text_at.append(delta)
+            else:
+                self._text_at.beyond += len(delta)
             if self._high:
                 delta, self._high = self._high + delta, ""
             logprobs = event.get("logprobs")
@@ -464,7 +484,7 @@ class StreamTranslator:
         key = (self._key(event), _int(event.get("content_index")))
         self._unstreamed_part(key, kind, text, out, logprobs, _int(event.get("output_index"), -1))
 
-    def _place(self, event: Mapping[str, Any], part: tuple[str, int]) -> list[str]:
+    def _place(self, event: Mapping[str, Any], part: tuple[str, int]) -> _Run:
         """Where the deltas of ``part`` (``event`` is one of them) are kept: by its
         ``output_index``, else by the index its item was announced at, else (a
         delta that names neither item nor index) at output index -1; a delta of
@@ -474,15 +494,20 @@ class StreamTranslator:
         if type(index) is not int or index < 0:
             index = self._key_index.get(part[0], -1)
             if index < 0 and part[0] != _PLACELESS:
-                return []
+                return _Run()
         place = (index, part[1])
         self._places.place_key.setdefault(place, part[0])
-        return self._streamed_at.setdefault(place, [])
+        run = self._streamed_at.get(place)
+        if run is None:
+            run = self._streamed_at[place] = _Run()
+        return run
 
-    def _keep(self, place: list[str], delta: str) -> None:
+    def _keep(self, run: _Run, delta: str) -> None:
         if self._kept < KEPT_TEXT:
             self._kept += len(delta)
-            place.append(delta)
+            run.append(delta)
+        else:
+            run.beyond += len(delta)
 
     def _not_yet_sent(self, key: str, index: int, at: int, text: str, parts: int = 0) -> str:
         """What of ``text`` (a part at content index ``at`` of the final item
@@ -503,24 +528,24 @@ class StreamTranslator:
         owner = self._places.place_key.get(place, key)
         if owner != key and owner in self._places.final_ids:
             streamed = None  # another item's text, and that item is elsewhere in the output
-        if not streamed:
+        if streamed is None or not (streamed or streamed.beyond):
             rest = self._not_yet_sent_misnumbered(key, index, at, text, parts)
             if rest is None:
                 rest = self._not_yet_sent_orphan(at, text)
             if rest is None:
                 rest = self._not_yet_sent_unplaced(at, text)
-            run = self._streamed_at.setdefault(place, [])
-            if run:
+            run = self._streamed_at.get(place)
+            if run is None:
+                run = self._streamed_at[place] = _Run()
+            if run or run.beyond:
                 self._places.also_shown.setdefault(place, set()).add(text)
-            elif self._kept < KEPT_TEXT:
-                self._kept += len(text)
-                run.append(text)  # in place: see _keep
-        elif text.startswith(seen := "".join(streamed)):
+            else:
+                self._keep(run, text)  # in place: see _keep
+        elif text.startswith((shown := streamed.shown())[0]):
             # past KEPT_TEXT only the start was kept: taken as the same
-            rest = text[len(seen) :] if self._kept < KEPT_TEXT else ""
-            if rest and self._kept < KEPT_TEXT:
-                self._kept += len(rest)
-                streamed.append(rest)
+            rest = text[shown[1] :]
+            if rest:
+                self._keep(streamed, rest)
         elif text in self._places.also_shown.get(place, ()):
             rest = ""
         else:
@@ -552,13 +577,18 @@ class StreamTranslator:
             and place[0] == index
             and place[1] >= parts
             and place not in places.claimed
-            and self._streamed_at.get(place)
+            and place in self._streamed_at
         )
-        seen = "".join(piece for place in runs for piece in self._streamed_at[place])
-        if not seen or not text.startswith(seen):
+        seen, shown = "", 0  # the kept text up to the first run counted past KEPT_TEXT
+        for place in runs:
+            kept, total = self._streamed_at[place].shown()
+            if shown == len(seen):
+                seen += kept
+            shown += total
+        if not shown or not text.startswith(seen):
             return None
         places.claimed.update(runs)
-        return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+        return text[shown:]
 
     def _not_yet_sent_orphan(self, at: int, text: str) -> Optional[str]:
         """In the terminal event's output, for a part with nothing streamed at its
@@ -571,21 +601,23 @@ class StreamTranslator:
             candidates.pop()
         if not candidates or not text.startswith(candidates[-1][1]):
             return None
-        place, seen = candidates.pop()
+        place, _, shown = candidates.pop()
         self._places.claimed.add(place)
-        return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+        return text[shown:]
 
     def _not_yet_sent_unplaced(self, at: int, text: str) -> str:
         """The same for deltas that named neither their item nor its index: one
         run for all such parts, so each final part takes its own text off the
         front of it, in order."""
         streamed = self._streamed_at.get((-1, at))
-        if not streamed:
+        if streamed is None or not (streamed or streamed.beyond):
             return text
         seen = "".join(streamed)
         if text.startswith(seen):
             streamed.clear()  # in place: the delta path may hold this list
-            return text[len(seen) :] if self._kept < KEPT_TEXT else ""
+            taken = min(streamed.beyond, len(text) - len(seen))  # (counted past KEPT_TEXT)
+            streamed.beyond -= taken
+            return text[len(seen) + taken :]
         if seen.startswith(text):
             streamed[:] = [seen[len(text) :]]
             return ""
@@ -659,15 +691,19 @@ class StreamTranslator:
                 out.append(self._chunk({"reasoning_content": rest}))
         return key
 
-    def _orphan_runs(self, final_ids: set[str]) -> dict[int, list[tuple[Place, str]]]:
+    def _orphan_runs(self, final_ids: set[str]) -> dict[int, list[tuple[Place, str, int]]]:
         """For :meth:`_not_yet_sent_orphan`: by content index, last first, the
         places not yet taken whose text streamed under an id not in ``final_ids``."""
-        runs: dict[int, list[tuple[Place, str]]] = {}
+        runs: dict[int, list[tuple[Place, str, int]]] = {}
         for place in sorted(self._streamed_at, reverse=True):
             streamed = self._streamed_at[place]
-            if place[0] >= 0 and streamed and place not in self._places.claimed:
-                if self._places.place_key.get(place) not in final_ids:
-                    runs.setdefault(place[1], []).append((place, "".join(streamed)))
+            if (
+                place[0] >= 0
+                and (streamed or streamed.beyond)
+                and place not in self._places.claimed
+                and self._places.place_key.get(place) not in final_ids
+            ):
+                runs.setdefault(place[1], []).append((place, *streamed.shown()))
         return runs
 
     def _on_terminal(self, event: Mapping[str, Any], out: Out) -> None:

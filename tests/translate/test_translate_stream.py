@@ -1511,6 +1511,46 @@ def test_past_the_kept_text_a_final_part_that_starts_the_same_is_not_sent_again(
     assert text_of(other) == "abcdef" * 5 + "zzz"
 
 
+_UNPLACED = {"type": "response.output_text.delta", "content_index": 0, "logprobs": []}
+
+
+@pytest.mark.parametrize(
+    ("events", "text"),
+    [
+        pytest.param(  # vLLM (gpt-oss): a message at content index 1 after long reasoning
+            [CREATED, *[{"type": "response.reasoning_text.delta", "item_id": "rs",
+                         "output_index": 0, "content_index": 0, "delta": "think "}] * 3,
+             *_vllm_numbered([1, 1], [1, 1], final_id="msg_renamed")],
+            "Hello",
+            id="vllm-numbered-message-after-the-budget",
+        ),
+        pytest.param(  # renamed at the end, its deltas kept up to the budget: the tail alone
+            [CREATED, msg_added(), *[text_delta("abcdef") for _ in range(3)],
+             completed([_final("B", "abcdef" * 3 + "TAIL")])],
+            "abcdef" * 3 + "TAIL",
+            id="a-final-longer-than-what-streamed",
+        ),
+        pytest.param(  # deltas with no item and no index: each part takes its own off the run
+            [CREATED, *[{**_UNPLACED, "delta": d} for d in ("0123456789ab", "First.", "Second.")],
+             completed([_final("A", "0123456789abFirst."), _final("B", "Second.")])],
+            "0123456789abFirst.Second.",
+            id="unplaced-deltas-for-two-parts",
+        ),
+    ],
+)  # fmt: skip
+def test_past_the_kept_text_what_streamed_is_counted(
+    monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]], text: str
+) -> None:
+    # past KEPT_TEXT the deltas are no longer kept but still counted, so a final
+    # part at a place that streamed only then is not sent again (vLLM after
+    # 262,144 characters of reasoning showed its answer twice)
+    import goose_proxy.translate.stream as stream_module
+
+    monkeypatch.setattr(stream_module, "KEPT_TEXT", 10)
+    _, parsed = run(events)
+    assert text_of(parsed) == text
+
+
 def test_the_translator_keeps_few_enough_attributes_for_fast_access() -> None:
     # CPython (3.11, 3.12) shares an instance's attribute keys with its class
     # only up to 30 of them; past that every attribute read on the per-delta
