@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 import httpx
 import openai
+import pydantic
 import pytest
 
 import devbackend
@@ -788,3 +789,67 @@ async def test_non_finite_numbers_from_the_backend_do_not_fail_the_answer(
         assert isinstance(completion["created"], int)
         assert completion["usage"]["prompt_tokens"] == 3
     assert text == "Hi"
+
+
+class Person(pydantic.BaseModel):
+    name: str
+
+
+def _refusal_answer(refusal: str) -> bytes:
+    resp = {"id": "resp_r", "object": "response", "created_at": 1, "model": "m"}
+    item = {"type": "message", "id": "msg_r", "role": "assistant", "status": "completed",
+            "content": [{"type": "refusal", "refusal": refusal}]}  # fmt: skip
+    events = [
+        {"type": "response.created", "response": {**resp, "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+        {"type": "response.refusal.delta", "item_id": "msg_r", "output_index": 0,
+         "content_index": 0, "delta": refusal},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": {**resp, "status": "completed",
+                                                    "output": [item]}},
+    ]  # fmt: skip
+    return sse_answer([sse_event(e) for e in events])
+
+
+async def test_a_refusal_to_structured_output_is_no_content(pki: SimpleNamespace) -> None:
+    """A client that asked for structured output reads ``content`` as its JSON:
+    a refusal goes in ``refusal`` alone, as OpenAI answers (in ``content`` too
+    the SDK's stream helper reported it twice, and ``content.done`` with nothing
+    parsed). Without a response format (Goose) it is in ``content`` as well."""
+    no = "I can't help with that."
+    answer = _refusal_answer(no)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(answer)
+
+    messages: Any = [USER]
+    with anyio.fail_after(20):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                try:
+                    plain = await client.chat.completions.create(model="m", messages=messages)
+                    shaped = await client.chat.completions.create(
+                        model="m", messages=messages, response_format={"type": "json_object"}
+                    )
+                    parsed = await client.chat.completions.parse(
+                        model="m", messages=messages, response_format=Person
+                    )
+                    seen = []
+                    async with client.chat.completions.stream(
+                        model="m", messages=messages, response_format=Person
+                    ) as s:
+                        async for ev in s:
+                            if ev.type in ("content.delta", "refusal.delta", "content.done"):
+                                seen.append(ev.type)
+                        final = await s.get_final_completion()
+                finally:
+                    await client.close()
+    assert (plain.choices[0].message.content, plain.choices[0].message.refusal) == (no, no)
+    for message in (shaped.choices[0].message, parsed.choices[0].message):
+        assert (message.content, message.refusal) == (None, no)
+    assert parsed.choices[0].message.parsed is None
+    assert seen == ["refusal.delta"]
+    assert (final.choices[0].message.content, final.choices[0].message.refusal) == (None, no)

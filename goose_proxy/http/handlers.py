@@ -310,6 +310,7 @@ class Handlers:
             model=creq.client_model,
             include_usage=creq.include_usage,
             legacy_functions=creq.legacy_functions,
+            refusal_in_content=creq.refusal_in_content,
         )
 
     async def _stream_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:
@@ -438,7 +439,7 @@ class Handlers:
 def _chat_answer(resp: dict[str, Any], creq: ChatRequest) -> bytes:
     """The ``chat.completion`` body for a finished Response object: in the legacy
     ``function_call`` shape when the client sent the deprecated ``functions``."""
-    completion = responses_to_chat(resp, creq.client_model)
+    completion = responses_to_chat(resp, creq.client_model, creq.refusal_in_content)
     if creq.legacy_functions:
         _log_left_out(as_function_call(completion))
     return encode_json_for_client(completion)

@@ -81,7 +81,10 @@ class ChatRequest:
     forwarded; ``legacy_functions`` says the client offered its tools as the
     deprecated ``functions``, so it reads a call from
     ``message.function_call`` (:func:`~goose_proxy.translate.response.as_function_call`,
-    ``StreamTranslator(legacy_functions=True)``).
+    ``StreamTranslator(legacy_functions=True)``); ``refusal_in_content`` is
+    false when the client asked for structured output (a ``json_schema`` or
+    ``json_object`` response format): its answer's ``content`` holds only the
+    JSON, a refusal only ``refusal``, as OpenAI answers.
     """
 
     body: dict[str, Any]
@@ -90,6 +93,7 @@ class ChatRequest:
     include_usage: bool
     dropped: list[str] = field(default_factory=list)
     legacy_functions: bool = False
+    refusal_in_content: bool = True
 
 
 def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatRequest:
@@ -190,6 +194,7 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
         include_usage=include_usage,
         dropped=dropped,
         legacy_functions=legacy,
+        refusal_in_content=text_format is None or text_format["type"] == "text",
     )
 
 

@@ -194,8 +194,15 @@ def reasoning_texts(
 READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incomplete_details")
 
 
-def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]:
+def responses_to_chat(
+    resp: dict[str, Any], client_model: str, refusal_in_content: bool = True
+) -> dict[str, Any]:
     """Translate a complete (non-streamed or accumulated) Response object.
+
+    A refusal is in ``content`` too, in its place among the text (Goose reads
+    only ``content``), unless ``refusal_in_content`` is false: for a client
+    that asked for structured output, whose ``content`` must be the JSON or
+    null, as OpenAI answers.
 
     Raises:
         ProxyError: the response failed (``status: "failed"`` or an ``error``
@@ -232,7 +239,8 @@ def responses_to_chat(resp: dict[str, Any], client_model: str) -> dict[str, Any]
                         logprobs.extend(part["logprobs"])
                 elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
                     refusals.append(part["refusal"])
-                    texts.append(part["refusal"])  # shown by clients that read only content
+                    if refusal_in_content:  # shown by clients that read only content
+                        texts.append(part["refusal"])
                 elif part.get("type") == "reasoning_text" and isinstance(part.get("text"), str):
                     # Llama Stack puts a reasoning model's thoughts in the message;
                     # a stream carries them as reasoning_content deltas

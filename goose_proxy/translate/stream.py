@@ -130,7 +130,9 @@ class StreamTranslator:
     ``functions``) answers as OpenAI does then: the first call as
     ``delta.function_call`` (``{"name", "arguments": ""}``, then
     ``{"arguments"}`` pieces) and ``finish_reason: "function_call"``; further
-    calls are left out and counted in ``calls_left_out``.
+    calls are left out and counted in ``calls_left_out``. A refusal goes in
+    ``content`` too, unless ``refusal_in_content`` is false (see
+    :func:`~goose_proxy.translate.responses_to_chat`).
     """
 
     def __init__(
@@ -141,7 +143,10 @@ class StreamTranslator:
         completion_id: Optional[str] = None,
         created: Optional[int] = None,
         legacy_functions: bool = False,
+        refusal_in_content: bool = True,
     ) -> None:
+        #: the delta keys a refusal's text goes under
+        self._refusal_keys = ("content", "refusal") if refusal_in_content else ("refusal",)
         self._model = model
         self._include_usage = include_usage
         self._id = completion_id
@@ -337,8 +342,8 @@ class StreamTranslator:
         """Halves :meth:`_whole` holds that nothing completed: out, alone."""
         for field, half in self._halves.items():
             # a refusal goes in content too (see _on_refusal_delta)
-            delta = {"content": half, field: half} if field == "refusal" else {field: half}
-            out.append(self._chunk(delta))
+            keys = self._refusal_keys if field == "refusal" else (field,)
+            out.append(self._chunk(dict.fromkeys(keys, half)))
         self._halves.clear()
 
     def _chunk(
@@ -424,7 +429,7 @@ class StreamTranslator:
             self._keep(self._place(event, part), delta)
             delta = self._whole("refusal", delta)
             if delta:
-                out.append(self._chunk({"content": delta, "refusal": delta}))
+                out.append(self._chunk(dict.fromkeys(self._refusal_keys, delta)))
 
     def _on_reasoning_delta(self, event: Mapping[str, Any], out: Out) -> None:
         delta = event.get("delta")
@@ -645,7 +650,7 @@ class StreamTranslator:
         if not rest:
             return
         if kind == "refusal":
-            out.append(self._chunk({"content": rest, "refusal": rest}))
+            out.append(self._chunk(dict.fromkeys(self._refusal_keys, rest)))
         else:
             # a part's logprobs go with its whole text, not with the rest of it
             mapped = chat_logprobs(logprobs) if rest is text else None
