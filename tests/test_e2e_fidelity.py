@@ -853,3 +853,58 @@ async def test_a_refusal_to_structured_output_is_no_content(pki: SimpleNamespace
     assert parsed.choices[0].message.parsed is None
     assert seen == ["refusal.delta"]
     assert (final.choices[0].message.content, final.choices[0].message.refusal) == (None, no)
+
+
+MODERATION = {
+    "input": {"type": "moderation_results", "model": "omni-moderation-latest", "results": [
+        {"type": "moderation_result", "model": "omni-moderation-latest", "flagged": False,
+         "categories": {"violence": False}, "category_scores": {"violence": 0.01},
+         "category_applied_input_types": {"violence": ["text"]}}]},
+    "output": {"type": "moderation_results", "model": "omni-moderation-latest", "results": []},
+}  # fmt: skip
+
+
+async def test_how_the_answer_was_served_reaches_the_client(pki: SimpleNamespace) -> None:
+    """The tier that served the answer (``auto`` may become ``flex``), the
+    moderation results and the tokens written to the prompt cache: in the JSON
+    answer, and on the stream's finish and usage chunks."""
+    usage = {"input_tokens": 2000, "output_tokens": 5, "total_tokens": 2005,
+             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 1920},
+             "output_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+    served = {"service_tier": "flex", "moderation": MODERATION, "usage": usage}
+    frames = text_events(["Hi"])
+    frames[-1] = sse_event({"type": "response.completed", "response": {
+        "id": "resp_1", "object": "response", "created_at": 1, "model": "m",
+        "status": "completed", "output": [], **served}})  # fmt: skip
+    answer = sse_answer(frames)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(answer)
+
+    with anyio.fail_after(20):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                try:
+                    whole = await client.chat.completions.create(
+                        model="m", messages=[USER], service_tier="auto"
+                    )
+                    chunks = [c async for c in await client.chat.completions.create(
+                        model="m", messages=[USER], service_tier="auto", stream=True,
+                        stream_options={"include_usage": True})]  # fmt: skip
+                finally:
+                    await client.close()
+    assert whole.choices[0].message.content == "Hi"
+    assert whole.service_tier == "flex"
+    assert whole.moderation is not None and whole.moderation.model_dump() == MODERATION
+    assert whole.usage is not None and whole.usage.prompt_tokens_details is not None
+    assert whole.usage.prompt_tokens_details.cache_write_tokens == 1920
+    finish, last = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason == "stop" and last.choices == []
+    for chunk in (finish, last):
+        assert chunk.service_tier == "flex"
+        assert chunk.moderation is not None and chunk.moderation.model_dump() == MODERATION
+    assert last.usage is not None and last.usage.prompt_tokens_details is not None
+    assert last.usage.prompt_tokens_details.cache_write_tokens == 1920

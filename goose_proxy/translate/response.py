@@ -58,7 +58,8 @@ def new_completion_id() -> str:
 def map_usage(usage: Any) -> Optional[dict[str, Any]]:
     """Responses ``usage`` → chat ``usage``, or None when there is none.
 
-    ``cached_tokens`` and ``reasoning_tokens`` details are kept when present.
+    ``cached_tokens``, ``cache_write_tokens`` and ``reasoning_tokens``
+    details are kept when present.
     """
     if not isinstance(usage, JSON_OBJECT):
         return None
@@ -71,8 +72,14 @@ def map_usage(usage: Any) -> Optional[dict[str, Any]]:
         "total_tokens": _count(total) if total is not None else prompt + completion,
     }
     details = usage.get("input_tokens_details")
-    if isinstance(details, JSON_OBJECT) and details.get("cached_tokens") is not None:
-        out["prompt_tokens_details"] = {"cached_tokens": _count(details["cached_tokens"])}
+    if isinstance(details, JSON_OBJECT):
+        kept = {
+            k: _count(details[k])
+            for k in ("cached_tokens", "cache_write_tokens")
+            if details.get(k) is not None
+        }
+        if kept:
+            out["prompt_tokens_details"] = kept
     details = usage.get("output_tokens_details")
     if isinstance(details, JSON_OBJECT) and details.get("reasoning_tokens") is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": _count(details["reasoning_tokens"])}
@@ -192,6 +199,9 @@ def reasoning_texts(
 #: the fields of a Response object that :func:`responses_to_chat` reads besides
 #: ``output`` (``failure_of`` reads ``status``, ``error``, ``incomplete_details``)
 READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incomplete_details")
+#: what it reads besides those, only when present (:func:`answer_extras`): not
+#: asked of a terminal response for ``settled``, whose answer takes them from it
+EXTRA_FIELDS = ("service_tier", "moderation")
 
 
 def responses_to_chat(
@@ -278,7 +288,22 @@ def responses_to_chat(
     usage = map_usage(resp.get("usage"))
     if usage is not None:
         completion["usage"] = usage
+    completion.update(answer_extras(resp))
     return completion
+
+
+def answer_extras(resp: Mapping[str, Any]) -> dict[str, Any]:
+    """What a Response says of how it was served that a chat answer carries
+    too: ``service_tier`` (the tier that served it, which may differ from the
+    one asked for) and ``moderation`` (the results of moderation the client
+    asked for), when present."""
+    tier, moderation = (resp.get(k) for k in EXTRA_FIELDS)
+    extras: dict[str, Any] = {}
+    if isinstance(tier, str):
+        extras["service_tier"] = tier
+    if isinstance(moderation, JSON_OBJECT):
+        extras["moderation"] = moderation
+    return extras
 
 
 def chat_logprobs(entries: Any) -> Optional[dict[str, Any]]:

@@ -49,6 +49,7 @@ from .jsonbody import encode_str_for_client as encode_str
 from .response import (
     CANCELLED,
     JSON_OBJECT,
+    answer_extras,
     chat_logprobs,
     event_failure,
     failure_of,
@@ -744,7 +745,12 @@ class StreamTranslator:
         reason = finish_reason(status, response.get("incomplete_details"), self._calls.emitted > 0)
         if self._legacy and reason == "tool_calls":
             reason = "function_call"
-        out.append(self._chunk({}, finish=reason))
+        extras = answer_extras(response)
+        finish = self._chunk({}, finish=reason)
+        if extras:  # after "choices", as the first key of the chunk's end
+            finish = finish[: -len(self._end)] + b"}]," + encode_json(extras)[1:-1]
+            finish += self._end[2:] if self._include_usage else b"}\n\n"
+        out.append(finish)
         if self._include_usage:
             meta = self._meta  # prepared by the finish chunk above
             chunk = {
@@ -753,6 +759,7 @@ class StreamTranslator:
                 "created": meta["created"],
                 "model": meta["model"],
                 "choices": [],
+                **extras,
                 "usage": self.usage,
             }
             out.append(b"data: " + encode_json(chunk) + b"\n\n")

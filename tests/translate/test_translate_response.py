@@ -17,7 +17,12 @@ from goose_proxy.errors import (
     UpstreamProtocolError,
 )
 from goose_proxy.translate import ResponseAccumulator, as_function_call, responses_to_chat
-from goose_proxy.translate.response import READ_FIELDS, check_finished, events_from_response
+from goose_proxy.translate.response import (
+    EXTRA_FIELDS,
+    READ_FIELDS,
+    check_finished,
+    events_from_response,
+)
 
 
 def response(output: list[Any], **extra: Any) -> dict[str, Any]:
@@ -263,6 +268,11 @@ def test_usage_details_only_when_present() -> None:
     usage = responses_to_chat(cached, "m")["usage"]
     assert usage["prompt_tokens_details"] == {"cached_tokens": 40}
     assert usage["completion_tokens_details"] == {"reasoning_tokens": 20}
+    written = response([message(text("x"))], usage={
+        "input_tokens": 50, "output_tokens": 30, "total_tokens": 80,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 48}})  # fmt: skip
+    details = responses_to_chat(written, "m")["usage"]["prompt_tokens_details"]
+    assert details == {"cached_tokens": 0, "cache_write_tokens": 48}
     assert "usage" not in responses_to_chat(response([message(text("x"))]), "m")
 
 
@@ -528,4 +538,4 @@ def test_read_fields_are_what_responses_to_chat_reads() -> None:
 
     for name in STREAM_CAPTURES:
         responses_to_chat(Recording(capture_events(name)[-1]["response"]), "")
-    assert seen - {"output"} == set(READ_FIELDS)
+    assert seen - {"output"} == set(READ_FIELDS) | set(EXTRA_FIELDS)

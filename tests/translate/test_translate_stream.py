@@ -1556,3 +1556,21 @@ def test_the_translator_keeps_few_enough_attributes_for_fast_access() -> None:
     # only up to 30 of them; past that every attribute read on the per-delta
     # path takes the slow way (measured: 7 % more per delta with 31)
     assert len(vars(StreamTranslator(model="m", include_usage=True))) <= 30
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_the_tier_and_moderation_ride_on_the_finish_chunk(include_usage: bool) -> None:
+    moderation = {"input": {"type": "moderation_results", "model": "mod", "results": []},
+                  "output": {"type": "error", "code": "x", "message": "unavailable"}}  # fmt: skip
+    _, parsed = run([CREATED, text_delta("Hi"),
+                     completed(service_tier="priority", moderation=moderation)],
+                    include_usage=include_usage)  # fmt: skip
+    chunks = chunks_of(parsed)
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk)
+    carrying = [c for c in chunks if "service_tier" in c]
+    finish = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    assert carrying[0] is finish and len(carrying) == (2 if include_usage else 1)
+    for chunk in carrying:
+        assert (chunk["service_tier"], chunk["moderation"]) == ("priority", moderation)
+    assert ("usage" in finish) is include_usage  # "usage": null, as on every other chunk
