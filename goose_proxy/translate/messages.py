@@ -42,6 +42,7 @@ from .fields import (
     CONTENT,
     at,
     fail,
+    get_object,
     get_str,
     require_list,
     require_object,
@@ -63,13 +64,16 @@ _ASKS_TO_SUMMARIZE = re.compile(r"\bsummari[sz]e\b", re.IGNORECASE)
 
 
 def translate_messages(
-    messages: Any, system_mode: str, tools: Any = None
+    messages: Any, system_mode: str, tools: Any = None, breakpoints: bool = True
 ) -> tuple[list[Item], Optional[str]]:
     """Map the chat ``messages`` array to Responses input items.
 
     ``system_mode`` is ``"drop"``, ``"instructions"`` or ``"input"`` (see
     :class:`~goose_proxy.translate.TranslateOptions`). Returns the items and,
     in ``"instructions"`` mode, the joined system text (None when there is none).
+    A part's ``prompt_cache_breakpoint`` (an object) goes with it when
+    ``breakpoints`` is true; a tool result with one is sent as parts, not as
+    one string.
 
     Raises:
         InvalidRequest: a message or part has the wrong shape, an unknown role or
@@ -95,17 +99,18 @@ def translate_messages(
             fail(at(path, "role"), "required")
         role = require_str(role, at(path, "role"))
         if role in ("system", "developer"):
-            texts = _text_parts(msg.get("content"), at(path, "content"))
+            parts = _text_parts(msg.get("content"), at(path, "content"), breakpoints)
             if system_mode == "instructions":
-                joined = "".join(texts)
+                joined = "".join(p["text"] for p in parts)
                 if joined:
                     instructions.append(joined)
             elif system_mode == "input":
-                parts = [{"type": "input_text", "text": t} for t in texts if t]
+                parts = [p for p in parts if p["text"]]
                 if parts:
                     items.append({"type": "message", "role": role, "content": parts})
         elif role == "user":
-            items.append({"type": "message", "role": "user", "content": _user_content(msg, path)})
+            content = _user_content(msg, path, breakpoints)
+            items.append({"type": "message", "role": "user", "content": content})
         elif role == "assistant":
             items.extend(_assistant_items(msg, path, i, legacy_calls))
         elif role == "tool":
@@ -113,7 +118,10 @@ def translate_messages(
             if call_id is None:
                 fail(at(path, "tool_call_id"), "required")
             call_id = require_str(call_id, at(path, "tool_call_id"))
-            output = "".join(_text_parts(msg.get("content"), at(path, "content")))
+            parts = _text_parts(msg.get("content"), at(path, "content"), breakpoints)
+            output: Any = "".join(p["text"] for p in parts)
+            if any("prompt_cache_breakpoint" in p for p in parts):  # only parts carry one
+                output = parts
             items.append({"type": "function_call_output", "call_id": call_id, "output": output})
         elif role == "function":
             items.append(_legacy_function_result(msg, path, legacy_calls))
@@ -169,22 +177,34 @@ def texts_of(content: Any) -> list[str]:
     ]
 
 
-def _text_parts(content: Any, path: str) -> list[str]:
-    """The texts of a string or an array of ``text`` parts (system, developer, tool)."""
+def _text_parts(content: Any, path: str, breakpoints: bool = False) -> list[Item]:
+    """A string or an array of ``text`` parts (system, developer, tool) as
+    ``input_text`` parts, each with its ``prompt_cache_breakpoint`` if kept."""
     if isinstance(content, str):
-        return [content]
+        return [{"type": "input_text", "text": content}]
     if content is None:
         fail(path, "required")
     parts = require_list(content, path, CONTENT)
-    texts = []
+    out = []
     for j, raw in enumerate(parts):
         ppath = at(path, j)
         part = require_object(raw, ppath)
         ptype = _part_type(part, ppath)
         if ptype != "text":
             fail(at(ppath, "type"), f"unknown content part {ptype!r} (only 'text' is allowed here)")
-        texts.append(_required_str(part, "text", ppath))
-    return texts
+        text = {"type": "input_text", "text": _required_str(part, "text", ppath)}
+        out.append(_with_breakpoint(text, part, ppath, breakpoints))
+    return out
+
+
+def _with_breakpoint(out: Item, part: Mapping[str, Any], path: str, keep: bool) -> Item:
+    """``out`` (the part as sent) with ``part``'s ``prompt_cache_breakpoint`` when
+    ``keep`` (an explicit prompt-cache breakpoint: the backend caches up to
+    there); checked to be an object either way."""
+    breakpoint_ = get_object(part, "prompt_cache_breakpoint", path)
+    if breakpoint_ is not None and keep:
+        out["prompt_cache_breakpoint"] = dict(breakpoint_)
+    return out
 
 
 def _part_type(part: Mapping[str, Any], path: str) -> str:
@@ -201,7 +221,7 @@ def _required_str(obj: Mapping[str, Any], key: str, path: str) -> str:
     return require_str(value, at(path, key))
 
 
-def _user_content(msg: Mapping[str, Any], path: str) -> list[Item]:
+def _user_content(msg: Mapping[str, Any], path: str, breakpoints: bool) -> list[Item]:
     cpath = at(path, "content")
     content = msg.get("content")
     if isinstance(content, str):
@@ -211,11 +231,15 @@ def _user_content(msg: Mapping[str, Any], path: str) -> list[Item]:
     parts = require_list(content, cpath, CONTENT)
     if not parts:
         fail(cpath, "must not be an empty array")
-    return [_user_part(raw, at(cpath, j)) for j, raw in enumerate(parts)]
+    out = []
+    for j, raw in enumerate(parts):
+        ppath = at(cpath, j)
+        part = require_object(raw, ppath)
+        out.append(_with_breakpoint(_user_part(part, ppath), part, ppath, breakpoints))
+    return out
 
 
-def _user_part(raw: Any, path: str) -> Item:
-    part = require_object(raw, path)
+def _user_part(part: Mapping[str, Any], path: str) -> Item:
     ptype = _part_type(part, path)
     if ptype == "text":
         return {"type": "input_text", "text": _required_str(part, "text", path)}
@@ -326,7 +350,8 @@ def _legacy_function_result(
 ) -> Item:
     name = _required_str(msg, "name", path)
     content = msg.get("content")
-    output = "" if content is None else "".join(_text_parts(content, at(path, "content")))
+    parts = [] if content is None else _text_parts(content, at(path, "content"))
+    output = "".join(p["text"] for p in parts)
     pending = legacy_calls.get(name)
     if not pending:
         fail(path, f"function result for {name!r} without a preceding assistant function_call")

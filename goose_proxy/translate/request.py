@@ -117,7 +117,10 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
     usage_flag = get_bool(options, "include_usage", "stream_options") if options else None
     include_usage = stream and bool(usage_flag)
     items, instructions = translate_messages(
-        req.get("messages"), opts.system_messages, req.get("tools") or req.get("functions")
+        req.get("messages"),
+        opts.system_messages,
+        req.get("tools") or req.get("functions"),
+        breakpoints=opts.flavor != "lightspeed",  # as prompt_cache_options: not Lightspeed's
     )
 
     # (responses field, value, client key it came from), in body order

@@ -25,6 +25,9 @@ OPENAI = TranslateOptions(flavor="openai")
 LIGHTSPEED = TranslateOptions()
 USER_HI = {"role": "user", "content": "hi"}
 HI_ITEM = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+BP = {"mode": "explicit", "ttl": "30m"}
+RULES_PART = {"type": "text", "text": "rules"}
+HI_PART = {"type": "text", "text": "hi"}
 
 
 def translate(
@@ -265,6 +268,47 @@ MESSAGE_ROWS = [
          {"type": "function_call_output", "call_id": "legacy_call_1", "output": "42"}],
         None,
         id="deprecated-function-call-message",
+    ),
+    pytest.param(  # explicit prompt-cache breakpoints go with their parts (openai)
+        [{"role": "system", "content": [dict(RULES_PART, prompt_cache_breakpoint=BP)]},
+         {"role": "user", "content": [
+             {"type": "text", "text": "long prefix", "prompt_cache_breakpoint": BP},
+             {"type": "image_url", "image_url": {"url": "https://x/i.png"},
+              "prompt_cache_breakpoint": BP},
+             {"type": "file", "file": {"file_id": "file_1"}, "prompt_cache_breakpoint": BP},
+             {"type": "text", "text": "question"}]},
+         {"role": "assistant", "content": None, "tool_calls": [
+             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "c1", "content": [
+             {"type": "text", "text": "big output", "prompt_cache_breakpoint": BP},
+             {"type": "text", "text": " tail"}]}],
+        TranslateOptions(flavor="openai", system_messages="input"),
+        [{"type": "message", "role": "system", "content": [
+            {"type": "input_text", "text": "rules", "prompt_cache_breakpoint": BP}]},
+         {"type": "message", "role": "user", "content": [
+             {"type": "input_text", "text": "long prefix", "prompt_cache_breakpoint": BP},
+             {"type": "input_image", "image_url": "https://x/i.png", "detail": "auto",
+              "prompt_cache_breakpoint": BP},
+             {"type": "input_file", "file_id": "file_1", "prompt_cache_breakpoint": BP},
+             {"type": "input_text", "text": "question"}]},
+         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+         {"type": "function_call_output", "call_id": "c1", "output": [
+             {"type": "input_text", "text": "big output", "prompt_cache_breakpoint": BP},
+             {"type": "input_text", "text": " tail"}]}],
+        None,
+        id="prompt-cache-breakpoints",
+    ),
+    pytest.param(  # Lightspeed takes no prompt-cache fields: left out, as prompt_cache_options
+        [{"role": "user", "content": [dict(HI_PART, prompt_cache_breakpoint=BP)]},
+         {"role": "assistant", "content": None, "tool_calls": [
+             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "tool_call_id": "c1",
+          "content": [{"type": "text", "text": "out", "prompt_cache_breakpoint": BP}]}],
+        LIGHTSPEED,
+        [HI_ITEM, {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+         {"type": "function_call_output", "call_id": "c1", "output": "out"}],
+        None,
+        id="prompt-cache-breakpoints-under-lightspeed",
     ),
 ]  # fmt: skip
 
@@ -1034,3 +1078,12 @@ def test_the_passthrough_keeps_system_messages_that_are_all_it_has() -> None:
     # dropped, the backend would be asked to answer nothing
     body, _ = prepare_passthrough({"input": [GOOSE_SYSTEM]}, LIGHTSPEED)
     assert body["input"] == [GOOSE_SYSTEM]
+
+
+def test_a_prompt_cache_breakpoint_must_be_an_object() -> None:
+    part = {"type": "text", "text": "hi", "prompt_cache_breakpoint": "explicit"}
+    req = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    for opts in (OPENAI, LIGHTSPEED):
+        with pytest.raises(InvalidRequest) as info:
+            chat_to_responses(req, opts)
+        assert info.value.param == "messages[0].content[0].prompt_cache_breakpoint"
