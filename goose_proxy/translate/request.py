@@ -312,6 +312,9 @@ def _tool_choice(req: Mapping[str, Any]) -> Optional[Any]:
         names = []
         for i, raw in enumerate(require_list(listed, tpath)):
             item = require_object(raw, at(tpath, i))
+            ttype = get_str(item, "type", at(tpath, i))
+            if ttype not in (None, "function"):  # as in tools: only functions
+                unsupported(at(at(tpath, i), "type"), f"tool type {ttype!r} is not supported")
             names.append({"type": "function", "name": _function_name(item, at(tpath, i))})
         return {"type": "allowed_tools", "mode": mode, "tools": names}
     if ctype is None:

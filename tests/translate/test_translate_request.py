@@ -505,6 +505,18 @@ def test_store_false_always() -> None:
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0].type"),
         ({"tool_choice": {"type": "custom", "custom": {"name": "x"}}}, "tool_choice.type"),
+        (
+            {
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "allowed_tools": {
+                        "mode": "auto",
+                        "tools": [{"type": "custom", "custom": {"name": "x"}}],
+                    },
+                }
+            },
+            "tool_choice.allowed_tools.tools[0].type",
+        ),
     ],
 )
 def test_unsupported_parameters(params: dict[str, Any], param: str) -> None:
