@@ -282,6 +282,13 @@ class UpstreamNotAResponse(UpstreamProtocolError):
     should_retry = False
 
 
+class UpstreamAnswerTooLarge(UpstreamProtocolError):
+    """An answer collected for a client that did not stream came to more than
+    ``max_event_size`` characters: asked again, it would be as large."""
+
+    should_retry = False
+
+
 class UpstreamTimeout(UpstreamError):
     """No response headers (or no stream event) within the configured time (504)."""
 

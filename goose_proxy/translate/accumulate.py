@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from goose_proxy.errors import ProxyError, UpstreamProtocolError
+from goose_proxy.errors import ProxyError, UpstreamAnswerTooLarge, UpstreamProtocolError
 
 from .response import JSON_OBJECT, READ_FIELDS, event_failure, map_usage, terminal_status
 
@@ -259,7 +259,7 @@ class ResponseAccumulator:
     def _keep(self, n: int) -> None:
         self._kept += n
         if self._limit is not None and self._kept > self._limit:
-            self._error = UpstreamProtocolError(
+            self._error = UpstreamAnswerTooLarge(
                 f"backend answer larger than {self._limit} characters "
                 "(backend.max_event_size); ask for it as a stream"
             )

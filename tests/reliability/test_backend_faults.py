@@ -695,6 +695,7 @@ async def test_an_answer_collected_for_json_is_bounded(
         async with fake_server(handler, tls=pki.server_context()) as srv:
             r = await _direct(srv.url, pki.auth, body, path, max_event_size=65536)
     assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"  # it would be as large again
     err = r.json()["error"]
     assert err["code"] == "upstream_protocol_error"
     assert err["message"] == (
