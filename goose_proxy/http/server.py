@@ -69,6 +69,9 @@ from goose_proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("goose_proxy.http")
 access_log = logging.getLogger("goose_proxy.access")
+#: most characters of a request's path in its access line (the head may hold
+#: 16 KiB of it: a client could fill the log with a few requests)
+ACCESS_PATH_CHARS = 256
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
@@ -523,9 +526,12 @@ class ProxyServer:
         if not access_log.isEnabledFor(logging.INFO):
             return
         ms = (time.monotonic() - req.received_at) * 1000
+        path = (
+            req.path if len(req.path) <= ACCESS_PATH_CHARS else req.path[:ACCESS_PATH_CHARS] + "..."
+        )
         # formatted here (one f-string) rather than by the record: one line per request
         access_log.info(
-            f"{req.method} {req.path} {'-' if status is None else status} {ms:.1f}ms "
+            f"{req.method} {path} {'-' if status is None else status} {ms:.1f}ms "
             f"bytes={conn.bytes_sent - sent_before} stream={'yes' if streamed else 'no'} "
             f"upstream={'-' if upstream is None else upstream} rid={rid}"
             f"{' client-gone' if gone else ''}"

@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ import anyio.abc
 import httpx
 import pytest
 
+from goose_proxy.cli import _StderrHandler
 from goose_proxy.config import AuthConfig
 from goose_proxy.http.handlers import Handlers
 from goose_proxy.http.server import ProxyServer
@@ -360,6 +363,17 @@ async def test_client_gone_in_the_access_line_only_when_the_answer_was_cut(
     assert ("client-gone" in lines[0]) is gone
 
 
+async def test_a_long_path_is_cut_in_the_access_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="goose_proxy")
+    with anyio.fail_after(10):
+        async with running_proxy(make_config("http://127.0.0.1:9/v1")) as proxy:
+            async with httpx.AsyncClient(timeout=10) as c:
+                r = await c.get(proxy.url + "/" + "a" * 12_000)
+    assert r.status_code == 404
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
+    assert f"GET /{'a' * 255}... 404 " in line and len(line) < 400
+
+
 async def test_a_request_id_with_spaces_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
     # the access line ends "rid=<id>[ client-gone]": an id with spaces could write
     # fields of its own there, so it gets a fresh id as an unprintable one does
@@ -399,3 +413,89 @@ async def test_a_stderr_nobody_reads_does_not_stop_the_proxy(
     dropped = int(note.split(" log line(s) dropped")[0].rsplit(" ", 1)[1])
     written = sum("GET /health 200" in line for line in proxy.lines)
     assert dropped > 0 and written + dropped == n + 1  # every line written or counted
+
+
+def _emit_within(
+    handler: logging.Handler, messages: list[str], reader: int, seconds: float = 10
+) -> None:
+    """Emit each message on a thread; fail if that takes longer than ``seconds``
+    (a handler that waits on its file would never return: its file is then read
+    from ``reader`` until the thread ends, so that the test ends too)."""
+
+    def run() -> None:
+        for message in messages:
+            handler.handle(logging.makeLogRecord({"msg": message, "levelno": 20}))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    waited = worker.is_alive()
+    while worker.is_alive():
+        _read_all(reader)
+        worker.join(0.05)
+    assert not waited, "the handler waited for its file"
+
+
+def _read_all(fd: int) -> bytes:
+    """What can be read from ``fd`` now (it is non-blocking)."""
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, OSError):  # (a pty's master: EIO once it is empty)
+            return out
+        if not data:
+            return out
+        out += data
+
+
+def test_a_long_line_to_a_full_pipe_waits_for_the_next_record() -> None:
+    # a pipe takes a write of up to PIPE_BUF at once or not at all, a longer one
+    # in pieces: what it does not take waits for the next record (never the
+    # event loop), and records that come meanwhile are counted
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    stream = os.fdopen(w, "w")
+    try:
+        handler = _StderrHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        filler = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            while True:
+                os.write(filler, b"~" * 4096)
+        except BlockingIOError:
+            os.close(filler)
+        assert len(os.read(r, 4096)) == 4096  # room for one page, not for the line
+        long_line = "L" * 12_000
+        _emit_within(handler, [long_line, "while the pipe is full"], r)
+        assert handler.dropped == 1
+        got = _read_all(r)
+        _emit_within(handler, ["after"], r)
+        got += _read_all(r)
+    finally:
+        stream.close()
+        os.close(r)
+    text = got.decode().replace("~", "")
+    assert text.split("\n")[:3] == [
+        long_line,
+        "1 log line(s) dropped: stderr could not take them (nothing was reading it)",
+        "after",
+    ]
+
+
+def test_a_terminal_nobody_reads_does_not_stop_the_handler() -> None:
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    stream = os.fdopen(slave, "w")
+    try:
+        handler = _StderrHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _emit_within(handler, [f"line {i:05d} " + "x" * 100 for i in range(3000)], master)
+        assert handler.dropped > 0
+        _read_all(master)
+        _emit_within(handler, ["after"], master)
+        got = _read_all(master)
+    finally:
+        stream.close()
+        os.close(master)
+    assert b"log line(s) dropped" in got and b"after" in got
