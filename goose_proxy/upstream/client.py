@@ -632,11 +632,13 @@ class UpstreamClient:
         try:
             return await self._send_and_read_head(conn, pieces, deadline)
         except UpstreamClosed as e:
-            if not first or conn.received:
+            if not first or conn.received or not _in_race_window(conn):
                 raise
             # With TLS 1.3 the server checks our certificate after the handshake;
             # some servers then just close without sending the alert, or reset the
-            # connection as our request arrives (and the alert is lost).
+            # connection as our request arrives (and the alert is lost): within a
+            # round trip of the request. A close long after it is a backend that
+            # took the request and went away (a crashed worker), no refusal.
             raise UpstreamTLSError(
                 f"backend {self.endpoint.where} closed the connection right after the "
                 "TLS handshake without answering: it probably rejected the client certificate"

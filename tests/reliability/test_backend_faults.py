@@ -336,6 +336,29 @@ async def test_a_reset_right_after_the_handshake_reads_as_a_rejected_certificate
     )
 
 
+async def test_a_close_long_after_the_request_is_no_certificate_refusal(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a refusal after a TLS 1.3 handshake comes within a round trip of the
+    # request; a backend that worked on it and then went away (a crashed
+    # worker) closed later than RACE_WINDOW, and was blamed on the certificate
+    monkeypatch.setattr(client, "RACE_WINDOW", 0.05)
+
+    async def crash(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await anyio.sleep(0.3)  # working on it, then gone without a byte of answer
+
+    with anyio.fail_after(10):
+        async with fake_server(crash, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert (err["code"], err["message"]) == (
+        "upstream_error",
+        f"backend 127.0.0.1:{srv.port} closed the connection before answering",
+    )
+
+
 async def test_client_certificate_refused_with_an_alert(pki: SimpleNamespace) -> None:
     # a TLS 1.2 server refuses it in the handshake, with an alert that says so
     # (OpenSSL sends it from a blocking socket; asyncio and anyio drop it)
