@@ -53,6 +53,7 @@ from goose_proxy.errors import (
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamNotAResponse,
     UpstreamProtocolError,
     UpstreamProxyError,
     UpstreamTimeout,
@@ -778,7 +779,9 @@ class UpstreamClient:
                 resp.encoded = True
             else:
                 conn.close()
-                raise UpstreamProtocolError(
+                # the same answer again if asked again: no retry (as for a body in
+                # a shape that is no Response)
+                raise UpstreamNotAResponse(
                     f"backend {self.endpoint.where} answered HTTP {resp.status} "
                     f"with Content-Encoding {coding[:40]!r}, which goose-proxy does not "
                     "decode (it asks for identity)"

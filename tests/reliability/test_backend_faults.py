@@ -543,6 +543,7 @@ async def test_encoded_answer_is_refused_not_garbled(
     assert b"\r\naccept-encoding: identity\r\n" in srv.requests[0].lower()
     assert srv.accepted == 2  # the first connection was closed, not pooled
     assert r.status_code == again.status_code == 502
+    assert r.headers["x-should-retry"] == "false"  # it would come compressed again
     err = r.json()["error"]
     assert err["code"] == "upstream_protocol_error"
     assert "Content-Encoding 'gzip', which goose-proxy does not decode" in err["message"]
