@@ -322,6 +322,18 @@ class ServiceUnavailable(ProxyError):
     default_code = "service_unavailable"
 
 
+class HostLimitReached(ServiceUnavailable):
+    """This host is out of file descriptors or memory (``HOST_LIMITS``) as the
+    proxy opens a file or a connection: retryable, with ``Retry-After: 1``.
+    A flood of them is warned about once per ten seconds."""
+
+    def __init__(self, doing: str, e: OSError) -> None:
+        super().__init__(
+            f"goose-proxy cannot {doing} right now ({e.strerror or e}); try again in a moment",
+            headers=[("Retry-After", "1")],
+        )
+
+
 class InternalError(ProxyError):
     """A bug: the message never carries internal exception text."""
 

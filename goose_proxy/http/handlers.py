@@ -35,6 +35,7 @@ from goose_proxy.config import Config, redact_location
 from goose_proxy.errors import (
     AuthenticationError,
     ContextLengthExceeded,
+    HostLimitReached,
     InvalidRequest,
     NotFound,
     ProxyError,
@@ -49,6 +50,7 @@ from goose_proxy.http.connection import (
     ServerConnection,
     error_response_parts,
 )
+from goose_proxy.http.throttle import WarnEvery
 from goose_proxy.translate import (
     ADAPTED_EVENTS,
     AnswerAdapter,
@@ -73,6 +75,9 @@ from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
 from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, has_fields, upstream_json
 
 log = logging.getLogger("goose_proxy.http")
+#: the host out of descriptors or memory fails every request at once: said once
+#: per ten seconds, with a count (shared by the process's servers)
+_HOST_LIMIT_WARNINGS = WarnEvery()
 
 JSON = (b"content-type", b"application/json")
 SSE_HEADERS = [
@@ -151,6 +156,12 @@ class Exchange:
             or isinstance(err, AuthenticationError)
             or (isinstance(err, UpstreamHTTPError) and err.status != 400)
         ):
+            return
+        if isinstance(err, HostLimitReached):  # a flood: every request at once
+            due = _HOST_LIMIT_WARNINGS.due()
+            if due is not None:
+                more = WarnEvery.since(due, "times")
+                log.warning("%s %s: %s%s", self.req.method, self.req.path, err.message, more)
             return
         if err.quoted:
             # its message is the backend's own words (from a body): not for the log

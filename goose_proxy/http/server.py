@@ -64,6 +64,7 @@ from goose_proxy.http.connection import (
     error_response_parts,
 )
 from goose_proxy.http.handlers import Exchange, Handler, Handlers
+from goose_proxy.http.throttle import WARN_INTERVAL, WarnEvery
 from goose_proxy.streams import Listener, ProtocolStream, bind_tcp
 from goose_proxy.upstream.client import UpstreamClient
 
@@ -79,7 +80,7 @@ ABORT_GRACE = 2.0
 #: when accepting fails (out of file descriptors): the pause before the next try,
 #: and the least time between two warnings of it
 ACCEPT_BACKOFF = 0.1
-ACCEPT_WARN_INTERVAL = 10.0
+ACCEPT_WARN_INTERVAL = WARN_INTERVAL
 #: a request body or an answer (whole or streamed) this large is followed by
 #: :func:`give_back_memory`
 LARGE_EXCHANGE = 1024 * 1024
@@ -188,8 +189,7 @@ class ProxyServer:
         self._listeners: list[Listener] = []
         self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
-        self._refused = 0  # connections refused over max_connections since the last warning
-        self._refusals_quiet_until = 0.0  # no warning of them before then (time.monotonic)
+        self._refusals = WarnEvery(ACCEPT_WARN_INTERVAL)  # over max_connections
         self.bound: list[tuple[str, int]] = []
         #: the paths of unix sockets listened on (systemd ListenStream=/path)
         self.unix_paths: list[str] = []
@@ -232,8 +232,7 @@ class ProxyServer:
                 await self.upstream.aclose()
 
     async def _accept_loop(self, listener: Listener, tg: anyio.abc.TaskGroup) -> None:
-        failed = 0  # accepts that failed since the last warning
-        quiet_until = 0.0  # no warning before then (time.monotonic)
+        failures = WarnEvery(ACCEPT_WARN_INTERVAL)
         try:
             while not self.closing:
                 try:
@@ -241,21 +240,18 @@ class ProxyServer:
                 except anyio.ClosedResourceError:
                     return
                 except OSError as e:  # EMFILE and friends: back off briefly, keep serving
-                    failed += 1
-                    now = time.monotonic()
-                    if now >= quiet_until:
-                        more = f" ({failed} times since the last warning)" if failed > 1 else ""
+                    due = failures.due()
+                    if due is not None:
                         log.warning(
                             "accept failed%s: %s; new connections wait until it works again",
-                            more,
+                            failures.since(due, "times"),
                             e.strerror or e,
                         )
-                        failed, quiet_until = 0, now + ACCEPT_WARN_INTERVAL
                     await anyio.sleep(ACCEPT_BACKOFF)
                     continue
-                if quiet_until:  # it failed before: say it works again, once
+                if failures.said():  # it failed before: say it works again, once
                     log.info("accepting connections again")
-                    failed, quiet_until = 0, 0.0
+                    failures.clear()
                 tg.start_soon(self._connection, stream)
         finally:
             await listener.aclose()
@@ -332,17 +328,14 @@ class ProxyServer:
         """503 for a connection over ``max_connections``, sent without reading the request
         (h11 allows a response first), then a lingering close. Warned about
         once, then at most once per :data:`ACCEPT_WARN_INTERVAL`, with a count."""
-        self._refused += 1
-        now = time.monotonic()
-        if now >= self._refusals_quiet_until:
-            more = f" ({self._refused} refused since the last warning)" if self._refused > 1 else ""
+        due = self._refusals.due()
+        if due is not None:
             log.warning(
                 "connection limit reached ([server] max_connections = %d): new connections "
                 "get 503%s",
                 self.config.server.max_connections,
-                more,
+                WarnEvery.since(due, "refused"),
             )
-            self._refused, self._refusals_quiet_until = 0, now + ACCEPT_WARN_INTERVAL
         err = ServiceUnavailable(
             f"too many connections (more than {self.config.server.max_connections}); "
             "try again later"

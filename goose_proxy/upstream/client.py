@@ -48,6 +48,8 @@ import h11
 from goose_proxy import __version__, http11
 from goose_proxy.config import BackendConfig, is_secret_header
 from goose_proxy.errors import (
+    HOST_LIMITS,
+    HostLimitReached,
     ProxyError,
     UpstreamCertificateError,
     UpstreamClosed,
@@ -188,6 +190,8 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
         return _tls_error(f"{phase} with backend {where} failed", e)
     if isinstance(e, socket.gaierror):
         return UpstreamConnectError(f"cannot resolve backend host {ep.host!r} (DNS: {e.strerror})")
+    if isinstance(e, OSError) and e.errno in HOST_LIMITS:  # this host's limit, not the backend
+        return HostLimitReached(f"open a connection to backend {where}", e)
     if isinstance(e, OSError) and refused(e):
         return UpstreamConnectError(f"connection refused by backend {where}")
     if isinstance(e, (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)):

@@ -30,7 +30,13 @@ import time
 from typing import Any, Optional
 
 from goose_proxy.config import AuthConfig
-from goose_proxy.errors import HOST_LIMITS, CredentialsError, ProxyError, ServiceUnavailable
+from goose_proxy.errors import (
+    HOST_LIMITS,
+    CredentialsError,
+    HostLimitReached,
+    ProxyError,
+    ServiceUnavailable,
+)
 
 log = logging.getLogger("goose_proxy.upstream")
 
@@ -98,11 +104,7 @@ def _host_limit(e: BaseException) -> Optional[ServiceUnavailable]:
     """A retryable 503 when ``e`` is a host limit (see ``errors.HOST_LIMITS``),
     not a fault of the files (a CredentialsError says "do not retry")."""
     if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) and e.errno in HOST_LIMITS:
-        return ServiceUnavailable(
-            f"goose-proxy cannot load its TLS files right now ({e.strerror}); "
-            "try again in a moment",
-            headers=[("Retry-After", "1")],
-        )
+        return HostLimitReached("load its TLS files", e)
     return None
 
 

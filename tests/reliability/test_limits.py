@@ -19,16 +19,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 import devbackend
 from goose_proxy.http import server
 from tests.reliability.support import (
     HELLO,
+    HELLO_STREAM,
     PROJECT_ROOT,
     ask,
     chat_stream_outcome,
     exchange,
+    fake_server,
     parse_one,
     parse_responses,
     pool_size,
@@ -37,8 +40,11 @@ from tests.reliability.support import (
     proxy_config,
     proxy_process,
     read_all,
+    read_request_head,
     read_until,
     request_bytes,
+    sse_answer,
+    text_events,
     wait_settled,
 )
 
@@ -684,6 +690,46 @@ async def test_out_of_file_descriptors_accepts_wait_warn_once_and_recover(
                 warnings = [line for line in proxy.lines if "accept failed" in line]
     assert len(warnings) == 1, warnings
     assert "Too many open files; new connections wait until it works again" in warnings[0]
+
+
+async def test_out_of_file_descriptors_for_a_backend_connection_is_a_503(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    # accepted, but no descriptor left for the backend connection: this host's
+    # limit, as for the TLS files (a 503 to retry, warned once per ten seconds);
+    # it was a 502 "cannot connect to backend …: Too many open files", a fault
+    # of the backend's, warned about once per request
+    release = anyio.Event()
+    answered: list[int] = []
+
+    async def slow(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await release.wait()  # holds its two descriptors until a 503 came
+        await stream.send(sse_answer(text_events(["hi"])))
+
+    async def one(port: int) -> None:
+        r = await post(f"http://127.0.0.1:{port}", HELLO_STREAM)
+        answered.append(r.status_code)
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1" and "x-should-retry" not in r.headers
+            err = r.json()["error"]
+            assert err["code"] == "service_unavailable"
+            assert err["message"] == (
+                f"goose-proxy cannot open a connection to backend 127.0.0.1:{srv.port} "
+                "right now (Too many open files); try again in a moment"
+            )
+            release.set()
+
+    with anyio.fail_after(60):
+        async with fake_server(slow) as srv:
+            cfg = proxy_config(srv.url + "/v1", pki)
+            async with proxy_process(cfg, tmp_path, nofile=NOFILE) as proxy:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(NOFILE):
+                        tg.start_soon(one, proxy.port)
+                warned = [line for line in proxy.lines if "open a connection" in line]
+    assert set(answered) == {200, 503}, answered
+    assert len(warned) == 1, warned
 
 
 _CHILD = """
