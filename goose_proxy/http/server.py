@@ -349,6 +349,7 @@ class ProxyServer:
         max_requests = self.config.server.max_requests_per_connection
         while not self.closing or conn.requests_served == 0 or conn in self._arriving:
             req: Optional[Request] = None
+            sent_before = conn.bytes_sent
             try:
                 req = await conn.read_request()
                 if req is None:
@@ -374,6 +375,11 @@ class ProxyServer:
                         return
                     if req is not None:
                         self._log_access(req, status, conn, streamed=False, upstream=None, rid="-")
+                    elif access_log.isEnabledFor(logging.INFO):  # a head it could not read
+                        access_log.info(
+                            f"- - {status} - bytes={conn.bytes_sent - sent_before} stream=no "
+                            "upstream=- rid=- (request head refused)"
+                        )
                 return
             close = (
                 self.closing

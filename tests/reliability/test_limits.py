@@ -362,12 +362,18 @@ def _cases(table: list[tuple[Any, ...]]) -> list[Any]:
 
 
 @pytest.mark.parametrize(("data", "status"), _cases(BAD_REQUESTS))
-async def test_malformed_http_gets_4xx(pki: SimpleNamespace, data: bytes, status: int) -> None:
+async def test_malformed_http_gets_4xx(
+    pki: SimpleNamespace, data: bytes, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="goose_proxy.access")
     with anyio.fail_after(10):
         async with proxied(pki) as h:
             r = await ask(h.proxy.port, data)
             await healthy(h.proxy.port)
     assert r.status == status
+    # an access line for it too, also when its head could not be read
+    access = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
+    assert any(f" {status} " in line for line in access if "/health" not in line), access
     assert r.error["type"] == "invalid_request_error"
     assert "bytearray" not in r.error["message"]
     assert r.header("connection") == "close"
