@@ -8,6 +8,8 @@ capture itself, independently of the translator.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -66,6 +68,23 @@ async def chat(
     body = {"model": "goose-model", "messages": [USER], "stream": stream, **extra}
     async with httpx.AsyncClient(timeout=10) as c:
         return await c.post(proxy.url + "/v1/chat/completions", json=body)
+
+
+@asynccontextmanager
+async def proxy_answering(
+    pki: SimpleNamespace, answer: bytes, flavor: str
+) -> AsyncIterator[SimpleNamespace]:
+    """The proxy (mTLS, ``flavor``) in front of a backend that answers every
+    request with the bytes ``answer``."""
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(answer)
+
+    async with fake_server(handler, tls=pki.server_context()) as srv:
+        cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
+        async with running_proxy(cfg) as proxy:
+            yield proxy
 
 
 def sse_chunks(raw: str) -> list[Any]:
@@ -763,17 +782,9 @@ async def test_non_finite_numbers_from_the_backend_do_not_fail_the_answer(
 ) -> None:
     """``json.loads`` reads NaN and Infinity, which no client JSON may hold: they
     are read as null, and the answer goes out whole (it used to be a 500)."""
-    answer = _nonfinite_answer(json_body)
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(answer)
-
     with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
-            async with running_proxy(cfg) as proxy:
-                r = await post(proxy.url, {**body, "logprobs": True})
+        async with proxy_answering(pki, _nonfinite_answer(json_body), flavor) as proxy:
+            r = await post(proxy.url, {**body, "logprobs": True})
     assert r.status_code == 200, r.text
     if body.get("stream"):
         chunks = [_strict_json(line[6:]) for line in r.text.split("\n")
@@ -817,36 +828,28 @@ async def test_a_refusal_to_structured_output_is_no_content(pki: SimpleNamespace
     the SDK's stream helper reported it twice, and ``content.done`` with nothing
     parsed). Without a response format (Goose) it is in ``content`` as well."""
     no = "I can't help with that."
-    answer = _refusal_answer(no)
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(answer)
-
     messages: Any = [USER]
     with anyio.fail_after(20):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
-            async with running_proxy(cfg) as proxy:
-                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
-                try:
-                    plain = await client.chat.completions.create(model="m", messages=messages)
-                    shaped = await client.chat.completions.create(
-                        model="m", messages=messages, response_format={"type": "json_object"}
-                    )
-                    parsed = await client.chat.completions.parse(
-                        model="m", messages=messages, response_format=Person
-                    )
-                    seen = []
-                    async with client.chat.completions.stream(
-                        model="m", messages=messages, response_format=Person
-                    ) as s:
-                        async for ev in s:
-                            if ev.type in ("content.delta", "refusal.delta", "content.done"):
-                                seen.append(ev.type)
-                        final = await s.get_final_completion()
-                finally:
-                    await client.close()
+        async with proxy_answering(pki, _refusal_answer(no), "openai") as proxy:
+            client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+            try:
+                plain = await client.chat.completions.create(model="m", messages=messages)
+                shaped = await client.chat.completions.create(
+                    model="m", messages=messages, response_format={"type": "json_object"}
+                )
+                parsed = await client.chat.completions.parse(
+                    model="m", messages=messages, response_format=Person
+                )
+                seen = []
+                async with client.chat.completions.stream(
+                    model="m", messages=messages, response_format=Person
+                ) as s:
+                    async for ev in s:
+                        if ev.type in ("content.delta", "refusal.delta", "content.done"):
+                            seen.append(ev.type)
+                    final = await s.get_final_completion()
+            finally:
+                await client.close()
     assert (plain.choices[0].message.content, plain.choices[0].message.refusal) == (no, no)
     for message in (shaped.choices[0].message, parsed.choices[0].message):
         assert (message.content, message.refusal) == (None, no)
@@ -876,26 +879,18 @@ async def test_how_the_answer_was_served_reaches_the_client(pki: SimpleNamespace
     frames[-1] = sse_event({"type": "response.completed", "response": {
         "id": "resp_1", "object": "response", "created_at": 1, "model": "m",
         "status": "completed", "output": [], **served}})  # fmt: skip
-    answer = sse_answer(frames)
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        await read_request_head(stream, srv)
-        await stream.send(answer)
-
     with anyio.fail_after(20):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
-            async with running_proxy(cfg) as proxy:
-                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
-                try:
-                    whole = await client.chat.completions.create(
-                        model="m", messages=[USER], service_tier="auto"
-                    )
-                    chunks = [c async for c in await client.chat.completions.create(
-                        model="m", messages=[USER], service_tier="auto", stream=True,
-                        stream_options={"include_usage": True})]  # fmt: skip
-                finally:
-                    await client.close()
+        async with proxy_answering(pki, sse_answer(frames), "openai") as proxy:
+            client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+            try:
+                whole = await client.chat.completions.create(
+                    model="m", messages=[USER], service_tier="auto"
+                )
+                chunks = [c async for c in await client.chat.completions.create(
+                    model="m", messages=[USER], service_tier="auto", stream=True,
+                    stream_options={"include_usage": True})]  # fmt: skip
+            finally:
+                await client.close()
     assert whole.choices[0].message.content == "Hi"
     assert whole.service_tier == "flex"
     assert whole.moderation is not None and whole.moderation.model_dump() == MODERATION

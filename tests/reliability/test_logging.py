@@ -436,6 +436,13 @@ def _emit_within(
     assert not waited, "the handler waited for its file"
 
 
+def _message_handler(stream: Any) -> _StderrHandler:
+    """The proxy's stderr handler on ``stream``, writing records' messages alone."""
+    handler = _StderrHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
 def _read_all(fd: int) -> bytes:
     """What can be read from ``fd`` now (it is non-blocking)."""
     out = b""
@@ -457,8 +464,7 @@ def test_a_long_line_to_a_full_pipe_waits_for_the_next_record() -> None:
     os.set_blocking(r, False)
     stream = os.fdopen(w, "w")
     try:
-        handler = _StderrHandler(stream)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = _message_handler(stream)
         filler = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
         try:
             while True:
@@ -488,8 +494,7 @@ def test_a_terminal_nobody_reads_does_not_stop_the_handler() -> None:
     os.set_blocking(master, False)
     stream = os.fdopen(slave, "w")
     try:
-        handler = _StderrHandler(stream)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = _message_handler(stream)
         _emit_within(handler, [f"line {i:05d} " + "x" * 100 for i in range(3000)], master)
         assert handler.dropped > 0
         _read_all(master)
