@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
-import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Optional, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
 
 from goose_proxy import __version__, systemd
 from goose_proxy.config import Config, ConfigError, load_config, log_level, redact_url
+from goose_proxy.stderr_log import StderrHandler
 
 if TYPE_CHECKING:
     import anyio
@@ -59,96 +58,6 @@ class _Formatter(logging.Formatter):
         return f"{self._text},{int(record.msecs):03d}"
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that never waits for stderr.
-
-    The proxy logs from its event loop (an access line per request). When
-    whatever reads stderr stops reading (``goose-proxy 2>&1 | less`` left at
-    a page, a terminal nobody reads, a stalled log collector), a plain handler
-    blocks in ``write`` once the pipe or buffer is full, and with it every
-    client and ``/health``. Here a pipe or terminal is written through a file
-    description of its own opened non-blocking (stderr's own flags, shared
-    with other processes, stay as they are), a socket with ``MSG_DONTWAIT``:
-    what does not go at once waits, one line at most, for the next record;
-    records that come while it waits are counted, not written, and the count
-    is logged once lines go again. A regular file is written as usual.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self.dropped = 0
-        self._pending = b""  # the rest of a line the file did not take at once
-        self._encoding = getattr(stream, "encoding", None) or "utf-8"
-        self._write = _nonblocking_writer(stream)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._write is None:
-            super().emit(record)
-            return
-        try:
-            line = self.format(record) + self.terminator
-        except Exception:
-            self.handleError(record)
-            return
-        if self._pending and not self._send():
-            self.dropped += 1
-            return
-        if self.dropped:
-            n, self.dropped = self.dropped, 0
-            note = logging.LogRecord(
-                "goose_proxy", logging.WARNING, __file__, 0,
-                "%d log line(s) dropped: stderr could not take them (nothing was reading it)",
-                (n,), None,
-            )  # fmt: skip
-            line = self.format(note) + self.terminator + line
-        self._pending = line.encode(self._encoding, "backslashreplace")
-        self._send()
-
-    def flush(self) -> None:
-        if self._write is None:
-            super().flush()
-        elif self._pending:
-            self._send()
-
-    def _send(self) -> bool:
-        """Write what of the pending line goes now; whether all of it went."""
-        assert self._write is not None
-        try:
-            while self._pending:
-                self._pending = self._pending[self._write(self._pending) :]
-        except BlockingIOError:
-            return False
-        except OSError:  # nothing reads it any more (EPIPE): the line is lost
-            self._pending = b""
-            self.dropped += 1
-        return True
-
-
-def _nonblocking_writer(stream: TextIO) -> Optional[Callable[[bytes], int]]:
-    """A write to ``stream``'s file that never waits (it returns how many bytes
-    went, or raises BlockingIOError); None for a regular file, or where there is
-    no such way (no file descriptor, no ``/proc``)."""
-    try:
-        fd = stream.fileno()
-        mode = os.fstat(fd).st_mode
-    except (OSError, ValueError, AttributeError):
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISSOCK(mode):  # the journal's stream
-        import socket
-
-        sock = socket.socket(fileno=os.dup(fd))
-        return lambda data: sock.send(data, socket.MSG_DONTWAIT)
-    try:  # a pipe or terminal opened again: a description of our own
-        own = os.open(
-            f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        )
-    except OSError:
-        return None
-    return functools.partial(os.write, own)
-
-
 def _stderr_is_journal(journal_stream: str) -> bool:
     """True when stderr is the journal stream systemd named (``device:inode``)."""
     dev, sep, ino = journal_stream.partition(":")
@@ -164,7 +73,7 @@ def _stderr_is_journal(journal_stream: str) -> bool:
 def setup_logging(level: str, environ: Optional[dict[str, str]] = None) -> None:
     """Log to stderr; journald-friendly when ``JOURNAL_STREAM`` is set."""
     env = os.environ if environ is None else environ
-    handler = _StderrHandler(sys.stderr)
+    handler = StderrHandler(sys.stderr)
     if _stderr_is_journal(env.get("JOURNAL_STREAM", "")):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:

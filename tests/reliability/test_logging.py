@@ -4,12 +4,14 @@ text (which can quote a body) for a bug — its type and place instead."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,10 +23,11 @@ import anyio.abc
 import httpx
 import pytest
 
-from goose_proxy.cli import _StderrHandler
+from goose_proxy import stderr_log
 from goose_proxy.config import AuthConfig
 from goose_proxy.http.handlers import Handlers
 from goose_proxy.http.server import ProxyServer
+from goose_proxy.stderr_log import StderrHandler
 from tests.reliability.support import (
     SSE_HEAD,
     chunk,
@@ -418,13 +421,16 @@ async def test_a_stderr_nobody_reads_does_not_stop_the_proxy(
 def _emit_within(
     handler: logging.Handler, messages: list[str], reader: int, seconds: float = 10
 ) -> None:
-    """Emit each message on a thread; fail if that takes longer than ``seconds``
+    """Emit each message on a thread, from an event loop; fail if that takes longer than ``seconds``
     (a handler that waits on its file would never return: its file is then read
     from ``reader`` until the thread ends, so that the test ends too)."""
 
-    def run() -> None:
+    async def emit_all() -> None:  # as the proxy does: on a running event loop
         for message in messages:
             handler.handle(logging.makeLogRecord({"msg": message, "levelno": 20}))
+
+    def run() -> None:
+        asyncio.run(emit_all())
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
@@ -436,9 +442,9 @@ def _emit_within(
     assert not waited, "the handler waited for its file"
 
 
-def _message_handler(stream: Any) -> _StderrHandler:
+def _message_handler(stream: Any) -> StderrHandler:
     """The proxy's stderr handler on ``stream``, writing records' messages alone."""
-    handler = _StderrHandler(stream)
+    handler = StderrHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     return handler
 
@@ -495,6 +501,177 @@ def test_a_terminal_nobody_reads_does_not_stop_the_handler() -> None:
     stream = os.fdopen(slave, "w")
     try:
         handler = _message_handler(stream)
+        _emit_within(handler, [f"line {i:05d} " + "x" * 100 for i in range(3000)], master)
+        assert handler.dropped > 0
+        _read_all(master)
+        _emit_within(handler, ["after"], master)
+        got = _read_all(master)
+    finally:
+        stream.close()
+        os.close(master)
+    assert b"log line(s) dropped" in got and b"after" in got
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe (read end non-blocking) whose buffer is full but for one page."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    filler = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"~" * 4096)
+    except BlockingIOError:
+        os.close(filler)
+    assert len(os.read(r, 4096)) == 4096
+    return r, w
+
+
+async def test_the_event_loop_writes_a_waiting_line_once_there_is_room() -> None:
+    # the rest of a line the pipe did not take is written as soon as the pipe
+    # has room, not when (if ever) the next record comes
+    r, w = _full_pipe()
+    stream = os.fdopen(w, "w")
+    try:
+        handler = _message_handler(stream)
+        long_line = "L" * 12_000
+        handler.handle(logging.makeLogRecord({"msg": long_line, "levelno": 20}))
+        got = b""
+        with anyio.fail_after(10):
+            while not got.endswith(long_line.encode() + b"\n"):
+                got += _read_all(r)
+                await anyio.sleep(0.01)  # (polling the test's own pipe)
+    finally:
+        handler.close()
+        stream.close()
+        os.close(r)
+    assert got.replace(b"~", b"") == long_line.encode() + b"\n"
+
+
+def test_at_exit_the_waiting_line_and_the_count_get_a_moment() -> None:
+    # logging.shutdown closes the handler: a line left waiting, and the count
+    # of those dropped meanwhile, still go if stderr takes them within a second
+    r, w = _full_pipe()
+    stream = os.fdopen(w, "w")
+    handler = _message_handler(stream)
+    _emit_within(handler, ["A" * 12_000, "dropped one", "dropped two"], r)
+    assert handler.dropped == 2
+    got: list[bytes] = []
+
+    def read_slowly() -> None:  # a reader that comes back
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            got.append(_read_all(r))
+            if b"dropped: stderr" in b"".join(got):
+                return
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    try:
+        handler.close()
+        reader.join(10)
+    finally:
+        stream.close()
+        os.close(r)
+    text = b"".join(got).replace(b"~", b"").decode()
+    assert text.split("\n")[:2] == [
+        "A" * 12_000,
+        "2 log line(s) dropped: stderr could not take them (nothing was reading it)",
+    ]
+
+
+def test_another_users_pipe_is_written_in_pieces_that_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a pipe or terminal of another user's cannot be opened again (EACCES): a
+    # container's stderr under USER, or a terminal after su. The handler wrote
+    # it as StreamHandler does, and waited on a full pipe; it writes stderr
+    # itself now, PIPE_BUF bytes at a time and only when poll says they fit
+    real_open = os.open
+
+    def refused(path: str, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith("/proc/self/fd/"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    r, w = _full_pipe()
+    stream = os.fdopen(w, "w")
+    try:
+        monkeypatch.setattr(stderr_log.os, "open", refused)
+        handler = _message_handler(stream)
+        monkeypatch.undo()
+        long_line = "P" * 12_000
+        _emit_within(handler, [long_line, *(f"line {i}" for i in range(2000))], r)
+        assert handler.dropped > 0 and os.get_blocking(w)  # stderr's flags as they were
+        got = _read_all(r)
+        _emit_within(handler, ["after"], r)
+        got += _read_all(r)
+    finally:
+        stream.close()
+        os.close(r)
+    lines = got.replace(b"~", b"").decode().split("\n")
+    assert lines[0] == long_line
+    assert lines[1].endswith(
+        "log line(s) dropped: stderr could not take them (nothing was reading it)"
+    )
+    assert "after" in lines
+
+
+def test_without_an_event_loop_a_record_waits_a_moment_for_room() -> None:
+    # at start and at exit nothing is served: a record waits (a second at most)
+    # for a slow reader rather than being dropped (an error such as "cannot
+    # listen" was lost behind a burst)
+    r, w = _full_pipe()
+    stream = os.fdopen(w, "w")
+    handler = _message_handler(stream)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def read_slowly() -> None:  # 4 KiB every 10 ms
+        while not stop.is_set():
+            try:
+                got.append(os.read(r, 4096))
+            except BlockingIOError:
+                pass
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    try:
+        for i in range(60):
+            handler.handle(logging.makeLogRecord({"msg": f"{i:02d} " + "x" * 1000}))
+        handler.handle(logging.makeLogRecord({"msg": "cannot listen: address in use"}))
+        handler.close()
+    finally:
+        stop.set()
+        reader.join(10)
+        got.append(_read_all(r))
+        stream.close()
+        os.close(r)
+    lines = b"".join(got).replace(b"~", b"").decode().split("\n")
+    assert handler.dropped == 0
+    assert lines[-2:] == ["cannot listen: address in use", ""] and len(lines) == 62
+
+
+def test_another_users_terminal_is_written_a_byte_at_a_time_when_it_has_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # not the controlling terminal, and not to be opened again: it promises
+    # room for one byte only, so that is what each write may take
+    real_open = os.open
+
+    def refused(path: str, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith("/proc/self/fd/") or str(path) == "/dev/tty":
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    stream = os.fdopen(slave, "w")
+    try:
+        monkeypatch.setattr(stderr_log.os, "open", refused)
+        handler = _message_handler(stream)
+        monkeypatch.undo()
         _emit_within(handler, [f"line {i:05d} " + "x" * 100 for i in range(3000)], master)
         assert handler.dropped > 0
         _read_all(master)
