@@ -64,15 +64,16 @@ from goose_proxy.http.connection import (
     error_response_parts,
 )
 from goose_proxy.http.handlers import Exchange, Handler, Handlers
-from goose_proxy.http.throttle import WARN_INTERVAL, WarnEvery
+from goose_proxy.http.throttle import WARN_INTERVAL, WarnEvery, shown
 from goose_proxy.streams import Listener, ProtocolStream, bind_tcp
 from goose_proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("goose_proxy.http")
 access_log = logging.getLogger("goose_proxy.access")
-#: most characters of a request's path in its access line (the head may hold
-#: 16 KiB of it: a client could fill the log with a few requests)
+#: most characters of a request's path and method in its access line (the
+#: head may hold 16 KiB of either: a client could fill the log with a few)
 ACCESS_PATH_CHARS = 256
+ACCESS_METHOD_CHARS = 32
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
@@ -525,12 +526,10 @@ class ProxyServer:
         if not access_log.isEnabledFor(logging.INFO):
             return
         ms = (time.monotonic() - req.received_at) * 1000
-        path = (
-            req.path if len(req.path) <= ACCESS_PATH_CHARS else req.path[:ACCESS_PATH_CHARS] + "..."
-        )
+        method, path = shown(req.method, ACCESS_METHOD_CHARS), shown(req.path, ACCESS_PATH_CHARS)
         # formatted here (one f-string) rather than by the record: one line per request
         access_log.info(
-            f"{req.method} {path} {'-' if status is None else status} {ms:.1f}ms "
+            f"{method} {path} {'-' if status is None else status} {ms:.1f}ms "
             f"bytes={conn.bytes_sent - sent_before} stream={'yes' if streamed else 'no'} "
             f"upstream={'-' if upstream is None else upstream} rid={rid}"
             f"{' client-gone' if gone else ''}"

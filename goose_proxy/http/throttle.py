@@ -1,5 +1,6 @@
-"""Warnings that a flood of one failure would repeat: said once, then at most
-once per interval, with how many were due since."""
+"""Keeping the log readable: warnings that a flood of one failure would
+repeat, said once, then at most once per interval, with how many were due
+since; a client's text cut to a length for a log line."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ class WarnEvery:
     def clear(self) -> None:
         """The failure is over: the next occurrence is warned about at once."""
         self._due, self._quiet_until = 0, 0.0
+
+
+def shown(text: str, most: int) -> str:
+    """``text`` for a log line: its first ``most`` characters and ``...`` when
+    it is longer (a client's path or method may run to the head's size)."""
+    return text if len(text) <= most else text[:most] + "..."

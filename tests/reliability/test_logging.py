@@ -366,15 +366,19 @@ async def test_client_gone_in_the_access_line_only_when_the_answer_was_cut(
     assert ("client-gone" in lines[0]) is gone
 
 
-async def test_a_long_path_is_cut_in_the_access_line(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_long_path_or_method_is_cut_in_the_access_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level("INFO", logger="goose_proxy")
     with anyio.fail_after(10):
         async with running_proxy(make_config("http://127.0.0.1:9/v1")) as proxy:
             async with httpx.AsyncClient(timeout=10) as c:
                 r = await c.get(proxy.url + "/" + "a" * 12_000)
-    assert r.status_code == 404
-    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
-    assert f"GET /{'a' * 255}... 404 " in line and len(line) < 400
+                odd = await c.request("M" * 12_000, proxy.url + "/health")
+    assert (r.status_code, odd.status_code) == (404, 405)
+    path, method = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
+    assert f"GET /{'a' * 255}... 404 " in path and len(path) < 400
+    assert method.startswith(f"{'M' * 32}... /health 405 ") and len(method) < 200
 
 
 async def test_a_request_id_with_spaces_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
