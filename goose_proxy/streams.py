@@ -35,6 +35,7 @@ usable. One task may receive while another sends; two receivers are an error.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import math
@@ -602,7 +603,8 @@ async def connect_tcp(
 ) -> ProtocolStream:
     """Open a TCP connection (``TCP_NODELAY`` is set by asyncio). Tries a host's
     several addresses the RFC 8305 way (:func:`_connect_first`). Raises OSError
-    (``socket.gaierror`` for DNS)."""
+    (``socket.gaierror`` for DNS; EMFILE rather than that when a lookup failed
+    for want of descriptors)."""
     loop = asyncio.get_running_loop()
     if _is_address(host):  # no lookup: not to a thread either
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
@@ -622,12 +624,37 @@ async def _getaddrinfo(
 ) -> list[_AddrInfo]:
     """``loop.getaddrinfo``, with a name that cannot be encoded for DNS (an empty
     or over-long label: ``a..example.com``) a ``socket.gaierror`` as any
-    unknown name is, not the codec's ``UnicodeError``."""
+    unknown name is, not the codec's ``UnicodeError``.
+
+    Out of file descriptors, glibc says a name is unknown (it could open
+    neither ``/etc/hosts`` nor a DNS socket): that is told by opening a socket,
+    before the lookup and after it fails, and is raised as the OSError
+    (EMFILE); a name "unknown" while descriptors ran out only in between is
+    looked up once more."""
+    named = host is not None and not _is_address(host)
+    if named:
+        _out_of_descriptors()
+    for again in (True, False):
+        try:
+            return await loop.getaddrinfo(host, port, **kw)
+        except UnicodeError as e:
+            why = str(e).rpartition("UnicodeError: ")[2].rstrip(")") or "cannot be encoded"
+            raise socket.gaierror(socket.EAI_NONAME, f"not a valid DNS name: {why}") from None
+        except socket.gaierror as e:
+            _out_of_descriptors()
+            if not (again and named and e.errno == socket.EAI_NONAME):
+                raise
+    raise AssertionError("unreachable")  # (the second try returns or raises)
+
+
+def _out_of_descriptors() -> None:
+    """Raise the OSError (EMFILE, ENFILE) when this process cannot open a socket
+    now: a lookup that failed then failed for that, not for the name."""
     try:
-        return await loop.getaddrinfo(host, port, **kw)
-    except UnicodeError as e:
-        why = str(e).rpartition("UnicodeError: ")[2].rstrip(")") or "cannot be encoded"
-        raise socket.gaierror(socket.EAI_NONAME, f"not a valid DNS name: {why}") from None
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise e from None
 
 
 def _is_address(host: str) -> bool:

@@ -27,7 +27,12 @@ import h11
 
 from goose_proxy import http11
 from goose_proxy.config import BackendConfig, redact_url, split_proxy_url
-from goose_proxy.errors import UpstreamProxyConfigError, UpstreamProxyError
+from goose_proxy.errors import (
+    HOST_LIMITS,
+    HostLimitReached,
+    UpstreamProxyConfigError,
+    UpstreamProxyError,
+)
 from goose_proxy.streams import ProtocolStream, connect_tcp, refused
 
 log = logging.getLogger("goose_proxy.upstream")
@@ -129,6 +134,8 @@ async def open_tunnel(route: ProxyRoute, host: str, port: int) -> ProtocolStream
     try:
         stream = await connect_tcp(route.host, route.port)
     except OSError as e:
+        if e.errno in HOST_LIMITS:  # this host's limit, not the proxy's fault
+            raise HostLimitReached(f"open a connection to proxy {route.display}", e) from e
         if isinstance(e, socket.gaierror):
             msg = f"cannot resolve proxy {route.display}: {e.strerror or e}"
         elif refused(e):

@@ -24,6 +24,7 @@ import pytest
 
 import devbackend
 from goose_proxy.http import server
+from tests.connectproxy import connect_proxy
 from tests.reliability.support import (
     HELLO,
     HELLO_STREAM,
@@ -698,19 +699,22 @@ async def test_out_of_file_descriptors_accepts_wait_warn_once_and_recover(
     assert "Too many open files; new connections wait until it works again" in warnings[0]
 
 
+@pytest.mark.parametrize("via", ["address", "host-name", "connect-proxy"])
 async def test_out_of_file_descriptors_for_a_backend_connection_is_a_503(
-    pki: SimpleNamespace, tmp_path: Path
+    pki: SimpleNamespace, tmp_path: Path, via: str
 ) -> None:
     # accepted, but no descriptor left for the backend connection: this host's
     # limit, as for the TLS files (a 503 to retry, warned once per ten seconds);
-    # it was a 502 "cannot connect to backend …: Too many open files", a fault
-    # of the backend's, warned about once per request
+    # it was a 502 "cannot connect to backend …: Too many open files" (by host
+    # name: "cannot resolve", glibc's word when it could open nothing; through
+    # a CONNECT proxy: "cannot connect to proxy"), warned once per request
     release = anyio.Event()
     answered: list[int] = []
+    refused: list[str] = []
 
     async def slow(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
-        await release.wait()  # holds its two descriptors until a 503 came
+        await release.wait()  # holds its descriptors until a 503 came
         await stream.send(sse_answer(text_events(["hi"])))
 
     async def one(port: int) -> None:
@@ -720,21 +724,25 @@ async def test_out_of_file_descriptors_for_a_backend_connection_is_a_503(
             assert r.headers["retry-after"] == "1" and "x-should-retry" not in r.headers
             err = r.json()["error"]
             assert err["code"] == "service_unavailable"
-            assert err["message"] == (
-                f"goose-proxy cannot open a connection to backend 127.0.0.1:{srv.port} "
-                "right now (Too many open files); try again in a moment"
-            )
+            refused.append(err["message"])
             release.set()
 
     with anyio.fail_after(60):
-        async with fake_server(slow) as srv:
-            cfg = proxy_config(srv.url + "/v1", pki)
+        async with fake_server(slow) as srv, connect_proxy() as tunnel:
+            host = "localhost" if via == "host-name" else "127.0.0.1"
+            extra = {"proxy": tunnel.url} if via == "connect-proxy" else {}
+            cfg = proxy_config(f"http://{host}:{srv.port}/v1", pki, backend=extra)
             async with proxy_process(cfg, tmp_path, nofile=NOFILE) as proxy:
                 async with anyio.create_task_group() as tg:
                     for _ in range(NOFILE):
                         tg.start_soon(one, proxy.port)
                 warned = [line for line in proxy.lines if "open a connection" in line]
+    to = f"proxy {tunnel.url}" if via == "connect-proxy" else f"backend {host}:{srv.port}"
     assert set(answered) == {200, 503}, answered
+    assert set(refused) == {
+        f"goose-proxy cannot open a connection to {to} right now (Too many open files); "
+        "try again in a moment"
+    }
     assert len(warned) == 1, warned
 
 
