@@ -297,10 +297,11 @@ def answer_extras(resp: Mapping[str, Any]) -> dict[str, Any]:
     too: ``service_tier`` (the tier that served it, which may differ from the
     one asked for) and ``moderation`` (the results of moderation the client
     asked for), when present."""
-    tier, moderation = (resp.get(k) for k in EXTRA_FIELDS)
     extras: dict[str, Any] = {}
+    tier = resp.get("service_tier")  # (EXTRA_FIELDS, written out: once per answer)
     if isinstance(tier, str):
         extras["service_tier"] = tier
+    moderation = resp.get("moderation")
     if isinstance(moderation, JSON_OBJECT):
         extras["moderation"] = moderation
     return extras
