@@ -167,7 +167,10 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 n, self.dropped = self.dropped, 0
                 said = self._note(n).encode(self._encoding, "backslashreplace")
                 self._pending, self._noted = said, n
+            lost = self.dropped
             if self._send():
+                if self.dropped > lost:
+                    return  # nothing reads stderr any more (EPIPE): nothing will go
                 continue
             left = deadline - time.monotonic()
             if left <= 0 or self._fd is None:

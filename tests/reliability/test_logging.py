@@ -685,3 +685,21 @@ def test_another_users_terminal_is_written_a_byte_at_a_time_when_it_has_room(
         stream.close()
         os.close(master)
     assert b"log line(s) dropped" in got and b"after" in got
+
+
+def test_at_exit_a_stderr_whose_reader_is_gone_is_given_up_at_once() -> None:
+    # the reader went away (EPIPE): the count of dropped lines cannot be written
+    # either, and close() kept trying for good, so the process never exited
+    r, w = os.pipe()
+    stream = os.fdopen(w, "w")
+    handler = _message_handler(stream)
+    os.close(r)
+    handler.dropped = 3  # lines counted while the pipe was full
+    closing = threading.Thread(target=handler.close, daemon=True)
+    try:
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive(), "close() kept trying"
+    finally:
+        stream.close()
+    assert handler.dropped == 4  # the count, and the note of it that could not go
