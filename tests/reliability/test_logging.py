@@ -466,25 +466,25 @@ def _read_all(fd: int) -> bytes:
         out += data
 
 
-def test_a_long_line_to_a_full_pipe_waits_for_the_next_record() -> None:
+@pytest.mark.parametrize("ours", [True, False], ids=["opened-again", "another-users"])
+def test_a_long_line_to_a_full_pipe_waits_for_the_next_record(
+    ours: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # a pipe takes a write of up to PIPE_BUF at once or not at all, a longer one
-    # in pieces: what it does not take waits for the next record (never the
-    # event loop), and records that come meanwhile are counted
-    r, w = os.pipe()
-    os.set_blocking(r, False)
+    # in pieces: what it does not take waits (never the event loop), and records
+    # that come meanwhile are counted. Another user's pipe cannot be opened
+    # again (EACCES: a container's stderr under USER): the handler wrote it as
+    # StreamHandler does, and waited; it writes PIPE_BUF bytes when poll says
+    # they fit
+    r, w = _full_pipe()  # room for one page, not for the line
     stream = os.fdopen(w, "w")
     try:
-        handler = _message_handler(stream)
-        filler = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            while True:
-                os.write(filler, b"~" * 4096)
-        except BlockingIOError:
-            os.close(filler)
-        assert len(os.read(r, 4096)) == 4096  # room for one page, not for the line
+        handler = (
+            _message_handler(stream) if ours else _handler_not_opened_again(stream, monkeypatch)
+        )
         long_line = "L" * 12_000
         _emit_within(handler, [long_line, "while the pipe is full"], r)
-        assert handler.dropped == 1
+        assert handler.dropped == 1 and os.get_blocking(w)  # stderr's flags as they were
         got = _read_all(r)
         _emit_within(handler, ["after"], r)
         got += _read_all(r)
@@ -499,12 +499,19 @@ def test_a_long_line_to_a_full_pipe_waits_for_the_next_record() -> None:
     ]
 
 
-def test_a_terminal_nobody_reads_does_not_stop_the_handler() -> None:
+@pytest.mark.parametrize("ours", [True, False], ids=["opened-again", "another-users"])
+def test_a_terminal_nobody_reads_does_not_stop_the_handler(
+    ours: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another user's terminal, not the controlling one, cannot be opened again:
+    # it promises room for one byte only, so that is what each write may take
     master, slave = os.openpty()
     os.set_blocking(master, False)
     stream = os.fdopen(slave, "w")
     try:
-        handler = _message_handler(stream)
+        handler = (
+            _message_handler(stream) if ours else _handler_not_opened_again(stream, monkeypatch)
+        )
         _emit_within(handler, [f"line {i:05d} " + "x" * 100 for i in range(3000)], master)
         assert handler.dropped > 0
         _read_all(master)
@@ -514,6 +521,23 @@ def test_a_terminal_nobody_reads_does_not_stop_the_handler() -> None:
         stream.close()
         os.close(master)
     assert b"log line(s) dropped" in got and b"after" in got
+
+
+def _handler_not_opened_again(stream: Any, monkeypatch: pytest.MonkeyPatch) -> StderrHandler:
+    """:func:`_message_handler`, made where stderr may not be opened again
+    (another user's pipe or terminal, not the controlling one: EACCES)."""
+    real_open = os.open
+
+    def refused(path: str, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith("/proc/self/fd/") or str(path) == "/dev/tty":
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(stderr_log.os, "open", refused)
+    try:
+        return _message_handler(stream)
+    finally:
+        monkeypatch.undo()
 
 
 def _full_pipe() -> tuple[int, int]:
@@ -584,43 +608,6 @@ def test_at_exit_the_waiting_line_and_the_count_get_a_moment() -> None:
     ]
 
 
-def test_another_users_pipe_is_written_in_pieces_that_fit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # a pipe or terminal of another user's cannot be opened again (EACCES): a
-    # container's stderr under USER, or a terminal after su. The handler wrote
-    # it as StreamHandler does, and waited on a full pipe; it writes stderr
-    # itself now, PIPE_BUF bytes at a time and only when poll says they fit
-    real_open = os.open
-
-    def refused(path: str, *args: Any, **kwargs: Any) -> int:
-        if str(path).startswith("/proc/self/fd/"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path, *args, **kwargs)
-
-    r, w = _full_pipe()
-    stream = os.fdopen(w, "w")
-    try:
-        monkeypatch.setattr(stderr_log.os, "open", refused)
-        handler = _message_handler(stream)
-        monkeypatch.undo()
-        long_line = "P" * 12_000
-        _emit_within(handler, [long_line, *(f"line {i}" for i in range(2000))], r)
-        assert handler.dropped > 0 and os.get_blocking(w)  # stderr's flags as they were
-        got = _read_all(r)
-        _emit_within(handler, ["after"], r)
-        got += _read_all(r)
-    finally:
-        stream.close()
-        os.close(r)
-    lines = got.replace(b"~", b"").decode().split("\n")
-    assert lines[0] == long_line
-    assert lines[1].endswith(
-        "log line(s) dropped: stderr could not take them (nothing was reading it)"
-    )
-    assert "after" in lines
-
-
 def test_without_an_event_loop_a_record_waits_a_moment_for_room() -> None:
     # at start and at exit nothing is served: a record waits (a second at most)
     # for a slow reader rather than being dropped (an error such as "cannot
@@ -655,36 +642,6 @@ def test_without_an_event_loop_a_record_waits_a_moment_for_room() -> None:
     lines = b"".join(got).replace(b"~", b"").decode().split("\n")
     assert handler.dropped == 0
     assert lines[-2:] == ["cannot listen: address in use", ""] and len(lines) == 62
-
-
-def test_another_users_terminal_is_written_a_byte_at_a_time_when_it_has_room(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # not the controlling terminal, and not to be opened again: it promises
-    # room for one byte only, so that is what each write may take
-    real_open = os.open
-
-    def refused(path: str, *args: Any, **kwargs: Any) -> int:
-        if str(path).startswith("/proc/self/fd/") or str(path) == "/dev/tty":
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path, *args, **kwargs)
-
-    master, slave = os.openpty()
-    os.set_blocking(master, False)
-    stream = os.fdopen(slave, "w")
-    try:
-        monkeypatch.setattr(stderr_log.os, "open", refused)
-        handler = _message_handler(stream)
-        monkeypatch.undo()
-        _emit_within(handler, [f"line {i:05d} " + "x" * 100 for i in range(3000)], master)
-        assert handler.dropped > 0
-        _read_all(master)
-        _emit_within(handler, ["after"], master)
-        got = _read_all(master)
-    finally:
-        stream.close()
-        os.close(master)
-    assert b"log line(s) dropped" in got and b"after" in got
 
 
 def test_at_exit_a_stderr_whose_reader_is_gone_is_given_up_at_once() -> None:
