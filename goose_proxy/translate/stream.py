@@ -95,6 +95,10 @@ class _Run(list):  # type: ignore[type-arg]
         super().__init__()
         self.beyond = 0
 
+    def __bool__(self) -> bool:
+        """Whether anything streamed there, kept or counted."""
+        return self.beyond > 0 or len(self) > 0
+
     def shown(self) -> tuple[str, int]:
         """What was kept, joined, and how many characters showed in all."""
         seen = "".join(self)
@@ -503,6 +507,9 @@ class StreamTranslator:
                 return _Run()
         place = (index, part[1])
         self._places.place_key.setdefault(place, part[0])
+        return self._run(place)
+
+    def _run(self, place: Place) -> _Run:
         run = self._streamed_at.get(place)
         if run is None:
             run = self._streamed_at[place] = _Run()
@@ -534,16 +541,14 @@ class StreamTranslator:
         owner = self._places.place_key.get(place, key)
         if owner != key and owner in self._places.final_ids:
             streamed = None  # another item's text, and that item is elsewhere in the output
-        if streamed is None or not (streamed or streamed.beyond):
+        if not streamed:
             rest = self._not_yet_sent_misnumbered(key, index, at, text, parts)
             if rest is None:
                 rest = self._not_yet_sent_orphan(at, text)
             if rest is None:
                 rest = self._not_yet_sent_unplaced(at, text)
-            run = self._streamed_at.get(place)
-            if run is None:
-                run = self._streamed_at[place] = _Run()
-            if run or run.beyond:
+            run = self._run(place)
+            if run:
                 self._places.also_shown.setdefault(place, set()).add(text)
             else:
                 self._keep(run, text)  # in place: see _keep
@@ -583,7 +588,7 @@ class StreamTranslator:
             and place[0] == index
             and place[1] >= parts
             and place not in places.claimed
-            and place in self._streamed_at
+            and self._streamed_at.get(place)
         )
         seen, shown = "", 0  # the kept text up to the first run counted past KEPT_TEXT
         for place in runs:
@@ -616,7 +621,7 @@ class StreamTranslator:
         run for all such parts, so each final part takes its own text off the
         front of it, in order."""
         streamed = self._streamed_at.get((-1, at))
-        if streamed is None or not (streamed or streamed.beyond):
+        if not streamed:
             return text
         seen = "".join(streamed)
         if text.startswith(seen):
@@ -705,7 +710,7 @@ class StreamTranslator:
             streamed = self._streamed_at[place]
             if (
                 place[0] >= 0
-                and (streamed or streamed.beyond)
+                and streamed
                 and place not in self._places.claimed
                 and self._places.place_key.get(place) not in final_ids
             ):
