@@ -634,17 +634,25 @@ async def _getaddrinfo(
     named = host is not None and not _is_address(host)
     if named:
         _out_of_descriptors()
-    for again in (True, False):
-        try:
-            return await loop.getaddrinfo(host, port, **kw)
-        except UnicodeError as e:
-            why = str(e).rpartition("UnicodeError: ")[2].rstrip(")") or "cannot be encoded"
-            raise socket.gaierror(socket.EAI_NONAME, f"not a valid DNS name: {why}") from None
-        except socket.gaierror as e:
-            _out_of_descriptors()
-            if not (again and named and e.errno == socket.EAI_NONAME):
-                raise
-    raise AssertionError("unreachable")  # (the second try returns or raises)
+    try:
+        return await _lookup(loop, host, port, **kw)
+    except socket.gaierror as e:
+        if not named or e.errno != socket.EAI_NONAME:
+            raise
+        return await _lookup(loop, host, port, **kw)  # descriptors ran out meanwhile?
+
+
+async def _lookup(
+    loop: asyncio.AbstractEventLoop, host: Optional[str], port: int, **kw: Any
+) -> list[_AddrInfo]:
+    try:
+        return await loop.getaddrinfo(host, port, **kw)
+    except UnicodeError as e:
+        why = str(e).rpartition("UnicodeError: ")[2].rstrip(")") or "cannot be encoded"
+        raise socket.gaierror(socket.EAI_NONAME, f"not a valid DNS name: {why}") from None
+    except socket.gaierror:
+        _out_of_descriptors()
+        raise
 
 
 def _out_of_descriptors() -> None:
