@@ -265,15 +265,21 @@ def _tools(req: Mapping[str, Any]) -> Optional[list[dict[str, Any]]]:
     for i, raw in enumerate(require_list(tools, "tools")):
         path = at("tools", i)
         tool = require_object(raw, path)
-        ttype = tool.get("type")
-        if ttype is not None and ttype != "function":
-            ttype = require_str(ttype, at(path, "type"))
-            unsupported(at(path, "type"), f"tool type {ttype!r} is not supported")
+        _function_type_only(tool, path)
         fn = get_object(tool, "function", path)
         if fn is None:
             fail(at(path, "function"), "required")
         out.append(_function_tool(fn, at(path, "function")))
     return out
+
+
+def _function_type_only(tool: Mapping[str, Any], path: str) -> None:
+    """400 ``unsupported_parameter`` for a tool of a type other than ``function``
+    (a custom tool), in ``tools`` and in ``tool_choice.allowed_tools``."""
+    ttype = tool.get("type")
+    if ttype is not None and ttype != "function":
+        ttype = require_str(ttype, at(path, "type"))
+        unsupported(at(path, "type"), f"tool type {ttype!r} is not supported")
 
 
 def _tool_choice(req: Mapping[str, Any]) -> Optional[Any]:
@@ -312,9 +318,7 @@ def _tool_choice(req: Mapping[str, Any]) -> Optional[Any]:
         names = []
         for i, raw in enumerate(require_list(listed, tpath)):
             item = require_object(raw, at(tpath, i))
-            ttype = get_str(item, "type", at(tpath, i))
-            if ttype not in (None, "function"):  # as in tools: only functions
-                unsupported(at(at(tpath, i), "type"), f"tool type {ttype!r} is not supported")
+            _function_type_only(item, at(tpath, i))
             names.append({"type": "function", "name": _function_name(item, at(tpath, i))})
         return {"type": "allowed_tools", "mode": mode, "tools": names}
     if ctype is None:
