@@ -374,13 +374,7 @@ class ProxyServer:
                         await conn.send_response(status, body, headers, close=True)
                     except ClientGone:
                         return
-                    if req is not None:
-                        self._log_access(req, status, conn, streamed=False, upstream=None, rid="-")
-                    elif access_log.isEnabledFor(logging.INFO):  # a head it could not read
-                        access_log.info(
-                            f"- - {status} - bytes={conn.bytes_sent - sent_before} stream=no "
-                            "upstream=- rid=- (request head refused)"
-                        )
+                    self._log_access(req, status, conn, False, None, "-", sent_before=sent_before)
                 return
             close = (
                 self.closing
@@ -514,7 +508,7 @@ class ProxyServer:
 
     def _log_access(
         self,
-        req: Request,
+        req: Optional[Request],
         status: Optional[int],
         conn: ServerConnection,
         streamed: bool,
@@ -523,14 +517,20 @@ class ProxyServer:
         gone: bool = False,
         sent_before: int = 0,
     ) -> None:
+        """The access line; ``req`` None for a request whose head was refused
+        (its method, path and time are not known: ``-``)."""
         if not access_log.isEnabledFor(logging.INFO):
             return
-        ms = (time.monotonic() - req.received_at) * 1000
-        method, path = shown(req.method, ACCESS_METHOD_CHARS), shown(req.path, ACCESS_PATH_CHARS)
+        if req is None:
+            method = path = took = "-"
+        else:
+            method = shown(req.method, ACCESS_METHOD_CHARS)
+            path = shown(req.path, ACCESS_PATH_CHARS)
+            took = f"{(time.monotonic() - req.received_at) * 1000:.1f}ms"
         # formatted here (one f-string) rather than by the record: one line per request
         access_log.info(
-            f"{method} {path} {'-' if status is None else status} {ms:.1f}ms "
+            f"{method} {path} {'-' if status is None else status} {took} "
             f"bytes={conn.bytes_sent - sent_before} stream={'yes' if streamed else 'no'} "
             f"upstream={'-' if upstream is None else upstream} rid={rid}"
-            f"{' client-gone' if gone else ''}"
+            f"{' client-gone' if gone else ''}{' (request head refused)' if req is None else ''}"
         )
