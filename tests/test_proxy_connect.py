@@ -265,35 +265,33 @@ async def test_the_key_wins_over_the_environment(
     assert env_proxy.requests == [] and key_proxy.tunnels == 1
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("socks5://u:s3cret@proxy.example:1080",
+         "unsupported proxy URL 'socks5://***@proxy.example:1080' (use http://host:port)"),
+        # a name the DNS lookup cannot encode: it was the codec's UnicodeError,
+        # an internal error (a retried 500)
+        ("http://u:s3cret@proxy..corp:3128",
+         "invalid host name in proxy URL 'http://***@proxy..corp:3128' "
+         "(an empty label, or one over 63 characters)"),
+    ],
+    ids=["socks", "empty-label"],
+)  # fmt: skip
 async def test_unusable_environment_proxy_fails_requests_not_the_server(
-    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pki: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    url: str,
+    why: str,
 ) -> None:
-    monkeypatch.setenv("https_proxy", "socks5://u:s3cret@proxy.example:1080")
+    monkeypatch.setenv("https_proxy", url)
     with anyio.fail_after(15):
         async with devbackend.run(tls=pki.server_context()) as backend:
             (resp,) = await chat_via(backend, pki, None)
     assert resp.status_code == 502
-    assert error_message(resp, should_retry="false") == (
-        "environment variable https_proxy: unsupported proxy URL "
-        "'socks5://***@proxy.example:1080' (use http://host:port)"
-    )
+    assert error_message(resp, should_retry="false") == f"environment variable https_proxy: {why}"
     assert "s3cret" not in caplog.text
-
-
-async def test_environment_proxy_with_an_empty_label(
-    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a name the DNS lookup cannot encode: a clear 502 that says not to retry,
-    # where the codec's UnicodeError was an internal error (a retried 500)
-    monkeypatch.setenv("https_proxy", "http://proxy..corp:3128")
-    with anyio.fail_after(15):
-        async with devbackend.run(tls=pki.server_context()) as backend:
-            (resp,) = await chat_via(backend, pki, None)
-    assert resp.status_code == 502
-    assert error_message(resp, should_retry="false") == (
-        "environment variable https_proxy: invalid host name in proxy URL "
-        "'http://proxy..corp:3128' (an empty label, or one over 63 characters)"
-    )
 
 
 # --- parsing and selection (no I/O) -----------------------------------------------------
