@@ -50,7 +50,7 @@ from goose_proxy.http.connection import (
     ServerConnection,
     error_response_parts,
 )
-from goose_proxy.http.throttle import WarnEvery, shown
+from goose_proxy.http.throttle import METHOD_CHARS, PATH_CHARS, WarnEvery, shown
 from goose_proxy.translate import (
     ADAPTED_EVENTS,
     AnswerAdapter,
@@ -161,7 +161,8 @@ class Exchange:
             due = _HOST_LIMIT_WARNINGS.due()
             if due is not None:
                 more = WarnEvery.since(due, "times")
-                method, path = shown(self.req.method, 32), shown(self.req.path, 256)
+                method = shown(self.req.method, METHOD_CHARS)
+                path = shown(self.req.path, PATH_CHARS)
                 log.warning("%s %s: %s%s", method, path, err.message, more)
             return
         if err.quoted:

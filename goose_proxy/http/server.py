@@ -64,16 +64,12 @@ from goose_proxy.http.connection import (
     error_response_parts,
 )
 from goose_proxy.http.handlers import Exchange, Handler, Handlers
-from goose_proxy.http.throttle import WARN_INTERVAL, WarnEvery, shown
+from goose_proxy.http.throttle import METHOD_CHARS, PATH_CHARS, WARN_INTERVAL, WarnEvery, shown
 from goose_proxy.streams import Listener, ProtocolStream, bind_tcp
 from goose_proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("goose_proxy.http")
 access_log = logging.getLogger("goose_proxy.access")
-#: most characters of a request's path and method in its access line (the
-#: head may hold 16 KiB of either: a client could fill the log with a few)
-ACCESS_PATH_CHARS = 256
-ACCESS_METHOD_CHARS = 32
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
@@ -524,8 +520,8 @@ class ProxyServer:
         if req is None:
             method = path = took = "-"
         else:
-            method = shown(req.method, ACCESS_METHOD_CHARS)
-            path = shown(req.path, ACCESS_PATH_CHARS)
+            method = shown(req.method, METHOD_CHARS)
+            path = shown(req.path, PATH_CHARS)
             took = f"{(time.monotonic() - req.received_at) * 1000:.1f}ms"
         # formatted here (one f-string) rather than by the record: one line per request
         access_log.info(

@@ -9,6 +9,10 @@ from typing import Optional
 
 #: seconds between two warnings of one kind
 WARN_INTERVAL = 10.0
+#: most characters of a request's path and method in a log line (the head may
+#: hold 16 KiB of either: a client could fill the log with a few requests)
+PATH_CHARS = 256
+METHOD_CHARS = 32
 
 
 class WarnEvery:
