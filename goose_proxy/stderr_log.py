@@ -144,9 +144,16 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._watching = loop
 
     def _room(self) -> None:
+        """The file has room: the waiting line, then the count of the lines
+        dropped meanwhile (not left for a next record that may not come)."""
         self.acquire()
         try:
-            if self._send():
+            if self._send() and self.dropped:
+                n, self.dropped = self.dropped, 0
+                said = self._note(n).encode(self._encoding, "backslashreplace")
+                self._pending, self._noted = said, n
+                self._send()
+            if not self._pending:
                 self._unwatch()
         finally:
             self.release()

@@ -402,7 +402,7 @@ async def test_a_stderr_nobody_reads_does_not_stop_the_proxy(
     # "goose-proxy 2>&1 | less" left at a page: the pipe fills after some
     # 64 KiB of access lines. A handler that waits on it stopped the event
     # loop (every client, /health and SIGTERM); lines stderr cannot take now
-    # are counted instead, and the count is logged once it takes them again
+    # are counted instead, and the count is logged once it takes lines again
     cfg = proxy_config("http://127.0.0.1:9/v1", pki)  # (no request goes there)
     n = 1500  # about 200 KB of access lines
     with anyio.fail_after(90):
@@ -411,10 +411,12 @@ async def test_a_stderr_nobody_reads_does_not_stop_the_proxy(
                 for _ in range(n):
                     assert (await c.get(proxy.url + "/health")).status_code == 200
                 proxy.read_log()
+                # the event loop writes the waiting line and the count once the
+                # pipe has room, without waiting for another record
+                note = await proxy.wait_line("log line(s) dropped")
                 back = {"X-Request-ID": "after-the-reader-came-back"}
                 assert (await c.get(proxy.url + "/health", headers=back)).status_code == 200
             await proxy.wait_line("rid=after-the-reader-came-back")
-            note = await proxy.wait_line("log line(s) dropped")
             proxy.proc.send_signal(signal.SIGTERM)
             assert await proxy.proc.wait() == 0
     dropped = int(note.split(" log line(s) dropped")[0].rsplit(" ", 1)[1])
