@@ -261,8 +261,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         log.error("%s", e)
         return 1
     except OSError as e:
-        log.error(
-            "cannot listen on %s:%s: %s", config.server.host, config.server.port, e.strerror or e
-        )
+        where = addresses_text([(config.server.host, config.server.port)])
+        log.error("cannot listen on %s ([server] host, port): %s", where, e.strerror or e)
         return 1
     return rc

@@ -12,6 +12,7 @@ defaults; ``goose-proxy-config(5)`` documents exactly these keys (a test checks)
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -241,7 +242,21 @@ def _listen_host(key: str, v: Any) -> str:
         raise ConfigError(
             f'{key}: empty; give an address ("127.0.0.1" keeps the proxy on loopback)'
         )
+    if not _is_address(s) and not (_HOST_NAME.fullmatch(s.lower()) and _dns_encodable(s)):
+        raise ConfigError(
+            f"{key}: {s!r} is neither an IP address nor a host name "
+            '(give the address alone, like "127.0.0.1" or "::1", and the port as server.port)'
+        )
     return s
+
+
+def _is_address(s: str) -> bool:
+    """An IPv4 or IPv6 address (with an IPv6 zone: ``fe80::1%eth0``)."""
+    try:
+        ipaddress.ip_address(s.partition("%")[0] if ":" in s else s)
+    except ValueError:
+        return False
+    return True
 
 
 def redact_url(url: str) -> str:
@@ -671,8 +686,6 @@ def _plain_http_off_host(endpoint: str) -> Optional[str]:
     host = (urlsplit(endpoint).hostname or "").lower()
     if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
         return None
-    import ipaddress
-
     try:
         return None if ipaddress.ip_address(host).is_loopback else host
     except ValueError:

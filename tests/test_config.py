@@ -116,6 +116,25 @@ def test_an_empty_listen_host_stops_at_load(host: str) -> None:
     assert str(exc.value).startswith("server.host: empty")
 
 
+@pytest.mark.parametrize(
+    "host", ["http://127.0.0.1", "127.0.0.1:8080", " 127.0.0.1", "[::1", "local host", "a..b"]
+)
+def test_a_listen_host_that_is_no_address_or_name_stops_at_load(host: str) -> None:
+    # these passed, `check` said "ready", and the daemon then exited 1 with
+    # "cannot listen on …: Name or service not known", naming no key
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"server": {"host": host}})
+    assert str(exc.value).startswith(f"server.host: {host!r} is neither an IP")
+    assert "server.port" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "0.0.0.0", "::", "fe80::1%lo", "localhost", "gp.lan."]
+)
+def test_addresses_and_host_names_are_listen_hosts(host: str) -> None:
+    assert parse_config({"server": {"host": host}}).server.host == host
+
+
 def test_allowed_hosts_are_matched_by_name() -> None:
     # as the Host header is: lower case, without a port, an IPv6 address in
     # brackets (a port or bare IPv6 address was kept and never matched)

@@ -306,6 +306,34 @@ def test_a_configuration_error_has_the_error_priority_in_the_journal(
     assert err.startswith(("<3>" if journal else "") + said), err
 
 
+def test_a_port_in_use_names_the_address_as_urls_write_it(tmp_path: Path) -> None:
+    """Exit status 1 and the address in brackets (it read ``::1:8080``), with the keys."""
+    family, host = (socket.AF_INET6, "::1") if socket.has_ipv6 else (socket.AF_INET, "127.0.0.1")
+    try:
+        taken = socket.socket(family)
+        taken.bind((host, 0))
+    except OSError:
+        pytest.skip(f"no {host} on this machine")
+    with taken:
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[server]\nhost = "{host}"\nport = {port}\n'
+            '[backend]\nendpoint = "http://127.0.0.1:9"\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+        proc = subprocess.run(
+            [sys.executable, "-m", "goose_proxy", "--config", str(config)],
+            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=WAIT,
+        )  # fmt: skip
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 1, err
+    where = addresses_text([(host, port)])
+    assert f"cannot listen on {where} ([server] host, port): " in err, err
+    assert "Traceback" not in err
+
+
 def test_addresses_are_written_as_urls_write_them() -> None:
     assert addresses_text([("127.0.0.1", 8080), ("::1", 8080)]) == "127.0.0.1:8080, [::1]:8080"
     assert addresses_text([("127.0.0.1", 80)], ["/run/gp.sock"]) == "127.0.0.1:80, /run/gp.sock"
