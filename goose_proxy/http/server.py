@@ -427,12 +427,21 @@ class ProxyServer:
                 )
         return target
 
+    def _base_url_hint(self, path: str) -> str:
+        """For a path that is served with ``/v1`` added or with one taken away: what
+        the client's base URL should end with."""
+        if self.handlers.route("/v1" + path) is not None:
+            return " (the API is under /v1: the client's base URL should end with /v1)"
+        if path.startswith("/v1/v1/") and self.handlers.route(path[3:]) is not None:
+            return " (the client's base URL ends with /v1 and the client adds another)"
+        return ""
+
     def _resolve(self, req: Request) -> Union[Handler, ProxyError]:
         """The handler for ``req``'s method and path, or the 404/405 it gets."""
         path = req.path
         route = self.handlers.route(path)
         if route is None:
-            return NotFound(f"unknown path {path!r}")
+            return NotFound(f"unknown path {shown(path, PATH_CHARS)!r}{self._base_url_hint(path)}")
         fn = route.get(req.method)
         if fn is None and req.method == "HEAD":
             fn = route.get("GET")  # the same answer without its body

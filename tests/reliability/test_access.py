@@ -12,11 +12,13 @@ from types import SimpleNamespace
 from typing import Optional
 
 import anyio
+import openai
 import pytest
 
 from goose_proxy.http import server as server_module
 from goose_proxy.http.server import warn_if_exposed
 from tests.reliability.support import HELLO, ask, proxied
+from tests.support import make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -177,6 +179,35 @@ async def test_route_and_method_are_checked_before_the_body(pki: SimpleNamespace
     assert unknown.status == 404 and unknown.error["code"] == "not_found"
     assert foreign.status == 403
     assert h.backend.stats.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    ("base", "hint"),
+    [
+        ("", "(the API is under /v1: the client's base URL should end with /v1)"),
+        ("/v1/v1", "(the client's base URL ends with /v1 and the client adds another)"),
+    ],
+    ids=["without-v1", "v1-twice"],
+)
+async def test_a_base_url_off_by_v1_is_told_so(base: str, hint: str) -> None:
+    # the SDK pointed at the seed's "http://127.0.0.1:8080" got a bare 404
+    # "unknown path '/chat/completions'"
+    async with running_proxy(make_config("http://127.0.0.1:9")) as proxy:
+        with anyio.fail_after(15):
+            client = openai.AsyncOpenAI(base_url=proxy.url + base, api_key="x", max_retries=0)
+            try:
+                with pytest.raises(openai.NotFoundError) as info:
+                    await client.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": "hi"}]
+                    )
+            finally:
+                await client.close()
+    assert info.value.body == {
+        "message": f"unknown path '{base}/chat/completions' {hint}",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
 
 
 @pytest.mark.parametrize(
