@@ -218,9 +218,19 @@ def addresses_text(bound: Sequence[tuple[str, int]], paths: Sequence[str] = ()) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a reader gone shows here, not as a message at exit
     except KeyboardInterrupt:  # Ctrl-C while starting (loading modules, the file)
         return 130
+    except BrokenPipeError:
+        # stdout's reader left early (`goose-proxy check | head -1`): say no more
+        # to it, and leave no traceback (nor Python's flush error at exit)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

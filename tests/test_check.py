@@ -134,6 +134,33 @@ def test_check_option_with_the_serve_command_is_refused(
     assert "--check and serve contradict each other" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args", [("check",), ("--help",)], ids=["check", "help"])
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_stdout_closed_by_its_reader_is_no_traceback(
+    tmp_path: Path, args: tuple[str, ...], unbuffered: str
+) -> None:
+    """``goose-proxy check | head -1``: with PYTHONUNBUFFERED=1 (common in containers)
+    the report ended in a BrokenPipeError traceback; buffered, in Python's
+    "Exception ignored" at exit. Now: exit status 1 and nothing on stderr about it."""
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"http://127.0.0.1:{port}", {})
+        env = child_env(tmp_path, PYTHONUNBUFFERED=unbuffered)
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first line
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "goose_proxy", "--config", str(cfg), *args],
+                env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=write_end,
+                stderr=subprocess.PIPE, timeout=WAIT, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+    err = proc.stderr.decode()
+    # argparse itself ignores a failed write of the help (exit status 0, unbuffered)
+    assert proc.returncode in ((1,) if args == ("check",) else (0, 1)), err
+    assert "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
 # --- configuration and certificate --------------------------------------------------
 
 
