@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import anyio
 import pytest
+import trustme
 
 import devbackend
 from goose_proxy.check import REASONS, effective_values
@@ -221,8 +222,16 @@ async def test_certificate_not_yet_valid(pki: SimpleNamespace, tmp_path: Path) -
     assert "verdict: NOT READY (certificate not yet valid)" in r.out
 
 
-async def test_key_that_does_not_match(pki: SimpleNamespace, tmp_path: Path) -> None:
-    auth = pki_auth(pki, key_file=str(pki.dir / "stranger-key.pem"))
+@pytest.mark.parametrize("kind", ["same-type", "rsa-for-ec"])
+async def test_key_that_does_not_match(pki: SimpleNamespace, tmp_path: Path, kind: str) -> None:
+    # an RSA key beside the EC certificate: OpenSSL says NO_CERTIFICATE_ASSIGNED
+    # (no certificate for the key's type), which read "certificate unusable"
+    key = pki.dir / "stranger-key.pem"
+    if kind == "rsa-for-ec":
+        key = tmp_path / "rsa-key.pem"
+        rsa = pki.ca.issue_cert("rsa@example.com", key_type=trustme.KeyType.RSA)
+        rsa.private_key_pem.write_to_path(str(key))
+    auth = pki_auth(pki, key_file=str(key))
     r = await check_offline(tmp_path, auth)
     assert r.rc == 1, r.all
     assert (

@@ -285,7 +285,9 @@ class ClientTLS:
             ) from None
         except ssl.SSLError as e:
             reason = getattr(e, "reason", None) or ""
-            if "KEY_VALUES_MISMATCH" in reason.upper():
+            # a key of another type than the certificate's (RSA beside EC) is
+            # "no certificate assigned" to the key, as OpenSSL 3 sees it
+            if reason.upper() in _MISMATCH_REASONS:
                 raise CredentialsError(
                     f"the private key {auth.key_file} does not match the client "
                     f"certificate {auth.cert_file}"
@@ -298,6 +300,12 @@ class ClientTLS:
         except OSError as e:  # OpenSSL does not say which file: look
             raise _unreadable(auth, e) from None
         return ctx
+
+
+#: OpenSSL's reasons for a private key that is not the certificate's
+_MISMATCH_REASONS = frozenset(
+    {"KEY_VALUES_MISMATCH", "KEY_TYPE_MISMATCH", "NO_CERTIFICATE_ASSIGNED"}
+)
 
 
 class _EncryptedKey(Exception):
