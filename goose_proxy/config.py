@@ -224,6 +224,8 @@ def _endpoint(key: str, v: Any) -> str:
         raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
     if not u.hostname:
         raise ConfigError(f"{key}: {given!r} has no host name")
+    if u.port == 0:
+        raise ConfigError(f"{key}: {s!r} names port 0, which nothing can be reached on")
     if not _dns_encodable(u.hostname):
         raise ConfigError(
             f"{key}: {u.hostname!r} is not a valid host name "
@@ -321,8 +323,7 @@ def split_proxy_url(url: str) -> SplitResult:
     ``http://host:port``). Raises ValueError naming only the redacted URL."""
     u = urlsplit(url if "://" in url else f"http://{url}")
     try:
-        u.port  # noqa: B018  (raises ValueError for a bad port)
-        port_ok = True
+        port_ok = u.port != 0  # (raises ValueError for a bad port)
     except ValueError:
         port_ok = False
     if "@" in u.path + u.query + u.fragment:
@@ -342,7 +343,7 @@ def split_proxy_url(url: str) -> SplitResult:
 
 def _proxy_url(key: str, v: Any) -> str:
     s = _str(key, v)
-    if s and not s.startswith("http://"):
+    if "://" in s and not s.startswith("http://"):  # host:port alone means http://
         raise ConfigError(f"{key}: only http:// proxies are supported (HTTP CONNECT)")
     if s:
         try:

@@ -218,6 +218,9 @@ def test_valid_endpoints(url: str) -> None:
         ("endpoint", "https://example.com/v1?", "must not have a query or a fragment"),
         ("endpoint", "https://ls..example.com/v1", "'ls..example.com' is not a valid host name"),
         ("endpoint", f"https://{'x' * 64}.example.com/v1", "is not a valid host name"),
+        # it was taken as the scheme's port (443, 80): "connection refused by … :80"
+        ("endpoint", "http://127.0.0.1:0/v1", "names port 0, which nothing can be reached on"),
+        ("proxy", "http://u:s3cret@proxy:0", "invalid port in proxy URL 'http://***@proxy:0'"),
         # like a bad endpoint (exit status 2); the environment's *_proxy only warn
         ("proxy", "http://u:s3cret@proxy:70000", "invalid port in proxy URL 'http://***@proxy:70000'"),
         ("proxy", "http://", "unsupported proxy URL 'http://' (use http://host:port)"),

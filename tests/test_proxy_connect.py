@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import devbackend
-from goose_proxy.config import BackendConfig, redact_url
+from goose_proxy.config import BackendConfig, parse_config, redact_url
 from goose_proxy.upstream.proxy import parse_proxy, proxy_for
 from tests.connectproxy import connect_proxy
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
@@ -222,6 +222,20 @@ async def test_https_proxy_from_the_environment(
     assert resp.status_code == 200, resp.text
     assert proxy.tunnels == 1
     assert "consumer-0001" in (backend.requests[-1].client_subject or "")
+
+
+async def test_a_proxy_key_without_its_scheme_is_http(pki: SimpleNamespace) -> None:
+    # "host:port" worked from https_proxy but the key refused it ("only http://
+    # proxies are supported")
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with connect_proxy(credentials=("alice", "s3cret")) as proxy:
+                url = f"alice:s3cret@127.0.0.1:{proxy.port}"
+                config = parse_config({"backend": {"endpoint": backend.url, "proxy": url}})
+                (resp,) = await chat_via(backend, pki, config.backend.proxy)
+    assert resp.status_code == 200, resp.text
+    assert proxy.tunnels == 1
+    assert proxy.requests[0].headers["proxy-authorization"] == basic("alice", "s3cret")
 
 
 @pytest.mark.parametrize(
