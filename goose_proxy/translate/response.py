@@ -261,7 +261,7 @@ def responses_to_chat(
             reasoning.extend(reasoning_texts(item))
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": "".join(texts) if texts else None,
+        "content": "".join(texts) or None,  # null without text, as the stream shows it
         "refusal": "".join(refusals) if refusals else None,
     }
     if tool_calls:

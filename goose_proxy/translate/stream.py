@@ -185,7 +185,8 @@ class StreamTranslator:
         self._places = _Places()
         self._text_at = _Run()  # the place of the text part streaming
         self._last_part: Optional[tuple[str, int]] = None
-        self._reasoned: set[str] = set()  # reasoning items that sent text
+        # (reasoning item, -1 text / -2 summary): the parts that sent text
+        self._reasoned: set[tuple[str, int]] = set()
         self._index_keys: dict[int, str] = {}  # output_index -> item key
         self._key_index: dict[str, int] = {}  # and back
         self._handlers: dict[str, Callable[[Mapping[str, Any], Out], None]] = {
@@ -440,10 +441,10 @@ class StreamTranslator:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
             key = self._key(event)
-            self._reasoned.add(key)
             # kept apart (content index -1, -2): a final item has the text first
-            summary = event.get("type") == "response.reasoning_summary_text.delta"
-            self._keep(self._place(event, (key, -2 if summary else -1)), delta)
+            at = -2 if event.get("type") == "response.reasoning_summary_text.delta" else -1
+            self._reasoned.add((key, at))
+            self._keep(self._place(event, (key, at)), delta)
             delta = self._whole("reasoning_content", delta)
             if delta:
                 out.append(self._chunk({"reasoning_content": delta}))
@@ -691,12 +692,17 @@ class StreamTranslator:
                 item=True,
             )
             self._fragments(fragments, out)
-        elif itype == "reasoning" and key not in self._reasoned:
+        elif itype == "reasoning":
+            # a part that streamed is not compared with its final text (a
+            # backend may tidy it); one that did not is sent, though the other
+            # part streamed: its text would be missing from the stream alone
             rest = ""
             for at, part in ((-1, "content"), (-2, "summary")):
+                if (key, at) in self._reasoned:
+                    continue
                 text = "".join(reasoning_texts(item, (part,)))
                 if text:
-                    self._reasoned.add(key)
+                    self._reasoned.add((key, at))
                     rest += self._not_yet_sent(key, index, at, text)
             if rest:
                 out.append(self._chunk({"reasoning_content": rest}))

@@ -666,6 +666,11 @@ def _vllm_numbered(indices: list[int], done_at: list[int], final_id: str = "msg_
             {"content": "HelloHello again"},
             id="a-second-part-that-never-streamed",
         ),
+        pytest.param(  # an empty text part: null both ways (it was "" in the JSON)
+            [msg_added(), msg_done([_part("")]), completed([msg_done([_part("")])["item"]])],
+            {"content": None},
+            id="an-empty-text-part",
+        ),
         pytest.param(  # a reasoning summary of an item never announced
             [{"type": "response.reasoning_summary_text.delta", "item_id": "rs_1",
               "output_index": 0, "summary_index": 0, "delta": "Thinking."},
@@ -682,6 +687,40 @@ def test_the_stream_and_the_collected_answer_show_the_same(
     assert streamed == _as_collected([CREATED, *events])
     assert {k: streamed[k] for k in expected} == expected
     assert streamed["finish"] == ["tool_calls" if streamed["tool_calls"] else "stop"]
+
+
+@pytest.mark.parametrize(
+    ("streamed", "expected"),
+    [("summary", "SUMRAW"), ("content", "RAWSUM"), ("both", "RAWSUM")],
+)
+def test_a_reasoning_part_that_never_streamed_is_sent_beside_one_that_did(
+    streamed: str, expected: str
+) -> None:
+    # an item with reasoning text and a summary, only one of them streamed: the
+    # other was left out of the stream (the collected answer shows "RAWSUM")
+    item = {
+        "type": "reasoning",
+        "id": "rs_1",
+        "summary": [{"type": "summary_text", "text": "SUM"}],
+        "content": [{"type": "reasoning_text", "text": "RAW"}],
+    }
+    deltas = {
+        "content": ("response.reasoning_text.delta", "RAW"),
+        "summary": ("response.reasoning_summary_text.delta", "SUM"),
+    }
+    events = [CREATED,
+              {"type": "response.output_item.added", "output_index": 0,
+               "item": {**item, "summary": [], "content": []}},
+              *({"type": etype, "item_id": "rs_1", "output_index": 0, "summary_index": 0,
+                 "content_index": 0, "delta": delta}
+                for part, (etype, delta) in deltas.items() if streamed in (part, "both")),
+              {"type": "response.output_item.done", "output_index": 0, "item": item},
+              text_delta("Answer.", item="msg_1", index=1),
+              completed([item, msg_done([_part("Answer.")], index=1)["item"]])]  # fmt: skip
+    shown = _as_the_stream_shows_it(events)
+    assert shown["reasoning"] == expected  # each part once, in the order shown
+    assert shown["content"] == "Answer."
+    assert _as_collected(events)["reasoning"] == "RAWSUM"
 
 
 def test_a_call_streamed_under_another_id_than_announced_streams_as_it_comes() -> None:
