@@ -311,6 +311,7 @@ async def test_backend_that_does_not_speak_tls(pki: SimpleNamespace, tmp_path: P
         r = await run_check(cfg, child_env(tmp_path))
     assert r.rc == 1, r.all
     assert "TLS handshake with backend" in r.out
+    assert "does not speak TLS here; does backend.endpoint mean http://?" in r.out
     assert "verdict: NOT READY (TLS error)" in r.out
 
 

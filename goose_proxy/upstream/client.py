@@ -166,6 +166,9 @@ def _tls_error(prefix: str, e: ssl.SSLError) -> UpstreamTLSError:
     ):
         why = f"the backend rejected the client certificate ({e.reason})"
         return UpstreamCertificateError(f"{prefix}: {why}")
+    if reason == "WRONG_VERSION_NUMBER":  # no TLS record came back: a plain server's answer
+        hint = "the backend does not speak TLS here; does backend.endpoint mean http://?"
+        return UpstreamTLSError(f"{prefix}: TLS error ({e.reason}: {hint})")
     return UpstreamTLSError(f"{prefix}: TLS error ({e.reason or e})")
 
 
