@@ -212,9 +212,10 @@ def _host_names(key: str, v: Any) -> tuple[str, ...]:
 
 def _endpoint(key: str, v: Any) -> str:
     given = _str(key, v)
-    if not (given.startswith("https://") or given.startswith("http://")):
+    scheme, sep, rest = given.partition("://")
+    if not sep or scheme.lower() not in ("https", "http"):
         raise ConfigError(f"{key}: {given!r} must start with https:// or http://")
-    s = given.rstrip("/")
+    s = f"{scheme.lower()}://{rest}".rstrip("/")  # a scheme is case-insensitive
     if not all(33 <= ord(c) <= 126 for c in s):
         raise ConfigError(f"{key}: {s!r} must be an ASCII URL without spaces")
     try:
@@ -259,6 +260,14 @@ def _is_address(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _starts_with_bom(p: Path) -> bool:
+    try:
+        with p.open("rb") as f:
+            return f.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False
 
 
 def redact_url(url: str) -> str:
@@ -645,6 +654,11 @@ def load_config(
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
+        if _starts_with_bom(p):  # as some editors save UTF-8; TOML has no room for it
+            raise ConfigError(
+                f"{p}: invalid TOML: it starts with a byte-order mark (BOM); "
+                "save it as UTF-8 without one"
+            ) from None
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:  # TOML is UTF-8
         raise ConfigError(f"{p}: invalid TOML: not UTF-8 (byte {e.start})") from None

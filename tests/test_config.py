@@ -204,6 +204,13 @@ def test_valid_endpoints(url: str) -> None:
     assert ep.authority in url
 
 
+def test_an_endpoint_scheme_in_capitals_is_the_same() -> None:
+    # a URL's scheme is case-insensitive; "HTTPS://" was refused
+    cfg = _backend(endpoint="HTTPS://Lightspeed.example.com/v1/")
+    assert cfg.backend.endpoint == "https://Lightspeed.example.com/v1"
+    assert Endpoint.parse(cfg.backend.endpoint).port == 443
+
+
 @pytest.mark.parametrize(
     ("key", "url", "why"),
     [
@@ -418,3 +425,14 @@ async def test_an_ipv6_listen_host_may_be_written_in_brackets(host: str) -> None
             async with httpx.AsyncClient() as c:
                 r = await c.get(f"http://[::1]:{proxy.port}/health")
     assert r.status_code == 200
+
+
+def test_a_file_with_a_byte_order_mark_is_told_so(tmp_path: Path) -> None:
+    # it read "invalid TOML: Invalid statement (at line 1, column 1)"
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"\xef\xbb\xbf[server]\nport = 8081\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(f))
+    assert str(exc.value) == (
+        f"{f}: invalid TOML: it starts with a byte-order mark (BOM); save it as UTF-8 without one"
+    )
