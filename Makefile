@@ -35,7 +35,7 @@ help:
 	@echo "make fuzz-long    the long fuzz run (30,000 examples, a few minutes)"
 
 sync:
-	$(UV) sync --locked
+	$(UV) sync --locked --inexact  # keeps what `make man` added (sphinx)
 
 dev: sync
 	$(UV) run python -m devbackend.devrun
