@@ -373,14 +373,16 @@ _FIELD_VALUE = re.compile(
 
 #: header names (substrings, lower case) whose values are credentials
 _SECRET_HEADER_PARTS = (
-    "authorization",  # proxy-authorization too
+    "auth",  # authorization, proxy-authorization, authentication, x-auth-key
     "cookie",  # set-cookie too
-    "x-rh-identity",
-    "api-key",
-    "apikey",
+    "identity",  # x-rh-identity
+    "key",  # api-key, apikey, x-access-key
     "token",
     "secret",
-    "password",
+    "pass",  # password, passphrase
+    "credential",
+    "session",
+    "signature",
 )
 
 

@@ -44,6 +44,7 @@ from goose_proxy.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ProxyError,
+    ServiceUnavailable,
 )
 from goose_proxy.http11 import TRUSTED
 from goose_proxy.streams import ProtocolStream
@@ -108,12 +109,36 @@ def _origin_form(
     return path, [h for h in headers if h[0] != b"host"] + host
 
 
+#: the request bodies held at once across a server's connections, in
+#: ``max_body_size``: a body being received counts until its request is done
+BODIES_HELD = 4
+#: a chunked body's pieces, in ``max_body_size`` per piece: every chunk costs
+#: an h11 event (about 7 µs), whatever its size
+CHUNK_BYTES = 256
+MIN_CHUNKS = 1024
+
+
+class BodyBudget:
+    """The bytes of request bodies that a server's connections hold at once."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 class ServerConnection:
     """One client connection, used by one task."""
 
-    def __init__(self, stream: ProtocolStream, cfg: ServerConfig) -> None:
+    def __init__(
+        self, stream: ProtocolStream, cfg: ServerConfig, budget: Optional[BodyBudget] = None
+    ) -> None:
         self.stream = stream
         self.cfg = cfg
+        self.budget = budget or BodyBudget(BODIES_HELD * cfg.max_body_size)
+        #: this connection's share of :attr:`budget` (see :meth:`release_body`)
+        self.body_held = 0
         self.h11 = self._new_h11()
         self.requests_served = 0
         self.client_gone = False
@@ -293,26 +318,70 @@ class ServerConnection:
         """
         limit = self.cfg.max_body_size
         length = req.header(b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > limit:
+        declared = int(length) if length is not None and length.strip().isdigit() else None
+        if declared is not None and declared > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        if declared:
+            self._hold(declared)  # before a 100 Continue asks for it
         if self.h11.they_are_waiting_for_100_continue:
             # The request passed every check that needs no body: ask for it.
             # Raises ClientGone when the client already left.
             await self._send(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
-        parts: list[bytes] = []
-        size = 0
+        most_chunks = max(MIN_CHUNKS, limit // CHUNK_BYTES)
+        body = b""
+        buf: Optional[bytearray] = None  # from the second piece on: one buffer, not a list
+        size = chunks = 0
         while True:
             ev = await self._next_event(_now() + self.cfg.header_timeout)
             if isinstance(ev, h11.Data):
-                size += len(ev.data)
+                data = ev.data
+                size += len(data)
                 if size > limit:
                     raise PayloadTooLarge(f"request body larger than {limit} bytes")
-                parts.append(bytes(ev.data))
+                if declared is None:
+                    self._hold(len(data))
+                if ev.chunk_start:
+                    chunks += 1
+                    if chunks > most_chunks:
+                        raise InvalidRequest(
+                            f"request body in more than {most_chunks} chunks; send it in "
+                            "larger chunks, or with a Content-Length"
+                        )
+                if buf is not None:
+                    buf += data
+                elif body:
+                    buf = bytearray(body)
+                    buf += data
+                else:
+                    body = bytes(data)
             elif isinstance(ev, h11.EndOfMessage):
-                req.body = b"".join(parts)
+                req.body = bytes(buf) if buf is not None else body
                 return
             else:
                 raise InvalidRequest("request body ended early")
+
+    def _hold(self, size: int) -> None:
+        """Count ``size`` more bytes of this request's body against the budget.
+
+        Raises ServiceUnavailable (503, ``Retry-After: 1``) when the server's
+        connections hold more than the budget allows.
+        """
+        budget = self.budget
+        if budget.held + size > budget.limit:
+            raise ServiceUnavailable(
+                "too many large request bodies are being received or handled at once "
+                f"(more than {budget.limit} bytes); try again in a moment",
+                headers=[("Retry-After", "1")],
+            )
+        budget.held += size
+        self.body_held += size
+
+    def release_body(self) -> int:
+        """The request's body no longer counts against the budget (its request
+        is done, or its connection is); how many bytes it held."""
+        held, self.body_held = self.body_held, 0
+        self.budget.held -= held
+        return held
 
     def expects_continue(self) -> bool:
         """The client waits for a ``100 Continue`` before it sends the body."""

@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Iterator
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 from urllib.parse import unquote
 
 import anyio
@@ -290,12 +290,18 @@ class Handlers:
 
     # -- POST /v1/chat/completions --
 
-    async def chat_completions(self, ex: Exchange) -> None:
-        creq = chat_to_responses(parse_json_object(_take_body(ex)), self.opts)
-        if creq.dropped and log.isEnabledFor(logging.DEBUG):
-            log.debug("not forwarded to the backend: %s", ", ".join(creq.dropped))
+    def _translate_chat(self, raw: bytes) -> tuple[ChatRequest, bytes]:
+        """The client's body as the Responses request and its bytes (pure work:
+        run in a thread for a large body)."""
+        creq = chat_to_responses(parse_json_object(raw), self.opts)
         payload = encode_json(creq.body)
         self._check_size(payload, creq.body)
+        return creq, payload
+
+    async def chat_completions(self, ex: Exchange) -> None:
+        creq, payload = await _off_the_loop_if_large(self._translate_chat, _take_body(ex))
+        if creq.dropped and log.isEnabledFor(logging.DEBUG):
+            log.debug("not forwarded to the backend: %s", _keys_shown(creq.dropped))
         headers = self._headers_for(ex, bool(creq.body.get("stream")))
         creq.body.clear()  # written out: not held (maybe megabytes) while the answer comes
         async with self.upstream.post("/responses", payload, headers) as resp:
@@ -379,17 +385,23 @@ class Handlers:
 
     # -- POST /v1/responses (passthrough) --
 
-    async def responses(self, ex: Exchange) -> None:
-        req = parse_json_object(_take_body(ex))
+    def _prepare_passthrough(self, raw: bytes) -> tuple[bool, bool, list[str], bytes]:
+        """Whether the client asked for a stream, whether the backend is asked
+        for one, the keys left out, and the request's bytes (pure work: run in
+        a thread for a large body)."""
+        req = parse_json_object(raw)
         client_stream = req.get("stream") is True
         body, dropped = prepare_passthrough(req, self.opts)
-        del req
-        if dropped and log.isEnabledFor(logging.DEBUG):
-            log.debug("not forwarded to the backend: %s", ", ".join(dropped))
         payload = encode_json(body)
         self._check_size(payload, body)
-        stream = bool(body.get("stream"))
-        del body
+        return client_stream, bool(body.get("stream")), dropped, payload
+
+    async def responses(self, ex: Exchange) -> None:
+        client_stream, stream, dropped, payload = await _off_the_loop_if_large(
+            self._prepare_passthrough, _take_body(ex)
+        )
+        if dropped and log.isEnabledFor(logging.DEBUG):
+            log.debug("not forwarded to the backend: %s", _keys_shown(dropped))
         async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
             del payload  # sent (the upstream client keeps no copy either)
             ex.upstream_status = resp.status
@@ -1172,6 +1184,30 @@ def _load_upstream_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UpstreamNotAResponse("backend sent a JSON response that is not an object")
     return obj
+
+
+#: a body at least this large is parsed and translated in a worker thread: a
+#: 16 MiB body of tiny JSON objects took the event loop for seconds
+OFF_LOOP_BODY = 1024 * 1024
+
+_T = TypeVar("_T")
+
+
+async def _off_the_loop_if_large(work: Callable[[bytes], _T], raw: bytes) -> _T:
+    """``work(raw)``, in a worker thread when ``raw`` is large: the loop keeps
+    serving the other clients meanwhile (it takes the GIL every few
+    milliseconds). The server's body budget bounds how many run at once."""
+    if len(raw) < OFF_LOOP_BODY:
+        return work(raw)
+    import anyio.to_thread  # only for such bodies: not at start
+
+    return await anyio.to_thread.run_sync(work, raw)
+
+
+def _keys_shown(keys: list[str]) -> str:
+    """The client's own key names for a log line: quoted, control characters
+    escaped (they are the client's), and cut (as the access line cuts a path)."""
+    return shown(", ".join(map(ascii, keys)), PATH_CHARS)
 
 
 def _take_body(ex: Exchange) -> bytes:

@@ -58,6 +58,8 @@ from goose_proxy.errors import (
     UnsupportedMediaType,
 )
 from goose_proxy.http.connection import (
+    BODIES_HELD,
+    BodyBudget,
     ClientGone,
     Request,
     ServerConnection,
@@ -187,6 +189,8 @@ class ProxyServer:
         self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self._refusals = WarnEvery(ACCEPT_WARN_INTERVAL)  # over max_connections
+        #: request bodies held across connections (received, or being handled)
+        self.bodies = BodyBudget(BODIES_HELD * config.server.max_body_size)
         self.bound: list[tuple[str, int]] = []
         #: the paths of unix sockets listened on (systemd ListenStream=/path)
         self.unix_paths: list[str] = []
@@ -299,7 +303,7 @@ class ProxyServer:
     # -- one connection --
 
     async def _connection(self, stream: ProtocolStream) -> None:
-        conn = ServerConnection(stream, self.config.server)
+        conn = ServerConnection(stream, self.config.server, self.bodies)
         self.active_connections += 1
         try:
             if self.active_connections > self.config.server.max_connections:
@@ -313,6 +317,8 @@ class ProxyServer:
             log.error("internal error on a client connection: %s", describe_exception(e))
             log.debug("internal error details", exc_info=True)
         finally:
+            if conn.release_body() >= LARGE_EXCHANGE:
+                give_back_memory()  # an upload cut short, or refused: never handled
             self.active_connections -= 1
             self._connections.discard(conn)
             if self._arriving:  # the drain may be waiting for this one's request
@@ -380,6 +386,7 @@ class ProxyServer:
             large = len(req.body) >= LARGE_EXCHANGE  # before a handler takes it
             sent = await self._handle(conn, req, close, target)
             req = None  # its body too, before the heap is trimmed
+            conn.release_body()
             if large or sent >= LARGE_EXCHANGE:
                 give_back_memory()
             if close:

@@ -35,6 +35,7 @@ from tests.reliability.support import (
     fake_server,
     parse_one,
     parse_responses,
+    poll,
     pool_size,
     post,
     proxied,
@@ -140,6 +141,85 @@ async def test_body_over_max_body_size_chunked(pki: SimpleNamespace) -> None:
             await healthy(h.proxy.port)
     assert r.status == 413
     assert r.error["code"] == "request_too_large"
+
+
+CLOSE = {"Connection": "close"}
+
+
+def _padded(size: int) -> bytes:
+    """The HELLO request as JSON of exactly ``size`` bytes (spaces after it)."""
+    body = json.dumps(HELLO).encode()
+    return body + b" " * (size - len(body))
+
+
+async def test_a_body_in_too_many_chunks_is_refused(pki: SimpleNamespace) -> None:
+    """Every chunk is an h11 event: 16 MiB in one-byte chunks cost 2 GB of memory
+    and two minutes of CPU. At most max(1024, max_body_size / 256) chunks."""
+    head = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+    def one_byte_chunks(body: bytes) -> bytes:
+        return b"".join(b"1\r\n%c\r\n" % b for b in body) + b"0\r\n\r\n"
+
+    with anyio.fail_after(15):
+        async with proxied(pki, server={"max_body_size": 4096}) as h:
+            served = await ask(h.proxy.port, head + one_byte_chunks(_padded(1024)))
+            refused = await ask(h.proxy.port, head + one_byte_chunks(_padded(1025)))
+            await healthy(h.proxy.port)
+    assert served.status == 200, served.body
+    assert refused.status == 400
+    assert refused.error["message"] == (
+        "request body in more than 1024 chunks; send it in larger chunks, or with a Content-Length"
+    )
+
+
+async def test_request_bodies_held_at_once_are_bounded(pki: SimpleNamespace) -> None:
+    """Uploads in progress held up to max_body_size each, on up to max_connections:
+    16 GiB by default. Across connections at most 4 times max_body_size; beyond it a
+    request with a body gets 503 and Retry-After, and the bytes come back when an
+    upload ends, finished or not."""
+    size = 1024
+    partial = request_bytes(body=_padded(size))[: -size + 10]  # the head and 10 bytes
+    with anyio.fail_after(15):
+        async with proxied(pki, server={"max_body_size": size}) as h:
+            bodies = h.proxy.server.bodies
+            holders = [await anyio.connect_tcp("127.0.0.1", h.proxy.port) for _ in range(4)]
+            try:
+                for s in holders:
+                    await s.send(partial)
+                await poll(lambda: bodies.held == 4 * size)
+                refused = await ask(h.proxy.port, request_bytes(body=_padded(size)))
+                bodiless = await ask(h.proxy.port, request_bytes("GET", "/health", headers=CLOSE))
+            finally:
+                for s in holders:
+                    await s.aclose()
+            await poll(lambda: bodies.held == 0)
+            served = await ask(h.proxy.port, request_bytes(body=_padded(size), headers=CLOSE))
+    assert refused.status == 503 and refused.header("retry-after") == "1"
+    assert refused.error["code"] == "service_unavailable"
+    assert "too many large request bodies" in refused.error["message"]
+    assert bodiless.status == 200
+    assert served.status == 200, served.body
+
+
+async def test_a_large_body_is_translated_off_the_event_loop(pki: SimpleNamespace) -> None:
+    """A 16 MiB body of tiny JSON objects took the event loop for 8 s: every
+    client and /health waited. A body of 1 MiB or more is parsed and translated
+    in a worker thread; /health is answered while that runs."""
+    body = b'{"messages":[' + b"{}," * (2 << 20) + b"{}]}"  # 6 MiB, 2 M objects
+    with anyio.fail_after(30):
+        async with proxied(pki) as h:
+            server = h.proxy.server
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as big:
+                await big.send(request_bytes(body=body, headers=CLOSE))
+                await poll(lambda: server.active_requests == 1)  # in its handler
+                health = await ask(h.proxy.port, request_bytes("GET", "/health", headers=CLOSE))
+                still_working = server.active_requests == 1
+                answer = parse_one(await read_all(big))
+    assert health.status == 200 and still_working
+    assert answer.status == 400 and answer.error["message"].startswith("messages[0].role")
 
 
 async def test_head_over_max_header_size(pki: SimpleNamespace) -> None:

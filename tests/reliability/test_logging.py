@@ -326,15 +326,39 @@ async def test_configured_credential_headers_are_masked_at_debug(
     # the DEBUG request line and `goose-proxy check` share one rule for secret
     # headers (config.is_secret_header): an API key configured in
     # [backend.headers] is shown as *** in both
+    # (X-Auth-Key, Authentication and X-Access-Key escaped the list of names)
     key = "sk-do-not-log-7f3a"
+    secret = {
+        name: f"{key}-{i}"
+        for i, name in enumerate(["X-Api-Key", "X-Auth-Key", "Authentication", "X-Access-Key"])
+    }
     caplog.set_level(logging.DEBUG)
     with anyio.fail_after(15):
-        async with proxied(pki, headers={"X-Api-Key": key, "X-Tenant": "acme"}) as h:
+        async with proxied(pki, headers={**secret, "X-Tenant": "acme"}) as h:
             r = await post(h.url, _chat("hi"))
     assert r.status_code == 200
     text = _logged(caplog, logging.DEBUG)
-    assert "x-api-key=***" in text and "x-tenant=acme" in text
+    assert all(f"{name.lower()}=***" in text for name in secret) and "x-tenant=acme" in text
     assert key not in text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_the_client_keys_left_out_cannot_write_log_lines(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    # the DEBUG line naming the keys not forwarded wrote a key as it came: a
+    # newline in it began a forged line (in the journal, at a priority of its own)
+    forged = "seed\n<0>goose-proxy: CRITICAL forged\x1b[31m"
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], forged: 1}
+    if path == "/v1/responses":
+        body = {"model": "m", "input": "hi", forged: 1}
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(15):
+        async with proxied(pki) as h:
+            r = await post(h.url, body, path=path)
+    assert r.status_code == 200
+    (line,) = [m for m in _logged(caplog, logging.DEBUG).splitlines() if "not forwarded" in m]
+    assert line.endswith(f"not forwarded to the backend: {forged!a}")
 
 
 async def _leave_after(fault: str, marker: bytes, pki: SimpleNamespace) -> None:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from goose_proxy.translate.jsonbody import (
+    _depth_exceeds,
     encode_json,
     encode_json_for_client,
     encode_json_str,
@@ -57,3 +58,25 @@ def test_a_pair_written_as_halves_is_its_character_for_a_client() -> None:
 def test_the_text_delta_shortcut_encodes_a_string_as_the_encoder_does(text: str) -> None:
     # a stream's text deltas skip the encoder's Python layer; the bytes are the same
     assert encode_str_for_client(text) == encode_json_for_client(text)
+
+
+def _depth(value: Any) -> int:
+    """Containers nested in ``value`` (the plain recursive definition)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_NESTED = st.recursive(
+    st.none() | st.integers(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner),
+    max_leaves=40,
+)
+
+
+@given(st.dictionaries(st.text(max_size=2), _NESTED, max_size=3), st.integers(1, 8))
+def test_depth_check_agrees_with_the_plain_definition(value: Any, limit: int) -> None:
+    # (a request body is an object: the check starts at one)
+    assert _depth_exceeds(value, limit) == (_depth(value) > limit)
