@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import socket
@@ -39,7 +40,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 from urllib.parse import urlsplit
 
 import anyio
@@ -90,6 +91,24 @@ UA_HEADER = (b"user-agent", USER_AGENT)
 #: backend had the request and was working on it
 RACE_WINDOW = 1.0
 _now = time.monotonic  # asyncio's loop.time() clock
+
+
+def _boot_clock() -> Callable[[], float]:
+    """The clock of a pooled connection's idle age: Linux's CLOCK_BOOTTIME,
+    which goes on while the host is suspended (monotonic stops: a connection
+    pooled just before a night's sleep was taken as fresh on waking, its
+    network path gone, and its request waited backend.timeout for a 504)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return time.monotonic
+    try:
+        time.clock_gettime(boottime)
+    except OSError:
+        return time.monotonic
+    return functools.partial(time.clock_gettime, boottime)
+
+
+_idle_clock = _boot_clock()
 READ_SIZE = 65536
 
 
@@ -258,7 +277,7 @@ class Connection:
         self.ctx = ctx
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_event)
         self.max_event = max_event
-        self.idle_since = time.monotonic()
+        self.idle_since = _idle_clock()
         self.received = False  # any byte from the server for the current request
         self.eof = False
         self.requests = 0
@@ -523,7 +542,7 @@ class UpstreamClient:
         """The most recently used idle connection still fit for a request; the
         ones found unfit on the way (old context, idle too long, closed by the
         server) are closed."""
-        now = time.monotonic()
+        now = _idle_clock()
         while self._idle:
             conn = self._idle.pop()  # most recently used first
             if (
@@ -539,7 +558,7 @@ class UpstreamClient:
     def _put_idle(self, conn: Connection) -> bool:
         if len(self._idle) >= self.cfg.pool_size:
             return False
-        conn.idle_since = time.monotonic()
+        conn.idle_since = _idle_clock()
         self._idle.append(conn)
         if self._reaper is None:
             self._reap_in(self.cfg.pool_idle_timeout)
@@ -553,7 +572,7 @@ class UpstreamClient:
         proxy holds no backend connection open for long (one timer per pool,
         set again for the oldest connection left)."""
         self._reaper = None
-        now = time.monotonic()
+        now = _idle_clock()
         timeout = self.cfg.pool_idle_timeout
         idle = self._idle
         while idle and now - idle[0].idle_since >= timeout:

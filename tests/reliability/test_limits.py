@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 
 import devbackend
 from goose_proxy.http import server
+from goose_proxy.upstream import client as upstream_client
 from tests.connectproxy import connect_proxy
 from tests.reliability.support import (
     HELLO,
@@ -322,6 +324,26 @@ async def test_idle_backend_connections_closed_after_pool_idle_timeout(
             rc = await post(h.url, HELLO)  # a new connection, as after any close
     assert (ra.status_code, rb.status_code, rc.status_code) == (200, 200, 200)
     assert 0.2 <= took < 2.0
+    assert h.backend.stats.connections_accepted == 2
+
+
+async def test_a_pooled_connection_idle_through_a_suspend_is_not_reused(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle ages were measured on the monotonic clock, which stops while the host
+    sleeps: a connection pooled before a laptop's night was reused on waking (its
+    network path gone: the request waited backend.timeout for a 504). They are
+    measured on CLOCK_BOOTTIME, here a clock moved by hand past the suspend."""
+    if sys.platform.startswith("linux"):
+        assert upstream_client._boot_clock().args == (time.CLOCK_BOOTTIME,)
+    boot = [1000.0]
+    monkeypatch.setattr(upstream_client, "_idle_clock", lambda: boot[0])
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            first = await post(h.url, HELLO)
+            boot[0] += 31  # pool_idle_timeout (30 s) passed asleep: no timer fired
+            second = await post(h.url, HELLO)
+    assert (first.status_code, second.status_code) == (200, 200)
     assert h.backend.stats.connections_accepted == 2
 
 
