@@ -152,7 +152,7 @@ def _unreadable(auth: AuthConfig, e: OSError) -> ProxyError:
     )
 
 
-_Stamp = tuple[tuple[int, int, int, int], ...]
+_Stamp = tuple[Optional[tuple[int, int, int, int]], ...]
 
 #: seconds a checked certificate pair is trusted to be unchanged
 RECHECK_INTERVAL = 1.0
@@ -162,14 +162,23 @@ RENEWAL_GRACE = 10.0
 _now = time.monotonic
 
 
-def _stamp(*paths: str) -> _Stamp:
-    out = []
+def _stamp(*paths: str, ca: str = "") -> _Stamp:
+    """What the files at ``paths`` are now (raises OSError for one that cannot
+    be looked at), and the CA file ``ca`` (None when it cannot: the build then
+    says what is wrong with it)."""
+    out: list[Optional[tuple[int, int, int, int]]] = []
     for p in paths:
         st = os.stat(p)
         if not stat.S_ISREG(st.st_mode):
             _regular(p)  # raises, naming what it is
         # ctime too: a chmod or chown changes whether the file can be read
         out.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
+    if ca:
+        try:
+            st = os.stat(ca)
+            out.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append(None)
     return tuple(out)
 
 
@@ -184,6 +193,9 @@ class ClientTLS:
         # the last failure: the files' stamp (None when stat failed), when, the error
         self._failed: Optional[tuple[Optional[_Stamp], float, CredentialsError]] = None
         self._broken_since: Optional[float] = None  # the files unusable since, with a _ctx
+        #: the CA bundle, looked at with the pair: [backend.auth] ca_file, else
+        #: the system's (a CA replaced there is used without a restart)
+        self._ca = auth.ca_file or ssl.get_default_verify_paths().cafile or ""
         self.builds = 0  # how many contexts were built (tests and benchmarks read it)
 
     def context(self) -> ssl.SSLContext:
@@ -200,7 +212,7 @@ class ClientTLS:
             return self._ctx
         auth = self._auth
         try:
-            stamp = _stamp(auth.cert_file, auth.key_file)
+            stamp = _stamp(auth.cert_file, auth.key_file, ca=self._ca)
         except OSError as e:  # missing, or a directory on the way may not be searched
             return self._unusable(None, now, _file_error(auth, e.filename, e))
         if self._ctx is not None and stamp == self._stamp:
@@ -217,8 +229,11 @@ class ClientTLS:
             if self._ctx is None:
                 raise
             return self._ctx  # the pair loaded before, until a build succeeds
-        if self._ctx is not None:
-            log.info("client certificate changed on disk; reloaded %s", auth.cert_file)
+        if self._ctx is not None and self._stamp is not None:
+            if stamp[:2] != self._stamp[:2]:
+                log.info("client certificate changed on disk; reloaded %s", auth.cert_file)
+            else:
+                log.info("CA file changed on disk; reloaded %s", self._ca)
         self._ctx, self._stamp, self._checked = ctx, stamp, now
         self._failed = self._broken_since = None
         self.builds += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import logging
 import os
 import shutil
 import ssl
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import trustme
 
 import devbackend
 from goose_proxy.config import AuthConfig
@@ -114,6 +116,39 @@ async def test_renewed_pair_is_used_without_restart(
     assert first.status_code == again.status_code == unchecked.status_code == 200
     assert renewed.status_code == 200
     assert builds == 2
+
+
+async def test_a_replaced_ca_file_is_used_without_restart(
+    pki: SimpleNamespace,
+    consumer: SimpleNamespace,
+    cert_clock: CertClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The backend's server certificate moves to a new CA and the admin puts the
+    new bundle in ca_file: the proxy went on refusing the backend (502, no retry)
+    until the client pair changed or a restart, while `check` said ready."""
+    new_ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    new_ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    pki.ca.configure_trust(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    shutil.copyfile(pki.ca_file, ca_file)
+    new_bundle = tmp_path / "new-ca.pem"
+    new_ca.cert_pem.write_to_path(str(new_bundle))
+    auth = AuthConfig(consumer.auth.cert_file, consumer.auth.key_file, str(ca_file))
+    caplog.set_level(logging.INFO, logger="goose_proxy")
+    with anyio.fail_after(15):
+        async with devbackend.run(tls=server_ctx) as backend:
+            async with running_proxy(make_config(backend.url, auth, backend={"proxy": ""})) as px:
+                refused = await post(px.url, HELLO)
+                _install(new_bundle, ca_file, in_place=False)
+                cert_clock.pass_recheck_interval()
+                trusted = await post(px.url, HELLO)
+    assert refused.status_code == 502 and "not trusted" in refused.json()["error"]["message"]
+    assert trusted.status_code == 200, trusted.text
+    assert f"CA file changed on disk; reloaded {ca_file}" in caplog.text
 
 
 async def test_half_renewed_pair_keeps_the_old_one_then_gives_clear_error(
