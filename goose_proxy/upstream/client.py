@@ -109,6 +109,13 @@ def _boot_clock() -> Callable[[], float]:
 
 
 _idle_clock = _boot_clock()
+
+
+def _seconds(n: float) -> str:
+    """``1 second``, ``0.5 seconds``, ``30 seconds``."""
+    return f"{n:g} second" if n == 1 else f"{n:g} seconds"
+
+
 READ_SIZE = 65536
 
 
@@ -413,7 +420,7 @@ class UpstreamResponse:
 
     def _stalled(self) -> UpstreamTimeout:
         return UpstreamTimeout(
-            f"backend sent nothing for {self._idle:g} seconds in the middle of a response"
+            f"backend sent nothing for {_seconds(self._idle)} in the middle of a response"
         )
 
     def _cut(self) -> UpstreamClosed:
@@ -779,7 +786,7 @@ class UpstreamClient:
             if conn is not None:
                 conn.close()
             raise UpstreamTimeout(
-                f"backend sent no response within {self.cfg.timeout:g} seconds"
+                f"backend sent no response within {_seconds(self.cfg.timeout)}"
             ) from None
         except (UpstreamTLSError, UpstreamClosed) as e:
             fresh = conn is None or conn.requests <= 1

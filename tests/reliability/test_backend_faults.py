@@ -731,6 +731,12 @@ async def test_an_answer_collected_for_json_is_bounded(
 # --- time ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("timeout", "said"), [(1, "1 second"), (0.3, "0.3 seconds")])
+def test_a_timeout_is_said_in_words(timeout: float, said: str) -> None:
+    # the 504 read "no response within 1 seconds"
+    assert client._seconds(timeout) == said
+
+
 @pytest.mark.parametrize("body", [HELLO, HELLO_STREAM], ids=["json", "stream"])
 async def test_stall_before_headers_gives_504(pki: SimpleNamespace, body: dict[str, Any]) -> None:
     with anyio.fail_after(10):
