@@ -675,7 +675,42 @@ def load_config(
             "and answers cross the network unencrypted, and [backend.auth] is not used "
             "(no client certificate)"
         )
+    warnings += _loose_permissions(p, config)
     return config, warnings
+
+
+def _loose_permissions(path: Path, config: Config) -> list[str]:
+    """Warnings for files other users may change or read: the configuration (or
+    a directory it could be replaced through), which chooses the backend and
+    the CA that vouches for it, and the private key of the host's identity."""
+    out = []
+    for what, target in (("the configuration file", path), ("its directory", path.parent)):
+        try:
+            st = os.stat(target)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+            continue  # sticky (/tmp): others may add files, not replace this one
+        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            if st.st_mode & 0o002:  # (a group's write is often meant: not judged)
+                out.append(
+                    f"{what} {target} is writable by every user (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}): anyone could point the proxy at a "
+                    f"backend of their own; chmod o-w {target}"
+                )
+    key = config.backend.auth.key_file
+    if config.backend.endpoint.startswith("https://"):
+        try:
+            mode = os.stat(key).st_mode
+        except OSError:
+            mode = 0  # missing or unreadable: the certificate check says so
+        if stat.S_ISREG(mode) and mode & 0o004:
+            out.append(
+                f"the private key {key} is readable by every user (mode "
+                f"{stat.S_IMODE(mode):04o}): anyone on this host can take its identity; "
+                f"chmod o-r {key}"
+            )
+    return out
 
 
 def _regular_file(path: Path) -> None:

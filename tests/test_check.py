@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -94,6 +95,38 @@ async def test_ready_over_mtls(pki: SimpleNamespace, tmp_path: Path, args: tuple
     # one live request, with this host's client certificate
     assert backend.stats.tls_handshakes == 1
     assert "consumer-0001" in (backend.stats.client_subjects[-1] or "")
+
+
+@pytest.mark.parametrize("loose", [True, False], ids=["loose", "tight"])
+async def test_files_other_users_may_change_or_read_are_named(
+    pki: SimpleNamespace, tmp_path: Path, loose: bool
+) -> None:
+    """A world-writable configuration (or directory) lets anyone choose the backend
+    and its CA; a world-readable key gives away the host's identity. `check` said
+    ready without a word; it notes them now, as the daemon warns at start."""
+    d = tmp_path / "etc"
+    d.mkdir()
+    key = d / "key.pem"
+    shutil.copyfile(pki.key_file, key)
+    with refusing_port() as port:
+        cfg = write_config(
+            d / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, key_file=str(key))
+        )
+        for path, mode in ((key, 0o644), (cfg, 0o666), (d, 0o777)):
+            path.chmod(mode if loose else mode & ~0o022 & ~0o004 | 0o600)
+        r = await run_check(cfg, child_env(tmp_path))
+    notes = [line for line in r.out.splitlines() if "by every user" in line]
+    if not loose:
+        assert notes == []
+        return
+    assert notes == [
+        f"       note: the configuration file {cfg} is writable by every user (mode 0666): "
+        f"anyone could point the proxy at a backend of their own; chmod o-w {cfg}",
+        f"       note: its directory {d} is writable by every user (mode 0777): "
+        f"anyone could point the proxy at a backend of their own; chmod o-w {d}",
+        f"       note: the private key {key} is readable by every user (mode 0644): "
+        f"anyone on this host can take its identity; chmod o-r {key}",
+    ]
 
 
 async def test_config_found_through_xdg(pki: SimpleNamespace, tmp_path: Path) -> None:
