@@ -318,11 +318,8 @@ class ServerConnection:
         """
         limit = self.cfg.max_body_size
         length = req.header(b"content-length")
-        declared = int(length) if length is not None and length.strip().isdigit() else None
-        if declared is not None and declared > limit:
+        if length is not None and length.strip().isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        if declared:
-            self._hold(declared)  # before a 100 Continue asks for it
         if self.h11.they_are_waiting_for_100_continue:
             # The request passed every check that needs no body: ask for it.
             # Raises ClientGone when the client already left.
@@ -338,8 +335,9 @@ class ServerConnection:
                 size += len(data)
                 if size > limit:
                     raise PayloadTooLarge(f"request body larger than {limit} bytes")
-                if declared is None:
-                    self._hold(len(data))
+                # what arrived, not what was declared: a declared size costs
+                # nothing, and a few slow uploads would reserve the whole budget
+                self._hold(len(data))
                 if ev.chunk_start:
                     chunks += 1
                     if chunks > most_chunks:

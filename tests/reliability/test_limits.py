@@ -179,29 +179,37 @@ async def test_a_body_in_too_many_chunks_is_refused(pki: SimpleNamespace) -> Non
 
 async def test_request_bodies_held_at_once_are_bounded(pki: SimpleNamespace) -> None:
     """Uploads in progress held up to max_body_size each, on up to max_connections:
-    16 GiB by default. Across connections at most 4 times max_body_size; beyond it a
-    request with a body gets 503 and Retry-After, and the bytes come back when an
-    upload ends, finished or not."""
+    16 GiB by default. Across connections at most 4 times max_body_size, counted as
+    it arrives (a declared length reserves nothing: cheap slow uploads cannot
+    hold the budget); beyond it 503 and Retry-After, and the bytes come back
+    when an upload ends, finished or not."""
     size = 1024
-    partial = request_bytes(body=_padded(size))[: -size + 10]  # the head and 10 bytes
+    whole = request_bytes(body=_padded(size), headers=CLOSE)
     with anyio.fail_after(15):
         async with proxied(pki, server={"max_body_size": size}) as h:
             bodies = h.proxy.server.bodies
-            holders = [await anyio.connect_tcp("127.0.0.1", h.proxy.port) for _ in range(4)]
+            uploads = [await anyio.connect_tcp("127.0.0.1", h.proxy.port) for _ in range(8)]
             try:
-                for s in holders:
-                    await s.send(partial)
-                await poll(lambda: bodies.held == 4 * size)
-                refused = await ask(h.proxy.port, request_bytes(body=_padded(size)))
+                for s in uploads[:4]:  # declared 1024 bytes each, 10 sent
+                    await s.send(whole[: -size + 10])
+                await poll(lambda: bodies.held == 4 * 10)
+                beside_slow = await ask(h.proxy.port, whole)
+                for s in uploads[4:]:  # 1004 bytes each: 40 bytes of the budget left
+                    await s.send(whole[:-20])
+                await poll(lambda: bodies.held == 4 * 10 + 4 * (size - 20))
+                refused = await ask(h.proxy.port, whole)
+                small = await ask(h.proxy.port, request_bytes(body=b"{}", headers=CLOSE))
                 bodiless = await ask(h.proxy.port, request_bytes("GET", "/health", headers=CLOSE))
             finally:
-                for s in holders:
+                for s in uploads:
                     await s.aclose()
             await poll(lambda: bodies.held == 0)
-            served = await ask(h.proxy.port, request_bytes(body=_padded(size), headers=CLOSE))
+            served = await ask(h.proxy.port, whole)
+    assert beside_slow.status == 200, beside_slow.body
     assert refused.status == 503 and refused.header("retry-after") == "1"
     assert refused.error["code"] == "service_unavailable"
     assert "too many large request bodies" in refused.error["message"]
+    assert small.status == 400  # what fits is read (and found to be no chat request)
     assert bodiless.status == 200
     assert served.status == 200, served.body
 
