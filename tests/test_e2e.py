@@ -398,6 +398,35 @@ async def test_configured_headers_replace_the_proxys_own(
             assert got["X-LCS-Merge-Server-Tools"] == ["true"]
 
 
+async def test_the_clients_own_headers_stay_at_the_proxy(pki: SimpleNamespace) -> None:
+    # the backend sees the proxy's head: a client's credentials (an API key the
+    # SDK always sends), cookies and forwarding headers are never passed on
+    sent = {
+        "Authorization": "Bearer sk-client-key",
+        "Cookie": "session=abc",
+        "X-Forwarded-For": "10.0.0.9",
+        "OpenAI-Organization": "org-1",
+        "X-Custom": "mine",
+    }
+    with anyio.fail_after(10):
+        async with devbackend.run(tls=pki.server_context()) as backend:
+            async with running_proxy(make_config(backend.url, pki.auth)) as proxy:
+                async with httpx.AsyncClient(timeout=10) as c:
+                    for path, body in (
+                        ("/v1/chat/completions", HELLO),
+                        ("/v1/responses", {"model": "m", "input": "hi"}),
+                    ):
+                        r = await c.post(proxy.url + path, json=body, headers=sent)
+                        assert r.status_code == 200
+    for seen in backend.requests:
+        names = {k for k, _ in seen.headers}
+        assert names.isdisjoint(n.lower() for n in sent), seen.headers
+        assert names <= {
+            "host", "content-length", "content-type", "accept", "accept-encoding",
+            "x-request-id", "user-agent", "x-lcs-merge-server-tools", "connection",
+        }, seen.headers  # fmt: skip
+
+
 async def test_access_line_request_id_and_debug_heads_without_bodies(
     pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
 ) -> None:
