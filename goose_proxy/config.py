@@ -262,14 +262,6 @@ def _is_address(s: str) -> bool:
     return True
 
 
-def _starts_with_bom(p: Path) -> bool:
-    try:
-        with p.open("rb") as f:
-            return f.read(3) == b"\xef\xbb\xbf"
-    except OSError:
-        return False
-
-
 def redact_url(url: str) -> str:
     """``http://user:secret@host:3128`` → ``http://***@host:3128``.
 
@@ -352,7 +344,7 @@ def split_proxy_url(url: str) -> SplitResult:
 
 def _proxy_url(key: str, v: Any) -> str:
     s = _str(key, v)
-    if "://" in s and not s.startswith("http://"):  # host:port alone means http://
+    if "://" in s and not s.lower().startswith("http://"):  # host:port alone means http://
         raise ConfigError(f"{key}: only http:// proxies are supported (HTTP CONNECT)")
     if s:
         try:
@@ -650,13 +642,14 @@ def load_config(
     p = Path(path)
     try:
         with p.open("rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()  # once: the file may be a pipe (--config <(...))
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        if _starts_with_bom(p):  # as some editors save UTF-8; TOML has no room for it
+        if raw.startswith(b"\xef\xbb\xbf"):  # as some editors save UTF-8; TOML has no room
             raise ConfigError(
                 f"{p}: invalid TOML: it starts with a byte-order mark (BOM); "
                 "save it as UTF-8 without one"
@@ -689,6 +682,8 @@ def _loose_permissions(path: Path, config: Config) -> list[str]:
             st = os.stat(target)
         except OSError:
             continue
+        if not _others_may_reach(target):
+            continue  # a directory above is closed to them (a 0700 home)
         if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
             continue  # sticky (/tmp): others may add files, not replace this one
         if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
@@ -704,7 +699,7 @@ def _loose_permissions(path: Path, config: Config) -> list[str]:
             mode = os.stat(key).st_mode
         except OSError:
             mode = 0  # missing or unreadable: the certificate check says so
-        if stat.S_ISREG(mode) and mode & 0o004:
+        if stat.S_ISREG(mode) and mode & 0o004 and _others_may_reach(Path(key)):
             out.append(
                 f"the private key {key} is readable by every user (mode "
                 f"{stat.S_IMODE(mode):04o}): anyone on this host can take its identity; "
@@ -729,6 +724,16 @@ def _regular_file(path: Path) -> None:
         raise ConfigError(f"{path}: cannot read: Is a directory")
     if not stat.S_ISREG(mode):
         raise ConfigError(f"{path}: not a regular file (a FIFO, socket or device)")
+
+
+def _others_may_reach(path: Path) -> bool:
+    """Whether every directory above ``path`` (its real path) lets other users
+    through (``o+x``)."""
+    try:
+        real = Path(os.path.realpath(path))
+        return all(os.stat(d).st_mode & stat.S_IXOTH for d in real.parents)
+    except OSError:
+        return False
 
 
 def _plain_http_off_host(endpoint: str) -> Optional[str]:

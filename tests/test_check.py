@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,27 +98,30 @@ async def test_ready_over_mtls(pki: SimpleNamespace, tmp_path: Path, args: tuple
     assert "consumer-0001" in (backend.stats.client_subjects[-1] or "")
 
 
-@pytest.mark.parametrize("loose", [True, False], ids=["loose", "tight"])
+@pytest.mark.parametrize("case", ["loose", "tight", "closed-above"])
 async def test_files_other_users_may_change_or_read_are_named(
-    pki: SimpleNamespace, tmp_path: Path, loose: bool
+    pki: SimpleNamespace, tmp_path: Path, case: str
 ) -> None:
     """A world-writable configuration (or directory) lets anyone choose the backend
     and its CA; a world-readable key gives away the host's identity. `check` said
-    ready without a word; it notes them now, as the daemon warns at start."""
-    d = tmp_path / "etc"
-    d.mkdir()
-    key = d / "key.pem"
-    shutil.copyfile(pki.key_file, key)
-    with refusing_port() as port:
-        cfg = write_config(
-            d / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, key_file=str(key))
-        )
-        for path, mode in ((key, 0o644), (cfg, 0o666), (d, 0o777)):
-            path.chmod(mode if loose else mode & ~0o022 & ~0o004 | 0o600)
-        r = await run_check(cfg, child_env(tmp_path))
+    ready without a word; it notes them now, as the daemon warns at start. Not
+    when a directory above closes them to other users (a 0700 home)."""
+    with tempfile.TemporaryDirectory() as top:  # under /tmp: others may pass through
+        os.chmod(top, 0o700 if case == "closed-above" else 0o755)
+        d = Path(top, "etc")
+        os.mkdir(d)
+        key = d / "key.pem"
+        shutil.copyfile(pki.key_file, key)
+        with refusing_port() as port:
+            cfg = write_config(
+                d / "c.toml", f"https://127.0.0.1:{port}", pki_auth(pki, key_file=str(key))
+            )
+            for path, mode in ((key, 0o644), (cfg, 0o666), (d, 0o777)):
+                os.chmod(path, 0o750 & mode | 0o600 if case == "tight" else mode)
+            r = await run_check(cfg, child_env(tmp_path))
     notes = [line for line in r.out.splitlines() if "by every user" in line]
-    if not loose:
-        assert notes == []
+    if case != "loose":
+        assert notes == [], r.out
         return
     assert notes == [
         f"       note: the configuration file {cfg} is writable by every user (mode 0666): "

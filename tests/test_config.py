@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +28,7 @@ from goose_proxy.config import (
 )
 from goose_proxy.http11 import TRUSTED
 from goose_proxy.upstream.client import Endpoint
+from goose_proxy.upstream.proxy import proxy_for
 from tests.support import running_proxy
 
 
@@ -245,6 +247,15 @@ def test_invalid_backend_urls_stop_at_load(key: str, url: str, why: str) -> None
     assert "s3cret" not in msg and "pa/ss" not in msg  # credentials never shown
 
 
+@pytest.mark.parametrize("url", ["HTTP://proxy.example:3128", "proxy.example:3128"])
+def test_a_proxy_url_in_capitals_or_without_its_scheme_is_taken(url: str) -> None:
+    # as https_proxy takes them; the key said "only http:// proxies are supported"
+    backend = _backend(proxy=url).backend
+    assert backend.proxy == url
+    route = proxy_for(backend, "backend.example", environ={})
+    assert route is not None and route.display == "http://proxy.example:3128"
+
+
 def test_endpoint_parse_refuses_what_h11_would_refuse() -> None:
     # Endpoint.parse is the second guard (for embedders that skip the config)
     with pytest.raises(ValueError, match="not a valid backend URL"):
@@ -342,6 +353,36 @@ def test_a_fifo_where_the_xdg_config_belongs_is_reported_not_waited_on(
     (tmp_path / "goose-proxy" / "config.toml").symlink_to(os.devnull)
     config, _ = load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path)})
     assert config == Config(source=config.source)
+
+
+def test_a_named_pipe_given_with_config_is_read_once(tmp_path: Path) -> None:
+    # `--config FIFO` may be a pipe; with invalid TOML the byte-order-mark check
+    # opened it a second time, and the start waited for a writer for good
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b"[server\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    done: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            load_config(str(fifo))
+        except ConfigError as e:
+            done.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock it: a writer that writes nothing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load_config waited on the pipe a second time")
+    assert str(done[0]).startswith(f"{fifo}: invalid TOML: ")
 
 
 @pytest.mark.parametrize(

@@ -306,6 +306,7 @@ class Handlers:
         creq.body.clear()  # written out: not held (maybe megabytes) while the answer comes
         async with self.upstream.post("/responses", payload, headers) as resp:
             del payload  # sent (the upstream client keeps no copy either)
+            ex.conn.release_body()  # nothing of it is held while the answer comes
             await self._raise_for_status(ex, resp)
             if await resp.is_event_stream():
                 if creq.stream:
@@ -404,6 +405,7 @@ class Handlers:
             log.debug("not forwarded to the backend: %s", _keys_shown(dropped))
         async with self.upstream.post("/responses", payload, self._headers_for(ex, stream)) as resp:
             del payload  # sent (the upstream client keeps no copy either)
+            ex.conn.release_body()  # nothing of it is held while the answer comes
             ex.upstream_status = resp.status
             ctype = resp.header(b"content-type") or "application/json"
             headers = [(b"content-type", ctype.encode("latin-1"))]

@@ -259,7 +259,7 @@ class ClientTLS:
         if self._broken_since is None:
             self._broken_since = now
             log.warning(
-                "%s; still using the client certificate loaded before for up to %g s "
+                "%s; still using the certificates loaded before for up to %g s "
                 "(a renewal may be writing the files)",
                 err.message,
                 RENEWAL_GRACE,

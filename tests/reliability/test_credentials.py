@@ -176,7 +176,7 @@ async def test_half_renewed_pair_keeps_the_old_one_then_gives_clear_error(
     assert during.status_code == 200 and "CN=consumer-a" in during_subject
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(
-        "does not match" in m and "still using the client certificate loaded before" in m
+        "does not match" in m and "still using the certificates loaded before" in m
         for m in warnings
     ), warnings
     assert mismatched.status_code == 502

@@ -214,6 +214,25 @@ async def test_request_bodies_held_at_once_are_bounded(pki: SimpleNamespace) -> 
     assert served.status == 200, served.body
 
 
+async def test_a_body_stops_counting_once_sent_to_the_backend(pki: SimpleNamespace) -> None:
+    """A long stream held its request's body in the budget until it ended, though
+    the body was long gone: four such streams refused every other body."""
+    size = 1024
+    body = json.loads(_padded(size))
+    body["stream"] = True
+    head_and_body = request_bytes(body=json.dumps(body).encode().ljust(size))
+    with anyio.fail_after(15):
+        async with proxied(
+            pki, fault="stall_mid_stream", server={"max_body_size": size},
+            backend={"stream_idle_timeout": 60},
+        ) as h:  # fmt: skip
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(head_and_body)
+                await read_until(s, b'"content"')  # the stream has begun, and stalls
+                held = h.proxy.server.bodies.held
+    assert held == 0
+
+
 async def test_a_large_body_is_translated_off_the_event_loop(pki: SimpleNamespace) -> None:
     """A 16 MiB body of tiny JSON objects took the event loop for 8 s: every
     client and /health waited. A body of 1 MiB or more is parsed and translated
