@@ -110,10 +110,11 @@ def _origin_form(
 
 
 #: the request bodies held at once across a server's connections, in
-#: ``max_body_size``: a body being received counts until its request is done
+#: ``max_body_size``: what arrived of a body counts until it went upstream,
+#: its request is done, or its connection ends
 BODIES_HELD = 4
-#: a chunked body's pieces, in ``max_body_size`` per piece: every chunk costs
-#: an h11 event (about 7 µs), whatever its size
+#: a chunked body may come in ``max_body_size / CHUNK_BYTES`` chunks, at least
+#: MIN_CHUNKS: every chunk costs an h11 event (about 7 µs), whatever its size
 CHUNK_BYTES = 256
 MIN_CHUNKS = 1024
 
@@ -375,8 +376,9 @@ class ServerConnection:
         self.body_held += size
 
     def release_body(self) -> int:
-        """The request's body no longer counts against the budget (its request
-        is done, or its connection is); how many bytes it held."""
+        """The request's body no longer counts against the budget (it went
+        upstream, its request is done, or its connection is); how many bytes
+        it held."""
         held, self.body_held = self.body_held, 0
         self.budget.held -= held
         return held

@@ -189,7 +189,7 @@ class ProxyServer:
         self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self._refusals = WarnEvery(ACCEPT_WARN_INTERVAL)  # over max_connections
-        #: request bodies held across connections (received, or being handled)
+        #: request bodies held across connections (arriving, or not yet sent upstream)
         self.bodies = BodyBudget(BODIES_HELD * config.server.max_body_size)
         self.bound: list[tuple[str, int]] = []
         #: the paths of unix sockets listened on (systemd ListenStream=/path)
