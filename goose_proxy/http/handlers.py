@@ -1188,25 +1188,27 @@ def _load_upstream_json(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-#: Parsing and translating a body costs about 6 ms per MiB of text, and about
-#: 0.6 µs per JSON object or array: a 16 MiB body of tiny objects took the
-#: event loop for seconds. A body that may hold OFF_LOOP_CONTAINERS of them
-#: (``{`` and ``[`` counted, in strings too), or is OFF_LOOP_BODY long, is
-#: handled in a worker thread; counting costs about 1 ms per MiB, so bodies
-#: under COUNTED_BODY are not counted (they cannot cost much).
-COUNTED_BODY = 64 * 1024
+#: Parsing and translating a body costs about 6 ms per MiB of text, about
+#: 0.6 µs per JSON object or array and 0.25 µs per number, key or lone
+#: surrogate: a 16 MiB body of tiny objects took the event loop for seconds,
+#: and 8 MiB of numbers one. A body from OFF_LOOP_BODY on is handled in a
+#: worker thread; one from COUNTED_BODY on too when it may hold
+#: OFF_LOOP_CONTAINERS objects and arrays (``{`` and ``[`` counted, in
+#: strings too: about 0.5 ms per MiB each). Smaller ones cannot cost much.
+COUNTED_BODY = 256 * 1024
 OFF_LOOP_CONTAINERS = 20_000
-OFF_LOOP_BODY = 8 * 1024 * 1024
+OFF_LOOP_BODY = 1024 * 1024
 
 _T = TypeVar("_T")
 
 
 async def _off_the_loop_if_large(work: Callable[[bytes], _T], raw: bytes) -> _T:
     """``work(raw)``, in a worker thread when it may take long (see
-    OFF_LOOP_CONTAINERS): the loop keeps serving the other clients meanwhile
-    (it takes the GIL every few milliseconds). The thread is not free (about
-    3 ms more CPU for a 1 MiB body of text, measured), hence only then. The
-    server's body budget bounds how many run at once."""
+    OFF_LOOP_BODY): the loop keeps serving the other clients meanwhile (it
+    takes the GIL every few milliseconds, but not while one C call runs, such
+    as encoding a huge array). The thread is not free: about 3 ms more CPU on
+    a 1 MiB body of text (``body-1mb``), measured end to end, though nothing
+    in-process. The server's body budget bounds how many run at once."""
     size = len(raw)
     if size < COUNTED_BODY or (
         size < OFF_LOOP_BODY and raw.count(b"{") + raw.count(b"[") < OFF_LOOP_CONTAINERS
