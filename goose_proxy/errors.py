@@ -322,15 +322,22 @@ class ServiceUnavailable(ProxyError):
     default_code = "service_unavailable"
 
 
-class HostLimitReached(ServiceUnavailable):
+class TryAgainSoon(ServiceUnavailable):
+    """A 503 that passes: the client may send the request again in a second
+    (``Retry-After: 1``). Too many connections or bodies at once, a drain."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers=[("Retry-After", "1")])
+
+
+class HostLimitReached(TryAgainSoon):
     """This host is out of file descriptors or memory (``HOST_LIMITS``) as the
-    proxy opens a file or a connection: retryable, with ``Retry-After: 1``.
-    A flood of them is warned about once per ten seconds."""
+    proxy opens a file or a connection. A flood of them is warned about once
+    per ten seconds."""
 
     def __init__(self, doing: str, e: OSError) -> None:
         super().__init__(
-            f"goose-proxy cannot {doing} right now ({e.strerror or e}); try again in a moment",
-            headers=[("Retry-After", "1")],
+            f"goose-proxy cannot {doing} right now ({e.strerror or e}); try again in a moment"
         )
 
 

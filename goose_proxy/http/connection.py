@@ -44,7 +44,7 @@ from goose_proxy.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ProxyError,
-    ServiceUnavailable,
+    TryAgainSoon,
 )
 from goose_proxy.http11 import TRUSTED
 from goose_proxy.streams import ProtocolStream
@@ -362,15 +362,14 @@ class ServerConnection:
     def _hold(self, size: int) -> None:
         """Count ``size`` more bytes of this request's body against the budget.
 
-        Raises ServiceUnavailable (503, ``Retry-After: 1``) when the server's
-        connections hold more than the budget allows.
+        Raises TryAgainSoon (503) when the server's connections hold more than
+        the budget allows.
         """
         budget = self.budget
         if budget.held + size > budget.limit:
-            raise ServiceUnavailable(
+            raise TryAgainSoon(
                 "too many large request bodies are being received or handled at once "
-                f"(more than {budget.limit} bytes); try again in a moment",
-                headers=[("Retry-After", "1")],
+                f"(more than {budget.limit} bytes); try again in a moment"
             )
         budget.held += size
         self.body_held += size

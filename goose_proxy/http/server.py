@@ -54,7 +54,7 @@ from goose_proxy.errors import (
     MethodNotAllowed,
     NotFound,
     ProxyError,
-    ServiceUnavailable,
+    TryAgainSoon,
     UnsupportedMediaType,
 )
 from goose_proxy.http.connection import (
@@ -161,10 +161,10 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where}"
 
 
-def _shutting_down() -> ServiceUnavailable:
+def _shutting_down() -> TryAgainSoon:
     """The error of a request the drain refuses or cuts: the client may try again
     in a moment (under socket activation, the next start serves it)."""
-    return ServiceUnavailable("goose-proxy is shutting down", headers=[("Retry-After", "1")])
+    return TryAgainSoon("goose-proxy is shutting down")
 
 
 class ProxyServer:
@@ -339,12 +339,11 @@ class ProxyServer:
                 self.config.server.max_connections,
                 WarnEvery.since(due, "refused"),
             )
-        err = ServiceUnavailable(
+        err = TryAgainSoon(
             f"too many connections (more than {self.config.server.max_connections}); "
             "try again later"
         )
         status, body, headers = error_response_parts(err)
-        headers.append((b"retry-after", b"1"))
         conn.linger = True
         await conn.send_response(status, body, headers, close=True)
 
