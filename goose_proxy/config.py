@@ -679,20 +679,19 @@ def _loose_permissions(path: Path, config: Config) -> list[str]:
     out = []
     for what, target in (("the configuration file", path), ("its directory", path.parent)):
         try:
-            st = os.stat(target)
+            mode = os.stat(target).st_mode
         except OSError:
             continue
-        if not _others_may_reach(target):
-            continue  # a directory above is closed to them (a 0700 home)
-        if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
-            continue  # sticky (/tmp): others may add files, not replace this one
-        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-            if st.st_mode & 0o002:  # (a group's write is often meant: not judged)
-                out.append(
-                    f"{what} {target} is writable by every user (mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}): anyone could point the proxy at a "
-                    f"backend of their own; chmod o-w {target}"
-                )
+        # a group's write is often meant: not judged; a sticky directory (/tmp)
+        # lets others add files, not replace this one; a directory above may be
+        # closed to them (a 0700 home)
+        kind_ok = stat.S_ISREG(mode) or (stat.S_ISDIR(mode) and not mode & stat.S_ISVTX)
+        if kind_ok and mode & 0o002 and _others_may_reach(target):
+            out.append(
+                f"{what} {target} is writable by every user (mode "
+                f"{stat.S_IMODE(mode):04o}): anyone could point the proxy at a "
+                f"backend of their own; chmod o-w {target}"
+            )
     key = config.backend.auth.key_file
     if config.backend.endpoint.startswith("https://"):
         try:
