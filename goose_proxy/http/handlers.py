@@ -331,6 +331,7 @@ class Handlers:
             include_usage=creq.include_usage,
             legacy_functions=creq.legacy_functions,
             refusal_in_content=creq.refusal_in_content,
+            max_held=self.config.backend.max_event_size,
         )
 
     async def _stream_chat(self, ex: Exchange, resp: UpstreamResponse, creq: ChatRequest) -> None:

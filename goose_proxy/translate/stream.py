@@ -42,7 +42,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from goose_proxy.errors import ProxyError, UpstreamNotAResponse, UpstreamProtocolError
+from goose_proxy.errors import (
+    ProxyError,
+    UpstreamAnswerTooLarge,
+    UpstreamNotAResponse,
+    UpstreamProtocolError,
+)
 
 from .jsonbody import encode_json_for_client as encode_json  # chunks: see its docstring
 from .jsonbody import encode_str_for_client as encode_str
@@ -149,7 +154,12 @@ class StreamTranslator:
         created: Optional[int] = None,
         legacy_functions: bool = False,
         refusal_in_content: bool = True,
+        max_held: int = 4 * 1024 * 1024,
     ) -> None:
+        #: characters of argument deltas held for calls waiting their turn
+        #: (``ToolCallQueue.held``) that fail the stream: the proxy's
+        #: ``backend.max_event_size``
+        self._max_held = max_held
         #: the delta keys a refusal's text goes under
         self._refusal_keys = ("content", "refusal") if refusal_in_content else ("refusal",)
         self._model = model
@@ -472,6 +482,15 @@ class StreamTranslator:
         delta = event.get("delta")
         if delta and isinstance(delta, str):
             self._fragments(self._calls.delta(self._call_keys(event), delta), out)
+            if self._calls.held > self._max_held:
+                self._fail(
+                    UpstreamAnswerTooLarge(
+                        f"backend held back more than {self._max_held} characters of "
+                        "tool-call arguments behind an unfinished call "
+                        "(backend.max_event_size)"
+                    ),
+                    out,
+                )
 
     def _on_args_done(self, event: Mapping[str, Any], out: Out) -> None:
         keys, arguments = self._call_keys(event), str_or_none(event.get("arguments"))

@@ -103,6 +103,8 @@ class ToolCallQueue:
         self._head = 0
         #: characters of argument deltas kept (``received``) by calls not yet closed
         self._kept = 0
+        #: characters of argument deltas held (``pending``) for calls not yet open
+        self.held = 0
         #: number of calls whose header went out (the next dense index)
         self.emitted = 0
 
@@ -178,6 +180,7 @@ class ToolCallQueue:
             text = _held_back(call, call.high + text)
             return [{"index": call.index, "function": {"arguments": text}}] if text else []
         call.pending.append(text)
+        self.held += len(text)
         return self._advance()
 
     def _keep(self, call: _Call, text: str) -> None:
@@ -256,7 +259,9 @@ class ToolCallQueue:
                         "function": {"name": call.name, "arguments": ""},
                     }
                 )
-            text = call.high + "".join(call.pending)
+            held = "".join(call.pending)
+            self.held -= len(held)
+            text = call.high + held
             call.pending.clear()
             if not call.finished:
                 text = _held_back(call, text)

@@ -53,6 +53,7 @@ from tests.reliability.support import (
     read_request_head,
     read_until,
     sse_answer,
+    sse_data,
     sse_event,
     text_events,
 )
@@ -726,6 +727,51 @@ async def test_an_answer_collected_for_json_is_bounded(
         "backend answer larger than 65536 characters (backend.max_event_size); "
         "ask for it as a stream"
     )
+
+
+async def test_arguments_held_behind_an_open_call_are_bounded(pki: SimpleNamespace) -> None:
+    # a streamed call's fragments go out contiguous, so a second call's deltas
+    # wait while the first is open; a backend that streams the second without
+    # end ends the client's stream with an error (the first call's start
+    # already sent), not a proxy that holds every delta
+    def call(key: str, index: int) -> dict[str, Any]:
+        item = {"type": "function_call", "id": key, "call_id": "call_" + key, "name": "f",
+                "arguments": "", "status": "in_progress"}  # fmt: skip
+        return {"type": "response.output_item.added", "output_index": index, "item": item}
+
+    def delta(key: str, index: int, text: str) -> dict[str, Any]:
+        return {"type": "response.function_call_arguments.delta", "item_id": key,
+                "output_index": index, "delta": text}  # fmt: skip
+
+    events = [call("a", 0), delta("a", 0, "{"), call("b", 1)]
+    events += [delta("b", 1, "x" * 1000)] * 200  # 200,000 characters for call b
+    frames = [sse_event({**ev, "sequence_number": i}) for i, ev in enumerate(events)]
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in frames))
+        await read_all(stream)  # until the proxy lets the connection go
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO_STREAM, max_event_size=65536)
+    assert r.status_code == 200
+    *chunks, error, done = sse_data(r.content)
+    assert done == "[DONE]"
+    deltas = [json.loads(ch)["choices"][0]["delta"] for ch in chunks]
+    calls = [c for d in deltas for c in d.get("tool_calls", [])]
+    assert calls == [
+        {"index": 0, "id": "call_a", "type": "function",
+         "function": {"name": "f", "arguments": ""}},
+        {"index": 0, "function": {"arguments": "{"}},
+    ]  # fmt: skip
+    assert json.loads(error)["error"] == {
+        "message": "backend held back more than 65536 characters of tool-call arguments "
+        "behind an unfinished call (backend.max_event_size)",
+        "type": "api_error",
+        "param": None,
+        "code": "upstream_protocol_error",
+    }
 
 
 # --- time ---------------------------------------------------------------------------

@@ -909,6 +909,44 @@ def test_held_back_call_flushed_at_terminal() -> None:
     assert finish_reasons(parsed) == ["tool_calls"]
 
 
+def test_held_back_arguments_are_bounded() -> None:
+    # a call waiting behind an unfinished one holds its deltas; a backend that
+    # streams without end for it ends the stream with an error once the held
+    # characters pass max_held, not a proxy that keeps them all
+    st = StreamTranslator(model="m", include_usage=False, max_held=1000)
+    events = [CREATED, call_added("fc_a", "call_a", "alpha", 0), args_delta("fc_a", "{", 0),
+              call_added("fc_b", "call_b", "beta", 1)]  # fmt: skip
+    frames = [f for e in events for f in st.feed(e)]
+    for _ in range(10):  # 1,000 characters held: still going
+        frames += st.feed(args_delta("fc_b", "x" * 100, 1))
+    assert not st.done
+    frames += st.feed(args_delta("fc_b", "x", 1))
+    assert st.done and st.feed(args_delta("fc_b", "x", 1)) == []
+    assert tool_calls_of(parse_frames(frames)) == [
+        {"id": "call_a", "name": "alpha", "arguments": "{"}
+    ]
+    error = json.loads(frames[-2][len(b"data: ") :])["error"]
+    assert error["code"] == "upstream_protocol_error"
+    assert error["message"] == (
+        "backend held back more than 1000 characters of tool-call arguments "
+        "behind an unfinished call (backend.max_event_size)"
+    )
+    assert frames[-1] == b"data: [DONE]\n\n"
+
+
+def test_held_back_arguments_count_down_as_they_go_out() -> None:
+    # what a call held goes out when it opens, and no longer counts: two calls
+    # interleaved, each held in turn below the bound, pass whole
+    st = StreamTranslator(model="m", include_usage=False, max_held=150)
+    events = [CREATED, call_added("fc_a", "call_a", "alpha", 0),
+              call_added("fc_b", "call_b", "beta", 1), args_delta("fc_b", "b" * 100, 1),
+              args_done("fc_a", "", 0), call_added("fc_c", "call_c", "gamma", 2),
+              args_delta("fc_c", "c" * 100, 2), completed()]  # fmt: skip
+    parsed = parse_frames([f for e in events for f in st.feed(e)])
+    assert [c["arguments"] for c in tool_calls_of(parsed)] == ["", "b" * 100, "c" * 100]
+    assert finish_reasons(parsed) == ["tool_calls"]
+
+
 def test_terminal_output_fills_what_never_streamed() -> None:
     out = [msg_done([{"type": "output_text", "text": "late text"}])["item"],
            call_item("fc_q", "call_q", "q", '{"late":true}')]  # fmt: skip
