@@ -74,6 +74,7 @@ log = logging.getLogger("goose_proxy.upstream")
 #: how that field begins (a JSON body begins with none of these)
 _BLANK = b"\xef\xbb\xbf\r\n"
 _SSE_START = re.compile(rb"(?:event|data|id|retry)?:")
+_BOM = b"\xef\xbb\xbf"
 _SNIFF_SIZE = 6  # len(b"retry:")
 #: read ahead at most this much for it (a body of nothing but blank lines is no stream)
 _SNIFF_LIMIT = 64 * 1024
@@ -325,6 +326,12 @@ class Connection:
         self.stream.abort()
 
 
+def _without_bom(first: bytes) -> bytes:
+    """An event stream's first bytes without a UTF-8 BOM, which is no part of
+    its first field (the SSE standard skips one)."""
+    return first[len(_BOM) :] if first.startswith(_BOM) else first
+
+
 class UpstreamResponse:
     """The backend's answer: status and headers now, the body as it arrives."""
 
@@ -434,12 +441,21 @@ class UpstreamResponse:
         labelled otherwise or not at all (a backend or gateway that gets the
         header wrong), beginning with an SSE field (``event:``, ``data:``, ``id:``,
         ``retry:`` or a ``:`` comment; a JSON body begins with none). Reads the
-        body's first bytes for that (:meth:`receive` returns them first) and then
-        says ``text/event-stream`` in :attr:`content_type`.
+        body's first bytes (:meth:`receive` returns them again, without a UTF-8
+        BOM before a stream's first field, which the SSE standard skips); a
+        stream labelled otherwise is then labelled ``text/event-stream`` in
+        :attr:`content_type`.
 
         Raises as :meth:`receive` does.
         """
         if self.content_type == "text/event-stream":
+            first = b""
+            while _BOM.startswith(first):  # (at least one read; a BOM cut across reads)
+                data = await self.receive()
+                if not data:
+                    break
+                first += data
+            self._first = _without_bom(first)
             return True
         first = b""
         while len(first) < _SNIFF_LIMIT and len(first.lstrip(_BLANK)) < _SNIFF_SIZE:
@@ -450,6 +466,7 @@ class UpstreamResponse:
         self._first = first
         if _SSE_START.match(first.lstrip(_BLANK)) is None:
             return False
+        self._first = _without_bom(first)
         label = (self.header(b"content-type") or "")[:60]
         if label not in _mislabels and len(_mislabels) < 16:
             _mislabels.add(label)
