@@ -62,6 +62,8 @@ WRITE_HIGH_WATER = 64 * 1024
 #: timed out) between pieces hands over the rest at once: a send is never cut.
 #: ``send_parts`` joins parts no larger than this together
 WRITE_SLICE = 256 * 1024
+#: what the send methods take
+Buffer = Union[bytes, memoryview]
 #: how long ``aclose`` waits for the write buffer to drain before it aborts
 CLOSE_FLUSH_TIMEOUT = 2.0
 #: socket read size under TLS (asyncio's own is 256 KiB, allocated per connection)
@@ -72,8 +74,13 @@ HAPPY_EYEBALLS_DELAY = 0.25
 
 class AnsweredEarly(Exception):
     """The peer answered while a ``send(..., until_answer=True)`` waited for it to
-    take the rest: what was not handed over stays unsent, and the connection
-    is no good for another message."""
+    take the rest. What was not handed over is in :attr:`rest`, unsent: a
+    final answer leaves the connection no good for another message, an
+    interim one (HTTP's ``100 Continue``) means the peer reads on."""
+
+    def __init__(self, rest: Sequence[memoryview] = ()) -> None:
+        super().__init__()
+        self.rest = list(rest)
 
 
 class _Protocol(asyncio.Protocol):
@@ -312,7 +319,7 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     async def send_parts(
         self,
-        parts: Sequence[bytes],
+        parts: Sequence[Buffer],
         timeout: Optional[float] = None,  # noqa: ASYNC109
         until_answer: bool = False,
         idle_timeout: Optional[float] = None,
@@ -327,7 +334,7 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     async def _send_sliced(
         self,
-        parts: Sequence[bytes],
+        parts: Sequence[Buffer],
         timeout: Optional[float],  # noqa: ASYNC109
         until_answer: bool = False,
         idle_timeout: Optional[float] = None,
@@ -338,8 +345,9 @@ class ProtocolStream(anyio.abc.ByteStream):
         Cancelled or timed out between pieces, the rest goes to the transport
         all the same, as one ``send``'s bytes always did: what the caller writes
         next (an error event, the end of a chunked body, the next response)
-        must not land inside this message. Not after :class:`AnsweredEarly`:
-        the peer reads no more, and the connection is done for.
+        must not land inside this message. Not after :class:`AnsweredEarly`,
+        which carries the rest instead: the caller tells whether the peer reads
+        on.
         """
         end = None if timeout is None else self._loop.time() + timeout
         views = [memoryview(part) for part in parts if part]
@@ -355,7 +363,9 @@ class ProtocolStream(anyio.abc.ByteStream):
                     if done == len(views[i]):
                         i, done = i + 1, 0
         except AnsweredEarly:
-            raise
+            raise AnsweredEarly(
+                [views[i][done:], *views[i + 1 :]] if i < len(views) else []
+            ) from None
         except BaseException:
             if i < len(views) and not (
                 self._closed or self._p.lost or self._transport.is_closing()

@@ -39,6 +39,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 from urllib.parse import urlsplit
@@ -63,7 +64,7 @@ from goose_proxy.errors import (
     UpstreamTLSError,
 )
 from goose_proxy.http11 import TRUSTED
-from goose_proxy.streams import AnsweredEarly, ProtocolStream, connect_tcp, refused
+from goose_proxy.streams import AnsweredEarly, Buffer, ProtocolStream, connect_tcp, refused
 from goose_proxy.upstream.chunked import ChunkedDecoder
 from goose_proxy.upstream.proxy import ProxyRoute, open_tunnel, proxy_for
 from goose_proxy.upstream.tls import ClientTLS
@@ -293,6 +294,10 @@ class Connection:
         self.sent_at: Optional[float] = None
         #: the backend answered before it took the whole request: not reusable
         self.cut_short = False
+
+    def unread(self) -> bool:
+        """Bytes from the server wait to be parsed (no system call)."""
+        return self.stream.bytes_waiting() or bool(self.h11.trailing_data[0])
 
     def looks_dead(self) -> bool:
         """An idle keep-alive connection that received something (the server's FIN,
@@ -702,35 +707,50 @@ class UpstreamClient:
         # per request: whether a failure may be retried (see _open)
         conn.received = False
         conn.sent_at = None
-        try:
-            with _mapped("sending the request", ep):
-                try:
-                    await conn.stream.send_parts(pieces, deadline - _now(), until_answer=True)
-                except AnsweredEarly:
-                    # (a 413 for a body too large, say) and it reads no more: that
-                    # answer is the client's; the rest of the request stays unsent
-                    conn.received = conn.cut_short = True
-        except UpstreamError:
-            if not conn.stream.bytes_waiting():
-                raise
-            # The backend answered before it took the whole request (a 413 for a
-            # body too large, then it closed): that answer is the client's.
-            conn.received = True
-        else:
-            conn.sent_at = _now()
+        rest = await self._send(conn, pieces, deadline)
         conn.requests += 1
         with _mapped("waiting for the response head", ep):
             try:
                 while True:
                     ev = await conn.next_event(deadline)
                     if isinstance(ev, h11.Response):
+                        # an answer before the backend took the whole request (a 413
+                        # for a body too large, say) is the client's; the rest of
+                        # the request stays unsent, and the connection is done for
+                        conn.cut_short = rest is not None
                         return ev
                     if not isinstance(ev, h11.InformationalResponse):
                         break
+                    if rest is not None and not conn.unread():
+                        # an interim answer only (100 Continue, 103 Early Hints,
+                        # 102 Processing): the backend reads on
+                        rest = await self._send(conn, rest, deadline) if rest else None
             except h11.RemoteProtocolError:
                 if not conn.eof:
                     raise
         raise UpstreamClosed(f"backend {ep.where} closed the connection before answering")
+
+    async def _send(
+        self, conn: Connection, pieces: Sequence[Buffer], deadline: float
+    ) -> Optional[list[memoryview]]:
+        """Send the request's ``pieces``: None once the backend took them all;
+        what is left unsent when the backend answered before it did."""
+        try:
+            with _mapped("sending the request", self.endpoint):
+                try:
+                    await conn.stream.send_parts(pieces, deadline - _now(), until_answer=True)
+                except AnsweredEarly as e:
+                    conn.received = True
+                    return e.rest
+        except UpstreamError:
+            if not conn.stream.bytes_waiting():
+                raise
+            # The backend answered before it took the whole request (a 413 for a
+            # body too large, then it closed): that answer is the client's.
+            conn.received = True
+            return None
+        conn.sent_at = _now()
+        return None
 
     def post(
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]

@@ -11,12 +11,15 @@ purpose-built server from ``support``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gzip
 import json
+import re
 import select
 import socket
 import ssl
 import struct
+import termios
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -55,6 +58,7 @@ from tests.reliability.support import (
     sse_answer,
     sse_data,
     sse_event,
+    steady,
     text_events,
 )
 from tests.support import make_config, refusing_port, running_proxy, silent_listener
@@ -1667,3 +1671,46 @@ async def test_a_mislabelled_stream_is_warned_about_once_per_label(
             assert await resp.is_event_stream()
     warned = [r for r in caplog.records if label in r.getMessage()]
     assert len(warned) == 1
+
+
+def _queued(sock: socket.socket) -> int:
+    """Bytes in ``sock``'s receive queue, not read yet."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n",
+    ],
+    ids=["100", "103", "102-100"],
+)
+async def test_an_interim_answer_during_a_large_upload_is_no_early_answer(
+    pki: SimpleNamespace, interim: bytes
+) -> None:
+    # a backend may send an interim answer (1xx) as soon as it has the head,
+    # then read the body: the rest of a body too large for the socket buffers
+    # must still go out (it stayed unsent, and the request waited for a 504)
+    got: list[int] = []
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        head, _, body = (await read_until(stream, b"\r\n\r\n")).partition(b"\r\n\r\n")
+        want = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        await stream.send(interim)
+        # the proxy stopped sending (the buffers between are full) before we read on
+        await steady(lambda: _queued(tcp.extra(anyio.abc.SocketAttribute.raw_socket)), 5)
+        while len(body) < want:  # bounded: want is the request's own length
+            body += await stream.receive()
+        got.append(len(body) - want)
+        await stream.send(sse_answer(text_events(["taken"])))
+        await read_all(stream)
+
+    big = {**HELLO, "messages": [{"role": "user", "content": "x" * 12_000_000}]}
+    with anyio.fail_after(20):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            r = await _direct(srv.url, pki.auth, big, flavor="openai", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "taken"
+    assert got == [0]  # the whole body, nothing past it
