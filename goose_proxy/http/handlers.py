@@ -70,7 +70,7 @@ from goose_proxy.translate import (
     responses_to_chat,
 )
 from goose_proxy.translate.passthrough import ARGUMENT_EVENTS, stream_of_response
-from goose_proxy.translate.response import check_finished
+from goose_proxy.translate.response import ENDED_EARLY, check_finished
 from goose_proxy.upstream.client import UpstreamClient, UpstreamResponse
 from goose_proxy.upstream.sse import SSEEvent, SSEParser, event_json, has_fields, upstream_json
 
@@ -89,7 +89,6 @@ ERROR_BODY_LIMIT = 1024 * 1024
 #: where one model is retrieved by its id (percent-encoded: the SDKs quote a ``/``)
 MODEL_PATH = "/v1/models/"
 _DONE = "[DONE]"
-_ENDED_EARLY = "upstream stream ended early (no terminal event)"
 #: events after which a Responses stream carries nothing more
 TERMINAL_EVENTS = frozenset(
     {"response.completed", "response.incomplete", "response.failed", "error"}
@@ -430,12 +429,12 @@ class Handlers:
                 headers.append((b"retry-after", retry.encode("latin-1")))
             _raise_for_redirect(resp)
             adapt = self._adapt_answers
+            stream_headers = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
             if not await resp.is_event_stream():
                 raw = await resp.read(self.config.backend.max_event_size)
                 out, as_events = _json_answer(raw, adapt, client_stream)
                 if as_events:  # a stream was asked for: the answer as one
-                    sse = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
-                    await ex.start_stream(resp.status, sse, out)
+                    await ex.start_stream(resp.status, stream_headers, out)
                     await ex.conn.end_stream()
                     return
                 await ex.send(resp.status, out, headers)
@@ -445,7 +444,6 @@ class Handlers:
                 answer = adapt_response(answer) if adapt else answer
                 await ex.send(resp.status, encode_json_for_client(answer), [JSON])
                 return
-            stream_headers = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
 
             async def send(data: bytes) -> None:
                 if ex.status is None:  # the first bytes: the answer has started
@@ -694,11 +692,8 @@ class PassthroughRelay:
         parsed only here, not for every event on the way."""
         if self._last is None:
             return 0
-        try:
-            obj = event_json(self._last.data)
-        except (ValueError, RecursionError):
-            return 0
-        seq = obj.get("sequence_number") if isinstance(obj, dict) else None
+        obj = _event_dict(self._last.data)
+        seq = obj.get("sequence_number") if obj is not None else None
         return seq + 1 if isinstance(seq, int) and not isinstance(seq, bool) else 0
 
     async def run(self) -> None:
@@ -718,35 +713,14 @@ class PassthroughRelay:
                     if data is None:
                         if self._ended:
                             break  # no [DONE] in time; the answer is complete anyway
-                        raise UpstreamProtocolError(_ENDED_EARLY)  # [DONE] but no end
+                        raise UpstreamProtocolError(ENDED_EARLY)  # [DONE] but no end
                 else:
                     data = await receive()
             except ProxyError:
                 if self._ended:
                     break  # what follows the terminal event does not matter
                 raise
-            too_big = False
-            if not carry:  # the usual read: whole events, then maybe the start of one
-                if data:
-                    cut, too_big = _whole_events(data, 0, limit)
-                    whole, carry = data[:cut], data[cut:]
-                else:
-                    whole = b""
-            elif not data:  # the end: a last event without its blank line goes out if it is whole
-                whole, carry = bytes(carry), b""
-            elif (
-                type(carry) is bytearray
-                and len(carry) + len(data) <= limit
-                and not _may_end_event(carry, data)
-            ):  # an event that spans reads goes on: it grows in place, not copied or
-                # scanned again (one large event in many small reads costs linear time)
-                carry += data
-                whole = b""
-            else:
-                buf = carry + data if type(carry) is bytes else b"".join((carry, data))
-                cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
-                # an event that spans a whole read becomes a bytearray, to grow (above)
-                whole, carry = (buf[:cut], buf[cut:]) if cut else (b"", bytearray(buf))
+            whole, carry, too_big = _split_read(carry, data, limit)
             events: list[SSEEvent] = []
             error: Optional[UpstreamProtocolError] = None
             fieldless = parser.fieldless
@@ -824,8 +798,36 @@ class PassthroughRelay:
                 break
             if not data:
                 if not self._ended:
-                    raise UpstreamProtocolError(_ENDED_EARLY)
+                    raise UpstreamProtocolError(ENDED_EARLY)
                 break
+
+
+def _split_read(
+    carry: Union[bytes, bytearray], data: bytes, limit: int
+) -> tuple[bytes, Union[bytes, bytearray], bool]:
+    """``(whole, carry, too_big)``: the whole events of ``carry + data`` (``data``
+    ``b""`` at the end: a last event without its blank line goes out as it is),
+    the start of the next one, and whether an event over ``limit`` stops them."""
+    if not carry:  # the usual read: whole events, then maybe the start of one
+        if not data:
+            return b"", carry, False
+        cut, too_big = _whole_events(data, 0, limit)
+        return data[:cut], data[cut:], too_big
+    if not data:
+        return bytes(carry), b"", False
+    if (
+        type(carry) is bytearray
+        and len(carry) + len(data) <= limit
+        and not _may_end_event(carry, data)
+    ):
+        # an event that spans reads goes on: it grows in place, not copied or
+        # scanned again (one large event in many small reads costs linear time)
+        carry += data
+        return b"", carry, False
+    buf = b"".join((carry, data))
+    cut, too_big = _whole_events(buf, max(0, len(carry) - 3), limit)
+    # an event that spans a whole read becomes a bytearray, to grow (above)
+    return (buf[:cut], buf[cut:], too_big) if cut else (b"", bytearray(buf), too_big)
 
 
 def _more_than_done(events: list[SSEEvent]) -> bool:
@@ -952,11 +954,8 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
         arguments = name in ARGUMENT_EVENTS if name else '"response"' not in ev.data
         if arguments and adapter.names_a_call(ev.data):
             continue  # a client's call's argument event: as it came, unparsed
-        try:
-            obj = event_json(ev.data)
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(obj, dict):
+        obj = _event_dict(ev.data)
+        if obj is None:
             continue
         kind = obj.get("type")
         out = adapter.event(obj, kind if isinstance(kind, str) else name)
@@ -1106,23 +1105,15 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
     for ev in events:
         kind = _event_kind(ev)
         if kind in ("error", "response.failed"):
-            try:
-                obj = event_json(ev.data)
-            except (ValueError, RecursionError):
-                return True, None  # relayed as it came; the client reads what it can
-            if isinstance(obj, dict):
-                return True, event_failure({**obj, "type": kind})
-            return True, None
+            obj = _event_dict(ev.data)  # (None: relayed as it came; the client reads what it can)
+            return True, (event_failure({**obj, "type": kind}) if obj is not None else None)
         if kind == _DONE:
             return False, None  # before the answer: the stream ended early
         if kind in _PREAMBLE_EVENTS or kind.startswith(_PREAMBLE_PREFIXES):
             continue
         if kind in ("response.output_item.added", "response.output_item.done"):
-            try:
-                obj = event_json(ev.data)
-            except (ValueError, RecursionError):
-                return True, None
-            item = obj.get("item") if isinstance(obj, dict) else None
+            obj = _event_dict(ev.data)
+            item = obj.get("item") if obj is not None else None
             itype = item.get("type") if isinstance(item, dict) else None
             if itype in _PREAMBLE_ITEMS or (
                 itype == "function_call" and kind == "response.output_item.added"
@@ -1132,17 +1123,23 @@ def _answer_starts(events: list[SSEEvent]) -> tuple[bool, Optional[ProxyError]]:
     return False, None
 
 
+def _event_dict(data: str) -> Optional[dict[str, Any]]:
+    """An event's data as a JSON object; None for anything else (not JSON, or no object)."""
+    try:
+        obj = event_json(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def _event_kind(ev: SSEEvent) -> str:
     """An SSE event's Responses type (``[DONE]`` for the end marker)."""
     if ev.data == _DONE:
         return _DONE
     if ev.event:
         return ev.event
-    try:
-        obj = event_json(ev.data)
-    except (ValueError, RecursionError):
-        return ""
-    kind = obj.get("type") if isinstance(obj, dict) else None
+    obj = _event_dict(ev.data)
+    kind = obj.get("type") if obj is not None else None
     return kind if isinstance(kind, str) else ""
 
 

@@ -24,7 +24,14 @@ from typing import Any, Optional, Union
 
 from goose_proxy.errors import ProxyError, UpstreamAnswerTooLarge, UpstreamProtocolError
 
-from .response import JSON_OBJECT, READ_FIELDS, event_failure, map_usage, terminal_status
+from .response import (
+    ENDED_EARLY,
+    JSON_OBJECT,
+    READ_FIELDS,
+    event_failure,
+    map_usage,
+    terminal_status,
+)
 
 __all__ = ["ResponseAccumulator"]
 
@@ -275,7 +282,7 @@ class ResponseAccumulator:
         if self._error is not None:
             raise self._error
         if self._final is None:
-            raise UpstreamProtocolError("upstream stream ended early (no terminal event)")
+            raise UpstreamProtocolError(ENDED_EARLY)
         response = {**self._base, **self._final}
         output = self._final.get("output")
         if not (isinstance(output, list) and output):

@@ -139,6 +139,8 @@ FINISHED = ("completed", "incomplete")
 #: ... and every ``status`` a Response ends with
 ENDED = (*FINISHED, "failed", "cancelled")
 CANCELLED = "upstream response was cancelled before it finished"
+#: a stream that ended without its terminal event
+ENDED_EARLY = "upstream stream ended early (no terminal event)"
 
 
 def terminal_status(event_type: str, response: Mapping[str, Any]) -> str:

@@ -53,6 +53,7 @@ from .jsonbody import encode_json_for_client as encode_json  # chunks: see its d
 from .jsonbody import encode_str_for_client as encode_str
 from .response import (
     CANCELLED,
+    ENDED_EARLY,
     JSON_OBJECT,
     answer_extras,
     chat_logprobs,
@@ -73,7 +74,6 @@ DONE_FRAME = b"data: [DONE]\n\n"
 #: the usage chunk carries it when the client asked for usage, as OpenAI's do)
 _END = b"}]}\n\n"
 _END_USAGE_NULL = b'}],"usage":null}\n\n'
-_ENDED_EARLY = "upstream stream ended early (no terminal event)"
 #: characters of streamed text kept to tell a repeated final part from a new one
 KEPT_TEXT = 256 * 1024
 #: the key of a delta that names neither its item nor its output index
@@ -168,7 +168,7 @@ class StreamTranslator:
         self._created = created
         self._started = False
         self._done = False
-        #: the last usage seen, in chat form, for access logs
+        #: the last usage seen, in chat form (read by embedders; the proxy does not)
         self.usage: Optional[dict[str, Any]] = None
         self._legacy = legacy_functions
         #: tool calls the legacy ``function_call`` shape could not carry
@@ -302,8 +302,8 @@ class StreamTranslator:
             return []
         if not self._started:
             self._done = True
-            raise UpstreamProtocolError(_ENDED_EARLY)
-        return self.error_frames(UpstreamProtocolError(_ENDED_EARLY))
+            raise UpstreamProtocolError(ENDED_EARLY)
+        return self.error_frames(UpstreamProtocolError(ENDED_EARLY))
 
     def error_frames(self, err: ProxyError) -> list[bytes]:
         """End the stream with ``err`` (an I/O failure mid-stream): error frame + ``[DONE]``.

@@ -756,7 +756,7 @@ class UpstreamClient:
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]:
         """POST ``body`` to ``{endpoint}{path}``; see :meth:`request`."""
-        return _RequestContext(self, b"POST", path, body, headers)
+        return self.request(b"POST", path, body, headers)
 
     def request(
         self, method: bytes, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
