@@ -264,7 +264,7 @@ def responses_to_chat(
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) or None,  # null without text, as the stream shows it
-        "refusal": "".join(refusals) if refusals else None,
+        "refusal": "".join(refusals) or None,  # (an empty refusal: none, as streamed)
     }
     if tool_calls:
         message["tool_calls"] = tool_calls

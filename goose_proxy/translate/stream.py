@@ -666,13 +666,15 @@ class StreamTranslator:
     ) -> None:
         """Send a message part's ``text`` unless it streamed: under its key, or
         at the same place (``index`` is its output_index) under another one
-        (see :meth:`_not_yet_sent`)."""
-        if part in self._covered or not text or not isinstance(text, str):
+        (see :meth:`_not_yet_sent`). Of a part that streamed under its key,
+        only a final text that goes on past the deltas sends its rest."""
+        if not text or not isinstance(text, str) or kind not in ("output_text", "refusal"):
             return
-        if kind not in ("output_text", "refusal"):
-            return
-        self._covered.add(part)
-        rest = self._not_yet_sent(part[0], index, part[1], text, parts)
+        if part in self._covered:
+            rest = self._past_the_deltas(part, index, text)
+        else:
+            self._covered.add(part)
+            rest = self._not_yet_sent(part[0], index, part[1], text, parts)
         if not rest:
             return
         if kind == "refusal":
@@ -681,6 +683,30 @@ class StreamTranslator:
             # a part's logprobs go with its whole text, not with the rest of it
             mapped = chat_logprobs(logprobs) if rest is text else None
             out.append(self._chunk({"content": rest}, logprobs=mapped))
+
+    def _past_the_deltas(self, part: tuple[str, int], index: int, text: str) -> str:
+        """The rest of a part's final ``text`` past what streamed at its place,
+        when it starts with that (the deltas stopped short of it); else ""."""
+        if index < 0:
+            index = self._key_index.get(part[0], -1)
+        run = self._streamed_at.get((index, part[1])) if index >= 0 else None
+        if not run:
+            return ""
+        seen, shown = run.shown()
+        if len(text) <= shown or not text.startswith(seen):
+            return ""
+        rest = text[shown:]
+        self._keep(run, rest)
+        return rest
+
+    def _unstreamed_thoughts(self, key: str, index: int, at: int, text: str) -> str:
+        """What of an item's reasoning ``text`` (at -1; its summary at -2) to
+        send: none when that part streamed (it is not compared with its final
+        text: a backend may tidy it), else what did not show at its place."""
+        if not text or (key, at) in self._reasoned:
+            return ""
+        self._reasoned.add((key, at))
+        return self._not_yet_sent(key, index, at, text)
 
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
@@ -696,6 +722,17 @@ class StreamTranslator:
             if isinstance(content, str):  # Llama Stack allows it (Lightspeed's shield did it)
                 self._unstreamed_part((key, 0), "output_text", content, out, None, index, 1)
             parts = content if isinstance(content, list) else []
+            # a reasoning model's thoughts in the message (Llama Stack), before its text
+            thoughts = "".join(
+                p["text"]
+                for p in parts
+                if isinstance(p, JSON_OBJECT)
+                and p.get("type") == "reasoning_text"
+                and isinstance(p.get("text"), str)
+            )
+            rest = self._unstreamed_thoughts(key, index, -1, thoughts)
+            if rest:
+                out.append(self._chunk({"reasoning_content": rest}))
             for j, part in enumerate(parts):
                 if isinstance(part, JSON_OBJECT):
                     kind = part.get("type")
@@ -715,14 +752,10 @@ class StreamTranslator:
             # a part that streamed is not compared with its final text (a
             # backend may tidy it); one that did not is sent, though the other
             # part streamed: its text would be missing from the stream alone
-            rest = ""
-            for at, part in ((-1, "content"), (-2, "summary")):
-                if (key, at) in self._reasoned:
-                    continue
-                text = "".join(reasoning_texts(item, (part,)))
-                if text:
-                    self._reasoned.add((key, at))
-                    rest += self._not_yet_sent(key, index, at, text)
+            rest = "".join(
+                self._unstreamed_thoughts(key, index, at, "".join(reasoning_texts(item, (part,))))
+                for at, part in ((-1, "content"), (-2, "summary"))
+            )
             if rest:
                 out.append(self._chunk({"reasoning_content": rest}))
         return key

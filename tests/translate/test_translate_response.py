@@ -113,6 +113,14 @@ def test_refusal_parts() -> None:
     assert msg["refusal"] == "I can't help." and msg["content"] == "I can't help."
 
 
+def test_an_empty_refusal_is_no_refusal() -> None:
+    # as the stream shows it (no delta, nothing to send): a client that tests
+    # refusal is not None must read the same in both
+    resp = response([message(text("Hi"), {"type": "refusal", "refusal": ""})])
+    msg = only_choice(responses_to_chat(resp, "m"))["message"]
+    assert msg["content"] == "Hi" and msg["refusal"] is None
+
+
 def test_a_message_whose_content_is_a_string() -> None:
     # Llama Stack's message item allows it; Lightspeed's shield answered so
     item = {"type": "message", "id": "m1", "role": "assistant", "content": "Out of scope."}

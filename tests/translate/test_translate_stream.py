@@ -867,6 +867,51 @@ def test_refusal_only_in_done() -> None:
     assert text_of(parsed, "refusal") == "Nope." and text_of(parsed) == "Nope."
 
 
+def test_a_final_text_that_goes_on_past_its_deltas_sends_the_rest() -> None:
+    # the deltas stopped short of the part's final text, under the same item:
+    # the rest goes out (once, though the item and the output say it again);
+    # as under another item id, and as the collected answer has it
+    final = [msg_done([_part("Use dnf install.")])["item"]]
+    events = [CREATED, msg_added(), text_delta("Use dnf"),
+              {"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+               "content_index": 0, "text": "Use dnf install."},
+              msg_done([_part("Use dnf install.")]), completed(final)]  # fmt: skip
+    _, parsed = run(events)
+    assert [d.get("content") for d in deltas(parsed)][1:3] == ["Use dnf", " install."]
+    assert text_of(parsed) == "Use dnf install."
+
+
+def test_a_final_text_that_does_not_start_with_its_deltas_is_not_sent() -> None:
+    # a backend may tidy its final text: what streamed stands
+    events = [CREATED, msg_added(), text_delta("Use  dnf "), msg_done([_part("Use dnf")]),
+              completed([msg_done([_part("Use dnf")])["item"]])]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed) == "Use  dnf "
+
+
+def test_reasoning_text_parts_only_in_the_final_message_item() -> None:
+    # Llama Stack puts a reasoning model's thoughts in the message: shown as
+    # reasoning_content when no delta streamed them, as the collected answer does
+    item = msg_done([_part("Use dnf."), {"type": "reasoning_text", "text": "User wants dnf."}])
+    events = [CREATED, msg_added(), text_delta("Use dnf."), item, completed([item["item"]])]
+    _, parsed = run(events)
+    assert text_of(parsed, "reasoning_content") == "User wants dnf."
+    assert text_of(parsed) == "Use dnf."
+    collected = responses_to_chat(completed([item["item"]])["response"], "m")
+    assert collected["choices"][0]["message"]["reasoning_content"] == "User wants dnf."
+
+
+def test_reasoning_text_parts_of_a_message_that_streamed_are_not_sent_again() -> None:
+    item = msg_done([{"type": "reasoning_text", "text": "Thinking."}, _part("Hi")])
+    thought = {"type": "response.reasoning_text.delta", "item_id": "msg_1", "output_index": 0,
+               "content_index": 0, "delta": "Thinking."}  # fmt: skip
+    events = [CREATED, msg_added(), thought, text_delta("Hi", part=1), item,
+              completed([item["item"]])]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed, "reasoning_content") == "Thinking."
+    assert text_of(parsed) == "Hi"
+
+
 def test_a_message_item_whose_content_is_a_string() -> None:
     # Lightspeed's shield (some releases): no deltas, the item's content a string
     item = {"type": "message", "id": "msg_1", "role": "assistant", "content": "Out of scope."}
