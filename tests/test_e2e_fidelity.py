@@ -715,6 +715,77 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
         assert r.json()["error"]["message"] == want
 
 
+def _turn_with_lost_text(rag: bool) -> bytes:
+    """Llama Stack's stream of a turn whose text comes before a call: it
+    streams the text, then leaves it out of its final output (no
+    output_item.done for it either). With ``rag``, the call is its own
+    knowledge search and a second message answers after it."""
+    base = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
+            "error": None, "incomplete_details": None, "usage": None}  # fmt: skip
+    message = {"type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    call: dict[str, Any] = (
+        {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["dnf"]}
+        if rag
+        else {"type": "function_call", "id": "fc_1", "call_id": "call_1",
+              "name": "developer__shell", "arguments": '{"command": "ls"}', "status": "completed"}
+    )  # fmt: skip
+    first = "Let me search the docs." if rag else "I'll list the files."
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**base, "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**message, "id": "m1"}},
+        {"type": "response.output_text.delta", "item_id": "m1", "output_index": 0,
+         "content_index": 0, "delta": first},
+        {"type": "response.output_item.added", "output_index": 1, "item": call},
+        {"type": "response.output_item.done", "output_index": 1, "item": call},
+    ]  # fmt: skip
+    output = [call]
+    if rag:
+        answer = {
+            **message,
+            "id": "m2",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Use dnf.", "annotations": []}],
+        }
+        events += [
+            {"type": "response.output_item.added", "output_index": 2,
+             "item": {**message, "id": "m2"}},
+            {"type": "response.output_text.delta", "item_id": "m2", "output_index": 2,
+             "content_index": 0, "delta": "Use dnf."},
+            {"type": "response.output_item.done", "output_index": 2, "item": answer},
+        ]  # fmt: skip
+        output.append(answer)
+    done = {**base, "status": "completed", "output": output}
+    events.append({"type": "response.completed", "response": done})
+    return sse_answer([sse_event(e) for e in events])
+
+
+@pytest.mark.parametrize("rag", [False, True], ids=["tool-call", "knowledge-search"])
+async def test_text_the_backend_leaves_out_of_its_final_output(
+    pki: SimpleNamespace, rag: bool
+) -> None:
+    # the chat stream showed the text before the call; the JSON answer and
+    # the passthrough's collected one, read from the same bytes, have it too
+    # (they had only what the terminal event's output held)
+    want = "Let me search the docs.Use dnf." if rag else "I'll list the files."
+    with anyio.fail_after(10):
+        async with proxy_answering(pki, _turn_with_lost_text(rag), "lightspeed") as proxy:
+            streamed = sse_chunks((await chat(proxy, stream=True)).text)
+            answer = (await chat(proxy, stream=False)).json()
+            r = await post(proxy.url, {"model": "m", "input": "hi"}, path="/v1/responses")
+    chunks = [c for c in streamed if c != "[DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == want
+    message = answer["choices"][0]["message"]
+    assert message["content"] == want
+    calls = [] if rag else [{"id": "call_1", "type": "function",
+                             "function": {"name": "developer__shell",
+                                          "arguments": '{"command": "ls"}'}}]  # fmt: skip
+    assert message.get("tool_calls", []) == calls
+    output = r.json()["output"]  # (under lightspeed the search item is left out)
+    texts = [p["text"] for item in output if item["type"] == "message" for p in item["content"]]
+    assert "".join(texts) == want
+    assert output[0]["type"] == "message"  # in stream order: before the call
+
+
 @pytest.mark.parametrize(
     ("text", "may"),
     [

@@ -377,8 +377,9 @@ class Handlers:
                 acc.feed(ev)
             if reader.holding:
                 terminal += batch
-        if reader.holding and not acc.settled:
-            # the terminal event alone does not give the answer: all of them, in order
+        if reader.holding and not (acc.settled and acc.holds(reader.held_message_ids())):
+            # the terminal event alone does not give the answer (nor hold every
+            # message announced, whose text the stream showed): all, in order
             acc = ResponseAccumulator(limit)
             for ev in reader.take_held() + terminal:
                 acc.feed(ev)
@@ -1272,6 +1273,20 @@ class EventReader:
     def holding(self) -> bool:
         """Still holding: every event so far is held, but for a terminal one returned."""
         return self._held is not None
+
+    def held_message_ids(self) -> set[str]:
+        """The ids of the message items the held events announced (only their
+        ``output_item.added`` events are parsed for it)."""
+        ids: set[str] = set()
+        for ev in self._held or ():
+            if ev.event == "response.output_item.added":
+                obj = _event_dict(ev.data)
+                item = obj.get("item") if obj is not None else None
+                if isinstance(item, dict) and item.get("type") == "message":
+                    item_id = item.get("id")
+                    if isinstance(item_id, str):
+                        ids.add(item_id)
+        return ids
 
     def take_held(self) -> list[dict[str, Any]]:
         """The held events, parsed (UpstreamProtocolError as for any event); holding ends."""

@@ -7,11 +7,14 @@ Feed every event, then call :meth:`ResponseAccumulator.result` and hand the
 object to :func:`~goose_proxy.translate.responses_to_chat`.
 
 The terminal event's ``response`` is the base of the result. Its ``output``
-is trusted when it is non-empty; otherwise the output is rebuilt from what
-the stream carried: each item as ``response.output_item.done`` gave it, or,
-for an item that never finished, from its ``.added`` form plus the text,
-refusal, reasoning and argument deltas (a ``*.done`` sub-event's full value
-wins over the joined deltas). Deltas are kept as lists of pieces and joined
+is trusted when it is non-empty, but for a message the stream showed text of
+and it left out (Llama Stack leaves a turn's text out of its final output
+when the turn calls tools, after streaming it): that is put back, in stream
+order. An empty ``output`` is rebuilt from what the stream carried: each
+item as ``response.output_item.done`` gave it, or, for an item that never
+finished, from its ``.added`` form plus the text, refusal, reasoning and
+argument deltas (a ``*.done`` sub-event's full value wins over the joined
+deltas). Deltas are kept as lists of pieces and joined
 once, so a long answer costs linear time. What is kept is bounded: past
 ``limit`` characters of deltas and final texts the stream is failed (the
 terminal event would carry all of it, and no event may be larger).
@@ -55,6 +58,22 @@ _DONES = {
     "response.reasoning_summary_text.done": ("summary", "summary_index", "text"),
     "response.function_call_arguments.done": ("args", None, "arguments"),
 }
+
+
+def _message_text(item: Any) -> str:
+    """A message item's text and refusals, joined ("" for any other item)."""
+    if not isinstance(item, JSON_OBJECT) or item.get("type") != "message":
+        return ""
+    content = item.get("content")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, JSON_OBJECT):
+            text = part.get("text") if part.get("type") == "output_text" else part.get("refusal")
+            if isinstance(text, str):
+                texts.append(text)
+    return "".join(texts)
 
 
 class _Item:
@@ -288,4 +307,36 @@ class ResponseAccumulator:
         if not (isinstance(output, list) and output):
             slots = sorted(self._items.values(), key=lambda s: s.order)
             response["output"] = [s.item if s.done else s.rebuild() for s in slots]
+        else:
+            response["output"] = self._with_lost_messages(output)
         return response
+
+    def holds(self, ids: set[str]) -> bool:
+        """The terminal output has an item of each id in ``ids``."""
+        output = self._final.get("output") if self._final is not None else None
+        have = {i.get("id") for i in output if isinstance(i, JSON_OBJECT)} if output else set()
+        return ids <= have
+
+    def _with_lost_messages(self, output: list[Any]) -> list[Any]:
+        """``output`` and, in stream order, each message item the stream
+        announced and showed text of that it does not hold, under its id or
+        its text (an item renamed at the end is not one)."""
+        ids = {item.get("id") for item in output if isinstance(item, JSON_OBJECT)}
+        shown = "".join(_message_text(item) for item in output)
+        lost: list[tuple[tuple[int, int], Any]] = []
+        for slot in self._items.values():
+            if slot.item.get("type") == "message" and slot.item.get("id") not in ids:
+                item = slot.item if slot.done else slot.rebuild()
+                text = _message_text(item)
+                if text and text not in shown:
+                    lost.append((slot.order, item))
+        if not lost:
+            return output
+        placed: list[tuple[tuple[int, int], Any]] = []
+        order = (-1, -1)
+        for item in output:  # each where it streamed; one that did not, after the one before
+            item_id = item.get("id") if isinstance(item, JSON_OBJECT) else None
+            known = self._items.get(item_id) if isinstance(item_id, str) else None
+            order = known.order if known is not None else order
+            placed.append((order, item))
+        return [item for _, item in sorted(placed + lost, key=lambda p: p[0])]

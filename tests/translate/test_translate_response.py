@@ -394,6 +394,33 @@ def test_accumulator_rebuilds_from_deltas_when_items_never_finish(name: str) -> 
     assert got == responses_to_chat(expected, "m")
 
 
+def _message_events(item_id: str, index: int, text: str) -> list[dict[str, Any]]:
+    item = {"type": "message", "id": item_id, "role": "assistant", "content": []}
+    return [{"type": "response.output_item.added", "output_index": index, "item": item},
+            {"type": "response.output_text.delta", "item_id": item_id, "output_index": index,
+             "content_index": 0, "delta": text}]  # fmt: skip
+
+
+def test_a_streamed_message_the_output_left_out_is_put_back_in_its_place() -> None:
+    # Llama Stack streams a turn's text, then leaves it out of the final output
+    # when the turn calls tools: the collected answer has what the stream showed
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
+    events = [*_message_events("m1", 0, "Let me look."),
+              {"type": "response.output_item.added", "output_index": 1, "item": call},
+              {"type": "response.completed", "response": response([call])}]  # fmt: skip
+    output = accumulate(events)["output"]
+    assert [item.get("id") for item in output] == ["m1", "fc_1"]
+    chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
+    assert chat["content"] == "Let me look." and chat["tool_calls"][0]["id"] == "c1"
+
+
+def test_a_message_renamed_in_the_output_is_not_put_back() -> None:
+    final = message(text("Hello there."), item_id="m_final")
+    events = [*_message_events("m_streamed", 0, "Hello there."),
+              {"type": "response.completed", "response": response([final])}]  # fmt: skip
+    assert accumulate(events)["output"] == [final]
+
+
 @pytest.mark.parametrize("name", STREAM_CAPTURES)
 def test_terminal_event_alone_settles_real_captures(name: str) -> None:
     """What lets the proxy skip parsing the events before a whole terminal one."""
