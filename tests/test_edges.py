@@ -5,6 +5,9 @@ as tests/translate do), with what a client gets."""
 from __future__ import annotations
 
 import json
+import re
+import time
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 import anyio
@@ -286,3 +289,29 @@ def test_a_final_part_under_another_id_with_other_text() -> None:
                "content": [{"type": "output_text", "text": "Blocked."}]}  # fmt: skip
     out += tr.feed({"type": "response.completed", "response": {**RESP, "output": [message]}})
     assert _contents(out) == ["", "draft", "Blocked.", None]
+
+
+# -- response heads ---------------------------------------------------------------------
+
+
+async def test_every_answer_carries_a_date() -> None:
+    # RFC 9110 6.6.1: a server with a clock sends Date (IMF-fixdate), on its
+    # own answers (a 404, /health) and on a stream alike
+    async with answering(sse_answer(text_events(["a"]))) as srv:
+        with anyio.fail_after(10):
+            async with running_proxy(make_config(srv.url, backend={"proxy": ""})) as proxy:
+                async with httpx.AsyncClient(base_url=proxy.url) as c:
+                    before = time.time()
+                    answers = [
+                        await c.get("/health"),
+                        await c.get("/v1/nothing"),
+                        await c.post("/v1/chat/completions", json=HELLO_STREAM),
+                    ]
+                    after = time.time()
+    assert [r.status_code for r in answers] == [200, 404, 200]
+    for r in answers:
+        date = r.headers["date"]
+        assert re.fullmatch(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT", date)
+        when = parsedate_to_datetime(date)
+        assert int(before) <= when.timestamp() <= after
+        assert date == formatdate(when.timestamp(), usegmt=True)  # the weekday too

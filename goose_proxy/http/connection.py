@@ -52,6 +52,28 @@ from goose_proxy.streams import ProtocolStream
 _now = time.monotonic  # the clock of asyncio's loop.time(), without anyio's lookups
 
 SERVER_HEADER = (b"server", f"goose-proxy/{__version__}".encode())
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # fmt: skip
+#: the second the ``Date`` header below was made for, and that header
+_date: tuple[int, tuple[bytes, bytes]] = (-1, (b"date", b""))
+
+
+def date_header() -> tuple[bytes, bytes]:
+    """``Date`` for a response (RFC 9110 6.6.1: a server with a clock sends
+    it), in IMF-fixdate; made once a second."""
+    global _date
+    now = int(time.time())
+    if now != _date[0]:
+        t = time.gmtime(now)
+        value = (
+            f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+        )
+        _date = (now, (b"date", value.encode()))
+    return _date[1]
+
+
 READ_SIZE = 65536
 #: longest wait for the client's end after an early error response (lingering close)
 LINGER_TIMEOUT = 1.0
@@ -324,7 +346,11 @@ class ServerConnection:
         if self.h11.they_are_waiting_for_100_continue:
             # The request passed every check that needs no body: ask for it.
             # Raises ClientGone when the client already left.
-            await self._send(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+            await self._send(
+                self.h11.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
+            )
         most_chunks = max(MIN_CHUNKS, limit // CHUNK_BYTES)
         body = b""
         buf: Optional[bytearray] = None  # from the second piece on: one buffer, not a list
@@ -457,7 +483,7 @@ class ServerConnection:
         self.bytes_sent += size
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]], close: bool) -> bytes:
-        hdrs = [SERVER_HEADER, *headers]
+        hdrs = [SERVER_HEADER, date_header(), *headers]
         if close or self.draining:
             hdrs.append((b"connection", b"close"))
         # every value is a constant, a request id or was parsed by h11 (see http11)

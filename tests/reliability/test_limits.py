@@ -534,7 +534,7 @@ async def test_expect_100_continue(pki: SimpleNamespace) -> None:
             async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
                 await s.send(close(head))
                 interim = await read_until(s, b"\r\n\r\n")
-                assert interim.startswith(b"HTTP/1.1 100 ")
+                assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
                 await s.send(body)
                 rest = await read_all(s)
             # refused before the body is sent: 413 and no 100
