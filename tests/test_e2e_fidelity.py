@@ -715,11 +715,14 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
         assert r.json()["error"]["message"] == want
 
 
-def _turn_with_lost_text(rag: bool) -> bytes:
+def _turn_with_lost_text(rag: bool, shared: bool) -> bytes:
     """Llama Stack's stream of a turn whose text comes before a call: it
     streams the text, then leaves it out of its final output (no
     output_item.done for it either). With ``rag``, the call is its own
-    knowledge search and a second message answers after it."""
+    knowledge search and a second message answers after it. With
+    ``shared``, the call has the message's output_index, as Llama Stack
+    numbers them (the message is not in its output list); else the next."""
+    at = 0 if shared else 1
     base = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
             "error": None, "incomplete_details": None, "usage": None}  # fmt: skip
     message = {"type": "message", "role": "assistant", "status": "in_progress", "content": []}
@@ -735,8 +738,8 @@ def _turn_with_lost_text(rag: bool) -> bytes:
         {"type": "response.output_item.added", "output_index": 0, "item": {**message, "id": "m1"}},
         {"type": "response.output_text.delta", "item_id": "m1", "output_index": 0,
          "content_index": 0, "delta": first},
-        {"type": "response.output_item.added", "output_index": 1, "item": call},
-        {"type": "response.output_item.done", "output_index": 1, "item": call},
+        {"type": "response.output_item.added", "output_index": at, "item": call},
+        {"type": "response.output_item.done", "output_index": at, "item": call},
     ]  # fmt: skip
     output = [call]
     if rag:
@@ -747,11 +750,11 @@ def _turn_with_lost_text(rag: bool) -> bytes:
             "content": [{"type": "output_text", "text": "Use dnf.", "annotations": []}],
         }
         events += [
-            {"type": "response.output_item.added", "output_index": 2,
+            {"type": "response.output_item.added", "output_index": at + 1,
              "item": {**message, "id": "m2"}},
-            {"type": "response.output_text.delta", "item_id": "m2", "output_index": 2,
+            {"type": "response.output_text.delta", "item_id": "m2", "output_index": at + 1,
              "content_index": 0, "delta": "Use dnf."},
-            {"type": "response.output_item.done", "output_index": 2, "item": answer},
+            {"type": "response.output_item.done", "output_index": at + 1, "item": answer},
         ]  # fmt: skip
         output.append(answer)
     done = {**base, "status": "completed", "output": output}
@@ -759,16 +762,17 @@ def _turn_with_lost_text(rag: bool) -> bytes:
     return sse_answer([sse_event(e) for e in events])
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["llama-stack-indices", "distinct-indices"])
 @pytest.mark.parametrize("rag", [False, True], ids=["tool-call", "knowledge-search"])
 async def test_text_the_backend_leaves_out_of_its_final_output(
-    pki: SimpleNamespace, rag: bool
+    pki: SimpleNamespace, rag: bool, shared: bool
 ) -> None:
     # the chat stream showed the text before the call; the JSON answer and
     # the passthrough's collected one, read from the same bytes, have it too
     # (they had only what the terminal event's output held)
     want = "Let me search the docs.Use dnf." if rag else "I'll list the files."
     with anyio.fail_after(10):
-        async with proxy_answering(pki, _turn_with_lost_text(rag), "lightspeed") as proxy:
+        async with proxy_answering(pki, _turn_with_lost_text(rag, shared), "lightspeed") as proxy:
             streamed = sse_chunks((await chat(proxy, stream=True)).text)
             answer = (await chat(proxy, stream=False)).json()
             r = await post(proxy.url, {"model": "m", "input": "hi"}, path="/v1/responses")

@@ -76,6 +76,14 @@ def _message_text(item: Any) -> str:
     return "".join(texts)
 
 
+def _refuses(item: Any) -> bool:
+    """A message item with a refusal part."""
+    content = item.get("content") if isinstance(item, JSON_OBJECT) else None
+    return isinstance(content, list) and any(
+        isinstance(part, JSON_OBJECT) and part.get("type") == "refusal" for part in content
+    )
+
+
 class _Item:
     __slots__ = ("done", "finals", "item", "order", "pieces")
 
@@ -121,8 +129,13 @@ class _Item:
                 parts[i] = {"type": "output_text", "text": self.text("text", i), "annotations": []}
             for i in self.indices("refusal"):
                 parts[i] = {"type": "refusal", "refusal": self.text("refusal", i)}
-            if parts:
-                item["content"] = [parts[i] for i in sorted(parts)]
+            # a reasoning model's thoughts in the message (Llama Stack), first
+            thoughts = [
+                {"type": "reasoning_text", "text": self.text("reasoning", i)}
+                for i in self.indices("reasoning")
+            ]
+            if parts or thoughts:
+                item["content"] = thoughts + [parts[i] for i in sorted(parts)]
         elif itype == "reasoning":
             if self.indices("reasoning"):
                 item["content"] = [
@@ -177,14 +190,26 @@ class ResponseAccumulator:
         output = final.get("output")
         return isinstance(output, list) and bool(output) and all(k in final for k in READ_FIELDS)
 
-    def _slot(self, event: Mapping[str, Any], item_id: Any = None) -> _Item:
+    def _slot(self, event: Mapping[str, Any], item_id: Any = None, kind: Any = None) -> _Item:
+        """The item an event is about: by its ``item_id``, else by its
+        ``output_index``; a new one for an item of another ``kind`` (type)
+        announced at an index already taken (Llama Stack numbers a tool call
+        the same as the message streamed before it)."""
         index = event.get("output_index")
         if not isinstance(index, int) or isinstance(index, bool):
             index = None
         key: Key
         if isinstance(item_id, str) and item_id in self._items:
             key = item_id
-        elif index is not None and index in self._by_index:
+        elif (
+            index is not None
+            and index in self._by_index
+            and not (
+                isinstance(item_id, str)
+                and kind is not None
+                and self._items[self._by_index[index]].item.get("type") not in (None, kind)
+            )
+        ):
             key = self._by_index[index]
         elif isinstance(item_id, str):
             key = item_id
@@ -247,7 +272,7 @@ class ResponseAccumulator:
         if etype in ("response.output_item.added", "response.output_item.done"):
             item = event.get("item")
             if isinstance(item, JSON_OBJECT):
-                slot = self._slot(event, item.get("id"))
+                slot = self._slot(event, item.get("id"), item.get("type"))
                 if isinstance(item.get("type"), str):
                     self._last_of[item["type"]] = slot
                 if etype.endswith(".done") or not slot.done:
@@ -318,9 +343,13 @@ class ResponseAccumulator:
         return ids <= have
 
     def _with_lost_messages(self, output: list[Any]) -> list[Any]:
-        """``output`` and, in stream order, each message item the stream
-        announced and showed text of that it does not hold, under its id or
-        its text (an item renamed at the end is not one)."""
+        """``output`` and each message item the stream announced and showed
+        text of that it does not hold, under its id or its text (an item
+        renamed at the end is not one), before the first item that streamed
+        after it. Not when the output refuses (a shield that replaced the
+        answer: what it withdrew is not put back)."""
+        if any(_refuses(item) for item in output):
+            return output
         ids = {item.get("id") for item in output if isinstance(item, JSON_OBJECT)}
         shown = "".join(_message_text(item) for item in output)
         lost: list[tuple[tuple[int, int], Any]] = []
@@ -332,11 +361,14 @@ class ResponseAccumulator:
                     lost.append((slot.order, item))
         if not lost:
             return output
-        placed: list[tuple[tuple[int, int], Any]] = []
-        order = (-1, -1)
-        for item in output:  # each where it streamed; one that did not, after the one before
+        merged = list(output)
+        orders: list[Optional[tuple[int, int]]] = []  # None: an item that did not stream
+        for item in output:
             item_id = item.get("id") if isinstance(item, JSON_OBJECT) else None
             known = self._items.get(item_id) if isinstance(item_id, str) else None
-            order = known.order if known is not None else order
-            placed.append((order, item))
-        return [item for _, item in sorted(placed + lost, key=lambda p: p[0])]
+            orders.append(known.order if known is not None else None)
+        for order, item in sorted(lost, key=lambda p: p[0]):
+            at = next((i for i, o in enumerate(orders) if o is not None and o > order), len(orders))
+            orders.insert(at, order)
+            merged.insert(at, item)
+        return merged

@@ -685,13 +685,13 @@ class StreamTranslator:
             out.append(self._chunk({"content": rest}, logprobs=mapped))
 
     def _past_the_deltas(self, part: tuple[str, int], index: int, text: str) -> str:
-        """The rest of a part's final ``text`` past what streamed at its place,
-        when it starts with that (the deltas stopped short of it); else ""."""
-        if index < 0:
-            index = self._key_index.get(part[0], -1)
-        run = self._streamed_at.get((index, part[1])) if index >= 0 else None
-        if not run:
-            return ""
+        """The rest of a part's final ``text`` past what its deltas streamed
+        (at the place its item was announced at, else at ``index``), when it
+        starts with that (the deltas stopped short of it); else ""."""
+        place = (self._key_index.get(part[0], index), part[1])
+        run = self._streamed_at.get(place)
+        if not run or self._places.place_key.get(place) != part[0]:
+            return ""  # nothing, or another item's text, streamed there
         seen, shown = run.shown()
         if len(text) <= shown or not text.startswith(seen):
             return ""

@@ -414,6 +414,39 @@ def test_a_streamed_message_the_output_left_out_is_put_back_in_its_place() -> No
     assert chat["content"] == "Let me look." and chat["tool_calls"][0]["id"] == "c1"
 
 
+def test_a_streamed_message_is_put_back_before_what_streamed_after_it() -> None:
+    # Llama Stack numbers a call as the message before it (output_index 0 for
+    # both): each keeps its own item, and the answer keeps the stream's order
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
+    answer = message(text("Done."), item_id="m2")
+    events = [*_message_events("m1", 0, "Let me look."),
+              {"type": "response.output_item.added", "output_index": 0, "item": call},
+              *_message_events("m2", 1, "Done."),
+              {"type": "response.completed", "response": response([call, answer])}]  # fmt: skip
+    assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", "fc_1", "m2"]
+
+
+def test_text_a_refusal_replaced_is_not_put_back() -> None:
+    # a shield that withdrew the answer mid-stream: the output's refusal alone
+    refusal = {"type": "message", "id": "msg_refusal", "role": "assistant",
+               "content": [{"type": "refusal", "refusal": "I cannot help with that."}]}  # fmt: skip
+    events = [*_message_events("m1", 0, "Sure. First, disable SELinux and "),
+              {"type": "response.completed", "response": response([refusal])}]  # fmt: skip
+    assert accumulate(events)["output"] == [refusal]
+
+
+def test_a_put_back_message_keeps_its_reasoning() -> None:
+    thought = {"type": "response.reasoning_text.delta", "item_id": "m1", "output_index": 0,
+               "content_index": 0, "delta": "User wants files."}  # fmt: skip
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
+    events = [*_message_events("m1", 0, "I'll list the files."), thought,
+              {"type": "response.output_item.added", "output_index": 0, "item": call},
+              {"type": "response.completed", "response": response([call])}]  # fmt: skip
+    chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
+    assert chat["content"] == "I'll list the files."
+    assert chat["reasoning_content"] == "User wants files."
+
+
 def test_a_message_renamed_in_the_output_is_not_put_back() -> None:
     final = message(text("Hello there."), item_id="m_final")
     events = [*_message_events("m_streamed", 0, "Hello there."),

@@ -881,6 +881,17 @@ def test_a_final_text_that_goes_on_past_its_deltas_sends_the_rest() -> None:
     assert text_of(parsed) == "Use dnf install."
 
 
+def test_a_final_text_at_another_items_place_sends_no_tail() -> None:
+    # the output left the first message out, so the second is at position 0,
+    # where the first's deltas streamed: its own deltas are what it is
+    # compared with, not another item's
+    second = msg_done([_part("The answer is 42.")], item="msg_2", index=1)["item"]
+    events = [CREATED, msg_added(), text_delta("The"), msg_added("msg_2", 1),
+              text_delta("The answer is 42.", "msg_2", 1), completed([second])]  # fmt: skip
+    _, parsed = run(events)
+    assert text_of(parsed) == "TheThe answer is 42."
+
+
 def test_a_final_text_that_does_not_start_with_its_deltas_is_not_sent() -> None:
     # a backend may tidy its final text: what streamed stands
     events = [CREATED, msg_added(), text_delta("Use  dnf "), msg_done([_part("Use dnf")]),
