@@ -225,10 +225,12 @@ class ProxyServer:
             await self.open_listeners()
         try:
             async with anyio.create_task_group() as tg:
+                self.upstream.background = tg.start_soon  # (a body's late end)
                 for lst in self._listeners:
                     tg.start_soon(self._accept_loop, lst, tg)
                 task_status.started()
         finally:
+            self.upstream.background = None
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
 

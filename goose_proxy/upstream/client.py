@@ -119,6 +119,14 @@ def _seconds(n: float) -> str:
 
 
 READ_SIZE = 65536
+#: after the answer was taken: how long the rest of its body (its end, mostly)
+#: may take to come, and how much of it may come, for the connection to be
+#: pooled; a backend that keeps the body open longer costs its connection
+DRAIN_GRACE = 0.2
+DRAIN_LIMIT = 65536
+#: of DRAIN_GRACE, how long the request itself waits (its client's next
+#: request waits that long); the rest is waited out in the background
+DRAIN_INLINE = 0.01
 
 
 def _in_race_window(conn: Connection) -> bool:
@@ -483,21 +491,20 @@ class UpstreamResponse:
         self.content_type = "text/event-stream"
         return True
 
-    async def drain(self, grace: float = 0.2, limit: int = 65536) -> None:
+    async def drain(self, grace: float, limit: int = DRAIN_LIMIT) -> bool:
         """After the last event: read what is left of the body (its end, usually
-        already here) so the connection can be reused. A backend that keeps the
-        body open, or sends more than ``limit`` bytes, costs its connection
-        instead of our time.
-        """
+        already here), for at most ``grace`` seconds and ``limit`` bytes, so the
+        connection can be reused. Whether the end may still come: the grace
+        ran out first."""
         if self.complete:
-            return
-        with anyio.move_on_after(grace):
-            left = limit
+            return False
+        with anyio.move_on_after(grace) as scope:
             try:
-                while left > 0 and not self.complete:
-                    left -= len(await self.receive())
+                while limit > 0 and not self.complete:
+                    limit -= len(await self.receive())
             except ProxyError:
-                return
+                return False
+        return scope.cancelled_caught
 
     async def read(self, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes (UpstreamProtocolError beyond);
@@ -562,6 +569,10 @@ class UpstreamClient:
         )
         #: idle connections, the least recently used first
         self._idle: deque[Connection] = deque()
+        #: starts a task that outlives a request (a task group's ``start_soon``;
+        #: the server's, while it serves): where the end of a body that is late
+        #: is waited for, not in the request (see DRAIN_INLINE)
+        self.background: Optional[Callable[..., object]] = None
         #: the timer that closes idle connections past pool_idle_timeout
         self._reaper: Optional[asyncio.TimerHandle] = None
 
@@ -867,6 +878,23 @@ class UpstreamClient:
             )
         return resp
 
+    def settle_later(self, resp: UpstreamResponse) -> bool:
+        """Wait for the end of ``resp``'s body in the background, then pool or
+        close its connection; False when no task could be started for it."""
+        if self.background is None:
+            return False
+        try:
+            self.background(self._settle, resp)
+        except RuntimeError:  # the task group is closing
+            return False
+        return True
+
+    async def _settle(self, resp: UpstreamResponse) -> None:
+        try:
+            await resp.drain(DRAIN_GRACE - DRAIN_INLINE)
+        finally:
+            self._release(resp)
+
     def _release(self, resp: UpstreamResponse) -> None:
         """After the response: the connection back to the pool, or closed."""
         conn = resp._conn
@@ -919,10 +947,14 @@ class _RequestContext:
         resp = self._resp
         if resp is None:
             return
+        client = self._client
+        later = False
         try:
             if exc is None:
                 # the caller is done with the answer (sent on): the rest of the body,
                 # usually its last chunk, keeps the connection poolable
-                await resp.drain()
+                inline = DRAIN_GRACE if client.background is None else DRAIN_INLINE
+                later = await resp.drain(inline) and inline < DRAIN_GRACE
         finally:  # even when the drain is cancelled (the client left meanwhile)
-            self._client._release(resp)
+            if not (later and client.settle_later(resp)):
+                client._release(resp)
