@@ -102,15 +102,23 @@ class _Item:
         keys = {i for k, i in self.pieces if k == kind} | {i for k, i in self.finals if k == kind}
         return sorted(keys)
 
+    def kind(self) -> Optional[str]:
+        """The item's type: as announced, else (never announced) what its
+        deltas tell; None when neither does."""
+        itype = self.item.get("type")
+        if itype is None:
+            if self.indices("text") or self.indices("refusal"):
+                return "message"
+            if self.indices("reasoning") or self.indices("summary"):
+                return "reasoning"
+        return itype if isinstance(itype, str) else None
+
     def rebuild(self) -> dict[str, Any]:
         """The item as the stream described it, for one that never sent ``.done``."""
         item = dict(self.item)
-        itype = item.get("type")
-        if itype is None:  # never announced: what its deltas were tells
-            if self.indices("text") or self.indices("refusal"):
-                itype = "message"
-            elif self.indices("reasoning") or self.indices("summary"):
-                itype = item["type"] = "reasoning"
+        itype = self.kind()
+        if itype == "reasoning":
+            item.setdefault("type", "reasoning")
         if itype == "function_call" and (self.pieces or self.finals):
             arguments = self.text("args", 0)
             announced = item.get("arguments")
@@ -207,7 +215,7 @@ class ResponseAccumulator:
             and not (
                 isinstance(item_id, str)
                 and kind is not None
-                and self._items[self._by_index[index]].item.get("type") not in (None, kind)
+                and self._items[self._by_index[index]].kind() not in (None, kind)
             )
         ):
             key = self._by_index[index]
@@ -336,6 +344,10 @@ class ResponseAccumulator:
             response["output"] = self._with_lost_messages(output)
         return response
 
+    def _streamed(self, item_id: Any) -> Optional[_Item]:
+        """The item the stream showed under ``item_id`` (None: none)."""
+        return self._items.get(item_id) if isinstance(item_id, str) else None
+
     def holds(self, ids: set[str]) -> bool:
         """The terminal output has an item of each id in ``ids``."""
         output = self._final.get("output") if self._final is not None else None
@@ -343,21 +355,29 @@ class ResponseAccumulator:
         return ids <= have
 
     def _with_lost_messages(self, output: list[Any]) -> list[Any]:
-        """``output`` and each message item the stream announced and showed
-        text of that it does not hold, under its id or its text (an item
-        renamed at the end is not one), before the first item that streamed
-        after it. Not when the output refuses (a shield that replaced the
-        answer: what it withdrew is not put back)."""
+        """``output`` and each message the stream showed text of that it does
+        not hold, before the first item that streamed after it. A message is
+        held under its id, or renamed: an output message the stream did not
+        show under its id, whose text starts with the streamed one's (each
+        stands for one). Not when the output refuses (a shield that replaced
+        the answer: what it withdrew is not put back)."""
         if any(_refuses(item) for item in output):
             return output
         ids = {item.get("id") for item in output if isinstance(item, JSON_OBJECT)}
-        shown = "".join(_message_text(item) for item in output)
+        renamed = [
+            _message_text(item)
+            for item in output
+            if isinstance(item, JSON_OBJECT) and not self._streamed(item.get("id"))
+        ]
         lost: list[tuple[tuple[int, int], Any]] = []
-        for slot in self._items.values():
-            if slot.item.get("type") == "message" and slot.item.get("id") not in ids:
+        for key, slot in sorted(self._items.items(), key=lambda ks: ks[1].order):
+            if slot.kind() == "message" and key not in ids and slot.item.get("id") not in ids:
                 item = slot.item if slot.done else slot.rebuild()
                 text = _message_text(item)
-                if text and text not in shown:
+                at = next((i for i, t in enumerate(renamed) if t and t.startswith(text)), None)
+                if at is not None:
+                    del renamed[at]
+                elif text:
                     lost.append((slot.order, item))
         if not lost:
             return output
@@ -365,7 +385,7 @@ class ResponseAccumulator:
         orders: list[Optional[tuple[int, int]]] = []  # None: an item that did not stream
         for item in output:
             item_id = item.get("id") if isinstance(item, JSON_OBJECT) else None
-            known = self._items.get(item_id) if isinstance(item_id, str) else None
+            known = self._streamed(item_id)
             orders.append(known.order if known is not None else None)
         for order, item in sorted(lost, key=lambda p: p[0]):
             at = next((i for i, o in enumerate(orders) if o is not None and o > order), len(orders))

@@ -367,6 +367,7 @@ class UpstreamResponse:
         self._chunked: Optional[ChunkedDecoder] = None
         self._head_rest = b""
         self._first = b""  # body bytes read ahead by is_event_stream(), not yet received
+        self._drain_left = DRAIN_LIMIT  # what drain() may still read
         if (
             conn.h11.their_state is h11.SEND_BODY
             and self.status not in (204, 304)
@@ -491,17 +492,17 @@ class UpstreamResponse:
         self.content_type = "text/event-stream"
         return True
 
-    async def drain(self, grace: float, limit: int = DRAIN_LIMIT) -> bool:
+    async def drain(self, grace: float) -> bool:
         """After the last event: read what is left of the body (its end, usually
-        already here), for at most ``grace`` seconds and ``limit`` bytes, so the
-        connection can be reused. Whether the end may still come: the grace
-        ran out first."""
+        already here), for at most ``grace`` seconds and, over every call,
+        :data:`DRAIN_LIMIT` bytes, so the connection can be reused. Whether
+        the end may still come: the grace ran out first."""
         if self.complete:
             return False
         with anyio.move_on_after(grace) as scope:
             try:
-                while limit > 0 and not self.complete:
-                    limit -= len(await self.receive())
+                while self._drain_left > 0 and not self.complete:
+                    self._drain_left -= len(await self.receive())
             except ProxyError:
                 return False
         return scope.cancelled_caught
@@ -955,6 +956,11 @@ class _RequestContext:
                 # usually its last chunk, keeps the connection poolable
                 inline = DRAIN_GRACE if client.background is None else DRAIN_INLINE
                 later = await resp.drain(inline) and inline < DRAIN_GRACE
-        finally:  # even when the drain is cancelled (the client left meanwhile)
+        except BaseException:
+            # cancelled (the client left once it had the answer, say): the end
+            # may still come, and it needs no request
+            later = True
+            raise
+        finally:
             if not (later and client.settle_later(resp)):
                 client._release(resp)

@@ -46,6 +46,7 @@ from tests.reliability.support import (
     chunk,
     fake_server,
     http_answer,
+    parse_one,
     passthrough_error_event,
     passthrough_events,
     poll,
@@ -55,6 +56,7 @@ from tests.reliability.support import (
     read_all,
     read_request_head,
     read_until,
+    request_bytes,
     sse_answer,
     sse_data,
     sse_event,
@@ -1747,3 +1749,58 @@ async def test_a_body_that_ends_late_holds_neither_the_client_nor_the_connection
     assert chat_stream_outcome(first.content) == ("hi", None) == chat_stream_outcome(second.content)
     assert health.status_code == 200
     assert srv.accepted == 1  # the one backend connection served both
+
+
+async def test_a_client_that_leaves_with_its_answer_costs_no_backend_connection(
+    pki: SimpleNamespace,
+) -> None:
+    # a one-shot client (curl, a script) reads its whole answer and closes at
+    # once, while the backend's body has not ended yet: the connection is
+    # still pooled when the end comes (the wait for it was cancelled with the
+    # request, and the connection closed)
+    gone = anyio.Event()
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in text_events(["hi"])))
+        await gone.wait()
+        await stream.send(b"0\r\n\r\n")
+        await read_all(stream)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                async with await anyio.connect_tcp("127.0.0.1", proxy.port) as s:
+                    await s.send(request_bytes(json_body=HELLO_STREAM))
+                    answer = await read_until(s, b"\r\n0\r\n\r\n")  # the whole answer
+                gone.set()  # and the client is gone
+                await poll(lambda: pool_size(proxy) == 1)
+    assert chat_stream_outcome(parse_one(answer).body) == ("hi", None)
+
+
+async def test_what_is_read_after_the_terminal_event_is_bounded_in_all(
+    pki: SimpleNamespace,
+) -> None:
+    # 72 KiB of comments after the terminal event, then the end: more than
+    # the 64 KiB read to pool a connection (DRAIN_LIMIT), in the request and
+    # in the background together; the connection is closed
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(SSE_HEAD + b"".join(chunk(f) for f in text_events(["hi"])))
+        for _ in range(9):
+            await stream.send(chunk(b": " + b"x" * 8190 + b"\n\n"))
+            await anyio.sleep(0.005)  # the backend's pace: across the request's own wait
+        await stream.send(b"0\r\n\r\n")
+        await read_all(stream)  # until the proxy closes the connection
+        closed.set()
+
+    closed = anyio.Event()
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy:
+                r = await post(proxy.url, HELLO_STREAM)
+                await closed.wait()
+                assert pool_size(proxy) == 0
+    assert chat_stream_outcome(r.content) == ("hi", None)

@@ -447,6 +447,29 @@ def test_a_put_back_message_keeps_its_reasoning() -> None:
     assert chat["reasoning_content"] == "User wants files."
 
 
+def test_a_message_whose_text_another_output_message_starts_with_is_put_back() -> None:
+    # the output's m2 streamed under its own id: it stands for no other message
+    search = {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": []}
+    answer = message(text("Let me check. /var is 91% full."), item_id="m2")
+    events = [*_message_events("m1", 0, "Let me check."),
+              {"type": "response.output_item.added", "output_index": 0, "item": search},
+              *_message_events("m2", 1, "Let me check. /var is 91% full."),
+              {"type": "response.completed", "response": response([search, answer])}]  # fmt: skip
+    assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", "fs_1", "m2"]
+
+
+def test_a_message_never_announced_is_put_back_too() -> None:
+    # text deltas at output_index 0 and no output_item.added (older Llama
+    # Stack), then a call announced at the same index
+    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
+    delta = {"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+             "delta": "I'll list the files."}  # fmt: skip
+    events = [delta, {"type": "response.output_item.added", "output_index": 0, "item": call},
+              {"type": "response.completed", "response": response([call])}]  # fmt: skip
+    chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
+    assert chat["content"] == "I'll list the files." and chat["tool_calls"][0]["id"] == "c1"
+
+
 def test_a_message_renamed_in_the_output_is_not_put_back() -> None:
     final = message(text("Hello there."), item_id="m_final")
     events = [*_message_events("m_streamed", 0, "Hello there."),
