@@ -374,10 +374,12 @@ class ResponseAccumulator:
             if slot.kind() == "message" and key not in ids and slot.item.get("id") not in ids:
                 item = slot.item if slot.done else slot.rebuild()
                 text = _message_text(item)
-                at = next((i for i, t in enumerate(renamed) if t and t.startswith(text)), None)
+                if not text:
+                    continue
+                at = next((i for i, t in enumerate(renamed) if t.startswith(text)), None)
                 if at is not None:
                     del renamed[at]
-                elif text:
+                else:
                     lost.append((slot.order, item))
         if not lost:
             return output

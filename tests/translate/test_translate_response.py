@@ -394,6 +394,18 @@ def test_accumulator_rebuilds_from_deltas_when_items_never_finish(name: str) -> 
     assert got == responses_to_chat(expected, "m")
 
 
+#: a client's tool call, as the put-back tests' backends announce it
+CALL = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
+
+
+def _added(item: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    return {"type": "response.output_item.added", "output_index": index, "item": item}
+
+
+def _completed(output: list[Any]) -> dict[str, Any]:
+    return {"type": "response.completed", "response": response(output)}
+
+
 def _message_events(item_id: str, index: int, text: str) -> list[dict[str, Any]]:
     item = {"type": "message", "id": item_id, "role": "assistant", "content": []}
     return [{"type": "response.output_item.added", "output_index": index, "item": item},
@@ -404,10 +416,9 @@ def _message_events(item_id: str, index: int, text: str) -> list[dict[str, Any]]
 def test_a_streamed_message_the_output_left_out_is_put_back_in_its_place() -> None:
     # Llama Stack streams a turn's text, then leaves it out of the final output
     # when the turn calls tools: the collected answer has what the stream showed
-    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
     events = [*_message_events("m1", 0, "Let me look."),
-              {"type": "response.output_item.added", "output_index": 1, "item": call},
-              {"type": "response.completed", "response": response([call])}]  # fmt: skip
+              _added(CALL, 1),
+              _completed([CALL])]  # fmt: skip
     output = accumulate(events)["output"]
     assert [item.get("id") for item in output] == ["m1", "fc_1"]
     chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
@@ -417,12 +428,11 @@ def test_a_streamed_message_the_output_left_out_is_put_back_in_its_place() -> No
 def test_a_streamed_message_is_put_back_before_what_streamed_after_it() -> None:
     # Llama Stack numbers a call as the message before it (output_index 0 for
     # both): each keeps its own item, and the answer keeps the stream's order
-    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
     answer = message(text("Done."), item_id="m2")
     events = [*_message_events("m1", 0, "Let me look."),
-              {"type": "response.output_item.added", "output_index": 0, "item": call},
+              _added(CALL),
               *_message_events("m2", 1, "Done."),
-              {"type": "response.completed", "response": response([call, answer])}]  # fmt: skip
+              _completed([CALL, answer])]  # fmt: skip
     assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", "fc_1", "m2"]
 
 
@@ -431,17 +441,16 @@ def test_text_a_refusal_replaced_is_not_put_back() -> None:
     refusal = {"type": "message", "id": "msg_refusal", "role": "assistant",
                "content": [{"type": "refusal", "refusal": "I cannot help with that."}]}  # fmt: skip
     events = [*_message_events("m1", 0, "Sure. First, disable SELinux and "),
-              {"type": "response.completed", "response": response([refusal])}]  # fmt: skip
+              _completed([refusal])]  # fmt: skip
     assert accumulate(events)["output"] == [refusal]
 
 
 def test_a_put_back_message_keeps_its_reasoning() -> None:
     thought = {"type": "response.reasoning_text.delta", "item_id": "m1", "output_index": 0,
                "content_index": 0, "delta": "User wants files."}  # fmt: skip
-    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
     events = [*_message_events("m1", 0, "I'll list the files."), thought,
-              {"type": "response.output_item.added", "output_index": 0, "item": call},
-              {"type": "response.completed", "response": response([call])}]  # fmt: skip
+              _added(CALL),
+              _completed([CALL])]  # fmt: skip
     chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
     assert chat["content"] == "I'll list the files."
     assert chat["reasoning_content"] == "User wants files."
@@ -452,28 +461,35 @@ def test_a_message_whose_text_another_output_message_starts_with_is_put_back() -
     search = {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": []}
     answer = message(text("Let me check. /var is 91% full."), item_id="m2")
     events = [*_message_events("m1", 0, "Let me check."),
-              {"type": "response.output_item.added", "output_index": 0, "item": search},
+              _added(search),
               *_message_events("m2", 1, "Let me check. /var is 91% full."),
-              {"type": "response.completed", "response": response([search, answer])}]  # fmt: skip
+              _completed([search, answer])]  # fmt: skip
     assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", "fs_1", "m2"]
 
 
 def test_a_message_never_announced_is_put_back_too() -> None:
     # text deltas at output_index 0 and no output_item.added (older Llama
     # Stack), then a call announced at the same index
-    call = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"}
     delta = {"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
              "delta": "I'll list the files."}  # fmt: skip
-    events = [delta, {"type": "response.output_item.added", "output_index": 0, "item": call},
-              {"type": "response.completed", "response": response([call])}]  # fmt: skip
+    events = [delta, _added(CALL),
+              _completed([CALL])]  # fmt: skip
     chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
     assert chat["content"] == "I'll list the files." and chat["tool_calls"][0]["id"] == "c1"
+
+
+def test_renamed_messages_stand_each_for_its_own() -> None:
+    # every output item renamed at the end: an empty message streamed first
+    # takes no other's text for its own (the "0" then shown twice)
+    output = [message(text(""), item_id="r0"), message(text("0"), item_id="r1")]
+    events = [*_message_events("m0", 0, ""), *_message_events("m1", 1, "0"), _completed(output)]
+    assert [item["id"] for item in accumulate(events)["output"]] == ["r0", "r1"]
 
 
 def test_a_message_renamed_in_the_output_is_not_put_back() -> None:
     final = message(text("Hello there."), item_id="m_final")
     events = [*_message_events("m_streamed", 0, "Hello there."),
-              {"type": "response.completed", "response": response([final])}]  # fmt: skip
+              _completed([final])]  # fmt: skip
     assert accumulate(events)["output"] == [final]
 
 
@@ -523,7 +539,7 @@ def test_accumulator_text_and_args_from_done_subevents_only() -> None:
                   "arguments": ""}},
         {"type": "response.function_call_arguments.done", "item_id": "fc", "output_index": 1,
          "arguments": '{"a":1}'},
-        {"type": "response.completed", "response": response([])},
+        _completed([]),
     ]  # fmt: skip
     msg = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
     assert msg["content"] == "shielded answer"
@@ -541,7 +557,7 @@ def test_accumulator_keeps_at_most_its_limit() -> None:
         ]
         if final:
             out.append({"type": "response.output_text.done", **at, "text": "x" * 100 * pieces})
-        return [*out, {"type": "response.completed", "response": response([])}]  # fmt: skip
+        return [*out, _completed([])]  # fmt: skip
 
     kept = ResponseAccumulator(limit=1000)
     for event in events(8, final=True):  # 800 in deltas, 800 in the final: 800 kept
