@@ -121,12 +121,13 @@ def _seconds(n: float) -> str:
 READ_SIZE = 65536
 #: after the answer was taken: how long the rest of its body (its end, mostly)
 #: may take to come, and how much of it may come, for the connection to be
-#: pooled; a backend that keeps the body open longer costs its connection
+#: pooled; a backend that keeps the body open longer costs its connection.
+#: The request waits for it (its client's next request waits meanwhile: so
+#: the next request finds the connection pooled, as 500 concurrent slow
+#: streams measured); a client that leaves meanwhile leaves it to the
+#: background
 DRAIN_GRACE = 0.2
 DRAIN_LIMIT = 65536
-#: of DRAIN_GRACE, how long the request itself waits (its client's next
-#: request waits that long); the rest is waited out in the background
-DRAIN_INLINE = 0.01
 
 
 def _in_race_window(conn: Connection) -> bool:
@@ -492,20 +493,18 @@ class UpstreamResponse:
         self.content_type = "text/event-stream"
         return True
 
-    async def drain(self, grace: float) -> bool:
+    async def drain(self, grace: float) -> None:
         """After the last event: read what is left of the body (its end, usually
         already here), for at most ``grace`` seconds and, over every call,
-        :data:`DRAIN_LIMIT` bytes, so the connection can be reused. Whether
-        the end may still come: the grace ran out first."""
+        :data:`DRAIN_LIMIT` bytes, so the connection can be reused."""
         if self.complete:
-            return False
-        with anyio.move_on_after(grace) as scope:
+            return
+        with anyio.move_on_after(grace):
             try:
                 while self._drain_left > 0 and not self.complete:
                     self._drain_left -= len(await self.receive())
             except ProxyError:
-                return False
-        return scope.cancelled_caught
+                return
 
     async def read(self, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes (UpstreamProtocolError beyond);
@@ -571,8 +570,8 @@ class UpstreamClient:
         #: idle connections, the least recently used first
         self._idle: deque[Connection] = deque()
         #: starts a task that outlives a request (a task group's ``start_soon``;
-        #: the server's, while it serves): where the end of a body that is late
-        #: is waited for, not in the request (see DRAIN_INLINE)
+        #: the server's, while it serves): where the end of a body is waited
+        #: for once the request was cancelled (see DRAIN_GRACE)
         self.background: Optional[Callable[..., object]] = None
         #: the timer that closes idle connections past pool_idle_timeout
         self._reaper: Optional[asyncio.TimerHandle] = None
@@ -892,7 +891,7 @@ class UpstreamClient:
 
     async def _settle(self, resp: UpstreamResponse) -> None:
         try:
-            await resp.drain(DRAIN_GRACE - DRAIN_INLINE)
+            await resp.drain(DRAIN_GRACE)
         finally:
             self._release(resp)
 
@@ -954,8 +953,7 @@ class _RequestContext:
             if exc is None:
                 # the caller is done with the answer (sent on): the rest of the body,
                 # usually its last chunk, keeps the connection poolable
-                inline = DRAIN_GRACE if client.background is None else DRAIN_INLINE
-                later = await resp.drain(inline) and inline < DRAIN_GRACE
+                await resp.drain(DRAIN_GRACE)
         except BaseException:
             # cancelled (the client left once it had the answer, say): the end
             # may still come, and it needs no request

@@ -1718,39 +1718,6 @@ async def test_an_interim_answer_during_a_large_upload_is_no_early_answer(
     assert got == [0]  # the whole body, nothing past it
 
 
-async def test_a_body_that_ends_late_holds_neither_the_client_nor_the_connection(
-    pki: SimpleNamespace,
-) -> None:
-    # the backend sends the whole answer but ends its body only later (Lightspeed
-    # Stack stores the conversation first): the client's next request on its
-    # connection is served meanwhile (it waited up to 0.2 s behind the proxy's
-    # wait for that end, and then the backend connection was closed), and the
-    # backend connection still goes back to the pool once the end comes
-    served = anyio.Event()
-
-    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
-        for first in (True, False):
-            await read_request_head(stream, srv)
-            await stream.send(SSE_HEAD + b"".join(chunk(f) for f in text_events(["hi"])))
-            if first:
-                await served.wait()  # the end only once the client was served again
-            await stream.send(b"0\r\n\r\n")
-        await read_all(stream)
-
-    with anyio.fail_after(10):
-        async with fake_server(handler, tls=pki.server_context()) as srv:
-            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
-            async with running_proxy(cfg) as proxy, httpx.AsyncClient() as c:
-                first = await c.post(proxy.url + "/v1/chat/completions", json=HELLO_STREAM)
-                health = await c.get(proxy.url + "/health")  # the same client connection
-                served.set()
-                await poll(lambda: pool_size(proxy) == 1)
-                second = await c.post(proxy.url + "/v1/chat/completions", json=HELLO_STREAM)
-    assert chat_stream_outcome(first.content) == ("hi", None) == chat_stream_outcome(second.content)
-    assert health.status_code == 200
-    assert srv.accepted == 1  # the one backend connection served both
-
-
 async def test_a_client_that_leaves_with_its_answer_costs_no_backend_connection(
     pki: SimpleNamespace,
 ) -> None:
