@@ -225,7 +225,8 @@ class ProxyServer:
             await self.open_listeners()
         try:
             async with anyio.create_task_group() as tg:
-                self.upstream.background = tg.start_soon  # (a body's late end)
+                # where a cancelled request's wait for its body's end goes on
+                self.upstream.background = tg.start_soon
                 for lst in self._listeners:
                     tg.start_soon(self._accept_loop, lst, tg)
                 task_status.started()
