@@ -425,15 +425,28 @@ def test_a_streamed_message_the_output_left_out_is_put_back_in_its_place() -> No
     assert chat["content"] == "Let me look." and chat["tool_calls"][0]["id"] == "c1"
 
 
-def test_a_streamed_message_is_put_back_before_what_streamed_after_it() -> None:
-    # Llama Stack numbers a call as the message before it (output_index 0 for
-    # both): each keeps its own item, and the answer keeps the stream's order
-    answer = message(text("Done."), item_id="m2")
-    events = [*_message_events("m1", 0, "Let me look."),
-              _added(CALL),
-              *_message_events("m2", 1, "Done."),
-              _completed([CALL, answer])]  # fmt: skip
-    assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", "fc_1", "m2"]
+SEARCH = {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": []}
+
+
+@pytest.mark.parametrize(
+    ("between", "first", "second"),
+    [
+        # Llama Stack numbers a call as the message before it (output_index 0
+        # for both): each keeps its own item, and the answer the stream's order
+        (CALL, "Let me look.", "Done."),
+        # the output's m2 streamed under its own id: it stands for no other
+        # message, though its text starts with m1's
+        (SEARCH, "Let me check.", "Let me check. /var is 91% full."),
+    ],
+    ids=["call-at-the-same-index", "a-text-that-starts-the-next"],
+)
+def test_a_streamed_message_is_put_back_before_what_streamed_after_it(
+    between: dict[str, Any], first: str, second: str
+) -> None:
+    answer = message(text(second), item_id="m2")
+    events = [*_message_events("m1", 0, first), _added(between),
+              *_message_events("m2", 1, second), _completed([between, answer])]  # fmt: skip
+    assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", between["id"], "m2"]
 
 
 def test_text_a_refusal_replaced_is_not_put_back() -> None:
@@ -454,17 +467,6 @@ def test_a_put_back_message_keeps_its_reasoning() -> None:
     chat = only_choice(responses_to_chat(accumulate(events), "m"))["message"]
     assert chat["content"] == "I'll list the files."
     assert chat["reasoning_content"] == "User wants files."
-
-
-def test_a_message_whose_text_another_output_message_starts_with_is_put_back() -> None:
-    # the output's m2 streamed under its own id: it stands for no other message
-    search = {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": []}
-    answer = message(text("Let me check. /var is 91% full."), item_id="m2")
-    events = [*_message_events("m1", 0, "Let me check."),
-              _added(search),
-              *_message_events("m2", 1, "Let me check. /var is 91% full."),
-              _completed([search, answer])]  # fmt: skip
-    assert [item.get("id") for item in accumulate(events)["output"]] == ["m1", "fs_1", "m2"]
 
 
 def test_a_message_never_announced_is_put_back_too() -> None:
