@@ -1746,18 +1746,17 @@ async def test_a_client_that_leaves_with_its_answer_costs_no_backend_connection(
     assert chat_stream_outcome(parse_one(answer).body) == ("hi", None)
 
 
-async def test_what_is_read_after_the_terminal_event_is_bounded_in_all(
-    pki: SimpleNamespace,
-) -> None:
+async def test_what_is_read_after_the_terminal_event_is_bounded(pki: SimpleNamespace) -> None:
     # 72 KiB of comments after the terminal event, then the end: more than
-    # the 64 KiB read to pool a connection (DRAIN_LIMIT), in the request and
-    # in the background together; the connection is closed
+    # the 64 KiB read to pool a connection (DRAIN_LIMIT, one bound for the
+    # request's wait and a cancelled request's wait in the background); the
+    # connection is closed
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
         await stream.send(SSE_HEAD + b"".join(chunk(f) for f in text_events(["hi"])))
         for _ in range(9):
             await stream.send(chunk(b": " + b"x" * 8190 + b"\n\n"))
-            await anyio.sleep(0.005)  # the backend's pace: across the request's own wait
+            await anyio.sleep(0.005)  # the backend's pace (within the 0.2 s the proxy waits)
         await stream.send(b"0\r\n\r\n")
         await read_all(stream)  # until the proxy closes the connection
         closed.set()
