@@ -171,6 +171,8 @@ class ServerConnection:
         self.bytes_sent = 0
         #: the current request is HEAD: responses carry no body
         self.head_request = False
+        #: the X-Request-ID of a request refused as its head was read
+        self.refused_request_id: Optional[str] = None
         #: close with a lingering close (the client may still be sending)
         self.linger = False
         #: the first bytes of the current request (to spot a HEAD h11 could not parse)
@@ -278,6 +280,18 @@ class ServerConnection:
             raise InvalidRequest("malformed HTTP request")
         self.head_request = ev.method == b"HEAD"
         headers = list(ev.headers)  # one pass over h11's Sequence (slow to iterate)
+        try:
+            return self._checked_request(ev, headers)
+        except ProxyError:
+            # its refusal echoes the client's id, as a handled request's answer does
+            self.refused_request_id = next(
+                (v.decode("latin-1") for k, v in headers if k == b"x-request-id"), None
+            )
+            raise
+
+    def _checked_request(self, ev: h11.Request, headers: list[tuple[bytes, bytes]]) -> Request:
+        """``ev`` as a :class:`Request`, or the ProxyError it is refused with."""
+        cfg = self.cfg
         # h11 bounds a head that arrives in pieces (max_incomplete_event_size),
         # not one that arrives whole in a single read: count it here too.
         size = len(ev.method) + len(ev.target) + 12
@@ -314,13 +328,12 @@ class ServerConnection:
                 status=411,
                 code="length_required",
             )
-        req = Request(
+        return Request(
             method=ev.method.decode("ascii", "replace"),
             target=target,
             headers=headers,
             http_version=ev.http_version,
         )
-        return req
 
     def _restart_without_empty_lines(self, pending: bytes, closed: bool) -> None:
         """The bytes after the last request begin with empty lines (a CRLF

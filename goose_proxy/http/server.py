@@ -161,6 +161,14 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where}"
 
 
+def _request_id(rid: Optional[str]) -> str:
+    """The client's ``X-Request-ID`` (``rid``) when it fits one field of the
+    access log, else a new one."""
+    if rid is None or len(rid) > 200 or not rid.isprintable() or " " in rid:
+        return os.urandom(16).hex()
+    return rid
+
+
 def _shutting_down() -> TryAgainSoon:
     """The error of a request the drain refuses or cuts: the client may try again
     in a moment (under socket activation, the next start serves it)."""
@@ -347,6 +355,7 @@ class ProxyServer:
             "try again later"
         )
         status, body, headers = error_response_parts(err)
+        headers.append((b"x-request-id", _request_id(None).encode("latin-1")))
         conn.linger = True
         await conn.send_response(status, body, headers, close=True)
 
@@ -374,11 +383,15 @@ class ProxyServer:
                 conn.linger = True  # the client may still be sending what we did not read
                 if conn.can_respond():
                     status, body, headers = error_response_parts(err)
+                    rid = _request_id(
+                        req.header(b"x-request-id") if req else conn.refused_request_id
+                    )
+                    headers.append((b"x-request-id", rid.encode("latin-1")))
                     try:
                         await conn.send_response(status, body, headers, close=True)
                     except ClientGone:
                         return
-                    self._log_access(req, status, conn, False, None, "-", sent_before=sent_before)
+                    self._log_access(req, status, conn, False, None, rid, sent_before=sent_before)
                 return
             close = (
                 self.closing
@@ -467,9 +480,7 @@ class ProxyServer:
         self, conn: ServerConnection, req: Request, close: bool, target: Union[Handler, ProxyError]
     ) -> int:
         """Answer ``req``; the bytes written for it."""
-        rid = req.header(b"x-request-id") or os.urandom(16).hex()
-        if len(rid) > 200 or not rid.isprintable() or " " in rid:  # one field in the log
-            rid = os.urandom(16).hex()
+        rid = _request_id(req.header(b"x-request-id"))
         ex = Exchange(conn, req, rid, close)
         sent_before = conn.bytes_sent
         scope = anyio.CancelScope()

@@ -181,6 +181,35 @@ async def test_route_and_method_are_checked_before_the_body(pki: SimpleNamespace
     assert h.backend.stats.requests_total == 0
 
 
+async def test_refusals_before_a_handler_carry_the_request_id(
+    pki: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a refusal made before any handler runs (Host, Content-Type, length, a head
+    # too large) echoes the client's X-Request-ID as a handled request's answer
+    # does; a head that cannot be parsed gets an id of its own; both are logged
+    caplog.set_level("INFO", logger="goose_proxy.access")
+    tagged = "X-Request-ID: req-7\r\n"
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            port = h.proxy.port
+            refused = [
+                await ask(port, req("evil.example", extra=tagged)),
+                await ask(port, req(ctype="text/plain", extra=tagged)),
+                await ask(
+                    port, f"POST {CHAT} HTTP/1.1\r\nHost: localhost\r\n{tagged}\r\n".encode()
+                ),
+                await ask(port, req(extra=tagged + "X-Big: " + "a" * 20_000 + "\r\n")),
+            ]
+            garbled = await ask(port, b"GET / HTTP/1.1\r\nno colon\r\n" + tagged.encode() + b"\r\n")
+    assert [r.status for r in refused] == [403, 415, 411, 431]
+    assert [r.header("x-request-id") for r in refused] == ["req-7"] * 4
+    fresh = garbled.header("x-request-id")
+    assert garbled.status == 400 and fresh is not None and len(fresh) == 32
+    access = [rec.getMessage() for rec in caplog.records if rec.name == "goose_proxy.access"]
+    assert sum(" rid=req-7" in line for line in access) == 4, access
+    assert any(line.endswith(f" rid={fresh} (request head refused)") for line in access), access
+
+
 @pytest.mark.parametrize(
     ("base", "hint"),
     [

@@ -439,6 +439,7 @@ async def test_connections_over_max_connections_get_503(
     ]
     assert r.header("retry-after") == "1" and r.header("connection") == "close"
     assert r.header("x-should-retry") is None
+    assert len(r.header("x-request-id") or "") == 32  # its request was never read
     assert h.backend.stats.requests_total == 0
 
 
