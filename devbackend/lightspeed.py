@@ -42,7 +42,10 @@ ACCEPTED_FIELDS = frozenset(
     }
 )
 
-#: The whole JSON body is capped at this many characters (422 past it).
+#: The whole JSON body is capped at this many characters (422 past it), as
+#: ``len(json.dumps(body))`` counts them (Lightspeed Stack's
+#: ``ResponsesRequest.validate_body_size``, run on the parsed body before its
+#: fields are checked).
 MAX_BODY_CHARS = 65_536
 
 #: ``err_auth_quota.txt``: no ``x-rh-identity`` header.
@@ -109,23 +112,23 @@ def validation_body(kind: str, loc: list[Any], msg: str, value: Any) -> bytes:
     return _compact({"detail": [{"type": kind, "loc": loc, "msg": msg, "input": value}]})
 
 
-def check_request(
-    body_text: str, body: Any, parsed: bool, *, strict_fields: bool, max_chars: int
-) -> bytes | None:
+def check_request(body: Any, parsed: bool, *, strict_fields: bool, max_chars: int) -> bytes | None:
     """Validate a decoded request the way Lightspeed does.
 
-    ``body`` is the parsed JSON when ``parsed`` is true (``body_text`` was valid
+    ``body`` is the parsed JSON when ``parsed`` is true (the body was valid
     JSON). Returns a 422 body, or ``None`` if the request is acceptable.
     """
-    if max_chars and len(body_text) > max_chars:
-        return validation_body(
-            "string_too_long",
-            ["body"],
-            f"Request body should have at most {max_chars} characters",
-            len(body_text),
-        )
     if not parsed:
         return validation_body("json_invalid", ["body", 0], "JSON decode error", {})
+    size = len(json.dumps(body))  # as Lightspeed counts: ASCII escapes, ", " and ": "
+    if max_chars and size > max_chars:
+        return validation_body(
+            "value_error",
+            ["body"],
+            f"Value error, Request body size ({size} characters) exceeds maximum "
+            f"allowed size of {max_chars} characters",
+            body,
+        )
     if not isinstance(body, dict):
         return validation_body(
             "model_attributes_type",

@@ -398,7 +398,6 @@ def _plan(request: Incoming, config: PlanConfig, knobs: Knobs) -> Reply:
         return replay_reply(knobs.fault_arg)
 
     problem = lightspeed.check_request(
-        request.body_text,
         request.body,
         request.parsed,
         strict_fields=config.strict_fields,

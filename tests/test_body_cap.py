@@ -18,11 +18,15 @@ from typing import Any, Callable
 import anyio
 import openai
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import devbackend
+from goose_proxy.api import translate_options
 from goose_proxy.config import LIGHTSPEED_MAX_REQUEST_CHARS, parse_config
 from goose_proxy.errors import ContextLengthExceeded, UpstreamHTTPError
-from goose_proxy.translate import error_from_backend
+from goose_proxy.http.handlers import _backend_chars, _most_chars
+from goose_proxy.translate import chat_to_responses, encode_json, error_from_backend
 from tests.goose_rules import goose_error_kind
 from tests.reliability.support import post, proxied
 from tests.support import FIXTURES, make_config, running_proxy
@@ -221,17 +225,74 @@ async def test_the_part_that_fills_the_cap_decides_the_code(
     assert compacts == (code == "context_length_exceeded"), err["message"]
 
 
-async def test_characters_are_counted_not_bytes(pki: SimpleNamespace) -> None:
-    # 2,000 two-byte characters: the translated body is about 2,200 characters
-    # of JSON but 4,200 bytes; a 3,000-character cap must let it through
-    body = chat("é" * 2000)
+# every code point, lone surrogates and DEL included; "," and ":" in strings
+_TEXT = st.text(st.characters(blacklist_categories=()) | st.sampled_from(",:\x7f"), max_size=30)
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(_TEXT, _VALUES, max_size=5))
+def test_the_size_is_what_lightspeed_counts_of_what_is_sent(body: dict[str, Any]) -> None:
+    # Lightspeed Stack counts len(json.dumps(values)) of the body it parsed;
+    # the quick bound read from the sent bytes never falls below that
+    payload = encode_json(body)
+    counted = len(json.dumps(json.loads(payload)))
+    assert _backend_chars(body) == counted
+    assert _most_chars(payload) >= counted
+
+
+@pytest.mark.parametrize(
+    ("messages", "code"),
+    [
+        # 18,000 CJK characters: 18,000 compact characters, 108,000 counted
+        (
+            [{"role": "user", "content": "ログを確認してください。" * 1_500}],
+            "string_above_max_length",
+        ),
+        # ASCII in short turns: under the cap compact, over it with ", " and ": "
+        (
+            [
+                *({"role": ("assistant", "user")[i % 2], "content": "ok"} for i in range(950)),
+                {"role": "user", "content": "and now?"},
+            ],
+            "context_length_exceeded",
+        ),
+    ],
+    ids=["cjk-paste", "ascii-separators"],
+)
+async def test_the_body_is_counted_as_lightspeed_counts(
+    pki: SimpleNamespace, messages: list[dict[str, Any]], code: str
+) -> None:
+    # what Lightspeed would refuse with its 422 is refused at once, with the
+    # code that tells Goose what to do (the proxy counted compact UTF-8 text,
+    # so both went on to a 422 Goose could not act on)
+    body = {"model": "m", "messages": messages}
+    translated = chat_to_responses(body, translate_options(parse_config({}))).body
+    assert len(encode_json(translated).decode()) < LIGHTSPEED_MAX_REQUEST_CHARS
+    assert len(json.dumps(translated)) > LIGHTSPEED_MAX_REQUEST_CHARS
+    (err,) = await refused(pki, (body, "/v1/chat/completions"))
+    assert err["code"] == code, err
+    assert f"{len(json.dumps(translated)):,} characters" in err["message"]
+
+
+async def test_a_body_within_the_cap_as_lightspeed_counts_it_is_sent(pki: SimpleNamespace) -> None:
+    # 10,000 "é": 60,000 and a few characters as Lightspeed counts them, within
+    # its cap (the devbackend counts so too, and accepts it); the quick bound
+    # read from the bytes is over the cap, so the exact count decides
     with anyio.fail_after(10):
-        async with proxied(pki, backend={"max_request_chars": 3000}) as h:
-            r = await post(h.url, body)
+        async with proxied(pki) as h:
+            r = await post(h.url, chat("é" * 10_000))
     assert r.status_code == 200, r.text
-    assert len(h.backend.requests) == 1
-    sent = json.dumps(h.backend.requests[0].json, ensure_ascii=False, separators=(",", ":"))
-    assert len(sent) < 3000 < len(sent.encode())
+    sent = h.backend.requests[0].json
+    assert 60_000 < len(json.dumps(sent)) <= LIGHTSPEED_MAX_REQUEST_CHARS
+    assert _most_chars(encode_json(sent)) > LIGHTSPEED_MAX_REQUEST_CHARS
 
 
 async def test_backend_422_for_a_long_body_maps_to_context_length(pki: SimpleNamespace) -> None:
@@ -244,7 +305,7 @@ async def test_backend_422_for_a_long_body_maps_to_context_length(pki: SimpleNam
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded"
-    assert "at most 65536 characters" in err["message"]
+    assert "exceeds maximum allowed size of 65536 characters" in err["message"]
 
 
 async def test_openai_flavour_has_no_cap() -> None:
@@ -266,6 +327,25 @@ def test_other_422s_stay_plain_bad_requests() -> None:
         {"detail": [{"type": "string_too_long", "loc": ["body"], "msg": "too long", "input": 9}]}
     ).encode()
     assert isinstance(error_from_backend(422, long_body), ContextLengthExceeded)
+    # Lightspeed Stack's own words, which repeat the whole request: understood
+    # also when the body is cut short where the proxy stops reading it
+    said = (
+        "Value error, Request body size (70008 characters) exceeds maximum allowed size "
+        "of 65536 characters"
+    )
+    entry = {"type": "value_error", "loc": ["body"], "msg": said, "input": {"input": "x" * 70_000}}
+    lightspeed = json.dumps({"detail": [entry]}).encode()
+    for raw in (lightspeed, lightspeed[:2_000]):
+        err = error_from_backend(422, raw)
+        assert isinstance(err, ContextLengthExceeded) and "70008 characters" in err.message
+    # another check of the whole body (a model validator's) is the client's mistake
+    other = {
+        **entry,
+        "msg": "Value error, `conversation` and `previous_response_id` are mutually exclusive.",
+    }
+    assert not isinstance(
+        error_from_backend(422, json.dumps({"detail": [other]}).encode()), ContextLengthExceeded
+    )
     # a too long *field* is the client's mistake, not the conversation's length
     field = json.dumps(
         {"detail": [{"type": "string_too_long", "loc": ["body", "model"], "msg": "m"}]}

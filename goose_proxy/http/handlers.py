@@ -273,10 +273,10 @@ class Handlers:
 
     def _check_size(self, payload: bytes, body: dict[str, Any]) -> None:
         """A 400 for a body over the backend's cap, before sending it (see
-        :func:`_over_cap`)."""
+        :func:`_over_cap`); ``payload`` is ``body`` encoded."""
         limit = self._char_limit
-        if limit and len(payload) > limit:  # bytes ≥ characters
-            chars = len(payload.decode("utf-8"))
+        if limit and _most_chars(payload) > limit:
+            chars = _backend_chars(body)
             if chars > limit:
                 raise _over_cap(body, chars, limit)
 
@@ -511,6 +511,29 @@ def _json_answer(raw: bytes, adapt: bool, as_stream: bool) -> tuple[bytes, bool]
     return (raw if resp is obj else encode_json_for_client(resp)), False
 
 
+def _backend_chars(body: Any) -> int:
+    """The length of ``body`` as Lightspeed Stack counts it for its cap: the
+    characters of Python's ``json.dumps`` of the parsed body (what a client
+    sends, with ASCII escapes: a non-ASCII character is 6, or 12 outside the
+    BMP; and ``", "``, ``": "`` between items)."""
+    return len(json.dumps(body))
+
+
+def _most_chars(payload: bytes) -> int:
+    """A bound :func:`_backend_chars` of a body cannot pass, read from its
+    compact UTF-8 encoding ``payload`` alone (cheaper than encoding it again):
+    exact for an ASCII text, plus one for each ``,`` and ``:`` (in a string or
+    not)."""
+    if not payload.isascii():
+        return 6 * len(payload)  # no byte stands for more than 6 characters
+    return (
+        len(payload)
+        + 5 * payload.count(b"\x7f")  # the one ASCII character json.dumps escapes
+        + payload.count(b",")
+        + payload.count(b":")
+    )
+
+
 def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:
     """The error for ``body`` (``chars`` characters) over the cap of ``limit``.
 
@@ -522,7 +545,7 @@ def _over_cap(body: dict[str, Any], chars: int, limit: int) -> ProxyError:
     compacting cannot help: a plain 400 says which part fills it (the tools
     whenever they alone are over it).
     """
-    fixed = len(encode_json({**body, "input": []}).decode("utf-8"))
+    fixed = _backend_chars({**body, "input": []})
     alone = _newest_user_message_alone(body)
     if fixed <= limit and alone <= limit:
         return ContextLengthExceeded(
@@ -558,7 +581,7 @@ def _newest_user_message_alone(body: dict[str, Any]) -> int:
     """
     items = body.get("input")
     if isinstance(items, str):  # the passthrough's shorthand: one user message
-        return len(encode_json(body).decode("utf-8"))
+        return _backend_chars(body)
     if not (isinstance(items, list) and items and isinstance(items[-1], dict)):
         return 0
     last = items[-1]
@@ -570,7 +593,7 @@ def _newest_user_message_alone(body: dict[str, Any]) -> int:
     if i < len(items) - 1 and i >= 0 and isinstance(items[i], dict):
         if items[i].get("type") == "function_call_output":
             return 0  # a tool's images: compacting drops them
-    return len(encode_json({**body, "input": items[-1:]}).decode("utf-8"))
+    return _backend_chars({**body, "input": items[-1:]})
 
 
 def _textless_user_message(item: Any) -> bool:

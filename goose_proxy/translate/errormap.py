@@ -156,9 +156,14 @@ def _message_in(text: str, doc: Any) -> tuple[str, Optional[str]]:
     return _clip(text), None
 
 
-def _whole_body_too_long(doc: Any) -> bool:
-    """A parsed FastAPI/pydantic 422 body saying the request body itself is too
-    long (``{"detail": [{"type": "string_too_long", "loc": ["body"], …}]}``)."""
+def _whole_body_too_long(said: str, doc: Any) -> bool:
+    """A FastAPI/pydantic 422 saying the request body itself is too long:
+    Lightspeed Stack's "Value error, Request body size (N characters) exceeds
+    maximum allowed size of 65536 characters" (found in ``said``, the message,
+    also when the body was cut short: that 422 repeats the whole request), or
+    ``{"detail": [{"type": "string_too_long", "loc": ["body"], …}]}``."""
+    if _says(said, ("request body size (",)) and _says(said, ("exceeds maximum allowed size",)):
+        return True
     detail = doc.get("detail") if isinstance(doc, Mapping) else None
     return isinstance(detail, list) and any(
         isinstance(d, Mapping) and d.get("type") == "string_too_long" and d.get("loc") == ["body"]
@@ -273,7 +278,7 @@ def _backend_error(
         # no retry hints: the same request cannot fit, a shorter one is another
         # request (a backend's "x-should-retry: true" would have the SDK send it again)
         return ContextLengthExceeded(message)
-    if status == 422 and _whole_body_too_long(doc):
+    if status == 422 and _whole_body_too_long(said, doc):
         # Lightspeed Stack's cap on the request body: for Goose, a context too long
         return ContextLengthExceeded(f"the conversation is too long for the backend ({message})")
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":

@@ -198,8 +198,9 @@ def encode_str_for_client(value: str) -> bytes:
 
 # Surrogates appear in the encoder's text only inside strings, where the escape
 # means the same. Escaping just them (not the whole text with ensure_ascii)
-# keeps the size: 20,000 CJK characters and one lone surrogate stay 20,006
-# characters, not 120,000 (the size Lightspeed's character cap counts).
+# keeps the size on the wire: 20,000 CJK characters and one lone surrogate stay
+# 60,006 bytes, not 120,006 (Lightspeed's cap counts the escaped form either
+# way: it encodes the parsed body again, see handlers._backend_chars).
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

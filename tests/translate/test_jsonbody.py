@@ -34,8 +34,8 @@ def test_encoded_json_is_utf8_and_means_what_the_stdlib_says(value: Any) -> None
 
 
 def test_only_the_surrogate_is_escaped() -> None:
-    # the whole text as ASCII escapes made 20,000 CJK characters 120,000, and
-    # Lightspeed's character cap counts them
+    # the whole text as ASCII escapes made 20,000 CJK characters 120,000 bytes
+    # on the wire instead of 60,000
     text = "中" * 20_000
     assert len(encode_json_str(text + "\ud800")) == len(encode_json_str(text)) + 6
     assert encode_json({"k\udc00": "é\ud800"}) == '{"k\\udc00":"é\\ud800"}'.encode()
