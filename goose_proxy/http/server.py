@@ -187,6 +187,9 @@ class ProxyServer:
         self.active_connections = 0
         self.active_requests = 0
         self.closing = False
+        #: the drain timeout passed: requests in flight are cancelled, and one
+        #: read after that (pipelined behind a cancelled one) gets a 503
+        self._cancelling = False
         self._idle_event = anyio.Event()
         self._request_scopes: set[anyio.CancelScope] = set()
         self._connections: set[ServerConnection] = set()
@@ -299,6 +302,7 @@ class ProxyServer:
                 len(self._request_scopes) + len(self._arriving),
             )
             self._arriving.clear()  # cut with their connections, after the grace
+            self._cancelling = True
             for scope in list(self._request_scopes):
                 scope.cancel()
             # Let the cancelled requests write their error event before the
@@ -486,14 +490,16 @@ class ProxyServer:
         scope = anyio.CancelScope()
         self.active_requests += 1
         self._request_scopes.add(scope)
+        cut = self._cancelling  # read after the drain timeout (pipelined): not sent on
         try:
             conn.cancel_when_gone(scope)
             try:
                 with scope:
-                    await self._dispatch(ex, target)
+                    if not cut:
+                        await self._dispatch(ex, target)
             finally:
                 conn.cancel_when_gone(None)
-            if scope.cancelled_caught and not conn.client_gone:
+            if (cut or scope.cancelled_caught) and not conn.client_gone:
                 # cancelled by shutdown: end the reply with an error, not a fake finish
                 with anyio.move_on_after(1.0, shield=True):
                     await ex.abort(_shutting_down())

@@ -388,6 +388,31 @@ async def test_a_request_pipelined_behind_one_in_flight_is_served(pki: SimpleNam
     assert h.backend.stats.requests_total == 2
 
 
+async def test_a_request_pipelined_behind_one_cut_at_the_drain_timeout_gets_503(
+    pki: SimpleNamespace,
+) -> None:
+    # the stream in front stalls past the drain timeout and is cut with its
+    # error event; the request behind it, read only then, is answered 503 (try
+    # again), not sent to the backend after the deadline and cut unanswered
+    with anyio.fail_after(15):
+        async with proxied(pki, headers=STALL, server={"drain_timeout": 0.3}) as h:
+            server = h.proxy.server
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
+                first = await read_until(s, b'"content":"')  # the stream runs
+                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
+                await server.shutdown()
+                rest = await read_all(s)
+    (stream, answer), left = parse_responses(first + rest)
+    assert left == b""
+    text, err = chat_stream_outcome(stream.body)
+    assert text and err is not None and err["code"] == "service_unavailable"
+    assert answer.status == 503 and answer.header("connection") == "close"
+    assert answer.header("retry-after") == "1"
+    assert "shutting down" in answer.error["message"]
+    assert h.backend.stats.requests_total == 1
+
+
 @pytest.mark.parametrize("ahead", [False, True], ids=["after", "before"])
 async def test_an_empty_line_after_a_request_does_not_hold_the_drain(
     pki: SimpleNamespace, ahead: bool
