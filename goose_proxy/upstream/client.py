@@ -297,6 +297,8 @@ class Connection:
         self.max_event = max_event
         self.idle_since = _idle_clock()
         self.received = False  # any byte from the server for the current request
+        #: no byte of the current answer yet, but for empty lines, which are skipped
+        self.awaiting_head = False
         self.eof = False
         self.requests = 0
         #: when the current request was all sent (None: not yet), for the retry
@@ -325,6 +327,15 @@ class Connection:
                 data = await self.stream.receive(READ_SIZE, timeout)
             except anyio.EndOfStream:
                 data = b""
+            if data and self.awaiting_head:
+                # Line ends before a status line: a stray CRLF after the previous
+                # answer (some servers end a body so), which h11 refuses ("no
+                # response line received"); skipped as a server skips them
+                # before a request line (RFC 9112 §2.2)
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    continue
+                self.awaiting_head = False
             if data:
                 self.received = True
             else:
@@ -717,6 +728,7 @@ class UpstreamClient:
         ep = self.endpoint
         # per request: whether a failure may be retried (see _open)
         conn.received = False
+        conn.awaiting_head = True
         conn.sent_at = None
         rest = await self._send(conn, pieces, deadline)
         conn.requests += 1

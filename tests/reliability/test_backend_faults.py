@@ -517,6 +517,36 @@ async def test_chunk_lines_ended_by_a_bare_lf_and_zero_padded_sizes(
             assert chat_stream_outcome(got.content) == ("one two three", None)
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["with-the-head", "a-write-of-its-own"])
+async def test_empty_lines_before_a_status_line_are_skipped(
+    pki: SimpleNamespace, apart: bool
+) -> None:
+    # a stray CRLF after an answer (a server that ends its body so) arrives
+    # after the proxy took the pooled connection for the next request: it came
+    # before that request's status line, and h11 refused it ("no response line
+    # received"), a 502 for a request the backend answered
+    frames = text_events(["one ", "two"])
+    answer = SSE_HEAD + b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames) + b"0\r\n\r\n"
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            if apart:
+                await stream.send(b"\r\n")
+                await stream.send(answer)
+            else:
+                await stream.send(b"\r\n\r\n" + answer)
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            answers = await _direct_all(srv.url, pki.auth, [HELLO, HELLO_STREAM, HELLO])
+    assert [r.status_code for r in answers] == [200, 200, 200], answers[0].text
+    assert srv.accepted == 1  # each on the one connection, none sent twice
+    assert len(srv.requests) == 3
+    assert chat_stream_outcome(answers[1].content) == ("one two", None)
+    assert answers[2].json()["choices"][0]["message"]["content"] == "one two"
+
+
 async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await _cut_chunked(srv, stream)
