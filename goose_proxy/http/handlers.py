@@ -100,7 +100,7 @@ DONE_GRACE = 0.2
 #: HELD_EVENT_COST each (about what the objects around it take)
 HOLD_LIMIT = 256 * 1024
 HELD_EVENT_COST = 200
-_ERROR_TYPE = re.compile(r'"type"\s*:\s*"error"')
+_ERROR_TYPE = re.compile(r'"type"\s*:\s*"error"|^\s*\{\s*"error"\s*:')
 
 
 def _may_be_terminal(text: str) -> bool:
@@ -112,6 +112,7 @@ def _may_be_terminal(text: str) -> bool:
         '"response.completed"' in text
         or '"response.incomplete"' in text
         or '"response.failed"' in text
+        # an error event; or Llama Stack's own, data-only {"error": {…}}
         or ('"error"' in text and _ERROR_TYPE.search(text) is not None)
     )
 
@@ -284,7 +285,7 @@ class Handlers:
         ex.upstream_status = resp.status
         if resp.status >= 400:
             raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
-            raise error_from_backend(resp.status, raw, **_retry_headers(resp))
+            raise _backend_error(resp, raw)
         _raise_for_redirect(resp)
 
     # -- POST /v1/chat/completions --
@@ -412,7 +413,7 @@ class Handlers:
             headers = [(b"content-type", ctype.encode("latin-1"))]
             if resp.status >= 400:
                 raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
-                err = error_from_backend(resp.status, raw, **_retry_headers(resp))
+                err = _backend_error(resp, raw)
                 if not _is_openai_error(raw) or isinstance(err, ContextLengthExceeded):
                     # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as
                     # for chat (Goose reads error.message, and compacts on it); a
@@ -604,6 +605,21 @@ def _textless_user_message(item: Any) -> bool:
     return isinstance(content, list) and not any(
         isinstance(p, dict) and p.get("type") == "input_text" for p in content
     )
+
+
+#: FastAPI's words when no route matches: the endpoint, not the request, is wrong
+_NO_ROUTE = ("Not Found", "Method Not Allowed")
+
+
+def _backend_error(resp: UpstreamResponse, raw: bytes) -> ProxyError:
+    """The error for the backend's error answer ``resp`` with the body ``raw``."""
+    err = error_from_backend(resp.status, raw, **_retry_headers(resp))
+    if resp.status in (404, 405) and err.message in _NO_ROUTE:
+        err.message += (
+            ": the backend serves no POST {endpoint}/responses; check [backend] endpoint "
+            "(a Lightspeed Stack of your own serves it under /v1)"
+        )
+    return err
 
 
 def _retry_headers(resp: UpstreamResponse) -> dict[str, Optional[str]]:
@@ -1163,7 +1179,11 @@ def _event_kind(ev: SSEEvent) -> str:
     if ev.event:
         return ev.event
     obj = _event_dict(ev.data)
-    kind = obj.get("type") if obj is not None else None
+    if obj is None:
+        return ""
+    kind = obj.get("type")
+    if kind is None and isinstance(obj.get("error"), dict):
+        return "error"  # Llama Stack's own: data-only {"error": {"message": …}}
     return kind if isinstance(kind, str) else ""
 
 
@@ -1263,8 +1283,13 @@ def _event_object(ev: SSEEvent) -> dict[str, Any]:
         raise UpstreamProtocolError("backend sent a stream event that is not JSON") from None
     if not isinstance(obj, dict):
         raise UpstreamProtocolError("backend sent a stream event that is not an object")
-    if "type" not in obj and ev.event:
-        obj["type"] = ev.event
+    if "type" not in obj:
+        if ev.event:
+            obj["type"] = ev.event
+        elif isinstance(obj.get("error"), dict):
+            # Llama Stack ends a stream whose generator raised with a data-only
+            # {"error": {"message": …}}: an error event, not one of no type
+            obj["type"] = "error"
     return obj
 
 

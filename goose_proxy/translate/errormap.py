@@ -19,6 +19,7 @@ client is shown and the proxy's log does not repeat.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -66,6 +67,9 @@ CONTEXT_LENGTH_PHRASES = (
 #: lower-case substrings that mean the quota is used up until its period renews
 #: (Lightspeed Stack's words, OpenAI's), unlike a per-minute quota that is a rate limit
 QUOTA_PHRASES = ("quota has been exceeded", "exceeded your current quota")
+#: Lightspeed Stack's words for any 429 of its inference provider (a per-minute
+#: rate limit as well): a rate limit, not the user's quota used up
+MODEL_QUOTA_PHRASE = "model quota has been exceeded"
 #: lower-case substrings that mean "slow down" or "out of quota"
 RATE_LIMIT_PHRASES = (
     "rate limit",
@@ -117,6 +121,31 @@ def _detail_message(detail: Any) -> Optional[str]:
 
 
 _NOT_JSON = object()
+
+#: how much of an HTML error page is searched for its title (a page held
+#: whole, up to the 1 MiB read of an error body, might take long to scan)
+HTML_SCAN_CHARS = 64 * 1024
+_HTML_START = re.compile(r"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html)\b", re.I | re.S)
+_HTML_HEADING = re.compile(r"<(title|h1|h2)\b[^>]{0,200}>", re.I)
+_TAG = re.compile(r"<[^>]*(?:>|$)")  # also one cut off at the end
+
+
+def _html_page(text: str) -> Optional[str]:
+    """For an HTML page: the words of its title (or first heading), else its
+    first words (``""`` for none); None for any other text."""
+    text = text[:HTML_SCAN_CHARS]
+    if not _HTML_START.match(text):
+        return None
+    import html  # rarely needed: not at start-up
+
+    for m in itertools.islice(_HTML_HEADING.finditer(text), 8):
+        inner = text[m.end() : m.end() + 500]
+        end = inner.lower().find(f"</{m.group(1).lower()}")
+        words = " ".join(html.unescape(_TAG.sub(" ", inner[: max(end, 0)])).split())
+        if words:
+            return words
+    # no title: the page's words, as far as they go
+    return " ".join(html.unescape(_TAG.sub(" ", text)).split())[:300]
 
 
 def _parse(body: bytes) -> tuple[str, Any]:
@@ -251,6 +280,10 @@ def error_from_backend(
     """
     text, doc = _parse(body)
     message, code = _message_in(text, doc)
+    page = _html_page(text) if doc is _NOT_JSON else None
+    if page is not None:  # a gateway's or router's page: its title, not its markup
+        message = f"backend answered HTTP {status} with an HTML page"
+        message += f": {_clip(page)!r}" if page else ""
     if not message:
         message = f"backend answered HTTP {status}"
     headers = retry_hints(retry_after, retry_after_ms, should_retry)
@@ -269,7 +302,9 @@ def _backend_error(
     said = f"{message} {code or ''}"
     if status in (401, 403):
         auth = AuthenticationError(message, status=status, headers=headers)
-        if status == 403:
+        if code is not None:
+            auth.code = code  # OpenAI's invalid_api_key, say
+        elif status == 403:
             auth.code = "permission_denied"
         return auth
     if status == 429:
@@ -285,6 +320,11 @@ def _backend_error(
         return _rate_limited(message, said, code, headers)
     if status < 400:  # not an error status: the caller met a body it could not use
         return UpstreamError(message, headers=headers)
+    if status == 409 and isinstance(doc, Mapping) and "detail" in doc:
+        # FastAPI's 409 (Lightspeed Stack's "Tool conflict"): the same request
+        # conflicts again. OpenAI's own 409s (a lock) are worth the SDK's retry
+        if not any(name == "x-should-retry" for name, _ in headers):
+            headers = [*headers, ("x-should-retry", "false")]
     return UpstreamHTTPError(
         message, status=400 if status == 422 else status, code=code, headers=headers
     )
@@ -297,6 +337,8 @@ def _rate_limited(
     gives no time to come back at (``Retry-After``, ``retry-after-ms``); else
     :class:`RateLimited`."""
     timed = any(name in ("Retry-After", "retry-after-ms") for name, _ in headers)
+    if _says(said, (MODEL_QUOTA_PHRASE,)):
+        return RateLimited(message, headers=headers)
     if not timed and (code == "insufficient_quota" or _says(said, QUOTA_PHRASES)):
         return QuotaExhausted(message, headers=headers)
     return RateLimited(message, headers=headers)
@@ -326,10 +368,17 @@ def error_from_event(err: Mapping[str, Any]) -> ProxyError:
     if not message:
         message = f"upstream reported an error ({code})" if code else "upstream reported an error"
     said = f"{message} {code or ''}"
+    # Llama Stack and OGX put the HTTP status an error stands for in ``code``
+    # ("400", "404"): the status decides, and it is no error code
+    status = int(code) if code is not None and len(code) == 3 and code.isdigit() else None
+    if status is not None:
+        code = None
     if _says(said, CONTEXT_LENGTH_PHRASES):
         return ContextLengthExceeded(message, param=param)
-    if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota":
+    if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota" or status == 429:
         return _rate_limited(message, said, code, [])
+    if status is not None and 400 <= status < 500:
+        return UpstreamHTTPError(message, status=400 if status == 422 else status, code=None)
     blames_request = code is not None and (
         code.startswith("invalid_") or "image" in code or code in _CLIENT_FAULT_CODES
     )

@@ -547,6 +547,62 @@ async def test_empty_lines_before_a_status_line_are_skipped(
     assert answers[2].json()["choices"][0]["message"]["content"] == "one two"
 
 
+def _chunked_sse(frames: list[bytes]) -> bytes:
+    return SSE_HEAD + b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("after_text", [False, True], ids=["first", "after-text"])
+async def test_llama_stacks_data_only_error_event_is_an_error(
+    pki: SimpleNamespace, after_text: bool
+) -> None:
+    # Llama Stack ends a stream whose generator raised with a data-only
+    # {"error": {"message": …}} (no event name, no type): it was skipped, so
+    # a context overflow became a 502 "ended early" the SDK sent twice more
+    said = "Invalid value: This model's maximum context length is 4096 tokens."
+    frames = text_events(["one "])[:3] if after_text else text_events([])[:1]
+    frames = [*frames, b"data: " + json.dumps({"error": {"message": said}}).encode() + b"\n\n"]
+    passthrough = {"model": "m", "input": "hi", "stream": True}
+    with anyio.fail_after(10):
+        async with answering(_chunked_sse(frames), pki.server_context()) as srv:
+            chat, stream = await _direct_all(
+                srv.url, pki.auth, [HELLO, HELLO_STREAM], flavor="openai"
+            )
+            (relayed,) = await _direct_all(
+                srv.url, pki.auth, [passthrough], "/v1/responses", flavor="openai"
+            )
+    # a JSON answer is not begun before the end: a real 400 (Goose compacts)
+    assert chat.status_code == 400, chat.text
+    assert chat.json()["error"]["code"] == "context_length_exceeded"
+    if not after_text:
+        for r in (stream, relayed):
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "context_length_exceeded"
+        return
+    text, err = chat_stream_outcome(stream.content)
+    assert text == "one " and err is not None and said in err["message"]
+    # relayed as it came, and the end of the stream (the openai SDK raises on
+    # an event with an "error"), with no "ended early" event of the proxy's after it
+    assert passthrough_events(relayed.content)[-1] == (None, {"error": {"message": said}})
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+async def test_a_backend_without_the_route_says_to_check_the_endpoint(
+    pki: SimpleNamespace, path: str
+) -> None:
+    # FastAPI's bare {"detail":"Not Found"} for an endpoint without /v1 said
+    # only "Not Found"
+    answer = http_answer("404 Not Found", [("content-type", "application/json")],
+                         b'{"detail":"Not Found"}')  # fmt: skip
+    body = HELLO if path.endswith("completions") else {"model": "m", "input": "hi"}
+    with anyio.fail_after(10):
+        async with answering(answer, pki.server_context()) as srv:
+            (r,) = await _direct_all(srv.url, pki.auth, [body], path)
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert message.startswith("Not Found: the backend serves no POST {endpoint}/responses")
+    assert "check [backend] endpoint" in message
+
+
 async def test_truncated_chunked_body_json(pki: SimpleNamespace) -> None:
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await _cut_chunked(srv, stream)
@@ -655,7 +711,8 @@ async def test_an_error_answer_whose_body_cannot_be_read_keeps_its_status(
     err = r.json()["error"]
     if fault == "too-long":
         assert (r.status_code, err["code"]) == (429, "rate_limit_exceeded")
-        assert r.headers["retry-after"] == "7" and err["message"].startswith("<html>slow down")
+        assert r.headers["retry-after"] == "7"
+        assert err["message"] == "backend answered HTTP 429 with an HTML page: 'slow down'"
     elif fault == "stalls":
         assert r.status_code == 503 and r.headers["retry-after"] == "3"
         assert "overloaded" in err["message"]

@@ -174,10 +174,10 @@ async def test_a_refused_identity_and_other_backend_errors_are_warned_about(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "POST /v1/chat/completions: backend reported an error: 403 permission_denied",
-        "POST /v1/chat/completions: backend reported an error: 401 (no code)",
+        "POST /v1/chat/completions: backend reported an error: 401 invalid_cert",
         "POST /v1/chat/completions: backend reported an error: 404 (no code)",
         "POST /v1/chat/completions: backend reported an error: 409 conflict",
-        "POST /v1/responses: backend reported an error: 403 permission_denied",
+        "POST /v1/responses: backend reported an error: 403 forbidden",
     ]
     assert SECRET not in _logged(caplog, logging.DEBUG)
 

@@ -163,7 +163,17 @@ OPENAI_400 = json.dumps({"error": {"message": "Invalid value for 'x'.", "type":
         (404, b'{"detail":"Not Found"}', UpstreamHTTPError, 404, "Not Found"),
         (500, b'{"error": "plain string error"}', UpstreamHTTPError, 500, "plain string error"),
         (503, b'{"message": "overloaded"}', UpstreamHTTPError, 503, "overloaded"),
-        (502, b"<html>Bad gateway</html>", UpstreamHTTPError, 502, "<html>Bad gateway</html>"),
+        # an HTML page (a router's, a gateway's): its title or first heading, not markup
+        (502, b"<html>Bad gateway</html>", UpstreamHTTPError, 502,
+         "backend answered HTTP 502 with an HTML page: 'Bad gateway'"),
+        (502, b"<html></html>", UpstreamHTTPError, 502,
+         "backend answered HTTP 502 with an HTML page"),
+        (503, b"<html><head><style>body {" + b"x" * 2000 + b"}</style><title>Application is "
+              b"not available</title></head><body><h1>Application is not available</h1>",
+         UpstreamHTTPError, 503,
+         "backend answered HTTP 503 with an HTML page: 'Application is not available'"),
+        (502, b"<!-- gw -->\n<!DOCTYPE html><html><body><h1 class=e>Bad &amp; <b>gone</b></h1>",
+         UpstreamHTTPError, 502, "backend answered HTTP 502 with an HTML page: 'Bad & gone'"),
         (500, b"", UpstreamHTTPError, 500, "backend answered HTTP 500"),
         (413, b'{"detail":"Request Entity Too Large"}', ContextLengthExceeded, 400,
          "context length exceeded: Request Entity Too Large"),
@@ -191,6 +201,12 @@ OPENAI_400 = json.dumps({"error": {"message": "Invalid value for 'x'.", "type":
               b'"code":"insufficient_quota"}}', QuotaExhausted, 429,
          "You exceeded your current quota"),
         (401, b'{"error":{"message":"bad key"}}', AuthenticationError, 401, "bad key"),
+        # Lightspeed Stack's words for its inference provider's 429: a rate limit
+        # (per minute, say), not the user's quota used up
+        (429, b'{"detail":{"response":"The model quota has been exceeded","cause":"The token '
+              b'quota for model gpt-4o has been exceeded."}}', RateLimited, 429,
+         "The model quota has been exceeded: The token quota for model gpt-4o has been "
+         "exceeded."),
         (403, b'{"detail":"Insufficient entitlements"}', AuthenticationError, 403,
          "Insufficient entitlements"),
     ],
@@ -204,6 +220,30 @@ def test_backend_rows(status: int, body: bytes, cls: type, out_status: int, mess
         assert envelope(err)["type"] == "invalid_request_error"
     if cls is RateLimited:
         assert envelope(err)["code"] == "rate_limit_exceeded"
+
+
+def test_an_openai_code_on_a_refused_identity_is_kept() -> None:
+    body = b'{"error":{"message":"Incorrect API key","code":"invalid_api_key"}}'
+    assert envelope(error_from_backend(401, body))["code"] == "invalid_api_key"
+    assert envelope(error_from_backend(403, b'{"detail":"no"}'))["code"] == "permission_denied"
+
+
+def test_a_fastapi_409_is_not_worth_a_retry() -> None:
+    # Lightspeed Stack's "Tool conflict" is the same on every try; OpenAI's own
+    # 409 (a conflicting operation) may pass, and keeps the SDK's retry
+    tool = (b'{"detail":{"response":"Tool conflict","cause":"Client file_search tool '
+            b'conflicts with a server-configured file_search tool."}}')  # fmt: skip
+    lock = b'{"error":{"message":"Another operation is in progress","code":"conflict"}}'
+    for body, retry in ((tool, ["false"]), (lock, [])):
+        err = error_from_backend(409, body)
+        assert err.status == 409
+        assert [v for n, v in err.response_headers() if n == "x-should-retry"] == retry
+
+
+def test_html_pages_are_scanned_in_bounded_time() -> None:
+    # a page of 250,000 unclosed headings is searched only so far
+    err = error_from_backend(502, b"<html>" + b"<h1>" * 250_000)
+    assert err.message == "backend answered HTTP 502 with an HTML page"
 
 
 def test_backend_error_code_kept_for_passthrough() -> None:
@@ -271,6 +311,16 @@ def test_retry_hints_kept_only_when_valid(
         ({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
          UpstreamHTTPError, 400, None),
         ({"code": "server_error", "message": "LLM exploded"}, UpstreamError, 502, "server_error"),
+        # OGX and Llama Stack put the HTTP status in the code: the status decides
+        ({"type": "error", "code": "400", "message": "Invalid value for 'temperature'"},
+         UpstreamHTTPError, 400, None),
+        ({"type": "error", "code": "404", "message": "Model 'x' not found"},
+         UpstreamHTTPError, 404, None),
+        ({"type": "error", "code": "422", "message": "bad field"}, UpstreamHTTPError, 400, None),
+        ({"type": "error", "code": "429", "message": "Slow down"}, RateLimited, 429,
+         "rate_limit_exceeded"),
+        ({"type": "error", "code": "500", "message": "LLM exploded"}, UpstreamError, 502,
+         "upstream_error"),
         ({"type": "error", "message": "no code"}, UpstreamError, 502, "upstream_error"),
     ],
 )  # fmt: skip
