@@ -248,10 +248,16 @@ def goose_reads_response(body: Union[bytes, str, dict[str, Any]]) -> GooseSees:
 
 
 # --- how Goose classifies an error answer -------------------------------------
+#
+# Two lines of Goose are in use: block/goose 1.x (``check_context_length_exceeded``
+# in ``crates/goose/src/providers/openai_compatible.rs``), and aaif-goose, where
+# the mapping moved to ``crates/goose-providers/src/http_status.rs``
+# (``map_http_error_to_provider_error``, ``is_context_length_exceeded``). The
+# proxy's errors must mean the same to both: :func:`goose_error_kind` asks both
+# and fails where they differ.
 
-#: lower-case phrases after which Goose takes a 400 for a context overflow and
-#: compacts its history (``check_context_length_exceeded`` in
-#: ``crates/goose/src/providers/openai_compatible.rs``); it never reads ``code``
+#: block/goose 1.x: lower-case phrases after which a 400 is a context overflow
+#: (it compacts its history); it never reads ``code``
 CONTEXT_PHRASES = (
     "too long",
     "context length",
@@ -267,13 +273,67 @@ CONTEXT_PHRASES = (
     "maximum prompt length",
 )
 
+#: aaif-goose: phrases that alone make a message a context overflow
+_AAIF_DIRECT = (
+    "context length",
+    "context_length_exceeded",
+    "context window",
+    "context_window_exceeded",
+    "context limit",
+    "maximum context",
+    "max context",
+    "maximum prompt length",
+    "max prompt length",
+    "input is too long",
+    "input too long",
+    "prompt is too long",
+    "prompt too long",
+)
+_AAIF_TOKENS = ("input token", "input length", "prompt token", "prompt length",
+                "message token", "messages token", "request token", "total token")  # fmt: skip
+_AAIF_LIMIT = ("model limit", "model's limit", "maximum allowed", "max allowed",
+               "maximum number of tokens", "token limit", "tokens limit")  # fmt: skip
+_AAIF_OVERFLOW = ("exceed", "too long", "too large", "over the limit")
+_AAIF_SIZE = ("request size", "requestsize", "request body size", "request payload size",
+              "payload size", "body size", "request body is too large",
+              "request body too large", "request payload is too large",
+              "request payload too large", "payload is too large", "payload too large")  # fmt: skip
+
+
+def _aaif_says_overflow(doc: Any, message: str) -> bool:
+    """aaif-goose's ``is_context_length_exceeded``: the error's code, llama.cpp's
+    token counts, or the message's words."""
+    inner = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(inner, dict):
+        code = inner.get("code")
+        if isinstance(code, str) and code.lower() == "context_length_exceeded":
+            return True
+        n, ctx = inner.get("n_prompt_tokens"), inner.get("n_ctx")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (n, ctx))
+        if numbers and ctx > 0 and n > ctx:
+            return True
+    t = message.lower()
+    if any(p in t for p in _AAIF_DIRECT):
+        return True
+    if "reduce the length" in t and any(w in t for w in ("message", "input", "prompt")):
+        return True
+    overflow = any(p in t for p in _AAIF_OVERFLOW)
+    words = set(re.split(r"[^a-z0-9]", t))
+    content_length = "content length" in t or "content-length" in t
+    sized = any(p in t for p in _AAIF_SIZE) or (
+        content_length and bool(words & {"request", "byte", "bytes"})
+    )
+    if sized and overflow:
+        return True
+    return overflow and any(p in t for p in _AAIF_TOKENS) and any(p in t for p in _AAIF_LIMIT)
+
 
 def goose_error_kind(status: int, body: Union[bytes, str, dict[str, Any]]) -> str:
     """The ``ProviderError`` variant Goose makes of an error answer
-    (``map_http_error_to_provider_error`` there): the message is
-    ``error.message``, else a top-level ``message``, else the whole body; only
-    ``ContextLengthExceeded`` makes Goose compact, only ``RateLimitExceeded``
-    makes it retry."""
+    (``map_http_error_to_provider_error``): the message is ``error.message``,
+    else a top-level ``message``, else the whole body; only
+    ``ContextLengthExceeded`` makes Goose compact. The same under block/goose
+    1.x and aaif-goose, or an AssertionError saying how they differ."""
     try:
         doc = body if isinstance(body, dict) else json.loads(body)
     except ValueError:
@@ -293,10 +353,10 @@ def goose_error_kind(status: int, body: Union[bytes, str, dict[str, Any]]) -> st
     if status == 413:
         return "ContextLengthExceeded"
     if status == 400:
-        lowered = message.lower()
-        if any(p in lowered for p in CONTEXT_PHRASES):
-            return "ContextLengthExceeded"
-        return "RequestFailed"
+        block = any(p in message.lower() for p in CONTEXT_PHRASES)
+        aaif = _aaif_says_overflow(doc, message)
+        assert block == aaif, f"Goose 1.x and aaif-goose differ on {message!r}: {block}, {aaif}"
+        return "ContextLengthExceeded" if block else "RequestFailed"
     if status == 429:
         return "RateLimitExceeded"
     return "ServerError" if status >= 500 else "RequestFailed"

@@ -334,9 +334,10 @@ def test_event_rows(err: dict[str, Any], cls: type, status: int, code: Optional[
     assert got.message == said
 
 
-# Goose compacts on a 400 only when error.message has one of its phrases (it
-# never reads the code): every context_length_exceeded must say one, whatever
-# the backend's own words were
+# Goose 1.x compacts on a 400 only when error.message has one of its phrases (it
+# never reads the code; aaif-goose reads the code too, and fewer phrases):
+# every context_length_exceeded must say one both take, whatever the backend's
+# own words were
 @pytest.mark.parametrize(
     "err",
     [
@@ -360,6 +361,26 @@ def test_event_rows(err: dict[str, Any], cls: type, status: int, code: Optional[
 def test_goose_compacts_on_every_context_length_error(err: ProxyError) -> None:
     assert isinstance(err, ContextLengthExceeded) and err.status == 400
     assert goose_error_kind(err.status, err.to_json()) == "ContextLengthExceeded"
+
+
+def test_both_lines_of_goose_are_asked() -> None:
+    # the model of Goose's rules fails where block/goose 1.x and aaif-goose
+    # would take the same answer differently: Goose 1.x takes any "exceeds"
+    # or "max_tokens" for an overflow, aaif-goose the code as well
+    for differs in (
+        {"error": {"message": "max_tokens must be at most 4096"}},
+        {"error": {"message": "temperature exceeds the maximum allowed value"}},
+        {"error": {"message": "no room", "code": "context_length_exceeded"}},
+        {"error": {"message": "no room", "n_prompt_tokens": 9000, "n_ctx": 8192}},
+    ):
+        with pytest.raises(AssertionError, match="differ"):
+            goose_error_kind(400, differs)
+    for said, kind in (
+        ("context length exceeded: no room", "ContextLengthExceeded"),
+        ("Input token count exceeds the model limit", "ContextLengthExceeded"),
+        ("Invalid value for 'temperature'", "RequestFailed"),
+    ):
+        assert goose_error_kind(400, {"error": {"message": said}}) == kind
 
 
 def test_a_message_that_says_it_is_kept_as_it_is() -> None:
