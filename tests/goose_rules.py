@@ -1,17 +1,25 @@
-"""How Goose reads a Responses answer: its serde types, mirrored strictly.
+"""How Goose reads the proxy's answers, as two lines of Goose read them.
 
-Goose (block/goose) sends gpt-5 and o-series models to ``POST /v1/responses``
-and parses the answer with the types of
-``crates/goose/src/providers/formats/openai/responses.rs`` (``formats/
-openai_responses.rs`` in older releases). A stream event whose type is not in
-``is_known_responses_stream_event_type`` is skipped; one whose type is known
-goes through ``ResponsesStreamEvent``, and a payload that does not fit (an
-unknown ``type`` variant, a missing field, a wrong type) fails the whole turn.
-A JSON answer goes through ``ResponsesApiResponse``. Serde's rules as used
-there: a missing or null ``Option`` is None; ``#[serde(default)]`` takes a
-missing field, not a null; an ``i32`` is an integer in range, never a bool
-or a float; a ``Value`` may be anything but must be present; unknown fields
-are ignored.
+Two lines of Goose are in use: block/goose 1.x and aaif-goose, where the
+provider code moved to ``crates/goose-provider-types`` and
+``crates/goose-providers``. Each parser here has a model of each line, and the
+public helpers ask both: they fail where either line would fail the turn, and
+where the two would show different text or tool calls (an AssertionError
+saying how they differ). ``line=BLOCK`` or ``line=AAIF`` asks one line alone.
+
+Responses answers. Goose sends gpt-5 and o-series models to ``POST
+/v1/responses`` and parses the answer with serde types: block/goose 1.x those
+of ``crates/goose/src/providers/formats/openai/responses.rs`` (``formats/
+openai_responses.rs`` in older releases), aaif-goose those of
+``crates/goose-provider-types/src/formats/openai_responses.rs``. A stream
+event whose type is not in ``is_known_responses_stream_event_type`` is
+skipped; one whose type is known goes through ``ResponsesStreamEvent``, and a
+payload that does not fit (an unknown ``type`` variant, a missing field, a
+wrong type) fails the whole turn. A JSON answer goes through
+``ResponsesApiResponse``. Serde's rules as used there: a missing or null
+``Option`` is None; ``#[serde(default)]`` takes a missing field, not a null;
+an ``i32`` is an integer in range, never a bool or a float; a ``Value`` may
+be anything but must be present; unknown fields are ignored.
 
 :func:`goose_reads_stream` and :func:`goose_reads_response` raise
 :class:`GooseRejects` where Goose fails, and return what it would show.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -109,29 +118,82 @@ RESPONSES_API_RESPONSE = {**RESPONSE_METADATA, "output": ("vec", OUTPUT_ITEM)}
 _SEQ = {"sequence_number": "i32"}
 _AT = {**_SEQ, "item_id": "str", "output_index": "i32"}
 _PART_AT = {**_AT, "content_index": "i32"}
-# ResponsesStreamEvent: the known event types (is_known_responses_stream_event_type)
-STREAM_EVENTS: dict[str, dict[str, Spec]] = {
-    "response.created": {**_SEQ, "response": RESPONSE_METADATA},
-    "response.in_progress": {**_SEQ, "response": RESPONSE_METADATA},
-    "response.output_item.added": {**_SEQ, "output_index": "i32", "item": OUTPUT_ITEM_INFO},
-    "response.content_part.added": {**_PART_AT, "part": CONTENT_PART},
-    "response.output_text.delta": {
-        **_PART_AT,
-        "delta": "str",
-        "logprobs": _opt(("vec", "value")),
-        "obfuscation": _opt("str"),
-    },
-    "response.output_item.done": {**_SEQ, "output_index": "i32", "item": OUTPUT_ITEM_INFO},
-    "response.content_part.done": {**_PART_AT, "part": CONTENT_PART},
-    "response.output_text.done": {**_PART_AT, "text": "str", "logprobs": _opt(("vec", "value"))},
-    "response.completed": {**_SEQ, "response": RESPONSE_METADATA},
-    "response.failed": {**_SEQ, "error": "value"},
-    "response.function_call_arguments.delta": {**_AT, "delta": "str", "obfuscation": _opt("str")},
-    "response.function_call_arguments.done": {**_AT, "arguments": "str"},
-    "response.refusal.delta": {**_PART_AT, "delta": "str"},
-    "response.refusal.done": {**_PART_AT, "refusal": "str"},
-    "error": {"error": "value"},
-    "keepalive": {"sequence_number": _opt("i32")},
+
+
+def _stream_events(metadata: Spec, item: Spec, part: Spec) -> dict[str, dict[str, Spec]]:
+    """``ResponsesStreamEvent``: the known event types
+    (``is_known_responses_stream_event_type``) and their fields."""
+    return {
+        "response.created": {**_SEQ, "response": metadata},
+        "response.in_progress": {**_SEQ, "response": metadata},
+        "response.output_item.added": {**_SEQ, "output_index": "i32", "item": item},
+        "response.content_part.added": {**_PART_AT, "part": part},
+        "response.output_text.delta": {
+            **_PART_AT,
+            "delta": "str",
+            "logprobs": _opt(("vec", "value")),
+            "obfuscation": _opt("str"),
+        },
+        "response.output_item.done": {**_SEQ, "output_index": "i32", "item": item},
+        "response.content_part.done": {**_PART_AT, "part": part},
+        "response.output_text.done": {
+            **_PART_AT,
+            "text": "str",
+            "logprobs": _opt(("vec", "value")),
+        },
+        "response.completed": {**_SEQ, "response": metadata},
+        "response.failed": {**_SEQ, "error": "value"},
+        "response.function_call_arguments.delta": {
+            **_AT,
+            "delta": "str",
+            "obfuscation": _opt("str"),
+        },
+        "response.function_call_arguments.done": {**_AT, "arguments": "str"},
+        "response.refusal.delta": {**_PART_AT, "delta": "str"},
+        "response.refusal.done": {**_PART_AT, "refusal": "str"},
+        "error": {"error": "value"},
+        "keepalive": {"sequence_number": _opt("i32")},
+    }
+
+
+STREAM_EVENTS = _stream_events(RESPONSE_METADATA, OUTPUT_ITEM_INFO, CONTENT_PART)
+
+# aaif-goose (``crates/goose-provider-types/src/formats/openai_responses.rs``):
+# the same types, with ``id`` and ``status`` of output items optional, a
+# ``reasoning_text`` content part, ``output`` of a stream's response defaulted,
+# ``incomplete_details`` and ``input_tokens_details`` read, and one more event,
+# ``response.incomplete``, parsed as strictly as ``response.completed``.
+AAIF_USAGE = {**USAGE, "input_tokens_details": _opt({"cached_tokens": _opt("i32")})}
+AAIF_CONTENT_PART = ("tagged", {**CONTENT_PART[1], "reasoning_text": {"text": "str"}})
+AAIF_CONTENT_BLOCK = ("tagged", {**CONTENT_BLOCK[1], "reasoning_text": {"text": "str"}})
+_AAIF_FUNCTION_CALL = {**_FUNCTION_CALL, "id": _opt("str"), "status": _opt("str")}
+_AAIF_REASONING = {**_REASONING, "id": _opt("str")}
+
+
+def _aaif_items(parts: Spec) -> Spec:
+    message = {"id": _opt("str"), "status": _opt("str"), "role": "str", "content": ("vec", parts)}
+    return (
+        "tagged",
+        {"reasoning": _AAIF_REASONING, "message": message, "function_call": _AAIF_FUNCTION_CALL},
+    )
+
+
+AAIF_OUTPUT_ITEM_INFO = _aaif_items(AAIF_CONTENT_PART)
+AAIF_OUTPUT_ITEM = _aaif_items(AAIF_CONTENT_BLOCK)
+AAIF_RESPONSE_METADATA = {
+    **RESPONSE_METADATA,
+    "output": ("default_vec", AAIF_OUTPUT_ITEM_INFO),
+    "usage": _opt(AAIF_USAGE),
+    "incomplete_details": _opt({"reason": _opt("str")}),
+}
+AAIF_RESPONSES_API_RESPONSE = {
+    **RESPONSES_API_RESPONSE,
+    "output": ("vec", AAIF_OUTPUT_ITEM),
+    "usage": _opt(AAIF_USAGE),
+}
+AAIF_STREAM_EVENTS = {
+    **_stream_events(AAIF_RESPONSE_METADATA, AAIF_OUTPUT_ITEM_INFO, AAIF_CONTENT_PART),
+    "response.incomplete": {**_SEQ, "response": AAIF_RESPONSE_METADATA},
 }
 
 
@@ -178,13 +240,46 @@ def check(value: Any, spec: Spec, path: str = "$") -> None:
         raise GooseRejects(f"{path}: invalid type, expected {spec}: {value!r:.80}")
 
 
+#: the two lines of Goose, as ``line=`` names them
+BLOCK = "block/goose 1.x"
+AAIF = "aaif-goose"
+
+
 @dataclass
 class GooseSees:
     """What Goose makes of an answer: its text (deltas, else the output's text and
-    refusals) and its tool calls (name, arguments)."""
+    refusals) and its tool calls (name, arguments). ``limit_reached``: aaif-goose
+    marks the turn as cut at the output token limit (block/goose 1.x has no such
+    mark)."""
 
     text: str = ""
     calls: list[tuple[str, str]] = field(default_factory=list)
+    limit_reached: bool = False
+
+
+def _ask_both(readers: dict[str, Any], body: Any, line: Optional[str], fields: tuple) -> Any:
+    """Ask the model of each line of Goose; fail where either fails (the failure
+    names the line), or where they would show different ``fields``."""
+    if line is not None:
+        return readers[line](body)
+    got: dict[str, Any] = {}
+    for name, read in readers.items():
+        try:
+            got[name] = read(body)
+        except GooseRejects as exc:
+            got[name] = exc
+    failed = {name: r for name, r in got.items() if isinstance(r, GooseRejects)}
+    if failed:
+        said = "; ".join(f"{name}: {exc}" for name, exc in failed.items())
+        only = "" if len(failed) == len(got) else "only "
+        raise GooseRejects(f"{only}{said}")
+    block, aaif = got[BLOCK], got[AAIF]
+    for name in fields:
+        a, b = getattr(block, name), getattr(aaif, name)
+        assert a == b, f"{BLOCK} and {AAIF} differ on {name}: {a!r} vs {b!r}"
+    if hasattr(block, "limit_reached"):
+        block.limit_reached = aaif.limit_reached
+    return block
 
 
 def _from_items(items: list[dict[str, Any]], seen: GooseSees, text_streamed: bool) -> None:
@@ -196,11 +291,10 @@ def _from_items(items: list[dict[str, Any]], seen: GooseSees, text_streamed: boo
                 seen.text += part.get("text") or part.get("refusal") or ""
 
 
-def goose_reads_stream(body: Union[bytes, str]) -> GooseSees:
-    """Read a stream line by line as ``responses_api_to_streaming_message`` does:
-    ``data:`` lines (any other line but ``event:`` lines, comments and blank ones
-    is parsed as JSON too), ``[DONE]`` or ``response.completed`` ends it, a
-    failure event fails the turn."""
+def _block_reads_stream(body: Union[bytes, str]) -> GooseSees:
+    """block/goose 1.x: ``data:`` lines (any other line but ``event:`` lines,
+    comments and blank ones is parsed as JSON too), ``[DONE]`` or
+    ``response.completed`` ends it, a failure event fails the turn."""
     text = body.decode() if isinstance(body, bytes) else body
     seen, items, streamed = GooseSees(), [], False
     for line in text.replace("\r\n", "\n").split("\n"):
@@ -238,13 +332,165 @@ def goose_reads_stream(body: Union[bytes, str]) -> GooseSees:
     return seen
 
 
-def goose_reads_response(body: Union[bytes, str, dict[str, Any]]) -> GooseSees:
-    """Read a JSON answer as ``ResponsesApiResponse`` and ``responses_api_to_message``."""
+_UNICODE_TAGS = re.compile("[\U000e0000-\U000e007f]")
+
+
+def _strip_tags(text: str) -> str:
+    """``strip_unicode_tags``: the Unicode tag characters (U+E0000..U+E007F) dropped."""
+    return _UNICODE_TAGS.sub("", text)
+
+
+def _sanitize(text: str) -> str:
+    """``sanitize_unicode_tags``: NFC, then the tag characters dropped."""
+    return _strip_tags(unicodedata.normalize("NFC", text))
+
+
+def _aaif_tool_args(arguments: str) -> None:
+    """aaif-goose's ``parse_tool_arguments`` of the Responses parser: empty or not
+    JSON reads as ``{}``; JSON whose keys collide once tag characters are
+    dropped (``sanitize_tool_arguments``) fails the turn."""
+
+    def walk(value: Any) -> None:
+        if isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            keys = [_strip_tags(k) for k in value]
+            if len(set(keys)) != len(keys):
+                raise GooseRejects("tool arguments: duplicate key once tags are dropped")
+            for v in value.values():
+                walk(v)
+
+    try:
+        doc = json.loads(arguments) if arguments else {}
+    except ValueError:
+        return
+    walk(doc)
+
+
+def _aaif_from_items(items: list[dict[str, Any]], seen: GooseSees, text_streamed: bool) -> None:
+    """aaif-goose's ``process_streaming_output_items`` and ``responses_api_to_message``:
+    a call's id is ``call_id``, else ``id``, else the turn fails, and two calls
+    with one id fail it too; texts lose their tag characters; ``reasoning_text``
+    parts are thinking, not text. (``tool_call`` content parts, which no OpenAI
+    server sends, are not mirrored, as in the 1.x model.)"""
+    ids: set[str] = set()
+    for item in items:
+        if item["type"] == "function_call":
+            cid = item.get("call_id") if item.get("call_id") is not None else item.get("id")
+            if cid is None:
+                raise GooseRejects("a function_call without call_id and id")
+            if _strip_tags(cid) in ids:
+                raise GooseRejects(f"two tool calls with the id {cid!r}")
+            ids.add(_strip_tags(cid))
+            _aaif_tool_args(item["arguments"])
+            seen.calls.append((_strip_tags(item["name"]), item["arguments"]))
+        elif item["type"] == "message" and not text_streamed:
+            for part in item["content"]:
+                if part["type"] in ("output_text", "refusal"):
+                    seen.text += _sanitize(part.get("text") or part.get("refusal") or "")
+
+
+def _aaif_sse_payload(line: str) -> Optional[str]:
+    """aaif-goose's line rules (``responses_api_to_streaming_message``,
+    ``sse_field_name``): blank lines and comments are skipped, a ``data:`` line
+    gives its value, a line whose text before its first colon starts (after
+    white space) with ``{`` or ``[`` is a bare JSON frame, and any other field
+    (``event:``, ``id:``, ``retry:``, ...) is skipped; a bare ``data`` is read
+    as a payload and fails."""
+    if not line.strip(RUST_WHITESPACE) or line.startswith(":"):
+        return None
+    if line.startswith("data: "):
+        return line[6:]
+    if line.startswith("data:"):
+        return line[5:]
+    name = line.split(":", 1)[0]
+    if name.lstrip(RUST_WHITESPACE).startswith(("{", "[")) or name == "data":
+        return line
+    return None
+
+
+def _aaif_reads_stream(body: Union[bytes, str]) -> GooseSees:
+    """aaif-goose: as 1.x, but ``response.incomplete`` is known and, like
+    ``response.completed``, ends the stream (its output, less the function calls
+    not ``completed``, replaces the items gathered; ``max_output_tokens`` or
+    ``max_tokens`` as its reason marks the turn cut at the output limit), and
+    deltas lose their tag characters."""
+    text = body.decode() if isinstance(body, bytes) else body
+    seen, items, streamed = GooseSees(), [], False
+    for line in text.replace("\r\n", "\n").split("\n"):
+        data = _aaif_sse_payload(line)
+        if data is None:
+            continue
+        if data == "[DONE]":
+            break
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise GooseRejects(f"not JSON: {data!r:.80}") from None
+        kind = event.get("type") if isinstance(event, dict) else None
+        if not isinstance(kind, str) or kind not in AAIF_STREAM_EVENTS:
+            continue
+        check(event, AAIF_STREAM_EVENTS[kind], kind)
+        if kind in ("response.output_text.delta", "response.refusal.delta"):
+            streamed = True
+            seen.text += _strip_tags(event["delta"])
+        elif kind == "response.output_item.done":
+            items.append(event["item"])
+        elif kind == "response.completed":
+            if event["response"].get("output"):
+                items = event["response"]["output"]
+            break
+        elif kind == "response.incomplete":
+            response = event["response"]
+            reason = (response.get("incomplete_details") or {}).get("reason")
+            seen.limit_reached = response["status"] == "incomplete" and reason in (
+                "max_output_tokens",
+                "max_tokens",
+            )
+            if response.get("output"):
+                items = [
+                    i
+                    for i in response["output"]
+                    if i["type"] != "function_call" or i.get("status") == "completed"
+                ]
+            break
+        elif kind in ("response.failed", "error"):
+            raise GooseRejects(f"the turn failed: {kind}")
+    _aaif_from_items(items, seen, streamed)
+    return seen
+
+
+def goose_reads_stream(body: Union[bytes, str], line: Optional[str] = None) -> GooseSees:
+    """Read a Responses stream as ``responses_api_to_streaming_message`` of both
+    lines of Goose does (``line``: one of them only)."""
+    readers = {BLOCK: _block_reads_stream, AAIF: _aaif_reads_stream}
+    return _ask_both(readers, body, line, ("text", "calls"))
+
+
+def _block_reads_response(body: Union[bytes, str, dict[str, Any]]) -> GooseSees:
     obj = body if isinstance(body, dict) else json.loads(body)
     check(obj, RESPONSES_API_RESPONSE)
     seen = GooseSees()
     _from_items(obj["output"], seen, False)
     return seen
+
+
+def _aaif_reads_response(body: Union[bytes, str, dict[str, Any]]) -> GooseSees:
+    obj = body if isinstance(body, dict) else json.loads(body)
+    check(obj, AAIF_RESPONSES_API_RESPONSE)
+    seen = GooseSees()
+    _aaif_from_items(obj["output"], seen, False)
+    return seen
+
+
+def goose_reads_response(
+    body: Union[bytes, str, dict[str, Any]], line: Optional[str] = None
+) -> GooseSees:
+    """Read a JSON answer as ``ResponsesApiResponse`` and ``responses_api_to_message``
+    of both lines of Goose (``line``: one of them only)."""
+    readers = {BLOCK: _block_reads_response, AAIF: _aaif_reads_response}
+    return _ask_both(readers, body, line, ("text", "calls"))
 
 
 # --- how Goose classifies an error answer -------------------------------------
@@ -387,8 +633,10 @@ class GooseTurnFails(GooseRejects):
 class GooseCall:
     """A tool request as Goose makes it: ``arguments`` the text it gathered,
     ``args`` what it parsed (None: not JSON, Goose shows an ``INVALID_PARAMS``
-    error, or for a bad name ``INVALID_REQUEST``; its repair of truncated JSON
-    and of raw control characters is not mirrored)."""
+    error, or for a bad name ``INVALID_REQUEST``; aaif-goose also shows an error
+    for JSON that is not an object and for every call of an answer cut at the
+    output token limit; their repair of truncated JSON and of raw control
+    characters is not mirrored)."""
 
     id: str
     name: str
@@ -403,7 +651,8 @@ class GooseChat:
     reported; ``usages`` counts them). ``dropped_text`` is text Goose read and
     threw away (content in the chunks that carry tool-call deltas), ``lost_calls``
     tool calls it gathered but never made (a ``[DONE]`` before the chunk that
-    finishes them)."""
+    finishes them). ``limit_reached``: aaif-goose marks the answer as cut at the
+    output token limit (a ``finish_reason`` of ``length``); 1.x has no such mark."""
 
     text: str = ""
     thinking: str = ""
@@ -412,6 +661,7 @@ class GooseChat:
     usages: int = 0
     dropped_text: str = ""
     lost_calls: list[GooseCall] = field(default_factory=list)
+    limit_reached: bool = False
 
 
 def _int_or_none(value: Any, bits: int) -> bool:
@@ -583,8 +833,8 @@ def _lines(body: Union[bytes, str]) -> list[str]:
     return out
 
 
-def goose_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
-    """Read a streamed chat answer (the body of a 200) as Goose does.
+def _block_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
+    """Read a streamed chat answer (the body of a 200) as block/goose 1.x does.
 
     Mirrors, in its own terms, ``response_to_streaming_message`` and
     ``parse_streaming_chunk`` (``crates/goose/src/providers/formats/openai/
@@ -699,8 +949,8 @@ def goose_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
     return seen
 
 
-def goose_reads_chat_response(body: Union[bytes, str, dict[str, Any]]) -> GooseChat:
-    """Read a non-streamed chat answer (the body of a 200) as Goose does.
+def _block_reads_chat_response(body: Union[bytes, str, dict[str, Any]]) -> GooseChat:
+    """Read a non-streamed chat answer (the body of a 200) as block/goose 1.x does.
 
     Mirrors ``response_to_message`` and ``get_usage`` (``crates/goose/src/
     providers/formats/openai/messages.rs``; ``formats/openai.rs`` in older
@@ -760,3 +1010,346 @@ def goose_reads_chat_response(body: Union[bytes, str, dict[str, Any]]) -> GooseC
         seen.calls.append(made)
     seen.usage, seen.usages = goose_usage(resp), 1
     return seen
+
+
+# --- aaif-goose's chat-completions rules ---------------------------------------------
+#
+# ``crates/goose-provider-types/src/formats/openai.rs`` (``parse_streaming_chunk``,
+# ``classify_choiceless_frame``, ``response_to_streaming_message``,
+# ``response_to_message``) and ``crates/goose-providers/src/openai_compatible.rs``
+# (``stream_openai_compat``, the same line framing). The differences from 1.x are
+# written out where they apply.
+
+_I64_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def _aaif_error_text(value: Any) -> Optional[str]:
+    """``stream_error_text``: a string as is; an object's ``msg`` or ``message``
+    (else the object as JSON); a list's items joined by ``; ``; null or empty is
+    nothing; over 500 characters is cut."""
+
+    def one(v: Any) -> Optional[str]:
+        if isinstance(v, str):
+            return v
+        if v is None:
+            return None
+        if isinstance(v, dict):
+            said = v.get("msg") if "msg" in v else v.get("message")
+            return said if isinstance(said, str) else json.dumps(v, separators=(",", ":"))
+        return json.dumps(v, separators=(",", ":"))
+
+    if isinstance(value, list):
+        parts = [t for t in map(one, value) if t is not None]
+        text = "; ".join(parts) if parts else None
+    else:
+        text = one(value)
+    if not text:
+        return None
+    return text if len(text) <= 500 else text[:500] + "\u2026"
+
+
+def _aaif_choiceless(value: dict[str, Any]) -> Optional[GooseTurnFails]:
+    """``classify_choiceless_frame``: a frame without ``choices`` is skipped unless
+    it signals an error: a ``status``, ``statusCode`` or ``code`` (the first of them
+    that is an integer or a string of one) of 400 or more, ``type: "error"``, or a
+    non-null ``detail``; then it is a ServerError."""
+    status = None
+    for key in ("status", "statusCode", "code"):
+        raw = value.get(key)
+        if isinstance(raw, int) and not isinstance(raw, bool) and _as_i64(raw) is not None:
+            status = raw
+        elif isinstance(raw, str) and _I64_TEXT.fullmatch(raw) and _as_i64(int(raw)) is not None:
+            status = int(raw)
+        if status is not None:
+            break
+    signal = (
+        (status is not None and status >= 400)
+        or value.get("type") == "error"
+        or value.get("detail") is not None
+    )
+    if not signal:
+        return None
+    said = (
+        _aaif_error_text(value.get("message"))
+        or _aaif_error_text(value.get("detail"))
+        or _aaif_error_text(value.get("error"))
+        or (f"Gateway returned status {status} mid-stream" if status is not None else None)
+        or "Unknown server error"
+    )
+    return GooseTurnFails("ServerError", said)
+
+
+def _aaif_chunk(line: str) -> Optional[dict[str, Any]]:
+    """aaif-goose's ``parse_streaming_chunk``: as 1.x (an ``error`` key or ``object:
+    "error"`` is a ServerError), but a JSON object without ``choices`` is skipped
+    (None) or, when it signals an error, a ServerError; a payload that is not JSON
+    or does not fit the types is a NetworkError (``stream_decode_error``, which
+    aaif-goose retries), not a RequestFailed; a ``finish_reason`` of ``""`` is read
+    as none."""
+    try:
+        value = json.loads(line)
+    except ValueError as exc:
+        raise GooseTurnFails(
+            "NetworkError", f"Stream decode error: Failed to parse streaming chunk: {exc}"
+        ) from None
+    if isinstance(value, dict) and ("error" in value or value.get("object") == "error"):
+        return _chat_chunk(line)  # the same ServerError as 1.x
+    if isinstance(value, dict) and "choices" not in value:
+        failed = _aaif_choiceless(value)
+        if failed is not None:
+            raise failed
+        return None
+    try:
+        chunk = _check_chunk(value, line)
+    except GooseTurnFails as exc:
+        raise GooseTurnFails("NetworkError", f"Stream decode error: {exc.message}") from None
+    for choice in chunk["choices"]:
+        if choice.get("finish_reason") == "":
+            choice["finish_reason"] = None
+    return chunk
+
+
+def _aaif_make_call(cid: str, name: str, arguments: str, cut: bool) -> GooseCall:
+    """A tool request as aaif-goose makes it: at the output token limit every call
+    is an error (its arguments may be cut); empty arguments are ``{}``; JSON
+    arguments must be an object (a string holding a JSON object, up to three
+    times over, is unwrapped); others are an error. (``parse_tool_arguments``'s
+    repair of malformed JSON and of fenced or tagged arguments is not mirrored.)"""
+    if cut:
+        return GooseCall(cid, name, arguments, None)
+    if arguments == "":
+        return GooseCall(cid, name, arguments, {})
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return GooseCall(cid, name, arguments, None)
+    inner = value
+    for _ in range(3):
+        if not isinstance(inner, str):
+            break
+        try:
+            inner = json.loads(inner.strip(RUST_WHITESPACE))
+        except ValueError:
+            break
+    if isinstance(inner, dict):
+        value = inner
+    return GooseCall(cid, name, arguments, value if isinstance(value, dict) else None)
+
+
+def _aaif_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
+    """aaif-goose's ``response_to_streaming_message``: the 1.x rules (see
+    :func:`_block_reads_chat_stream`) but for these: frames without ``choices``
+    are skipped, in the tool-call loop too, or fail as a ServerError (see
+    :func:`_aaif_chunk`); a line that is not UTF-8 or a chunk that does not parse
+    is a NetworkError; a tool-call delta of the first tool chunk without
+    ``index`` takes its position in the list; that chunk also ends the gathering
+    with a ``finish_reason`` of ``length``; a later delta's non-empty
+    ``function.name`` replaces the stored name; once any ``finish_reason`` of
+    ``length`` was seen (the last one of the main loop's chunks, or a tool
+    chunk's own), every gathered call is an error saying it was truncated at
+    the output token limit; and arguments are read by :func:`_aaif_make_call`.
+    (Its fallback usage record without token counts, sent when no usage was,
+    is not mirrored.)"""
+    seen = GooseChat()
+    try:
+        all_lines = _lines(body)
+    except GooseTurnFails as exc:
+        raise GooseTurnFails("NetworkError", exc.message, seen) from None
+    lines = iter(all_lines)
+    state: dict[str, Any] = {"model": None, "finish": None}
+    reasoning, shown = "", 0
+
+    def note_usage(chunk: dict[str, Any]) -> Optional[tuple[Any, Any, Any]]:
+        if chunk.get("model") is not None:
+            state["model"] = chunk["model"]
+        if chunk.get("usage") is None or state["model"] is None:
+            return None
+        usage = goose_usage(chunk["usage"])
+        return usage if usage[1] is not None else None
+
+    def record(usage: Optional[tuple[Any, Any, Any]]) -> None:
+        if usage is not None:
+            seen.usage, seen.usages = usage, seen.usages + 1
+
+    def gather(calls: dict[int, list[Any]], index: int, c: dict[str, Any]) -> None:
+        if c.get("id") is not None and c["function"].get("name") is not None:
+            calls[index] = [c["id"], c["function"]["name"], c["function"].get("arguments") or ""]
+
+    try:
+        for raw in lines:
+            line = _data_line(raw)
+            if line == "[DONE]":
+                break
+            if not line:
+                continue
+            chunk = _aaif_chunk(line)
+            if chunk is None:
+                continue
+            usage = note_usage(chunk)
+            if chunk["choices"] and chunk["choices"][0].get("finish_reason") is not None:
+                state["finish"] = chunk["choices"][0]["finish_reason"]
+            seen.limit_reached |= state["finish"] == "length"
+            if not chunk["choices"]:
+                record(usage)
+                continue
+            first, delta = chunk["choices"][0], chunk["choices"][0]["delta"]
+            reasoning += _reasoning_of(delta) or ""
+            if delta.get("tool_calls"):
+                calls: dict[int, list[Any]] = {}
+                for position, c in enumerate(delta["tool_calls"]):
+                    gather(calls, c["index"] if c.get("index") is not None else position, c)
+                done = first.get("finish_reason") in ("tool_calls", "length")
+                while not done:
+                    raw = next(lines, None)
+                    if raw is None:
+                        break
+                    line = _data_line(raw)
+                    if line is None:
+                        continue
+                    if line == "[DONE]":
+                        seen.lost_calls = [_make_call(*calls[i]) for i in sorted(calls)]
+                        return seen
+                    more = _aaif_chunk(line)
+                    if more is None:
+                        continue
+                    usage = note_usage(more) or usage
+                    if not more["choices"]:
+                        break
+                    finish = more["choices"][0].get("finish_reason")
+                    if finish is not None:
+                        state["finish"] = finish
+                    seen.limit_reached |= finish == "length"
+                    d = more["choices"][0]["delta"]
+                    reasoning += _reasoning_of(d) or ""
+                    seen.dropped_text += _text_of(d.get("content")) or ""
+                    for c in d.get("tool_calls") or []:
+                        index = c.get("index")
+                        if index is None:
+                            continue
+                        if index in calls:
+                            if c["function"].get("name"):
+                                calls[index][1] = c["function"]["name"]
+                            calls[index][2] += c["function"].get("arguments") or ""
+                        else:
+                            gather(calls, index, c)
+                    done = finish is not None
+                seen.thinking += reasoning[shown:]
+                reasoning, shown = "", 0
+                seen.calls += [
+                    _aaif_make_call(*calls[i], seen.limit_reached) for i in sorted(calls)
+                ]
+                record(usage)
+            elif delta.get("content") is not None or _reasoning_of(delta):
+                thought, text = _reasoning_of(delta), _text_of(delta.get("content"))
+                if thought:
+                    seen.thinking += thought
+                    shown = len(reasoning)
+                seen.text += text or ""
+                if not (thought or text) or first.get("finish_reason") is not None:
+                    record(usage)
+            else:
+                record(usage)
+    except GooseTurnFails as exc:
+        exc.seen = seen
+        raise
+    return seen
+
+
+def _aaif_reads_chat_response(body: Union[bytes, str, dict[str, Any]]) -> GooseChat:
+    """aaif-goose's ``response_to_message`` and ``stream_payload``: as 1.x (see
+    :func:`_block_reads_chat_response`), but with ``finish_reason: "length"`` on
+    the first choice every tool call is an error (truncated at the output token
+    limit); only an empty name is refused (1.x refuses any name outside
+    ``[a-zA-Z0-9_-]+``); arguments are read by :func:`_aaif_make_call`; the usage
+    is read from ``usage`` alone."""
+    try:
+        resp: Any = body if isinstance(body, dict) else json.loads(body)
+    except ValueError as exc:
+        raise GooseTurnFails("RequestFailed", f"Response body is not valid JSON: {exc}") from None
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    if not (isinstance(first, dict) and "message" in first):
+        return _block_reads_chat_response(body)  # the same failures as 1.x
+    cut = first.get("finish_reason") == "length"
+    message = first["message"] if isinstance(first["message"], dict) else {}
+    seen = GooseChat(limit_reached=cut)
+    thought = (
+        message["reasoning_content"] if "reasoning_content" in message else message.get("reasoning")
+    )
+    if isinstance(thought, str):
+        seen.thinking = thought
+    if isinstance(message.get("content"), str):
+        seen.text = _text_of(message["content"]) or ""
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        call = call if isinstance(call, dict) else {}
+        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        cid = call.get("id") if isinstance(call.get("id"), str) else ""
+        name = fn.get("name") if isinstance(fn.get("name"), str) else ""
+        arguments = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+        seen.calls.append(_aaif_make_call(cid, name, arguments or "{}", cut or not name))
+    seen.usage, seen.usages = goose_usage(resp.get("usage")), 1
+    return seen
+
+
+#: what both lines of Goose must agree on in a chat answer
+CHAT_FIELDS = ("text", "thinking", "calls", "usage", "usages", "dropped_text", "lost_calls")
+
+
+def _ask_both_chat(readers: dict[str, Any], body: Any, line: Optional[str]) -> GooseChat:
+    """:func:`_ask_both` for chat answers, keeping :class:`GooseTurnFails`: where
+    either line fails the turn it fails (its ``kind`` the line's, or both kinds
+    where they differ, ``kinds`` each line's); where both show something, they
+    must show the same :data:`CHAT_FIELDS`."""
+    if line is not None:
+        return readers[line](body)
+    got: dict[str, Any] = {}
+    for name, read in readers.items():
+        try:
+            got[name] = read(body)
+        except GooseTurnFails as exc:
+            got[name] = exc
+    failed = {name: r for name, r in got.items() if isinstance(r, GooseTurnFails)}
+    if failed:
+        kinds = {name: exc.kind for name, exc in failed.items()}
+        said = "; ".join(f"{name}: {exc}" for name, exc in failed.items())
+        if len(failed) < len(got):
+            ((name, exc),) = failed.items()
+            out = GooseTurnFails(exc.kind, f"only {said}", exc.seen)
+        else:
+            same = len(set(kinds.values())) == 1
+            kind = (
+                failed[BLOCK].kind if same else " / ".join(f"{k} ({n})" for n, k in kinds.items())
+            )
+            shown = {
+                n: (e.seen.text, e.seen.thinking) if e.seen else None for n, e in failed.items()
+            }
+            assert shown[BLOCK] == shown[AAIF], f"{BLOCK} and {AAIF} show {shown} before failing"
+            out = GooseTurnFails(kind, said, failed[BLOCK].seen)
+        out.kinds = kinds
+        raise out
+    block, aaif = got[BLOCK], got[AAIF]
+    for name in CHAT_FIELDS:
+        a, b = getattr(block, name), getattr(aaif, name)
+        assert a == b, f"{BLOCK} and {AAIF} differ on {name}: {a!r} vs {b!r}"
+    block.limit_reached = aaif.limit_reached
+    return block
+
+
+def goose_reads_chat_stream(body: Union[bytes, str], line: Optional[str] = None) -> GooseChat:
+    """Read a streamed chat answer (the body of a 200) as both lines of Goose do
+    (``line``: one of them only); see :func:`_block_reads_chat_stream` and
+    :func:`_aaif_reads_chat_stream`. Raises :class:`GooseTurnFails` (its
+    ``seen``: what Goose had shown by then)."""
+    readers = {BLOCK: _block_reads_chat_stream, AAIF: _aaif_reads_chat_stream}
+    return _ask_both_chat(readers, body, line)
+
+
+def goose_reads_chat_response(
+    body: Union[bytes, str, dict[str, Any]], line: Optional[str] = None
+) -> GooseChat:
+    """Read a non-streamed chat answer (the body of a 200) as both lines of Goose
+    do (``line``: one of them only); see :func:`_block_reads_chat_response` and
+    :func:`_aaif_reads_chat_response`."""
+    readers = {BLOCK: _block_reads_chat_response, AAIF: _aaif_reads_chat_response}
+    return _ask_both_chat(readers, body, line)
