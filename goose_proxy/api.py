@@ -133,8 +133,9 @@ async def serve_in_background(
 
     Raises ``ConfigError`` for a value a configuration file could not hold
     (``config`` is checked as the file's values are), ``OSError`` when the
-    address cannot be bound, ``RuntimeError`` outside an asyncio event loop
-    (under trio, say).
+    address cannot be bound, ``ValueError`` when ``sockets`` holds no TCP
+    socket (unix sockets only: no URL to report), ``RuntimeError`` outside an
+    asyncio event loop (under trio, say).
     """
     import asyncio
 
@@ -149,6 +150,13 @@ async def serve_in_background(
             "goose-proxy needs an asyncio event loop (asyncio.run, or anyio.run with "
             "its default backend); its sockets are asyncio protocols"
         ) from None
+    if sockets and not any(s.family in (socket.AF_INET, socket.AF_INET6) for s in sockets):
+        for s in sockets:
+            s.close()  # owned, as served ones are
+        raise ValueError(
+            "serve_in_background needs a TCP socket among sockets (it reports the proxy's "
+            "URL); unix sockets alone are served by the goose-proxy command"
+        )
     server = ProxyServer(config)
     await server.open_listeners(sockets)
     host, port = server.bound[0]

@@ -9,13 +9,15 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from goose_proxy import __version__, systemd
 from goose_proxy.config import Config, ConfigError, load_config, log_level, redact_url
 from goose_proxy.stderr_log import StderrHandler
 
 if TYPE_CHECKING:
+    import socket
+
     import anyio
 
     from goose_proxy.http.server import ProxyServer
@@ -144,16 +146,19 @@ def hangup_text(activated: bool) -> str:
     )
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, activated: Optional[list[tuple[str, socket.socket]]] = None) -> int:
     """Run the proxy until SIGINT, SIGTERM or SIGHUP; drain, then return 0. A
     second SIGINT or SIGTERM during the drain stops at once: 130 (a second
-    SIGHUP changes nothing); one after the drain ended is ignored."""
+    SIGHUP changes nothing); one after the drain ended is ignored.
+    ``activated``: the sockets systemd passed (:func:`systemd.listen_fds`, read
+    here when None)."""
     import anyio
 
     from goose_proxy.http.server import ProxyServer
 
     server = ProxyServer(config)
-    activated = systemd.listen_fds()
+    if activated is None:
+        activated = systemd.listen_fds()
     if activated:
         log.info(
             "socket-activated by systemd (%s); [server] host and port are ignored",
@@ -241,7 +246,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     checking = args.check or args.command == "check"
     try:
         config, warnings = load_config(args.config)
-        level = log_level("--log-level", args.log_level) if args.log_level else config.logging.level
+        given = args.log_level is not None  # "" is no level: refused, not ignored
+        level = log_level("--log-level", args.log_level) if given else config.logging.level
     except ConfigError as e:
         if checking:  # the report says it, and still ends with a verdict
             from goose_proxy.check import report_config_error
@@ -256,17 +262,30 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         # the report says what the daemon would log at start (its warnings are
         # notes in it); the [logging] level is the daemon's: a check logs only
         # warnings unless --log-level asks for more
-        setup_logging(level if args.log_level else "WARNING")
+        setup_logging(level if given else "WARNING")
         from goose_proxy.check import run_check
 
         return run_check(config, warnings)
+    try:
+        # before the log handler and the event loop open descriptors of their
+        # own: fd 3 is the first systemd passes, and a closed one is told so
+        activated: Union[list[tuple[str, socket.socket]], systemd.ActivationError]
+        activated = systemd.listen_fds()
+    except systemd.ActivationError as e:
+        activated = e
     setup_logging(level)
     for w in warnings:
         log.warning("%s", w)
+    if isinstance(activated, systemd.ActivationError):
+        log.error("%s", activated)
+        return 1
+    another = systemd.meant_for_another()
+    if another is not None:
+        log.warning("%s", another)
     import anyio
 
     try:
-        rc = anyio.run(serve, config)  # (Ctrl-C before its signal handlers: main's 130)
+        rc = anyio.run(serve, config, activated)  # (Ctrl-C before its handlers: main's 130)
     except systemd.ActivationError as e:
         log.error("%s", e)
         return 1

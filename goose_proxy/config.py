@@ -225,6 +225,13 @@ def _endpoint(key: str, v: Any) -> str:
         raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
     if not u.hostname:
         raise ConfigError(f"{key}: {given!r} has no host name")
+    if "@" in u.netloc:
+        # never sent: the backend would answer 401 with no word of why
+        raise ConfigError(
+            f"{key}: {redact_url(s)!r} has a user name or password, which goose-proxy does "
+            "not send; give credentials as a header in [backend.headers] "
+            '(Authorization = "Basic …" or "Bearer …")'
+        )
     if u.port == 0:
         raise ConfigError(f"{key}: {s!r} names port 0, which nothing can be reached on")
     if not _dns_encodable(u.hostname):

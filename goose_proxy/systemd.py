@@ -30,7 +30,9 @@ def listen_fds(
     Returns an empty list when the process was not socket-activated (or the
     variables are meant for another process). With ``unset`` the variables are
     removed so that child processes do not inherit them. Raises
-    :class:`ActivationError` when a passed descriptor is not open or not a socket.
+    :class:`ActivationError` when a passed descriptor is not open or not a
+    listening stream socket (see :func:`meant_for_another` for variables meant
+    for another process).
     """
     env = os.environ if environ is None else environ
     try:
@@ -59,9 +61,40 @@ def listen_fds(
             )
         os.set_inheritable(fd, False)
         sock = socket.socket(fileno=fd)
+        try:
+            listening = sock.type == socket.SOCK_STREAM and sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+            )
+        except OSError:
+            listening = False
+        if not listening:  # ListenDatagram=, or a socket never told to listen
+            sock.detach()  # the descriptor stays systemd's
+            raise ActivationError(
+                f"LISTEN_FDS={count}: file descriptor {fd} is not a listening stream "
+                "socket (check the socket unit: ListenStream=)"
+            )
         name = names[i] if i < len(names) and names[i] else f"fd{fd}"
         out.append((name, sock))
     return out
+
+
+def meant_for_another(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """What to warn of when systemd's ``LISTEN_FDS`` names another process (a
+    script that ran goose-proxy without ``exec``): the proxy then binds
+    ``[server] host:port`` itself, which the socket unit holds. None otherwise."""
+    env = os.environ if environ is None else environ
+    try:
+        pid = int(env.get("LISTEN_PID", ""))
+        count = int(env.get("LISTEN_FDS", ""))
+    except ValueError:
+        return None
+    if pid == os.getpid() or count <= 0:
+        return None
+    return (
+        f"LISTEN_FDS is set for process {pid}, not this one ({os.getpid()}): the sockets "
+        "systemd passed are not used; is goose-proxy started by a script that does not "
+        "exec it?"
+    )
 
 
 def notify(state: str, environ: Optional[Mapping[str, str]] = None) -> bool:

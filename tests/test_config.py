@@ -159,6 +159,19 @@ def test_every_log_level_is_named_in_the_error() -> None:
     assert parse_config({"logging": {"level": "critical"}}).logging.level == "CRITICAL"
 
 
+def test_an_empty_log_level_on_the_command_line_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ExecStart=goose-proxy --log-level ${LEVEL} with LEVEL unset: it was
+    # ignored, and the configured level taken without a word
+    from goose_proxy import cli
+
+    config = tmp_path / "c.toml"
+    config.write_text('[backend]\nendpoint = "http://127.0.0.1:9"\n')
+    assert cli.main(["--log-level", "", "--config", str(config)]) == 2
+    assert "--log-level: '' is not a log level" in capsys.readouterr().err
+
+
 def test_a_file_that_is_not_utf8_stops_at_load(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     data = b'[models]\nid = "caf\xe9"\n'
@@ -229,6 +242,10 @@ def test_an_endpoint_scheme_in_capitals_is_the_same() -> None:
         ("endpoint", f"https://{'x' * 64}.example.com/v1", "is not a valid host name"),
         # it was taken as the scheme's port (443, 80): "connection refused by … :80"
         ("endpoint", "http://127.0.0.1:0/v1", "names port 0, which nothing can be reached on"),
+        # never sent: the backend's 401 said nothing of why
+        ("endpoint", "https://u:s3cret@example.com/v1",
+         "'https://***@example.com/v1' has a user name or password, which goose-proxy"),
+        ("endpoint", "https://token@example.com/v1", "give credentials as a header"),
         ("proxy", "http://u:s3cret@proxy:0", "invalid port in proxy URL 'http://***@proxy:0'"),
         # like a bad endpoint (exit status 2); the environment's *_proxy only warn
         ("proxy", "http://u:s3cret@proxy:70000", "invalid port in proxy URL 'http://***@proxy:70000'"),

@@ -150,6 +150,17 @@ async def test_serve_in_background_on_a_given_socket(pki: SimpleNamespace) -> No
             assert sock.fileno() == -1 or not _accepts(port)
 
 
+async def test_serve_in_background_on_a_unix_socket_alone_says_why_not(tmp_path: Path) -> None:
+    # it has no URL to report: an IndexError came out of serve_in_background
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp_path / "proxy.sock"))
+    sock.listen()
+    with anyio.fail_after(10), pytest.raises(ValueError, match="needs a TCP socket"):
+        async with goose_proxy.serve_in_background(goose_proxy.Config(), sockets=[sock]):
+            pass  # never entered
+    assert sock.fileno() == -1  # owned: closed, as a served one is
+
+
 async def test_a_config_built_in_code_is_checked_as_a_files_values_are() -> None:
     config = goose_proxy.Config(server=goose_proxy.ServerConfig(port=70000))
     with anyio.fail_after(10), pytest.raises(goose_proxy.ConfigError) as exc:

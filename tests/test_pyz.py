@@ -43,6 +43,37 @@ def pyz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield out
 
 
+#: Ctrl-C as the modules load, made exact: importing goose_proxy.cli is interrupted
+_INTERRUPTED_IMPORT = (
+    "import runpy, sys\n"
+    "class Interrupt:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'goose_proxy.cli':\n"
+    "            raise KeyboardInterrupt\n"
+    "sys.meta_path.insert(0, Interrupt())\n"
+    "where = sys.argv[1]\n"
+    "if where == 'module':\n"
+    "    runpy.run_module('goose_proxy', run_name='__main__', alter_sys=True)\n"
+    "else:\n"
+    "    runpy.run_path(where, run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("entry", ["module", "pyz"])
+def test_ctrl_c_while_the_modules_load_exits_130(
+    entry: str, request: pytest.FixtureRequest
+) -> None:
+    # a KeyboardInterrupt traceback (and death by SIGINT) came out of a Ctrl-C
+    # in the first tenth of a second, before main() could catch it
+    where = "module" if entry == "module" else str(request.getfixturevalue("pyz"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_IMPORT, where],
+        cwd=ROOT, capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_archive_contents(pyz: Path) -> None:
     with zipfile.ZipFile(pyz) as z:
         names = z.namelist()

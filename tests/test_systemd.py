@@ -10,6 +10,7 @@ systemd does between ``fork`` and ``exec``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -28,7 +29,7 @@ import pytest
 from goose_proxy.cli import addresses_text
 from goose_proxy.config import Config, ServerConfig
 from goose_proxy.http.server import ProxyServer
-from goose_proxy.systemd import listen_fds, notify
+from goose_proxy.systemd import listen_fds, meant_for_another, notify
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "data" / "release" / "systemd"
@@ -38,13 +39,16 @@ pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="socket activation and sd_notify are Linux features"
 )
 
-_LAUNCHER = (
+_LAUNCHER = (  # fd 3 from the descriptor given (-1: fd 3 closed)
     "import os, sys\n"
     "fd = int(sys.argv[1])\n"
-    "if fd != 3:\n"
+    "if fd < 0:\n"
+    "    os.closerange(3, 4)\n"
+    "elif fd != 3:\n"
     "    os.dup2(fd, 3)\n"
     "    os.close(fd)\n"
-    "os.set_inheritable(3, True)\n"
+    "if fd >= 0:\n"
+    "    os.set_inheritable(3, True)\n"
     "os.environ['LISTEN_PID'] = str(os.getpid())\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'goose_proxy', *sys.argv[2:]])\n"
 )
@@ -190,6 +194,13 @@ def test_listen_fds_ignores_variables_meant_for_another_process() -> None:
     before = dict(env)
     assert listen_fds(env) == []
     assert env == before  # not ours: left for whoever they are meant for
+    # but said: a wrapper that did not exec goose-proxy makes it bind the
+    # port systemd holds, and fail with "Address already in use"
+    said = meant_for_another(env)
+    assert said is not None and "does not exec it" in said
+    assert f"LISTEN_FDS is set for process {os.getpid() + 1}, not this one" in said
+    assert meant_for_another({**env, "LISTEN_PID": str(os.getpid())}) is None
+    assert meant_for_another({}) is None
 
 
 @pytest.mark.parametrize(
@@ -258,27 +269,71 @@ def test_service_stop_timeout_covers_the_drain() -> None:
     assert "2" in unit["RestartPreventExitStatus"][0].split()
 
 
-def test_activation_with_a_descriptor_that_is_not_a_socket(tmp_path: Path) -> None:
-    """A broken socket unit (here fd 3 is a pipe): exit status 1 and a message about
-    the descriptor, not about the host and port the proxy was told to ignore."""
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("pipe", "is not a socket"),
+        ("closed", "is not open"),
+        # ListenDatagram= instead of ListenStream=, or a socket never listening:
+        # the proxy said it was ready and failed to accept ten times a second
+        ("datagram", "is not a listening stream socket"),
+        ("unlistened", "is not a listening stream socket"),
+    ],
+)
+def test_activation_with_a_descriptor_that_cannot_serve(
+    tmp_path: Path, kind: str, said: str
+) -> None:
+    """A broken socket unit: exit status 1 and a message about the descriptor,
+    not about the host and port the proxy was told to ignore."""
     config = tmp_path / "config.toml"
     config.write_text('[backend]\nendpoint = "http://127.0.0.1:9"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
     env["LISTEN_FDS"] = "1"
-    read_end, write_end = os.pipe()
-    try:
+    with contextlib.ExitStack() as held:
+        if kind == "pipe":
+            fds = os.pipe()
+            for fd in fds:
+                held.callback(os.close, fd)
+            fd = fds[0]
+        elif kind == "closed":
+            fd = -1
+        else:
+            sock = held.enter_context(
+                socket.socket(
+                    socket.AF_INET, socket.SOCK_DGRAM if kind == "datagram" else socket.SOCK_STREAM
+                )
+            )
+            sock.bind(("127.0.0.1", 0))
+            fd = sock.fileno()
         proc = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, str(read_end), "--config", str(config)],
-            pass_fds=[read_end], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", _LAUNCHER, str(fd), "--config", str(config)],
+            pass_fds=[fd] if fd >= 0 else [], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
             capture_output=True, timeout=WAIT,
         )  # fmt: skip
-    finally:
-        os.close(read_end)
-        os.close(write_end)
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 1, err
-    assert "LISTEN_FDS=1: file descriptor 3 is not a socket (check the socket unit)" in err, err
+    assert f"LISTEN_FDS=1: file descriptor 3 {said} (check the socket unit" in err, err
     assert "cannot listen on" not in err and "Traceback" not in err
+
+
+def test_activation_meant_for_another_process_is_warned_about(tmp_path: Path) -> None:
+    """A script that runs goose-proxy without exec: LISTEN_PID names the script,
+    the proxy binds [server] host:port, which the socket unit holds, and
+    fails; the log says why, not only "Address already in use"."""
+    with socket.create_server(("127.0.0.1", 0)) as held:  # as the socket unit holds it
+        port = held.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(f'[server]\nport = {port}\n[backend]\nendpoint = "http://127.0.0.1:9"\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+        env.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))  # this test: the "script"
+        proc = subprocess.run(
+            [sys.executable, "-m", "goose_proxy", "--config", str(config)],
+            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=WAIT,
+        )  # fmt: skip
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 1, err
+    assert f"LISTEN_FDS is set for process {os.getpid()}, not this one" in err, err
+    assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "terminal"])

@@ -48,7 +48,10 @@ if sys.version_info < (3, 9):
         % (sys.executable or "this interpreter", sys.version_info[0], sys.version_info[1])
     )
 
-from goose_proxy.cli import main
+try:
+    from goose_proxy.cli import main
+except KeyboardInterrupt:  # Ctrl-C while its modules load: as main() says it
+    sys.exit(130)
 
 sys.exit(main())
 """
