@@ -316,22 +316,32 @@ def test_activation_with_a_descriptor_that_cannot_serve(
     assert "cannot listen on" not in err and "Traceback" not in err
 
 
+def _serve_on(tmp_path: Path, host: str, taken: socket.socket, **env_extra: str) -> str:
+    """Start the proxy on ``host`` and the port ``taken`` holds: it must exit 1
+    (the port is in use); its standard error."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[server]\nhost = "{host}"\nport = {taken.getsockname()[1]}\n'
+        '[backend]\nendpoint = "http://127.0.0.1:9"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "goose_proxy", "--config", str(config)],
+        env={**env, **env_extra}, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
+        timeout=WAIT,
+    )  # fmt: skip
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 1, err
+    return err
+
+
 def test_activation_meant_for_another_process_is_warned_about(tmp_path: Path) -> None:
     """A script that runs goose-proxy without exec: LISTEN_PID names the script,
     the proxy binds [server] host:port, which the socket unit holds, and
     fails; the log says why, not only "Address already in use"."""
     with socket.create_server(("127.0.0.1", 0)) as held:  # as the socket unit holds it
-        port = held.getsockname()[1]
-        config = tmp_path / "config.toml"
-        config.write_text(f'[server]\nport = {port}\n[backend]\nendpoint = "http://127.0.0.1:9"\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
-        env.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))  # this test: the "script"
-        proc = subprocess.run(
-            [sys.executable, "-m", "goose_proxy", "--config", str(config)],
-            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=WAIT,
-        )  # fmt: skip
-    err = proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == 1, err
+        # LISTEN_PID: this test, the "script"
+        err = _serve_on(tmp_path, "127.0.0.1", held, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
     assert f"LISTEN_FDS is set for process {os.getpid()}, not this one" in err, err
     assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err
 
@@ -372,18 +382,7 @@ def test_a_port_in_use_names_the_address_as_urls_write_it(tmp_path: Path) -> Non
     with taken:
         taken.listen()
         port = taken.getsockname()[1]
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[server]\nhost = "{host}"\nport = {port}\n'
-            '[backend]\nendpoint = "http://127.0.0.1:9"\n'
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
-        proc = subprocess.run(
-            [sys.executable, "-m", "goose_proxy", "--config", str(config)],
-            env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=WAIT,
-        )  # fmt: skip
-    err = proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == 1, err
+        err = _serve_on(tmp_path, host, taken)
     where = addresses_text([(host, port)])
     assert f"cannot listen on {where} ([server] host, port): " in err, err
     assert "Traceback" not in err
