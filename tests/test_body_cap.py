@@ -242,10 +242,23 @@ _VALUES = st.recursive(
 def test_the_size_is_what_lightspeed_counts_of_what_is_sent(body: dict[str, Any]) -> None:
     # Lightspeed Stack counts len(json.dumps(values)) of the body it parsed;
     # the quick bound read from the sent bytes never falls below that
+    for sent in (body, {**body, "padding past the small bodies": "x" * 3_000}):
+        payload = encode_json(sent)
+        counted = len(json.dumps(json.loads(payload)))
+        assert _backend_chars(sent) == counted
+        assert _most_chars(payload) >= counted
+
+
+def test_a_goose_sized_body_with_a_few_non_ascii_characters_is_not_encoded_again() -> None:
+    # the quick bound stays under the cap: json.dumps of the body (a quarter
+    # of the translation's time) is left for bodies near the cap
+    tools = [{"type": "function", "name": f"tool_{i}", "description": "Run it — safely… " * 40,
+              "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}
+             for i in range(35)]  # fmt: skip
+    body = {"model": "", "input": "résumé", "tools": tools}
     payload = encode_json(body)
-    counted = len(json.dumps(json.loads(payload)))
-    assert _backend_chars(body) == counted
-    assert _most_chars(payload) >= counted
+    assert 30_000 < len(payload) and not payload.isascii()
+    assert _backend_chars(body) <= _most_chars(payload) < LIGHTSPEED_MAX_REQUEST_CHARS
 
 
 @pytest.mark.parametrize(
@@ -283,12 +296,13 @@ async def test_the_body_is_counted_as_lightspeed_counts(
 
 
 async def test_a_body_within_the_cap_as_lightspeed_counts_it_is_sent(pki: SimpleNamespace) -> None:
-    # 10,000 "é": 60,000 and a few characters as Lightspeed counts them, within
+    # 10,000 "中": 60,000 and a few characters as Lightspeed counts them, within
     # its cap (the devbackend counts so too, and accepts it); the quick bound
-    # read from the bytes is over the cap, so the exact count decides
+    # read from the bytes (9 for each such character) is over the cap, so the
+    # exact count decides
     with anyio.fail_after(10):
         async with proxied(pki) as h:
-            r = await post(h.url, chat("é" * 10_000))
+            r = await post(h.url, chat("中" * 10_000))
     assert r.status_code == 200, r.text
     sent = h.backend.requests[0].json
     assert 60_000 < len(json.dumps(sent)) <= LIGHTSPEED_MAX_REQUEST_CHARS

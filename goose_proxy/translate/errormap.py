@@ -125,7 +125,9 @@ _NOT_JSON = object()
 #: how much of an HTML error page is searched for its title (a page held
 #: whole, up to the 1 MiB read of an error body, might take long to scan)
 HTML_SCAN_CHARS = 64 * 1024
-_HTML_START = re.compile(r"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html)\b", re.I | re.S)
+# (each comment matched one way only: ".*?" let one run over the next "-->",
+# and a page of comments then took exponential time to refuse)
+_HTML_START = re.compile(r"\s*(?:<!--(?:[^-]|-(?!->))*-->\s*)*<(?:!doctype\s+html|html)\b", re.I)
 _HTML_HEADING = re.compile(r"<(title|h1|h2)\b[^>]{0,200}>", re.I)
 _TAG = re.compile(r"<[^>]*(?:>|$)")  # also one cut off at the end
 
@@ -368,11 +370,14 @@ def error_from_event(err: Mapping[str, Any]) -> ProxyError:
     if not message:
         message = f"upstream reported an error ({code})" if code else "upstream reported an error"
     said = f"{message} {code or ''}"
-    # Llama Stack and OGX put the HTTP status an error stands for in ``code``
-    # ("400", "404"): the status decides, and it is no error code
-    status = int(code) if code is not None and len(code) == 3 and code.isdigit() else None
-    if status is not None:
-        code = None
+    # Llama Stack and OGX give the HTTP status an error stands for, in
+    # ``status_code`` or as ``code`` ("400", "404"): the status decides, and it
+    # is no error code
+    status = err.get("status_code")
+    if not (isinstance(status, int) and not isinstance(status, bool) and 100 <= status < 600):
+        status = None
+    if code is not None and len(code) == 3 and code.isascii() and code.isdigit():
+        status, code = int(code), None
     if _says(said, CONTEXT_LENGTH_PHRASES):
         return ContextLengthExceeded(message, param=param)
     if _says(said, RATE_LIMIT_PHRASES) or code == "insufficient_quota" or status == 429:

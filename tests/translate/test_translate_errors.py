@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Optional
 
 import pytest
@@ -241,9 +242,15 @@ def test_a_fastapi_409_is_not_worth_a_retry() -> None:
 
 
 def test_html_pages_are_scanned_in_bounded_time() -> None:
-    # a page of 250,000 unclosed headings is searched only so far
+    # a page of 250,000 unclosed headings is searched only so far; a text of
+    # comments not followed by <html> took exponential time to refuse (27
+    # comments froze the event loop for half a minute)
     err = error_from_backend(502, b"<html>" + b"<h1>" * 250_000)
     assert err.message == "backend answered HTTP 502 with an HTML page"
+    started = time.monotonic()
+    comments = error_from_backend(502, b"<!-- x -->" * 6_000 + b"<body>Bad gateway</body>")
+    assert comments.message.startswith("<!-- x -->")  # no HTML page: the text as it is
+    assert time.monotonic() - started < 5  # was 2 ** 5999 tries: never
 
 
 def test_backend_error_code_kept_for_passthrough() -> None:
@@ -321,6 +328,17 @@ def test_retry_hints_kept_only_when_valid(
          "rate_limit_exceeded"),
         ({"type": "error", "code": "500", "message": "LLM exploded"}, UpstreamError, 502,
          "upstream_error"),
+        # Llama Stack's own data-only error event: {"error": {"status_code", "message"}}
+        ({"error": {"status_code": 400, "message": "Invalid value: Tool 'x' not found"}},
+         UpstreamHTTPError, 400, None),
+        ({"error": {"status_code": 404, "message": "Model 'm' not found"}}, UpstreamHTTPError,
+         404, None),
+        ({"error": {"status_code": 503, "message": "overloaded"}}, UpstreamError, 502,
+         "upstream_error"),
+        ({"error": {"status_code": True, "message": "odd"}}, UpstreamError, 502,
+         "upstream_error"),
+        # digits that are no ASCII digits: no status (int() refused them: a 500)
+        ({"code": "¹²³", "message": "odd"}, UpstreamError, 502, "¹²³"),
         ({"type": "error", "message": "no code"}, UpstreamError, 502, "upstream_error"),
     ],
 )  # fmt: skip
