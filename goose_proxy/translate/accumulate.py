@@ -22,6 +22,7 @@ terminal event would carry all of it, and no event may be larger).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -39,6 +40,11 @@ from .response import (
 __all__ = ["ResponseAccumulator"]
 
 Key = Union[str, int]
+
+#: most (messages the stream showed, not in the terminal output) times (output
+#: messages not shown under their id) weighed to put the first back: past it
+#: the answer is taken as its output says (a real backend loses a few)
+LOST_WORK = 100_000
 
 #: the item type each kind of piece belongs to
 _ITEM_OF = {"text": "message", "refusal": "message", "reasoning": "reasoning",
@@ -76,6 +82,23 @@ def _message_text(item: Any) -> str:
     return "".join(texts)
 
 
+def _chars_in(value: Any) -> int:
+    """The characters of the strings in ``value`` (a parsed JSON value),
+    keys included: what holding it costs, roughly."""
+    total = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, dict):
+            total += sum(len(k) for k in v if isinstance(k, str))
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return total
+
+
 def _refuses(item: Any) -> bool:
     """A message item with a refusal part."""
     content = item.get("content") if isinstance(item, JSON_OBJECT) else None
@@ -85,11 +108,12 @@ def _refuses(item: Any) -> bool:
 
 
 class _Item:
-    __slots__ = ("done", "finals", "item", "order", "pieces")
+    __slots__ = ("done", "finals", "item", "item_chars", "order", "pieces")
 
     def __init__(self, order: tuple[int, int]) -> None:
         self.order = order
         self.item: dict[str, Any] = {}
+        self.item_chars = 0  # the characters of the strings in ``item`` (kept)
         self.done = False
         self.pieces: dict[tuple[str, int], list[str]] = {}
         self.finals: dict[tuple[str, int], str] = {}
@@ -285,6 +309,7 @@ class ResponseAccumulator:
                     self._last_of[item["type"]] = slot
                 if etype.endswith(".done") or not slot.done:
                     slot.item = dict(item)
+                    self._keep_item(slot, etype.endswith(".done"))
                 slot.done = slot.done or etype.endswith(".done")
             return
         response = event.get("response")
@@ -314,6 +339,20 @@ class ResponseAccumulator:
         old = slot.finals.get(key)
         slot.finals[key] = value
         self._keep(len(value) - freed - (len(old) if old is not None else 0))
+
+    def _keep_item(self, slot: _Item, done: bool) -> None:
+        """Count ``slot``'s (new) item against the limit, in place of the one it
+        replaces; a done item (with its type) is the item from now on, and
+        its deltas and final texts are let go."""
+        chars = _chars_in(slot.item)
+        freed = slot.item_chars
+        slot.item_chars = chars
+        if done and isinstance(slot.item.get("type"), str):
+            freed += sum(len(p) for ps in slot.pieces.values() for p in ps)
+            freed += sum(map(len, slot.finals.values()))
+            slot.pieces.clear()
+            slot.finals.clear()
+        self._keep(chars - freed)
 
     def _keep(self, n: int) -> None:
         self._kept += n
@@ -364,33 +403,50 @@ class ResponseAccumulator:
         if any(_refuses(item) for item in output):
             return output
         ids = {item.get("id") for item in output if isinstance(item, JSON_OBJECT)}
+        candidates = [
+            slot
+            for key, slot in self._items.items()
+            if slot.kind() == "message" and key not in ids and slot.item.get("id") not in ids
+        ]
+        if not candidates:
+            return output
         renamed = [
             _message_text(item)
             for item in output
             if isinstance(item, JSON_OBJECT) and not self._streamed(item.get("id"))
         ]
+        if len(candidates) * max(len(renamed), 1) > LOST_WORK:
+            return output  # no answer of a real backend: taken as its output says
         lost: list[tuple[tuple[int, int], Any]] = []
-        for key, slot in sorted(self._items.items(), key=lambda ks: ks[1].order):
-            if slot.kind() == "message" and key not in ids and slot.item.get("id") not in ids:
-                item = slot.item if slot.done else slot.rebuild()
-                text = _message_text(item)
-                if not text:
-                    continue
-                at = next((i for i, t in enumerate(renamed) if t.startswith(text)), None)
-                if at is not None:
-                    del renamed[at]
-                else:
-                    lost.append((slot.order, item))
+        for slot in sorted(candidates, key=lambda s: s.order):
+            item = slot.item if slot.done else slot.rebuild()
+            text = _message_text(item)
+            if not text:
+                continue
+            at = next((i for i, t in enumerate(renamed) if t.startswith(text)), None)
+            if at is not None:
+                del renamed[at]
+            else:
+                lost.append((slot.order, item))
         if not lost:
             return output
-        merged = list(output)
-        orders: list[Optional[tuple[int, int]]] = []  # None: an item that did not stream
-        for item in output:
-            item_id = item.get("id") if isinstance(item, JSON_OBJECT) else None
-            known = self._streamed(item_id)
-            orders.append(known.order if known is not None else None)
+        # each goes before the first output item that streamed after it: the
+        # first whose order is past its own, which is where the running
+        # greatest order of the output's streamed items first passes it
+        tops: list[tuple[int, int]] = []  # rising: each a new greatest order
+        where: list[int] = []  # the output index at which each was reached
+        for i, item in enumerate(output):
+            known = self._streamed(item.get("id") if isinstance(item, JSON_OBJECT) else None)
+            if known is not None and (not tops or known.order > tops[-1]):
+                tops.append(known.order)
+                where.append(i)
+        before: dict[int, list[Any]] = {}
         for order, item in sorted(lost, key=lambda p: p[0]):
-            at = next((i for i, o in enumerate(orders) if o is not None and o > order), len(orders))
-            orders.insert(at, order)
-            merged.insert(at, item)
+            k = bisect.bisect_right(tops, order)
+            before.setdefault(where[k] if k < len(where) else len(output), []).append(item)
+        merged: list[Any] = []
+        for i, item in enumerate(output):
+            merged.extend(before.get(i, ()))
+            merged.append(item)
+        merged.extend(before.get(len(output), ()))
         return merged

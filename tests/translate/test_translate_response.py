@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from goose_proxy.errors import (
     ContextLengthExceeded,
     ProxyError,
     RateLimited,
+    UpstreamAnswerTooLarge,
     UpstreamError,
     UpstreamProtocolError,
 )
@@ -575,6 +577,69 @@ def test_accumulator_keeps_at_most_its_limit() -> None:
         "backend answer larger than 1000 characters (backend.max_event_size); "
         "ask for it as a stream"
     )
+
+
+def _message(mid: str, text: str) -> dict[str, Any]:
+    return {"type": "message", "id": mid, "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+
+
+def test_accumulator_counts_the_items_it_keeps() -> None:
+    # many output_item.done events, each under the limit, then a terminal
+    # event with no output: every item was kept uncounted (a 120 MB answer
+    # in 40 items took the proxy to 486 MB)
+    over = ResponseAccumulator(limit=1000)
+    for i in range(5):
+        over.feed({"type": "response.output_item.done", "output_index": i,
+                   "item": _message(f"m{i}", "x" * 300)})  # fmt: skip
+    over.feed(_completed([]))
+    with pytest.raises(UpstreamAnswerTooLarge):
+        over.result()
+    # an item that streamed its text is counted once: its deltas are let go
+    # when it is done, and an item replaced is counted no more
+    at = {"item_id": "m", "output_index": 0, "content_index": 0}
+    kept = ResponseAccumulator(limit=1200)  # 900 of text, the items' other strings
+    for event in [
+        {"type": "response.output_item.added", "output_index": 0, "item": _message("m", "")},
+        *[{"type": "response.output_text.delta", **at, "delta": "x" * 100}] * 7,
+        {"type": "response.output_text.done", **at, "text": "x" * 700},
+        {"type": "response.output_item.done", "output_index": 0, "item": _message("m", "x" * 700)},
+        {"type": "response.output_item.added", "output_index": 1, "item": _message("n", "y" * 50)},
+        {"type": "response.output_item.done", "output_index": 1, "item": _message("n", "y" * 200)},
+        _completed([]),
+    ]:
+        kept.feed(event)
+    message = only_choice(responses_to_chat(kept.result(), "m"))["message"]
+    assert message["content"] == "x" * 700 + "y" * 200
+
+
+def test_putting_lost_messages_back_takes_bounded_work() -> None:
+    # 20,000 messages streamed and missing from the terminal output took 13 s
+    # of the event loop to put back (a scan and an insert for each); now in
+    # order in one pass: all back, before the item that streamed after them
+    events: list[dict[str, Any]] = [
+        {"type": "response.output_text.delta", "item_id": f"m{i}", "output_index": i,
+         "content_index": 0, "delta": "x"}
+        for i in range(20_000)
+    ]  # fmt: skip
+    events.append({"type": "response.output_item.done", "output_index": 20_000,
+                   "item": _message("last", "z")})  # fmt: skip
+    acc = ResponseAccumulator()
+    for event in events:
+        acc.feed(event)
+    acc.feed(_completed([_message("first-only-in-output", "y"), _message("last", "z")]))
+    started = time.monotonic()
+    output = acc.result()["output"]
+    assert time.monotonic() - started < 5  # 13 s before, in the proxy
+    assert output[0]["id"] == "first-only-in-output" and output[-1]["id"] == "last"
+    assert len(output) == 20_002  # the deltas' messages, never announced, put back:
+    assert all(item["content"][0]["text"] == "x" for item in output[1:-1])
+    # a pathological answer past LOST_WORK is taken as its output says
+    odd = ResponseAccumulator()
+    for event in events[:2_000]:
+        odd.feed(event)
+    odd.feed(_completed([_message(f"o{i}", "q") for i in range(100)]))
+    assert len(odd.result()["output"]) == 100
 
 
 def test_accumulator_context_capture_raises() -> None:
