@@ -118,6 +118,11 @@ class _Item:
         self.pieces: dict[tuple[str, int], list[str]] = {}
         self.finals: dict[tuple[str, int], str] = {}
 
+    def settled(self) -> bool:
+        """Done, with its type: the done item is the item (its texts and
+        deltas, before or after it, are neither kept nor counted)."""
+        return self.done and isinstance(self.item.get("type"), str)
+
     def text(self, kind: str, index: int) -> str:
         final = self.finals.get((kind, index))
         return final if final is not None else "".join(self.pieces.get((kind, index), ()))
@@ -275,6 +280,8 @@ class ResponseAccumulator:
                     slot = last
                 else:
                     slot = self._slot(event, item_id)
+                if slot.settled():
+                    return
                 index = event.get(field, 0) if field else 0
                 slot.pieces.setdefault((kind, index if isinstance(index, int) else 0), []).append(
                     piece
@@ -287,6 +294,8 @@ class ResponseAccumulator:
             value = event.get(value_key)
             if isinstance(value, str):
                 slot = self._slot(event, event.get("item_id"))
+                if slot.settled():
+                    return
                 index = event.get(field, 0) if field else 0
                 self._final_text(slot, (kind, index if isinstance(index, int) else 0), value)
             return
@@ -294,6 +303,8 @@ class ResponseAccumulator:
             part = event.get("part")
             if isinstance(part, JSON_OBJECT):
                 slot = self._slot(event, event.get("item_id"))
+                if slot.settled():
+                    return
                 index = event.get("content_index", 0)
                 index = index if isinstance(index, int) else 0
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):

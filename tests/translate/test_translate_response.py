@@ -611,6 +611,19 @@ def test_accumulator_counts_the_items_it_keeps() -> None:
         kept.feed(event)
     message = only_choice(responses_to_chat(kept.result(), "m"))["message"]
     assert message["content"] == "x" * 700 + "y" * 200
+    # a done item before its own text: the text that follows is not kept (the
+    # done item is the item), nor counted a second time
+    late = ResponseAccumulator(limit=1200)
+    for event in [
+        {"type": "response.output_item.done", "output_index": 0, "item": _message("m", "x" * 700)},
+        {"type": "response.output_text.delta", **at, "delta": "x" * 700},
+        {"type": "response.output_text.done", **at, "text": "x" * 700},
+        {"type": "response.content_part.done", **at,
+         "part": {"type": "output_text", "text": "x" * 700}},
+        _completed([]),
+    ]:  # fmt: skip
+        late.feed(event)
+    assert only_choice(responses_to_chat(late.result(), "m"))["message"]["content"] == "x" * 700
 
 
 def test_putting_lost_messages_back_takes_bounded_work() -> None:
