@@ -31,7 +31,7 @@ from urllib.parse import unquote
 import anyio
 
 from goose_proxy.api import translate_options
-from goose_proxy.config import Config, redact_location
+from goose_proxy.config import Config, redact_location, redact_url
 from goose_proxy.errors import (
     AuthenticationError,
     ContextLengthExceeded,
@@ -207,6 +207,8 @@ class Handlers:
         self.upstream = upstream
         self.opts = translate_options(config)
         self._char_limit = b.request_char_limit
+        #: where the proxy posts, for a backend that has no such route
+        self._responses_url = redact_url(b.endpoint) + "/responses"
         #: the passthrough's answer is adapted for strict clients (see AnswerAdapter)
         self._adapt_answers = b.flavor == "lightspeed"
         # [backend.headers] are added by the upstream client, to every request;
@@ -285,7 +287,7 @@ class Handlers:
         ex.upstream_status = resp.status
         if resp.status >= 400:
             raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
-            raise _backend_error(resp, raw)
+            raise _backend_error(resp, raw, self._responses_url)
         _raise_for_redirect(resp)
 
     # -- POST /v1/chat/completions --
@@ -413,7 +415,7 @@ class Handlers:
             headers = [(b"content-type", ctype.encode("latin-1"))]
             if resp.status >= 400:
                 raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
-                err = _backend_error(resp, raw)
+                err = _backend_error(resp, raw, self._responses_url)
                 if not _is_openai_error(raw) or isinstance(err, ContextLengthExceeded):
                     # Lightspeed's FastAPI detail, or text: the OpenAI envelope, as
                     # for chat (Goose reads error.message, and compacts on it); a
@@ -617,12 +619,13 @@ def _textless_user_message(item: Any) -> bool:
 _NO_ROUTE = ("Not Found", "Method Not Allowed")
 
 
-def _backend_error(resp: UpstreamResponse, raw: bytes) -> ProxyError:
-    """The error for the backend's error answer ``resp`` with the body ``raw``."""
+def _backend_error(resp: UpstreamResponse, raw: bytes, url: str) -> ProxyError:
+    """The error for the backend's error answer ``resp`` with the body ``raw``
+    (to a request posted to ``url``, redacted)."""
     err = error_from_backend(resp.status, raw, **_retry_headers(resp))
     if resp.status in (404, 405) and err.message in _NO_ROUTE:
         err.message += (
-            ": the backend serves no POST {endpoint}/responses; check [backend] endpoint "
+            f": the backend serves no POST {url}; check [backend] endpoint "
             "(a Lightspeed Stack of your own serves it under /v1)"
         )
     return err

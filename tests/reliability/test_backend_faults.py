@@ -599,7 +599,7 @@ async def test_a_backend_without_the_route_says_to_check_the_endpoint(
             (r,) = await _direct_all(srv.url, pki.auth, [body], path)
     assert r.status_code == 404
     message = r.json()["error"]["message"]
-    assert message.startswith("Not Found: the backend serves no POST {endpoint}/responses")
+    assert message.startswith(f"Not Found: the backend serves no POST {srv.url}/responses;")
     assert "check [backend] endpoint" in message
 
 
