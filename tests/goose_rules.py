@@ -833,6 +833,56 @@ def _lines(body: Union[bytes, str]) -> list[str]:
     return out
 
 
+class _ChatReading:
+    """What both lines' chat stream readers keep while they read: what Goose has
+    shown (``seen``), the last model named, and the reasoning gathered
+    (``accumulated_reasoning_content``) with how much of it was shown
+    (``yielded_reasoning_content_len``)."""
+
+    def __init__(self) -> None:
+        self.seen = GooseChat()
+        self.model: Any = None
+        self.reasoning = ""
+        self.shown = 0
+
+    def note_usage(self, chunk: dict[str, Any]) -> Optional[tuple[Any, Any, Any]]:
+        """A chunk's usage, when it counts: it has ``completion_tokens`` and a
+        model is known (this chunk's or an earlier one's)."""
+        if chunk.get("model") is not None:
+            self.model = chunk["model"]
+        if chunk.get("usage") is None or self.model is None:
+            return None
+        usage = goose_usage(chunk["usage"])
+        return usage if usage[1] is not None else None
+
+    def record(self, usage: Optional[tuple[Any, Any, Any]]) -> None:
+        if usage is not None:
+            self.seen.usage, self.seen.usages = usage, self.seen.usages + 1
+
+    def calls_read(self, calls: list[GooseCall], usage: Optional[tuple[Any, Any, Any]]) -> None:
+        """The end of a tool-call gathering: the reasoning not yet shown, the calls."""
+        self.seen.thinking += self.reasoning[self.shown :]
+        self.reasoning, self.shown = "", 0
+        self.seen.calls += calls
+        self.record(usage)
+
+    def other_chunk(
+        self, first: dict[str, Any], delta: dict[str, Any], usage: Optional[tuple[Any, Any, Any]]
+    ) -> None:
+        """A chunk without tool calls: its reasoning and text are shown; its
+        usage counts on a chunk with neither, or with a ``finish_reason``."""
+        if delta.get("content") is not None or _reasoning_of(delta):
+            thought, text = _reasoning_of(delta), _text_of(delta.get("content"))
+            if thought:
+                self.seen.thinking += thought
+                self.shown = len(self.reasoning)
+            self.seen.text += text or ""
+            if not (thought or text) or first.get("finish_reason") is not None:
+                self.record(usage)
+        else:
+            self.record(usage)
+
+
 def _block_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
     """Read a streamed chat answer (the body of a 200) as block/goose 1.x does.
 
@@ -857,24 +907,9 @@ def _block_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
     chunk's or an earlier one's); on a chunk with text it counts only if that
     chunk also has a ``finish_reason``. Raises :class:`GooseTurnFails` (its
     ``seen``: what Goose had shown by then)."""
-    seen = GooseChat()
+    r = _ChatReading()
+    seen = r.seen
     lines = iter(_lines(body))
-    state = {"model": None}
-    reasoning = ""  # accumulated_reasoning_content
-    shown = 0  # yielded_reasoning_content_len
-
-    def note_usage(chunk: dict[str, Any]) -> Optional[tuple[Any, Any, Any]]:
-        if chunk.get("model") is not None:
-            state["model"] = chunk["model"]
-        if chunk.get("usage") is None or state["model"] is None:
-            return None
-        usage = goose_usage(chunk["usage"])
-        return usage if usage[1] is not None else None
-
-    def record(usage: Optional[tuple[Any, Any, Any]]) -> None:
-        if usage is not None:
-            seen.usage, seen.usages = usage, seen.usages + 1
-
     try:
         for raw in lines:
             line = _data_line(raw)
@@ -883,66 +918,55 @@ def _block_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
             if not line:
                 continue
             chunk = _chat_chunk(line)
-            usage = note_usage(chunk)
+            usage = r.note_usage(chunk)
             if not chunk["choices"]:
-                record(usage)
+                r.record(usage)
                 continue
             first, delta = chunk["choices"][0], chunk["choices"][0]["delta"]
-            reasoning += _reasoning_of(delta) or ""
-            if delta.get("tool_calls"):
-                calls: dict[int, list[Any]] = {}
-                for c in delta["tool_calls"]:
-                    if None not in (c.get("index"), c.get("id"), c["function"].get("name")):
-                        calls[c["index"]] = [
+            r.reasoning += _reasoning_of(delta) or ""
+            if not delta.get("tool_calls"):
+                r.other_chunk(first, delta, usage)
+                continue
+            calls: dict[int, list[Any]] = {}
+            for c in delta["tool_calls"]:
+                if None not in (c.get("index"), c.get("id"), c["function"].get("name")):
+                    calls[c["index"]] = [
+                        c["id"],
+                        c["function"]["name"],
+                        c["function"].get("arguments") or "",
+                    ]
+            finished = first.get("finish_reason") == "tool_calls"
+            while not finished:
+                raw = next(lines, None)
+                if raw is None:
+                    break
+                line = _data_line(raw)
+                if line is None:
+                    continue
+                if line == "[DONE]":
+                    seen.lost_calls = [_make_call(*calls[i]) for i in sorted(calls)]
+                    return seen
+                more = _chat_chunk(line)
+                usage = r.note_usage(more) or usage
+                if not more["choices"]:
+                    break
+                d = more["choices"][0]["delta"]
+                r.reasoning += _reasoning_of(d) or ""
+                seen.dropped_text += _text_of(d.get("content")) or ""
+                for c in d.get("tool_calls") or []:
+                    index = c.get("index")
+                    if index is None:
+                        continue
+                    if index in calls:
+                        calls[index][2] += c["function"].get("arguments") or ""
+                    elif c.get("id") is not None and c["function"].get("name") is not None:
+                        calls[index] = [
                             c["id"],
                             c["function"]["name"],
                             c["function"].get("arguments") or "",
                         ]
-                finished = first.get("finish_reason") == "tool_calls"
-                while not finished:
-                    raw = next(lines, None)
-                    if raw is None:
-                        break
-                    line = _data_line(raw)
-                    if line is None:
-                        continue
-                    if line == "[DONE]":
-                        seen.lost_calls = [_make_call(*calls[i]) for i in sorted(calls)]
-                        return seen
-                    more = _chat_chunk(line)
-                    usage = note_usage(more) or usage
-                    if not more["choices"]:
-                        break
-                    d = more["choices"][0]["delta"]
-                    reasoning += _reasoning_of(d) or ""
-                    seen.dropped_text += _text_of(d.get("content")) or ""
-                    for c in d.get("tool_calls") or []:
-                        index = c.get("index")
-                        if index is None:
-                            continue
-                        if index in calls:
-                            calls[index][2] += c["function"].get("arguments") or ""
-                        elif c.get("id") is not None and c["function"].get("name") is not None:
-                            calls[index] = [
-                                c["id"],
-                                c["function"]["name"],
-                                c["function"].get("arguments") or "",
-                            ]
-                    finished = more["choices"][0].get("finish_reason") is not None
-                seen.thinking += reasoning[shown:]
-                reasoning, shown = "", 0
-                seen.calls += [_make_call(*calls[i]) for i in sorted(calls)]
-                record(usage)
-            elif delta.get("content") is not None or _reasoning_of(delta):
-                thought, text = _reasoning_of(delta), _text_of(delta.get("content"))
-                if thought:
-                    seen.thinking += thought
-                    shown = len(reasoning)
-                seen.text += text or ""
-                if not (thought or text) or first.get("finish_reason") is not None:
-                    record(usage)
-            else:
-                record(usage)
+                finished = more["choices"][0].get("finish_reason") is not None
+            r.calls_read([_make_call(*calls[i]) for i in sorted(calls)], usage)
     except GooseTurnFails as exc:
         exc.seen = seen
         raise
@@ -1150,26 +1174,14 @@ def _aaif_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
     the output token limit; and arguments are read by :func:`_aaif_make_call`.
     (Its fallback usage record without token counts, sent when no usage was,
     is not mirrored.)"""
-    seen = GooseChat()
+    r = _ChatReading()
+    seen = r.seen
     try:
         all_lines = _lines(body)
     except GooseTurnFails as exc:
         raise GooseTurnFails("NetworkError", exc.message, seen) from None
     lines = iter(all_lines)
-    state: dict[str, Any] = {"model": None, "finish": None}
-    reasoning, shown = "", 0
-
-    def note_usage(chunk: dict[str, Any]) -> Optional[tuple[Any, Any, Any]]:
-        if chunk.get("model") is not None:
-            state["model"] = chunk["model"]
-        if chunk.get("usage") is None or state["model"] is None:
-            return None
-        usage = goose_usage(chunk["usage"])
-        return usage if usage[1] is not None else None
-
-    def record(usage: Optional[tuple[Any, Any, Any]]) -> None:
-        if usage is not None:
-            seen.usage, seen.usages = usage, seen.usages + 1
+    last_finish: Any = None  # the last finish_reason seen
 
     def gather(calls: dict[int, list[Any]], index: int, c: dict[str, Any]) -> None:
         if c.get("id") is not None and c["function"].get("name") is not None:
@@ -1185,70 +1197,58 @@ def _aaif_reads_chat_stream(body: Union[bytes, str]) -> GooseChat:
             chunk = _aaif_chunk(line)
             if chunk is None:
                 continue
-            usage = note_usage(chunk)
+            usage = r.note_usage(chunk)
             if chunk["choices"] and chunk["choices"][0].get("finish_reason") is not None:
-                state["finish"] = chunk["choices"][0]["finish_reason"]
-            seen.limit_reached |= state["finish"] == "length"
+                last_finish = chunk["choices"][0]["finish_reason"]
+            seen.limit_reached |= last_finish == "length"
             if not chunk["choices"]:
-                record(usage)
+                r.record(usage)
                 continue
             first, delta = chunk["choices"][0], chunk["choices"][0]["delta"]
-            reasoning += _reasoning_of(delta) or ""
-            if delta.get("tool_calls"):
-                calls: dict[int, list[Any]] = {}
-                for position, c in enumerate(delta["tool_calls"]):
-                    gather(calls, c["index"] if c.get("index") is not None else position, c)
-                done = first.get("finish_reason") in ("tool_calls", "length")
-                while not done:
-                    raw = next(lines, None)
-                    if raw is None:
-                        break
-                    line = _data_line(raw)
-                    if line is None:
+            r.reasoning += _reasoning_of(delta) or ""
+            if not delta.get("tool_calls"):
+                r.other_chunk(first, delta, usage)
+                continue
+            calls: dict[int, list[Any]] = {}
+            for position, c in enumerate(delta["tool_calls"]):
+                gather(calls, c["index"] if c.get("index") is not None else position, c)
+            done = first.get("finish_reason") in ("tool_calls", "length")
+            while not done:
+                raw = next(lines, None)
+                if raw is None:
+                    break
+                line = _data_line(raw)
+                if line is None:
+                    continue
+                if line == "[DONE]":
+                    seen.lost_calls = [_make_call(*calls[i]) for i in sorted(calls)]
+                    return seen
+                more = _aaif_chunk(line)
+                if more is None:
+                    continue
+                usage = r.note_usage(more) or usage
+                if not more["choices"]:
+                    break
+                finish = more["choices"][0].get("finish_reason")
+                if finish is not None:
+                    last_finish = finish
+                seen.limit_reached |= finish == "length"
+                d = more["choices"][0]["delta"]
+                r.reasoning += _reasoning_of(d) or ""
+                seen.dropped_text += _text_of(d.get("content")) or ""
+                for c in d.get("tool_calls") or []:
+                    index = c.get("index")
+                    if index is None:
                         continue
-                    if line == "[DONE]":
-                        seen.lost_calls = [_make_call(*calls[i]) for i in sorted(calls)]
-                        return seen
-                    more = _aaif_chunk(line)
-                    if more is None:
-                        continue
-                    usage = note_usage(more) or usage
-                    if not more["choices"]:
-                        break
-                    finish = more["choices"][0].get("finish_reason")
-                    if finish is not None:
-                        state["finish"] = finish
-                    seen.limit_reached |= finish == "length"
-                    d = more["choices"][0]["delta"]
-                    reasoning += _reasoning_of(d) or ""
-                    seen.dropped_text += _text_of(d.get("content")) or ""
-                    for c in d.get("tool_calls") or []:
-                        index = c.get("index")
-                        if index is None:
-                            continue
-                        if index in calls:
-                            if c["function"].get("name"):
-                                calls[index][1] = c["function"]["name"]
-                            calls[index][2] += c["function"].get("arguments") or ""
-                        else:
-                            gather(calls, index, c)
-                    done = finish is not None
-                seen.thinking += reasoning[shown:]
-                reasoning, shown = "", 0
-                seen.calls += [
-                    _aaif_make_call(*calls[i], seen.limit_reached) for i in sorted(calls)
-                ]
-                record(usage)
-            elif delta.get("content") is not None or _reasoning_of(delta):
-                thought, text = _reasoning_of(delta), _text_of(delta.get("content"))
-                if thought:
-                    seen.thinking += thought
-                    shown = len(reasoning)
-                seen.text += text or ""
-                if not (thought or text) or first.get("finish_reason") is not None:
-                    record(usage)
-            else:
-                record(usage)
+                    if index in calls:
+                        if c["function"].get("name"):
+                            calls[index][1] = c["function"]["name"]
+                        calls[index][2] += c["function"].get("arguments") or ""
+                    else:
+                        gather(calls, index, c)
+                done = finish is not None
+            cut = seen.limit_reached
+            r.calls_read([_aaif_make_call(*calls[i], cut) for i in sorted(calls)], usage)
     except GooseTurnFails as exc:
         exc.seen = seen
         raise

@@ -365,27 +365,36 @@ async def test_request_begun_after_the_drain_started_gets_503(pki: SimpleNamespa
     assert err is None
 
 
+async def _pipelined_through_the_drain(
+    pki: SimpleNamespace, headers: dict[str, str], drain_timeout: float, second: dict[str, Any]
+) -> tuple[Response, Response, Any]:
+    """A stream, then ``second`` pipelined behind it on one connection, then the
+    drain: the two answers, and the backend."""
+    with anyio.fail_after(15):
+        server_cfg = {"drain_timeout": drain_timeout}
+        async with proxied(pki, headers=headers, server=server_cfg) as h:
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
+                first = await read_until(s, b'"content":"')  # the stream runs
+                await s.send(request_bytes("POST", CHAT, json_body=second))
+                await h.backend.wait_until(lambda b: b.stats.requests_total == 1)
+                await h.proxy.server.shutdown()
+                rest = await read_all(s)
+    (stream, answer), left = parse_responses(first + rest)
+    assert left == b""
+    return stream, answer, h.backend
+
+
 async def test_a_request_pipelined_behind_one_in_flight_is_served(pki: SimpleNamespace) -> None:
     # the stream's head went out before the drain, promising keep-alive, and the
     # client sent its next request behind it: served (Connection: close), not
     # closed on without a word once the stream ends
-    with anyio.fail_after(15):
-        async with proxied(pki, headers=SLOW, server={"drain_timeout": 10.0}) as h:
-            server = h.proxy.server
-            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
-                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
-                first = await read_until(s, b'"content":"')  # the stream runs
-                await s.send(request_bytes("POST", CHAT, json_body=HELLO))
-                await h.backend.wait_until(lambda b: b.stats.requests_total == 1)
-                await server.shutdown()
-                rest = await read_all(s)
-    (stream, answer), left = parse_responses(first + rest)
-    assert left == b""
+    stream, answer, backend = await _pipelined_through_the_drain(pki, SLOW, 10.0, HELLO)
     assert stream.status == 200 and stream.header("connection") is None
     text, err = chat_stream_outcome(stream.body)
     assert text and err is None
     assert answer.status == 200 and answer.header("connection") == "close"
-    assert h.backend.stats.requests_total == 2
+    assert backend.stats.requests_total == 2
 
 
 async def test_a_request_pipelined_behind_one_cut_at_the_drain_timeout_gets_503(
@@ -394,23 +403,13 @@ async def test_a_request_pipelined_behind_one_cut_at_the_drain_timeout_gets_503(
     # the stream in front stalls past the drain timeout and is cut with its
     # error event; the request behind it, read only then, is answered 503 (try
     # again), not sent to the backend after the deadline and cut unanswered
-    with anyio.fail_after(15):
-        async with proxied(pki, headers=STALL, server={"drain_timeout": 0.3}) as h:
-            server = h.proxy.server
-            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
-                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
-                first = await read_until(s, b'"content":"')  # the stream runs
-                await s.send(request_bytes("POST", CHAT, json_body=HELLO_STREAM))
-                await server.shutdown()
-                rest = await read_all(s)
-    (stream, answer), left = parse_responses(first + rest)
-    assert left == b""
+    stream, answer, backend = await _pipelined_through_the_drain(pki, STALL, 0.3, HELLO_STREAM)
     text, err = chat_stream_outcome(stream.body)
     assert text and err is not None and err["code"] == "service_unavailable"
     assert answer.status == 503 and answer.header("connection") == "close"
     assert answer.header("retry-after") == "1"
     assert "shutting down" in answer.error["message"]
-    assert h.backend.stats.requests_total == 1
+    assert backend.stats.requests_total == 1
 
 
 @pytest.mark.parametrize("ahead", [False, True], ids=["after", "before"])
