@@ -19,6 +19,8 @@ from typing import Any
 RID = "resp_0c1d"
 ANSWER = "Use dnf to install it."
 THOUGHT = "The user asks how to install a package."
+#: the client calls of :func:`calls`: name and arguments
+CALLS = [("shell", '{"command": "dnf install tree"}'), ("read_file", '{"path": "/etc/os-release"}')]
 SHIELD = "I cannot process this request because it violates the content policy."
 
 
@@ -178,6 +180,28 @@ def reasoning() -> list[dict[str, Any]]:
     done = {**message, "content": parts}
     answer = [*answer[:-1], *after, _item("done", 0, done)]
     return _numbered([*_opening(), *thought, *answer, _completed([done])])
+
+
+def calls() -> list[dict[str, Any]]:
+    """A message (output 0), then two client calls of one model turn, both
+    announced at output 1, as Llama Stack announces a turn's calls, their
+    arguments in two deltas each."""
+    answer, message = _message(0, ["Use dnf ", "to install ", "it."])
+    events, done = [], [message]
+    for n, (name, args) in enumerate(CALLS):
+        call = {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": name,
+                "arguments": args, "status": "completed"}  # fmt: skip
+        pieces = [args[:5], args[5:]]
+        events += [
+            _item("added", 1, {**call, "arguments": "", "status": "in_progress"}),
+            *[{"type": "response.function_call_arguments.delta", "item_id": call["id"],
+               "output_index": 1, "delta": piece} for piece in pieces],
+            {"type": "response.function_call_arguments.done", "item_id": call["id"],
+             "output_index": 1, "arguments": args},
+            _item("done", 1, call),
+        ]  # fmt: skip
+        done.append(call)
+    return _numbered([*_opening(), *answer, *events, _completed(done)])
 
 
 def shield(content: Any = SHIELD, nulls: bool = False) -> list[dict[str, Any]]:

@@ -46,6 +46,12 @@ ANSWERS: dict[str, tuple[Callable[[], list[dict[str, Any]]], str]] = {
 BODY = {"model": "gpt-5", "input": "how do I install a package?"}
 
 
+def stream_events(body: bytes) -> list[dict[str, Any]]:
+    """The JSON events of a Responses stream (``[DONE]`` left out)."""
+    lines = body.decode().splitlines()
+    return [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+
+
 def sse_answer(body: bytes) -> bytes:
     return SSE_HEAD + chunk(body) + b"0\r\n\r\n"
 
@@ -347,3 +353,30 @@ async def test_lightspeeds_conversation_string_reaches_the_sdk_as_its_object() -
     for resp in (final, plain):
         assert resp.conversation is not None and resp.conversation.id
     assert backend.requests[-1].json["conversation"] == plain.conversation.id
+
+
+async def test_a_turns_calls_announced_at_one_index_reach_the_sdks_helper_apart(
+    pki: SimpleNamespace,
+) -> None:
+    # Llama Stack announces a model turn's client calls at one output index: the
+    # helper refused the second ("Duplicate response output index"; openai 2.x
+    # added its arguments to the first call's). Each goes out at an index of its own.
+    sent = ls.lightspeed_sse(ls.calls())
+
+    async def ask(url: str) -> Any:
+        return await post(url, True), await sdk_stream(url)
+
+    r, (types, final) = await through_proxy(pki, sse_answer(sent), "lightspeed", ask)
+    assert r.status_code == 200
+    assert goose_reads_stream(r.content).calls == ls.CALLS
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert final.output_text == ls.ANSWER
+    calls = [(item.name, item.arguments) for item in final.output if item.type == "function_call"]
+    assert calls == ls.CALLS
+    indexes = {}
+    for ev in stream_events(r.content):
+        if ev["type"] == "response.output_item.added":
+            indexes[ev["item"]["id"]] = ev["output_index"]
+        elif "item_id" in ev:
+            assert ev["output_index"] == indexes[ev["item_id"]], ev
+    assert sorted(indexes.values()) == [0, 1, 2]

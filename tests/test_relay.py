@@ -612,7 +612,12 @@ def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
 
 ADAPTED = {
     f"{name} {style}": _framed(make(), style)
-    for name, make in [("rag", ls.rag), ("reasoning", ls.reasoning), ("shield", ls.shield)]
+    for name, make in [
+        ("rag", ls.rag),
+        ("reasoning", ls.reasoning),
+        ("shield", ls.shield),
+        ("calls", ls.calls),
+    ]
     for style in ("lightspeed", "crlf", "unnamed", "message")
 }
 
@@ -856,3 +861,41 @@ def test_a_known_calls_argument_deltas_go_unparsed_and_nothing_else_does() -> No
     final = json.loads(got[2].data)["response"]
     assert [item["type"] for item in final["output"]] == ["message", "function_call"]
     assert final["conversation"] == {"id": "conv1"}
+
+
+def test_an_item_at_a_taken_index_goes_out_at_its_own_with_all_its_events() -> None:
+    # a message announced where a call went out moves to the next index, and its
+    # text events follow it (parsed only because they name it); the call's own
+    # argument deltas still go as they came
+    call = {"type": "function_call", "id": "fc_c", "call_id": "call_c", "name": "shell",
+            "arguments": ""}  # fmt: skip
+    message = {"type": "message", "id": "msg_m", "role": "assistant", "status": "in_progress",
+               "content": []}  # fmt: skip
+    part = {"type": "output_text", "text": "", "annotations": []}
+    sent = [
+        {"type": "response.output_item.added", "output_index": 3, "item": call},
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_c", "output_index": 3,
+         "delta": "{}"},
+        {"type": "response.output_item.added", "output_index": 3, "item": message},
+        {"type": "response.content_part.added", "item_id": "msg_m", "output_index": 3,
+         "content_index": 0, "part": part},
+        {"type": "response.output_text.delta", "item_id": "msg_m", "output_index": 3,
+         "content_index": 0, "delta": "fc_c"},
+        {"type": "response.output_text.delta", "item_id": "msg_m", "output_index": 3,
+         "content_index": 0, "delta": "hi", "logprobs": []},
+        {"type": "response.output_item.done", "output_index": 3,
+         "item": {**call, "arguments": "{}"}},
+        {"type": "response.output_item.done", "output_index": 3, "item": message},
+    ]  # fmt: skip
+    whole = b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n"
+        for e in sent
+    )
+    events = handlers.SSEParser().feed(whole)
+    got = handlers.SSEParser().feed(handlers._adapt_events(whole, events, AnswerAdapter()))
+    assert [(e.event, json.loads(e.data)["output_index"]) for e in got] == [
+        (e["type"], 4 if "msg_m" in (e.get("item_id"), e.get("item", {}).get("id")) else 3)
+        for e in sent
+    ]
+    assert got[1].data == events[1].data  # the call's delta: as it came
+    assert [json.loads(e.data).get("delta") for e in got[4:6]] == ["fc_c", "hi"]

@@ -998,7 +998,9 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
     changed: dict[int, bytes] = {}
     for i, ev in enumerate(events):
         name = ev.event
-        if not (name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data)):
+        if not (name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data)) and not (
+            adapter.moved and adapter.relocates(ev.data)
+        ):
             continue
         arguments = name in ARGUMENT_EVENTS if name else '"response"' not in ev.data
         if arguments and adapter.names_a_call(ev.data):

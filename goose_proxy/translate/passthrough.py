@@ -57,6 +57,9 @@ _ITEM_ID = re.compile(r'"item_id"\s*:\s*"([^"\\]*)"')
 #: every event type :meth:`AnswerAdapter.event` may change or leave out
 ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS | ERROR_EVENTS | ARGUMENT_EVENTS
 
+#: output indices an adapter keeps track of (beyond that, items go out where announced)
+PLACES = 10_000
+
 #: a message's missing ``status``, from its response's status
 _STATUS_OF_RESPONSE = {
     "queued": "in_progress",
@@ -101,11 +104,29 @@ class AnswerAdapter:
     backend's own work), at the output index of a client's call or of
     nothing; the SDK's stream helper would add them to that call's
     arguments, or fail for want of an item at that index.
+
+    An item announced at an output index a kept item already holds goes out
+    at the next index after the highest one held, and so do all the events
+    that name it by ``item_id``: Llama Stack announces every client call of a
+    model turn at one index, which the SDK's stream helper refuses
+    ("Duplicate response output index"; its 2.x releases showed the later
+    calls' argument deltas in the first call's snapshot).
     """
 
     def __init__(self) -> None:
         self._rid: Optional[str] = None
         self._calls: set[str] = set()  # ids of the function_call items announced
+        self._held: dict[int, str] = {}  # output index -> the id of the kept item there
+        #: item id -> the output index it goes out at, for items moved off a taken one
+        self.moved: dict[str, int] = {}
+
+    def relocates(self, data: str) -> bool:
+        """Whether the unparsed ``data`` of an event names (by its own
+        ``item_id``) an item that goes out at another output index."""
+        if not self.moved:
+            return False
+        m = _ITEM_ID.search(data)
+        return m is not None and m.group(1) in self.moved
 
     def names_a_call(self, data: str) -> bool:
         """Whether the unparsed ``data`` of an argument event has the ``item_id``
@@ -113,7 +134,7 @@ class AnswerAdapter:
         arguments are many small deltas). Text in a string is escaped, so only
         the event's own ``item_id`` key matches."""
         m = _ITEM_ID.search(data)
-        return m is not None and m.group(1) in self._calls
+        return m is not None and m.group(1) in self._calls and m.group(1) not in self.moved
 
     def event(self, event: dict[str, Any], kind: Optional[str] = None) -> Optional[dict[str, Any]]:
         """``event`` (of type ``kind``, default its ``type``) adapted: None to leave it
@@ -124,17 +145,27 @@ class AnswerAdapter:
             return event
         if kind in ARGUMENT_EVENTS:
             item_id = event.get("item_id")
-            return None if isinstance(item_id, str) and item_id not in self._calls else event
+            if isinstance(item_id, str) and item_id not in self._calls:
+                return None
+            return self._relocated(event, item_id)
         if kind in ITEM_EVENTS:
             item = event.get("item")
             if not isinstance(item, dict) or not _is_a(item, CLIENT_ITEMS):
                 return None  # the backend's own tool work
-            if item.get("type") == "function_call" and isinstance(item.get("id"), str):
-                self._calls.add(item["id"])
-            mended = self._item(item, event.get("output_index"), _STATUS_OF_EVENT.get(kind))
-            return event if mended is item else {**event, "item": mended}
+            index = event.get("output_index")
+            item_id = item.get("id")
+            if isinstance(item_id, str):
+                if item.get("type") == "function_call":
+                    self._calls.add(item_id)
+                if kind == "response.output_item.added":
+                    self._place(item_id, index)
+            mended = self._item(item, index, _STATUS_OF_EVENT.get(kind))
+            out = event if mended is item else {**event, "item": mended}
+            return self._relocated(out, item_id)
         if kind in PART_EVENTS:
-            return event if _is_a(event.get("part"), CLIENT_PARTS) else None
+            if not _is_a(event.get("part"), CLIENT_PARTS):
+                return None
+            return self._relocated(event, event.get("item_id"))
         if kind in RESPONSE_EVENTS:
             resp = event.get("response")
             if not isinstance(resp, dict):
@@ -150,7 +181,29 @@ class AnswerAdapter:
             # the flat error event (Llama Stack's, OpenAI's): Goose needs the object
             inner = {k: event[k] for k in ("code", "message", "param") if k in event}
             return {**event, "error": inner}
-        return event
+        return self._relocated(event, event.get("item_id"))
+
+    def _place(self, item_id: str, index: Any) -> None:
+        """Where the item ``item_id`` announced at ``index`` goes out: there, or,
+        when a kept item already holds that index, at the next one after the
+        highest held (see the class)."""
+        if not isinstance(index, int) or isinstance(index, bool) or len(self._held) >= PLACES:
+            return
+        holder = self._held.get(index)
+        if holder is None:
+            self._held[index] = item_id
+        elif holder != item_id and item_id not in self.moved:
+            at = max(self._held) + 1
+            self._held[at] = item_id
+            self.moved[item_id] = at
+
+    def _relocated(self, event: dict[str, Any], item_id: Any) -> dict[str, Any]:
+        """``event`` at the output index its item ``item_id`` goes out at."""
+        if not self.moved or not isinstance(item_id, str) or item_id not in self.moved:
+            return event
+        if "output_index" not in event:
+            return event
+        return {**event, "output_index": self.moved[item_id]}
 
     def response(self, resp: dict[str, Any], kind: str = "") -> dict[str, Any]:
         """``resp`` (a Response object, carried by an event of type ``kind``) with only
