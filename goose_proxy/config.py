@@ -222,7 +222,9 @@ def _endpoint(key: str, v: Any) -> str:
         u = urlsplit(s)
         u.port  # noqa: B018  (raises ValueError for a bad port)
     except ValueError as e:
-        raise ConfigError(f"{key}: {s!r} is not a valid URL ({e})") from None
+        # the reason may quote the netloc, password and all: not when it has one
+        why = "" if "@" in s else f" ({e})"
+        raise ConfigError(f"{key}: {redact_url(s)!r} is not a valid URL{why}") from None
     if not u.hostname:
         raise ConfigError(f"{key}: {given!r} has no host name")
     if "@" in u.netloc:
@@ -329,7 +331,11 @@ def _dns_encodable(host: str) -> bool:
 def split_proxy_url(url: str) -> SplitResult:
     """An ``http://`` proxy URL, split and checked (``host:port`` alone means
     ``http://host:port``). Raises ValueError naming only the redacted URL."""
-    u = urlsplit(url if "://" in url else f"http://{url}")
+    full = url if "://" in url else f"http://{url}"
+    try:
+        u = urlsplit(full)
+    except ValueError:  # (its message may quote a password: "[…]" is read as an address)
+        raise ValueError(f"invalid proxy URL {redact_url(full)!r}") from None
     try:
         port_ok = u.port != 0  # (raises ValueError for a bad port)
     except ValueError:
@@ -680,26 +686,48 @@ def load_config(
 
 
 def _loose_permissions(path: Path, config: Config) -> list[str]:
-    """Warnings for files other users may change or read: the configuration (or
-    a directory it could be replaced through), which chooses the backend and
-    the CA that vouches for it, and the private key of the host's identity."""
+    """Warnings for files other users may change or read: the configuration,
+    which chooses the backend and the CA that vouches for it; that CA bundle,
+    the client certificate and its private key (or a directory any of them
+    could be replaced through); and the private key's contents."""
     out = []
-    for what, target in (("the configuration file", path), ("its directory", path.parent)):
+    backend = "point the proxy at a backend of their own"
+    places = [
+        (path, f"the configuration file {path}", backend),
+        (path.parent, f"its directory {path.parent}", backend),
+    ]
+    auth = config.backend.auth
+    if config.backend.endpoint.startswith("https://"):
+        mine = "make the proxy use an identity of their own"
+        for what, name, harm in (
+            ("the CA file", auth.ca_file, "vouch for a backend of their own"),
+            ("the client certificate", auth.cert_file, mine),
+            ("the private key", auth.key_file, mine),
+        ):
+            if name:
+                file = Path(name)
+                places.append((file, f"{what} {file}", harm))
+                places.append((file.parent, f"{file.parent}, the directory of {what},", harm))
+    noted = set()
+    for target, named, harm in places:
         try:
-            mode = os.stat(target).st_mode
+            st = os.stat(target)
         except OSError:
             continue
+        mode = st.st_mode
         # a group's write is often meant: not judged; a sticky directory (/tmp)
         # lets others add files, not replace this one; a directory above may be
         # closed to them (a 0700 home)
         kind_ok = stat.S_ISREG(mode) or (stat.S_ISDIR(mode) and not mode & stat.S_ISVTX)
-        if kind_ok and mode & 0o002 and _others_may_reach(target):
+        if (st.st_dev, st.st_ino) in noted or not (kind_ok and mode & 0o002):
+            continue
+        if _others_may_reach(target):
+            noted.add((st.st_dev, st.st_ino))
             out.append(
-                f"{what} {target} is writable by every user (mode "
-                f"{stat.S_IMODE(mode):04o}): anyone could point the proxy at a "
-                f"backend of their own; chmod o-w {target}"
+                f"{named} is writable by every user (mode {stat.S_IMODE(mode):04o}): "
+                f"anyone could {harm}; chmod o-w {target}"
             )
-    key = config.backend.auth.key_file
+    key = auth.key_file
     if config.backend.endpoint.startswith("https://"):
         try:
             mode = os.stat(key).st_mode

@@ -133,6 +133,37 @@ async def test_files_other_users_may_change_or_read_are_named(
     ]
 
 
+async def test_a_ca_or_certificate_others_may_replace_is_named(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    """The CA bundle vouches for the backend, and the client pair is the host's
+    identity: whoever may replace them may put a backend of their own in the
+    middle. `check` named only the configuration and the key's reading."""
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)
+        ca_dir, pair = Path(top, "ca"), Path(top, "pair")
+        for d, mode in ((ca_dir, 0o755), (pair, 0o777)):
+            os.mkdir(d)
+            os.chmod(d, mode)
+        ca, cert, key = ca_dir / "ca.pem", pair / "cert.pem", pair / "key.pem"
+        for src, dst, mode in ((pki.ca_file, ca, 0o666), (pki.cert_file, cert, 0o644),
+                               (pki.key_file, key, 0o600)):  # fmt: skip
+            shutil.copyfile(src, dst)
+            os.chmod(dst, mode)
+        with refusing_port() as port:
+            auth = pki_auth(pki, ca_file=str(ca), cert_file=str(cert), key_file=str(key))
+            cfg = write_config(tmp_path / "c.toml", f"https://127.0.0.1:{port}", auth)
+            r = await run_check(cfg, child_env(tmp_path))
+    notes = [line for line in r.out.splitlines() if "by every user" in line]
+    assert notes == [
+        f"       note: the CA file {ca} is writable by every user (mode 0666): "
+        f"anyone could vouch for a backend of their own; chmod o-w {ca}",
+        f"       note: {pair}, the directory of the client certificate, is writable by every "
+        f"user (mode 0777): anyone could make the proxy use an identity of their own; "
+        f"chmod o-w {pair}",
+    ], r.out
+
+
 async def test_config_found_through_xdg(pki: SimpleNamespace, tmp_path: Path) -> None:
     xdg = tmp_path / "xdg"
     (xdg / "goose-proxy").mkdir(parents=True)

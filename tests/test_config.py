@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -262,6 +263,30 @@ def test_invalid_backend_urls_stop_at_load(key: str, url: str, why: str) -> None
     msg = str(exc.value)
     assert msg.startswith(f"backend.{key}: ") and why in msg
     assert "s3cret" not in msg and "pa/ss" not in msg  # credentials never shown
+
+
+@pytest.mark.parametrize(
+    "key, url",
+    [
+        ("proxy", "http://u:[s3cret]@proxy.example:3128"),
+        ("endpoint", "https://u:[s3cret]@example.com/v1"),
+        ("endpoint", "https://u:s3cret@example.com:99999/v1"),
+    ],
+)
+def test_a_url_python_cannot_split_never_shows_its_password(key: str, url: str) -> None:
+    # Python 3.11.4+ refuses "[…]" in a netloc that is not an IPv6 address, and
+    # its message quotes what the brackets hold: the password
+    try:
+        _backend(**{key: url})
+    except ConfigError as e:
+        assert "s3cret" not in str(e) and "***@" in str(e), e
+    else:
+        assert key == "proxy" and sys.version_info < (3, 11)  # taken as it is
+    if key == "proxy":  # from the environment: the warning, and every 502 that names it
+        route = proxy_for(_backend().backend, "backend.example", environ={"https_proxy": url})
+        assert route is not None
+        assert route.error is None or ("s3cret" not in route.error and "***@" in route.error)
+        assert route.error is not None or sys.version_info < (3, 11)
 
 
 @pytest.mark.parametrize("url", ["HTTP://proxy.example:3128", "proxy.example:3128"])
