@@ -33,6 +33,7 @@ drain gets a 503 with ``Retry-After`` (nothing of it reaches the backend).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -81,8 +82,12 @@ ABORT_GRACE = 2.0
 ACCEPT_BACKOFF = 0.1
 ACCEPT_WARN_INTERVAL = WARN_INTERVAL
 #: a request body or an answer (whole or streamed) this large is followed by
-#: :func:`give_back_memory`
+#: :func:`give_back_memory`, once no other has ended for TRIM_DELAY seconds
 LARGE_EXCHANGE = 1024 * 1024
+#: seconds: a trim right after each large exchange made the next one fault its
+#: buffers' pages in again (Goose sends its whole history every turn: 13-22 %
+#: more CPU per request of 1-7 MiB); a session's next turn mostly comes sooner
+TRIM_DELAY = 10.0
 
 _malloc_trim: object = None  # the C library's malloc_trim; False where there is none
 
@@ -197,6 +202,7 @@ class ProxyServer:
         #: arrive when the drain started (in flight, not dispatched yet)
         self._arriving: set[ServerConnection] = set()
         self._listeners: list[Listener] = []
+        self._trim: Optional[asyncio.TimerHandle] = None  # the heap trim to come
         self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self._refusals = WarnEvery(ACCEPT_WARN_INTERVAL)  # over max_connections
@@ -243,8 +249,22 @@ class ProxyServer:
                 task_status.started()
         finally:
             self.upstream.background = None
+            if self._trim is not None:  # stopped: now, not on a loop that may not run on
+                self._trim.cancel()
+                self._trim_now()
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
+
+    def _trim_later(self) -> None:
+        """Give the C heap's free memory back (:func:`give_back_memory`) once no
+        large exchange has ended for :data:`TRIM_DELAY` seconds."""
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        give_back_memory()
 
     async def _accept_loop(self, listener: Listener, tg: anyio.abc.TaskGroup) -> None:
         failures = WarnEvery(ACCEPT_WARN_INTERVAL)
@@ -333,7 +353,7 @@ class ProxyServer:
             log.debug("internal error details", exc_info=True)
         finally:
             if conn.release_body() >= LARGE_EXCHANGE:
-                give_back_memory()  # an upload cut short, or refused: never handled
+                self._trim_later()  # an upload cut short, or refused: never handled
             self.active_connections -= 1
             self._connections.discard(conn)
             if self._arriving:  # the drain may be waiting for this one's request
@@ -407,7 +427,7 @@ class ProxyServer:
             req = None  # its body too, before the heap is trimmed
             conn.release_body()
             if large or sent >= LARGE_EXCHANGE:
-                give_back_memory()
+                self._trim_later()
             if close:
                 conn.linger = True  # pipelined requests may follow: no reset over our answer
             if close or not conn.keep_alive:

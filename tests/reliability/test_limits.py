@@ -8,6 +8,7 @@ sent is exactly what the test says, and replies are parsed strictly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -105,9 +106,11 @@ async def test_large_exchange_intact_then_memory_given_back(
         monkeypatch.setattr(server, "LARGE_EXCHANGE", len(json.dumps(big)) + 64)
     trims: list[int] = []
     monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    monkeypatch.setattr(server, "TRIM_DELAY", 0.0)
     with anyio.fail_after(20):
         async with proxied(pki, mode="openai", backend={"flavor": "openai"}) as h:
             r = await post(h.url, big)
+            await poll(lambda: bool(trims))
             after_big = len(trims)
             small = await post(h.url, HELLO)
     assert r.status_code == 200 and small.status_code == 200
@@ -118,6 +121,29 @@ async def test_large_exchange_intact_then_memory_given_back(
         answer = r.json()["choices"][0]["message"]["content"]
     assert answer.endswith(last)  # the echo: a prefix, then every byte of the last turn
     assert (after_big, len(trims)) == (1, 1)
+
+
+async def test_the_heap_is_trimmed_once_large_exchanges_stop_coming(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a trim right after each large exchange made the next one (Goose sends its
+    # whole history every turn) fault its pages in again: 13-22 % more CPU.
+    # Large exchanges one after another put the trim off; stopping the server
+    # does it at once.
+    monkeypatch.setattr(server, "LARGE_EXCHANGE", 4096)
+    monkeypatch.setattr(server, "TRIM_DELAY", 3600.0)
+    trims: list[int] = []
+    monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 8192}]}
+    with anyio.fail_after(20):
+        async with proxied(pki, mode="openai", backend={"flavor": "openai"}) as h:
+            for _ in range(3):
+                assert (await post(h.url, big)).status_code == 200
+            await poll(lambda: h.proxy.server.active_requests == 0)
+            pending = h.proxy.server._trim
+            assert trims == [] and pending is not None
+            assert pending.when() - asyncio.get_running_loop().time() > 3000
+    assert trims == [1]
 
 
 def test_give_back_memory_finds_malloc_trim_on_glibc() -> None:
