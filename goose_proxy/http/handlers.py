@@ -62,6 +62,7 @@ from goose_proxy.translate import (
     chat_to_responses,
     encode_json,
     encode_json_for_client,
+    encode_json_in_pieces,
     error_from_backend,
     event_failure,
     events_from_response,
@@ -303,7 +304,7 @@ class Handlers:
         """The client's body as the Responses request and its bytes (pure work:
         run in a thread for a large body)."""
         creq = chat_to_responses(parse_json_object(raw), self.opts)
-        payload = encode_json(creq.body)
+        payload = _encode_body(creq.body, len(raw))
         self._check_size(payload, creq.body)
         return creq, payload
 
@@ -404,7 +405,7 @@ class Handlers:
         req = parse_json_object(raw)
         client_stream = req.get("stream") is True
         body, dropped = prepare_passthrough(req, self.opts)
-        payload = encode_json(body)
+        payload = _encode_body(body, len(raw))
         self._check_size(payload, body)
         return client_stream, bool(body.get("stream")), dropped, payload
 
@@ -1277,6 +1278,13 @@ async def _off_the_loop_if_large(work: Callable[[bytes], _T], raw: bytes) -> _T:
     import anyio.to_thread  # only for such bodies: not at start
 
     return await anyio.to_thread.run_sync(work, raw)
+
+
+def _encode_body(body: dict[str, Any], size: int) -> bytes:
+    """The bytes of a request ``body`` translated from a client's body of
+    ``size`` bytes: in pieces when it may be encoded in a worker thread (see
+    :func:`encode_json_in_pieces`), else at once."""
+    return encode_json_in_pieces(body) if size >= COUNTED_BODY else encode_json(body)
 
 
 def _keys_shown(keys: list[str]) -> str:

@@ -27,7 +27,12 @@ from __future__ import annotations
 
 from .accumulate import ResponseAccumulator
 from .errormap import error_from_backend, error_from_event, retry_hints
-from .jsonbody import encode_json, encode_json_for_client, parse_json_object
+from .jsonbody import (
+    encode_json,
+    encode_json_for_client,
+    encode_json_in_pieces,
+    parse_json_object,
+)
 from .options import LIGHTSPEED_FIELDS, TranslateOptions, prepare_passthrough
 from .passthrough import ADAPTED_EVENTS, AnswerAdapter, adapt_response
 from .request import ChatRequest, chat_to_responses
@@ -48,6 +53,7 @@ __all__ = [
     "chat_to_responses",
     "encode_json",
     "encode_json_for_client",
+    "encode_json_in_pieces",
     "error_from_backend",
     "error_from_event",
     "event_failure",

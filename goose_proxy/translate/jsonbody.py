@@ -178,6 +178,24 @@ def encode_json(value: Any) -> bytes:
         return _escape_surrogates(text).encode("utf-8")
 
 
+def encode_json_in_pieces(obj: dict[str, Any]) -> bytes:
+    """:func:`encode_json` of an object, the same bytes, made a top-level value
+    (and an item of a top-level array) at a time.
+
+    For a large request body, encoded in a worker thread: one call of the C
+    encoder holds the GIL, and with it the event loop, for the whole body
+    (32 ms for 6.6 MiB of history); a piece at a time, for the largest item.
+    """
+    parts = []
+    for key, value in obj.items():
+        head = encode_json(key) + b":"
+        if isinstance(value, list) and value:
+            parts.append(head + b"[" + b",".join(map(encode_json, value)) + b"]")
+        else:
+            parts.append(head + encode_json(value))
+    return b"{" + b",".join(parts) + b"}"
+
+
 def encode_json_for_client(value: Any) -> bytes:
     """:func:`encode_json` for what a chat client reads: a lone surrogate (the half
     of a pair that nothing completed) becomes U+FFFD instead of its escape, as

@@ -12,6 +12,7 @@ from goose_proxy.translate.jsonbody import (
     _depth_exceeds,
     encode_json,
     encode_json_for_client,
+    encode_json_in_pieces,
     encode_json_str,
     encode_str_for_client,
 )
@@ -23,6 +24,13 @@ _VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
     max_leaves=12,
 )
+
+
+@given(st.dictionaries(_TEXT, _VALUES | st.lists(_VALUES, max_size=5), max_size=5))
+def test_a_body_encoded_in_pieces_is_the_same_bytes(body: dict[str, Any]) -> None:
+    # a large request body is encoded a value (or array item) at a time in a
+    # worker thread, so that no one C call holds the event loop for all of it
+    assert encode_json_in_pieces(body) == encode_json(body)
 
 
 @given(_VALUES)
