@@ -259,7 +259,26 @@ def _listen_host(key: str, v: Any) -> str:
             f"{key}: {s!r} is neither an IP address nor a host name "
             '(give the address alone, like "127.0.0.1" or "::1", and the port as server.port)'
         )
+    short = _short_ipv4(s)
+    if short is not None:  # "0" listened on every interface, with only a warning
+        raise ConfigError(f"{key}: {s!r} would be read as the address {short}; write it so")
     return s
+
+
+def _short_ipv4(s: str) -> Optional[str]:
+    """The IPv4 address the system reads a name like ``0``, ``127.1`` or
+    ``0x7f000001`` as (the forms of ``inet_aton``); None for a host name or an
+    address written in full."""
+    if _is_address(s) or not re.fullmatch(
+        r"[0-9]+|0x[0-9a-f]+|[0-9a-fx.]*\.[0-9a-fx.]*", s.lower()
+    ):
+        return None
+    import socket  # only for such a name
+
+    try:
+        return socket.inet_ntoa(socket.inet_aton(s))
+    except OSError:
+        return None
 
 
 def _is_address(s: str) -> bool:

@@ -132,7 +132,24 @@ def test_a_listen_host_that_is_no_address_or_name_stops_at_load(host: str) -> No
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "0.0.0.0", "::", "fe80::1%lo", "localhost", "gp.lan."]
+    "host, read_as",
+    [("0", "0.0.0.0"), ("127.1", "127.0.0.1"), ("2130706433", "127.0.0.1"),
+     ("0x7f000001", "127.0.0.1"), ("10.0", "10.0.0.0")],
+)  # fmt: skip
+def test_a_listen_host_the_system_reads_as_another_address_stops_at_load(
+    host: str, read_as: str
+) -> None:
+    # "0" passed as a host name and listened on every interface (0.0.0.0),
+    # with only the warning that it is not a loopback address
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"server": {"host": host}})
+    assert str(exc.value) == (
+        f"server.host: {host!r} would be read as the address {read_as}; write it so"
+    )
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "0.0.0.0", "::", "fe80::1%lo", "localhost", "gp.lan.", "cafe.babe"]
 )
 def test_addresses_and_host_names_are_listen_hosts(host: str) -> None:
     assert parse_config({"server": {"host": host}}).server.host == host
