@@ -380,3 +380,27 @@ async def test_a_turns_calls_announced_at_one_index_reach_the_sdks_helper_apart(
         elif "item_id" in ev:
             assert ev["output_index"] == indexes[ev["item_id"]], ev
     assert sorted(indexes.values()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "ctype, retry, shown_type, shown_retry",
+    [
+        ("application/json;\tx=\x80\xff evil", "9" * 300, "application/json", None),
+        ("application/json; charset=utf-8", " 5 ", "application/json; charset=utf-8", "5"),
+    ],
+)
+async def test_a_2xx_answers_headers_go_on_only_as_a_client_may_read_them(
+    pki: SimpleNamespace, ctype: str, retry: str, shown_type: str, shown_retry: Any
+) -> None:
+    # a JSON answer's Content-Type and Retry-After were relayed as they came; an
+    # error's are checked (a printable line): now a 2xx's are too
+    answer = http_answer(
+        "200 OK",
+        [("content-type", ctype), ("retry-after", retry)],
+        json.dumps(ls.final_response(ls.rag())).encode(),
+    )
+    r = await through_proxy(pki, answer, "lightspeed", lambda url: post(url, False))
+    assert r.status_code == 200
+    assert r.headers["content-type"] == shown_type
+    assert r.headers.get("retry-after") == shown_retry
+    assert goose_reads_response(r.content).text == ls.ANSWER

@@ -69,6 +69,7 @@ from goose_proxy.translate import (
     parse_json_object,
     prepare_passthrough,
     responses_to_chat,
+    retry_hints,
 )
 from goose_proxy.translate.passthrough import ARGUMENT_EVENTS, stream_of_response
 from goose_proxy.translate.response import ENDED_EARLY, check_finished
@@ -419,8 +420,7 @@ class Handlers:
             del payload  # sent (the upstream client keeps no copy either)
             ex.conn.release_body()  # nothing of it is held while the answer comes
             ex.upstream_status = resp.status
-            ctype = resp.header(b"content-type") or "application/json"
-            headers = [(b"content-type", ctype.encode("latin-1"))]
+            headers = [(b"content-type", _relayed_type(resp.header(b"content-type")))]
             if resp.status >= 400:
                 raw = await resp.read_error(ERROR_BODY_LIMIT, self.config.backend.timeout)
                 err = _backend_error(resp, raw, self._responses_url)
@@ -436,9 +436,8 @@ class Handlers:
                 ex.warn_of(err)
                 await ex.send(resp.status, raw, headers)
                 return
-            retry = resp.header(b"retry-after")
-            if retry:
-                headers.append((b"retry-after", retry.encode("latin-1")))
+            retry = retry_hints(retry_after=resp.header(b"retry-after"))  # (checked, as on errors)
+            headers += [(k.lower().encode(), v.encode()) for k, v in retry]
             _raise_for_redirect(resp)
             adapt = self._adapt_answers
             stream_headers = [SSE_HEADERS[0], *headers[1:], *SSE_HEADERS[1:]]
@@ -472,6 +471,14 @@ class Handlers:
             ex.error_frames = relay.error_frames
             await relay.run()
             await ex.conn.end_stream()
+
+
+def _relayed_type(ctype: Optional[str]) -> bytes:
+    """The backend's ``Content-Type`` for the client: as it came when it is a
+    printable ASCII line of at most 200 characters, else ``application/json``."""
+    if not ctype or len(ctype) > 200 or not (ctype.isascii() and ctype.isprintable()):
+        return b"application/json"
+    return ctype.encode()
 
 
 def _chat_answer(resp: dict[str, Any], creq: ChatRequest) -> bytes:
