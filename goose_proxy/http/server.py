@@ -37,6 +37,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import socket
 import time
 import traceback
@@ -121,11 +122,23 @@ def give_back_memory() -> None:
 
 
 def _host_name(value: str) -> str:
-    """``Host`` header value without its port, lower-cased."""
+    """``Host`` header value without its port, lower-cased; the whole value when
+    what follows the name is no port (``[::1]evil.example``, ``127.0.0.1:80 x``),
+    which then names no host."""
     v = value.strip().lower()
     if v.startswith("["):
-        return v[: v.find("]") + 1] if "]" in v else v
-    return v.rsplit(":", 1)[0] if v.count(":") == 1 else v
+        end = v.find("]") + 1
+        name, rest = (v[:end], v[end:]) if end else (v, "")
+    else:
+        name, colon, port = v.partition(":")
+        rest = colon + port if v.count(":") == 1 else ""
+        name = name if rest else v
+    return name if not rest or _PORT.fullmatch(rest) else v
+
+
+#: what may follow a host name in ``Host``: a port (RFC 9110: ``uri-host [ ":" port ]``,
+#: and a port is ``*DIGIT``)
+_PORT = re.compile(r":[0-9]*")
 
 
 def _is_loopback_address(name: str) -> bool:

@@ -63,6 +63,11 @@ def req(
         "[::ffff:10.0.0.5]",
         "[::1",  # no address: its bracket is not closed
         "",
+        # what follows the name is no port: the name was cut off and allowed
+        "[::1]evil.example",
+        "[::1]:80@evil",
+        "127.0.0.1:8080 evil",
+        "localhost:80x",
     ],
 )
 async def test_foreign_host_is_refused(pki: SimpleNamespace, host: str) -> None:
@@ -79,7 +84,16 @@ async def test_foreign_host_is_refused(pki: SimpleNamespace, host: str) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:1234", "127.0.0.2", "[::1]:80"],
+    [
+        "localhost",
+        "LOCALHOST:8080",
+        "127.0.0.1",
+        "127.0.0.1:1234",
+        "127.0.0.2",
+        "[::1]:80",
+        "[::1]",
+        "localhost:",
+    ],
 )
 async def test_loopback_host_is_allowed(pki: SimpleNamespace, host: str) -> None:
     with anyio.fail_after(10):
