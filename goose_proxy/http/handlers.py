@@ -1289,9 +1289,9 @@ async def _off_the_loop_if_large(work: Callable[[bytes], _T], raw: bytes) -> _T:
 
 def _encode_body(body: dict[str, Any], size: int) -> bytes:
     """The bytes of a request ``body`` translated from a client's body of
-    ``size`` bytes: in pieces when it may be encoded in a worker thread (see
+    ``size`` bytes: in pieces when it is encoded in a worker thread (see
     :func:`encode_json_in_pieces`), else at once."""
-    return encode_json_in_pieces(body) if size >= COUNTED_BODY else encode_json(body)
+    return encode_json_in_pieces(body) if size >= OFF_LOOP_BODY else encode_json(body)
 
 
 def _keys_shown(keys: list[str]) -> str:

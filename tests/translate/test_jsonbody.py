@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from goose_proxy.translate import jsonbody
 from goose_proxy.translate.jsonbody import (
     _depth_exceeds,
     encode_json,
@@ -26,11 +28,15 @@ _VALUES = st.recursive(
 )
 
 
-@given(st.dictionaries(_TEXT, _VALUES | st.lists(_VALUES, max_size=5), max_size=5))
-def test_a_body_encoded_in_pieces_is_the_same_bytes(body: dict[str, Any]) -> None:
-    # a large request body is encoded a value (or array item) at a time in a
-    # worker thread, so that no one C call holds the event loop for all of it
-    assert encode_json_in_pieces(body) == encode_json(body)
+@given(
+    st.dictionaries(_TEXT, _VALUES | st.lists(_VALUES, max_size=9), max_size=5),
+    st.integers(1, 4),
+)
+def test_a_body_encoded_in_pieces_is_the_same_bytes(body: dict[str, Any], per_call: int) -> None:
+    # a large request body is encoded a value (or a slice of an array) at a time
+    # in a worker thread, so that no one C call holds the event loop for all of it
+    with mock.patch.object(jsonbody, "PIECE_ITEMS", per_call):
+        assert encode_json_in_pieces(body) == encode_json(body)
 
 
 @given(_VALUES)
