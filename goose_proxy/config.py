@@ -212,37 +212,41 @@ def _host_names(key: str, v: Any) -> tuple[str, ...]:
 
 def _endpoint(key: str, v: Any) -> str:
     given = _str(key, v)
+    # every message shows the URL redacted: a password may be in it however
+    # the URL is wrong (a space, a '#', no host)
     scheme, sep, rest = given.partition("://")
     if not sep or scheme.lower() not in ("https", "http"):
-        raise ConfigError(f"{key}: {given!r} must start with https:// or http://")
+        raise ConfigError(f"{key}: {redact_url(given)!r} must start with https:// or http://")
     s = f"{scheme.lower()}://{rest}".rstrip("/")  # a scheme is case-insensitive
+    shown = redact_url(s)
     if not all(33 <= ord(c) <= 126 for c in s):
-        raise ConfigError(f"{key}: {s!r} must be an ASCII URL without spaces")
+        raise ConfigError(f"{key}: {shown!r} must be an ASCII URL without spaces")
     try:
         u = urlsplit(s)
         u.port  # noqa: B018  (raises ValueError for a bad port)
     except ValueError as e:
         # the reason may quote the netloc, password and all: not when it has one
         why = "" if "@" in s else f" ({e})"
-        raise ConfigError(f"{key}: {redact_url(s)!r} is not a valid URL{why}") from None
+        raise ConfigError(f"{key}: {shown!r} is not a valid URL{why}") from None
     if not u.hostname:
-        raise ConfigError(f"{key}: {given!r} has no host name")
+        raise ConfigError(f"{key}: {redact_url(given)!r} has no host name")
     if "@" in u.netloc:
         # never sent: the backend would answer 401 with no word of why
         raise ConfigError(
-            f"{key}: {redact_url(s)!r} has a user name or password, which goose-proxy does "
+            f"{key}: {shown!r} has a user name or password, which goose-proxy does "
             "not send; give credentials as a header in [backend.headers] "
             '(Authorization = "Basic …" or "Bearer …")'
         )
     if u.port == 0:
-        raise ConfigError(f"{key}: {s!r} names port 0, which nothing can be reached on")
+        raise ConfigError(f"{key}: {shown!r} names port 0, which nothing can be reached on")
     if not _dns_encodable(u.hostname):
         raise ConfigError(
             f"{key}: {u.hostname!r} is not a valid host name "
             "(an empty label, or one longer than 63 characters)"
         )
     if u.query or u.fragment or s.endswith(("?", "#")):
-        raise ConfigError(f"{key}: {s!r} must not have a query or a fragment (? or #)")
+        also = ", nor a user name or password" if "@" in s else ""
+        raise ConfigError(f"{key}: {shown!r} must not have a query or a fragment (? or #){also}")
     return s
 
 
@@ -716,6 +720,7 @@ def _loose_permissions(path: Path, config: Config) -> list[str]:
         (path.parent, f"its directory {path.parent}", backend),
     ]
     auth = config.backend.auth
+    files = [("the configuration file", path, backend)]
     if config.backend.endpoint.startswith("https://"):
         mine = "make the proxy use an identity of their own"
         for what, name, harm in (
@@ -725,8 +730,12 @@ def _loose_permissions(path: Path, config: Config) -> list[str]:
         ):
             if name:
                 file = Path(name)
+                files.append((what, file, harm))
                 places.append((file, f"{what} {file}", harm))
                 places.append((file.parent, f"{file.parent}, the directory of {what},", harm))
+    for what, file, harm in files:  # a link's target may be replaced where it lies
+        real = Path(os.path.realpath(file)).parent
+        places.append((real, f"{real}, the directory {what} links into,", harm))
     noted = set()
     for target, named, harm in places:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -264,6 +265,13 @@ def test_an_endpoint_scheme_in_capitals_is_the_same() -> None:
         ("endpoint", "https://u:s3cret@example.com/v1",
          "'https://***@example.com/v1' has a user name or password, which goose-proxy"),
         ("endpoint", "https://token@example.com/v1", "give credentials as a header"),
+        # wrong in another way, the password still not shown
+        ("endpoint", "https://bob:2024#s3cret@example.com",
+         "must not have a query or a fragment (? or #), nor a user name or password"),
+        ("endpoint", "https://bob:s3cret x@example.com", "must be an ASCII URL without spaces"),
+        ("endpoint", "https://bob:s3cret\u00e4@example.com", "must be an ASCII URL"),
+        ("endpoint", "https://bob:s3cret@", "'https://***@' has no host name"),
+        ("endpoint", "ftp://bob:s3cret@example.com", "must start with https:// or http://"),
         ("proxy", "http://u:s3cret@proxy:0", "invalid port in proxy URL 'http://***@proxy:0'"),
         # like a bad endpoint (exit status 2); the environment's *_proxy only warn
         ("proxy", "http://u:s3cret@proxy:70000", "invalid port in proxy URL 'http://***@proxy:70000'"),
@@ -304,6 +312,35 @@ def test_a_url_python_cannot_split_never_shows_its_password(key: str, url: str) 
         assert route is not None
         assert route.error is None or ("s3cret" not in route.error and "***@" in route.error)
         assert route.error is not None or sys.version_info < (3, 11)
+
+
+def test_a_ca_file_linked_from_a_directory_others_may_write_is_named() -> None:
+    # RHEL's CA bundles are links into another directory: that one may be
+    # replaced through as well (the link's own directory was all that was checked)
+    with tempfile.TemporaryDirectory() as top:  # under /tmp: others may pass through
+        _warned_of_a_linked_ca(Path(top))
+
+
+def _warned_of_a_linked_ca(top: Path) -> None:
+    os.chmod(top, 0o755)
+    etc, shared = top / "etc", top / "shared"
+    etc.mkdir(mode=0o755)
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "ca.pem").write_text("x")
+    os.chmod(shared / "ca.pem", 0o644)
+    (etc / "ca.pem").symlink_to(shared / "ca.pem")
+    cfg = etc / "config.toml"
+    cfg.write_text(
+        '[backend]\nendpoint = "https://backend.example"\n'
+        f'[backend.auth]\nca_file = "{etc / "ca.pem"}"\n'
+    )
+    os.chmod(cfg, 0o644)
+    _, warnings = load_config(cfg, environ={})
+    assert [w for w in warnings if "every user" in w] == [
+        f"{shared}, the directory the CA file links into, is writable by every user "
+        f"(mode 0777): anyone could vouch for a backend of their own; chmod o-w {shared}"
+    ]
 
 
 @pytest.mark.parametrize("url", ["HTTP://proxy.example:3128", "proxy.example:3128"])
