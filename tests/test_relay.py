@@ -899,3 +899,18 @@ def test_an_item_at_a_taken_index_goes_out_at_its_own_with_all_its_events() -> N
     ]
     assert got[1].data == events[1].data  # the call's delta: as it came
     assert [json.loads(e.data).get("delta") for e in got[4:6]] == ["fc_c", "hi"]
+
+
+def test_many_items_at_one_index_go_out_at_the_indexes_that_follow() -> None:
+    # each call announced where another went out takes the next index after the
+    # highest held (kept as a number: finding it anew made many moves quadratic)
+    adapter = AnswerAdapter()
+    out = [
+        adapter.event(
+            {"type": "response.output_item.added", "output_index": 0 if n < 300 else 400,
+             "item": {"type": "function_call", "id": f"fc_{n}", "call_id": f"c{n}",
+                      "name": "f", "arguments": ""}}
+        )
+        for n in range(301)
+    ]  # fmt: skip
+    assert [ev["output_index"] for ev in out if ev] == [*range(300), 400]

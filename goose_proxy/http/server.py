@@ -142,7 +142,10 @@ _PORT = re.compile(r":[0-9]*")
 
 
 def _is_loopback_address(name: str) -> bool:
-    """True for a literal loopback address (127.0.0.0/8, ``[::1]``); names are not resolved."""
+    """True for a literal loopback address (127.0.0.0/8, ``[::1]``); names are not resolved,
+    and an address with a zone (``[::1%anything]``) is none."""
+    if "%" in name:
+        return False
     if name.startswith("["):
         if not name.endswith("]"):
             return False  # "[::1" is no address

@@ -117,6 +117,7 @@ class AnswerAdapter:
         self._rid: Optional[str] = None
         self._calls: set[str] = set()  # ids of the function_call items announced
         self._held: dict[int, str] = {}  # output index -> the id of the kept item there
+        self._top = -1  # the highest index held
         #: item id -> the output index it goes out at, for items moved off a taken one
         self.moved: dict[str, int] = {}
 
@@ -192,10 +193,11 @@ class AnswerAdapter:
         holder = self._held.get(index)
         if holder is None:
             self._held[index] = item_id
+            self._top = max(self._top, index)
         elif holder != item_id and item_id not in self.moved:
-            at = max(self._held) + 1
-            self._held[at] = item_id
-            self.moved[item_id] = at
+            self._top += 1
+            self._held[self._top] = item_id
+            self.moved[item_id] = self._top
 
     def _relocated(self, event: dict[str, Any], item_id: Any) -> dict[str, Any]:
         """``event`` at the output index its item ``item_id`` goes out at."""

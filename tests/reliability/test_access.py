@@ -68,6 +68,10 @@ def req(
         "[::1]:80@evil",
         "127.0.0.1:8080 evil",
         "localhost:80x",
+        # a zone is no part of a loopback address
+        "[::1%evil.example]",
+        "[::1%x]:80",
+        "::1%evil.example",
     ],
 )
 async def test_foreign_host_is_refused(pki: SimpleNamespace, host: str) -> None:
