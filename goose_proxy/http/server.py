@@ -89,6 +89,9 @@ LARGE_EXCHANGE = 1024 * 1024
 #: buffers' pages in again (Goose sends its whole history every turn: 13-22 %
 #: more CPU per request of 1-7 MiB); a session's next turn mostly comes sooner
 TRIM_DELAY = 10.0
+#: requests in flight at once from which the end of the burst (none left) sets
+#: off a trim too: 500 small streams left 50 MB of freed memory held for good
+TRIM_AFTER_REQUESTS = 32
 
 _malloc_trim: object = None  # the C library's malloc_trim; False where there is none
 
@@ -219,6 +222,7 @@ class ProxyServer:
         self._arriving: set[ServerConnection] = set()
         self._listeners: list[Listener] = []
         self._trim: Optional[asyncio.TimerHandle] = None  # the heap trim to come
+        self._requests_high = 0  # the most requests in flight since the last trim set
         self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self._refusals = WarnEvery(ACCEPT_WARN_INTERVAL)  # over max_connections
@@ -525,6 +529,8 @@ class ProxyServer:
         sent_before = conn.bytes_sent
         scope = anyio.CancelScope()
         self.active_requests += 1
+        if self.active_requests > self._requests_high:
+            self._requests_high = self.active_requests
         self._request_scopes.add(scope)
         cut = self._cancelling  # read after the drain timeout (pipelined): not sent on
         try:
@@ -544,6 +550,9 @@ class ProxyServer:
             self.active_requests -= 1
             if not self.active_requests:
                 self._idle_event.set()
+                if self._requests_high >= TRIM_AFTER_REQUESTS:  # a burst ended
+                    self._requests_high = 0
+                    self._trim_later()
         self._log_access(
             req,
             ex.status,

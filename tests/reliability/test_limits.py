@@ -52,6 +52,7 @@ from tests.reliability.support import (
     text_events,
     wait_settled,
 )
+from tests.support import make_config, running_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -143,6 +144,38 @@ async def test_the_heap_is_trimmed_once_large_exchanges_stop_coming(
             pending = h.proxy.server._trim
             assert trims == [] and pending is not None
             assert pending.when() - asyncio.get_running_loop().time() > 3000
+    assert trims == [1]
+
+
+async def test_the_heap_is_trimmed_once_a_burst_of_requests_has_ended(
+    pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 500 small streams at once left some 50 MB of freed memory that glibc kept
+    # for good: no one exchange was large. The end of a burst (no request left
+    # in flight after TRIM_AFTER_REQUESTS at once) sets off a trim as well.
+    monkeypatch.setattr(server, "TRIM_AFTER_REQUESTS", 3)
+    monkeypatch.setattr(server, "TRIM_DELAY", 0.0)
+    trims: list[int] = []
+    monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    release = anyio.Event()
+    answer = sse_answer(text_events(["hi"]))
+
+    async def held(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            await release.wait()
+            await stream.send(answer)
+
+    with anyio.fail_after(20):
+        async with fake_server(held, pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
+            async with running_proxy(cfg) as proxy, anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(post, proxy.url, HELLO)
+                await poll(lambda: proxy.server.active_requests == 3)
+                assert trims == []
+                release.set()
+            await poll(lambda: bool(trims))
     assert trims == [1]
 
 
