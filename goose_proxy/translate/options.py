@@ -107,11 +107,19 @@ def upstream_model(opts: TranslateOptions, client_model: Optional[str]) -> str:
 
 
 def apply_extras(body: dict[str, Any], opts: TranslateOptions) -> None:
-    """Add the flavour's extra fields, then ``opts.extra_body`` over everything (in place)."""
+    """Add the flavour's extra fields, then ``opts.extra_body`` over everything (in
+    place): its values replace the request's, but an object merges into an
+    object of the request one level deep, so that ``reasoning = {summary =
+    "auto"}`` keeps the client's ``effort`` (it took the whole object)."""
     if opts.flavor == "lightspeed":
         for key, value in LIGHTSPEED_EXTRAS.items():
             body.setdefault(key, value)
-    body.update(opts.extra_body)
+    for key, value in opts.extra_body.items():
+        mine = body.get(key)
+        if isinstance(value, dict) and isinstance(mine, dict):
+            body[key] = {**mine, **value}
+        else:
+            body[key] = value
 
 
 def prepare_passthrough(

@@ -1099,3 +1099,20 @@ def test_a_prompt_cache_breakpoint_must_be_an_object() -> None:
         with pytest.raises(InvalidRequest) as info:
             chat_to_responses(req, opts)
         assert info.value.param == "messages[0].content[0].prompt_cache_breakpoint"
+
+
+def test_an_extra_body_object_merges_into_the_requests_one_level_deep() -> None:
+    # reasoning summaries asked for in the configuration replaced the client's
+    # reasoning_effort: the whole "reasoning" object was replaced
+    opts = TranslateOptions(
+        flavor="openai",
+        extra_body={"reasoning": {"summary": "auto"}, "text": {"verbosity": "low"}, "top_p": 1},
+    )
+    req = {"model": "gpt-5", "messages": [USER_HI], "reasoning_effort": "high", "top_p": 0.5,
+           "response_format": {"type": "json_object"}}  # fmt: skip
+    body = chat_to_responses(req, opts).body
+    assert body["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert body["text"] == {"format": {"type": "json_object"}, "verbosity": "low"}
+    assert body["top_p"] == 1  # any other value replaces the request's
+    fresh = chat_to_responses({"model": "gpt-5", "messages": [USER_HI]}, opts).body
+    assert fresh["reasoning"] == {"summary": "auto"}
