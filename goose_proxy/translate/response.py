@@ -206,6 +206,34 @@ READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incompl
 EXTRA_FIELDS = ("service_tier", "moderation")
 
 
+def url_citations(annotations: list[Any], offset: int) -> list[dict[str, Any]]:
+    """The ``url_citation`` annotations of an ``output_text`` part in chat's form
+    (``{"type": "url_citation", "url_citation": {start_index, end_index, url,
+    title}}``), their places moved by ``offset``: the characters of ``content``
+    before the part. Other kinds (``file_citation``, ``file_path``) have no
+    chat form and are left out, as are malformed ones."""
+    out = []
+    for a in annotations:
+        if not isinstance(a, JSON_OBJECT) or a.get("type") != "url_citation":
+            continue
+        start, end, url = a.get("start_index"), a.get("end_index"), a.get("url")
+        if not (type(start) is int and type(end) is int and isinstance(url, str)):
+            continue
+        title = a.get("title")
+        out.append(
+            {
+                "type": "url_citation",
+                "url_citation": {
+                    "start_index": start + offset,
+                    "end_index": end + offset,
+                    "url": url,
+                    "title": title if isinstance(title, str) else "",
+                },
+            }
+        )
+    return out
+
+
 def responses_to_chat(
     resp: dict[str, Any], client_model: str, refusal_in_content: bool = True
 ) -> dict[str, Any]:
@@ -233,6 +261,7 @@ def responses_to_chat(
     reasoning: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     logprobs: list[Any] = []
+    citations: list[dict[str, Any]] = []
     for item in output if isinstance(output, list) else ():
         if not isinstance(item, JSON_OBJECT):
             continue
@@ -246,6 +275,8 @@ def responses_to_chat(
                 if not isinstance(part, JSON_OBJECT):
                     continue
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    if isinstance(part.get("annotations"), list) and part["annotations"]:
+                        citations += url_citations(part["annotations"], sum(map(len, texts)))
                     texts.append(part["text"])
                     if isinstance(part.get("logprobs"), list):
                         logprobs.extend(part["logprobs"])
@@ -268,6 +299,8 @@ def responses_to_chat(
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
+    if citations:
+        message["annotations"] = citations
     if reasoning and "".join(reasoning):
         message["reasoning_content"] = "".join(reasoning)
     created = resp.get("created_at")

@@ -726,3 +726,29 @@ def test_read_fields_are_what_responses_to_chat_reads() -> None:
     for name in STREAM_CAPTURES:
         responses_to_chat(Recording(capture_events(name)[-1]["response"]), "")
     assert seen - {"output"} == set(READ_FIELDS) | set(EXTRA_FIELDS)
+
+
+def test_url_citations_reach_the_message_at_their_place_in_its_content() -> None:
+    # a web search's citations were dropped: the client's [1] pointed at nothing.
+    # Chat nests them under url_citation, counted in the joined content.
+    cite = {"type": "url_citation", "start_index": 5, "end_index": 9, "url": "https://python.org",
+            "title": "Python"}  # fmt: skip
+    first = {"type": "output_text", "text": "Hi. ", "annotations": []}
+    second = {"type": "output_text", "text": "See 3.14 [1]",
+              "annotations": [{**cite, "start_index": 4, "end_index": 8},
+                              {"type": "file_citation", "file_id": "f", "index": 0},
+                              {"type": "url_citation", "url": "https://x"}]}  # fmt: skip
+    resp = {"id": "resp_1", "created_at": 1, "model": "m", "status": "completed", "output": [
+        {"type": "message", "role": "assistant", "content": [first]},
+        {"type": "message", "role": "assistant", "content": [second]}]}  # fmt: skip
+    completion = responses_to_chat(resp, "m")
+    message = completion["choices"][0]["message"]
+    assert message["annotations"] == [
+        {"type": "url_citation", "url_citation": {"start_index": 8, "end_index": 12,
+                                                  "url": "https://python.org", "title": "Python"}}
+    ]  # fmt: skip
+    assert message["content"][8:12] == "3.14"
+    sdk = ChatCompletion.model_validate(completion).choices[0].message
+    assert sdk.annotations is not None and sdk.annotations[0].url_citation.title == "Python"
+    plain = {**resp, "output": [{"type": "message", "role": "assistant", "content": [first]}]}
+    assert "annotations" not in responses_to_chat(plain, "m")["choices"][0]["message"]
