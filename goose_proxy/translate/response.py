@@ -4,9 +4,10 @@ One choice, index 0. The message gathers, across the output items in order:
 ``output_text`` parts → ``content`` (null if there is none), ``refusal``
 parts → ``refusal``, ``function_call`` items → ``tool_calls``, reasoning
 text and summaries → ``reasoning_content`` (the extension field Goose reads;
-present only when non-empty), output-text logprobs → ``choices[0].logprobs``.
+present only when non-empty), output-text logprobs → ``choices[0].logprobs``,
+``url_citation`` annotations → ``annotations`` (:func:`url_citations`).
 Items a chat client cannot use (``mcp_list_tools``, ``mcp_call``,
-``web_search_call``, …) and text annotations are skipped.
+``web_search_call``, …) and other annotations are skipped.
 
 :func:`map_usage` and :func:`finish_reason` are shared with the stream
 translator so both paths agree; :func:`events_from_response` lets a plain JSON
@@ -206,18 +207,21 @@ READ_FIELDS = ("id", "created_at", "model", "status", "usage", "error", "incompl
 EXTRA_FIELDS = ("service_tier", "moderation")
 
 
-def url_citations(annotations: list[Any], offset: int) -> list[dict[str, Any]]:
-    """The ``url_citation`` annotations of an ``output_text`` part in chat's form
-    (``{"type": "url_citation", "url_citation": {start_index, end_index, url,
-    title}}``), their places moved by ``offset``: the characters of ``content``
-    before the part. Other kinds (``file_citation``, ``file_path``) have no
-    chat form and are left out, as are malformed ones."""
+def url_citations(annotations: list[Any], offset: int, size: int) -> list[dict[str, Any]]:
+    """The ``url_citation`` annotations of an ``output_text`` part of ``size``
+    characters in chat's form (``{"type": "url_citation", "url_citation":
+    {start_index, end_index, url, title}}``), their places moved by ``offset``:
+    the characters of ``content`` before the part. Other kinds
+    (``file_citation``, ``file_path``) have no chat form and are left out, as
+    are malformed ones and those whose place is not within the part."""
     out = []
     for a in annotations:
         if not isinstance(a, JSON_OBJECT) or a.get("type") != "url_citation":
             continue
         start, end, url = a.get("start_index"), a.get("end_index"), a.get("url")
         if not (type(start) is int and type(end) is int and isinstance(url, str)):
+            continue
+        if not 0 <= start <= end <= size:
             continue
         title = a.get("title")
         out.append(
@@ -262,6 +266,7 @@ def responses_to_chat(
     tool_calls: list[dict[str, Any]] = []
     logprobs: list[Any] = []
     citations: list[dict[str, Any]] = []
+    before = 0  # the characters of content so far (where a part's citations count from)
     for item in output if isinstance(output, list) else ():
         if not isinstance(item, JSON_OBJECT):
             continue
@@ -270,20 +275,24 @@ def responses_to_chat(
             content = item.get("content")
             if isinstance(content, str):  # Llama Stack allows it (Lightspeed's shield did it)
                 texts.append(content)
+                before += len(content)
                 continue
             for part in content or ():
                 if not isinstance(part, JSON_OBJECT):
                     continue
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    text = part["text"]
                     if isinstance(part.get("annotations"), list) and part["annotations"]:
-                        citations += url_citations(part["annotations"], sum(map(len, texts)))
-                    texts.append(part["text"])
+                        citations += url_citations(part["annotations"], before, len(text))
+                    texts.append(text)
+                    before += len(text)
                     if isinstance(part.get("logprobs"), list):
                         logprobs.extend(part["logprobs"])
                 elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
                     refusals.append(part["refusal"])
                     if refusal_in_content:  # shown by clients that read only content
                         texts.append(part["refusal"])
+                        before += len(part["refusal"])
                 elif part.get("type") == "reasoning_text" and isinstance(part.get("text"), str):
                     # Llama Stack puts a reasoning model's thoughts in the message;
                     # a stream carries them as reasoning_content deltas

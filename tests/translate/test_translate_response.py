@@ -752,3 +752,26 @@ def test_url_citations_reach_the_message_at_their_place_in_its_content() -> None
     assert sdk.annotations is not None and sdk.annotations[0].url_citation.title == "Python"
     plain = {**resp, "output": [{"type": "message", "role": "assistant", "content": [first]}]}
     assert "annotations" not in responses_to_chat(plain, "m")["choices"][0]["message"]
+
+
+def test_citations_count_from_every_kind_of_content_before_them_and_stay_in_their_part() -> None:
+    # a string content and a refusal come before; a place outside its part (or
+    # reversed, or negative) is left out rather than pointing into another part
+    def cite(start: Any, end: Any) -> dict[str, Any]:
+        return {"type": "url_citation", "start_index": start, "end_index": end, "url": "u"}
+
+    part = {
+        "type": "output_text",
+        "text": "See [1]",
+        "annotations": [cite(4, 7), cite(-1, 2), cite(5, 2), cite(0, 8), cite(True, 3)],
+    }
+    resp = {"id": "r", "created_at": 1, "model": "m", "status": "completed", "output": [
+        {"type": "message", "role": "assistant", "content": "ab"},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "refusal", "refusal": "no"}, part]}]}  # fmt: skip
+    message = responses_to_chat(resp, "m")["choices"][0]["message"]
+    places = [(a["url_citation"]["start_index"], a["url_citation"]["end_index"])
+              for a in message["annotations"]]  # fmt: skip
+    assert places == [(8, 11)] and message["content"][8:11] == "[1]"
+    apart = responses_to_chat(resp, "m", refusal_in_content=False)["choices"][0]["message"]
+    assert apart["annotations"][0]["url_citation"]["start_index"] == 6
