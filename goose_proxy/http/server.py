@@ -89,8 +89,9 @@ LARGE_EXCHANGE = 1024 * 1024
 #: buffers' pages in again (Goose sends its whole history every turn: 13-22 %
 #: more CPU per request of 1-7 MiB); a session's next turn mostly comes sooner
 TRIM_DELAY = 10.0
-#: requests in flight at once from which the end of the burst (none left) sets
-#: off a trim too: 500 small streams left 50 MB of freed memory held for good
+#: requests in flight at once from which the end of the burst (an eighth of them
+#: or fewer left) sets off a trim too: 500 small streams left 50 MB of freed
+#: memory held for good
 TRIM_AFTER_REQUESTS = 32
 
 _malloc_trim: object = None  # the C library's malloc_trim; False where there is none
@@ -550,9 +551,12 @@ class ProxyServer:
             self.active_requests -= 1
             if not self.active_requests:
                 self._idle_event.set()
-                if self._requests_high >= TRIM_AFTER_REQUESTS:  # a burst ended
-                    self._requests_high = 0
-                    self._trim_later()
+            if (
+                self._requests_high >= TRIM_AFTER_REQUESTS
+                and self.active_requests * 8 <= self._requests_high
+            ):  # a burst ended (a long stream or two may still go on)
+                self._requests_high = self.active_requests
+                self._trim_later()
         self._log_access(
             req,
             ex.status,

@@ -151,31 +151,39 @@ async def test_the_heap_is_trimmed_once_a_burst_of_requests_has_ended(
     pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 500 small streams at once left some 50 MB of freed memory that glibc kept
-    # for good: no one exchange was large. The end of a burst (no request left
-    # in flight after TRIM_AFTER_REQUESTS at once) sets off a trim as well.
+    # for good: no one exchange was large. The end of a burst (an eighth of it or
+    # less left in flight after TRIM_AFTER_REQUESTS at once; a long stream may go
+    # on) sets off a trim as well.
     monkeypatch.setattr(server, "TRIM_AFTER_REQUESTS", 3)
     monkeypatch.setattr(server, "TRIM_DELAY", 0.0)
     trims: list[int] = []
     monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
-    release = anyio.Event()
+    release, release_long = anyio.Event(), anyio.Event()
     answer = sse_answer(text_events(["hi"]))
+    first = True
 
     async def held(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        nonlocal first
+        gate, first = (release_long if first else release), False
         while True:
             await read_request_head(stream, srv)
-            await release.wait()
+            await gate.wait()
             await stream.send(answer)
 
     with anyio.fail_after(20):
         async with fake_server(held, pki.server_context()) as srv:
             cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": "openai"})
             async with running_proxy(cfg) as proxy, anyio.create_task_group() as tg:
-                for _ in range(3):
+                tg.start_soon(post, proxy.url, HELLO)  # a long one: it stays open
+                await poll(lambda: proxy.server.active_requests == 1)
+                for _ in range(8):  # the long one is an eighth of the burst's peak
                     tg.start_soon(post, proxy.url, HELLO)
-                await poll(lambda: proxy.server.active_requests == 3)
+                await poll(lambda: proxy.server.active_requests == 9)
                 assert trims == []
                 release.set()
-            await poll(lambda: bool(trims))
+                await poll(lambda: bool(trims))  # (it held off until none was left)
+                assert proxy.server.active_requests == 1
+                release_long.set()
     assert trims == [1]
 
 
