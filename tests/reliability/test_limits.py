@@ -124,6 +124,16 @@ async def test_large_exchange_intact_then_memory_given_back(
     assert (after_big, len(trims)) == (1, 1)
 
 
+def counted_trims(monkeypatch: pytest.MonkeyPatch, **settings: float) -> list[int]:
+    """The server's ``settings`` (module constants) set; a list that gets a 1 for
+    each heap trim, which is not made."""
+    for name, value in settings.items():
+        monkeypatch.setattr(server, name, value)
+    trims: list[int] = []
+    monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    return trims
+
+
 async def test_the_heap_is_trimmed_once_large_exchanges_stop_coming(
     pki: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,10 +141,7 @@ async def test_the_heap_is_trimmed_once_large_exchanges_stop_coming(
     # whole history every turn) fault its pages in again: 13-22 % more CPU.
     # Large exchanges one after another put the trim off; stopping the server
     # does it at once.
-    monkeypatch.setattr(server, "LARGE_EXCHANGE", 4096)
-    monkeypatch.setattr(server, "TRIM_DELAY", 3600.0)
-    trims: list[int] = []
-    monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    trims = counted_trims(monkeypatch, LARGE_EXCHANGE=4096, TRIM_DELAY=3600.0)
     big = {"model": "m", "messages": [{"role": "user", "content": "x" * 8192}]}
     with anyio.fail_after(20):
         async with proxied(pki, mode="openai", backend={"flavor": "openai"}) as h:
@@ -154,10 +161,7 @@ async def test_the_heap_is_trimmed_once_a_burst_of_requests_has_ended(
     # for good: no one exchange was large. The end of a burst (an eighth of it or
     # less left in flight after TRIM_AFTER_REQUESTS at once; a long stream may go
     # on) sets off a trim as well.
-    monkeypatch.setattr(server, "TRIM_AFTER_REQUESTS", 3)
-    monkeypatch.setattr(server, "TRIM_DELAY", 0.0)
-    trims: list[int] = []
-    monkeypatch.setattr(server, "give_back_memory", lambda: trims.append(1))
+    trims = counted_trims(monkeypatch, TRIM_AFTER_REQUESTS=3, TRIM_DELAY=0.0)
     release, release_long = anyio.Event(), anyio.Event()
     answer = sse_answer(text_events(["hi"]))
     first = True
