@@ -6,7 +6,7 @@ picks the model itself when ``model`` is ``""``, and makes an extra LLM call
 per request unless ``generate_topic_summary`` is false. ``"openai"`` is a plain
 Responses server (OpenAI, vLLM, Llama Stack/OGX): every mapped field is sent
 and the client's model is forwarded. ``extra_body`` is merged last, over
-everything, in both flavours.
+everything, in both flavours (an object one level deep: :func:`apply_extras`).
 
 Headers (``X-LCS-Merge-Server-Tools``) are the HTTP layer's business, not ours.
 """
