@@ -4,7 +4,8 @@ One choice, index 0. The message gathers, across the output items in order:
 ``output_text`` parts → ``content`` (null if there is none), ``refusal``
 parts → ``refusal``, ``function_call`` items → ``tool_calls``, reasoning
 text and summaries → ``reasoning_content`` (the extension field Goose reads;
-present only when non-empty), output-text logprobs → ``choices[0].logprobs``,
+the parts joined with THOUGHT_GAP; present only when non-empty), output-text
+logprobs → ``choices[0].logprobs``,
 ``url_citation`` annotations → ``annotations`` (:func:`url_citations`).
 Items a chat client cannot use (``mcp_list_tools``, ``mcp_call``,
 ``web_search_call``, …) and other annotations are skipped.
@@ -38,6 +39,7 @@ from .toolcalls import call_id_of
 JSON_OBJECT = (dict, Mapping)
 
 __all__ = [
+    "THOUGHT_GAP",
     "as_function_call",
     "chat_logprobs",
     "chat_tool_call",
@@ -185,16 +187,22 @@ def check_finished(resp: Any) -> Optional[ProxyError]:
     return None
 
 
+#: what ``reasoning_content`` puts between two parts of reasoning (a reasoning
+#: item's text parts and summary parts, a message's ``reasoning_text`` parts):
+#: a blank line, as each summary part is a paragraph of its own
+THOUGHT_GAP = "\n\n"
+
+
 def reasoning_texts(
     item: Mapping[str, Any], keys: tuple[str, ...] = ("content", "summary")
 ) -> list[str]:
-    """The reasoning text parts, then the summary parts, of a ``reasoning`` item
-    (those of ``keys``)."""
+    """The non-empty reasoning text parts, then summary parts, of a
+    ``reasoning`` item (those of ``keys``)."""
     texts: list[str] = []
     for key in keys:
         parts = item.get(key)
         for part in parts if isinstance(parts, list) else ():
-            if isinstance(part, JSON_OBJECT) and isinstance(part.get("text"), str):
+            if isinstance(part, JSON_OBJECT) and isinstance(part.get("text"), str) and part["text"]:
                 texts.append(part["text"])
     return texts
 
@@ -296,7 +304,8 @@ def responses_to_chat(
                 elif part.get("type") == "reasoning_text" and isinstance(part.get("text"), str):
                     # Llama Stack puts a reasoning model's thoughts in the message;
                     # a stream carries them as reasoning_content deltas
-                    reasoning.append(part["text"])
+                    if part["text"]:
+                        reasoning.append(part["text"])
         elif itype == "function_call":
             tool_calls.append(chat_tool_call(item))
         elif itype == "reasoning":
@@ -310,8 +319,8 @@ def responses_to_chat(
         message["tool_calls"] = tool_calls
     if citations:
         message["annotations"] = citations
-    if reasoning and "".join(reasoning):
-        message["reasoning_content"] = "".join(reasoning)
+    if reasoning:
+        message["reasoning_content"] = THOUGHT_GAP.join(reasoning)
     created = resp.get("created_at")
     completion: dict[str, Any] = {
         "id": resp["id"] if isinstance(resp.get("id"), str) else new_completion_id(),

@@ -19,7 +19,8 @@ States: *waiting* → *streaming* → *done*.
 * **streaming** starts with the first client-visible event: the role chunk
   (``{"role": "assistant", "content": ""}``, ``"content": null`` when
   something other than text comes first) goes out together with it. Text,
-  refusal and reasoning deltas map one to one; tool calls go through
+  refusal and reasoning deltas map one to one (a reasoning part that follows
+  another starts with a blank line, as the collected answer joins them); tool calls go through
   :class:`~goose_proxy.translate.toolcalls.ToolCallQueue`, which assigns dense
   indices and keeps each call's argument fragments contiguous (for a client
   that sent the deprecated ``functions``, the first call goes out as
@@ -55,6 +56,7 @@ from .response import (
     CANCELLED,
     ENDED_EARLY,
     JSON_OBJECT,
+    THOUGHT_GAP,
     answer_extras,
     chat_logprobs,
     event_failure,
@@ -197,6 +199,11 @@ class StreamTranslator:
         self._last_part: Optional[tuple[str, int]] = None
         # (reasoning item, -1 text / -2 summary): the parts that sent text
         self._reasoned: set[tuple[str, int]] = set()
+        #: the parts of reasoning that sent text, (item key, -1 / -2, part
+        #: index; None for all of a place sent at its item's end): a new one
+        #: after another goes out after THOUGHT_GAP, as a collected answer
+        #: joins them
+        self._thought_parts: set[tuple[str, int, Optional[int]]] = set()
         self._index_keys: dict[int, str] = {}  # output_index -> item key
         self._key_index: dict[str, int] = {}  # and back
         self._handlers: dict[str, Callable[[Mapping[str, Any], Out], None]] = {
@@ -452,9 +459,17 @@ class StreamTranslator:
         if delta and isinstance(delta, str):
             key = self._key(event)
             # kept apart (content index -1, -2): a final item has the text first
-            at = -2 if event.get("type") == "response.reasoning_summary_text.delta" else -1
+            summary = event.get("type") == "response.reasoning_summary_text.delta"
+            at = -2 if summary else -1
             self._reasoned.add((key, at))
-            self._keep(self._place(event, (key, at)), delta)
+            run = self._place(event, (key, at))
+            part = (key, at, _int(event.get("summary_index" if summary else "content_index")))
+            if part not in self._thought_parts:
+                # kept as the final item's parts are joined (see _unstreamed_thoughts)
+                self._keep(run, THOUGHT_GAP + delta if run else delta)
+                delta = self._thought(part, delta)
+            else:
+                self._keep(run, delta)
             delta = self._whole("reasoning_content", delta)
             if delta:
                 out.append(self._chunk({"reasoning_content": delta}))
@@ -699,14 +714,27 @@ class StreamTranslator:
         self._keep(run, rest)
         return rest
 
-    def _unstreamed_thoughts(self, key: str, index: int, at: int, text: str) -> str:
-        """What of an item's reasoning ``text`` (at -1; its summary at -2) to
-        send: none when that part streamed (it is not compared with its final
-        text: a backend may tidy it), else what did not show at its place."""
+    def _thought(self, part: tuple[str, int, Optional[int]], text: str) -> str:
+        """``text``, the start of a new ``part`` of reasoning, with THOUGHT_GAP in
+        front when another part sent text before; the rest of a part as it is."""
+        if part in self._thought_parts:
+            return text
+        gap = THOUGHT_GAP if self._thought_parts else ""
+        self._thought_parts.add(part)
+        return gap + text
+
+    def _unstreamed_thoughts(self, key: str, index: int, at: int, texts: list[str]) -> str:
+        """What of an item's reasoning ``texts`` (its non-empty parts at -1; its
+        summary's at -2) to send: none when that place streamed (it is not
+        compared with its final text: a backend may tidy it), else what did not
+        show at its place, the parts joined as a collected answer joins them."""
+        text = THOUGHT_GAP.join(texts)
         if not text or (key, at) in self._reasoned:
             return ""
         self._reasoned.add((key, at))
-        return self._not_yet_sent(key, index, at, text)
+        rest = self._not_yet_sent(key, index, at, text)
+        # all of it: new (a tail continues text that streamed under another key)
+        return self._thought((key, at, None), rest) if rest == text else rest
 
     def _on_item_done(self, event: Mapping[str, Any], out: Out) -> None:
         item = event.get("item")
@@ -723,13 +751,14 @@ class StreamTranslator:
                 self._unstreamed_part((key, 0), "output_text", content, out, None, index, 1)
             parts = content if isinstance(content, list) else []
             # a reasoning model's thoughts in the message (Llama Stack), before its text
-            thoughts = "".join(
+            thoughts = [
                 p["text"]
                 for p in parts
                 if isinstance(p, JSON_OBJECT)
                 and p.get("type") == "reasoning_text"
                 and isinstance(p.get("text"), str)
-            )
+                and p["text"]
+            ]
             rest = self._unstreamed_thoughts(key, index, -1, thoughts)
             if rest:
                 out.append(self._chunk({"reasoning_content": rest}))
@@ -753,7 +782,7 @@ class StreamTranslator:
             # backend may tidy it); one that did not is sent, though the other
             # part streamed: its text would be missing from the stream alone
             rest = "".join(
-                self._unstreamed_thoughts(key, index, at, "".join(reasoning_texts(item, (part,))))
+                self._unstreamed_thoughts(key, index, at, reasoning_texts(item, (part,)))
                 for at, part in ((-1, "content"), (-2, "summary"))
             )
             if rest:

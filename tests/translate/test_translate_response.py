@@ -130,13 +130,21 @@ def test_a_message_whose_content_is_a_string() -> None:
     assert msg["content"] == "Out of scope." and msg["refusal"] is None
 
 
-def test_reasoning_becomes_reasoning_content() -> None:
+def test_reasoning_becomes_reasoning_content_a_blank_line_between_parts() -> None:
+    # each summary part is a paragraph ("**Title**\n\n…"): run together, one
+    # part's last sentence and the next one's title would read as one line
     reasoning = {"type": "reasoning", "id": "rs_1",
-                 "content": [{"type": "reasoning_text", "text": "think. "}],
-                 "summary": [{"type": "summary_text", "text": "summary."}]}  # fmt: skip
-    resp = response([reasoning, message(text("answer"))])
+                 "content": [{"type": "reasoning_text", "text": "think."},
+                             {"type": "reasoning_text", "text": ""}],
+                 "summary": [{"type": "summary_text", "text": "**Plan**\n\nCheck the disk."},
+                             {"type": "summary_text", "text": "**Answer**\n\nUse df."}],
+                 }  # fmt: skip
+    later = {"type": "reasoning", "id": "rs_2", "summary": [{"type": "summary_text", "text": "ok"}]}
+    resp = response([reasoning, message(text("answer")), later])
     msg = only_choice(responses_to_chat(resp, "m"))["message"]
-    assert msg["reasoning_content"] == "think. summary."
+    assert msg["reasoning_content"] == (
+        "think.\n\n**Plan**\n\nCheck the disk.\n\n**Answer**\n\nUse df.\n\nok"
+    )
     assert msg["content"] == "answer"
 
 

@@ -691,13 +691,13 @@ def test_the_stream_and_the_collected_answer_show_the_same(
 
 @pytest.mark.parametrize(
     ("streamed", "expected"),
-    [("summary", "SUMRAW"), ("content", "RAWSUM"), ("both", "RAWSUM")],
+    [("summary", "SUM\n\nRAW"), ("content", "RAW\n\nSUM"), ("both", "RAW\n\nSUM")],
 )
 def test_a_reasoning_part_that_never_streamed_is_sent_beside_one_that_did(
     streamed: str, expected: str
 ) -> None:
     # an item with reasoning text and a summary, only one of them streamed: the
-    # other was left out of the stream (the collected answer shows "RAWSUM")
+    # other was left out of the stream (the collected answer shows "RAW\n\nSUM")
     item = {
         "type": "reasoning",
         "id": "rs_1",
@@ -720,7 +720,43 @@ def test_a_reasoning_part_that_never_streamed_is_sent_beside_one_that_did(
     shown = _as_the_stream_shows_it(events)
     assert shown["reasoning"] == expected  # each part once, in the order shown
     assert shown["content"] == "Answer."
-    assert _as_collected(events)["reasoning"] == "RAWSUM"
+    assert _as_collected(events)["reasoning"] == "RAW\n\nSUM"
+
+
+def test_reasoning_summary_parts_are_paragraphs_in_the_stream_as_collected() -> None:
+    # OpenAI streams a summary with summary=auto as parts, each "**Title**\n\n…",
+    # then a second reasoning item after a tool round; Llama Stack a message's
+    # reasoning_text part: a blank line between parts, as the collected answer
+    def summary(text: str, i: int, item: str = "rs_1", index: int = 0) -> dict[str, Any]:
+        return {"type": "response.reasoning_summary_text.delta", "item_id": item,
+                "output_index": index, "summary_index": i, "delta": text}  # fmt: skip
+
+    parts = ["**Plan**\n\nCheck the disk.", "**Answer**\n\nUse df."]
+    first = {"type": "reasoning", "id": "rs_1",
+             "summary": [{"type": "summary_text", "text": t} for t in parts]}  # fmt: skip
+    second = {
+        "type": "reasoning",
+        "id": "rs_2",
+        "summary": [{"type": "summary_text", "text": "ok"}],
+    }
+    thought = {"type": "reasoning_text", "text": "Hm."}
+    events = [CREATED,
+              summary("**Plan**\n\n", 0), summary("Check the disk.", 0),
+              summary("**Answer**\n\nUse", 1), summary(" df.", 1),
+              {"type": "response.output_item.done", "output_index": 0, "item": first},
+              summary("ok", 0, "rs_2", 1),
+              {"type": "response.reasoning_text.delta", "item_id": "msg_1", "output_index": 2,
+               "content_index": 0, "delta": "Hm."},
+              text_delta("Done.", index=2, part=1),
+              completed([first, second,
+                         msg_done([thought, _part("Done.")], index=2)["item"]])]  # fmt: skip
+    shown = _as_the_stream_shows_it(events)
+    assert shown["reasoning"] == "\n\n".join([*parts, "ok", "Hm."])
+    assert shown == _as_collected(events)
+    # and an item whose parts never streamed shows them the same way
+    quiet = [CREATED, {"type": "response.output_item.done", "output_index": 0, "item": first},
+             completed([first])]  # fmt: skip
+    assert _as_the_stream_shows_it(quiet)["reasoning"] == "\n\n".join(parts)
 
 
 def test_a_call_streamed_under_another_id_than_announced_streams_as_it_comes() -> None:
@@ -1619,7 +1655,7 @@ def test_interleaved_reasoning_text_and_summary_renamed_at_the_end_are_not_sent_
             "text": "Think."}], "summary": [{"type": "summary_text", "text": "Sum."}]}  # fmt: skip
     events = [CREATED, delta("summary_text", "Sum."), delta("text", "Think."), completed([item])]
     _, parsed = run(events)
-    assert text_of(parsed, "reasoning_content") == "Sum.Think."
+    assert text_of(parsed, "reasoning_content") == "Sum.\n\nThink."
 
 
 def test_placeless_reasoning_is_not_sent_again() -> None:

@@ -32,7 +32,8 @@ FIELD = {"text": "content", "refusal": "refusal"}
 @dataclass
 class Labelled:
     event: dict[str, Any]
-    shows: list[tuple[str, str]] = field(default_factory=list)  # (chat field, text)
+    #: (chat field, text), and for reasoning the part the text belongs to
+    shows: list[tuple[Any, ...]] = field(default_factory=list)
     call: Optional[str] = None  # call_id whose first sign of life this is
 
 
@@ -90,28 +91,54 @@ def message_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
 
 
 def reasoning_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
+    """The item's text and summary parts stream in turn, each kind's parts in
+    order (a piece may start the kind's next part); the chat stream shows a
+    blank line before each part that follows another (see ``with_gaps``)."""
     item_id = f"rs_{n}"
-    pieces = draw(st.lists(st.tuples(st.sampled_from(["content", "summary"]), TEXT), max_size=4))
+    kinds = st.sampled_from(["content", "summary"])
+    pieces = draw(st.lists(st.tuples(kinds, TEXT, st.booleans()), max_size=5))
     streamed = draw(st.booleans())
-    content = "".join(t for k, t in pieces if k == "content")
-    summary = "".join(t for k, t in pieces if k == "summary")
+    parts: dict[str, list[str]] = {"content": [], "summary": []}
+    placed = []  # (kind, part index, text)
+    for kind, text, next_part in pieces:
+        if next_part or not parts[kind]:
+            parts[kind].append("")
+        parts[kind][-1] += text
+        placed.append((kind, len(parts[kind]) - 1, text))
     item = {"type": "reasoning", "id": item_id,
-            "content": [{"type": "reasoning_text", "text": content}],
-            "summary": [{"type": "summary_text", "text": summary}]}  # fmt: skip
+            "content": [{"type": "reasoning_text", "text": t} for t in parts["content"]],
+            "summary": [{"type": "summary_text", "text": t} for t in parts["summary"]]}  # fmt: skip
     out = [Labelled({"type": "response.output_item.added", "output_index": n,
                      "item": {"type": "reasoning", "id": item_id, "summary": []}})]  # fmt: skip
     if streamed:
-        for kind, text in pieces:
+        for kind, i, text in placed:
             etype = ("response.reasoning_text.delta" if kind == "content"
                      else "response.reasoning_summary_text.delta")  # fmt: skip
             out.append(Labelled({"type": etype, "item_id": item_id, "output_index": n,
-                                 "content_index": 0, "summary_index": 0, "delta": text},
-                                [("reasoning_content", text)]))  # fmt: skip
+                                 "content_index": i, "summary_index": i, "delta": text},
+                                [("reasoning_content", text, (n, kind, i))]))  # fmt: skip
     if not streamed or draw(st.booleans()):
-        shows = [] if streamed else [("reasoning_content", content + summary)]
+        shows = [] if streamed else [
+            ("reasoning_content", "\n\n".join(t for t in parts[kind] if t), (n, kind))
+            for kind in ("content", "summary")
+        ]  # fmt: skip
         out.append(Labelled({"type": "response.output_item.done", "output_index": n,
                              "item": item}, shows))  # fmt: skip
     return out, item
+
+
+def with_gaps(shown: list[tuple[Any, ...]]) -> list[tuple[str, str]]:
+    """``(field, text)`` for what the events show, a blank line in front of the
+    first reasoning text of each part (``(field, text, part)``) after another."""
+    parts: set[Any] = set()
+    out = []
+    for show in shown:
+        field, text = show[:2]
+        if len(show) == 3 and show[2] not in parts:
+            text = ("\n\n" if parts else "") + text
+            parts.add(show[2])
+        out.append((field, text))
+    return out
 
 
 def call_events(draw: Any, n: int) -> tuple[list[Labelled], dict[str, Any]]:
@@ -281,7 +308,7 @@ def test_random_streams_rebuild_exactly(s: Scenario) -> None:
     except ProxyError as exc:
         raised = exc
 
-    shown = [show for e in s.events for show in e.shows if show[1]]
+    shown = with_gaps([show for e in s.events for show in e.shows if show[1]])
     call_order = [e.call for e in s.events if e.call is not None]
     fails = s.terminal in ("failed", "error_flat", "error_nested", "eof")
 
