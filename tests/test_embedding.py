@@ -107,6 +107,35 @@ def test_every_public_name_resolves_and_is_documented() -> None:
         goose_proxy.nothing_here  # noqa: B018
 
 
+def test_the_recipe_answers_a_functions_or_structured_output_client_as_the_proxy() -> None:
+    # what docs/embedding.md tells an embedder to pass on from the ChatRequest
+    options = goose_proxy.TranslateOptions(flavor="openai")
+    user = [{"role": "user", "content": "x"}]
+    legacy = goose_proxy.chat_to_responses(
+        {"model": "m", "messages": user, "functions": [{"name": "f"}]}, options
+    )
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    answer = {"id": "r", "created_at": 1, "status": "completed", "output": [call]}
+    completion = goose_proxy.responses_to_chat(answer, legacy.client_model)
+    assert legacy.legacy_functions and goose_proxy.as_function_call(completion) == 0
+    choice = completion["choices"][0]
+    assert choice["message"]["function_call"] == {"name": "f", "arguments": "{}"}
+    assert "tool_calls" not in choice["message"] and choice["finish_reason"] == "function_call"
+
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
+    structured = goose_proxy.chat_to_responses(
+        {"model": "m", "messages": user, "response_format": schema}, options
+    )
+    refusal = {"type": "message", "id": "m1", "role": "assistant",
+               "content": [{"type": "refusal", "refusal": "No."}]}  # fmt: skip
+    answer = {**answer, "output": [refusal]}
+    message = goose_proxy.responses_to_chat(
+        answer, structured.client_model, structured.refusal_in_content
+    )["choices"][0]["message"]
+    assert not structured.refusal_in_content
+    assert message["content"] is None and message["refusal"] == "No."
+
+
 def importlib_module(name: str) -> Any:
     import importlib
 
