@@ -143,6 +143,8 @@ def _host_name(value: str) -> str:
 #: what may follow a host name in ``Host``: a port (RFC 9110: ``uri-host [ ":" port ]``,
 #: and a port is ``*DIGIT``)
 _PORT = re.compile(r":[0-9]*")
+#: a run of slashes in a request path, served as one (see ``ProxyServer._resolve``)
+_SLASHES = re.compile(r"//+")
 
 
 def _is_loopback_address(name: str) -> bool:
@@ -504,8 +506,16 @@ class ProxyServer:
         return ""
 
     def _resolve(self, req: Request) -> Union[Handler, ProxyError]:
-        """The handler for ``req``'s method and path, or the 404/405 it gets."""
+        """The handler for ``req``'s method and path, or the 404/405 it gets.
+        Repeated slashes count as one and a trailing one as none (a base URL
+        ending in ``/`` that a script glues a path to); ``req`` then has the
+        path tidied, which its handler and the access line see."""
         path = req.path
+        if "//" in path or (path.endswith("/") and path != "/"):
+            tidy = _SLASHES.sub("/", path).rstrip("/") or "/"
+            if self.handlers.route(tidy) is not None:
+                req.target = tidy + req.target[len(path) :]
+                path = tidy
         route = self.handlers.route(path)
         if route is None:
             return NotFound(f"unknown path {shown(path, PATH_CHARS)!r}{self._base_url_hint(path)}")

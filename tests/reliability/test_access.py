@@ -258,6 +258,32 @@ async def test_a_base_url_off_by_v1_is_told_so(base: str, hint: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "served"),
+    [
+        ("POST", "//v1/chat/completions", "chat.completion"),
+        ("POST", "/v1//chat/completions?api-version=1", "chat.completion"),
+        ("POST", "/v1/chat/completions/", "chat.completion"),
+        ("GET", "/v1/models/", "list"),
+        ("GET", "/v1/models//rhel-lightspeed/", "model"),
+    ],
+)
+async def test_a_doubled_or_trailing_slash_is_served_as_one(
+    pki: SimpleNamespace, method: str, path: str, served: str
+) -> None:
+    # a script that glues "/chat/completions" to a base URL ending in "/v1/"
+    # got a bare 404 "unknown path '/v1//chat/completions'"
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            r = await ask(h.proxy.port, req(method=method, path=path))
+            other = await ask(h.proxy.port, req(path="/v1//chat/completion"))
+    assert r.status == 200 and r.json()["object"] == served
+    if served == "model":
+        assert r.json()["id"] == "rhel-lightspeed"
+    assert other.status == 404
+    assert other.error["message"] == "unknown path '/v1//chat/completion'"
+
+
+@pytest.mark.parametrize(
     ("method", "target"),
     [("OPTIONS", "*"), ("GET", "*"), ("CONNECT", "localhost:443"), ("GET", "health")],
 )
