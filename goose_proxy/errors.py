@@ -58,6 +58,8 @@ class ProxyError(Exception):
     #: client goes by the status), False for a failure that a retry of the same
     #: request cannot fix
     should_retry: ClassVar[Optional[bool]] = None
+    #: the client connection is closed after the answer (its framing is in doubt)
+    closes_connection: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -118,6 +120,15 @@ class InvalidRequest(ProxyError):
 
     status = 400
     type = "invalid_request_error"
+
+
+class MalformedBody(InvalidRequest):
+    """The request body is not JSON text at all (400). Its framing is in doubt
+    too (a ``Content-Length`` that counts characters, not bytes, cuts a
+    non-ASCII body short and leaves its end to be read as the next request),
+    so the connection is closed after the answer."""
+
+    closes_connection = True
 
 
 class UnsupportedParameter(InvalidRequest):

@@ -190,6 +190,8 @@ class Exchange:
         """Report ``err``: as an HTTP error if nothing was sent, else inside the
         stream; logged as :meth:`warn_of` says."""
         self.warn_of(err)
+        if err.closes_connection:
+            self.close = True
         try:
             if self.status is None:
                 status, body, headers = error_response_parts(err)

@@ -25,7 +25,7 @@ import math
 import re
 from typing import Any, Callable
 
-from goose_proxy.errors import InvalidRequest, client_utf8
+from goose_proxy.errors import InvalidRequest, MalformedBody, client_utf8
 
 __all__ = [
     "MAX_DEPTH",
@@ -45,6 +45,10 @@ MAX_INT_DIGITS = 4300
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 #: what ``_ENCODER.encode`` calls for a ``str`` (the C function where there is one)
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+#: what a message about a body that ends too soon adds
+_ENDS_EARLY = "; it ends too soon: does the client's Content-Length count its UTF-8 bytes?"
 
 
 class _Rejected(ValueError):
@@ -106,7 +110,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from None
+        end = _ENDS_EARLY if exc.reason == "unexpected end of data" else ""
+        raise MalformedBody(f"request body is not valid UTF-8 (byte {exc.start}){end}") from None
     try:
         value = json.loads(
             text,
@@ -117,8 +122,11 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except _Rejected as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(
+        # cut short: the error is where the text ends, or a string runs to it
+        short = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        raise MalformedBody(
             f"request body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+            f"{_ENDS_EARLY if short and text.strip() else ''}"
         ) from None
     except RecursionError:
         raise InvalidRequest(f"request body nests deeper than {MAX_DEPTH} levels") from None

@@ -821,6 +821,26 @@ async def test_bad_json_bodies_passthrough_get_400(
     assert h.backend.stats.requests_total == 0
 
 
+async def test_a_body_cut_short_by_its_length_closes_the_connection(pki: SimpleNamespace) -> None:
+    # a Content-Length that counts characters leaves a non-ASCII body's end
+    # unread: it was kept alive and read as the next request's start, so the
+    # client's next, correct request got 400 "illegal request line: '}]}POST …'"
+    body = json.dumps({**HELLO, "messages": [{"role": "user", "content": "héllo ✓"}]},
+                      ensure_ascii=False)  # fmt: skip
+    cut = f"POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    cut += f"Content-Length: {len(body)}\r\n\r\n{body}"
+    with anyio.fail_after(10):
+        async with proxied(pki) as h:
+            after = close(request_bytes(json_body=HELLO))
+            data = await exchange(h.proxy.port, cut.encode() + after)
+            await healthy(h.proxy.port)
+    r = parse_one(data)  # one answer, then the connection closed
+    assert r.status == 400 and r.header("connection") == "close"
+    assert r.error["message"].startswith("request body is not valid JSON: ")
+    assert r.error["message"].endswith("does the client's Content-Length count its UTF-8 bytes?")
+    assert h.backend.stats.requests_total == 0
+
+
 async def test_duplicate_keys_last_one_wins(pki: SimpleNamespace) -> None:
     body = (
         b'{"model": "m", "messages": [{"role": "user", "content": "first"}],'
