@@ -209,6 +209,11 @@ def _tls_error(prefix: str, e: ssl.SSLError) -> UpstreamTLSError:
     return UpstreamTLSError(f"{prefix}: TLS error ({e.reason or e})")
 
 
+#: what an answer over plain HTTP whose first byte is a control character (a TLS
+#: record, an HTTP/2 frame) is told
+_BINARY_HINT = " (a TLS or HTTP/2 server? does backend.endpoint mean https://?)"
+
+
 def _while(phase: str) -> str:
     return "during the TLS handshake" if phase == "TLS handshake" else f"while {phase}"
 
@@ -240,9 +245,10 @@ def _map_io_error(e: BaseException, phase: str, ep: Endpoint) -> Optional[ProxyE
             return _tls_error(f"{phase} with backend {where} failed", cause)
         return UpstreamClosed(f"backend {where} closed the connection {_while(phase)}")
     if isinstance(e, h11.RemoteProtocolError):
-        return UpstreamProtocolError(
-            f"backend {where} sent invalid HTTP {_while(phase)}: {http11.reason(e)}"
-        )
+        why = http11.reason(e)
+        if why == "illegal request line":  # h11's words for a first byte no status line has
+            why = "not HTTP/1.1 text" + (_BINARY_HINT if ep.scheme == "http" else "")
+        return UpstreamProtocolError(f"backend {where} sent invalid HTTP {_while(phase)}: {why}")
     if isinstance(e, OSError):
         return UpstreamConnectError(f"cannot connect to backend {where}: {e.strerror or e}")
     return None

@@ -472,6 +472,37 @@ async def test_garbage_instead_of_http(pki: SimpleNamespace, body: dict[str, Any
     assert "bytearray" not in err["message"]  # h11's quoting, without Python's wrapper
 
 
+#: the first bytes a TLS server answers a plain request with (an alert), and an
+#: HTTP/2 server (its SETTINGS frame)
+_NOT_HTTP1 = {
+    "tls-alert": b"\x15\x03\x01\x00\x02\x02\x46",
+    "http2-settings": b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("answer", list(_NOT_HTTP1))
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_an_answer_that_is_not_http1_text_is_told_so(
+    pki: SimpleNamespace, answer: str, scheme: str
+) -> None:
+    # h11 said "illegal request line" of a backend's answer, naming the wrong
+    # side; over plain HTTP such bytes are mostly a TLS or HTTP/2 server
+    async def binary(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(_NOT_HTTP1[answer])
+        await stream.receive()  # until the proxy hangs up
+
+    tls = pki.server_context() if scheme == "https" else None
+    with anyio.fail_after(10):
+        async with fake_server(binary, tls=tls) as srv:
+            r = await _direct(srv.url, pki.auth, HELLO)
+    assert r.status_code == 502
+    message = r.json()["error"]["message"]
+    hint = client._BINARY_HINT if scheme == "http" else ""
+    assert message.endswith(": not HTTP/1.1 text" + hint)
+    assert "request line" not in message
+
+
 async def _cut_chunked(srv: FakeServer, stream: anyio.abc.ByteStream) -> None:
     await read_request_head(stream, srv)
     frames = text_events(["one ", "two ", "three"])
