@@ -46,6 +46,14 @@ def test_any_cut_decodes_the_whole_body(
 def test_bytes_after_the_end_are_noticed() -> None:
     body, dec = decode([chunked([b"hi"]) + b"HTTP/1.1 200 OK\r\n"])
     assert body == b"hi" and dec.done and dec.leftover
+    body, dec = decode([chunked([b"hi"]) + b"\r\n\r\nX"])
+    assert body == b"hi" and dec.done and dec.leftover
+
+
+def test_line_ends_after_the_end_are_not_leftover() -> None:
+    # some servers end a body with one more CRLF: skipped before the next answer
+    body, dec = decode([chunked([b"hi"]) + b"\r\n", b"\n"])
+    assert body == b"hi" and dec.done and not dec.leftover
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,9 @@ class ChunkedDecoder:
 
     @property
     def leftover(self) -> bool:
-        """Bytes were received after the end of the body (none from a sane server)."""
-        return self.done and bool(self._buf)
+        """Bytes were received after the end of the body (none from a sane
+        server), other than line ends (some servers end a body with one more)."""
+        return self.done and bool(self._buf.lstrip(b"\r\n"))
 
     def feed(self, data: bytes) -> bytes:
         """Decode ``data``; return the body bytes it completes (maybe ``b""``).

@@ -917,17 +917,19 @@ class UpstreamClient:
         """After the response: the connection back to the pool, or closed."""
         conn = resp._conn
         h = conn.h11
+        trailing = h.trailing_data[0]
         if (
             resp.complete
             and not conn.cut_short
             and h.our_state is h11.DONE
-            # bytes past the body's end would be read as the next request's answer
-            and ((h.their_state is h11.DONE and not h.trailing_data[0]) or resp.body_decoded)
+            # bytes past the body's end would be read as the next request's
+            # answer, but for line ends (some servers end a body so: skipped)
+            and ((h.their_state is h11.DONE and not trailing.lstrip(b"\r\n")) or resp.body_decoded)
             and self.cfg.pool_size > 0
         ):
-            if h.their_state is h11.DONE:
+            if h.their_state is h11.DONE and not trailing:
                 h.start_next_cycle()
-            else:  # h11 read only the head (ChunkedDecoder the body): a fresh one
+            else:  # h11 read only the head (ChunkedDecoder the body), or holds line ends
                 conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=conn.max_event)
             if not self._put_idle(conn):
                 conn.close()

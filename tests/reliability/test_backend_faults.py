@@ -578,6 +578,34 @@ async def test_empty_lines_before_a_status_line_are_skipped(
     assert answers[2].json()["choices"][0]["message"]["content"] == "one two"
 
 
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+async def test_line_ends_after_an_answer_keep_its_connection(
+    pki: SimpleNamespace, framing: str
+) -> None:
+    # the same stray CRLF, in the answer's own write: the connection was
+    # closed as holding bytes past the answer, and every request paid a new
+    # mTLS handshake
+    frames = b"".join(text_events(["one ", "two"]))
+    if framing == "chunked":
+        answer = SSE_HEAD + b"%x\r\n%s\r\n0\r\n\r\n" % (len(frames), frames)
+    else:
+        answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        answer += b"content-length: %d\r\n\r\n%s" % (len(frames), frames)
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        while True:
+            await read_request_head(stream, srv)
+            await stream.send(answer + b"\r\n")
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            answers = await _direct_all(srv.url, pki.auth, [HELLO, HELLO_STREAM, HELLO])
+    assert [r.status_code for r in answers] == [200, 200, 200], answers[0].text
+    assert srv.accepted == 1 and len(srv.requests) == 3
+    assert chat_stream_outcome(answers[1].content) == ("one two", None)
+    assert answers[2].json()["choices"][0]["message"]["content"] == "one two"
+
+
 def _chunked_sse(frames: list[bytes]) -> bytes:
     return SSE_HEAD + b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames) + b"0\r\n\r\n"
 
