@@ -29,12 +29,25 @@ import errno
 import json
 from typing import Any, ClassVar, Optional
 
+#: characters a JSON text may hold raw that ``str.splitlines`` takes for line
+#: ends, as their JSON escapes
+_LINE_ENDS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
 
 def client_utf8(text: str) -> bytes:
-    """``text`` as UTF-8 for a client: a lone surrogate (the half of a pair that
-    nothing completed, which UTF-8 cannot carry) becomes U+FFFD, as UTF-8
-    decoders show it, and a pair written as two halves becomes its character.
-    Its JSON escape would do for Python, but Goose's serde_json refuses it."""
+    """``text``, JSON, as UTF-8 for a client: a lone surrogate (the half of a
+    pair that nothing completed, which UTF-8 cannot carry) becomes U+FFFD, as
+    UTF-8 decoders show it, and a pair written as two halves becomes its
+    character. Its JSON escape would do for Python, but Goose's serde_json
+    refuses it.
+
+    U+0085, U+2028 and U+2029 go as their escapes (JSON has them only inside
+    strings, where the escape means the same): a client that splits a stream
+    into lines as ``str.splitlines`` does (httpx's ``iter_lines``, older
+    httpx-sse) cut an SSE ``data:`` line at them. A backend escapes them
+    (Lightspeed's JSON is ASCII); the proxy's encoder writes them raw."""
+    if not text.isascii() and ("\u2028" in text or "\u2029" in text or "\x85" in text):
+        text = text.translate(_LINE_ENDS)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:

@@ -606,6 +606,30 @@ async def test_line_ends_after_an_answer_keep_its_connection(
     assert answers[2].json()["choices"][0]["message"]["content"] == "one two"
 
 
+async def test_line_separators_in_text_reach_a_line_splitting_client_whole(
+    pki: SimpleNamespace,
+) -> None:
+    # Lightspeed escapes U+2028 (its JSON is ASCII); the proxy wrote it raw,
+    # and httpx's aiter_lines (str.splitlines rules) cut the data: line there:
+    # a hand-written SSE loop's json.loads failed with "Unterminated string"
+    words = ["line one\u2028line two", "\u2029 and \u0085", " done"]
+    want = "".join(words)
+    with anyio.fail_after(10):
+        async with answering(_chunked_sse(text_events(words)), pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": ""})
+            async with running_proxy(cfg) as proxy, httpx.AsyncClient(timeout=10) as c:
+                async with c.stream("POST", proxy.url + "/v1/chat/completions",
+                                    json=HELLO_STREAM) as r:  # fmt: skip
+                    lines = [line async for line in r.aiter_lines()]
+                whole = await c.post(proxy.url + "/v1/chat/completions", json=HELLO)
+    data = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    chunks = [json.loads(d) for d in data if d != "[DONE]"]
+    assert [line for line in lines if line and not line.startswith("data: ")] == []
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == want
+    assert [line for line in whole.text.splitlines() if line] == [whole.text]
+    assert whole.json()["choices"][0]["message"]["content"] == want
+
+
 def _chunked_sse(frames: list[bytes]) -> bytes:
     return SSE_HEAD + b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames) + b"0\r\n\r\n"
 
