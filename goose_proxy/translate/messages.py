@@ -25,7 +25,15 @@ system prompt that asks to "summarize". Goose sends one for each old tool
 call of a long session ("Your task is to summarize a tool call & response
 pair"), the call and its result as the user message; dropped, the backend
 answered a bare transcript, and that answer replaced the tool's result in
-Goose's history.
+Goose's history. A system prompt that holds the request's task keeps them
+too: Goose's subagents (its ``delegate`` tool, run with a skill, an agent
+file or a recipe) get their task in an ``<instructions>`` element and a
+generic user message ("Apply the skill knowledge to produce a useful
+result."); Goose Desktop's recipe sessions get the recipe after "IMPORTANT
+instructions for you to operate as agent:"; and ``/plan`` asks a tool-less
+"planner" for a plan of the conversation. Dropped, each was told to do
+something it never saw. What ``"drop"`` leaves out is listed in
+``ChatRequest.dropped``, which the proxy logs at DEBUG.
 
 Legacy ``function_call`` / ``role: "function"`` messages have no call ids;
 each legacy call gets ``call_id = "legacy_call_<message index>"`` and the next
@@ -61,10 +69,22 @@ Item = dict[str, Any]
 
 _POINTS_INTO_THE_SYSTEM_PROMPT = re.compile(r"\bin the system prompt\b", re.IGNORECASE)
 _ASKS_TO_SUMMARIZE = re.compile(r"\bsummari[sz]e\b", re.IGNORECASE)
+#: a system prompt that holds the request's task: Goose's subagent prompt puts
+#: the delegated task (a skill's text, an agent file's, a recipe's
+#: instructions) in an ``<instructions>`` element, Goose Desktop a recipe's
+#: after "IMPORTANT instructions for you to operate as agent:"
+_INSTRUCTIONS = re.compile(r"<instructions>(.*?)</instructions>", re.IGNORECASE | re.DOTALL)
+_OPERATE_AS_AGENT = re.compile(r"\binstructions for you to operate as agent\b", re.IGNORECASE)
+#: Goose's ``/plan``: a tool-less request whose system prompt makes a "planner"
+_MAKES_A_PLANNER = re.compile(r"\bplanner\b", re.IGNORECASE)
 
 
 def translate_messages(
-    messages: Any, system_mode: str, tools: Any = None, breakpoints: bool = True
+    messages: Any,
+    system_mode: str,
+    tools: Any = None,
+    breakpoints: bool = True,
+    dropped: Optional[list[str]] = None,
 ) -> tuple[list[Item], Optional[str]]:
     """Map the chat ``messages`` array to Responses input items.
 
@@ -73,7 +93,8 @@ def translate_messages(
     in ``"instructions"`` mode, the joined system text (None when there is none).
     A part's ``prompt_cache_breakpoint`` (an object) goes with it when
     ``breakpoints`` is true; a tool result with one is sent as parts, not as
-    one string.
+    one string. A system or developer message with text that ``"drop"`` left
+    out is listed in ``dropped`` (``messages[0] (system)``) when it is given.
 
     Raises:
         InvalidRequest: a message or part has the wrong shape, an unknown role or
@@ -108,6 +129,8 @@ def translate_messages(
                 parts = [p for p in parts if p["text"]]
                 if parts:
                     items.append({"type": "message", "role": role, "content": parts})
+            elif dropped is not None and any(p["text"] for p in parts):
+                dropped.append(f"{path} ({role})")
         elif role == "user":
             content = _user_content(msg, path, breakpoints)
             items.append({"type": "message", "role": "user", "content": content})
@@ -144,6 +167,10 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
             others.append(msg)
     if not others:
         return True  # system messages alone
+    if any(_states_its_task(t) for t in system):
+        return True
+    if not tools and any(_MAKES_A_PLANNER.search(t) for t in system):
+        return True
     (only, *more) = others
     return (
         not more
@@ -153,6 +180,13 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
         and only.get("type", "message") == "message"
         and any(_ASKS_TO_SUMMARIZE.search(t) for t in system)
     )
+
+
+def _states_its_task(text: str) -> bool:
+    """Whether a system prompt holds its request's task (see ``_INSTRUCTIONS``)."""
+    if _OPERATE_AS_AGENT.search(text):
+        return True
+    return any(m.group(1).strip() for m in _INSTRUCTIONS.finditer(text))
 
 
 def points_into_the_system_prompt(messages: list[Any]) -> bool:

@@ -121,6 +121,7 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
         opts.system_messages,
         req.get("tools") or req.get("functions"),
         breakpoints=opts.flavor != "lightspeed",  # as prompt_cache_options: not Lightspeed's
+        dropped=dropped,
     )
 
     # (responses field, value, client key it came from), in body order

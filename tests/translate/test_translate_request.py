@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from openai.types.responses import ResponseInputParam
@@ -830,7 +830,7 @@ def test_goose_shaped_round_trip() -> None:
                                   "strict": False}]  # fmt: skip
     assert got.body["max_output_tokens"] == 4096 and got.body["temperature"] == 0.3
     assert (got.stream, got.include_usage, got.client_model) == (True, True, "goose-model")
-    assert got.dropped == []
+    assert got.dropped == ["messages[0] (system)"]  # logged at DEBUG
 
 
 @pytest.mark.parametrize("content_as", ["string", "parts"])
@@ -912,6 +912,73 @@ def test_only_a_one_off_summary_keeps_the_system_prompt(change: dict[str, Any]) 
     req = {"model": "m", "messages": TASK_THEN_PAIR, **change}
     roles = [item.get("role") for item in chat_to_responses(req, LIGHTSPEED).body["input"]]
     assert "system" not in roles and roles[-1] == "user"
+
+
+def chat_user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+SKILL = "To audit SELinux, read /var/log/audit/audit.log and report the top 3 denials."
+SUBAGENT = (
+    "You are a subagent of goose, started for one task.\n<role>\nWork alone.\n</role>\n"
+    f"<instructions>\n{SKILL}\n</instructions>\n<tools>\ndeveloper__shell\n</tools>"
+)
+DESKTOP_RECIPE = (
+    f"You are a helpful agent.\n\nIMPORTANT instructions for you to operate as agent:\n{SKILL}"
+)
+PLANNER = 'You are a specialized "planner" AI. Produce a step-by-step plan for the request.'
+
+
+@pytest.mark.parametrize(
+    ("system", "messages", "tools"),
+    [
+        pytest.param(SUBAGENT, [chat_user("Apply the skill knowledge to produce a useful result.")],
+                     [FN_TOOL], id="subagent-delegated-a-skill"),
+        pytest.param(DESKTOP_RECIPE, [chat_user("Begin.")], [FN_TOOL], id="desktop-recipe"),
+        pytest.param(PLANNER, [chat_user("Make the audit log smaller."),
+                               {"role": "assistant", "content": "How small?"},
+                               chat_user("Under 1 GB.")], None, id="plan"),
+    ],
+)  # fmt: skip
+def test_a_system_prompt_that_holds_the_task_is_kept(
+    system: str, messages: list[Any], tools: Optional[list[Any]]
+) -> None:
+    # Goose's delegate tool (a skill, an agent file, a recipe), Desktop's
+    # recipe sessions and /plan put the task in the system prompt alone:
+    # dropped, the backend was asked to "apply the skill knowledge" it never saw
+    req = {"model": "m", "messages": [{"role": "system", "content": system}, *messages]}
+    got = chat_to_responses({**req, **({"tools": tools} if tools else {})}, LIGHTSPEED)
+    assert got.body["input"][0] == {
+        "type": "message", "role": "system", "content": [{"type": "input_text", "text": system}]
+    }  # fmt: skip
+    assert got.body["input"][1:] == [
+        chat_to_responses({"model": "m", "messages": [m]}, LIGHTSPEED).body["input"][0]
+        for m in messages
+    ]
+    assert got.dropped == []
+    passthrough = {"model": "m", "input": got.body["input"], **({"tools": tools} if tools else {})}
+    assert prepare_passthrough(passthrough, LIGHTSPEED)[0]["input"] == got.body["input"]
+
+
+@pytest.mark.parametrize(
+    ("system", "tools"),
+    [
+        pytest.param(SUBAGENT.replace(SKILL, ""), [FN_TOOL], id="empty-instructions"),
+        pytest.param("Use the <instructions> tag in your output.", [FN_TOOL],
+                     id="names-the-tag"),
+        pytest.param(PLANNER, [FN_TOOL], id="planner-with-tools"),
+        pytest.param("You are goose. The user plans a trip.", None, id="no-planner"),
+    ],
+)  # fmt: skip
+def test_a_system_prompt_that_only_looks_like_one_with_a_task_is_dropped(
+    system: str, tools: Optional[list[Any]]
+) -> None:
+    messages = [{"role": "system", "content": system}, USER_HI,
+                {"role": "assistant", "content": "Hi."}, USER_HI]  # fmt: skip
+    req = {"model": "m", "messages": messages}
+    got = chat_to_responses({**req, **({"tools": tools} if tools else {})}, LIGHTSPEED)
+    assert [item["role"] for item in got.body["input"]] == ["user", "assistant", "user"]
+    assert got.dropped == ["messages[0] (system)"]
 
 
 def test_input_is_not_mutated() -> None:
