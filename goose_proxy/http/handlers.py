@@ -192,6 +192,7 @@ class Exchange:
         self.warn_of(err)
         if err.closes_connection:
             self.close = True
+            self.conn.linger = True  # the client may still be sending: no reset over the answer
         try:
             if self.status is None:
                 status, body, headers = error_response_parts(err)

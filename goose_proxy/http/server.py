@@ -67,7 +67,7 @@ from goose_proxy.http.connection import (
     ServerConnection,
     error_response_parts,
 )
-from goose_proxy.http.handlers import Exchange, Handler, Handlers
+from goose_proxy.http.handlers import MODEL_PATH, Exchange, Handler, Handlers
 from goose_proxy.http.throttle import METHOD_CHARS, PATH_CHARS, WARN_INTERVAL, WarnEvery, shown
 from goose_proxy.streams import Listener, ProtocolStream, bind_tcp
 from goose_proxy.upstream.client import UpstreamClient
@@ -145,6 +145,17 @@ def _host_name(value: str) -> str:
 _PORT = re.compile(r":[0-9]*")
 #: a run of slashes in a request path, served as one (see ``ProxyServer._resolve``)
 _SLASHES = re.compile(r"//+")
+#: a model's path with its slashes as sent: the id (group 1) is kept as it is
+_MODEL_SLASHES = re.compile(r"/+v1/+models/+(.*)", re.DOTALL)
+
+
+def _tidied(path: str) -> str:
+    """``path`` with each run of slashes as one and no trailing one, but for
+    what follows ``/v1/models/`` (a model id may hold slashes)."""
+    model = _MODEL_SLASHES.fullmatch(path)
+    if model is not None:
+        return MODEL_PATH + model.group(1) if model.group(1) else MODEL_PATH.rstrip("/")
+    return _SLASHES.sub("/", path).rstrip("/") or "/"
 
 
 def _is_loopback_address(name: str) -> bool:
@@ -508,17 +519,19 @@ class ProxyServer:
     def _resolve(self, req: Request) -> Union[Handler, ProxyError]:
         """The handler for ``req``'s method and path, or the 404/405 it gets.
         Repeated slashes count as one and a trailing one as none (a base URL
-        ending in ``/`` that a script glues a path to); ``req`` then has the
-        path tidied, which its handler and the access line see."""
-        path = req.path
+        ending in ``/`` that a script glues a path to), but for a model id's
+        own; ``req`` then has the path tidied, which its handler and the
+        access line see."""
+        path = tidy = req.path
         if "//" in path or (path.endswith("/") and path != "/"):
-            tidy = _SLASHES.sub("/", path).rstrip("/") or "/"
+            tidy = _tidied(path)
             if self.handlers.route(tidy) is not None:
                 req.target = tidy + req.target[len(path) :]
                 path = tidy
         route = self.handlers.route(path)
         if route is None:
-            return NotFound(f"unknown path {shown(path, PATH_CHARS)!r}{self._base_url_hint(path)}")
+            hint = self._base_url_hint(tidy)
+            return NotFound(f"unknown path {shown(path, PATH_CHARS)!r}{hint}")
         fn = route.get(req.method)
         if fn is None and req.method == "HEAD":
             fn = route.get("GET")  # the same answer without its body

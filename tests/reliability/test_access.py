@@ -264,7 +264,8 @@ async def test_a_base_url_off_by_v1_is_told_so(base: str, hint: str) -> None:
         ("POST", "/v1//chat/completions?api-version=1", "chat.completion"),
         ("POST", "/v1/chat/completions/", "chat.completion"),
         ("GET", "/v1/models/", "list"),
-        ("GET", "/v1/models//rhel-lightspeed/", "model"),
+        ("GET", "/v1//models//rhel-lightspeed", "model"),
+        ("GET", "//v1/models", "list"),
     ],
 )
 async def test_a_doubled_or_trailing_slash_is_served_as_one(
@@ -281,6 +282,36 @@ async def test_a_doubled_or_trailing_slash_is_served_as_one(
         assert r.json()["id"] == "rhel-lightspeed"
     assert other.status == 404
     assert other.error["message"] == "unknown path '/v1//chat/completion'"
+
+
+@pytest.mark.parametrize(
+    ("path", "hint"),
+    [
+        ("//chat/completions", "(the API is under /v1: the client's base URL should end with /v1)"),
+        (
+            "/v1/v1//chat/completions/",
+            "(the client's base URL ends with /v1 and the client adds another)",
+        ),
+    ],
+)
+async def test_a_base_url_off_by_v1_and_ending_in_a_slash_is_told_so(path: str, hint: str) -> None:
+    # the hint was asked of the path as sent, which no route has even with /v1
+    with anyio.fail_after(15):
+        async with running_proxy(make_config("http://127.0.0.1:9")) as proxy:
+            r = await ask(proxy.port, req(path=path))
+    assert r.status == 404 and r.error["message"] == f"unknown path {path!r} {hint}"
+
+
+@pytest.mark.parametrize("model", ["org//model", "model/", "a/b"])
+async def test_a_model_id_keeps_its_own_slashes(model: str) -> None:
+    # folded as the rest of the path, "org//model" was looked up as "org/model"
+    config = make_config("http://127.0.0.1:9", models={"id": model})
+    with anyio.fail_after(15):
+        async with running_proxy(config) as proxy:
+            served = await ask(proxy.port, req(method="GET", path="/v1/models/" + model))
+            doubled = await ask(proxy.port, req(method="GET", path="//v1/models//" + model))
+    assert served.status == doubled.status == 200
+    assert served.json()["id"] == doubled.json()["id"] == model
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ sent is exactly what the test says, and replies are parsed strictly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -839,6 +840,27 @@ async def test_a_body_cut_short_by_its_length_closes_the_connection(pki: SimpleN
     assert r.error["message"].startswith("request body is not valid JSON: ")
     assert r.error["message"].endswith("does the client's Content-Length count its UTF-8 bytes?")
     assert h.backend.stats.requests_total == 0
+
+
+async def test_a_long_body_cut_short_gets_its_answer_without_a_reset(pki: SimpleNamespace) -> None:
+    # closed at once with a megabyte of the body unread, the connection was
+    # reset: a client still sending got ECONNRESET instead of the 400
+    text = "é" * 1_000_000
+    body = json.dumps({**HELLO, "messages": [{"role": "user", "content": text}]},
+                      ensure_ascii=False).encode()  # fmt: skip
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body) - len(text)}\r\n\r\n"
+    with anyio.fail_after(20):
+        async with proxied(pki) as h:
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(head.encode() + body)
+                data = bytearray()
+                with contextlib.suppress(anyio.EndOfStream):
+                    while True:  # a reset raises here
+                        data += await s.receive()
+    r = parse_one(bytes(data))
+    assert r.status == 400 and r.header("connection") == "close"
+    assert "not valid" in r.error["message"]
 
 
 async def test_duplicate_keys_last_one_wins(pki: SimpleNamespace) -> None:
