@@ -73,7 +73,6 @@ _ASKS_TO_SUMMARIZE = re.compile(r"\bsummari[sz]e\b", re.IGNORECASE)
 #: the delegated task (a skill's text, an agent file's, a recipe's
 #: instructions) in an ``<instructions>`` element, Goose Desktop a recipe's
 #: after "IMPORTANT instructions for you to operate as agent:"
-_INSTRUCTIONS = re.compile(r"<instructions>(.*?)</instructions>", re.IGNORECASE | re.DOTALL)
 _OPERATE_AS_AGENT = re.compile(r"\binstructions for you to operate as agent\b", re.IGNORECASE)
 #: Goose's ``/plan``: a tool-less request whose system prompt makes a "planner"
 _MAKES_A_PLANNER = re.compile(r"\bplanner\b", re.IGNORECASE)
@@ -183,10 +182,23 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
 
 
 def _states_its_task(text: str) -> bool:
-    """Whether a system prompt holds its request's task (see ``_INSTRUCTIONS``)."""
+    """Whether a system prompt holds its request's task (see
+    ``_OPERATE_AS_AGENT``): an ``<instructions>`` element with text, found in
+    one pass (a lazy regular expression rescans the rest of the text for each
+    opening tag that has no closing one)."""
     if _OPERATE_AS_AGENT.search(text):
         return True
-    return any(m.group(1).strip() for m in _INSTRUCTIONS.finditer(text))
+    folded = text.lower()
+    start = folded.find("<instructions>")
+    while start >= 0:
+        start += len("<instructions>")
+        end = folded.find("</instructions>", start)
+        if end < 0:
+            return False  # no closing tag after this opening: none after a later one
+        if start < end and not folded[start:end].isspace():
+            return True
+        start = folded.find("<instructions>", end)
+    return False
 
 
 def points_into_the_system_prompt(messages: list[Any]) -> bool:

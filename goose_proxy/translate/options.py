@@ -181,18 +181,20 @@ def prepare_passthrough(
             )
         body["stream"] = True  # its head at once (see above); collected for the client
     # (the openai flavour's default, "input", leaves them as they are)
-    _apply_system_messages(body, opts.system_messages)
+    _apply_system_messages(body, opts.system_messages, dropped)
     apply_extras(body, opts)
     return body, dropped
 
 
-def _apply_system_messages(body: dict[str, Any], mode: str) -> None:
+def _apply_system_messages(body: dict[str, Any], mode: str, dropped: list[str]) -> None:
     """``[translate] system_messages`` on a passthrough body's ``input`` items, as
     for chat: ``drop`` leaves out system and developer messages (unless the
     newest user message points "in the system prompt", as Goose's compaction
-    does, the request is a one-off request to summarize without tools, or
-    nothing else would be left), ``instructions`` moves their text into
-    ``instructions`` (after the client's own), ``input`` keeps them."""
+    does, the request is a one-off request to summarize without tools, its
+    system prompt holds its task, or nothing else would be left; those with
+    text it leaves out are listed in ``dropped``, ``input[0] (system)``),
+    ``instructions`` moves their text into ``instructions`` (after the
+    client's own), ``input`` keeps them."""
     items = body.get("input")
     if mode == "input" or not isinstance(items, list):
         return
@@ -200,17 +202,23 @@ def _apply_system_messages(body: dict[str, Any], mode: str) -> None:
         return
     kept: list[Any] = []
     texts: list[str] = []
-    for item in items:
+    left_out: list[str] = []
+    for i, item in enumerate(items):
         if (
             isinstance(item, dict)
             and item.get("role") in ("system", "developer")
             and item.get("type", "message") == "message"
         ):
-            texts += [t for t in texts_of(item.get("content")) if t]
+            said = [t for t in texts_of(item.get("content")) if t]
+            if said:
+                texts += said
+                left_out.append(f"input[{i}] ({item['role']})")
         else:
             kept.append(item)
     if len(kept) == len(items) or (mode == "drop" and not kept):
         return
+    if mode == "drop":
+        dropped += left_out
     body["input"] = kept
     if mode == "instructions" and texts:
         own = body.get("instructions")

@@ -7,6 +7,8 @@ import re
 from typing import Any, Optional
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.responses import ResponseInputParam
 from pydantic import TypeAdapter
 from translate_testkit import fixture_json, fixture_text
@@ -20,6 +22,7 @@ from goose_proxy.translate import (
     prepare_passthrough,
     responses_to_chat,
 )
+from goose_proxy.translate.messages import _states_its_task
 
 OPENAI = TranslateOptions(flavor="openai")
 LIGHTSPEED = TranslateOptions()
@@ -979,6 +982,25 @@ def test_a_system_prompt_that_only_looks_like_one_with_a_task_is_dropped(
     got = chat_to_responses({**req, **({"tools": tools} if tools else {})}, LIGHTSPEED)
     assert [item["role"] for item in got.body["input"]] == ["user", "assistant", "user"]
     assert got.dropped == ["messages[0] (system)"]
+    # and on /v1/responses: listed there too (the DEBUG line shows both)
+    passthrough = {"model": "m", "input": [{"role": "system", "content": system},
+                                           *got.body["input"]]}  # fmt: skip
+    body, dropped = prepare_passthrough({**passthrough, **({"tools": tools} if tools else {})},
+                                        LIGHTSPEED)  # fmt: skip
+    assert body["input"] == got.body["input"] and dropped == ["input[0] (system)"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<instructions>", "</instructions>", "<INSTRUCTIONS>",
+                                 " ", "\n", "x", "<", "İ"]), max_size=12))  # fmt: skip
+def test_an_instructions_element_is_found_as_a_regular_expression_finds_it(
+    pieces: list[str],
+) -> None:
+    # one pass (the lazy expression took 4 s on 4,000 unclosed opening tags)
+    text = "".join(pieces)
+    element = re.compile(r"<instructions>(.*?)</instructions>", re.IGNORECASE | re.DOTALL)
+    expected = any(m.group(1).strip() for m in element.finditer(text))
+    assert _states_its_task(text) == expected
 
 
 def test_input_is_not_mutated() -> None:
