@@ -265,10 +265,12 @@ class Handlers:
         await ex.send(200, self._models_body, [JSON])
 
     async def model(self, ex: Exchange) -> None:
-        """``GET /v1/models/{model}``: the model of the list, if it is the one asked for."""
+        """``GET /v1/models/{model}``: the model of the list, if it is the one asked
+        for (a trailing slash counts as none, as in every path, unless the id
+        served ends with one)."""
         wanted = unquote(ex.req.path[len(MODEL_PATH) :])
         served = self.config.models.id
-        if wanted != served:
+        if wanted != served and not (wanted.endswith("/") and wanted.rstrip("/") == served):
             raise NotFound(
                 f"the model {wanted[:100]!r} does not exist: goose-proxy serves "
                 f"{served!r} ([models] id)",

@@ -183,9 +183,10 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
 
 def _states_its_task(text: str) -> bool:
     """Whether a system prompt holds its request's task (see
-    ``_OPERATE_AS_AGENT``): an ``<instructions>`` element with text, found in
-    one pass (a lazy regular expression rescans the rest of the text for each
-    opening tag that has no closing one)."""
+    ``_OPERATE_AS_AGENT``): an ``<instructions>`` element with text (its tag
+    in ASCII letters of any case, as Goose writes it), found in one pass (a
+    lazy regular expression rescans the rest of the text for each opening
+    tag that has no closing one)."""
     if _OPERATE_AS_AGENT.search(text):
         return True
     folded = text.lower()

@@ -136,7 +136,9 @@ def prepare_passthrough(
     system and developer items in ``input`` follow
     ``system_messages`` as chat messages do; ``extra_body`` is merged last.
     Everything else is forwarded
-    unchanged: the backend validates. Returns the body and the dropped keys.
+    unchanged: the backend validates. Returns the body and what was dropped:
+    the client's keys, then the system items ``drop`` left out
+    (``input[0] (system)``).
 
     A client that does not stream gets a stream asked for on its behalf (the
     proxy collects it): a non-streamed answer's head comes only once the

@@ -266,6 +266,7 @@ async def test_a_base_url_off_by_v1_is_told_so(base: str, hint: str) -> None:
         ("GET", "/v1/models/", "list"),
         ("GET", "/v1//models//rhel-lightspeed", "model"),
         ("GET", "//v1/models", "list"),
+        ("GET", "/v1/models/rhel-lightspeed/", "model"),
     ],
 )
 async def test_a_doubled_or_trailing_slash_is_served_as_one(
