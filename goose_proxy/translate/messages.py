@@ -72,10 +72,11 @@ _ASKS_TO_SUMMARIZE = re.compile(r"\bsummari[sz]e\b", re.IGNORECASE)
 #: a system prompt that holds the request's task: Goose's subagent prompt puts
 #: the delegated task (a skill's text, an agent file's, a recipe's
 #: instructions) in an ``<instructions>`` element, Goose Desktop a recipe's
-#: after "IMPORTANT instructions for you to operate as agent:"
-_OPERATE_AS_AGENT = re.compile(r"\binstructions for you to operate as agent\b", re.IGNORECASE)
+#: after "IMPORTANT instructions for you to operate as agent:"; both as Goose
+#: writes them, in plain substring searches (see ``_states_its_task``)
+_OPERATE_AS_AGENT = "instructions for you to operate as agent"
 #: Goose's ``/plan``: a tool-less request whose system prompt makes a "planner"
-_MAKES_A_PLANNER = re.compile(r"\bplanner\b", re.IGNORECASE)
+_PLANNER = "planner"
 
 
 def translate_messages(
@@ -168,7 +169,7 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
         return True  # system messages alone
     if any(_states_its_task(t) for t in system):
         return True
-    if not tools and any(_MAKES_A_PLANNER.search(t) for t in system):
+    if not tools and any(_PLANNER in t for t in system):
         return True
     (only, *more) = others
     return (
@@ -183,22 +184,22 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
 
 def _states_its_task(text: str) -> bool:
     """Whether a system prompt holds its request's task (see
-    ``_OPERATE_AS_AGENT``): an ``<instructions>`` element with text (its tag
-    in ASCII letters of any case, as Goose writes it), found in one pass (a
-    lazy regular expression rescans the rest of the text for each opening
-    tag that has no closing one)."""
-    if _OPERATE_AS_AGENT.search(text):
+    ``_OPERATE_AS_AGENT``): an ``<instructions>`` element with text, found in
+    one pass (a lazy regular expression rescans the rest of the text for each
+    opening tag that has no closing one). Plain substring searches, as Goose
+    writes the words: it sends its system prompt (tens of KB) on every turn,
+    and a case-blind regular expression took 0.27 ms to search 18 KB."""
+    if _OPERATE_AS_AGENT in text:
         return True
-    folded = text.lower()
-    start = folded.find("<instructions>")
+    start = text.find("<instructions>")
     while start >= 0:
         start += len("<instructions>")
-        end = folded.find("</instructions>", start)
+        end = text.find("</instructions>", start)
         if end < 0:
             return False  # no closing tag after this opening: none after a later one
-        if start < end and not folded[start:end].isspace():
+        if start < end and not text[start:end].isspace():
             return True
-        start = folded.find("<instructions>", end)
+        start = text.find("<instructions>", end)
     return False
 
 

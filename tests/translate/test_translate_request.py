@@ -992,19 +992,15 @@ def test_a_system_prompt_that_only_looks_like_one_with_a_task_is_dropped(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["<instructions>", "</instructions>", "<INSTRUCTIONS>",
-                                 "<\u0130nstructions>", "</\u0131nstructions>",
-                                 "<in\u017ftructions>",
-                                 " ", "\n", "x", "<", "İ"]), max_size=12))  # fmt: skip
+                                 "</Instructions>", " ", "\n", "\u3000", "x", "<"]),
+                max_size=12))  # fmt: skip
 def test_an_instructions_element_is_found_as_a_regular_expression_finds_it(
     pieces: list[str],
 ) -> None:
     # one pass (the lazy expression took 4 s on 4,000 unclosed opening tags);
-    # the tag in any case of ASCII letters (Goose writes it so), not the
-    # letters Unicode folds to i or s
+    # the tag as Goose writes it
     text = "".join(pieces)
-    element = re.compile(
-        r"<instructions>(.*?)</instructions>", re.IGNORECASE | re.DOTALL | re.ASCII
-    )
+    element = re.compile(r"<instructions>(.*?)</instructions>", re.DOTALL)
     expected = any(m.group(1).strip() for m in element.finditer(text))
     assert _states_its_task(text) == expected
 
