@@ -394,10 +394,10 @@ def _aaif_from_items(items: list[dict[str, Any]], seen: GooseSees, text_streamed
 def _aaif_sse_payload(line: str) -> Optional[str]:
     """aaif-goose's line rules (``responses_api_to_streaming_message``,
     ``sse_field_name``): blank lines and comments are skipped, a ``data:`` line
-    gives its value, a line whose text before its first colon starts (after
-    white space) with ``{`` or ``[`` is a bare JSON frame, and any other field
-    (``event:``, ``id:``, ``retry:``, ...) is skipped; a bare ``data`` is read
-    as a payload and fails."""
+    gives its value, a field whose name (the text before the first colon, or
+    the whole line) is ASCII letters, digits, ``-`` and ``_`` only is skipped
+    (``event:``, ``id:``, ``retry:``, ``x-trace:``); any other line is read as
+    a bare JSON frame (``x.trace: abc`` fails), and so is a bare ``data``."""
     if not line.strip(RUST_WHITESPACE) or line.startswith(":"):
         return None
     if line.startswith("data: "):
@@ -405,9 +405,12 @@ def _aaif_sse_payload(line: str) -> Optional[str]:
     if line.startswith("data:"):
         return line[5:]
     name = line.split(":", 1)[0]
-    if name.lstrip(RUST_WHITESPACE).startswith(("{", "[")) or name == "data":
-        return line
-    return None
+    if _AAIF_FIELD_NAME.fullmatch(name) and name != "data":
+        return None
+    return line
+
+
+_AAIF_FIELD_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _aaif_reads_stream(body: Union[bytes, str]) -> GooseSees:

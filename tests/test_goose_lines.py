@@ -223,10 +223,17 @@ def test_aaif_takes_reasoning_text_parts_as_thinking() -> None:
 
 
 def test_aaif_skips_sse_fields_that_1x_reads_as_json() -> None:
-    body = b"id: 7\nretry: 100\n" + _events(_done("completed", []))
+    body = b"id: 7\nretry: 100\nx-trace_1: a\n" + _events(_done("completed", []))
     assert goose_reads_stream(body, line=AAIF).text == ""
     with pytest.raises(GooseRejects, match=f"only {BLOCK}: not JSON"):
         goose_reads_stream(body)
+
+
+@pytest.mark.parametrize("line", [b"x.trace: abc", b"  data: {}", b"data", b"\xc3\xa9t\xc3\xa9: 1"])
+def test_aaif_reads_a_line_whose_name_is_no_field_name_as_json(line: bytes) -> None:
+    # sse_field_name: only ASCII letters, digits, "-" and "_" make a field name
+    with pytest.raises(GooseRejects, match="not JSON"):
+        goose_reads_stream(line + b"\n" + _events(_done("completed", [])), line=AAIF)
 
 
 def test_aaif_refuses_two_tool_calls_with_one_id() -> None:

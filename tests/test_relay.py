@@ -162,12 +162,16 @@ async def test_a_block_without_data_is_not_relayed(block: bytes) -> None:
 
 
 @pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
-async def test_id_lines_are_left_out(end: bytes) -> None:
+@pytest.mark.parametrize("field", [b"id:8", b"id", b"retry: 3000", b"x-trace: abc", b"x.trace: a"])
+async def test_fields_but_data_and_event_are_left_out(field: bytes, end: bytes) -> None:
     # the openai SDK keeps an event's id, then reads every later blank line (a
-    # comment's) as an event without JSON; the event itself goes on without it
+    # comment's) as an event without JSON; Goose reads every line but event:,
+    # comments and blank ones as JSON; the event itself goes on without them
     stream = (
-        b"id: 7\n" + DELTA + b": keep-alive\n\n" + DELTA.replace(b"\ndata", b"\nid:8\ndata") + C + D
-    )
+        field + b"\n" + DELTA + b": keep-alive\n\n"
+        + DELTA.replace(b"\ndata", b"\n" + field + b"\ndata")
+        + C.replace(b"\n\n", b"\n" + field + b"\n\n") + D
+    )  # fmt: skip
     sent, error = await relay(cut(stream.replace(b"\n", end), [5, 40]))
     assert error is None
     assert sent == (DELTA + b": keep-alive\n\n" + DELTA + C + D).replace(b"\n", end)
@@ -589,7 +593,8 @@ def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
     same with CRLF and comments; ``unnamed``: data lines only; ``message``: named
     ``message``, SSE's default name, which is the same as none), then ``[DONE]``;
     and what the client should get: every event the adapter keeps as it came,
-    one it changes as ``[event: name]`` + ``data: <compact JSON>``."""
+    one it changes as ``[event: name]`` + ``data: <compact JSON>``; ``fields``:
+    Lightspeed's with other fields around the data, which go nowhere."""
     adapter = AnswerAdapter()
     sent, want = [], []
     for ev in events:
@@ -600,13 +605,16 @@ def _framed(events: list[dict[str, Any]], style: str) -> tuple[bytes, bytes]:
             frame = f"event: message\ndata: {data}\n\n"
         elif style == "crlf":
             frame = f": keep-alive\r\nevent: {ev['type']}\r\ndata: {data}\r\n\r\n"
+        elif style == "fields":
+            frame = f"id: 1\nevent: {ev['type']}\nretry: 9\nx-a: b\ndata: {data}\nx.a: b\n\n"
         else:
             frame = f"event: {ev['type']}\ndata: {data}\n\n"
         out = adapter.event(ev)
         head = "" if style in ("unnamed", "message") else f"event: {ev['type']}\n"
         new = "" if out is None else head + "data: " + json.dumps(out, separators=(",", ":"))
         sent.append(frame)
-        want.append(frame if out is ev else new and new + "\n\n")
+        kept = f"{head}data: {data}\n\n" if style == "fields" else frame
+        want.append(kept if out is ev else new and new + "\n\n")
     return "".join([*sent, D.decode()]).encode(), "".join([*want, D.decode()]).encode()
 
 
@@ -618,7 +626,7 @@ ADAPTED = {
         ("shield", ls.shield),
         ("calls", ls.calls),
     ]
-    for style in ("lightspeed", "crlf", "unnamed", "message")
+    for style in ("lightspeed", "crlf", "unnamed", "message", "fields")
 }
 
 

@@ -182,6 +182,16 @@ def test_a_block_without_data_is_no_event_and_is_counted() -> None:
     assert p.feed(b"id: 8") == [] and p.close() == [] and p.fieldless == 5
 
 
+def test_blocks_with_fields_besides_data_and_event_are_counted() -> None:
+    # a relay that passes the bytes on takes such lines out (clients fail on them)
+    p = SSEParser()
+    got = p.feed(b"event: a\ndata: 1\n\n: c\ndata: 2\n\nretry: 9\ndata: 3\nx.y: z\n\nid: 4\n\n")
+    assert got == [SSEEvent("a", "1"), SSEEvent(None, "2"), SSEEvent(None, "3")]
+    assert (p.other_fields, p.fieldless) == (2, 1)
+    assert p.feed(b"data: 5\r\nid\r") == [] and p.close() == [SSEEvent(None, "5")]
+    assert p.other_fields == 3
+
+
 @pytest.mark.parametrize("padding", ["", " \n"])
 def test_backend_json_reads_non_finite_numbers_as_null(padding: str) -> None:
     # the C scanner's fast path, and (surrounding whitespace) the full decoder

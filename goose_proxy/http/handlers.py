@@ -688,7 +688,8 @@ class PassthroughRelay:
     the last blank line), so that an error event the caller adds never lands
     inside a cut one, and no byte of an event over ``limit`` goes out; blocks
     with fields but no data (no event, yet the openai SDK fails on them) and
-    ``id:`` lines (see :data:`_ID_LINE`) are left out. A parser beside them
+    the lines of fields other than data and event (see :func:`_relayable`)
+    are left out. A parser beside them
     watches the whole events for the end. After the terminal event, what
     follows (a ``[DONE]`` within :data:`DONE_GRACE`, in total) ends it
     quietly, errors included, and only that ``[DONE]`` goes out. :meth:`run` raises
@@ -792,7 +793,7 @@ class PassthroughRelay:
             whole, carry, too_big = _split_read(carry, data, limit)
             events: list[SSEEvent] = []
             error: Optional[UpstreamProtocolError] = None
-            fieldless = parser.fieldless
+            odd = parser.fieldless + parser.other_fields
             try:
                 events = parser.feed(whole) if whole else []
                 if not data:
@@ -805,10 +806,8 @@ class PassthroughRelay:
                 parser.check()  # an error held back behind good events
             except UpstreamProtocolError as e:
                 error = e
-            if parser.fieldless != fieldless:
-                whole = _without_fieldless(whole)
-            if b"id:" in whole and _ID_LINE.search(whole):
-                whole = _ID_LINE.sub(b"", whole)
+            if parser.fieldless + parser.other_fields != odd:
+                whole = _relayable(whole)
             if self._adapter is not None:  # (a read is mostly one text delta: parses none)
                 whole = _adapt_events(whole, events, self._adapter)
             ended_before = self._ended
@@ -966,21 +965,39 @@ def _event_ends(whole: bytes) -> Iterator[int]:
         end = whole.find(b"\n\n", end + 2)
 
 
-#: an ``id:`` line (any line ending): the openai SDK keeps the last event id
-#: from one event to the next, as the SSE rules say, and once it holds one it
-#: reads every later blank line (a comment block's, a keep-alive's) as an event
-#: with empty data, and fails on its JSON. No Responses client reconnects
-#: with ``Last-Event-ID``, so the relay leaves these lines out.
-_ID_LINE = re.compile(rb"(?<![^\r\n])id:[^\r\n]*(?:\r\n|[\r\n])")
+#: the field names whose lines a relayed event keeps (b"": a comment, a blank line)
+_RELAYED_FIELDS = frozenset({b"", b"data", b"event"})
 
 
-def _without_fieldless(whole: bytes) -> bytes:
-    """``whole`` without the blocks that hold fields but no data (``retry: 3000``,
-    ``id: 7``, a bare ``event: ping``). They dispatch no event, but the openai
-    SDK reads each as an event with empty data and fails on its JSON: the whole
-    answer was lost. Comments alone (keep-alives) stay."""
+def _relayable(whole: bytes) -> bytes:
+    """``whole`` without what clients fail on, though SSE allows it:
+
+    - the blocks that hold fields but no data (``retry: 3000``, ``id: 7``, a
+      bare ``event: ping``): they dispatch no event, but the openai SDK reads
+      each as an event with empty data and fails on its JSON (the whole answer
+      was lost);
+    - in the others, the lines of fields other than ``data`` and ``event``.
+      The SDK keeps the last ``id`` from one event to the next, as the SSE
+      rules say, and once it holds one it reads every later blank line (a
+      keep-alive comment's) as an event with empty data; Goose reads every
+      line but ``event:``, comments and blank ones as JSON (``retry: 3000``
+      next to the data failed its turn). No Responses client reconnects with
+      ``Last-Event-ID`` or waits ``retry``.
+
+    Comments (keep-alives) stay."""
     return b"".join(
-        b for b in _event_bytes(whole) if (b"data" in b and _holds_event(b)) or not has_fields(b)
+        _relayed_lines(b)
+        for b in _event_bytes(whole)
+        if (b"data" in b and _holds_event(b)) or not has_fields(b)
+    )
+
+
+def _relayed_lines(event: bytes) -> bytes:
+    """The bytes of one event with only its data and event lines, comments and
+    blank lines (any line ending)."""
+    lines = event.splitlines(keepends=True)
+    return b"".join(
+        line for line in lines if line.rstrip(b"\r\n").partition(b":")[0] in _RELAYED_FIELDS
     )
 
 

@@ -9,7 +9,9 @@ line endings (also split across reads), and a blank line ending each event.
 is the default name spelled out, the same as none: its ``event`` is None. A
 block without a ``data`` field dispatches no event (``retry: 3000``, a bare
 ``event: ping``); :attr:`SSEParser.fieldless` counts those that are not
-comments alone, for a relay that passes the bytes on (see :func:`has_fields`).
+comments alone, and :attr:`SSEParser.other_fields` the blocks with a field
+other than ``data`` and ``event`` (``id``, ``retry``, a name of the backend's
+own), for a relay that passes the bytes on (see :func:`has_fields`).
 
 One event is capped at ``max_event_size`` bytes: a larger one raises
 :class:`~goose_proxy.errors.UpstreamProtocolError` instead of growing a buffer
@@ -59,7 +61,7 @@ class SSEEvent(NamedTuple):
 class SSEParser:
     """``feed(bytes) -> list[SSEEvent]``; :meth:`close` at the end of the stream."""
 
-    __slots__ = ("_buf", "_cr", "_error", "_max", "fieldless")
+    __slots__ = ("_buf", "_cr", "_error", "_max", "fieldless", "other_fields")
 
     def __init__(self, max_event_size: int = 4 * 1024 * 1024) -> None:
         #: the start of an event not ended yet; a bytearray once it spans more than
@@ -71,6 +73,8 @@ class SSEParser:
         self._error: Optional[UpstreamProtocolError] = None  # held back, see feed()
         #: blocks so far with fields but no data (no event), comments alone not counted
         self.fieldless = 0
+        #: blocks so far with a field other than data and event (comments are none)
+        self.other_fields = 0
 
     def check(self) -> None:
         """Raise the error that :meth:`feed` held back, if any."""
@@ -123,7 +127,7 @@ class SSEParser:
             for block in blocks:
                 if len(block) > limit:
                     raise _too_large(limit)
-                ev = _parse_block(block)
+                ev = _parse_block(block, self)
                 if ev is not None:
                     events.append(ev)
                 elif has_fields(block):
@@ -149,7 +153,7 @@ class SSEParser:
         self.check()
         block, self._buf = bytes(self._buf), b""
         try:
-            ev = _parse_block(block.rstrip(b"\n")) if block.strip() else None
+            ev = _parse_block(block.rstrip(b"\n"), self) if block.strip() else None
         except UnicodeDecodeError:
             raise _not_utf8() from None
         if ev is None and has_fields(block):
@@ -180,8 +184,9 @@ def _not_utf8() -> UpstreamProtocolError:
     return UpstreamProtocolError("backend sent a stream event that is not UTF-8")
 
 
-def _parse_block(block: bytes) -> Optional[SSEEvent]:
-    """One event from its lines. Raises UnicodeDecodeError (the callers map it)."""
+def _parse_block(block: bytes, parser: SSEParser) -> Optional[SSEEvent]:
+    """One event from its lines; a field other than data and event is counted in
+    ``parser``. Raises UnicodeDecodeError (the callers map it)."""
     # Fast paths for the two shapes backends send: one "data: ..." line
     # (OpenAI style), and "event: ...\ndata: ..." (Lightspeed Stack).
     nl = block.find(b"\n")
@@ -197,6 +202,7 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
         return SSEEvent(None if kind == "message" else kind, block[nl + 7 :].decode())
     event: Optional[str] = None
     data: list[bytes] = []
+    other = False
     for line in block.split(b"\n"):
         if not line or line.startswith(b":"):
             continue
@@ -207,6 +213,10 @@ def _parse_block(block: bytes) -> Optional[SSEEvent]:
             data.append(value)
         elif name == b"event":
             event = value.decode()
+        else:
+            other = True
+    if other:
+        parser.other_fields += 1
     if not data:
         return None  # no data field: nothing to dispatch, named or not
     if event == "message":
