@@ -177,6 +177,20 @@ async def test_fields_but_data_and_event_are_left_out(field: bytes, end: bytes) 
     assert sent == (DELTA + b": keep-alive\n\n" + DELTA + C + D).replace(b"\n", end)
 
 
+@pytest.mark.parametrize("name", [b"response.completed ", b"chunk", b"response.completed\t"])
+async def test_an_event_name_that_is_no_type_gives_way_to_the_datas_type(name: bytes) -> None:
+    # SSE keeps the white space after a name; the openai SDK and Goose go by the
+    # data's type, so the relay sees the end there too (no "ended early" added)
+    for end in (b"event: " + name + b"\n" + C, C.replace(b"data", b"event: " + name + b"\ndata")):
+        sent, error = await relay([DELTA, end + D])
+        assert error is None and sent == DELTA + end + D
+    # and an opening event so named waits for the answer, in one send with it
+    renamed = CREATED.replace(b"response.created\n", name + b"\n")
+    delta = DELTA.replace(b"response.output_text.delta\n", b"x\n")
+    sends, err, _ = await _run([renamed, delta])
+    assert err is not None and err.message == EARLY and sends == [renamed + delta]
+
+
 @pytest.mark.parametrize("split", [1, 2, 3], ids=["LF|LF", "CR|LF CRLF", "CRLF CR|LF"])
 async def test_an_event_of_exactly_the_limit_cut_in_its_blank_line(split: int) -> None:
     event = b'data: "' + b"x" * 56 + b'"'  # 64 bytes

@@ -814,7 +814,7 @@ class PassthroughRelay:
             done = early_done = False
             end_at = -1  # the index of the terminal event, if it is in this read
             for i, ev in enumerate(events):  # in order: nothing after the ending [DONE] counts
-                if not ev.event and ev.data != _DONE and not _may_be_terminal(ev.data):
+                if not _named(ev) and ev.data != _DONE and not _may_be_terminal(ev.data):
                     continue  # an unnamed event whose text shows no terminal type: no JSON
                 kind = _event_kind(ev)
                 if kind == _DONE:
@@ -1034,7 +1034,7 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
     """
     changed: dict[int, bytes] = {}
     for i, ev in enumerate(events):
-        name = ev.event
+        name = _named(ev)
         if not (name in ADAPTED_EVENTS if name else _may_be_adapted(ev.data)) and not (
             adapter.moved and adapter.relocates(ev.data)
         ):
@@ -1048,7 +1048,7 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
         kind = obj.get("type")
         out = adapter.event(obj, kind if isinstance(kind, str) else name)
         if out is not obj:
-            changed[i] = b"" if out is None else _event_frame(name, out)
+            changed[i] = b"" if out is None else _event_frame(ev.event, out)
     if not changed:
         return whole
     # Cut where the parser cut: the events up to the last changed one, the rest
@@ -1220,12 +1220,26 @@ def _event_dict(data: str) -> Optional[dict[str, Any]]:
     return obj if isinstance(obj, dict) else None
 
 
+#: an event name as backends name Responses events: their types
+_TYPE_NAME = re.compile(r"(?:response\.[\w.]+|error)\Z", re.ASCII)
+
+
+def _named(ev: SSEEvent) -> Optional[str]:
+    """An event's name when it is a Responses type (``error``, ``response.…``);
+    None for no name or another (``response.completed `` with SSE's trailing
+    space kept, a gateway's ``chunk``): the openai SDK and Goose go by the
+    data's ``type``, and so does the relay then."""
+    name = ev.event
+    return name if name and _TYPE_NAME.match(name) else None
+
+
 def _event_kind(ev: SSEEvent) -> str:
     """An SSE event's Responses type (``[DONE]`` for the end marker)."""
     if ev.data == _DONE:
         return _DONE
-    if ev.event:
-        return ev.event
+    name = _named(ev)
+    if name:
+        return name
     obj = _event_dict(ev.data)
     if obj is None:
         return ""
