@@ -229,9 +229,10 @@ class ResponseAccumulator:
 
     def _slot(self, event: Mapping[str, Any], item_id: Any = None, kind: Any = None) -> _Item:
         """The item an event is about: by its ``item_id``, else by its
-        ``output_index``; a new one for an item of another ``kind`` (type)
-        announced at an index already taken (Llama Stack numbers a tool call
-        the same as the message streamed before it)."""
+        ``output_index``; a new one for an event that names an item other than
+        the one at an index already taken: of another ``kind`` (type), or
+        announced under another id (Llama Stack numbers a tool call the same as
+        the message streamed before it, and all the calls of a turn alike)."""
         index = event.get("output_index")
         if not isinstance(index, int) or isinstance(index, bool):
             index = None
@@ -241,11 +242,7 @@ class ResponseAccumulator:
         elif (
             index is not None
             and index in self._by_index
-            and not (
-                isinstance(item_id, str)
-                and kind is not None
-                and self._items[self._by_index[index]].kind() not in (None, kind)
-            )
+            and not (isinstance(item_id, str) and self._another(index, item_id, kind))
         ):
             key = self._by_index[index]
         elif isinstance(item_id, str):
@@ -259,6 +256,14 @@ class ResponseAccumulator:
         if index is not None:
             self._by_index.setdefault(index, key)
         return slot
+
+    def _another(self, index: int, item_id: str, kind: Any) -> bool:
+        """Whether item ``item_id`` (of type ``kind``, None: not told) is not the
+        item first seen at ``index``: that one has another type, or another id."""
+        held = self._items[self._by_index[index]]
+        if kind is not None and held.kind() not in (None, kind):
+            return True
+        return held.item.get("id") not in (None, item_id)
 
     def feed(self, event: Mapping[str, Any]) -> None:
         """Take one parsed Responses event (a dict with ``type``)."""

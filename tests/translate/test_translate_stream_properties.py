@@ -409,6 +409,64 @@ def test_many_interleaved_calls_round_robin(n_calls: int) -> None:
     ]
 
 
+def _one_index_item(kind: str, n: int, pieces: list[str]) -> list[list[dict[str, Any]]]:
+    """The events of item ``n`` at output index 0 (as Llama Stack numbers all
+    the calls of a turn), each group kept together when interleaved."""
+    full = "".join(pieces)
+    if kind == "call":
+        item = {"type": "function_call", "id": f"fc_{n}", "call_id": f"c{n}", "name": f"f{n}"}
+        delta = {"type": "response.function_call_arguments.delta", "item_id": f"fc_{n}"}
+        final = {**item, "arguments": full, "status": "completed"}
+        item = {**item, "arguments": ""}
+    else:
+        item = {"type": "message", "id": f"msg_{n}", "role": "assistant", "content": []}
+        delta = {"type": "response.output_text.delta", "item_id": f"msg_{n}", "content_index": 0}
+        final = {**item, "content": [{"type": "output_text", "text": full, "annotations": []}]}
+    return [
+        [{"type": "response.output_item.added", "output_index": 0, "item": item}],
+        *([{**delta, "output_index": 0, "delta": piece}] for piece in pieces),
+        [{"type": "response.output_item.done", "output_index": 0, "item": final}],
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.sampled_from(["message", "call"]), st.lists(TEXT, min_size=1, max_size=3)),
+        min_size=2,
+        max_size=4,
+    ),
+    output=st.sampled_from(["empty", "none", "full"]),
+    data=st.data(),
+)
+def test_items_at_one_output_index_are_collected_as_streamed(
+    items: list[tuple[str, list[str]]], output: str, data: st.DataObject
+) -> None:
+    # each item under its own id at one index: a client that did not stream
+    # gets every call and all the text (the later item took the earlier's place)
+    queues = [_one_index_item(kind, n, pieces) for n, (kind, pieces) in enumerate(items)]
+    events: list[dict[str, Any]] = []
+    while any(queues):
+        live = [q for q in queues if q]
+        events += data.draw(st.sampled_from(live)).pop(0)
+    finals = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    response = {"id": "r", "created_at": 1, "model": "m", "status": "completed"}
+    end: dict[str, Any] = {"type": "response.completed", "response": response}
+    if output != "none":
+        response["output"] = finals if output == "full" else []
+    st_ = StreamTranslator(model="m", include_usage=False)
+    frames = [frame for event in [*events, end] for frame in st_.feed(event)]
+    streamed = sdk_snapshot(parse_frames(frames)).choices[0].message
+    message = responses_to_chat(accumulate([*events, end]), "m")["choices"][0]["message"]
+    calls = [(f"c{n}", f"f{n}", "".join(p)) for n, (k, p) in enumerate(items) if k == "call"]
+    collected = [(c["id"], c["function"]["name"], c["function"]["arguments"])
+                 for c in message.get("tool_calls", ())]  # fmt: skip
+    shown = [(c.id, c.function.name, c.function.arguments) for c in streamed.tool_calls or ()]
+    assert sorted(collected) == sorted(shown) == calls
+    text = "".join("".join(p) for k, p in items if k == "message")
+    assert sorted(message["content"] or "") == sorted(streamed.content or "") == sorted(text)
+
+
 def _utf16_halves(text: str) -> str:
     """``text`` with each character beyond U+FFFF written as its two surrogate
     halves, as a backend that works in UTF-16 (or writes ASCII escapes) has it."""
