@@ -67,7 +67,7 @@ from .response import (
     reasoning_texts,
     terminal_status,
 )
-from .toolcalls import Fragment, ToolCallQueue, call_id_of, split_high, str_or_none
+from .toolcalls import Fragment, ToolCallQueue, call_id_of, split_high, started_as, str_or_none
 
 __all__ = ["DONE_FRAME", "StreamTranslator"]
 
@@ -686,7 +686,7 @@ class StreamTranslator:
         if not text or not isinstance(text, str) or kind not in ("output_text", "refusal"):
             return
         if part in self._covered:
-            rest = self._past_the_deltas(part, index, text)
+            rest = self._past_the_deltas(part, index, text, kind == "refusal")
         else:
             self._covered.add(part)
             rest = self._not_yet_sent(part[0], index, part[1], text, parts)
@@ -699,18 +699,31 @@ class StreamTranslator:
             mapped = chat_logprobs(logprobs) if rest is text else None
             out.append(self._chunk({"content": rest}, logprobs=mapped))
 
-    def _past_the_deltas(self, part: tuple[str, int], index: int, text: str) -> str:
+    def _past_the_deltas(self, part: tuple[str, int], index: int, text: str, refusal: bool) -> str:
         """The rest of a part's final ``text`` past what its deltas streamed
         (at the place its item was announced at, else at ``index``), when it
-        starts with that (the deltas stopped short of it); else ""."""
+        starts with that (the deltas stopped short of it); else "". A first
+        half of a surrogate pair the deltas ended with, held back, gives way
+        to the final text's character there."""
         place = (self._key_index.get(part[0], index), part[1])
         run = self._streamed_at.get(place)
         if not run or self._places.place_key.get(place) != part[0]:
             return ""  # nothing, or another item's text, streamed there
         seen, shown = run.shown()
-        if len(text) <= shown or not text.startswith(seen):
+        beyond = shown - len(seen)
+        half = self._halves.get("refusal", "") if refusal else self._high
+        if not half or (not refusal and part != self._last_part) or not seen.endswith(half):
+            half = ""
+        at = started_as(text, seen[: len(seen) - len(half)])
+        if at < 0 or len(text) <= at + beyond:
             return ""
-        rest = text[shown:]
+        rest = text[at + beyond :]
+        if half:  # never sent; nor kept
+            run[-1] = run[-1][:-1]
+            if refusal:
+                del self._halves["refusal"]
+            else:
+                self._high = ""
         self._keep(run, rest)
         return rest
 

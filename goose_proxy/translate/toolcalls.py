@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-__all__ = ["ToolCallQueue", "call_id_of", "split_high", "str_or_none"]
+__all__ = ["ToolCallQueue", "call_id_of", "split_high", "started_as", "str_or_none"]
 
 Fragment = dict[str, Any]
 
@@ -291,14 +291,19 @@ def _rest(final: str, received: str, unsent: str, high: str) -> str:
     the two halves of a pair apart where the final arguments have one
     character, so the comparison is retried with the pairs joined.
     """
-    came = received[: len(received) - len(high)]
-    for got in (
-        came,
-        came.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"),
-    ):
-        if final.startswith(got):
-            return unsent[: len(unsent) - len(high)] + final[len(got) :]
-    return unsent
+    at = started_as(final, received[: len(received) - len(high)])
+    return unsent if at < 0 else unsent[: len(unsent) - len(high)] + final[at:]
+
+
+def started_as(final: str, came: str) -> int:
+    """How much of ``final`` the deltas that ``came`` are, when they are its
+    start; -1 when they are not. The deltas may hold the two halves of a
+    surrogate pair apart where ``final`` has one character: the comparison is
+    retried with the pairs joined."""
+    if final.startswith(came):
+        return len(came)
+    joined = came.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return len(joined) if joined != came and final.startswith(joined) else -1
 
 
 def _held_back(call: _Call, text: str) -> str:

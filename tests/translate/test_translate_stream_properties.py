@@ -539,3 +539,46 @@ def test_a_surrogate_pair_cut_between_deltas_arrives_whole(
     assert not any("\ud800" <= c <= "\udfff" for s in pieces_out for c in s)
     # ... and together they are the text
     assert "".join(pieces_out) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=ASTRAL_TEXT,
+    channel=st.sampled_from(["text", "refusal"]),
+    final=st.sampled_from(["part", "item", "output"]),
+    data=st.data(),
+)
+def test_a_final_text_tops_up_deltas_that_cut_a_surrogate_pair_and_stopped_short(
+    text: str, channel: str, final: str, data: Any
+) -> None:
+    # the deltas hold halves apart where the final text has one character (and
+    # may end on a first half): what streamed, then the rest, is the final text
+    halves = _utf16_halves(text)
+    stop = data.draw(st.integers(1, len(halves)))
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, stop - 1)), max_size=4))))
+    pieces = [halves[a:b] for a, b in zip([0, *cuts], [*cuts, stop]) if b > a]
+    etype, field = CHANNELS[channel]
+    part = {"type": "output_text", "text": text, "annotations": []}
+    if channel == "refusal":
+        part = {"type": "refusal", "refusal": text}
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "content": [part]}
+    events: list[dict[str, Any]] = [
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "content": []}},
+        *({"type": etype, "item_id": "msg_1", "output_index": 0, "content_index": 0,
+           "delta": piece} for piece in pieces),
+    ]  # fmt: skip
+    if final == "part":
+        events.append({"type": "response.content_part.done", "item_id": "msg_1",
+                       "output_index": 0, "content_index": 0, "part": part})  # fmt: skip
+    if final != "output":
+        events.append({"type": "response.output_item.done", "output_index": 0, "item": item})
+    output = [item] if final == "output" else []
+    events.append({"type": "response.completed", "response": {"id": "r", "output": output}})
+    st_ = StreamTranslator(model="m", include_usage=False)
+    frames = [frame for event in events for frame in st_.feed(event)]
+    pieces_out = _channel_text(parse_frames(frames), field)
+    assert not any("\ud800" <= c <= "\udfff" for s in pieces_out for c in s)
+    assert "".join(pieces_out) == text
+    message = responses_to_chat(accumulate(events), "m")["choices"][0]["message"]
+    assert message[field] == text
