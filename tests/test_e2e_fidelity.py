@@ -715,13 +715,15 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
         assert r.json()["error"]["message"] == want
 
 
-def _turn_with_lost_text(rag: bool, shared: bool) -> bytes:
+def _turn_with_lost_text(rag: bool, shared: bool, announced: bool = True) -> bytes:
     """Llama Stack's stream of a turn whose text comes before a call: it
     streams the text, then leaves it out of its final output (no
     output_item.done for it either). With ``rag``, the call is its own
     knowledge search and a second message answers after it. With
     ``shared``, the call has the message's output_index, as Llama Stack
-    numbers them (the message is not in its output list); else the next."""
+    numbers them (the message is not in its output list); else the next.
+    Without ``announced``, the first message has no ``output_item.added``
+    either: its deltas alone show it."""
     at = 0 if shared else 1
     base = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
             "error": None, "incomplete_details": None, "usage": None}  # fmt: skip
@@ -741,6 +743,8 @@ def _turn_with_lost_text(rag: bool, shared: bool) -> bytes:
         {"type": "response.output_item.added", "output_index": at, "item": call},
         {"type": "response.output_item.done", "output_index": at, "item": call},
     ]  # fmt: skip
+    if not announced:
+        del events[1]
     output = [call]
     if rag:
         answer = {
@@ -762,17 +766,20 @@ def _turn_with_lost_text(rag: bool, shared: bool) -> bytes:
     return sse_answer([sse_event(e) for e in events])
 
 
+@pytest.mark.parametrize("announced", [True, False], ids=["", "never-announced"])
 @pytest.mark.parametrize("shared", [True, False], ids=["llama-stack-indices", "distinct-indices"])
 @pytest.mark.parametrize("rag", [False, True], ids=["tool-call", "knowledge-search"])
 async def test_text_the_backend_leaves_out_of_its_final_output(
-    pki: SimpleNamespace, rag: bool, shared: bool
+    pki: SimpleNamespace, rag: bool, shared: bool, announced: bool
 ) -> None:
     # the chat stream showed the text before the call; the JSON answer and
     # the passthrough's collected one, read from the same bytes, have it too
-    # (they had only what the terminal event's output held)
+    # (they had only what the terminal event's output held; and a message
+    # never announced was not known to be missing from it)
     want = "Let me search the docs.Use dnf." if rag else "I'll list the files."
+    answer_bytes = _turn_with_lost_text(rag, shared, announced)
     with anyio.fail_after(10):
-        async with proxy_answering(pki, _turn_with_lost_text(rag, shared), "lightspeed") as proxy:
+        async with proxy_answering(pki, answer_bytes, "lightspeed") as proxy:
             streamed = sse_chunks((await chat(proxy, stream=True)).text)
             answer = (await chat(proxy, stream=False)).json()
             r = await post(proxy.url, {"model": "m", "input": "hi"}, path="/v1/responses")

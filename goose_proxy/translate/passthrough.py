@@ -57,6 +57,14 @@ _ITEM_ID = re.compile(r'"item_id"\s*:\s*"([^"\\]*)"')
 #: every event type :meth:`AnswerAdapter.event` may change or leave out
 ADAPTED_EVENTS = ITEM_EVENTS | PART_EVENTS | RESPONSE_EVENTS | ERROR_EVENTS | ARGUMENT_EVENTS
 
+
+def item_id_in(data: str) -> Optional[str]:
+    """An event's own ``item_id``, read from its unparsed JSON ``data`` (text in
+    a string is escaped, so only the event's own key matches); None if none."""
+    m = _ITEM_ID.search(data)
+    return m.group(1) if m is not None else None
+
+
 #: output indices an adapter keeps track of (beyond that, items go out where announced)
 PLACES = 10_000
 
@@ -126,16 +134,15 @@ class AnswerAdapter:
         ``item_id``) an item that goes out at another output index."""
         if not self.moved:
             return False
-        m = _ITEM_ID.search(data)
-        return m is not None and m.group(1) in self.moved
+        return item_id_in(data) in self.moved
 
     def names_a_call(self, data: str) -> bool:
         """Whether the unparsed ``data`` of an argument event has the ``item_id``
         of a call announced so far: then it goes as it came, unparsed (a call's
         arguments are many small deltas). Text in a string is escaped, so only
         the event's own ``item_id`` key matches."""
-        m = _ITEM_ID.search(data)
-        return m is not None and m.group(1) in self._calls and m.group(1) not in self.moved
+        item_id = item_id_in(data)
+        return item_id in self._calls and item_id not in self.moved
 
     def event(self, event: dict[str, Any], kind: Optional[str] = None) -> Optional[dict[str, Any]]:
         """``event`` (of type ``kind``, default its ``type``) adapted: None to leave it
