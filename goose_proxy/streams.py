@@ -262,7 +262,14 @@ class ProtocolStream(anyio.abc.ByteStream):
         p.buffered -= len(data)
         if p.reading_paused and p.buffered < p.read_limit and not p.lost:
             p.reading_paused = False
-            self._transport.resume_reading()
+            try:
+                self._transport.resume_reading()
+            except AttributeError:
+                # Python 3.9 and 3.10's TLS transport, for one turn of the loop
+                # after the connection closed (the peer's close_notify, read
+                # with the last bytes), before our connection_lost() is called:
+                # its TCP transport is gone. Nothing left to read then.
+                pass
         return data
 
     # -- writing --
@@ -566,7 +573,10 @@ class _IdleTimer:
         self._handle = loop.call_at(self._next, self._check)
 
     def _pending(self) -> int:
-        size = self._transport.get_write_buffer_size()
+        try:
+            size = self._transport.get_write_buffer_size()
+        except AttributeError:  # a closed TLS connection (see ProtocolStream.receive)
+            return 0
         sock = self._transport.get_extra_info("socket")
         if sock is None:
             return size
