@@ -1152,11 +1152,11 @@ def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
     return end, len(buf) - end > limit and len(buf[end:].rstrip(b"\r\n")) > limit
 
 
+#: the delta events that show a message's text (a message known from them alone)
+_SHOWN_TEXT = frozenset({"response.output_text.delta", "response.refusal.delta"})
 #: events before the answer: the response opening, and the backend's own tool
 #: work (Llama Stack lists and calls its MCP tools, Lightspeed searches its
 #: documents) that a client only watches; anything else starts the answer
-#: the delta events that show a message's text (a message known from them alone)
-_SHOWN_TEXT = frozenset({"response.output_text.delta", "response.refusal.delta"})
 _PREAMBLE_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
 _PREAMBLE_PREFIXES = (
     # whose call it is shows only later: Llama Stack streams the arguments of
