@@ -1226,12 +1226,19 @@ def _event_dict(data: str) -> Optional[dict[str, Any]]:
 _TYPE_NAME = re.compile(r"(?:response\.[\w.]+|error)\Z", re.ASCII)
 
 
+#: the names most events come under: trusted without the pattern (a set lookup,
+#: against 0.2 µs; the relay asks up to three times per event)
+_COMMON_NAMES = TERMINAL_EVENTS | ADAPTED_EVENTS | _SHOWN_TEXT | _PREAMBLE_EVENTS
+
+
 def _named(ev: SSEEvent) -> Optional[str]:
     """An event's name when it is a Responses type (``error``, ``response.…``);
     None for no name or another (``response.completed `` with SSE's trailing
     space kept, a gateway's ``chunk``): the openai SDK and Goose go by the
     data's ``type``, and so does the relay then."""
     name = ev.event
+    if name in _COMMON_NAMES:
+        return name
     return name if name and _TYPE_NAME.match(name) else None
 
 
