@@ -715,7 +715,9 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
         assert r.json()["error"]["message"] == want
 
 
-def _turn_with_lost_text(rag: bool, shared: bool, announced: bool = True) -> bytes:
+def _turn_with_lost_text(
+    rag: bool, shared: bool, announced: bool = True, odd_names: bool = False
+) -> bytes:
     """Llama Stack's stream of a turn whose text comes before a call: it
     streams the text, then leaves it out of its final output (no
     output_item.done for it either). With ``rag``, the call is its own
@@ -723,7 +725,9 @@ def _turn_with_lost_text(rag: bool, shared: bool, announced: bool = True) -> byt
     ``shared``, the call has the message's output_index, as Llama Stack
     numbers them (the message is not in its output list); else the next.
     Without ``announced``, the first message has no ``output_item.added``
-    either: its deltas alone show it."""
+    either: its deltas alone show it. With ``odd_names``, the events before
+    the terminal one are named with a trailing space (SSE keeps it), so only
+    their data's ``type`` says what they are."""
     at = 0 if shared else 1
     base = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m",
             "error": None, "incomplete_details": None, "usage": None}  # fmt: skip
@@ -762,22 +766,30 @@ def _turn_with_lost_text(rag: bool, shared: bool, announced: bool = True) -> byt
         ]  # fmt: skip
         output.append(answer)
     done = {**base, "status": "completed", "output": output}
-    events.append({"type": "response.completed", "response": done})
-    return sse_answer([sse_event(e) for e in events])
+    frames = [sse_event(e) for e in events]
+    if odd_names:
+        frames = [_named_as(f, e["type"] + " ") for f, e in zip(frames, events)]
+    frames.append(sse_event({"type": "response.completed", "response": done}))
+    return sse_answer(frames)
 
 
-@pytest.mark.parametrize("announced", [True, False], ids=["", "never-announced"])
+@pytest.mark.parametrize(
+    ("announced", "odd_names"),
+    [(True, False), (False, False), (True, True)],
+    ids=["", "never-announced", "names-with-a-space"],
+)
 @pytest.mark.parametrize("shared", [True, False], ids=["llama-stack-indices", "distinct-indices"])
 @pytest.mark.parametrize("rag", [False, True], ids=["tool-call", "knowledge-search"])
 async def test_text_the_backend_leaves_out_of_its_final_output(
-    pki: SimpleNamespace, rag: bool, shared: bool, announced: bool
+    pki: SimpleNamespace, rag: bool, shared: bool, announced: bool, odd_names: bool
 ) -> None:
     # the chat stream showed the text before the call; the JSON answer and
     # the passthrough's collected one, read from the same bytes, have it too
     # (they had only what the terminal event's output held; and a message
-    # never announced was not known to be missing from it)
+    # never announced, or announced under a name that is not its type, was
+    # not known to be missing from it)
     want = "Let me search the docs.Use dnf." if rag else "I'll list the files."
-    answer_bytes = _turn_with_lost_text(rag, shared, announced)
+    answer_bytes = _turn_with_lost_text(rag, shared, announced, odd_names)
     with anyio.fail_after(10):
         async with proxy_answering(pki, answer_bytes, "lightspeed") as proxy:
             streamed = sse_chunks((await chat(proxy, stream=True)).text)

@@ -1375,12 +1375,13 @@ class EventReader:
     """Reads a backend SSE body and returns parsed Responses events, a read at a time.
 
     With ``hold=True`` (collecting a non-streamed answer) the events named by
-    an ``event:`` line, with a name that is not terminal and no terminal type
-    in their text, are held unparsed (up to :data:`HOLD_LIMIT`): the terminal
+    an ``event:`` line, with a Responses type for a name (:func:`_named`: the
+    name is what :meth:`held_message_ids` reads them by) that is not terminal
+    and no terminal type in their text, are held unparsed (up to :data:`HOLD_LIMIT`): the terminal
     event usually carries the whole answer, and then the JSON of the events
     before it is never needed. :meth:`take_held` parses them when it is. Any
-    other event that is not terminal (unnamed, or a terminal name on a
-    non-terminal type), or reaching the limit, ends the holding: what was held
+    other event that is not terminal (unnamed, named otherwise, or a terminal
+    name on a non-terminal type), or reaching the limit, ends the holding: what was held
     is parsed and returned first, in order, and every later event is parsed.
     So while holding, the only event returned is the terminal one.
     """
@@ -1453,10 +1454,10 @@ class EventReader:
                 if self._grace is None:
                     self._grace = anyio.current_time() + DONE_GRACE
                 continue
-            held, name = self._held, ev.event
+            held = self._held
             if (
                 held is not None
-                and name
+                and (name := _named(ev))
                 and name not in TERMINAL_EVENTS
                 and not _may_be_terminal(ev.data)
             ):
