@@ -126,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def stop_signals() -> list[signal.Signals]:
     """The signals that drain and stop the proxy: SIGINT, SIGTERM and SIGHUP,
-    unless SIGHUP is ignored (``nohup``), which it then stays."""
-    sigs = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        sigs.append(signal.SIGHUP)
-    return sigs
+    less SIGINT and SIGHUP where ignored at start, which they then stay: SIGHUP
+    under ``nohup``, SIGINT for a job a non-interactive shell started with
+    ``&`` (a Ctrl-C meant for the foreground job must not stop it)."""
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    return [s for s in sigs if s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN]
 
 
 def hangup_text(activated: bool) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -549,6 +549,43 @@ def test_sighup_stays_ignored_under_nohup() -> None:
         assert cli.stop_signals() == [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+@pytest.mark.parametrize("ignored", [[signal.SIGINT], [signal.SIGINT, signal.SIGHUP]])
+def test_sigint_stays_ignored_in_a_background_job(ignored: list[signal.Signals]) -> None:
+    # a non-interactive shell starts `goose-proxy &` with SIGINT ignored: a
+    # Ctrl-C meant for the foreground job must not stop the proxy too
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
+    try:
+        left = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if s not in ignored]
+        assert cli.stop_signals() == left
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+async def test_sigint_ignored_at_start_leaves_the_proxy_running(
+    pki: SimpleNamespace, tmp_path: Path
+) -> None:
+    # the child inherits the ignored SIGINT, as from `goose-proxy &` in a script
+    with anyio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                cfg = proxy_config("https://127.0.0.1:9", pki)
+                proxy = await stack.enter_async_context(proxy_process(cfg, tmp_path))
+            finally:
+                signal.signal(signal.SIGINT, before)
+            proxy.proc.send_signal(signal.SIGINT)  # an ignored signal is discarded as sent
+            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as s:
+                await s.send(request_bytes("GET", "/health", headers={"Connection": "close"}))
+                answer = await read_all(s)
+            proxy.proc.send_signal(signal.SIGTERM)
+            code = await proxy.proc.wait()
+    log = "\n".join(proxy.lines)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert code == 0, log
+    assert "SIGINT" not in log and "SIGTERM received; shutting down" in log
 
 
 def test_ctrl_c_while_starting_exits_130_without_a_traceback(
