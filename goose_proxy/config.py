@@ -637,11 +637,25 @@ def find_config(environ: Mapping[str, str]) -> Optional[Path]:
             candidate = Path(os.path.abspath(d)) / CONFIG_RELPATH if d else None
         except OSError:  # relative, and the working directory is gone
             candidate = None
-        # (anything there, a directory or a broken link too: loading it then
-        # says what is wrong, where skipping it ran the production defaults)
-        if candidate is not None and os.path.lexists(candidate):
+        # (anything there, a directory or a broken link too, or a path that
+        # cannot be looked into: loading it then says what is wrong, where
+        # skipping it ran the production defaults)
+        if candidate is not None and _may_be_there(candidate):
             return candidate
     return None
+
+
+def _may_be_there(path: Path) -> bool:
+    """Whether something is at ``path`` or cannot be told absent: a directory on
+    the way that is not searchable (EACCES) or a loop of links (ELOOP) hides a
+    file that may be there, which ``os.path.lexists`` calls absent."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def _cwd() -> str:

@@ -8,6 +8,7 @@ valid HTTP/1.1 head, and what would not be must stop the daemon at start.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -433,6 +434,34 @@ def test_an_xdg_config_that_is_no_file_is_reported_not_skipped(
         with pytest.raises(ConfigError) as exc:
             load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path / d)})
         assert str(exc.value) == f"{tmp_path / d / 'goose-proxy' / 'config.toml'}: {said}"
+
+
+def test_an_xdg_config_dir_that_cannot_be_looked_into_is_reported_not_skipped(
+    tmp_path: Path,
+) -> None:
+    # a loop of links on the way (or a directory without search permission,
+    # below) hides whether the file is there: the defaults would be a guess
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ConfigError) as exc:
+        load_config(environ={"XDG_CONFIG_DIRS": f"{tmp_path / 'loop'}:{tmp_path}"})
+    where = tmp_path / "loop" / "goose-proxy" / "config.toml"
+    assert str(exc.value) == f"{where}: cannot read: {os.strerror(errno.ELOOP)}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root searches a directory of mode 000")
+def test_an_xdg_config_dir_without_search_permission_is_reported_not_skipped(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "goose-proxy").mkdir()
+    (tmp_path / "goose-proxy" / "config.toml").write_text("")
+    (tmp_path / "goose-proxy").chmod(0)
+    try:
+        with pytest.raises(ConfigError) as exc:
+            load_config(environ={"XDG_CONFIG_DIRS": str(tmp_path)})
+    finally:
+        (tmp_path / "goose-proxy").chmod(0o755)
+    where = tmp_path / "goose-proxy" / "config.toml"
+    assert str(exc.value) == f"{where}: cannot read: {os.strerror(errno.EACCES)}"
 
 
 def test_a_fifo_where_the_xdg_config_belongs_is_reported_not_waited_on(
