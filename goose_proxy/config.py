@@ -160,7 +160,7 @@ class _Seconds:
     def __call__(self, key: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{key}: expected a number of seconds, got {type(v).__name__}")
-        if not self.lo < float(v) <= self.hi:
+        if not self.lo < v <= self.hi:  # (float(v) overflows past 1e308)
             raise ConfigError(f"{key}: {v} is out of range (> {self.lo} and <= {self.hi})")
         return float(v)
 
@@ -707,6 +707,8 @@ def load_config(
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:  # TOML is UTF-8
         raise ConfigError(f"{p}: invalid TOML: not UTF-8 (byte {e.start})") from None
+    except ValueError:  # int() refuses more than 4300 digits (sys.get_int_max_str_digits)
+        raise ConfigError(f"{p}: invalid TOML: an integer with too many digits") from None
     try:
         config = parse_config(data, source=str(p))
     except ConfigError as e:

@@ -50,6 +50,7 @@ def test_empty_file_gives_the_defaults() -> None:
         ({"server": {"port": "8080"}}, "server.port"),
         ({"server": {"colour": "blue"}}, "server.colour"),
         ({"backend": {"timeout": -1}}, "backend.timeout"),
+        ({"backend": {"timeout": 10**400}}, "backend.timeout"),  # float() overflowed
     ],
 )
 def test_errors_name_the_key(data: dict[str, Any], key: str) -> None:
@@ -199,6 +200,20 @@ def test_a_file_that_is_not_utf8_stops_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(str(f))
     assert str(exc.value) == f"{f}: invalid TOML: not UTF-8 (byte {data.index(0xE9)})"
+
+
+def test_an_integer_too_long_to_read_stops_at_load(tmp_path: Path) -> None:
+    # int() refuses more than 4300 digits: a ValueError that escaped as a
+    # traceback with exit status 1
+    f = tmp_path / "c.toml"
+    f.write_text("[backend]\ntimeout = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(f))
+    assert str(exc.value) == f"{f}: invalid TOML: an integer with too many digits"
+    f.write_text("[backend]\ntimeout = " + "9" * 400 + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(str(f))
+    assert str(exc.value).startswith(f"{f}: backend.timeout: {'9' * 400} is out of range (> 0 ")
 
 
 @pytest.mark.parametrize(
