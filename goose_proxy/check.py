@@ -123,6 +123,19 @@ def _flavour_defaults(config: Config) -> dict[str, str]:
     return notes
 
 
+def _exposed_listen_note(host: str) -> str:
+    """What the daemon would warn about where it listens, as the check can tell it
+    without binding: a host that is not a loopback address or ``localhost``."""
+    from goose_proxy.http.server import EXPOSED, is_loopback_address
+
+    if is_loopback_address(host) or host.lower().rstrip(".") == "localhost":
+        return ""
+    return (
+        f"server.host {host} is not a loopback address: {EXPOSED} (under socket "
+        "activation the socket unit's ListenStream= decides where the proxy listens)"
+    )
+
+
 def report_config_error(err: Exception, out: TextIO = sys.stdout) -> None:
     """The end of a check that could not load its configuration."""
     out.write(f"[FAIL] configuration: {err}\n")
@@ -135,6 +148,9 @@ def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> 
     r.ok("configuration", config.source or "no file found; built-in defaults")
     for w in warnings:
         r.info(f"note: {w}")
+    exposed = _exposed_listen_note(config.server.host)
+    if exposed:
+        r.info(f"note: {exposed}")
     notes = _flavour_defaults(config)
     for key, value in effective_values(config).items():
         r.info(f"{key} = {json.dumps(value)}{notes.get(key, '')}")

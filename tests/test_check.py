@@ -133,6 +133,30 @@ async def test_files_other_users_may_change_or_read_are_named(
     ]
 
 
+@pytest.mark.parametrize(
+    ("host", "noted"),
+    [("0.0.0.0", True), ("::", True), ("gp.lan", True), ("127.0.0.2", False),
+     ("::1", False), ("LocalHost.", False)],
+)  # fmt: skip
+async def test_a_listen_host_other_hosts_may_reach_is_noted(
+    pki: SimpleNamespace, tmp_path: Path, host: str, noted: bool
+) -> None:
+    # the daemon warns at start when it listens on such an address; the check
+    # said ready without a word
+    r = await check_offline(tmp_path, pki_auth(pki), f"\n[server]\nhost = {json.dumps(host)}\n")
+    notes = [line for line in r.out.splitlines() if "not a loopback address" in line]
+    assert notes == (
+        [
+            f"       note: server.host {host} is not a loopback address: the API has no "
+            "authentication, and anyone who can reach it uses this host's identity (under "
+            "socket activation the socket unit's ListenStream= decides where the proxy listens)"
+        ]
+        if noted
+        else []
+    ), r.out
+    assert f'server.host = "{host}"' in r.out  # the file was read
+
+
 async def test_a_ca_or_certificate_others_may_replace_is_named(
     pki: SimpleNamespace, tmp_path: Path
 ) -> None:

@@ -158,7 +158,7 @@ def _tidied(path: str) -> str:
     return _SLASHES.sub("/", path).rstrip("/") or "/"
 
 
-def _is_loopback_address(name: str) -> bool:
+def is_loopback_address(name: str) -> bool:
     """True for a literal loopback address (127.0.0.0/8, ``[::1]``); names are not resolved,
     and an address with a zone (``[::1%anything]``) is none."""
     if "%" in name:
@@ -173,14 +173,15 @@ def _is_loopback_address(name: str) -> bool:
         return False
 
 
+#: why listening on an address other hosts may reach is worth a warning
+EXPOSED = "the API has no authentication, and anyone who can reach it uses this host's identity"
+
+
 def warn_if_exposed(host: str, port: int) -> None:
     """A warning when the proxy listens on an address other hosts may reach."""
-    if not _is_loopback_address(host):
+    if not is_loopback_address(host):
         log.warning(
-            "listening on %s port %d, which is not a loopback address: the API has no "
-            "authentication, and anyone who can reach it uses this host's identity",
-            host,
-            port,
+            "listening on %s port %d, which is not a loopback address: %s", host, port, EXPOSED
         )
 
 
@@ -482,7 +483,7 @@ class ProxyServer:
         host = req.header(b"host")
         if host is not None:
             name = _host_name(host)
-            if name not in self._allowed_hosts and not _is_loopback_address(name):
+            if name not in self._allowed_hosts and not is_loopback_address(name):
                 raise Forbidden(f"Host {host!r} is not allowed (see [server] allowed_hosts)")
         for k, v in req.headers:
             if k != b"origin":
