@@ -75,29 +75,47 @@ def effective_values(config: Config) -> dict[str, Any]:
     return out
 
 
+class ReportLost(Exception):
+    """Standard output cannot take the report: closed (``>&-``), or a write
+    failed (a full disk). A reader that left (EPIPE) stays a BrokenPipeError."""
+
+
 class _Report:
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: Optional[TextIO]) -> None:
         self.out = out
         self.reason: Optional[str] = None  # of the first failure
+
+    def write(self, text: str, end: bool = False) -> None:
+        """Write ``text`` (and with ``end``, flush: the last line) or raise ReportLost."""
+        if self.out is None:
+            raise ReportLost("standard output is closed")
+        try:
+            self.out.write(text)
+            if end:
+                self.out.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:  # ValueError: a closed file object
+            raise ReportLost(getattr(e, "strerror", None) or str(e)) from None
 
     @property
     def failed(self) -> bool:
         return self.reason is not None
 
     def ok(self, what: str, detail: str = "") -> None:
-        self.out.write(f"[ ok ] {what}{': ' + detail if detail else ''}\n")
+        self.write(f"[ ok ] {what}{': ' + detail if detail else ''}\n")
 
     def fail(self, what: str, detail: str, reason: str) -> None:
         assert reason in REASONS, reason
         if self.reason is None:
             self.reason = reason
-        self.out.write(f"[FAIL] {what}: {detail}\n")
+        self.write(f"[FAIL] {what}: {detail}\n")
 
     def skip(self, what: str, detail: str) -> None:
-        self.out.write(f"[skip] {what}: {detail}\n")
+        self.write(f"[skip] {what}: {detail}\n")
 
     def info(self, text: str) -> None:
-        self.out.write(f"       {text}\n")
+        self.write(f"       {text}\n")
 
 
 def _flavour_defaults(config: Config) -> dict[str, str]:
@@ -136,15 +154,20 @@ def _exposed_listen_note(host: str) -> str:
     )
 
 
-def report_config_error(err: Exception, out: TextIO = sys.stdout) -> None:
-    """The end of a check that could not load its configuration."""
-    out.write(f"[FAIL] configuration: {err}\n")
-    out.write("verdict: NOT READY (configuration)\n")
+def report_config_error(err: Exception, status: int, out: Optional[TextIO] = None) -> int:
+    """The end of a check that could not load its configuration (on standard
+    output unless ``out`` is given); returns ``status``, for the caller to exit with."""
+    r = _Report(sys.stdout if out is None else out)
+    r.write(f"[FAIL] configuration: {err}\n")
+    r.write("verdict: NOT READY (configuration)\n", end=True)
+    return status
 
 
-def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> int:
-    """Run every check, print the report, return the exit status (0 = all well)."""
-    r = _Report(out)
+def run_check(config: Config, warnings: list[str], out: Optional[TextIO] = None) -> int:
+    """Run every check, print the report (on standard output unless ``out`` is
+    given), return the exit status (0 = all well). Raises ReportLost when the
+    report cannot be written."""
+    r = _Report(sys.stdout if out is None else out)
     r.ok("configuration", config.source or "no file found; built-in defaults")
     for w in warnings:
         r.info(f"note: {w}")
@@ -168,9 +191,9 @@ def run_check(config: Config, warnings: list[str], out: TextIO = sys.stdout) -> 
     else:
         _check_backend(config, client, r)
     if r.failed:
-        out.write(f"verdict: NOT READY ({r.reason})\n")
+        r.write(f"verdict: NOT READY ({r.reason})\n", end=True)
         return 1
-    out.write("verdict: ready\n")
+    r.write("verdict: ready\n", end=True)
     return 0
 
 

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from goose_proxy import __version__, systemd
 from goose_proxy.config import Config, ConfigError, load_config, log_level, redact_url
@@ -233,9 +233,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         # stdout's reader left early (`goose-proxy check | head -1`): say no more
         # to it, and leave no traceback (nor Python's flush error at exit)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
         return 1
+
+
+def _report(write: Callable[[], int]) -> int:
+    """``write()``'s exit status, or 1 when standard output could not take the
+    check's report (closed, or a full disk); that is said on stderr. (A reader
+    that left, EPIPE, is :func:`main`'s to handle.)"""
+    from goose_proxy.check import ReportLost
+
+    try:
+        return write()
+    except ReportLost as e:
+        print(f"goose-proxy: cannot write the report to standard output: {e}", file=sys.stderr)
+        _discard_stdout()
+        return 1
+
+
+def _discard_stdout() -> None:
+    """Point descriptor 1 at /dev/null, so that Python's flush at exit finds no
+    reader gone or disk full to complain of."""
+    if sys.stdout is None:
+        return
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -252,7 +280,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if checking:  # the report says it, and still ends with a verdict
             from goose_proxy.check import report_config_error
 
-            report_config_error(e)
+            err = e
+            return _report(lambda: report_config_error(err, status=EXIT_CONFIG))
         else:  # (logging is not set up yet) an error for the journal, as log lines are
             journal = _stderr_is_journal(os.environ.get("JOURNAL_STREAM", ""))
             prio = f"<{_SYSLOG_PRIORITY[logging.ERROR]}>" if journal else ""
@@ -265,7 +294,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         setup_logging(level if given else "WARNING")
         from goose_proxy.check import run_check
 
-        return run_check(config, warnings)
+        return _report(lambda: run_check(config, warnings))
     try:
         # before the log handler and the event loop open descriptors of their
         # own: fd 3 is the first systemd passes, and a closed one is told so

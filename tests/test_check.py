@@ -8,6 +8,7 @@ runs as a child process, so the check makes its real TLS handshake.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -252,6 +253,36 @@ def test_stdout_closed_by_its_reader_is_no_traceback(
     # argparse itself ignores a failed write of the help (exit status 0, unbuffered)
     assert proc.returncode in ((1,) if args == ("check",) else (0, 1)), err
     assert "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize("config", ["valid", "missing"])
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize(
+    ("stdout", "said"),
+    [(">&-", "standard output is closed"), (">/dev/full", os.strerror(errno.ENOSPC))],
+    ids=["closed", "full"],
+)
+def test_stdout_that_cannot_take_the_report_is_said_on_stderr(
+    tmp_path: Path, config: str, unbuffered: str, stdout: str, said: str
+) -> None:
+    """``goose-proxy check >&-`` (or onto a full disk): an AttributeError or
+    OSError traceback with exit status 1. Now one line on stderr, status 1."""
+    if stdout == ">/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with refusing_port() as port:
+        cfg = write_config(tmp_path / "c.toml", f"http://127.0.0.1:{port}", {})
+        if config == "missing":
+            cfg.unlink()
+        env = child_env(tmp_path, PYTHONUNBUFFERED=unbuffered)
+        command = [sys.executable, "-m", "goose_proxy", "--config", str(cfg), "check"]
+        proc = subprocess.run(
+            ["sh", "-c", f'exec "$@" {stdout}', "sh", *command],
+            env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, timeout=WAIT, check=False,
+        )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err == f"goose-proxy: cannot write the report to standard output: {said}\n"
 
 
 # --- configuration and certificate --------------------------------------------------
