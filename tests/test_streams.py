@@ -934,6 +934,27 @@ async def test_bind_tcp_port_zero_listens_on_a_free_port() -> None:
                 s.close()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+async def test_an_ipv6_listener_takes_no_ipv4_connections() -> None:
+    # as the man page says of server.host = "::": IPv6 only (0.0.0.0 is IPv4)
+    with anyio.fail_after(5):
+        (sock,) = await bind_tcp("::1", 0)
+        try:
+            assert sock.family == socket.AF_INET6
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        finally:
+            sock.close()
+
+
 async def test_listener_accepts_streams_with_the_client_address() -> None:
     with anyio.fail_after(5):
         (sock,) = await bind_tcp("127.0.0.1", 0)
