@@ -66,13 +66,17 @@ def _label(auth: AuthConfig, path: Optional[str]) -> str:
 
 def _shown(path: str) -> str:
     """``path``, and for a relative one the directory it is relative to: the
-    daemon's working directory is seldom the one the configuration is in."""
+    daemon's working directory is seldom the one the configuration is in. An
+    empty one is said so, and a ``~`` is not a shell's: it is not expanded."""
+    if not path:
+        return '"" (no file named)'
     if os.path.isabs(path):
         return path
+    tilde = "; ~ is not expanded: give the full path" if path.startswith("~") else ""
     try:
-        return f"{path} (relative to the working directory {os.getcwd()})"
+        return f"{path} (relative to the working directory {os.getcwd()}{tilde})"
     except OSError:  # the working directory was removed
-        return f"{path} (relative to the working directory)"
+        return f"{path} (relative to the working directory{tilde})"
 
 
 def _hint(auth: AuthConfig, *paths: str) -> str:

@@ -458,6 +458,16 @@ def test_files_elsewhere_than_rhsms_are_no_reason_to_register(
         "client key file certs/key.pem (relative to the working directory"
         f" {os.getcwd()}) does not exist: check [backend.auth] key_file"
     )
+    # a shell's ~ is no shell's here; an empty name names no file
+    tilde = AuthConfig(consumer.auth.cert_file, "~/key.pem")
+    assert _tls_error(tilde) == (
+        f"client key file ~/key.pem (relative to the working directory {os.getcwd()};"
+        " ~ is not expanded: give the full path) does not exist: check [backend.auth] key_file"
+    )
+    empty = AuthConfig("", consumer.auth.key_file)
+    assert _tls_error(empty) == (
+        'client certificate file "" (no file named) does not exist: check [backend.auth] cert_file'
+    )
     consumer.cert.write_text("this is not a certificate\n")
     msg = _tls_error(consumer.auth)
     assert msg.endswith("(not valid PEM): check [backend.auth] cert_file and key_file"), msg
