@@ -117,6 +117,12 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _close(sockets: Optional[Sequence[socket.socket]]) -> None:
+    """Close ``sockets``: serve_in_background owns them, also when it refuses them."""
+    for s in sockets or ():
+        s.close()
+
+
 @asynccontextmanager
 async def serve_in_background(
     config: Config, *, sockets: Optional[Sequence[socket.socket]] = None
@@ -125,10 +131,10 @@ async def serve_in_background(
 
     The proxy listens on ``[server] host:port`` (port 0 picks a free port: read
     it from :attr:`RunningProxy.port`), or on ``sockets``, already bound and
-    listening, which it then owns. The block is entered once the proxy accepts
-    connections. Leaving it shuts the proxy down as SIGTERM does: no new
-    connections, in-flight requests get ``[server] drain_timeout`` seconds to
-    finish, then they are cancelled.
+    listening, which it then owns (and closes, also when it raises). The block
+    is entered once the proxy accepts connections. Leaving it shuts the proxy
+    down as SIGTERM does: no new connections, in-flight requests get
+    ``[server] drain_timeout`` seconds to finish, then they are cancelled.
 
     Logging goes to the ``goose_proxy`` loggers; configure them as you like
     (the proxy installs no handler). Signals are left to the host program.
@@ -148,18 +154,22 @@ async def serve_in_background(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        _close(sockets)
         raise RuntimeError(
             "goose-proxy needs an asyncio event loop (asyncio.run, or anyio.run with "
             "its default backend); its sockets are asyncio protocols"
         ) from None
     if sockets and not any(s.family in (socket.AF_INET, socket.AF_INET6) for s in sockets):
-        for s in sockets:
-            s.close()  # owned, as served ones are
+        _close(sockets)
         raise ValueError(
             "serve_in_background needs a TCP socket among sockets (it reports the proxy's "
             "URL); unix sockets alone are served by the goose-proxy command"
         )
-    server = ProxyServer(config)
+    try:
+        server = ProxyServer(config)
+    except ConfigError:
+        _close(sockets)
+        raise
     await server.open_listeners(sockets)
     host, port = server.bound[0]
     running = RunningProxy(_url(host, port), host, port, list(server.bound), server)

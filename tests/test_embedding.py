@@ -198,6 +198,19 @@ async def test_a_config_built_in_code_is_checked_as_a_files_values_are() -> None
     assert str(exc.value) == "server.port: 70000 is out of range (0..65535)"
 
 
+async def test_a_refused_config_closes_the_sockets_it_was_given() -> None:
+    # they are the proxy's once given, served or not: a refused config left
+    # them open (and listening) for the caller to find
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    config = goose_proxy.Config(server=goose_proxy.ServerConfig(max_connections=0))
+    with anyio.fail_after(10), pytest.raises(goose_proxy.ConfigError):
+        async with goose_proxy.serve_in_background(config, sockets=[sock]):
+            pass  # not reached
+    assert sock.fileno() == -1
+
+
 def test_a_config_built_in_code_keeps_what_a_file_cannot_write() -> None:
     # JSON's null and tuples in extra_body, a mapping that is no dict, a
     # port of 0: valid in code though TOML has no null, and kept as given
@@ -270,7 +283,9 @@ def test_serve_in_background_needs_an_asyncio_loop() -> None:
     from goose_proxy.api import serve_in_background
     from goose_proxy.config import Config
 
-    entering = serve_in_background(Config()).__aenter__()
+    sock = socket.socket()
+    entering = serve_in_background(Config(), sockets=[sock]).__aenter__()
     with pytest.raises(RuntimeError, match="needs an asyncio event loop"):
         entering.send(None)
     entering.close()
+    assert sock.fileno() == -1  # owned, also when refused
