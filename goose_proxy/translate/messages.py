@@ -94,7 +94,11 @@ def translate_messages(
     A part's ``prompt_cache_breakpoint`` (an object) goes with it when
     ``breakpoints`` is true; a tool result with one is sent as parts, not as
     one string. A system or developer message with text that ``"drop"`` left
-    out is listed in ``dropped`` (``messages[0] (system)``) when it is given.
+    out is listed in ``dropped`` (``messages[0] (system)``) when it is given,
+    and so is a kept breakpoint with no place in the request
+    (``messages[1].content[0].prompt_cache_breakpoint``): on a part of the
+    ``instructions`` string or of an assistant message's text, both sent as
+    one string.
 
     Raises:
         InvalidRequest: a message or part has the wrong shape, an unknown role or
@@ -122,6 +126,7 @@ def translate_messages(
         if role in ("system", "developer"):
             parts = _text_parts(msg.get("content"), at(path, "content"), breakpoints)
             if system_mode == "instructions":
+                _lost_breakpoints(parts, at(path, "content"), dropped)
                 joined = "".join(p["text"] for p in parts)
                 if joined:
                     instructions.append(joined)
@@ -135,19 +140,19 @@ def translate_messages(
             content = _user_content(msg, path, breakpoints)
             items.append({"type": "message", "role": "user", "content": content})
         elif role == "assistant":
-            items.extend(_assistant_items(msg, path, i, legacy_calls))
+            lost: Optional[list[str]] = dropped if breakpoints else None
+            items.extend(_assistant_items(msg, path, i, legacy_calls, lost))
         elif role == "tool":
             call_id = msg.get("tool_call_id")
             if call_id is None:
                 fail(at(path, "tool_call_id"), "required")
             call_id = require_str(call_id, at(path, "tool_call_id"))
             parts = _text_parts(msg.get("content"), at(path, "content"), breakpoints)
-            output: Any = "".join(p["text"] for p in parts)
-            if any("prompt_cache_breakpoint" in p for p in parts):  # only parts carry one
-                output = parts
-            items.append({"type": "function_call_output", "call_id": call_id, "output": output})
+            items.append(
+                {"type": "function_call_output", "call_id": call_id, "output": _output(parts)}
+            )
         elif role == "function":
-            items.append(_legacy_function_result(msg, path, legacy_calls))
+            items.append(_legacy_function_result(msg, path, legacy_calls, breakpoints))
         else:
             fail(at(path, "role"), f"unknown role {role!r}")
     return items, ("\n\n".join(instructions) if instructions else None)
@@ -245,6 +250,23 @@ def _text_parts(content: Any, path: str, breakpoints: bool = False) -> list[Item
     return out
 
 
+def _output(parts: list[Item]) -> Any:
+    """A tool result's ``output``: the text of its parts as one string, or the
+    parts themselves when one carries a breakpoint (the one form that can)."""
+    if any("prompt_cache_breakpoint" in p for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
+
+
+def _lost_breakpoints(parts: list[Item], path: str, dropped: Optional[list[str]]) -> None:
+    """List in ``dropped`` the kept breakpoints of ``parts`` (of the content at
+    ``path``), which are about to be joined into one string."""
+    if dropped is not None:
+        for j, part in enumerate(parts):
+            if "prompt_cache_breakpoint" in part:
+                dropped.append(at(at(path, j), "prompt_cache_breakpoint"))
+
+
 def _with_breakpoint(out: Item, part: Mapping[str, Any], path: str, keep: bool) -> Item:
     """``out`` (the part as sent) with ``part``'s ``prompt_cache_breakpoint`` when
     ``keep`` (an explicit prompt-cache breakpoint: the backend caches up to
@@ -322,7 +344,11 @@ def _user_part(part: Mapping[str, Any], path: str) -> Item:
 
 
 def _assistant_items(
-    msg: Mapping[str, Any], path: str, index: int, legacy_calls: dict[str, list[str]]
+    msg: Mapping[str, Any],
+    path: str,
+    index: int,
+    legacy_calls: dict[str, list[str]],
+    lost: Optional[list[str]],
 ) -> list[Item]:
     # An earlier turn's text and refusal parts go as one string, in order: the
     # form every Responses server takes (``EasyInputMessage``). ``output_text``
@@ -341,6 +367,10 @@ def _assistant_items(
             ptype = _part_type(part, ppath)
             if ptype in ("text", "refusal"):
                 texts.append(_required_str(part, ptype, ppath))
+                # checked as on other parts; sent as one string, it has no place
+                marked = get_object(part, "prompt_cache_breakpoint", ppath) is not None
+                if marked and lost is not None:
+                    lost.append(at(ppath, "prompt_cache_breakpoint"))
             else:
                 fail(at(ppath, "type"), f"unknown content part {ptype!r}")
     text = "".join(texts)
@@ -394,13 +424,12 @@ def _tool_call_item(raw: Any, path: str) -> Item:
 
 
 def _legacy_function_result(
-    msg: Mapping[str, Any], path: str, legacy_calls: dict[str, list[str]]
+    msg: Mapping[str, Any], path: str, legacy_calls: dict[str, list[str]], breakpoints: bool
 ) -> Item:
     name = _required_str(msg, "name", path)
     content = msg.get("content")
-    parts = [] if content is None else _text_parts(content, at(path, "content"))
-    output = "".join(p["text"] for p in parts)
+    parts = [] if content is None else _text_parts(content, at(path, "content"), breakpoints)
     pending = legacy_calls.get(name)
     if not pending:
         fail(path, f"function result for {name!r} without a preceding assistant function_call")
-    return {"type": "function_call_output", "call_id": pending.pop(0), "output": output}
+    return {"type": "function_call_output", "call_id": pending.pop(0), "output": _output(parts)}

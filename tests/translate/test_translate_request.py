@@ -313,6 +313,21 @@ MESSAGE_ROWS = [
         None,
         id="prompt-cache-breakpoints-under-lightspeed",
     ),
+    pytest.param(  # a legacy function result keeps its breakpoint as a tool result does
+        [USER_HI,
+         {"role": "assistant", "content": None,
+          "function_call": {"name": "lookup", "arguments": "{}"}},
+         {"role": "function", "name": "lookup",
+          "content": [{"type": "text", "text": "42", "prompt_cache_breakpoint": BP}]}],
+        OPENAI,
+        [HI_ITEM,
+         {"type": "function_call", "call_id": "legacy_call_1", "name": "lookup",
+          "arguments": "{}"},
+         {"type": "function_call_output", "call_id": "legacy_call_1", "output": [
+             {"type": "input_text", "text": "42", "prompt_cache_breakpoint": BP}]}],
+        None,
+        id="prompt-cache-breakpoint-on-a-legacy-function-result",
+    ),
 ]  # fmt: skip
 
 
@@ -1183,13 +1198,38 @@ def test_the_passthrough_keeps_system_messages_that_are_all_it_has() -> None:
     assert body["input"] == [GOOSE_SYSTEM]
 
 
-def test_a_prompt_cache_breakpoint_must_be_an_object() -> None:
+@pytest.mark.parametrize("role", ["user", "assistant"])
+def test_a_prompt_cache_breakpoint_must_be_an_object(role: str) -> None:
     part = {"type": "text", "text": "hi", "prompt_cache_breakpoint": "explicit"}
-    req = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    req = {"model": "m", "messages": [USER_HI, {"role": role, "content": [part]}]}
     for opts in (OPENAI, LIGHTSPEED):
         with pytest.raises(InvalidRequest) as info:
             chat_to_responses(req, opts)
-        assert info.value.param == "messages[0].content[0].prompt_cache_breakpoint"
+        assert info.value.param == "messages[1].content[0].prompt_cache_breakpoint"
+
+
+def test_a_prompt_cache_breakpoint_with_no_place_in_the_request_is_listed() -> None:
+    # an assistant's text, and system text in "instructions" mode, go as one
+    # string, which carries no breakpoint: they were lost without a word
+    marked = {"type": "text", "text": "a", "prompt_cache_breakpoint": BP}
+    req = {"model": "m", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "rules "}, marked]},
+        USER_HI,
+        {"role": "assistant", "content": [marked, {"type": "text", "text": "b"}]},
+        {"role": "user", "content": [marked]},
+    ]}  # fmt: skip
+    opts = TranslateOptions(flavor="openai", system_messages="instructions")
+    creq = chat_to_responses(req, opts)
+    assert creq.body["instructions"] == "rules a"
+    assert creq.body["input"][1] == {"type": "message", "role": "assistant", "content": "ab"}
+    assert creq.body["input"][2]["content"][0]["prompt_cache_breakpoint"] == BP  # kept
+    assert creq.dropped == [
+        "messages[0].content[1].prompt_cache_breakpoint",
+        "messages[2].content[0].prompt_cache_breakpoint",
+    ]
+    # under lightspeed every breakpoint is left out, as prompt_cache_options is
+    # (documented so, not listed); its "drop" lists the system message
+    assert chat_to_responses(req, LIGHTSPEED).dropped == ["messages[0] (system)"]
 
 
 def test_an_extra_body_object_merges_into_the_requests_one_level_deep() -> None:
