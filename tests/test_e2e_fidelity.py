@@ -715,6 +715,31 @@ async def test_collected_answer(pki: SimpleNamespace, case: str) -> None:
         assert r.json()["error"]["message"] == want
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+async def test_good_events_in_the_read_of_a_bad_one_go_first(
+    pki: SimpleNamespace, stream: bool
+) -> None:
+    # the whole answer comes in one TLS record, so in one read: the text before
+    # the bad event was thrown away with the read (the stream answered a bare
+    # 502), where events that came in reads of their own were streamed first
+    frames = text_events(WORDS)[:-1]  # all but response.completed
+    with anyio.fail_after(10):
+        async with proxy_answering(pki, sse_answer([*frames, BAD_DELTA]), "openai") as proxy:
+            r = await chat(proxy, stream=stream)
+    if not stream:  # an answer is whole or an error
+        assert (r.status_code, r.json()["error"]["message"]) == NOT_JSON
+        return
+    assert r.status_code == 200, r.text
+    chunks = sse_chunks(r.text)
+    text = "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in chunks
+        if c != "[DONE]" and c.get("choices")
+    )
+    assert text == "".join(WORDS)
+    assert chunks[-2]["error"]["message"] == NOT_JSON[1] and chunks[-1] == "[DONE]"
+
+
 def _turn_with_lost_text(
     rag: bool, shared: bool, announced: bool = True, odd_names: bool = False
 ) -> bytes:

@@ -1392,6 +1392,9 @@ class EventReader:
         self._ended = False
         self._held: Optional[list[SSEEvent]] = [] if hold else None
         self._held_size = 0
+        #: an event that is no JSON object, behind good ones of the same read:
+        #: raised by the next call, once they are delivered (as SSEParser does)
+        self._error: Optional[UpstreamProtocolError] = None
         #: after a [DONE] that came before the terminal event: until when to wait
         #: for that event all the same (the passthrough gives it the same grace)
         self._grace: Optional[float] = None
@@ -1433,8 +1436,11 @@ class EventReader:
         not read). So does ``[DONE]``, but one that comes before the terminal
         event leaves :data:`DONE_GRACE` seconds for that event to follow, as on
         the passthrough. Raises UpstreamProtocolError for an event that is not
-        a JSON object, UpstreamTimeout/UpstreamError from I/O.
+        a JSON object (behind good events of the same read: by the next call,
+        once they are returned), UpstreamTimeout/UpstreamError from I/O.
         """
+        if self._error is not None:
+            raise self._error
         if self._ended:
             return None
         self._parser.check()  # an error held back behind the previous read's events
@@ -1467,10 +1473,13 @@ class EventReader:
                     continue
             try:
                 obj = _event_object(ev)
-            except UpstreamProtocolError:
+            except UpstreamProtocolError as e:
                 if held:
                     self.take_held()  # a bad event held earlier is reported first
-                raise
+                if not out:
+                    raise
+                self._error = e  # the good events before it go first
+                break
             kind = obj.get("type")
             if isinstance(kind, str) and kind in TERMINAL_EVENTS:
                 out.append(obj)
