@@ -199,6 +199,21 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     # -- reading --
 
+    def drop_line_ends(self) -> bool:
+        """Drop the CR and LF bytes that begin what was received, unread (the
+        line ends some servers send after an answer, before the next status
+        line); True when nothing else waits to be read."""
+        p = self._p
+        chunks = p.chunks
+        while chunks:
+            rest = chunks[0].lstrip(b"\r\n")
+            p.buffered -= len(chunks[0]) - len(rest)
+            if rest:
+                chunks[0] = rest
+                return False
+            chunks.popleft()
+        return True
+
     def interrupt_receive(self) -> bool:
         """End the wait of a pending :meth:`receive` now, as if its timeout had
         passed (it raises TimeoutError). False when no receive waits, or bytes

@@ -766,11 +766,19 @@ class UpstreamClient:
         what is left unsent when the backend answered before it did."""
         try:
             with _mapped("sending the request", self.endpoint):
-                try:
-                    await conn.stream.send_parts(pieces, deadline - _now(), until_answer=True)
-                except AnsweredEarly as e:
-                    conn.received = True
-                    return e.rest
+                while True:
+                    try:
+                        await conn.stream.send_parts(pieces, deadline - _now(), until_answer=True)
+                        break
+                    except AnsweredEarly as e:
+                        if not (conn.awaiting_head and conn.stream.drop_line_ends()):
+                            conn.received = True
+                            return e.rest
+                        # line ends alone, after the previous answer: no answer
+                        # to this request (next_event skips them too), send on
+                        pieces = e.rest
+                        if not pieces:
+                            break
         except UpstreamError:
             if not conn.stream.bytes_waiting():
                 raise

@@ -578,6 +578,39 @@ async def test_empty_lines_before_a_status_line_are_skipped(
     assert answers[2].json()["choices"][0]["message"]["content"] == "one two"
 
 
+async def test_line_ends_during_a_large_upload_do_not_stop_it(pki: SimpleNamespace) -> None:
+    # the stray CRLF comes while the proxy still sends a large request body
+    # (Goose's run to megabytes) on the pooled connection: it was taken for
+    # the answer, the rest of the body stayed unsent, and both sides waited
+    # until backend.timeout (a 504, for a request the backend would answer)
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 14_000_000}]}
+    answer = sse_answer(text_events(["one"]))
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(answer)  # the connection goes to the pool
+        buf = await read_until(stream, b"\r\n\r\n")  # the big request's head
+        await stream.send(b"\r\n")  # far ahead of the proxy's last byte of body
+        head, _, body = buf.partition(b"\r\n\r\n")
+        m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        want = int(m.group(1)) if m else 0
+        received = bytearray(body)
+        while len(received) < want:  # bounded: the request's own Content-Length
+            received += await stream.receive()
+        srv.requests.append(head)
+        await stream.send(answer)
+        await read_all(stream)
+
+    with anyio.fail_after(30):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            first, second = await _direct_all(
+                srv.url, pki.auth, [HELLO, big], timeout=10, max_request_chars=0
+            )
+    assert (first.status_code, second.status_code) == (200, 200), second.text
+    assert second.json()["choices"][0]["message"]["content"] == "one"
+    assert srv.accepted == 1 and len(srv.requests) == 2  # one connection, nothing sent twice
+
+
 @pytest.mark.parametrize("framing", ["chunked", "content-length"])
 async def test_line_ends_after_an_answer_keep_its_connection(
     pki: SimpleNamespace, framing: str
