@@ -301,6 +301,11 @@ class ResponseAccumulator:
                 slot = self._slot(event, event.get("item_id"))
                 if slot.settled():
                     return
+                name = event.get("name") if kind == "args" else None
+                if name and isinstance(name, str) and slot.item.get("type") == "function_call":
+                    # a call announced without its name, which its .done brings
+                    # (as the chat stream takes it there)
+                    slot.item["name"] = slot.item.get("name") or name
                 index = event.get(field, 0) if field else 0
                 self._final_text(slot, (kind, index if isinstance(index, int) else 0), value)
             return

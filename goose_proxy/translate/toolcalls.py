@@ -163,15 +163,21 @@ class ToolCallQueue:
         return self._advance()
 
     def delta(self, keys: tuple[Optional[str], ...], text: str) -> list[Fragment]:
-        """An argument delta for the call found under the first known key of ``keys``."""
+        """An argument delta for the call found under the first known key of
+        ``keys``; with no key (the event names neither its item nor its output
+        index), for the call announced last, unless it finished (as the
+        collected answer has it)."""
         if not text:
             return []
         call = self.find(*keys, named=keys[0])
         if call is None:
             key = next((k for k in keys if k is not None), None)
-            if key is None:
+            if key is not None:
+                call = self._add(key, None, None)
+            elif self._calls and not self._calls[-1].finished:
+                call = self._calls[-1]
+            else:
                 return []
-            call = self._add(key, None, None)
         if call.finished:
             return []
         if not call.unkept:

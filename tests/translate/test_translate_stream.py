@@ -317,6 +317,42 @@ def test_a_call_id_that_comes_only_with_the_item_done_wins_over_the_item_id() ->
     assert tool_calls_of(parsed) == [{"id": "call_9", "name": "shell", "arguments": "{}"}]
 
 
+def _calls_both_ways(events: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The tool calls as the stream rebuilds them, and as the JSON answer has them."""
+    _, parsed = run(events)
+    message = responses_to_chat(accumulate(events), "m")["choices"][0]["message"]
+    collected = [
+        {"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+        for c in message.get("tool_calls") or ()
+    ]
+    return tool_calls_of(parsed), collected
+
+
+def test_argument_deltas_that_name_neither_item_nor_index_join_the_open_call() -> None:
+    # the JSON answer put them in the call announced last; the stream dropped
+    # them and sent the call with arguments "", which no client can parse
+    placeless = [
+        _placeless(args_delta(None, '{"path":', 0)),
+        _placeless(args_delta(None, '"/"}', 0)),
+    ]
+    events = [CREATED, call_added("fc_0", "call_1", "ls", 0), *placeless, completed()]
+    streamed, collected = _calls_both_ways(events)
+    assert streamed == collected == [{"id": "call_1", "name": "ls", "arguments": '{"path":"/"}'}]
+    # after that call finished, such a delta has no call to join, in either
+    finished = [*events[:-1], call_done("fc_0", "call_1", "ls", '{"path":"/"}', 0)]
+    streamed, collected = _calls_both_ways([*finished, *placeless, completed()])
+    assert streamed == collected == [{"id": "call_1", "name": "ls", "arguments": '{"path":"/"}'}]
+
+
+def test_a_name_that_comes_only_with_the_arguments_done_is_in_the_json_answer_too() -> None:
+    # the stream took the name from the .done event; the JSON answer left it ""
+    done = {**args_done("fc_0", '{"path":"/"}', 0), "name": "ls"}
+    events = [CREATED, call_added("fc_0", "call_1", "", 0),
+              args_delta("fc_0", '{"path":"/"}', 0), done, completed()]  # fmt: skip
+    streamed, collected = _calls_both_ways(events)
+    assert streamed == collected == [{"id": "call_1", "name": "ls", "arguments": '{"path":"/"}'}]
+
+
 def test_done_events_never_carry_finish_reason() -> None:
     events = [CREATED, call_added("fc_a", "call_a", "f", 0), args_delta("fc_a", "{}", 0),
               args_done("fc_a", "{}", 0), call_done("fc_a", "call_a", "f", "{}", 0),
