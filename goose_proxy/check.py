@@ -143,10 +143,11 @@ def _flavour_defaults(config: Config) -> dict[str, str]:
 
 def _exposed_listen_note(host: str) -> str:
     """What the daemon would warn about where it listens, as the check can tell it
-    without binding: a host that is not a loopback address or ``localhost``."""
-    from goose_proxy.http.server import EXPOSED, is_loopback_address
+    without binding: a host that is not a loopback address or name (those a
+    ``Host`` header may give)."""
+    from goose_proxy.http.server import EXPOSED, LOOPBACK_NAMES, is_loopback_address
 
-    if is_loopback_address(host) or host.lower().rstrip(".") == "localhost":
+    if is_loopback_address(host) or host.lower().rstrip(".") in LOOPBACK_NAMES:
         return ""
     return (
         f"server.host {host} is not a loopback address: {EXPOSED} (under socket "

@@ -137,7 +137,7 @@ async def test_files_other_users_may_change_or_read_are_named(
 @pytest.mark.parametrize(
     ("host", "noted"),
     [("0.0.0.0", True), ("::", True), ("gp.lan", True), ("127.0.0.2", False),
-     ("::1", False), ("LocalHost.", False)],
+     ("::1", False), ("LocalHost.", False), ("localhost.localdomain", False)],
 )  # fmt: skip
 async def test_a_listen_host_other_hosts_may_reach_is_noted(
     pki: SimpleNamespace, tmp_path: Path, host: str, noted: bool

@@ -75,7 +75,7 @@ from goose_proxy.upstream.client import UpstreamClient
 log = logging.getLogger("goose_proxy.http")
 access_log = logging.getLogger("goose_proxy.access")
 
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 #: after the drain timeout: how long the cancelled requests get to write their error
 ABORT_GRACE = 2.0
 #: when accepting fails (out of file descriptors): the pause before the next try,
@@ -238,7 +238,7 @@ class ProxyServer:
         self._listeners: list[Listener] = []
         self._trim: Optional[asyncio.TimerHandle] = None  # the heap trim to come
         self._requests_high = 0  # the most requests in flight since the last trim set
-        self._allowed_hosts = _LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
+        self._allowed_hosts = LOOPBACK_NAMES | set(config.server.allowed_hosts)  # normalised
         self._allowed_origins = {o.rstrip("/").lower() for o in config.server.allowed_origins}
         self._refusals = WarnEvery(ACCEPT_WARN_INTERVAL)  # over max_connections
         #: request bodies held across connections (arriving, or not yet sent upstream)
