@@ -524,6 +524,41 @@ async def test_passthrough_stream_cut_short_raises_in_the_sdk(
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("flavor", ["lightspeed", "openai"])
+async def test_passthrough_event_not_utf8_raises_in_the_sdk_after_the_text(
+    pki: SimpleNamespace, flavor: str
+) -> None:
+    """An event that is not UTF-8 in a stream under way: the text before it
+    reaches the openai SDK, then the proxy's error event, which the SDK raises.
+    The bad event's bytes used to go out with the good ones of its read: the
+    SDK failed on them (UnicodeDecodeError) and never read the error."""
+    frames = text_events(["one ", "two"])
+    bad = frames[3].replace(b'"two"', b'"\xff\xfe"')
+    assert bad != frames[3]
+
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        await read_request_head(stream, srv)
+        await stream.send(sse_answer([b"".join(frames[:3]), bad + b"".join(frames[3:])]))
+
+    with anyio.fail_after(10):
+        async with fake_server(handler, tls=pki.server_context()) as srv:
+            cfg = make_config(srv.url, pki.auth, backend={"proxy": "", "flavor": flavor})
+            async with running_proxy(cfg) as proxy:
+                client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+                seen: list[tuple[str, int]] = []
+                with pytest.raises(openai.APIError) as caught:
+                    stream = await client.responses.create(model="m", input="hi", stream=True)
+                    async for ev in stream:
+                        seen.append((ev.type, ev.sequence_number))
+                await client.close()
+    assert seen == [
+        ("response.created", 0), ("response.output_item.added", 1),
+        ("response.output_text.delta", 2),
+    ]  # fmt: skip
+    assert not isinstance(caught.value, openai.APIStatusError)
+    assert caught.value.message == "backend sent a stream event that is not UTF-8"
+
+
 async def test_models_configurable_for_goose() -> None:
     cfg = make_config("http://127.0.0.1:9", models={"id": "granite-3", "context_length": 32768})
     async with running_proxy(cfg) as proxy:

@@ -375,15 +375,64 @@ async def test_a_broken_stream_ends_with_an_error_event_then_a_held_done(
 ) -> None:
     got, error = await seen([SEQ_DELTA + (D if done else b""), *BREAKS[how]])
     assert isinstance(error, ProxyError) and got.startswith(SEQ_DELTA)
-    rest = got[len(SEQ_DELTA) :]
-    if how == "not-utf8":  # whole, it went out as it came; the parser found it bad after
-        assert rest.startswith(NOT_UTF8)
-        rest = rest[len(NOT_UTF8) :]
+    rest = got[len(SEQ_DELTA) :]  # not a byte of a bad event: the SDK could not read on
     if done:  # the [DONE] that came before the end: last, so that the error is read
         assert rest.endswith(D)
         rest = rest[: -len(D)]
     check_error_event(rest, error, 8)
     assert b"x" * 100 not in got
+
+
+def _seq_delta(seq: int) -> bytes:
+    return SEQ_DELTA.replace(b":7}", b":%d}" % seq)
+
+
+@pytest.mark.parametrize("ends", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'data: {"type":"response.output_text.delta","delta":"\xff\xfe","sequence_number":9}\n\n',
+        b"event: response.\xff\ndata: {}\n\n",
+        b'data: {"type":"response.output_text.delta","delta":"\xff"}',  # the stream's last
+    ],
+    ids=["data", "event-name", "last-without-blank-line"],
+)
+async def test_a_bad_event_in_a_read_goes_out_with_none_of_its_bytes(
+    bad: bytes, ends: bytes
+) -> None:
+    # the events before it (a comment that is not UTF-8 is no event: it goes
+    # out) do, and the error event is numbered after the last of them; before
+    # the fix the read went out whole, and the openai SDK, failing to decode
+    # the bad event, never read the error event (which repeated its number)
+    comment = b": \xff comments are not read\n\n"
+    before = _seq_delta(7) + comment + _seq_delta(8)
+    after = b"" if not bad.endswith(b"\n") else _seq_delta(10) + C
+    first, before = SEQ_DELTA.replace(b"\n", ends), before.replace(b"\n", ends)
+    stream = before + (bad + after).replace(b"\n", ends)
+    got, error = await seen([first, stream[len(first) :]])  # the answer started: sent
+    assert isinstance(error, UpstreamProtocolError)
+    assert error.message == "backend sent a stream event that is not UTF-8"
+    assert got.startswith(before)
+    check_error_event(got[len(before) :], error, 9)
+
+
+@pytest.mark.parametrize("bad", [NOT_UTF8, TOO_BIG], ids=["not-utf8", "too-big"])
+async def test_an_answer_that_starts_in_the_read_of_a_bad_event_goes_out_first(
+    bad: bytes,
+) -> None:
+    # the held events and the good ones of the read, then the error event (the
+    # read used to be dropped, and the client got a bare status, no text)
+    got, error = await seen([CREATED, SEQ_DELTA + bad])
+    assert isinstance(error, UpstreamProtocolError)
+    assert got.startswith(CREATED + SEQ_DELTA)
+    check_error_event(got[len(CREATED + SEQ_DELTA) :], error, 8)
+
+
+@pytest.mark.parametrize("bad", [NOT_UTF8, TOO_BIG], ids=["not-utf8", "too-big"])
+async def test_a_bad_event_before_the_answer_sends_nothing(bad: bytes) -> None:
+    # the caller answers with a status then
+    sends, error, _ = await _run([CREATED, CREATED + bad + SEQ_DELTA])
+    assert isinstance(error, UpstreamProtocolError) and sends == []
 
 
 @pytest.mark.parametrize(

@@ -686,7 +686,8 @@ class PassthroughRelay:
 
     The backend's bytes go through unchanged, but only whole events (up to
     the last blank line), so that an error event the caller adds never lands
-    inside a cut one, and no byte of an event over ``limit`` goes out; blocks
+    inside a cut one, and no byte of an event over ``limit`` or not UTF-8 (nor
+    of any after it) goes out; blocks
     with fields but no data (no event, yet the openai SDK fails on them) and
     the lines of fields other than data and event (see :func:`_relayable`)
     are left out. A parser beside them
@@ -829,6 +830,10 @@ class PassthroughRelay:
                 whole = _cut_done(whole)[1] if done else b""
             elif end_at >= 0 and (error is not None or _more_than_done(events[end_at + 1 :])):
                 whole = _through_end(whole)
+            elif error is not None:
+                # the events before the bad one go out, not its bytes: a client
+                # that cannot read them would never read the error event either
+                whole = _readable_events(whole, limit)
             if early_done:
                 whole, first = _cut_done(whole)
                 events = [ev for ev in events if ev.data != _DONE]
@@ -845,8 +850,8 @@ class PassthroughRelay:
                 done = True
             if whole and held is None:
                 await send(whole)
-            if held is not None and (error is None or self._ended):
-                held.append(whole)  # (a bad event after the terminal one does not matter)
+            if held is not None:  # (whole holds no bad event, see above)
+                held.append(whole)
                 held_size += len(whole)
                 started, failure = _answer_starts(events)
                 if failure is not None:
@@ -948,6 +953,22 @@ def _event_bytes(whole: bytes) -> list[bytes]:
         start = end
     out.append(whole[start:])
     return out
+
+
+def _readable_events(whole: bytes, limit: int) -> bytes:
+    """The events of ``whole`` (whole events) before the first one that
+    :class:`SSEParser` refuses (not UTF-8, over ``limit``), as they came.
+    Only for a read that held a bad event: each event is parsed again."""
+    kept: list[bytes] = []
+    for event in _event_bytes(whole):
+        probe = SSEParser(limit)
+        try:
+            probe.feed(event)
+            probe.close()  # the last one may lack its blank line (the stream's end)
+        except UpstreamProtocolError:
+            break
+        kept.append(event)
+    return b"".join(kept)
 
 
 def _event_ends(whole: bytes) -> Iterator[int]:
