@@ -453,6 +453,8 @@ class Handlers:
                     await ex.start_stream(resp.status, stream_headers, out)
                     await ex.conn.end_stream()
                     return
+                if headers[0][1].split(b";")[0].strip().lower() == b"text/event-stream":
+                    headers[0] = JSON  # a JSON answer the backend labelled a stream
                 await ex.send(resp.status, out, headers)
                 return
             if not client_stream:  # a stream asked for on the client's behalf

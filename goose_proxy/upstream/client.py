@@ -79,8 +79,10 @@ _BOM = b"\xef\xbb\xbf"
 _SNIFF_SIZE = 6  # len(b"retry:")
 #: read ahead at most this much for it (a body of nothing but blank lines is no stream)
 _SNIFF_LIMIT = 64 * 1024
-#: the Content-Types an event stream came under, warned about once each
-_mislabels: set[str] = set()
+#: the Content-Types a body came under wrongly, warned about once each
+_mislabels: set[tuple[str, str]] = set()
+#: what may come before a JSON body's first byte (with a BOM's bytes)
+_JSON_BLANK = _BLANK + b" \t"
 
 USER_AGENT = f"goose-proxy/{__version__}".encode()
 #: bodies are read as they are sent: without this header any coding would do
@@ -357,6 +359,21 @@ class Connection:
         self.stream.abort()
 
 
+def _warn_mislabel(what: str, read_as: str, label: Optional[str]) -> None:
+    """Warn that the backend sent ``what`` under the Content-Type ``label``, read
+    as ``read_as``: once for each (of at most 16)."""
+    shown = (label or "")[:60]
+    key = (what, shown)
+    if key not in _mislabels and len(_mislabels) < 16:
+        _mislabels.add(key)
+        log.warning(
+            "backend sent %s labelled Content-Type %r: read as %s (said once for each label)",
+            what,
+            shown,
+            read_as,
+        )
+
+
 def _without_bom(first: bytes) -> bytes:
     """An event stream's first bytes without a UTF-8 BOM, which is no part of
     its first field (the SSE standard skips one)."""
@@ -469,24 +486,32 @@ class UpstreamResponse:
         )
 
     async def is_event_stream(self) -> bool:
-        """Whether the body is an event stream: labelled ``text/event-stream``, or,
-        labelled otherwise or not at all (a backend or gateway that gets the
-        header wrong), beginning with an SSE field (``event:``, ``data:``, ``id:``,
-        ``retry:`` or a ``:`` comment; a JSON body begins with none). Reads the
-        body's first bytes (:meth:`receive` returns them again, without a UTF-8
-        BOM before a stream's first field, which the SSE standard skips); a
-        stream labelled otherwise is then labelled ``text/event-stream`` in
-        :attr:`content_type`.
+        """Whether the body is an event stream: labelled ``text/event-stream``
+        and not beginning with ``{`` (a JSON object: a Responses answer or an
+        error, which no event stream begins with), or, labelled otherwise or
+        not at all (a backend or gateway that gets the header wrong), beginning
+        with an SSE field (``event:``, ``data:``, ``id:``, ``retry:`` or a ``:``
+        comment; a JSON body begins with none). Reads the body's first bytes
+        (:meth:`receive` returns them again, without a UTF-8 BOM before a
+        stream's first field, which the SSE standard skips); a body labelled
+        wrongly is then labelled ``text/event-stream`` or ``application/json``
+        in :attr:`content_type`.
 
         Raises as :meth:`receive` does.
         """
         if self.content_type == "text/event-stream":
             first = b""
-            while _BOM.startswith(first):  # (at least one read; a BOM cut across reads)
+            # up to the first byte that is not blank (or a BOM, maybe cut across reads)
+            while len(first) < _SNIFF_LIMIT and not first.lstrip(_JSON_BLANK):
                 data = await self.receive()
                 if not data:
                     break
                 first += data
+            if first.lstrip(_JSON_BLANK).startswith(b"{"):
+                self._first = first
+                _warn_mislabel("a JSON body", "application/json", self.header(b"content-type"))
+                self.content_type = "application/json"
+                return False
             self._first = _without_bom(first)
             return True
         first = b""
@@ -499,14 +524,7 @@ class UpstreamResponse:
         if _SSE_START.match(first.lstrip(_BLANK)) is None:
             return False
         self._first = _without_bom(first)
-        label = (self.header(b"content-type") or "")[:60]
-        if label not in _mislabels and len(_mislabels) < 16:
-            _mislabels.add(label)
-            log.warning(
-                "backend sent an event stream labelled Content-Type %r: read as "
-                "text/event-stream (said once for each label)",
-                label,
-            )
+        _warn_mislabel("an event stream", "text/event-stream", self.header(b"content-type"))
         self.content_type = "text/event-stream"
         return True
 

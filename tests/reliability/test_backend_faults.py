@@ -1697,8 +1697,8 @@ async def test_a_redirect_is_an_error_not_an_answer(
     assert "s3cret" not in r.text and "token" not in r.text
 
 
-@pytest.mark.parametrize("ctype", [None, "text/html", "text/plain", "application/json"])
-@pytest.mark.parametrize(
+#: chat and passthrough, each streamed and not
+_EVERY_ANSWER = pytest.mark.parametrize(
     ("path", "body"),
     [
         ("/v1/chat/completions", HELLO),
@@ -1708,6 +1708,35 @@ async def test_a_redirect_is_an_error_not_an_answer(
     ],
     ids=["json", "stream", "passthrough", "passthrough-stream"],
 )
+
+
+def _check_allofit(r: httpx.Response, path: str, body: dict[str, Any], deltas: list[str]) -> None:
+    """``r`` is a 200 that says "allofit": a JSON answer for a request in
+    ``body`` that does not stream; else an event stream, on the passthrough
+    (``path``) with the text ``deltas``."""
+    assert r.status_code == 200, r.text
+    if not body.get("stream"):
+        assert r.headers["content-type"] == "application/json"
+        answer = r.json()
+        text = (
+            answer["choices"][0]["message"]["content"]
+            if "choices" in answer
+            else "".join(p["text"] for item in answer["output"] for p in item["content"])
+        )
+        assert text == "allofit"
+        return
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    if path == "/v1/responses":
+        assert [e["delta"] for e in events if "delta" in e] == deltas
+        assert events[-1]["type"] == "response.completed"
+    else:
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "allofit"
+        assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("ctype", [None, "text/html", "text/plain", "application/json"])
+@_EVERY_ANSWER
 async def test_an_event_stream_labelled_otherwise_is_read_as_one(
     pki: SimpleNamespace, ctype: Any, path: str, body: dict[str, Any]
 ) -> None:
@@ -1723,25 +1752,30 @@ async def test_an_event_stream_labelled_otherwise_is_read_as_one(
     with anyio.fail_after(10):
         async with _canned(pki, answer) as srv:
             r = await _direct(srv.url, pki.auth, body, path=path)
-    assert r.status_code == 200, r.text
-    if not body.get("stream"):
-        assert r.headers["content-type"] == "application/json"
-        answer = r.json()
-        text = (
-            answer["choices"][0]["message"]["content"]
-            if "choices" in answer
-            else "".join(p["text"] for item in answer["output"] for p in item["content"])
-        )
-        assert text == "allofit"
-        return
-    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
-    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
-    if path == "/v1/responses":  # relayed as it came
-        assert [e["delta"] for e in events if "delta" in e] == ["all", "of", "it"]
-        assert events[-1]["type"] == "response.completed"
-    else:
-        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "allofit"
-        assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    _check_allofit(r, path, body, ["all", "of", "it"])  # relayed as it came
+
+
+@_EVERY_ANSWER
+async def test_a_json_answer_labelled_an_event_stream_is_read_as_json(
+    pki: SimpleNamespace, path: str, body: dict[str, Any]
+) -> None:
+    # the other way round: a gateway (or a backend that always labels its
+    # answers a stream) sends a whole Response as text/event-stream; read as
+    # a stream it had no events, a 502 "ended early" that the SDK retried
+    part = {"type": "output_text", "text": "allofit", "annotations": []}
+    item = {"type": "message", "id": "m1", "role": "assistant", "status": "completed"}
+    obj = {"id": "r", "object": "response", "created_at": 1, "model": "m",
+           "status": "completed", "output": [{**item, "content": [part]}]}  # fmt: skip
+    raw = json.dumps(obj).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    frames = [b"\r\n", b" \t", raw[:1], raw[1:]]  # blank bytes first, cut across reads
+    answer = head + b"transfer-encoding: chunked\r\n\r\n"
+    answer += b"".join(chunk(f) for f in frames) + b"0\r\n\r\n"
+    with anyio.fail_after(10):
+        async with _canned(pki, answer) as srv:
+            r = await _direct(srv.url, pki.auth, body, path=path)
+    # as the events a streaming backend would have sent, for a client that streams
+    _check_allofit(r, path, body, ["allofit"])
 
 
 @pytest.mark.parametrize("ctype", ["text/event-stream", "application/json"])
@@ -1794,11 +1828,16 @@ async def test_a_bom_right_before_the_first_field_is_no_part_of_it(
         ([], False),
     ],
 )
-async def test_the_first_bytes_that_tell_an_event_stream(pieces: list[bytes], sse: bool) -> None:
+@pytest.mark.parametrize("label", ["", "text/event-stream"])
+async def test_the_first_bytes_that_tell_an_event_stream(
+    pieces: list[bytes], sse: bool, label: str
+) -> None:
     # what arrives in pieces is read until it tells, and handed on whole (a
-    # stream without its BOM)
+    # stream without its BOM); labelled a stream, only a JSON object is none
+    if label and not sse:
+        sse = not b"".join(pieces).lstrip(b"\r\n").startswith(b"{")
     resp = object.__new__(client.UpstreamResponse)
-    resp.content_type, resp.headers, resp._first = "", [], b""
+    resp.content_type, resp.headers, resp._first = label, [], b""
     left = list(pieces)
 
     async def receive() -> bytes:
@@ -1807,9 +1846,12 @@ async def test_the_first_bytes_that_tell_an_event_stream(pieces: list[bytes], ss
     resp.receive = receive  # type: ignore[method-assign]
     assert await resp.is_event_stream() is sse
     whole = b"".join(pieces)
-    assert resp._first + b"".join(left) == (whole[3:] if sse and pieces[0] == b"\xef" else whole)
+    assert resp._first + b"".join(left) == (whole[3:] if sse and pieces[:1] == [b"\xef"] else whole)
     assert len(resp._first) <= 80_000
-    assert resp.content_type == ("text/event-stream" if sse else "")
+    if sse:
+        assert resp.content_type == "text/event-stream"
+    else:
+        assert resp.content_type == ("application/json" if label else "")
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
