@@ -162,13 +162,17 @@ def searched() -> list[dict[str, Any]]:
     return _numbered([*_opening(), *work, *answer, _completed([search, message])])
 
 
-def reasoning() -> list[dict[str, Any]]:
+def reasoning(in_the_item: bool = True) -> list[dict[str, Any]]:
     """A reasoning model through Llama Stack: ``reasoning_text`` at content index 1
-    of the message item, announced (with a delta) before the item itself."""
+    of the message item, announced (with deltas) before the item itself; in
+    the finished item too, or (not ``in_the_item``, as Llama Stack's
+    ``streaming.py`` ends it) left out of it and of the final output (the
+    message's ``output_text`` alone)."""
     mid = "msg_0a"
     thought = [
         _part("added", 0, 1, mid, {"type": "reasoning_text", "text": ""}),
-        _delta("reasoning_text", 0, 1, mid, THOUGHT),
+        _delta("reasoning_text", 0, 1, mid, THOUGHT[:9]),
+        _delta("reasoning_text", 0, 1, mid, THOUGHT[9:]),
     ]
     after = [
         {"type": "response.reasoning_text.done", "item_id": mid, "output_index": 0,
@@ -176,10 +180,30 @@ def reasoning() -> list[dict[str, Any]]:
         _part("done", 0, 1, mid, {"type": "reasoning_text", "text": THOUGHT}),
     ]  # fmt: skip
     answer, message = _message(0, ["Use dnf ", "to install ", "it."])
-    parts = [*message["content"], {"type": "reasoning_text", "text": THOUGHT}]
-    done = {**message, "content": parts}
+    done = message
+    if in_the_item:
+        done = {**message, "content": [*message["content"], after[-1]["part"]]}
     answer = [*answer[:-1], *after, _item("done", 0, done)]
     return _numbered([*_opening(), *thought, *answer, _completed([done])])
+
+
+def refused() -> list[dict[str, Any]]:
+    """A model's own refusal through Llama Stack: refusal deltas at content index 2
+    of a message never announced (Llama Stack announces one for text alone),
+    and in the final output that message with an empty ``output_text``."""
+    mid = "msg_0a"
+    refusal = "I can't help with that."
+    events = [
+        _part("added", 0, 2, mid, {"type": "refusal", "refusal": ""}),
+        _delta("refusal", 0, 2, mid, refusal[:8]),
+        _delta("refusal", 0, 2, mid, refusal[8:]),
+        {"type": "response.refusal.done", "item_id": mid, "output_index": 0,
+         "content_index": 2, "refusal": refusal},
+        _part("done", 0, 2, mid, {"type": "refusal", "refusal": refusal}),
+    ]  # fmt: skip
+    message = {"id": mid, "type": "message", "role": "assistant", "status": "completed",
+               "content": [_text_part("")]}  # fmt: skip
+    return _numbered([*_opening(), *events, _completed([message])])
 
 
 def calls() -> list[dict[str, Any]]:

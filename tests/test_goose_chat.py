@@ -294,6 +294,8 @@ async def scripted(pki: SimpleNamespace) -> AsyncIterator[SimpleNamespace]:
 LIGHTSPEED = {
     "rag-and-mcp": ls.rag,
     "reasoning-in-the-message": ls.reasoning,
+    "reasoning-left-out-of-the-message": lambda: ls.reasoning(in_the_item=False),
+    "refusal-left-out-of-the-message": ls.refused,
     "shield-string": ls.shield,
     "shield-nulls": lambda: ls.shield(nulls=True),
     "shield-parts": lambda: ls.shield([{"type": "output_text", "text": ls.SHIELD}]),

@@ -394,9 +394,15 @@ class Handlers:
                 acc.feed(ev)
             if reader.holding:
                 terminal += batch
-        if reader.holding and not (acc.settled and acc.holds(reader.held_message_ids())):
+        if reader.holding and not (
+            acc.settled
+            and acc.holds(reader.held_message_ids())
+            and not reader.held_any(_MESSAGE_PART_EVENTS)
+        ):
             # the terminal event alone does not give the answer (nor hold every
-            # message announced, whose text the stream showed): all, in order
+            # message announced, whose text the stream showed, nor a message's
+            # thoughts or refusal, which Llama Stack streams and leaves out of
+            # it: see ResponseAccumulator): all, in order
             acc = ResponseAccumulator(limit)
             for ev in reader.take_held() + terminal:
                 acc.feed(ev)
@@ -1175,6 +1181,15 @@ def _scan_whole_events(buf: bytes, start: int, limit: int) -> tuple[int, bool]:
     return end, len(buf) - end > limit and len(buf[end:].rstrip(b"\r\n")) > limit
 
 
+#: the events that show a message's reasoning or refusal parts (see _collect)
+_MESSAGE_PART_EVENTS = frozenset(
+    {
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.refusal.delta",
+        "response.refusal.done",
+    }
+)
 #: the delta events that show a message's text (a message known from them alone)
 _SHOWN_TEXT = frozenset({"response.output_text.delta", "response.refusal.delta"})
 #: events before the answer: the response opening, and the backend's own tool
@@ -1446,6 +1461,10 @@ class EventReader:
                     if isinstance(item_id, str):
                         ids.add(item_id)
         return ids
+
+    def held_any(self, names: frozenset[str]) -> bool:
+        """Whether an event held is named one of ``names``."""
+        return any(ev.event in names for ev in self._held or ())
 
     def take_held(self) -> list[dict[str, Any]]:
         """The held events, parsed (UpstreamProtocolError as for any event); holding ends."""

@@ -10,12 +10,14 @@ The terminal event's ``response`` is the base of the result. Its ``output``
 is trusted when it is non-empty, but for a message the stream showed text of
 and it left out (Llama Stack leaves a turn's text out of its final output
 when the turn calls tools, after streaming it): that is put back, in stream
-order. An empty ``output`` is rebuilt from what the stream carried: each
-item as ``response.output_item.done`` gave it, or, for an item that never
-finished, from its ``.added`` form plus the text, refusal, reasoning and
-argument deltas (a ``*.done`` sub-event's full value wins over the joined
-deltas). Deltas are kept as lists of pieces and joined
-once, so a long answer costs linear time. What is kept is bounded: past
+order; and a message's reasoning and refusal parts the stream showed, which
+its final form lacks (Llama Stack streams them as parts of the message and
+ends with its ``output_text`` alone). An empty ``output`` is rebuilt from
+what the stream carried: each item as ``response.output_item.done`` gave
+it, or, for an item that never finished, from its ``.added`` form plus the
+text, refusal, reasoning and argument deltas (a ``*.done`` sub-event's full
+value wins over the joined deltas). Deltas are kept as lists of pieces and
+joined once, so a long answer costs linear time. What is kept is bounded: past
 ``limit`` characters of deltas and final texts the stream is failed (the
 terminal event would carry all of it, and no event may be larger).
 """
@@ -141,6 +143,46 @@ class _Item:
             if self.indices("reasoning") or self.indices("summary"):
                 return "reasoning"
         return itype if isinstance(itype, str) else None
+
+    def streamed_parts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The ``reasoning_text`` and ``refusal`` parts of a message, as the stream
+        showed them (its deltas and ``.done`` texts), else as its done item has
+        them."""
+        thoughts = [
+            {"type": "reasoning_text", "text": self.text("reasoning", i)}
+            for i in self.indices("reasoning")
+        ]
+        refusals = [
+            {"type": "refusal", "refusal": self.text("refusal", i)} for i in self.indices("refusal")
+        ]
+        if thoughts or refusals or not self.done:
+            return thoughts, refusals
+        content = self.item.get("content")
+        content = content if isinstance(content, list) else []
+        parts = [dict(p) for p in content if isinstance(p, JSON_OBJECT)]
+        return (
+            [p for p in parts if p.get("type") == "reasoning_text"],
+            [p for p in parts if p.get("type") == "refusal"],
+        )
+
+    def with_streamed_parts(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Message ``item`` (a copy, when it changes) with the reasoning and refusal
+        parts the stream showed for it, of each type it has none of: Llama Stack
+        streams a reasoning model's thoughts and a refusal as parts of the
+        message (content index 1 and 2), then sends the message with its
+        ``output_text`` alone, in ``output_item.done`` and in the final output."""
+        content = item.get("content")
+        if not isinstance(content, list) or item.get("type") != "message":
+            return item
+        thoughts, refusals = self.streamed_parts()
+        if not thoughts and not refusals:
+            return item
+        types = {p.get("type") for p in content if isinstance(p, JSON_OBJECT)}
+        thoughts = [] if "reasoning_text" in types else thoughts
+        refusals = [] if "refusal" in types else [p for p in refusals if p.get("refusal")]
+        if not thoughts and not refusals:
+            return item
+        return {**item, "content": [*thoughts, *content, *refusals]}
 
     def rebuild(self) -> dict[str, Any]:
         """The item as the stream described it, for one that never sent ``.done``."""
@@ -328,9 +370,12 @@ class ResponseAccumulator:
                 slot = self._slot(event, item.get("id"), item.get("type"))
                 if isinstance(item.get("type"), str):
                     self._last_of[item["type"]] = slot
-                if etype.endswith(".done") or not slot.done:
+                if etype.endswith(".done"):
+                    slot.item = slot.with_streamed_parts(dict(item))
+                    self._keep_item(slot, True)
+                elif not slot.done:
                     slot.item = dict(item)
-                    self._keep_item(slot, etype.endswith(".done"))
+                    self._keep_item(slot, False)
                 slot.done = slot.done or etype.endswith(".done")
             return
         response = event.get("response")
@@ -401,8 +446,16 @@ class ResponseAccumulator:
             slots = sorted(self._items.values(), key=lambda s: s.order)
             response["output"] = [s.item if s.done else s.rebuild() for s in slots]
         else:
-            response["output"] = self._with_lost_messages(output)
+            response["output"] = [
+                self._with_streamed_parts(item) for item in self._with_lost_messages(output)
+            ]
         return response
+
+    def _with_streamed_parts(self, item: Any) -> Any:
+        """An output message with the parts the stream showed for it that it lacks
+        (see :meth:`_Item.with_streamed_parts`)."""
+        slot = self._streamed(item.get("id")) if isinstance(item, JSON_OBJECT) else None
+        return item if slot is None else slot.with_streamed_parts(item)
 
     def _streamed(self, item_id: Any) -> Optional[_Item]:
         """The item the stream showed under ``item_id`` (None: none)."""

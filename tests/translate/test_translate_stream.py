@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletionChunk, ChatCompletionTokenLogprob
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionTokenLogprob
 from translate_testkit import (
     accumulate,
     capture_events,
@@ -35,6 +35,7 @@ from goose_proxy.translate import (
     responses_to_chat,
 )
 from goose_proxy.translate.toolcalls import KEPT_ARGUMENTS
+from tests import lightspeed_answers as ls
 
 RESP = {"id": "resp_abc", "object": "response", "created_at": 1700000123, "model": "backend-m",
         "status": "in_progress", "output": []}  # fmt: skip
@@ -1779,3 +1780,28 @@ def test_the_tier_and_moderation_ride_on_the_finish_chunk(include_usage: bool) -
     for chunk in carrying:
         assert (chunk["service_tier"], chunk["moderation"]) == ("priority", moderation)
     assert ("usage" in finish) is include_usage  # "usage": null, as on every other chunk
+
+
+@pytest.mark.parametrize(
+    ("answer", "reasoning", "refusal"),
+    [
+        (lambda: ls.reasoning(in_the_item=False), ls.THOUGHT, None),
+        (ls.refused, None, "I can't help with that."),
+        (ls.reasoning, ls.THOUGHT, None),  # (the parts in the final item too: not twice)
+    ],
+    ids=["thoughts", "refusal", "thoughts-in-the-item"],
+)
+def test_message_parts_the_final_message_leaves_out_reach_the_json_answer(
+    answer: Any, reasoning: Optional[str], refusal: Optional[str]
+) -> None:
+    # Llama Stack streams a reasoning model's thoughts and a refusal as parts
+    # of the message, then ends with the message's output_text alone: the JSON
+    # answer showed neither (a refusal became an empty answer, "stop")
+    events = answer()
+    streamed = sdk_final(run(events)[1])
+    chat = ChatCompletion.model_validate(responses_to_chat(accumulate(events), "m"))
+    for choice in (streamed, chat.choices[0]):
+        assert getattr(choice.message, "reasoning_content", None) == reasoning
+        assert choice.message.refusal == refusal
+        assert choice.message.content == (refusal or ls.ANSWER)  # (Goose reads no refusal)
+    assert chat.choices[0].finish_reason == streamed.finish_reason
