@@ -19,7 +19,8 @@ history provided in the system prompt"; dropped, that history never reached
 the model and Goose carried on from a summary of nothing. A message that only
 names the system prompt ("my app ignores its system prompt") does not count.
 A request of system and developer messages alone keeps them too: dropped,
-the backend would be asked to answer nothing. So does a one-off request to
+the backend would be asked to answer nothing (under ``"instructions"`` too,
+which would leave ``input`` empty). So does a one-off request to
 summarize: no tools, one user message besides the system messages, and a
 system prompt that asks to "summarize". Goose sends one for each old tool
 call of a long session ("Your task is to summarize a tool call & response
@@ -113,6 +114,8 @@ def translate_messages(
         fail("messages", "must contain at least one message")
     if system_mode == "drop" and keeps_system_messages(messages, tools):
         system_mode = "input"  # see the module's docstring
+    elif system_mode == "instructions" and all(_is_system(m) for m in messages):
+        system_mode = "input"  # no other message: the backend would answer nothing
     items: list[Item] = []
     instructions: list[str] = []
     legacy_calls: dict[str, list[str]] = {}  # function name -> open legacy call ids
@@ -158,6 +161,10 @@ def translate_messages(
     return items, ("\n\n".join(instructions) if instructions else None)
 
 
+def _is_system(msg: Any) -> bool:
+    return isinstance(msg, Mapping) and msg.get("role") in ("system", "developer")
+
+
 def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
     """Whether ``"drop"`` keeps a request's system messages (see the module's
     docstring). The same for chat messages and Responses input items."""
@@ -166,7 +173,7 @@ def keeps_system_messages(messages: list[Any], tools: Any) -> bool:
     system: list[str] = []
     others = []
     for msg in messages:
-        if isinstance(msg, Mapping) and msg.get("role") in ("system", "developer"):
+        if _is_system(msg):
             system += texts_of(msg.get("content"))
         else:
             others.append(msg)

@@ -101,7 +101,7 @@ def upstream_model(opts: TranslateOptions, client_model: Optional[str]) -> str:
         return ""
     if fixed is not None and fixed != "passthrough":
         return fixed
-    if client_model is None:
+    if not client_model:  # (no backend serves a model named "")
         raise InvalidRequest("model: required", param="model")
     return client_model
 
@@ -196,7 +196,7 @@ def _apply_system_messages(body: dict[str, Any], mode: str, dropped: list[str]) 
     system prompt holds its task, or nothing else would be left; those with
     text it leaves out are listed in ``dropped``, ``input[0] (system)``),
     ``instructions`` moves their text into ``instructions`` (after the
-    client's own), ``input`` keeps them."""
+    client's own; unless nothing else would be left), ``input`` keeps them."""
     items = body.get("input")
     if mode == "input" or not isinstance(items, list):
         return
@@ -217,8 +217,8 @@ def _apply_system_messages(body: dict[str, Any], mode: str, dropped: list[str]) 
                 left_out.append(f"input[{i}] ({item['role']})")
         else:
             kept.append(item)
-    if len(kept) == len(items) or (mode == "drop" and not kept):
-        return
+    if len(kept) == len(items) or not kept:
+        return  # (nothing else would be left: the backend would answer nothing)
     if mode == "drop":
         dropped += left_out
     body["input"] = kept

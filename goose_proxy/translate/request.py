@@ -109,7 +109,11 @@ def chat_to_responses(req: dict[str, Any], opts: TranslateOptions) -> ChatReques
     """
     req = dict(require_object(req, "body"))
     _check_unsupported(req)
-    dropped = sorted(k for k in req if k not in MAPPED_KEYS and k not in CHECKED_KEYS)
+    dropped = sorted(  # (null counts as absent: nothing is reported)
+        k
+        for k, v in req.items()
+        if v is not None and k not in MAPPED_KEYS and k not in CHECKED_KEYS
+    )
 
     client_model = get_str(req, "model", "")
     stream = bool(get_bool(req, "stream", ""))

@@ -114,6 +114,14 @@ MESSAGE_ROWS = [
         None,
         id="system-only-drop-keeps-them",
     ),
+    pytest.param(  # the same under "instructions": input would be empty
+        [{"role": "system", "content": "Write a haiku about RHEL."}],
+        TranslateOptions(flavor="openai", system_messages="instructions"),
+        [{"type": "message", "role": "system",
+          "content": [{"type": "input_text", "text": "Write a haiku about RHEL."}]}],
+        None,
+        id="system-only-instructions-keeps-them",
+    ),
     pytest.param(
         [{"role": "system", "content": "Reply in JSON."}, USER_HI],
         OPENAI,
@@ -593,11 +601,25 @@ def test_model_rule(opts: TranslateOptions, client: str, expected: str) -> None:
     assert got.client_model == client
 
 
-def test_model_required_only_when_forwarded() -> None:
-    assert chat_to_responses({"messages": [USER_HI]}, LIGHTSPEED).body["model"] == ""
+@pytest.mark.parametrize("model", [{}, {"model": ""}, {"model": None}], ids=["none", "", "null"])
+def test_model_required_only_when_forwarded(model: dict[str, Any]) -> None:
+    # (no backend serves a model named "": it was sent, and the backend refused it)
+    assert chat_to_responses({"messages": [USER_HI], **model}, LIGHTSPEED).body["model"] == ""
     with pytest.raises(InvalidRequest) as info:
-        chat_to_responses({"messages": [USER_HI]}, OPENAI)
+        chat_to_responses({"messages": [USER_HI], **model}, OPENAI)
+    assert info.value.param == "model" and info.value.message == "model: required"
+    with pytest.raises(InvalidRequest) as info:
+        prepare_passthrough({"input": "hi", **model}, OPENAI)
     assert info.value.param == "model"
+
+
+def test_null_parameters_are_not_reported_as_dropped() -> None:
+    # null counts as absent everywhere: nothing is sent and nothing is reported
+    nulls = {"seed": None, "prediction": None, "web_search_options": None, "audio": None}
+    got = chat_to_responses({"model": "m", "messages": [USER_HI], **nulls}, OPENAI)
+    assert got.dropped == [] and not set(nulls) & set(got.body)
+    got = chat_to_responses({"model": "m", "messages": [USER_HI], "seed": 7}, OPENAI)
+    assert got.dropped == ["seed"]
 
 
 def lightspeed_fields_from_readme() -> set[str]:
@@ -1163,6 +1185,14 @@ def test_the_passthrough_follows_system_messages(
     assert [item["role"] for item in body["input"]] == roles
     assert body.get("instructions") == instructions
     assert req["input"] == [GOOSE_SYSTEM, GOOSE_USER]  # the client's body is not changed
+
+
+@pytest.mark.parametrize("mode", ["drop", "instructions"])
+def test_the_passthrough_keeps_system_items_when_nothing_else_is_there(mode: str) -> None:
+    # input would be empty: the backend would be asked to answer nothing
+    req = {"model": "gpt-5", "input": [GOOSE_SYSTEM], "instructions": "Be brief."}
+    body, _ = prepare_passthrough(req, TranslateOptions(flavor="openai", system_messages=mode))
+    assert body["input"] == [GOOSE_SYSTEM] and body["instructions"] == "Be brief."
 
 
 @pytest.mark.parametrize(("flavor", "mode"), [("lightspeed", "drop"), ("openai", "input")])
