@@ -293,6 +293,10 @@ def _head_for_log(headers: list[tuple[bytes, bytes]]) -> str:
 # --- one connection ------------------------------------------------------------------
 
 
+#: the h11 states of a connection between exchanges (both sides in one of them)
+_AT_REST = frozenset({h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
+
+
 class Connection:
     """One HTTP/1.1 connection to the backend (possibly through TLS and a tunnel)."""
 
@@ -350,13 +354,26 @@ class Connection:
                 self.eof = True
             self.h11.receive_data(data)
 
-    def close(self) -> None:
-        """Close at once. Nothing we still meant to send matters once we close a
-        backend connection (a request given up, an idle one expired): unsent
-        bytes are dropped rather than flushed, so the backend sees the end now
-        and never a complete request nobody waits for. No I/O to wait for, so
-        no ``await``: it cannot be interrupted half-way by a cancellation."""
-        self.stream.abort()
+    def close(self, reset: Optional[bool] = None) -> None:
+        """Close at once (with a reset, or without one, when ``reset`` says).
+        Nothing we still meant to send matters once we close a backend
+        connection (a request given up, an idle one expired): unsent bytes
+        are dropped rather than flushed, so the backend sees the end now
+        and never a complete request nobody waits for. In the middle of an
+        exchange (a request given up, an answer not read to its end) that takes
+        a reset (``SO_LINGER`` 0): a plain close leaves the kernel to send what
+        it already holds of the body (megabytes), then a FIN, and the backend
+        got the whole request seconds after its client left; a backend still
+        answering learns at once that nobody reads. An idle connection, or one
+        whose exchange is over, ends with a FIN. No I/O to wait for, so no
+        ``await``: it cannot be interrupted half-way by a cancellation."""
+        h = self.h11
+        if reset is None:
+            reset = h.our_state not in _AT_REST or h.their_state not in _AT_REST
+        if reset:
+            self.stream.reset()
+        else:
+            self.stream.abort()
 
 
 def _warn_mislabel(what: str, read_as: str, label: Optional[str]) -> None:
@@ -960,7 +977,8 @@ class UpstreamClient:
             if not self._put_idle(conn):
                 conn.close()
         else:
-            conn.close()
+            # (h11 may hold a body ChunkedDecoder read whole: the exchange is over)
+            conn.close(reset=not (resp.complete and h.our_state is h11.DONE))
 
 
 class _RequestContext:

@@ -15,7 +15,6 @@ import fcntl
 import gzip
 import json
 import re
-import select
 import socket
 import ssl
 import struct
@@ -1567,15 +1566,22 @@ async def test_early_answer_from_a_backend_that_reads_no_more_is_relayed(
     assert r.json()["error"]["code"] == "context_length_exceeded"
 
 
-async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
-    # Cancelled while its 32 MB body is still being written (the backend, with
-    # a small receive buffer, reads nothing meanwhile): the connection is
-    # aborted, so the backend never gets a complete request nobody waits for.
+@pytest.mark.parametrize("size", [512 * 1024, 32 * 1024 * 1024], ids=["512K", "32M"])
+async def test_given_up_request_body_is_not_flushed_to_the_backend(size: int) -> None:
+    # Cancelled while its body is still being written, or once it was all
+    # handed to the kernel (the backend reads nothing meanwhile): the
+    # connection is reset, so what the proxy's buffer and the kernel's still
+    # hold of the body is dropped, and the backend learns at once that the
+    # request was given up. A plain close went on sending the kernel's queue
+    # (megabytes), then a FIN: the backend got a complete request, and a
+    # clean end, seconds after its client left. 32 MB, with a small receive
+    # buffer: most of it never leaves the proxy. (On loopback the backend's
+    # own queue takes up to about 4 MB: a smaller body is all there already.)
     from goose_proxy.config import BackendConfig
     from goose_proxy.upstream.client import UpstreamClient
 
     loop = asyncio.get_running_loop()
-    body = b"x" * (32 * 1024 * 1024)
+    body = b"x" * size
     with anyio.fail_after(10), socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # inherited
         listener.bind(("127.0.0.1", 0))
@@ -1583,19 +1589,23 @@ async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
         listener.setblocking(False)
         port = listener.getsockname()[1]
         client = UpstreamClient(BackendConfig(endpoint=f"http://127.0.0.1:{port}", timeout=30))
-        gave_up = anyio.Event()
-        received = 0
+        gave_up, accepted = anyio.Event(), anyio.Event()
+        received, reset = 0, False
 
         async def backend() -> None:
             # reads as fast as it can from the moment the request was given up:
-            # a close that flushed would hand it the whole body now
-            nonlocal received
-            await gave_up.wait()
+            # a close that flushed would hand it the rest of the body now
+            nonlocal received, reset
             conn, _ = await loop.sock_accept(listener)
             with conn:
+                accepted.set()
+                await gave_up.wait()
                 conn.setblocking(False)
-                while data := await loop.sock_recv(conn, 1 << 20):
-                    received += len(data)
+                try:
+                    while data := await loop.sock_recv(conn, 1 << 20):
+                        received += len(data)
+                except ConnectionResetError:
+                    reset = True
 
         async with anyio.create_task_group() as outer:
             outer.start_soon(backend)
@@ -1603,10 +1613,8 @@ async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
                 async with anyio.create_task_group() as tg:
 
                     async def give_up() -> None:
-                        # connected (the handshake waits in the backlog), then the
-                        # send is stuck
-                        await poll(lambda: bool(select.select([listener], [], [], 0)[0]))
-                        await anyio.wait_all_tasks_blocked()
+                        await accepted.wait()
+                        await anyio.wait_all_tasks_blocked()  # the send stuck, or all sent
                         scope.cancel()
                         gave_up.set()
 
@@ -1615,7 +1623,51 @@ async def test_given_up_request_body_is_not_flushed_to_the_backend() -> None:
                         pass
         await client.aclose()
     assert scope.cancelled_caught
-    assert 0 < received < len(body)
+    assert reset and received > 0
+    if size > 8 * 1024 * 1024:
+        assert received < len(body)
+
+
+@pytest.mark.parametrize("pool_size", [0, 1], ids=["closed-after", "expired-idle"])
+async def test_a_connection_whose_exchange_is_over_ends_without_a_reset(pool_size: int) -> None:
+    # only an exchange given up is reset: an answer read to its end (chunked,
+    # which h11 leaves to the proxy's own decoder) on a connection not kept,
+    # and an idle pooled one closed at shutdown, end with a FIN
+    from goose_proxy.config import BackendConfig
+    from goose_proxy.upstream.client import UpstreamClient
+
+    loop = asyncio.get_running_loop()
+    answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    with anyio.fail_after(10), socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        cfg = BackendConfig(endpoint=f"http://127.0.0.1:{port}", pool_size=pool_size)
+        client = UpstreamClient(cfg)
+        ended: list[str] = []
+
+        async def backend() -> None:
+            conn, _ = await loop.sock_accept(listener)
+            with conn:
+                conn.setblocking(False)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await loop.sock_recv(conn, 65536)
+                await loop.sock_sendall(conn, answer)
+                try:
+                    while await loop.sock_recv(conn, 65536):
+                        pass
+                    ended.append("FIN")
+                except ConnectionResetError:
+                    ended.append("reset")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backend)
+            async with client.post("/responses", b"{}", []) as resp:
+                assert await resp.read(1024) == b"ok"
+            await client.aclose()
+    assert ended == ["FIN"]
 
 
 # a backend's words quoting a lone surrogate (legal in JSON text, not in UTF-8)
@@ -1999,11 +2051,14 @@ async def test_what_is_read_after_the_terminal_event_is_bounded(pki: SimpleNames
     async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
         await read_request_head(stream, srv)
         await stream.send(SSE_HEAD + b"".join(chunk(f) for f in text_events(["hi"])))
-        for _ in range(9):
-            await stream.send(chunk(b": " + b"x" * 8190 + b"\n\n"))
-            await anyio.sleep(0.005)  # the backend's pace (within the 0.2 s the proxy waits)
-        await stream.send(b"0\r\n\r\n")
-        await read_all(stream)  # until the proxy closes the connection
+        try:
+            for _ in range(9):
+                await stream.send(chunk(b": " + b"x" * 8190 + b"\n\n"))
+                await anyio.sleep(0.005)  # the backend's pace (within the 0.2 s the proxy waits)
+            await stream.send(b"0\r\n\r\n")
+            await read_all(stream)  # until the proxy closes the connection
+        except (anyio.BrokenResourceError, OSError):
+            pass  # reset by the proxy while still sending: nobody reads
         closed.set()
 
     closed = anyio.Event()
