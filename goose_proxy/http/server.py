@@ -11,8 +11,10 @@ the connection's protocol cancels the moment the client disconnects (its FIN
 or a reset; see :mod:`goose_proxy.streams`), which closes the upstream
 connection at once.
 
-A connection over ``max_connections`` is answered at once with a 503 and
-closed (lingering, so the answer is not lost to a TCP reset). Nothing that a
+A connection over ``max_connections`` takes the place of one kept alive
+idle between requests, which is closed as its keep-alive timeout would close
+it; when none is idle, it is answered at once with a 503 and closed
+(lingering, so the answer is not lost to a TCP reset). Nothing that a
 connection does can stop the server: an unexpected exception is logged (its
 type and place, never its text, which could quote a body) and only that
 connection is closed.
@@ -376,7 +378,10 @@ class ProxyServer:
         conn = ServerConnection(stream, self.config.server, self.bodies)
         self.active_connections += 1
         try:
-            if self.active_connections > self.config.server.max_connections:
+            if (
+                self.active_connections > self.config.server.max_connections
+                and not self._reclaim_idle()
+            ):
                 await self._refuse(conn)
                 return
             self._connections.add(conn)
@@ -396,6 +401,14 @@ class ProxyServer:
                 if not self.active_requests and not self._arriving:
                     self._idle_event.set()
             await conn.aclose()
+
+    def _reclaim_idle(self) -> bool:
+        """At ``max_connections``: close a kept-alive connection idle between
+        requests (as its keep-alive timeout would), so that a new client is
+        served rather than refused while idle ones hold every place (clients'
+        connection pools keep them for up to ``keepalive_timeout``). False
+        when none is idle."""
+        return any(c.stop_idling() for c in self._connections)
 
     async def _refuse(self, conn: ServerConnection) -> None:
         """503 for a connection over ``max_connections``, sent without reading the request

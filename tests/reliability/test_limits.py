@@ -488,10 +488,12 @@ async def test_connections_over_max_connections_get_503(
             first = await anyio.connect_tcp("127.0.0.1", port)
             second = await anyio.connect_tcp("127.0.0.1", port)
             try:
-                # both are served (keep-alive), and both stay open
+                # both are served (keep-alive), stay open, and begin a next request
+                # (not idle: neither gives its place up)
                 for s in (first, second):
                     await s.send(request_bytes("GET", "/health"))
                     assert b" 200 " in await s.receive()
+                    await s.send(b"GET /health HTTP/1.1\r\n")
                 # the third is refused with a complete 503, then closed (and the
                 # fourth: one warning says the limit was reached, not one per refusal)
                 r = await ask(port, request_bytes("POST", CHAT, json.dumps(HELLO).encode()))
@@ -513,6 +515,33 @@ async def test_connections_over_max_connections_get_503(
     assert r.header("x-should-retry") is None
     assert len(r.header("x-request-id") or "") == 32  # its request was never read
     assert h.backend.stats.requests_total == 0
+
+
+async def test_at_max_connections_an_idle_one_gives_its_place_up(pki: SimpleNamespace) -> None:
+    # connections kept alive idle between requests (a client's pool) held every
+    # place: a new client got 503 until their keep-alive timeout ran out; now
+    # one of them is closed, as that timeout would close it, and the new one served
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"max_connections": 2, "keepalive_timeout": 60}) as h:
+            port = h.proxy.port
+            idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(2)]
+            try:
+                for s in idle:
+                    await s.send(request_bytes("GET", "/health"))
+                    assert b" 200 " in await s.receive()
+                body = json.dumps(HELLO).encode()
+                r = await ask(port, request_bytes("POST", CHAT, body, {"Connection": "close"}))
+                # then: one of them was closed (with nothing sent), the other still serves
+                after = []
+                for s in idle:
+                    with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                        await s.send(request_bytes("GET", "/health"))
+                    after.append(await read_all(s, cap=1))
+            finally:
+                for s in idle:
+                    await s.aclose()
+    assert r.status == 200
+    assert sorted(a[:12] for a in after) == [b"", b"HTTP/1.1 200"]
 
 
 async def test_max_requests_per_connection(pki: SimpleNamespace) -> None:
