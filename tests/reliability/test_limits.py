@@ -475,6 +475,36 @@ async def test_slow_body_is_cut(pki: SimpleNamespace) -> None:
     assert h.backend.stats.requests_total == 0
 
 
+async def test_dripped_body_is_cut(pki: SimpleNamespace) -> None:
+    """A body dripped a byte every 0.1 s, each well within header_timeout: cut once
+    it falls behind BODY_MIN_RATE after its first header_timeout (it held the
+    connection for as long as it lasted: 100 s here)."""
+    with anyio.fail_after(10):
+        async with proxied(pki, server={"header_timeout": 0.5}) as h:
+            req = request_bytes("POST", CHAT, b"x" * 1000)
+            head, body = req[: req.index(b"\r\n\r\n") + 4], req[req.index(b"\r\n\r\n") + 4 :]
+            sent = 0
+
+            async def drip(s: anyio.abc.SocketStream) -> None:
+                nonlocal sent
+                with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                    for byte in body:
+                        await s.send(bytes([byte]))
+                        sent += 1
+                        await anyio.sleep(0.1)  # the client's pace, not synchronisation
+
+            async with await anyio.connect_tcp("127.0.0.1", h.proxy.port) as s:
+                await s.send(head)
+                t0 = anyio.current_time()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drip, s)
+                    assert await read_all(s) == b""  # closed without a reply
+                    took = anyio.current_time() - t0
+                    tg.cancel_scope.cancel()
+    assert sent < len(body) and 0.4 <= took < 3.0
+    assert h.backend.stats.requests_total == 0
+
+
 # --- connection limits ----------------------------------------------------------------
 
 
