@@ -715,6 +715,43 @@ def test_any_cut_of_a_lightspeed_answer_is_adapted_the_same(name: str, data: st.
     assert not [p for p in parsed if '"response.output_text.delta"' in p]
 
 
+@pytest.mark.parametrize("name", ["rag", "reasoning", "shield", "calls"])
+@pytest.mark.parametrize("bad", [NOT_UTF8, b"retry: 5\n\nevent: \xff\n\n"], ids=["data", "name"])
+def test_a_bad_event_after_any_adapted_one_sends_a_prefix_of_the_adapted_answer(
+    name: str, bad: bytes
+) -> None:
+    # in the read of the event before it, which the adapter changes or leaves
+    # out: what goes out is the adapted answer up to there, never an event twice
+    # (a changed event went out as it came and changed), one left out (the
+    # backend's own tool work), nor any after the bad one (a block without data
+    # is left out: it was, before the bad one was looked for, and the events
+    # after it went out, the terminal one too)
+    stream, want = ADAPTED[f"{name} lightspeed"]
+    frames = [f + b"\n\n" for f in stream.split(b"\n\n")[:-1]]
+    for k in range(1, len(frames)):
+        reads = [b"".join(frames[:k]) + bad + b"".join(frames[k:])]
+        sends, error, _ = anyio.run(_run, reads, 65536, AnswerAdapter())
+        sent = b"".join(sends)
+        assert want.startswith(sent), k
+        ended = b"response.completed" in b"".join(frames[:k])
+        assert (error is None) == ended, k
+        if ended:  # after the end: the answer whole (the [DONE] too)
+            assert sent == want, k
+
+
+def test_a_bad_event_name_is_found_though_its_block_has_no_data() -> None:
+    reads = [CREATED + SEQ_DELTA, b"retry: 5\n\nevent: \xff\n\n" + _seq_delta(9) + C]
+    got, error = _seen_now(reads)
+    assert isinstance(error, UpstreamProtocolError)
+    assert got.startswith(CREATED + SEQ_DELTA)
+    check_error_event(got[len(CREATED + SEQ_DELTA) :], error, 8)
+
+
+def _seen_now(reads: list[Read]) -> tuple[bytes, Optional[ProxyError]]:
+    """:func:`seen`, from a test that is not async."""
+    return anyio.run(seen, reads)
+
+
 @pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
 def test_a_failure_after_the_answer_started_carries_the_error_object(named: bool) -> None:
     # Goose's types want the "error" object on an error event; under lightspeed

@@ -815,10 +815,6 @@ class PassthroughRelay:
                 parser.check()  # an error held back behind good events
             except UpstreamProtocolError as e:
                 error = e
-            if parser.fieldless + parser.other_fields != odd:
-                whole = _relayable(whole)
-            if self._adapter is not None:  # (a read is mostly one text delta: parses none)
-                whole = _adapt_events(whole, events, self._adapter)
             ended_before = self._ended
             done = early_done = False
             end_at = -1  # the index of the terminal event, if it is in this read
@@ -834,14 +830,19 @@ class PassthroughRelay:
                 elif not self._ended and kind in TERMINAL_EVENTS:
                     self._ended, grace = True, anyio.current_time() + DONE_GRACE
                     end_at = i
+            if error is not None and not self._ended:
+                # the events before the bad one go out, not its bytes: a client
+                # that cannot read them would never read the error event either
+                # (cut first: what follows works on the events parsed from whole)
+                whole = _readable_events(whole, limit)
+            if parser.fieldless + parser.other_fields != odd:
+                whole = _relayable(whole)
+            if self._adapter is not None:  # (a read is mostly one text delta: parses none)
+                whole = _adapt_events(whole, events, self._adapter, error is None)
             if ended_before:  # after the terminal event only a [DONE] goes out
                 whole = _cut_done(whole)[1] if done else b""
             elif end_at >= 0 and (error is not None or _more_than_done(events[end_at + 1 :])):
                 whole = _through_end(whole)
-            elif error is not None:
-                # the events before the bad one go out, not its bytes: a client
-                # that cannot read them would never read the error event either
-                whole = _readable_events(whole, limit)
             if early_done:
                 whole, first = _cut_done(whole)
                 events = [ev for ev in events if ev.data != _DONE]
@@ -1052,8 +1053,11 @@ def _may_be_adapted(data: str) -> bool:
     )
 
 
-def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) -> bytes:
-    """``whole`` (whole events; ``events`` parsed from it), the events ``adapter``
+def _adapt_events(
+    whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter, every: bool = True
+) -> bytes:
+    """``whole`` (whole events; ``events`` parsed from it: ``every`` one of them, or,
+    when the parser refused one, those before it), the events ``adapter``
     changes written anew and those it leaves out taken away; ``whole`` itself
     when it changes none.
 
@@ -1085,7 +1089,7 @@ def _adapt_events(whole: bytes, events: list[SSEEvent], adapter: AnswerAdapter) 
     # Response events (with its conversation, always changed) begin and end the
     # stream: the last event of a read is found from its end.
     tail = b""
-    if len(events) - 1 in changed and whole.endswith(b"\n\n") and b"\r" not in whole:
+    if every and len(events) - 1 in changed and whole.endswith(b"\n\n") and b"\r" not in whole:
         cut = whole.rfind(b"\n\n", 0, len(whole) - 2) + 2  # 1: the read's only event
         cut = 0 if cut == 1 else cut
         if _holds_event(whole[cut:]):
