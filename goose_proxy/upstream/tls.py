@@ -292,6 +292,10 @@ class ClientTLS:
                 code="ca_file_unavailable",  # not the client certificate's fault
             ) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # a TLS 1.3 backend may ask for the certificate only after the handshake
+        # (post-handshake authentication: Apache, for a location that requires
+        # one); without this, it is never offered and the backend answers 403
+        ctx.post_handshake_auth = True
         try:
             # an encrypted key: without a password callback OpenSSL would ask
             # for the passphrase on the terminal, with the event loop blocked

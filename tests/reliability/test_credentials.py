@@ -8,7 +8,9 @@ import datetime as dt
 import errno
 import logging
 import os
+import select
 import shutil
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -26,7 +28,15 @@ from goose_proxy.errors import CredentialsError, ServiceUnavailable
 from goose_proxy.upstream import tls
 from goose_proxy.upstream.tls import ClientTLS
 from tests.fdlimit import out_of_descriptors
-from tests.reliability.support import HELLO, HELLO_STREAM, poll, pool_size, post
+from tests.reliability.support import (
+    HELLO,
+    HELLO_STREAM,
+    poll,
+    pool_size,
+    post,
+    sse_answer,
+    text_events,
+)
 from tests.support import (
     CertClock,
     encrypted_copy,
@@ -84,6 +94,69 @@ def consumer(
         a_key=a_key,
         auth=AuthConfig(str(d / "cert.pem"), str(d / "key.pem"), pki.ca_file),
     )
+
+
+def _post_handshake_backend(listener: socket.socket, ctx: ssl.SSLContext) -> str:
+    """A TLS 1.3 backend that asks for the client certificate only once it has the
+    request (post-handshake authentication, as Apache does for a location that
+    requires one): 200 with an answer when it gets one, else 403. Returns what
+    it saw ("certificate", or the error)."""
+    conn, _ = listener.accept()
+    with ctx.wrap_socket(conn, server_side=True) as tls_sock:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += tls_sock.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += tls_sock.recv(65536)
+        try:
+            tls_sock.verify_client_post_handshake()
+        except ssl.SSLError as e:
+            tls_sock.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            return str(e)
+        tls_sock.setblocking(False)
+        for _ in range(100):  # bounded: each round waits for the client's next bytes
+            try:
+                tls_sock.recv(1)  # sends the request, then reads the certificate
+            except ssl.SSLWantReadError:
+                pass
+            if tls_sock.getpeercert():
+                break
+            select.select([tls_sock], [], [], 5)
+        tls_sock.setblocking(True)
+        if not tls_sock.getpeercert():
+            tls_sock.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            return "no certificate"
+        tls_sock.sendall(sse_answer(text_events(["certified"])))
+        return "certificate"
+
+
+async def test_a_certificate_asked_for_after_the_handshake_is_given(
+    pki: SimpleNamespace,
+) -> None:
+    # TLS 1.3 lets a server ask for the client's certificate after the handshake;
+    # the proxy did not offer to answer (post_handshake_auth), so such a backend
+    # never got the RHSM identity, and every request was a 403 that blamed the
+    # system's registration
+    ctx = pki.server_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.post_handshake_auth = True  # and so asks for none in the handshake
+    with socket.socket() as listener, anyio.fail_after(15):
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        cfg = make_config(url, pki.auth, backend={"proxy": ""})
+        async with running_proxy(cfg) as proxy, anyio.create_task_group() as tg:
+            seen: list[str] = []
+
+            async def backend() -> None:
+                seen.append(await anyio.to_thread.run_sync(_post_handshake_backend, listener, ctx))
+
+            tg.start_soon(backend)
+            r = await post(proxy.url, HELLO)
+    assert seen == ["certificate"]
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "certified"
 
 
 @pytest.mark.parametrize("in_place", [False, True], ids=["rename", "rewrite"])
