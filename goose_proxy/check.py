@@ -273,17 +273,12 @@ def _check_backend(config: Config, client: UpstreamClient, r: _Report) -> None:
     try:
         status, location = anyio.run(probe)
     except UpstreamClosed as e:
-        if client.tls is None or answered:
-            r.fail("backend", e.message, "backend error")
-        else:
-            # With TLS 1.3 the server checks the client certificate after the
-            # handshake; its alert can be lost when it resets the connection.
-            r.fail(
-                "backend",
-                f"{e.message}, right after the TLS handshake: the backend probably "
-                "rejected the client certificate",
-                "TLS error",
-            )
+        # A close right after the handshake (a client certificate refused under
+        # TLS 1.3, its alert lost) is an UpstreamTLSError already, which says so;
+        # what is left is a close during the handshake, or long after the request
+        # (a backend that took it and went away), as the daemon words it.
+        handshake = client.tls is not None and not answered and "TLS handshake" in e.message
+        r.fail("backend", e.message, "TLS error" if handshake else "backend error")
         return
     except ProxyError as e:
         r.fail("backend", e.message, _reason_for(e))

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import anyio
+import anyio.abc
 import pytest
 import trustme
 
@@ -28,6 +29,7 @@ import devbackend
 from goose_proxy.check import REASONS, effective_values
 from goose_proxy.config import BackendConfig, Config
 from tests.connectproxy import connect_proxy
+from tests.reliability.support import fake_server, read_request_head
 from tests.subprocs import child_env, pki_auth, write_config
 from tests.support import encrypted_copy, issue_client_pair, refusing_port, silent_listener
 
@@ -415,6 +417,32 @@ async def test_backend_rejects_the_client_certificate(pki: SimpleNamespace, tmp_
     assert "[FAIL] backend:" in r.out
     assert "client certificate" in r.out
     assert "verdict: NOT READY (TLS error)" in r.out
+
+
+@pytest.mark.parametrize("when", ["handshake", "late"])
+async def test_a_backend_that_closes_is_no_certificate_refusal(
+    pki: SimpleNamespace, tmp_path: Path, when: str
+) -> None:
+    # during the handshake, or long after the request (past RACE_WINDOW): check
+    # said "right after the TLS handshake: the backend probably rejected the
+    # client certificate" of both, as the daemon does not
+    async def handler(stream: anyio.abc.ByteStream, tcp: anyio.abc.SocketStream) -> None:
+        if when == "late":
+            await read_request_head(stream, srv)
+            await anyio.sleep(1.3)  # the backend's work (past the 1 s RACE_WINDOW), then gone
+
+    tls = pki.server_context() if when == "late" else None
+    async with fake_server(handler, tls=tls) as srv:
+        cfg = write_config(tmp_path / "c.toml", srv.url.replace("http:", "https:"), pki_auth(pki))
+        r = await run_check(cfg, child_env(tmp_path))
+    assert r.rc == 1, r.all
+    assert "probably rejected" not in r.out and "right after" not in r.out
+    if when == "handshake":
+        assert "closed the connection during the TLS handshake" in r.out
+        assert "verdict: NOT READY (TLS error)" in r.out
+    else:
+        assert "closed the connection" in r.out
+        assert "verdict: NOT READY (backend error)" in r.out
 
 
 async def test_backend_certificate_not_trusted(pki: SimpleNamespace, tmp_path: Path) -> None:
