@@ -157,13 +157,14 @@ def prepare_passthrough(
     try:
         body["model"] = upstream_model(opts, model if isinstance(model, str) else None)
     except InvalidRequest:
-        if model is not None or "prompt" not in req:
+        if model not in (None, "") or "prompt" not in req:
             raise
         body.pop("model", None)  # the stored prompt's model (the Responses API allows it)
     dropped: list[str] = []
     if opts.flavor == "lightspeed":
-        dropped = sorted(k for k in body if k not in LIGHTSPEED_FIELDS)
-        for k in dropped:
+        left_out = [k for k in body if k not in LIGHTSPEED_FIELDS]
+        dropped = sorted(k for k in left_out if body[k] is not None)  # (null: as absent)
+        for k in left_out:
             del body[k]
         conversation = body.get("conversation")
         if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):

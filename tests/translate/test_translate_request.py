@@ -620,6 +620,9 @@ def test_null_parameters_are_not_reported_as_dropped() -> None:
     assert got.dropped == [] and not set(nulls) & set(got.body)
     got = chat_to_responses({"model": "m", "messages": [USER_HI], "seed": 7}, OPENAI)
     assert got.dropped == ["seed"]
+    # on the passthrough under lightspeed too (left out all the same)
+    body, dropped = prepare_passthrough({"input": "x", "background": None, "top_k": 3}, LIGHTSPEED)
+    assert dropped == ["top_k"] and "background" not in body and "top_k" not in body
 
 
 def lightspeed_fields_from_readme() -> set[str]:
@@ -1146,6 +1149,8 @@ def test_passthrough_openai_refuses_background_and_takes_a_stored_prompts_model(
     assert prepare_passthrough(streamed, OPENAI) == (streamed, [])  # its answer comes now
     prompt = {"prompt": {"id": "pmpt_1", "version": "2"}, "input": "x"}
     assert prepare_passthrough(prompt, OPENAI) == ({**prompt, "stream": True}, [])
+    # a model of "" is none, as for chat
+    assert prepare_passthrough({**prompt, "model": ""}, OPENAI) == ({**prompt, "stream": True}, [])
     with pytest.raises(InvalidRequest) as missing:
         prepare_passthrough({"input": "x"}, OPENAI)  # no prompt to name it: required
     assert missing.value.param == "model"
