@@ -184,6 +184,7 @@ class ServerConnection:
         self._prefix = b""
         #: waiting for the first byte of the next request on a kept-alive connection
         self.idle = False
+        self.idle_since = 0.0  # (monotonic) when it last began to wait so
         #: the server drains: every response from now on says ``Connection: close``
         self.draining = False
 
@@ -257,7 +258,8 @@ class ServerConnection:
             # Idle keep-alive: wait for the first byte without a head deadline
             # (ended early, the same way, when the server starts to drain).
             self.idle = True
-            idle_until = _now() + cfg.keepalive_timeout
+            self.idle_since = _now()
+            idle_until = self.idle_since + cfg.keepalive_timeout
             try:
                 while not self._prefix:  # empty lines do not start a request
                     data = await self._receive(idle_until - _now())

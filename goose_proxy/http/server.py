@@ -11,8 +11,8 @@ the connection's protocol cancels the moment the client disconnects (its FIN
 or a reset; see :mod:`goose_proxy.streams`), which closes the upstream
 connection at once.
 
-A connection over ``max_connections`` takes the place of one kept alive
-idle between requests, which is closed as its keep-alive timeout would close
+A connection over ``max_connections`` takes the place of the one kept alive
+idle between requests the longest, which is closed as its keep-alive timeout would close
 it; when none is idle, it is answered at once with a 503 and closed
 (lingering, so the answer is not lost to a TCP reset). Nothing that a
 connection does can stop the server: an unexpected exception is logged (its
@@ -403,12 +403,14 @@ class ProxyServer:
             await conn.aclose()
 
     def _reclaim_idle(self) -> bool:
-        """At ``max_connections``: close a kept-alive connection idle between
-        requests (as its keep-alive timeout would), so that a new client is
-        served rather than refused while idle ones hold every place (clients'
-        connection pools keep them for up to ``keepalive_timeout``). False
-        when none is idle."""
-        return any(c.stop_idling() for c in self._connections)
+        """At ``max_connections``: close the kept-alive connection idle between
+        requests the longest (as its keep-alive timeout would), so that a new
+        client is served rather than refused while idle ones hold every place
+        (clients' connection pools keep them for up to ``keepalive_timeout``);
+        the longest idle is the least likely to be used next. False when none
+        is idle."""
+        idle = sorted((c for c in self._connections if c.idle), key=lambda c: c.idle_since)
+        return any(c.stop_idling() for c in idle)
 
     async def _refuse(self, conn: ServerConnection) -> None:
         """503 for a connection over ``max_connections``, sent without reading the request
