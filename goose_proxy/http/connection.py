@@ -380,8 +380,7 @@ class ServerConnection:
         wait = self.cfg.header_timeout
         grace = _now() + wait  # then BODY_MIN_RATE on average
         while True:
-            now = _now()
-            ev = await self._next_event(min(now + wait, grace + size / BODY_MIN_RATE))
+            ev = await self._next_event(min(_now() + wait, grace + size / BODY_MIN_RATE))
             if isinstance(ev, h11.Data):
                 data = ev.data
                 size += len(data)

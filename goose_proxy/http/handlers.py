@@ -459,7 +459,7 @@ class Handlers:
                     await ex.start_stream(resp.status, stream_headers, out)
                     await ex.conn.end_stream()
                     return
-                if headers[0][1].split(b";")[0].strip().lower() == b"text/event-stream":
+                if resp.labelled != resp.content_type:
                     headers[0] = JSON  # a JSON answer the backend labelled a stream
                 await ex.send(resp.status, out, headers)
                 return

@@ -12,9 +12,9 @@ or a reset; see :mod:`goose_proxy.streams`), which closes the upstream
 connection at once.
 
 A connection over ``max_connections`` takes the place of the one kept alive
-idle between requests the longest, which is closed as its keep-alive timeout would close
-it; when none is idle, it is answered at once with a 503 and closed
-(lingering, so the answer is not lost to a TCP reset). Nothing that a
+idle between requests the longest, which is closed as its keep-alive timeout
+would close it; when none is idle, it is answered at once with a 503 and
+closed (lingering, so the answer is not lost to a TCP reset). Nothing that a
 connection does can stop the server: an unexpected exception is logged (its
 type and place, never its text, which could quote a body) and only that
 connection is closed.

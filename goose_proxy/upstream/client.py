@@ -410,6 +410,8 @@ class UpstreamResponse:
         self.headers: list[tuple[bytes, bytes]] = list(ev.headers)
         #: the media type, lower case, without parameters ("" if none)
         self.content_type = (self.header(b"content-type") or "").split(";")[0].strip().lower()
+        #: :attr:`content_type` as the backend labelled it (that one may be corrected)
+        self.labelled = self.content_type
         self.complete = False
         #: an error answer compressed although the proxy asked for identity: its
         #: body is not read as text (see UpstreamClient._open)
